@@ -1,0 +1,194 @@
+//! Telemetry out of the core: one narrow interface, [`EventSink`], for the manager and the
+//! flow-lifetime predictor.
+
+use core::time::Duration;
+use std::net::Ipv4Addr;
+
+use serde::Serialize;
+
+use crate::flow::{FlowKey, Owner, Side};
+use crate::shadow::{EntryState, SplitChange};
+use crate::time::Instant;
+
+/// How a flow came to be tracked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FlowOrigin {
+    /// A client opened it; the split decided the owner.
+    Inbound,
+    /// A VM opened it and claimed it.
+    Outbound,
+    /// Seen mid-connection (router restart, expired state): being learned from the replies.
+    Unknown,
+}
+
+/// Why a flow stopped being tracked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FlowEndReason {
+    /// Idle past its timeout (including after FIN or RST).
+    Idle,
+    /// Removed to admit a new flow while the table was full.
+    Evicted,
+    /// Both VMs reset an unknown flow: nobody has it.
+    Reset,
+    /// A closed flow's 5-tuple was reused by a new connection.
+    Reused,
+    /// Lost a 5-tuple collision to the priority VM's connection attempt.
+    CollisionLost,
+    /// The migration ended (cut-over or rollback) and the address left the table.
+    MigrationEnded,
+}
+
+/// The kind of a conflicting reply from the VM that does not own the flow.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConflictKind {
+    /// RST.
+    Rst,
+    /// SYN-ACK.
+    SynAck,
+    /// Data in sequence space the owner has not used.
+    Data,
+    /// Data overlapping what the owner already sent.
+    DuplicateSequence,
+    /// Opening a 5-tuple the other VM holds.
+    Collision,
+    /// Anything else.
+    Other,
+}
+
+/// How a migration left the table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// Cut over: the address belongs to B alone.
+    Completed,
+    /// Rolled back: the address belongs to A alone.
+    RolledBack,
+}
+
+/// What the end of a migration did to the flows still on the side that lost the address.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct CutOverReport {
+    /// Flows still owned by the losing side (not yet closed) at the end.
+    pub flows_open_on_losing_side: u64,
+    /// Of those, handed to the winning side (replica mode, or connectionless flows).
+    pub handed_over: u64,
+    /// Of those, TCP flows closed with a clean RST to the client.
+    pub reset: u64,
+}
+
+/// Something the core reports.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event {
+    /// A flow began to be tracked.
+    FlowStarted {
+        /// The flow.
+        key: FlowKey,
+        /// Its owner (unknown while learned).
+        owner: Owner,
+        /// How it started.
+        origin: FlowOrigin,
+        /// When.
+        at: Instant,
+    },
+    /// A flow stopped being tracked, with its lifetime (for the predictor).
+    FlowEnded {
+        /// The flow.
+        key: FlowKey,
+        /// Its owner at the end.
+        owner: Owner,
+        /// First packet to end.
+        lifetime: Duration,
+        /// Why.
+        reason: FlowEndReason,
+        /// When.
+        at: Instant,
+    },
+    /// An unknown flow's owner answered.
+    OwnerLearned {
+        /// The flow.
+        key: FlowKey,
+        /// Its owner.
+        owner: Side,
+        /// When.
+        at: Instant,
+    },
+    /// Replica mode: a flow's primary moved.
+    HandOff {
+        /// The flow.
+        key: FlowKey,
+        /// Previous primary.
+        from: Side,
+        /// New primary.
+        to: Side,
+        /// When.
+        at: Instant,
+    },
+    /// A conflicting reply was dropped.
+    Conflict {
+        /// The flow.
+        key: FlowKey,
+        /// The side that sent it.
+        from: Side,
+        /// What it was.
+        kind: ConflictKind,
+        /// When.
+        at: Instant,
+    },
+    /// An entry's split changed.
+    SplitChanged {
+        /// The shadowed address.
+        ip: Ipv4Addr,
+        /// The change.
+        change: SplitChange,
+        /// When.
+        at: Instant,
+    },
+    /// An entry's state changed.
+    StateChanged {
+        /// The shadowed address.
+        ip: Ipv4Addr,
+        /// Before.
+        from: EntryState,
+        /// After.
+        to: EntryState,
+        /// When.
+        at: Instant,
+    },
+    /// A migration ended and its entry was removed.
+    MigrationEnded {
+        /// The address, now held by one VM.
+        ip: Ipv4Addr,
+        /// Completed or rolled back.
+        outcome: Outcome,
+        /// What happened to the losing side's flows.
+        report: CutOverReport,
+        /// When.
+        at: Instant,
+    },
+}
+
+/// Receives the core's events. Implementations must be cheap: they run on the packet path.
+pub trait EventSink {
+    /// Takes one event.
+    fn event(&mut self, event: Event);
+}
+
+/// Discards every event.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NullSink;
+
+impl EventSink for NullSink {
+    #[inline(always)]
+    fn event(&mut self, _event: Event) {}
+}
+
+/// Collects events (tests, and drivers that forward them in batches).
+impl EventSink for Vec<Event> {
+    fn event(&mut self, event: Event) {
+        self.push(event);
+    }
+}

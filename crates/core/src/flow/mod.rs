@@ -1,0 +1,167 @@
+//! Flows: the unit of the split. A flow is owned by one VM from its first packet until it ends
+//! (or until cut-over / replica hand-off), so a TCP connection never sees two endpoints.
+
+mod key;
+mod table;
+mod timeouts;
+
+pub use key::{FlowKey, PROTO_CLIENT_PIN};
+pub use table::{Evicted, FlowTable, InsertError};
+pub use timeouts::FlowTimeouts;
+pub(crate) use timeouts::TimeoutsMs;
+
+use serde::Serialize;
+
+use crate::time::Instant;
+
+/// One side of a migration: the VM the address moves from, or the one it moves to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Side {
+    /// VM A, the source (old holder) of the address.
+    Source,
+    /// VM B, the destination (new holder).
+    Destination,
+}
+
+impl Side {
+    /// The other side.
+    pub const fn other(self) -> Self {
+        match self {
+            Side::Source => Side::Destination,
+            Side::Destination => Side::Source,
+        }
+    }
+}
+
+/// Owner as stored in a flow: a side, or not yet known (unknown established flow being learned).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[repr(u8)]
+pub enum Owner {
+    /// Owned by VM A.
+    Source = 0,
+    /// Owned by VM B.
+    Destination = 1,
+    /// Delivered to both until one of them answers (see MISSION.md, "Unknown flows").
+    Unknown = 2,
+}
+
+impl Owner {
+    /// The owning side, if known.
+    pub const fn side(self) -> Option<Side> {
+        match self {
+            Owner::Source => Some(Side::Source),
+            Owner::Destination => Some(Side::Destination),
+            Owner::Unknown => None,
+        }
+    }
+}
+
+impl From<Side> for Owner {
+    fn from(side: Side) -> Self {
+        match side {
+            Side::Source => Owner::Source,
+            Side::Destination => Owner::Destination,
+        }
+    }
+}
+
+/// Where a flow is in its life; decides its idle timeout and whether it may be evicted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+#[repr(u8)]
+pub enum Phase {
+    /// Opened (SYN, or first datagram) but not confirmed by the initiator after a reply: what a
+    /// SYN flood creates. Evicted first when the table is full.
+    Embryonic = 0,
+    /// An established TCP flow the router had no state for: delivered to both VMs while the
+    /// owner is learned. Evictable (it is relearned on its next packet).
+    Pending = 1,
+    /// Confirmed in both directions. Never evicted to make room; only idle expiry removes it.
+    Established = 2,
+    /// A FIN was seen.
+    Closing = 3,
+    /// A RST was seen, or both FINs: kept briefly to absorb stragglers.
+    Closed = 4,
+}
+
+impl Phase {
+    /// Whether a table under pressure may drop this flow to admit a new one.
+    pub const fn evictable(self) -> bool {
+        matches!(self, Phase::Embryonic | Phase::Pending)
+    }
+}
+
+/// Flow state bits.
+pub(crate) mod flags {
+    /// Opened by a VM (outbound), not by a client.
+    pub const OUTBOUND: u8 = 1 << 0;
+    /// The responder has answered (SYN-ACK, or a reply datagram).
+    pub const REPLIED: u8 = 1 << 1;
+    /// `client_seq_max` holds a value.
+    pub const CLIENT_SEQ: u8 = 1 << 2;
+    /// `client_ack` holds a value.
+    pub const CLIENT_ACK: u8 = 1 << 3;
+    /// `owner_seq_max` holds a value.
+    pub const OWNER_SEQ: u8 = 1 << 4;
+    /// Pending flow: a RST from VM A was suppressed at `rst_ms`.
+    pub const RST_SOURCE: u8 = 1 << 5;
+    /// Pending flow: a RST from VM B was suppressed at `rst_ms`.
+    pub const RST_DESTINATION: u8 = 1 << 6;
+    /// An unanswered SYN of this flow was already reported to the split controller.
+    pub const SYN_SIGNALLED: u8 = 1 << 7;
+}
+
+/// What the router remembers of one flow: 32 bytes, so a 48-byte table slot with its key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(C)]
+pub struct Flow {
+    /// When the flow was first seen (for its lifetime).
+    pub created: Instant,
+    /// Last packet, in milliseconds since the caller's epoch, truncated to 32 bits.
+    pub last_seen_ms: u32,
+    /// TCP: highest sequence number plus length seen from the client.
+    pub client_seq_max: u32,
+    /// TCP: latest acknowledgment number the client sent (its RCV.NXT).
+    pub client_ack: u32,
+    /// TCP: highest sequence number plus length the owner sent.
+    pub owner_seq_max: u32,
+    /// Pending flow: when the first RST of one VM was suppressed (ms, 32-bit).
+    pub rst_ms: u32,
+    /// Who receives the flow's inbound packets and may answer.
+    pub owner: Owner,
+    /// Life phase.
+    pub phase: Phase,
+    /// State bits (see `flags`).
+    pub flags: u8,
+    /// Reserved, keeps the layout explicit.
+    pub reserved: u8,
+}
+
+impl Flow {
+    /// A new flow seen at `now`.
+    pub fn new(owner: Owner, phase: Phase, now: Instant) -> Self {
+        Self {
+            created: now,
+            last_seen_ms: now.millis_u32(),
+            client_seq_max: 0,
+            client_ack: 0,
+            owner_seq_max: 0,
+            rst_ms: 0,
+            owner,
+            phase,
+            flags: 0,
+            reserved: 0,
+        }
+    }
+
+    /// Whether flag bits are all set.
+    pub(crate) const fn has(&self, bits: u8) -> bool {
+        self.flags & bits == bits
+    }
+
+    /// Whether the flow was opened by one of the VMs.
+    pub const fn is_outbound(&self) -> bool {
+        self.flags & flags::OUTBOUND != 0
+    }
+}

@@ -1,0 +1,65 @@
+//! The end of a migration: cut-over (the address goes to B) or rollback (it stays with A).
+
+use std::net::Ipv4Addr;
+
+use super::{ShadowRouter, Transmit, ended};
+use crate::events::{CutOverReport, Event, FlowEndReason, Outcome};
+use crate::flow::{Owner, Phase, Side, flags};
+use crate::shadow::Mode;
+use crate::time::Instant;
+use crate::wire::{PROTO_TCP, RstSpec, build_tcp_rst};
+
+impl<S: crate::events::EventSink> ShadowRouter<S> {
+    /// Ends the migration of `ip`. The losing side's flows still open are handed to the winner
+    /// (replica mode, or connectionless flows: their next datagram simply goes there) or, for
+    /// independent TCP, closed with a clean RST to the client, so no client waits on a dead
+    /// socket. Then every flow of `ip` is forgotten, the entry removed, and the address
+    /// recorded as the winner's alone.
+    pub(crate) fn end_migration(&mut self, ip: Ipv4Addr, outcome: Outcome, now: Instant) {
+        let Some(mut shadow) = self.shadows.remove(&ip) else { return };
+        let (winner, loser) = match outcome {
+            Outcome::Completed => (Side::Destination, Side::Source),
+            Outcome::RolledBack => (Side::Source, Side::Destination),
+        };
+        if outcome == Outcome::Completed {
+            let change = shadow.controller.cut_over();
+            if let Some(change) = shadow.apply(change) {
+                self.sink.event(Event::SplitChanged { ip, change, at: now });
+            }
+        }
+        let mut report = CutOverReport::default();
+        for key in self.flows.keys_where(|k, _| k.shadow_ip == ip) {
+            let Some(index) = self.flows.find(&key, self.flows.hash(&key)) else { continue };
+            let flow = *self.flows.flow(index);
+            if flow.owner == Owner::from(loser) && flow.phase != Phase::Closed {
+                report.flows_open_on_losing_side += 1;
+                if shadow.mode == Mode::Replica || key.protocol != PROTO_TCP {
+                    report.handed_over += 1;
+                    if shadow.mode == Mode::Replica {
+                        self.sink.event(Event::HandOff { key, from: loser, to: winner, at: now });
+                    }
+                } else if flow.has(flags::CLIENT_SEQ) {
+                    // RFC 9293 3.10.7 / RFC 5961 3.2: a RST is accepted at once when its sequence
+                    // number is exactly the receiver's RCV.NXT, i.e. the client's last ACK. A client
+                    // still in SYN-SENT has sent no ACK; it accepts a RST|ACK acknowledging its SYN.
+                    let seq = if flow.has(flags::CLIENT_ACK) { flow.client_ack } else { 0 };
+                    let spec = RstSpec {
+                        shadow_ip: ip,
+                        shadow_port: key.shadow_port,
+                        client_ip: key.client_ip,
+                        client_port: key.client_port,
+                        seq,
+                        ack: flow.client_seq_max,
+                    };
+                    self.transmit.push_back(Transmit { to: key.client_ip, datagram: build_tcp_rst(&spec) });
+                    self.counters.resets_sent += 1;
+                    report.reset += 1;
+                }
+            }
+            self.flows.remove(index);
+            self.sink.event(ended(key, &flow, FlowEndReason::MigrationEnded, now));
+        }
+        self.addresses.insert(ip, shadow.vm(winner));
+        self.sink.event(Event::MigrationEnded { ip, outcome, report, at: now });
+    }
+}

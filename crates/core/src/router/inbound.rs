@@ -1,0 +1,271 @@
+//! Inbound: a frame from the provider side to a shadowed address.
+
+use super::{Deliver, DropReason, InboundVerdict, ShadowRouter, seq_le};
+use crate::events::{Event, FlowEndReason, FlowOrigin};
+use crate::flow::{Flow, FlowKey, Owner, Phase, flags};
+use crate::fragments::FragmentRoute;
+use crate::shadow::{Affinity, Mode, Shadow, Signal, Strategy};
+use crate::time::Instant;
+use crate::wire::{Fragment, Ipv4Info, L4, PROTO_ICMP, Packet, TcpInfo, parse_frame};
+
+/// What the inbound packet is, for the flow logic.
+enum Kind {
+    /// Opens a flow: TCP SYN, or any first datagram.
+    Opening,
+    /// A TCP segment of a connection the router may not know (no SYN).
+    Midstream,
+    /// Belongs to an existing flow but never opens one (RST, echo reply, ICMP error).
+    FollowOnly,
+}
+
+impl<S: crate::events::EventSink> ShadowRouter<S> {
+    /// Decides where a frame from the provider side goes.
+    pub fn inbound(&mut self, frame: &[u8], now: Instant) -> InboundVerdict {
+        self.counters.inbound_frames += 1;
+        match parse_frame(frame) {
+            Ok(packet) => self.inbound_packet(&packet, now),
+            Err(e) => {
+                self.counters.malformed.count(e);
+                InboundVerdict::Drop(DropReason::Malformed(e))
+            }
+        }
+    }
+
+    /// Decides where an already parsed inbound packet goes.
+    pub fn inbound_packet(&mut self, packet: &Packet, now: Instant) -> InboundVerdict {
+        let ip = match packet {
+            Packet::Ipv4(ip) => ip,
+            Packet::Arp(arp) => return InboundVerdict::Arp(*arp),
+            Packet::Other { .. } => return InboundVerdict::NotShadowed,
+        };
+        let Some(shadow) = self.shadows.get_mut(&ip.dst) else { return InboundVerdict::NotShadowed };
+        let deliver = match shadow.strategy {
+            Strategy::Instant => Deliver::Destination,
+            Strategy::Packet => shadow.decide_packet().into(),
+            Strategy::Flow => match self.flow_inbound(ip, now) {
+                Ok(d) => d,
+                Err(reason) => return InboundVerdict::Drop(reason),
+            },
+        };
+        // Re-borrow: flow_inbound needed the whole router.
+        if let Some(shadow) = self.shadows.get_mut(&ip.dst) {
+            let c = &mut shadow.entry.counters;
+            match deliver {
+                Deliver::Source => c.packets_to_source += 1,
+                Deliver::Destination => c.packets_to_destination += 1,
+                Deliver::Both => c.packets_to_both += 1,
+            }
+        }
+        InboundVerdict::Deliver(deliver)
+    }
+
+    fn flow_inbound(&mut self, ip: &Ipv4Info, now: Instant) -> Result<Deliver, DropReason> {
+        let Some(shadow) = self.shadows.get(&ip.dst) else { return Ok(Deliver::Both) };
+        let client_pin = shadow.affinity == Affinity::Client;
+        let (key, kind) = match inbound_key(ip, client_pin) {
+            Some(k) => k,
+            None => {
+                // A later fragment: follow its first fragment, or go to both VMs (the one without
+                // fragment zero discards the rest silently, RFC 1122 3.3.2).
+                return Ok(match self.fragments.route(ip, now) {
+                    Some(FragmentRoute::Deliver(bits)) => Deliver::from_bits(bits),
+                    _ => {
+                        self.counters.fragments_mirrored += 1;
+                        Deliver::Both
+                    }
+                });
+            }
+        };
+        let deliver = self.flow_decide(ip, &key, kind, client_pin, now)?;
+        if ip.fragment == Fragment::First && !self.fragments.remember(ip, FragmentRoute::Deliver(deliver.bits()), now) {
+            self.counters.fragment_table_full += 1;
+        }
+        Ok(deliver)
+    }
+
+    fn flow_decide(
+        &mut self,
+        ip: &Ipv4Info,
+        key: &FlowKey,
+        kind: Kind,
+        client_pin: bool,
+        now: Instant,
+    ) -> Result<Deliver, DropReason> {
+        let hash = self.flows.hash(key);
+        let mut found = self.flows.find(key, hash);
+        if let Some(i) = found {
+            let reused = !client_pin
+                && matches!(ip.l4, L4::Tcp(t) if t.flags.is_syn_only())
+                && self.flows.flow(i).phase == Phase::Closed;
+            if self.flows.is_expired(i, now.millis_u32(), &self.timeouts) {
+                self.counters.flows_expired += 1;
+                self.end_flow(i, FlowEndReason::Idle, now);
+                found = None;
+            } else if reused {
+                self.end_flow(i, FlowEndReason::Reused, now);
+                found = None;
+            }
+        }
+        let Some(shadow) = self.shadows.get_mut(&ip.dst) else { return Ok(Deliver::Both) };
+        let replica = shadow.mode == Mode::Replica;
+        let index = match found {
+            Some(i) => i,
+            None => {
+                let (owner, phase, origin) = match kind {
+                    Kind::FollowOnly => return Ok(Deliver::Both),
+                    Kind::Midstream if replica => {
+                        (Owner::from(shadow.decide(key)), Phase::Established, FlowOrigin::Unknown)
+                    }
+                    Kind::Midstream => (Owner::Unknown, Phase::Pending, FlowOrigin::Unknown),
+                    Kind::Opening => (Owner::from(shadow.decide(key)), Phase::Embryonic, FlowOrigin::Inbound),
+                };
+                match owner {
+                    Owner::Source => shadow.entry.counters.flows_to_source += 1,
+                    Owner::Destination => shadow.entry.counters.flows_to_destination += 1,
+                    Owner::Unknown => {}
+                }
+                let flow = Flow::new(owner, phase, now);
+                let Some(i) = self.admit(key, hash, flow, now) else { return Err(DropReason::TableFull) };
+                self.sink.event(Event::FlowStarted { key: *key, owner, origin, at: now });
+                i
+            }
+        };
+        let Some(shadow) = self.shadows.get_mut(&ip.dst) else { return Ok(Deliver::Both) };
+        let flow = self.flows.flow_mut(index);
+        flow.last_seen_ms = now.millis_u32();
+        if replica {
+            hand_off(shadow, key, flow, &mut self.sink, now);
+        }
+        if let L4::Tcp(tcp) = &ip.l4
+            && !client_pin
+        {
+            track_client_segment(shadow, flow, tcp, now);
+        } else if flow.is_outbound() {
+            flow.flags |= flags::REPLIED;
+        } else if flow.has(flags::REPLIED) && flow.phase == Phase::Embryonic {
+            flow.phase = Phase::Established;
+        }
+        Ok(match flow.owner {
+            _ if replica => Deliver::Both,
+            Owner::Source => Deliver::Source,
+            Owner::Destination => Deliver::Destination,
+            Owner::Unknown => Deliver::Both,
+        })
+    }
+}
+
+/// Replica mode: the flow's primary is whatever the current split says; a change is a hand-off.
+pub(super) fn hand_off(
+    shadow: &mut Shadow,
+    key: &FlowKey,
+    flow: &mut Flow,
+    sink: &mut impl crate::events::EventSink,
+    now: Instant,
+) {
+    let primary = shadow.decide(key);
+    if let Some(from) = flow.owner.side()
+        && from != primary
+    {
+        shadow.entry.counters.handoffs += 1;
+        sink.event(Event::HandOff { key: *key, from, to: primary, at: now });
+    }
+    flow.owner = primary.into();
+}
+
+/// Follows the client's half of a TCP connection: phase, sequence and acknowledgment, and the
+/// signals about B (unanswered SYNs, retransmissions) for the split controller.
+fn track_client_segment(shadow: &mut Shadow, flow: &mut Flow, tcp: &TcpInfo, now: Instant) {
+    let to_b = flow.owner == Owner::Destination && shadow.mode == Mode::Independent;
+    let f = tcp.flags;
+    if f.rst() {
+        flow.phase = Phase::Closed;
+        return;
+    }
+    if f.is_syn_only() {
+        let params = &shadow.entry.congestion_control_parameters;
+        if to_b
+            && flow.phase == Phase::Embryonic
+            && !flow.has(flags::REPLIED)
+            && !flow.has(flags::SYN_SIGNALLED)
+            && now - flow.created >= params.syn_timeout
+        {
+            flow.flags |= flags::SYN_SIGNALLED;
+            shadow.controller.record(Signal::UnansweredSyn);
+        }
+    } else if f.is_syn_ack() && flow.is_outbound() {
+        // The remote end answered a connection a VM opened.
+        flow.flags |= flags::REPLIED;
+    } else if flow.phase == Phase::Embryonic && !flow.is_outbound() && flow.has(flags::REPLIED) && f.ack() {
+        // The client's ACK of the SYN-ACK: the three-way handshake is complete.
+        flow.phase = Phase::Established;
+    }
+    if f.fin() && flow.phase != Phase::Closed {
+        flow.phase = if flow.phase == Phase::Closing { Phase::Closed } else { Phase::Closing };
+    }
+    let seq_len = tcp.seq_len();
+    if seq_len > 0 {
+        let end = tcp.seq.wrapping_add(seq_len);
+        if tcp.payload_len > 0 && to_b {
+            shadow.controller.record(Signal::DataSegment);
+            if flow.has(flags::CLIENT_SEQ) && seq_le(end, flow.client_seq_max) {
+                shadow.controller.record(Signal::Retransmission);
+            }
+        }
+        if !flow.has(flags::CLIENT_SEQ) || seq_le(flow.client_seq_max, end) {
+            flow.client_seq_max = end;
+            flow.flags |= flags::CLIENT_SEQ;
+        }
+    }
+    if f.ack() && (!flow.has(flags::CLIENT_ACK) || seq_le(flow.client_ack, tcp.ack)) {
+        flow.client_ack = tcp.ack;
+        flow.flags |= flags::CLIENT_ACK;
+    }
+}
+
+/// The flow key of an inbound packet and what it may do; `None` for a later fragment.
+fn inbound_key(ip: &Ipv4Info, client_pin: bool) -> Option<(FlowKey, Kind)> {
+    let flow = |client_port, shadow_port, protocol| FlowKey {
+        client_ip: ip.src,
+        client_port,
+        shadow_ip: ip.dst,
+        shadow_port,
+        protocol,
+    };
+    if client_pin {
+        // Every packet of the client follows its pin, fragments and ICMP errors included.
+        let kind = match &ip.l4 {
+            L4::Tcp(t) if t.flags.rst() => Kind::FollowOnly,
+            L4::Tcp(t) if !t.flags.syn() => Kind::Midstream,
+            _ => Kind::Opening,
+        };
+        return Some((FlowKey::client_pin(ip.src, ip.dst), kind));
+    }
+    Some(match ip.l4 {
+        L4::Tcp(t) => {
+            let kind = if t.flags.rst() {
+                Kind::FollowOnly
+            } else if t.flags.is_syn_only() {
+                Kind::Opening
+            } else {
+                Kind::Midstream
+            };
+            (flow(t.src_port, t.dst_port, ip.protocol), kind)
+        }
+        L4::Udp { src_port, dst_port } => (flow(src_port, dst_port, ip.protocol), Kind::Opening),
+        L4::IcmpEcho { id, reply } => (flow(id, 0, PROTO_ICMP), if reply { Kind::FollowOnly } else { Kind::Opening }),
+        // An error about a datagram the shadowed address sent: it belongs to that datagram's flow
+        // (path MTU discovery depends on it reaching the right VM).
+        L4::IcmpError(q) if q.src == ip.dst => {
+            let key = FlowKey {
+                client_ip: q.dst,
+                client_port: if q.protocol == PROTO_ICMP { q.src_port } else { q.dst_port },
+                shadow_ip: q.src,
+                shadow_port: if q.protocol == PROTO_ICMP { 0 } else { q.src_port },
+                protocol: q.protocol,
+            };
+            (key, Kind::FollowOnly)
+        }
+        L4::IcmpError(_) | L4::IcmpOther | L4::Other => (flow(0, 0, ip.protocol), Kind::Opening),
+        L4::LaterFragment => return None,
+    })
+}

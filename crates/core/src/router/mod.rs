@@ -1,0 +1,378 @@
+//! The Shadow Router's decision logic, sans-IO: frames in, verdicts out; timers by `poll`.
+//!
+//! - [`ShadowRouter::inbound`]: a frame from the provider side. Decides which VM(s) get it.
+//! - [`ShadowRouter::egress`]: a frame from a VM. Anti-spoofing and the egress arbiter.
+//! - [`ShadowRouter::poll`] / [`ShadowRouter::poll_at`]: ramps, congestion control, deadlines,
+//!   flow expiry. [`ShadowRouter::poll_transmit`]: packets the router itself sends (cut-over RSTs).
+
+mod control;
+mod egress;
+mod end;
+mod inbound;
+
+use core::time::Duration;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::net::Ipv4Addr;
+
+use foldhash::fast::FixedState;
+use serde::{Deserialize, Serialize};
+
+use crate::counters::RouterCounters;
+use crate::events::{ConflictKind, Event, EventSink, FlowEndReason};
+use crate::flow::{Flow, FlowKey, FlowTable, FlowTimeouts, Phase};
+use crate::fragments::FragmentTable;
+use crate::shadow::{ShadowingEntry, ShadowingTable, VmId};
+use crate::time::Instant;
+use crate::wire::{ArpInfo, ParseError};
+
+/// A VM as the data plane knows it: a small handle (its port), resolved once from its [`VmId`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct VmRef(pub u32);
+
+/// Which VM(s) receive an inbound packet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Deliver {
+    /// VM A only.
+    Source,
+    /// VM B only.
+    Destination,
+    /// Both: an unknown flow being learned, a replica, or a fragment whose head was not seen.
+    Both,
+}
+
+impl Deliver {
+    fn bits(self) -> u8 {
+        match self {
+            Deliver::Source => 1,
+            Deliver::Destination => 2,
+            Deliver::Both => 3,
+        }
+    }
+
+    fn from_bits(bits: u8) -> Self {
+        match bits {
+            1 => Deliver::Source,
+            2 => Deliver::Destination,
+            _ => Deliver::Both,
+        }
+    }
+}
+
+impl From<crate::flow::Side> for Deliver {
+    fn from(side: crate::flow::Side) -> Self {
+        match side {
+            crate::flow::Side::Source => Deliver::Source,
+            crate::flow::Side::Destination => Deliver::Destination,
+        }
+    }
+}
+
+/// Why a packet was dropped. Every drop is also counted in [`RouterCounters`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DropReason {
+    /// The frame could not be parsed.
+    Malformed(ParseError),
+    /// A VM sent from an address it does not hold.
+    Spoofed,
+    /// A VM answered a flow it does not own.
+    Conflict(ConflictKind),
+    /// Replica mode: a duplicate of the primary's reply.
+    ReplicaDuplicate,
+    /// A RST for an unknown flow held back while the other VM may still own it.
+    ResetSuppressed,
+    /// New flow refused: the table is full of established flows.
+    TableFull,
+    /// A from A for an address that moved away from it (`instant` strategy).
+    SourceReleased,
+    /// A non-first fragment from a VM whose first fragment was not seen or was dropped.
+    FragmentOrphan,
+}
+
+/// Decision for a frame from the provider side.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InboundVerdict {
+    /// Not IPv4 to a shadowed address: forward as without ipshadow.
+    NotShadowed,
+    /// ARP: the data plane answers for the addresses it routes.
+    Arp(ArpInfo),
+    /// Deliver to these VM(s).
+    Deliver(Deliver),
+    /// Drop.
+    Drop(DropReason),
+}
+
+/// Decision for a frame from a VM.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EgressVerdict {
+    /// Let it out to the provider side.
+    Forward,
+    /// Drop.
+    Drop(DropReason),
+}
+
+/// A packet the router originates.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Transmit {
+    /// Destination (a client, on the provider side).
+    pub to: Ipv4Addr,
+    /// The IPv4 datagram; the data plane adds the link header.
+    pub datagram: Vec<u8>,
+}
+
+/// Router configuration.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RouterConfig {
+    /// Most flows tracked; memory is allocated for them at start (48 bytes * 1.6 per flow).
+    pub max_flows: usize,
+    /// Idle timeouts.
+    pub timeouts: FlowTimeouts,
+    /// Seed of the flow table's hash (not of the split: that is each entry's salt).
+    pub hash_seed: u64,
+    /// Every flow slot is visited for expiry once per this period.
+    #[serde(with = "crate::time::duration_ms", rename = "sweep_period_ms")]
+    pub sweep_period: Duration,
+    /// When both VMs reset an unknown flow within this window, one RST is let through.
+    #[serde(with = "crate::time::duration_ms", rename = "rst_pair_window_ms")]
+    pub rst_pair_window: Duration,
+    /// Datagrams in flight whose fragments are steered.
+    pub max_fragmented_datagrams: usize,
+    /// Drop frames from a VM whose source address it does not hold.
+    pub anti_spoofing: bool,
+}
+
+impl Default for RouterConfig {
+    fn default() -> Self {
+        Self {
+            max_flows: 1 << 20,
+            timeouts: FlowTimeouts::default(),
+            hash_seed: 0x1b5d_ad0e,
+            sweep_period: Duration::from_secs(10),
+            rst_pair_window: Duration::from_secs(3),
+            max_fragmented_datagrams: 8192,
+            anti_spoofing: true,
+        }
+    }
+}
+
+/// Sweep steps per sweep period: each step visits 1/SWEEP_STEPS of the slots.
+const SWEEP_STEPS: u32 = 100;
+
+/// The Shadow Router's core. `S` receives the telemetry events.
+pub struct ShadowRouter<S: EventSink> {
+    config: RouterConfig,
+    timeouts: crate::flow::TimeoutsMs,
+    shadows: ShadowingTable,
+    flows: FlowTable,
+    fragments: FragmentTable,
+    /// Owner of each plain (non-shadowed) address, for anti-spoofing.
+    addresses: HashMap<Ipv4Addr, VmRef, FixedState>,
+    vm_refs: HashMap<VmId, VmRef>,
+    wakeups: BinaryHeap<Reverse<(Instant, Ipv4Addr)>>,
+    next_sweep: Instant,
+    transmit: VecDeque<Transmit>,
+    counters: RouterCounters,
+    sink: S,
+}
+
+impl<S: EventSink> ShadowRouter<S> {
+    /// A router with no shadowed address, starting at `now`.
+    pub fn new(config: RouterConfig, sink: S, now: Instant) -> Self {
+        let timeouts = (&config.timeouts).into();
+        let flows = FlowTable::new(config.max_flows, config.hash_seed);
+        let fragments = FragmentTable::new(config.max_fragmented_datagrams);
+        Self {
+            timeouts,
+            flows,
+            fragments,
+            shadows: ShadowingTable::with_hasher(FixedState::with_seed(config.hash_seed)),
+            addresses: HashMap::with_hasher(FixedState::with_seed(config.hash_seed)),
+            vm_refs: HashMap::new(),
+            wakeups: BinaryHeap::new(),
+            next_sweep: now + config.sweep_period / SWEEP_STEPS,
+            transmit: VecDeque::new(),
+            counters: RouterCounters::default(),
+            sink,
+            config,
+        }
+    }
+
+    /// Counters.
+    pub fn counters(&self) -> &RouterCounters {
+        &self.counters
+    }
+
+    /// The event sink.
+    pub fn sink(&self) -> &S {
+        &self.sink
+    }
+
+    /// The event sink, mutable (to drain a collecting sink).
+    pub fn sink_mut(&mut self) -> &mut S {
+        &mut self.sink
+    }
+
+    /// Flows tracked.
+    pub fn flow_count(&self) -> usize {
+        self.flows.len()
+    }
+
+    /// Bytes held by the flow table.
+    pub fn flow_table_bytes(&self) -> usize {
+        self.flows.memory_bytes()
+    }
+
+    /// The flow with this key, if tracked.
+    pub fn flow(&self, key: &FlowKey) -> Option<&Flow> {
+        self.flows.find(key, self.flows.hash(key)).map(|i| self.flows.flow(i))
+    }
+
+    /// The shadowing entry of `ip`.
+    pub fn entry(&self, ip: Ipv4Addr) -> Option<&ShadowingEntry> {
+        self.shadows.get(&ip).map(|s| &s.entry)
+    }
+
+    /// Every shadowing entry (the seed's shadowing table).
+    pub fn entries(&self) -> impl Iterator<Item = &ShadowingEntry> {
+        self.shadows.values().map(|s| &s.entry)
+    }
+
+    /// The handle of a VM, allocated on first use.
+    pub fn vm_ref(&mut self, id: &VmId) -> VmRef {
+        let next = VmRef(self.vm_refs.len() as u32);
+        *self.vm_refs.entry(id.clone()).or_insert(next)
+    }
+
+    /// Records that `vm` holds the plain address `ip` (for anti-spoofing).
+    pub fn assign_address(&mut self, ip: Ipv4Addr, vm: VmRef) {
+        self.addresses.insert(ip, vm);
+    }
+
+    /// Forgets the holder of a plain address.
+    pub fn release_address(&mut self, ip: Ipv4Addr) {
+        self.addresses.remove(&ip);
+    }
+
+    /// The holder of a plain (non-shadowed) address.
+    pub fn address_holder(&self, ip: Ipv4Addr) -> Option<VmRef> {
+        self.addresses.get(&ip).copied()
+    }
+
+    /// Next packet the router sends itself.
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.transmit.pop_front()
+    }
+
+    /// When [`ShadowRouter::poll`] must next be called.
+    pub fn poll_at(&self) -> Option<Instant> {
+        let entry = self.wakeups.peek().map(|Reverse((t, _))| *t);
+        Some(entry.map_or(self.next_sweep, |t| t.min(self.next_sweep)))
+    }
+
+    /// Advances timers to `now`: ramps and congestion control, deadlines (cut-over), expiry of
+    /// idle flows and fragments.
+    pub fn poll(&mut self, now: Instant) {
+        while let Some(Reverse((at, ip))) = self.wakeups.peek().copied() {
+            if at > now {
+                break;
+            }
+            self.wakeups.pop();
+            self.poll_entry(ip, at, now);
+        }
+        if now >= self.next_sweep {
+            let steps =
+                1 + (now - self.next_sweep).as_micros() / (self.config.sweep_period / SWEEP_STEPS).as_micros().max(1);
+            let steps = u32::try_from(steps).unwrap_or(SWEEP_STEPS).min(SWEEP_STEPS);
+            let budget = (self.flows.capacity() as u64 * u64::from(steps)).div_ceil(u64::from(SWEEP_STEPS)) as usize;
+            let (flows, sink, counters) = (&mut self.flows, &mut self.sink, &mut self.counters);
+            flows.sweep(budget, now.millis_u32(), &self.timeouts, |key, flow| {
+                counters.flows_expired += 1;
+                sink.event(ended(key, &flow, FlowEndReason::Idle, now));
+            });
+            if !self.fragments.is_empty() {
+                self.fragments.expire(now);
+            }
+            self.next_sweep = now + self.config.sweep_period / SWEEP_STEPS;
+        }
+    }
+
+    fn poll_entry(&mut self, ip: Ipv4Addr, at: Instant, now: Instant) {
+        let Some(shadow) = self.shadows.get_mut(&ip) else { return };
+        if shadow.wake_at != Some(at) {
+            return; // superseded by a later schedule
+        }
+        shadow.wake_at = None;
+        let change = shadow.controller.poll(now);
+        if let Some(change) = shadow.apply(change) {
+            self.sink.event(Event::SplitChanged { ip, change, at: now });
+        }
+        let deadline = shadow.entry.options.deadline;
+        if deadline.is_some_and(|d| d <= now) {
+            self.end_migration(ip, crate::events::Outcome::Completed, now);
+            return;
+        }
+        self.schedule(ip);
+    }
+
+    /// Re-computes when `ip` needs `poll` next.
+    fn schedule(&mut self, ip: Ipv4Addr) {
+        let Some(shadow) = self.shadows.get_mut(&ip) else { return };
+        let deadline = shadow.entry.options.deadline;
+        let wake = match (shadow.controller.next_wakeup(), deadline) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        if wake != shadow.wake_at {
+            shadow.wake_at = wake;
+            if let Some(t) = wake {
+                self.wakeups.push(Reverse((t, ip)));
+            }
+        }
+    }
+
+    /// Removes the flow in `index` and reports its end.
+    fn end_flow(&mut self, index: usize, reason: FlowEndReason, now: Instant) {
+        let (key, flow) = self.flows.remove(index);
+        self.sink.event(ended(key, &flow, reason, now));
+    }
+
+    /// Inserts a new flow, evicting an embryonic one if the table is full.
+    fn admit(&mut self, key: &FlowKey, hash: u64, flow: Flow, now: Instant) -> Option<usize> {
+        match self.flows.insert(key, hash, flow, now.millis_u32(), &self.timeouts) {
+            Ok((index, evicted)) => {
+                if let Some(e) = evicted {
+                    let reason = if e.expired {
+                        self.counters.flows_expired += 1;
+                        FlowEndReason::Idle
+                    } else {
+                        if e.flow.phase == Phase::Pending {
+                            self.counters.evicted_pending += 1;
+                        } else {
+                            self.counters.evicted_embryonic += 1;
+                        }
+                        FlowEndReason::Evicted
+                    };
+                    self.sink.event(ended(e.key, &e.flow, reason, now));
+                }
+                self.counters.flows_created += 1;
+                Some(index)
+            }
+            Err(crate::flow::InsertError::Full) => {
+                self.counters.table_full += 1;
+                None
+            }
+        }
+    }
+}
+
+/// The `FlowEnded` event of a flow.
+fn ended(key: FlowKey, flow: &Flow, reason: FlowEndReason, now: Instant) -> Event {
+    Event::FlowEnded { key, owner: flow.owner, lifetime: now - flow.created, reason, at: now }
+}
+
+/// `a <= b` in 32-bit sequence space (RFC 9293 3.4).
+#[inline]
+pub(crate) const fn seq_le(a: u32, b: u32) -> bool {
+    (b.wrapping_sub(a) as i32) >= 0
+}

@@ -1,0 +1,14 @@
+//! The seed's `ShadowingEntry` and its table, plus the split controller that moves
+//! `traffic_split_percentage` over time.
+
+mod entry;
+mod params;
+mod split;
+mod table;
+
+pub use entry::{
+    Affinity, ConflictCounters, EntryCounters, EntryState, MigrationOptions, Mode, ShadowingEntry, Strategy, VmId,
+};
+pub use params::{CongestionControlParameters, Ramp, RampStep};
+pub use split::{Signal, SplitChange, SplitController, SplitReason};
+pub(crate) use table::{Shadow, ShadowingTable};

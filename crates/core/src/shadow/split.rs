@@ -1,0 +1,353 @@
+//! The split controller: ramp ceiling plus AIMD congestion control, sans-IO.
+//!
+//! Effective split = min(ramp ceiling, congestion window). The window starts open (100 %), so
+//! the ramp rules while B is healthy. At the end of each interval the signals counted from B are
+//! judged: trouble cuts the window to `split * multiplicative_decrease` (never below the floor);
+//! a healthy interval opens it by `additive_increase_pct`. As in TCP, the decrease is immediate
+//! and the recovery linear.
+
+use core::time::Duration;
+
+use serde::Serialize;
+
+use super::params::{CongestionControlParameters, Ramp};
+use crate::time::Instant;
+
+/// A trouble (or activity) signal about B, measured by the router.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Signal {
+    /// B reset one of its own flows.
+    Reset,
+    /// B sent a reply on a flow it does not own.
+    Conflict,
+    /// A client retransmitted its SYN to B: B did not answer in time.
+    UnansweredSyn,
+    /// A client retransmitted data to B: B did not acknowledge it in time.
+    Retransmission,
+    /// A data segment was delivered to B (the retransmission ratio's denominator).
+    DataSegment,
+}
+
+/// Why the split moved.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "reason", content = "signal")]
+pub enum SplitReason {
+    /// The ramp ceiling or the congestion window opened.
+    Increase,
+    /// Trouble from B: multiplicative decrease, naming the signal that tripped it.
+    Decrease(Signal),
+    /// Operator promote: 100 %.
+    Promote,
+    /// Operator abort: 0 %.
+    Abort,
+    /// Cut-over at the deadline: 100 %.
+    CutOver,
+}
+
+/// A change of the effective split.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct SplitChange {
+    /// Before, percent.
+    pub from_pct: f64,
+    /// After, percent.
+    pub to_pct: f64,
+    /// Why.
+    pub reason: SplitReason,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Counts {
+    resets: u32,
+    conflicts: u32,
+    unanswered_syns: u32,
+    retransmissions: u32,
+    data_segments: u32,
+}
+
+/// Moves one entry's split. Time is passed in; [`SplitController::next_wakeup`] says when to call
+/// [`SplitController::poll`] next.
+#[derive(Clone, Debug)]
+pub struct SplitController {
+    params: CongestionControlParameters,
+    ramp: Ramp,
+    started: Option<Instant>,
+    paused_at: Option<Instant>,
+    paused_total: Duration,
+    cwnd: f64,
+    split: f64,
+    fixed: Option<f64>,
+    interval_end: Option<Instant>,
+    counts: Counts,
+}
+
+impl SplitController {
+    /// A controller at split 0, waiting for [`SplitController::start`].
+    pub fn new(params: CongestionControlParameters, ramp: Ramp) -> Self {
+        Self {
+            params,
+            ramp,
+            started: None,
+            paused_at: None,
+            paused_total: Duration::ZERO,
+            cwnd: 100.0,
+            split: 0.0,
+            fixed: None,
+            interval_end: None,
+            counts: Counts::default(),
+        }
+    }
+
+    /// A controller resuming at a recorded split (after a restart): the ramp continues from the
+    /// point where it yields `split`.
+    pub fn resume_at(params: CongestionControlParameters, ramp: Ramp, split: f64, started: Instant) -> Self {
+        let mut c = Self::new(params, ramp);
+        c.started = Some(started);
+        c.split = split.clamp(0.0, 100.0);
+        c.interval_end = Some(started + c.params.interval);
+        c
+    }
+
+    /// The effective split, percent.
+    pub fn split(&self) -> f64 {
+        self.split
+    }
+
+    /// Whether the ramp has started (B's lease is bound).
+    pub fn started(&self) -> bool {
+        self.started.is_some()
+    }
+
+    /// Whether paused.
+    pub fn paused(&self) -> bool {
+        self.paused_at.is_some()
+    }
+
+    /// B's lease is bound: the ramp starts now.
+    pub fn start(&mut self, now: Instant) -> Option<SplitChange> {
+        if self.started.is_some() {
+            return None;
+        }
+        self.started = Some(now);
+        self.interval_end = Some(now + self.params.interval);
+        self.apply(self.ceiling(now).min(self.cwnd), SplitReason::Increase)
+    }
+
+    /// Counts a signal into the current interval.
+    pub fn record(&mut self, signal: Signal) {
+        let c = &mut self.counts;
+        let n = match signal {
+            Signal::Reset => &mut c.resets,
+            Signal::Conflict => &mut c.conflicts,
+            Signal::UnansweredSyn => &mut c.unanswered_syns,
+            Signal::Retransmission => &mut c.retransmissions,
+            Signal::DataSegment => &mut c.data_segments,
+        };
+        *n = n.saturating_add(1);
+    }
+
+    /// Freezes the split.
+    pub fn pause(&mut self, now: Instant) {
+        if self.paused_at.is_none() {
+            self.paused_at = Some(now);
+        }
+    }
+
+    /// Unfreezes; paused time does not count as ramp time.
+    pub fn resume(&mut self, now: Instant) {
+        if let Some(at) = self.paused_at.take() {
+            self.paused_total += now - at;
+            self.interval_end = Some(now + self.params.interval);
+            self.counts = Counts::default();
+        }
+    }
+
+    /// Fixes the split at 100 %.
+    pub fn promote(&mut self) -> Option<SplitChange> {
+        self.fixed = Some(100.0);
+        self.apply(100.0, SplitReason::Promote)
+    }
+
+    /// Fixes the split at 0 %.
+    pub fn abort(&mut self) -> Option<SplitChange> {
+        self.fixed = Some(0.0);
+        self.apply(0.0, SplitReason::Abort)
+    }
+
+    /// Fixes the split at 100 % for the cut-over.
+    pub fn cut_over(&mut self) -> Option<SplitChange> {
+        self.fixed = Some(100.0);
+        self.apply(100.0, SplitReason::CutOver)
+    }
+
+    fn ceiling(&self, now: Instant) -> f64 {
+        let Some(started) = self.started else { return 0.0 };
+        let paused_now = self.paused_at.map_or(Duration::ZERO, |at| now - at);
+        self.ramp.ceiling((now - started).saturating_sub(self.paused_total + paused_now))
+    }
+
+    fn apply(&mut self, to: f64, reason: SplitReason) -> Option<SplitChange> {
+        let to = if to.is_finite() { to.clamp(0.0, 100.0) } else { self.split };
+        if to == self.split {
+            return None;
+        }
+        let change = SplitChange { from_pct: self.split, to_pct: to, reason };
+        self.split = to;
+        Some(change)
+    }
+
+    /// The signal that makes the last interval trouble, if any.
+    fn trouble(&self) -> Option<Signal> {
+        let (c, p) = (&self.counts, &self.params);
+        if c.unanswered_syns > p.max_unanswered_syns_per_interval {
+            Some(Signal::UnansweredSyn)
+        } else if c.resets > p.max_resets_per_interval {
+            Some(Signal::Reset)
+        } else if c.conflicts > p.max_conflicts_per_interval {
+            Some(Signal::Conflict)
+        } else if c.data_segments >= p.min_segments_for_ratio
+            && f64::from(c.retransmissions) > p.max_retransmit_ratio * f64::from(c.data_segments)
+        {
+            Some(Signal::Retransmission)
+        } else {
+            None
+        }
+    }
+
+    /// Advances to `now`: judges finished intervals and follows the ramp.
+    pub fn poll(&mut self, now: Instant) -> Option<SplitChange> {
+        if self.fixed.is_some() || self.paused_at.is_some() {
+            return None;
+        }
+        let Some(mut end) = self.interval_end else { return None };
+        let mut decrease = None;
+        while end <= now {
+            if let Some(signal) = self.trouble() {
+                self.cwnd = (self.split * self.params.multiplicative_decrease).max(self.params.floor_pct);
+                decrease = Some(signal);
+            } else if decrease.is_none() {
+                self.cwnd = (self.cwnd + self.params.additive_increase_pct).min(100.0);
+            }
+            self.counts = Counts::default();
+            end = end + self.params.interval;
+        }
+        self.interval_end = Some(end);
+        let target = self.ceiling(now).min(self.cwnd);
+        let reason = match decrease {
+            Some(signal) => SplitReason::Decrease(signal),
+            None => SplitReason::Increase,
+        };
+        self.apply(target, reason)
+    }
+
+    /// When [`SplitController::poll`] next has work: the end of the interval or the next ramp step.
+    pub fn next_wakeup(&self) -> Option<Instant> {
+        if self.fixed.is_some() || self.paused_at.is_some() {
+            return None;
+        }
+        let interval = self.interval_end?;
+        let started = self.started?;
+        let step = self.ramp.next_step_after(interval - started).map(|t| started + t + self.paused_total);
+        Some(step.map_or(interval, |s| s.min(interval)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::shadow::RampStep;
+
+    fn secs(s: u64) -> Instant {
+        Instant::from_secs(s)
+    }
+
+    #[test]
+    fn nothing_moves_before_the_lease_is_bound() {
+        let mut c = SplitController::new(CongestionControlParameters::default(), Ramp::Linear { pct_per_sec: 10.0 });
+        assert_eq!(c.poll(secs(100)), None);
+        assert_eq!(c.split(), 0.0);
+        assert_eq!(c.next_wakeup(), None);
+    }
+
+    #[test]
+    fn linear_ramp_reaches_100_and_stays_in_range() {
+        let mut c = SplitController::new(CongestionControlParameters::default(), Ramp::Linear { pct_per_sec: 10.0 });
+        c.start(secs(10));
+        for s in 11..=30 {
+            c.poll(secs(s));
+            assert!((0.0..=100.0).contains(&c.split()));
+        }
+        assert_eq!(c.split(), 100.0);
+        c.poll(secs(15 + 10));
+    }
+
+    #[test]
+    fn trouble_halves_then_recovers_additively() {
+        let params = CongestionControlParameters { additive_increase_pct: 5.0, ..Default::default() };
+        let mut c = SplitController::new(
+            params,
+            Ramp::Steps { steps: vec![RampStep { pct: 40.0, hold: Duration::from_secs(1000) }] },
+        );
+        c.start(secs(0));
+        assert_eq!(c.split(), 40.0);
+        for _ in 0..6 {
+            c.record(Signal::Reset);
+        }
+        let change = c.poll(secs(1)).unwrap();
+        assert_eq!(change.reason, SplitReason::Decrease(Signal::Reset));
+        assert_eq!(c.split(), 20.0);
+        assert_eq!(c.poll(secs(2)).unwrap().to_pct, 25.0);
+        c.poll(secs(5));
+        assert_eq!(c.split(), 40.0, "recovers up to the ramp ceiling and no further");
+    }
+
+    #[test]
+    fn floor_holds_and_abort_goes_to_zero() {
+        let params = CongestionControlParameters { floor_pct: 2.0, ..Default::default() };
+        let mut c = SplitController::new(params, Ramp::Linear { pct_per_sec: 100.0 });
+        c.start(secs(0));
+        for t in 1..20 {
+            for _ in 0..10 {
+                c.record(Signal::UnansweredSyn);
+            }
+            c.poll(secs(t));
+            assert!(c.split() >= 2.0);
+        }
+        assert_eq!(c.split(), 2.0);
+        c.abort();
+        assert_eq!(c.split(), 0.0);
+        assert_eq!(c.poll(secs(100)), None);
+    }
+
+    #[test]
+    fn pause_freezes_ramp_time() {
+        let mut c = SplitController::new(CongestionControlParameters::default(), Ramp::Linear { pct_per_sec: 1.0 });
+        c.start(secs(0));
+        c.poll(secs(10));
+        assert_eq!(c.split(), 10.0);
+        c.pause(secs(10));
+        assert_eq!(c.poll(secs(50)), None);
+        c.resume(secs(50));
+        c.poll(secs(55));
+        assert_eq!(c.split(), 15.0);
+    }
+
+    #[test]
+    fn retransmission_ratio_needs_enough_samples() {
+        let mut c = SplitController::new(CongestionControlParameters::default(), Ramp::Linear { pct_per_sec: 50.0 });
+        c.start(secs(0));
+        c.poll(secs(1));
+        for _ in 0..10 {
+            c.record(Signal::Retransmission);
+            c.record(Signal::DataSegment);
+        }
+        assert_ne!(c.poll(secs(2)).map(|ch| ch.reason), Some(SplitReason::Decrease(Signal::Retransmission)));
+        for _ in 0..100 {
+            c.record(Signal::DataSegment);
+        }
+        for _ in 0..20 {
+            c.record(Signal::Retransmission);
+        }
+        assert_eq!(c.poll(secs(3)).map(|ch| ch.reason), Some(SplitReason::Decrease(Signal::Retransmission)));
+    }
+}
