@@ -18,6 +18,7 @@ mod fragments;
 mod prefetch;
 pub mod router;
 pub mod shadow;
+pub mod testkit;
 pub mod time;
 pub mod wire;
 

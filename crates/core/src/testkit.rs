@@ -1,0 +1,182 @@
+//! Frame builders and a stepping harness, shared by the tests, the benchmarks and the fuzz
+//! targets (and later the simulator's own checks). Not used by the router itself.
+
+use std::net::Ipv4Addr;
+
+use etherparse::PacketBuilder;
+
+use crate::events::Event;
+use crate::flow::{FlowKey, Owner, Side};
+use crate::router::{EgressVerdict, InboundVerdict, RouterConfig, ShadowRouter, VmRef};
+use crate::shadow::{CongestionControlParameters, MigrationOptions, ShadowingEntry, VmId};
+use crate::time::Instant;
+use crate::wire::{L4, Packet, TcpFlags, parse_frame};
+
+/// MAC of the provider-side router port in built frames.
+pub const ROUTER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 1];
+/// MAC of a client / VM in built frames.
+pub const HOST_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 2];
+
+fn ipv4(src: Ipv4Addr, dst: Ipv4Addr) -> etherparse::PacketBuilderStep<etherparse::IpHeaders> {
+    PacketBuilder::ethernet2(HOST_MAC, ROUTER_MAC).ipv4(src.octets(), dst.octets(), 64)
+}
+
+/// A TCP segment in an Ethernet frame. `flags` uses [`TcpFlags`] bits.
+pub fn tcp(src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16), flags: u8, seq: u32, ack: u32, payload: &[u8]) -> Vec<u8> {
+    let mut b = ipv4(src.0, dst.0).tcp(src.1, dst.1, seq, 64_000);
+    if flags & TcpFlags::SYN != 0 {
+        b = b.syn();
+    }
+    if flags & TcpFlags::ACK != 0 {
+        b = b.ack(ack);
+    }
+    if flags & TcpFlags::FIN != 0 {
+        b = b.fin();
+    }
+    if flags & TcpFlags::RST != 0 {
+        b = b.rst();
+    }
+    if flags & TcpFlags::PSH != 0 {
+        b = b.psh();
+    }
+    let mut out = Vec::with_capacity(b.size(payload.len()));
+    b.write(&mut out, payload).expect("building a test frame");
+    out
+}
+
+/// A UDP datagram in an Ethernet frame.
+pub fn udp(src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16), payload: &[u8]) -> Vec<u8> {
+    let b = ipv4(src.0, dst.0).udp(src.1, dst.1);
+    let mut out = Vec::with_capacity(b.size(payload.len()));
+    b.write(&mut out, payload).expect("building a test frame");
+    out
+}
+
+/// An ICMP echo request (or reply) in an Ethernet frame.
+pub fn icmp_echo(src: Ipv4Addr, dst: Ipv4Addr, id: u16, seq: u16, reply: bool) -> Vec<u8> {
+    let b = if reply { ipv4(src, dst).icmpv4_echo_reply(id, seq) } else { ipv4(src, dst).icmpv4_echo_request(id, seq) };
+    let mut out = Vec::with_capacity(b.size(8));
+    b.write(&mut out, &[0u8; 8]).expect("building a test frame");
+    out
+}
+
+/// Rewrites a built frame's IPv4 header into a fragment: `offset8` in 8-byte units, more
+/// fragments flag, identification; recomputes the header checksum.
+pub fn make_fragment(mut frame: Vec<u8>, ident: u16, offset8: u16, more: bool, keep_payload: usize) -> Vec<u8> {
+    let ip = 14;
+    let ihl = usize::from(frame[ip] & 0x0f) * 4;
+    frame.truncate(ip + ihl + keep_payload);
+    let total = (ihl + keep_payload) as u16;
+    frame[ip + 2..ip + 4].copy_from_slice(&total.to_be_bytes());
+    frame[ip + 4..ip + 6].copy_from_slice(&ident.to_be_bytes());
+    let flags_off = (u16::from(more) << 13) | (offset8 & 0x1fff);
+    frame[ip + 6..ip + 8].copy_from_slice(&flags_off.to_be_bytes());
+    fix_ipv4_checksum(&mut frame);
+    frame
+}
+
+/// Recomputes the IPv4 header checksum of an Ethernet frame (no VLAN tag).
+pub fn fix_ipv4_checksum(frame: &mut [u8]) {
+    let ip = 14;
+    let ihl = usize::from(frame[ip] & 0x0f) * 4;
+    frame[ip + 10] = 0;
+    frame[ip + 11] = 0;
+    let mut sum: u32 = frame[ip..ip + ihl].chunks_exact(2).map(|w| u32::from(u16::from_be_bytes([w[0], w[1]]))).sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    let c = !(sum as u16);
+    frame[ip + 10..ip + 12].copy_from_slice(&c.to_be_bytes());
+}
+
+/// Inserts an 802.1Q tag with `vid` after the MAC addresses.
+pub fn vlan_tag(frame: &[u8], tpid: u16, vid: u16) -> Vec<u8> {
+    let mut out = Vec::with_capacity(frame.len() + 4);
+    out.extend_from_slice(&frame[..12]);
+    out.extend_from_slice(&tpid.to_be_bytes());
+    out.extend_from_slice(&vid.to_be_bytes());
+    out.extend_from_slice(&frame[12..]);
+    out
+}
+
+/// The shadowed address used by the harness.
+pub const X: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 10);
+
+/// A router with one shadowed address [`X`] between VM A and VM B, a clock, and a check that no
+/// reply from a non-owner leaves the router.
+pub struct Harness {
+    /// The router under test.
+    pub router: ShadowRouter<Vec<Event>>,
+    /// The harness clock.
+    pub now: Instant,
+    /// VM A's handle.
+    pub a: VmRef,
+    /// VM B's handle.
+    pub b: VmRef,
+    /// Every forwarded TCP RST or data segment from the VM that did not own its flow.
+    pub leaks: Vec<String>,
+}
+
+impl Harness {
+    /// A harness whose entry for [`X`] uses `options` and `params`, B's lease not yet bound.
+    pub fn new(config: RouterConfig, options: MigrationOptions, params: CongestionControlParameters) -> Self {
+        let now = Instant::from_secs(1);
+        let mut router = ShadowRouter::new(config, Vec::new(), now);
+        let entry = ShadowingEntry::new(X, VmId::from("vm-a"), VmId::from("vm-b"), now, params, options);
+        router.add_entry(entry, now).expect("valid test entry");
+        let a = router.vm_ref(&VmId::from("vm-a"));
+        let b = router.vm_ref(&VmId::from("vm-b"));
+        Self { router, now, a, b, leaks: Vec::new() }
+    }
+
+    /// Moves the clock and polls the router.
+    pub fn advance(&mut self, by: core::time::Duration) {
+        self.now = self.now + by;
+        self.router.poll(self.now);
+    }
+
+    /// A frame from the provider side.
+    pub fn inbound(&mut self, frame: &[u8]) -> InboundVerdict {
+        self.router.inbound(frame, self.now)
+    }
+
+    /// A frame from VM A or B; records a leak if a non-owner's RST or data is forwarded.
+    pub fn from_vm(&mut self, side: Side, frame: &[u8]) -> EgressVerdict {
+        let vm = match side {
+            Side::Source => self.a,
+            Side::Destination => self.b,
+        };
+        let before = egress_flow_key(frame).and_then(|k| self.router.flow(&k).map(|f| f.owner));
+        let verdict = self.router.egress(vm, frame, self.now);
+        if verdict == EgressVerdict::Forward
+            && let Some(key) = egress_flow_key(frame)
+            && let Ok(Packet::Ipv4(ip)) = parse_frame(frame)
+            && let L4::Tcp(t) = ip.l4
+            && (t.flags.rst() || t.payload_len > 0)
+        {
+            let after = self.router.flow(&key).map(|f| f.owner).or(before);
+            if let Some(owner) = after.and_then(Owner::side)
+                && owner != side
+            {
+                self.leaks.push(format!("{side:?} sent {t:?} on {key} owned by {owner:?}"));
+            }
+        }
+        verdict
+    }
+
+    /// Events so far, drained.
+    pub fn events(&mut self) -> Vec<Event> {
+        std::mem::take(self.router.sink_mut())
+    }
+}
+
+/// The flow key of a TCP/UDP frame sent by a VM from a shadowed address.
+pub fn egress_flow_key(frame: &[u8]) -> Option<FlowKey> {
+    let Ok(Packet::Ipv4(ip)) = parse_frame(frame) else { return None };
+    let (client_port, shadow_port) = match ip.l4 {
+        L4::Tcp(t) => (t.dst_port, t.src_port),
+        L4::Udp { src_port, dst_port } => (dst_port, src_port),
+        _ => return None,
+    };
+    Some(FlowKey { client_ip: ip.dst, client_port, shadow_ip: ip.src, shadow_port, protocol: ip.protocol })
+}
