@@ -1,0 +1,147 @@
+//! State bounds: 1M tracked flows fit in 128 MiB; a SYN flood never evicts an established flow.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::net::Ipv4Addr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use ipshadow_core::testkit::{Harness, X, tcp};
+use ipshadow_core::wire::TcpFlags as F;
+use ipshadow_core::{
+    CongestionControlParameters, Deliver, DropReason, EgressVerdict, InboundVerdict, MigrationOptions, NullSink, Ramp,
+    RampStep, RouterConfig, ShadowRouter, Side,
+};
+
+/// Counts live heap bytes, so the test measures what the router really holds.
+struct Counting;
+
+static LIVE: AtomicUsize = AtomicUsize::new(0);
+
+#[allow(unsafe_code)]
+// SAFETY: forwards to the system allocator unchanged; only adds bookkeeping.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        LIVE.fetch_add(layout.size(), Ordering::Relaxed);
+        // SAFETY: same contract as the caller's.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        LIVE.fetch_add(layout.size(), Ordering::Relaxed);
+        // SAFETY: same contract as the caller's.
+        unsafe { System.alloc_zeroed(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
+        // SAFETY: same contract as the caller's.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        LIVE.fetch_add(new_size, Ordering::Relaxed);
+        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
+        // SAFETY: same contract as the caller's.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static ALLOC: Counting = Counting;
+
+fn client(n: u32) -> (Ipv4Addr, u16) {
+    (Ipv4Addr::from_bits(0x6400_0000 | (n >> 12)), 1024 + (n & 0xfff) as u16)
+}
+
+#[test]
+fn a_million_established_flows_fit_in_128_mib() {
+    const FLOWS: u32 = 1_000_000;
+    let before = LIVE.load(Ordering::Relaxed);
+    let now = ipshadow_core::Instant::from_secs(1);
+    let mut router = ShadowRouter::new(RouterConfig { max_flows: FLOWS as usize, ..Default::default() }, NullSink, now);
+    let entry = ipshadow_core::ShadowingEntry::new(
+        X,
+        "vm-a".into(),
+        "vm-b".into(),
+        now,
+        CongestionControlParameters::default(),
+        MigrationOptions {
+            ramp: Ramp::Steps { steps: vec![RampStep { pct: 50.0, hold: core::time::Duration::from_secs(9999) }] },
+            ..Default::default()
+        },
+    );
+    router.add_entry(entry, now).unwrap();
+    router.lease_bound(X, now).unwrap();
+    let a = router.vm_ref(&"vm-a".into());
+    let b = router.vm_ref(&"vm-b".into());
+    for n in 0..FLOWS {
+        let c = client(n);
+        let InboundVerdict::Deliver(d) = router.inbound(&tcp(c, (X, 80), F::SYN, 1, 0, &[]), now) else {
+            panic!("flow {n} refused")
+        };
+        let vm = if d == Deliver::Source { a } else { b };
+        assert_eq!(router.egress(vm, &tcp((X, 80), c, F::SYN | F::ACK, 9, 2, &[]), now), EgressVerdict::Forward);
+        router.inbound(&tcp(c, (X, 80), F::ACK, 2, 10, &[]), now);
+    }
+    assert_eq!(router.flow_count(), FLOWS as usize);
+    let bytes = LIVE.load(Ordering::Relaxed) - before;
+    println!(
+        "{} flows: {} bytes of heap ({:.1} MiB, {:.1} bytes/flow)",
+        FLOWS,
+        bytes,
+        bytes as f64 / 1048576.0,
+        bytes as f64 / f64::from(FLOWS)
+    );
+    assert!(bytes <= 128 << 20, "{bytes} bytes for 1M flows");
+    assert_eq!(router.counters().table_full + router.counters().evicted_embryonic, 0);
+}
+
+#[test]
+fn syn_flood_evicts_embryonic_flows_never_established_ones() {
+    let options = MigrationOptions {
+        ramp: Ramp::Steps { steps: vec![RampStep { pct: 50.0, hold: core::time::Duration::from_secs(9999) }] },
+        ..Default::default()
+    };
+    let config = RouterConfig { max_flows: 10_000, ..Default::default() };
+    let mut h = Harness::new(config, options, CongestionControlParameters::default());
+    h.router.lease_bound(X, h.now).unwrap();
+    // 5,000 real connections.
+    let mut established = Vec::new();
+    for n in 0..5_000 {
+        let c = client(n);
+        let InboundVerdict::Deliver(d) = h.inbound(&tcp(c, (X, 443), F::SYN, 1, 0, &[])) else { panic!() };
+        let side = if d == Deliver::Source { Side::Source } else { Side::Destination };
+        assert_eq!(h.from_vm(side, &tcp((X, 443), c, F::SYN | F::ACK, 9, 2, &[])), EgressVerdict::Forward);
+        h.inbound(&tcp(c, (X, 443), F::ACK, 2, 10, &[]));
+        established.push((c, d));
+    }
+    // 200,000 spoofed SYNs.
+    for n in 0..200_000 {
+        h.inbound(&tcp(client(1_000_000 + n), (X, 443), F::SYN, 1, 0, &[]));
+        if n % 1000 == 0 {
+            h.advance(core::time::Duration::from_millis(5));
+        }
+    }
+    let counters = *h.router.counters();
+    assert!(counters.evicted_embryonic >= 190_000, "{counters:?}");
+    assert_eq!(counters.table_full, 0, "a flood never blocks new SYNs: they displace flood entries");
+    // Every established connection still has its state and owner.
+    for (c, d) in &established {
+        assert_eq!(h.inbound(&tcp(*c, (X, 443), F::ACK, 10, 10, b"x")), InboundVerdict::Deliver(*d));
+    }
+    // A legitimate client connecting during the flood gets in.
+    let late = client(9_999_999);
+    assert!(matches!(h.inbound(&tcp(late, (X, 443), F::SYN, 1, 0, &[])), InboundVerdict::Deliver(_)));
+    println!("flood: {} embryonic flows evicted, 5000 established kept", counters.evicted_embryonic);
+}
+
+#[test]
+fn a_table_full_of_established_flows_refuses_new_ones_with_a_count() {
+    let options = MigrationOptions::default();
+    let config = RouterConfig { max_flows: 100, ..Default::default() };
+    let mut h = Harness::new(config, options, CongestionControlParameters::default());
+    for n in 0..100 {
+        let c = client(n);
+        h.inbound(&tcp(c, (X, 22), F::SYN, 1, 0, &[]));
+        h.from_vm(Side::Source, &tcp((X, 22), c, F::SYN | F::ACK, 9, 2, &[]));
+        h.inbound(&tcp(c, (X, 22), F::ACK, 2, 10, &[]));
+    }
+    assert_eq!(h.inbound(&tcp(client(500), (X, 22), F::SYN, 1, 0, &[])), InboundVerdict::Drop(DropReason::TableFull));
+    assert_eq!(h.router.counters().table_full, 1);
+}
