@@ -5,10 +5,12 @@ use std::net::Ipv4Addr;
 
 use etherparse::PacketBuilder;
 
-use crate::events::Event;
+use core::time::Duration;
+
+use crate::events::{Event, NullSink};
 use crate::flow::{FlowKey, Owner, Side};
-use crate::router::{EgressVerdict, InboundVerdict, RouterConfig, ShadowRouter, VmRef};
-use crate::shadow::{CongestionControlParameters, MigrationOptions, ShadowingEntry, VmId};
+use crate::router::{Deliver, EgressVerdict, InboundVerdict, RouterConfig, ShadowRouter, VmRef};
+use crate::shadow::{CongestionControlParameters, MigrationOptions, Ramp, RampStep, ShadowingEntry, VmId};
 use crate::time::Instant;
 use crate::wire::{L4, Packet, TcpFlags, parse_frame};
 
@@ -179,4 +181,69 @@ pub fn egress_flow_key(frame: &[u8]) -> Option<FlowKey> {
         _ => return None,
     };
     Some(FlowKey { client_ip: ip.dst, client_port, shadow_ip: ip.src, shadow_port, protocol: ip.protocol })
+}
+
+/// Frames of `flows` established flows spread over `addresses` shadowed addresses, and a
+/// router that tracks them all.
+pub struct Scenario {
+    /// The router, tracking every flow.
+    pub router: ShadowRouter<NullSink>,
+    /// Data segments of random flows, in random order.
+    pub frames: Vec<Vec<u8>>,
+}
+
+/// splitmix64.
+fn mix(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// Builds a [`Scenario`]: `flows` flows established through the router over `addresses`
+/// shadowed addresses at split 50 %, and `packets` frames of those flows in random order.
+pub fn scenario(flows: u32, addresses: u32, packets: usize) -> Scenario {
+    let now = Instant::from_secs(1);
+    let config = RouterConfig { max_flows: flows as usize, ..Default::default() };
+    let mut router = ShadowRouter::new(config, NullSink, now);
+    let ramp = Ramp::Steps { steps: vec![RampStep { pct: 50.0, hold: Duration::from_secs(1 << 20) }] };
+    let shadow = |i: u32| Ipv4Addr::from_bits(0x0a00_0000 | i);
+    for i in 0..addresses {
+        let options = MigrationOptions { ramp: ramp.clone(), salt: u64::from(i), ..Default::default() };
+        let entry = ShadowingEntry::new(
+            shadow(i),
+            format!("a{i}").as_str().into(),
+            format!("b{i}").as_str().into(),
+            now,
+            CongestionControlParameters::default(),
+            options,
+        );
+        router.add_entry(entry, now).expect("entry");
+        router.lease_bound(shadow(i), now).expect("lease");
+    }
+    let endpoints: Vec<_> = (0..flows)
+        .map(|n| {
+            let r = mix(u64::from(n));
+            let client = (Ipv4Addr::from_bits(0x6400_0000 | (r as u32 & 0x00ff_ffff)), 1024 + (n % 60_000) as u16);
+            (client, (shadow(n % addresses), 443u16))
+        })
+        .collect();
+    for &(c, s) in &endpoints {
+        let InboundVerdict::Deliver(d) = router.inbound(&tcp(c, s, TcpFlags::SYN, 1, 0, &[]), now) else { panic!() };
+        let vm_id = match d {
+            Deliver::Source => format!("a{}", s.0.to_bits() & 0xffffff),
+            _ => format!("b{}", s.0.to_bits() & 0xffffff),
+        };
+        let vm = router.vm_ref(&vm_id.as_str().into());
+        router.egress(vm, &tcp(s, c, TcpFlags::SYN | TcpFlags::ACK, 9, 2, &[]), now);
+        router.inbound(&tcp(c, s, TcpFlags::ACK, 2, 10, &[]), now);
+    }
+    assert_eq!(router.flow_count(), flows as usize);
+    let frames = (0..packets)
+        .map(|i| {
+            let (c, s) = endpoints[(mix(i as u64 ^ 0xabcdef) % u64::from(flows)) as usize];
+            tcp(c, s, TcpFlags::ACK | TcpFlags::PSH, 2 + i as u32, 10, b"GET / HTTP/1.1\r\n")
+        })
+        .collect();
+    Scenario { router, frames }
 }

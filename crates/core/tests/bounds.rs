@@ -1,5 +1,7 @@
 //! State bounds: 1M tracked flows fit in 128 MiB; a SYN flood never evicts an established flow.
 
+#![allow(clippy::unwrap_used)] // test helpers outside #[test] fns
+
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -1,6 +1,8 @@
 //! A migration's life in the router: lease bound, ramp, congestion control on signals measured
 //! from B, operator actions, and the end (cut-over at the deadline, rollback).
 
+#![allow(clippy::unwrap_used)] // test helpers outside #[test] fns
+
 use core::time::Duration;
 use std::net::Ipv4Addr;
 

@@ -1,5 +1,7 @@
 //! Parsing exact frames: every accepted shape and every refusal.
 
+#![allow(clippy::unwrap_used)] // test helpers outside #[test] fns
+
 use std::net::Ipv4Addr;
 
 use ipshadow_core::testkit::{fix_ipv4_checksum, icmp_echo, make_fragment, tcp, udp, vlan_tag};

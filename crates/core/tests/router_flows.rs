@@ -1,6 +1,8 @@
 //! Inbound decisions and the egress arbiter, with exact packets. Every test ends by checking
 //! that no RST or data segment from a non-owner left the router.
 
+#![allow(clippy::unwrap_used)] // test helpers outside #[test] fns
+
 use core::time::Duration;
 use std::net::Ipv4Addr;
 

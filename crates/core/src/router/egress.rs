@@ -137,8 +137,17 @@ impl<S: crate::events::EventSink> ShadowRouter<S> {
         let index = match found {
             Some(i) => i,
             None => {
-                if !opens || tcp.is_some_and(|t| t.flags.rst()) {
-                    return EgressVerdict::Forward; // nothing tracked to protect, nothing to claim
+                if tcp.is_some_and(|t| t.flags.rst()) {
+                    // A RST for a tuple the router does not track answers nothing it delivered
+                    // (unknown flows are tracked while learned). If the connection is real, the
+                    // client's next segment is delivered to both VMs and the RST pair rule lets
+                    // one RST through; a stray one never reaches a client.
+                    self.counters.resets_suppressed += 1;
+                    shadow.entry.counters.resets_suppressed += 1;
+                    return EgressVerdict::Drop(DropReason::ResetSuppressed);
+                }
+                if !opens {
+                    return EgressVerdict::Forward; // an echo reply or ICMP error: nothing to claim
                 }
                 let opening = tcp.is_none_or(|t| t.flags.is_syn_only());
                 let owner = if replica { shadow.decide(key) } else { side };

@@ -31,6 +31,37 @@ impl<S: crate::events::EventSink> ShadowRouter<S> {
         }
     }
 
+    /// Decides for a batch of frames, appending one verdict per frame to `out`. Same decisions as
+    /// [`ShadowRouter::inbound`] one by one; faster on large flow tables because every frame of a
+    /// group is parsed and its flow slot prefetched before the first decision, so the cache
+    /// misses of the group overlap instead of queueing.
+    pub fn inbound_batch(&mut self, frames: &[&[u8]], now: Instant, out: &mut Vec<InboundVerdict>) {
+        const GROUP: usize = 16;
+        let mut parsed = [Err(crate::wire::ParseError::TooManyVlanTags); GROUP];
+        for group in frames.chunks(GROUP) {
+            for (slot, frame) in parsed.iter_mut().zip(group) {
+                *slot = parse_frame(frame);
+                if let Ok(Packet::Ipv4(ip)) = slot
+                    && let Some(shadow) = self.shadows.get(&ip.dst)
+                    && shadow.strategy == Strategy::Flow
+                    && let Some((key, _)) = inbound_key(ip, shadow.affinity == Affinity::Client)
+                {
+                    self.flows.prefetch(self.flows.hash(&key));
+                }
+            }
+            for result in &parsed[..group.len()] {
+                self.counters.inbound_frames += 1;
+                out.push(match result {
+                    Ok(packet) => self.inbound_packet(packet, now),
+                    Err(e) => {
+                        self.counters.malformed.count(*e);
+                        InboundVerdict::Drop(DropReason::Malformed(*e))
+                    }
+                });
+            }
+        }
+    }
+
     /// Decides where an already parsed inbound packet goes.
     pub fn inbound_packet(&mut self, packet: &Packet, now: Instant) -> InboundVerdict {
         let ip = match packet {

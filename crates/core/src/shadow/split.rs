@@ -219,7 +219,7 @@ impl SplitController {
         if self.fixed.is_some() || self.paused_at.is_some() {
             return None;
         }
-        let Some(mut end) = self.interval_end else { return None };
+        let mut end = self.interval_end?;
         let mut decrease = None;
         while end <= now {
             if let Some(signal) = self.trouble() {

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# The inbound decision in ns/packet (criterion) and instructions/packet (callgrind), for a hot
+# flow table (1k flows, one shadowed address) and a big one (1M flows over 10k addresses).
+# Prints a final `RESULT key=value ...` line.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/lib.sh
+need_cargo
+apt_install valgrind
+
+section "criterion (one core, wall clock)"
+cargo bench --locked -p ipshadow-core --bench inbound -- --noplot 2>&1 | tee /tmp/ipshadow-bench.txt \
+  | grep -E '^inbound/|time:'
+ns() { # median ns per packet of bench $1 with $2 packets per iteration
+  local t unit
+  read -r t unit < <(grep -A1 "^inbound/$1\$\|^inbound/$1 " /tmp/ipshadow-bench.txt | grep -o 'time: *\[[^]]*\]' \
+    | sed -E 's/time: *\[[^ ]+ [^ ]+ ([^ ]+) ([^ ]+) .*/\1 \2/')
+  case "$unit" in
+    ns) awk -v t="$t" -v n="$2" 'BEGIN{printf "%.1f", t/n}';;
+    µs|us) awk -v t="$t" -v n="$2" 'BEGIN{printf "%.1f", t*1000/n}';;
+    ms) awk -v t="$t" -v n="$2" 'BEGIN{printf "%.1f", t*1000000/n}';;
+  esac
+}
+hot=$(ns hot_1k_flows/one_by_one 4096); hot_batch=$(ns hot_1k_flows/batch 4096)
+big=$(ns 1M_flows_10k_ips/one_by_one 4096); big_batch=$(ns 1M_flows_10k_ips/batch 4096)
+echo "hot: ${hot} ns/packet one by one, ${hot_batch} batched; 1M flows: ${big} one by one, ${big_batch} batched"
+
+section "callgrind (instructions, repeatable)"
+cargo build --locked --release -q -p ipshadow-core --example inbound_instructions
+bin=target/release/examples/inbound_instructions
+irs() { # instructions per packet of scenario $1 over $2 packets
+  local out
+  out=$(valgrind --tool=callgrind --callgrind-out-file=/dev/null --collect-atstart=no \
+    --toggle-collect='*measured_loop*' "$bin" "$1" "$2" 2>&1)
+  echo "$out" | grep -o 'Collected : [0-9]*' | awk -v n="$2" '{printf "%.1f", $3/n}'
+}
+hot_ir=$(irs hot 100000)
+big_ir=$(irs big 100000)
+echo "instructions/packet: hot ${hot_ir}, 1M flows ${big_ir}"
+echo "RESULT hot_ns=${hot} hot_batch_ns=${hot_batch} big_ns=${big} big_batch_ns=${big_batch} hot_ir=${hot_ir} big_ir=${big_ir}"

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Sets up and runs every test: formatting, lints, unit/integration/property tests, and a short
+# fuzz run of every fuzz target. Installs what it needs (apt-get, cargo) on a fresh Debian.
+# Tests that need root or namespaces fail, not skip, when CI=true and they cannot run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/lib.sh
+
+need_cargo
+section "format"
+cargo fmt --all -- --check
+section "lints"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+section "tests"
+cargo test --workspace --locked
+section "fuzz (short runs)"
+bash scripts/fuzz.sh "${FUZZ_SECONDS:-30}"
