@@ -1,6 +1,6 @@
 //! Inbound: a frame from the provider side to a shadowed address.
 
-use super::{Deliver, DropReason, InboundVerdict, ShadowRouter, seq_le};
+use super::{Deliver, DropReason, InboundVerdict, ShadowRouter, Tables, seq_le};
 use crate::events::{Event, FlowEndReason, FlowOrigin};
 use crate::flow::{Flow, FlowKey, Owner, Phase, flags};
 use crate::fragments::FragmentRoute;
@@ -69,120 +69,118 @@ impl<S: crate::events::EventSink> ShadowRouter<S> {
             Packet::Arp(arp) => return InboundVerdict::Arp(*arp),
             Packet::Other { .. } => return InboundVerdict::NotShadowed,
         };
-        let Some(shadow) = self.shadows.get_mut(&ip.dst) else { return InboundVerdict::NotShadowed };
+        let (shadows, mut tables) = self.split_borrow();
+        let Some(shadow) = shadows.get_mut(&ip.dst) else { return InboundVerdict::NotShadowed };
         let deliver = match shadow.strategy {
             Strategy::Instant => Deliver::Destination,
             Strategy::Packet => shadow.decide_packet().into(),
-            Strategy::Flow => match self.flow_inbound(ip, now) {
+            Strategy::Flow => match flow_inbound(shadow, &mut tables, ip, now) {
                 Ok(d) => d,
                 Err(reason) => return InboundVerdict::Drop(reason),
             },
         };
-        // Re-borrow: flow_inbound needed the whole router.
-        if let Some(shadow) = self.shadows.get_mut(&ip.dst) {
-            let c = &mut shadow.entry.counters;
-            match deliver {
-                Deliver::Source => c.packets_to_source += 1,
-                Deliver::Destination => c.packets_to_destination += 1,
-                Deliver::Both => c.packets_to_both += 1,
-            }
+        let c = &mut shadow.entry.counters;
+        match deliver {
+            Deliver::Source => c.packets_to_source += 1,
+            Deliver::Destination => c.packets_to_destination += 1,
+            Deliver::Both => c.packets_to_both += 1,
         }
         InboundVerdict::Deliver(deliver)
     }
+}
 
-    fn flow_inbound(&mut self, ip: &Ipv4Info, now: Instant) -> Result<Deliver, DropReason> {
-        let Some(shadow) = self.shadows.get(&ip.dst) else { return Ok(Deliver::Both) };
-        let client_pin = shadow.affinity == Affinity::Client;
-        let (key, kind) = match inbound_key(ip, client_pin) {
-            Some(k) => k,
-            None => {
-                // A later fragment: follow its first fragment, or go to both VMs (the one without
-                // fragment zero discards the rest silently, RFC 1122 3.3.2).
-                return Ok(match self.fragments.route(ip, now) {
-                    Some(FragmentRoute::Deliver(bits)) => Deliver::from_bits(bits),
-                    _ => {
-                        self.counters.fragments_mirrored += 1;
-                        Deliver::Both
-                    }
-                });
+fn flow_inbound<S: crate::events::EventSink>(
+    shadow: &mut Shadow,
+    t: &mut Tables<'_, S>,
+    ip: &Ipv4Info,
+    now: Instant,
+) -> Result<Deliver, DropReason> {
+    let client_pin = shadow.affinity == Affinity::Client;
+    let Some((key, kind)) = inbound_key(ip, client_pin) else {
+        // A later fragment: follow its first fragment, or go to both VMs (the one without
+        // fragment zero discards the rest silently, RFC 1122 3.3.2).
+        return Ok(match t.fragments.route(ip, now) {
+            Some(FragmentRoute::Deliver(bits)) => Deliver::from_bits(bits),
+            _ => {
+                t.counters.fragments_mirrored += 1;
+                Deliver::Both
             }
-        };
-        let deliver = self.flow_decide(ip, &key, kind, client_pin, now)?;
-        if ip.fragment == Fragment::First && !self.fragments.remember(ip, FragmentRoute::Deliver(deliver.bits()), now) {
-            self.counters.fragment_table_full += 1;
-        }
-        Ok(deliver)
+        });
+    };
+    let deliver = flow_decide(shadow, t, ip, &key, kind, client_pin, now)?;
+    if ip.fragment == Fragment::First && !t.fragments.remember(ip, FragmentRoute::Deliver(deliver.bits()), now) {
+        t.counters.fragment_table_full += 1;
     }
+    Ok(deliver)
+}
 
-    fn flow_decide(
-        &mut self,
-        ip: &Ipv4Info,
-        key: &FlowKey,
-        kind: Kind,
-        client_pin: bool,
-        now: Instant,
-    ) -> Result<Deliver, DropReason> {
-        let hash = self.flows.hash(key);
-        let mut found = self.flows.find(key, hash);
-        if let Some(i) = found {
-            let reused = !client_pin
-                && matches!(ip.l4, L4::Tcp(t) if t.flags.is_syn_only())
-                && self.flows.flow(i).phase == Phase::Closed;
-            if self.flows.is_expired(i, now.millis_u32(), &self.timeouts) {
-                self.counters.flows_expired += 1;
-                self.end_flow(i, FlowEndReason::Idle, now);
-                found = None;
-            } else if reused {
-                self.end_flow(i, FlowEndReason::Reused, now);
-                found = None;
-            }
+fn flow_decide<S: crate::events::EventSink>(
+    shadow: &mut Shadow,
+    t: &mut Tables<'_, S>,
+    ip: &Ipv4Info,
+    key: &FlowKey,
+    kind: Kind,
+    client_pin: bool,
+    now: Instant,
+) -> Result<Deliver, DropReason> {
+    let hash = t.flows.hash(key);
+    let mut found = t.flows.find(key, hash);
+    if let Some(i) = found {
+        let reused = !client_pin
+            && matches!(ip.l4, L4::Tcp(tcp) if tcp.flags.is_syn_only())
+            && t.flows.flow(i).phase == Phase::Closed;
+        if t.flows.is_expired(i, now.millis_u32(), t.timeouts) {
+            t.counters.flows_expired += 1;
+            t.end_flow(i, FlowEndReason::Idle, now);
+            found = None;
+        } else if reused {
+            t.end_flow(i, FlowEndReason::Reused, now);
+            found = None;
         }
-        let Some(shadow) = self.shadows.get_mut(&ip.dst) else { return Ok(Deliver::Both) };
-        let replica = shadow.mode == Mode::Replica;
-        let index = match found {
-            Some(i) => i,
-            None => {
-                let (owner, phase, origin) = match kind {
-                    Kind::FollowOnly => return Ok(Deliver::Both),
-                    Kind::Midstream if replica => {
-                        (Owner::from(shadow.decide(key)), Phase::Established, FlowOrigin::Unknown)
-                    }
-                    Kind::Midstream => (Owner::Unknown, Phase::Pending, FlowOrigin::Unknown),
-                    Kind::Opening => (Owner::from(shadow.decide(key)), Phase::Embryonic, FlowOrigin::Inbound),
-                };
-                match owner {
-                    Owner::Source => shadow.entry.counters.flows_to_source += 1,
-                    Owner::Destination => shadow.entry.counters.flows_to_destination += 1,
-                    Owner::Unknown => {}
+    }
+    let replica = shadow.mode == Mode::Replica;
+    let index = match found {
+        Some(i) => i,
+        None => {
+            let (owner, phase, origin) = match kind {
+                Kind::FollowOnly => return Ok(Deliver::Both),
+                Kind::Midstream if replica => {
+                    (Owner::from(shadow.decide(key)), Phase::Established, FlowOrigin::Unknown)
                 }
-                let flow = Flow::new(owner, phase, now);
-                let Some(i) = self.admit(key, hash, flow, now) else { return Err(DropReason::TableFull) };
-                self.sink.event(Event::FlowStarted { key: *key, owner, origin, at: now });
-                i
+                Kind::Midstream => (Owner::Unknown, Phase::Pending, FlowOrigin::Unknown),
+                Kind::Opening => (Owner::from(shadow.decide(key)), Phase::Embryonic, FlowOrigin::Inbound),
+            };
+            let flow = Flow::new(owner, phase, now);
+            let Some(i) = t.admit(key, hash, flow, now) else { return Err(DropReason::TableFull) };
+            match owner {
+                Owner::Source => shadow.entry.counters.flows_to_source += 1,
+                Owner::Destination => shadow.entry.counters.flows_to_destination += 1,
+                Owner::Unknown => {}
             }
-        };
-        let Some(shadow) = self.shadows.get_mut(&ip.dst) else { return Ok(Deliver::Both) };
-        let flow = self.flows.flow_mut(index);
-        flow.last_seen_ms = now.millis_u32();
-        if replica {
-            hand_off(shadow, key, flow, &mut self.sink, now);
+            t.sink.event(Event::FlowStarted { key: *key, owner, origin, at: now });
+            i
         }
-        if let L4::Tcp(tcp) = &ip.l4
-            && !client_pin
-        {
-            track_client_segment(shadow, flow, tcp, now);
-        } else if flow.is_outbound() {
-            flow.flags |= flags::REPLIED;
-        } else if flow.has(flags::REPLIED) && flow.phase == Phase::Embryonic {
-            flow.phase = Phase::Established;
-        }
-        Ok(match flow.owner {
-            _ if replica => Deliver::Both,
-            Owner::Source => Deliver::Source,
-            Owner::Destination => Deliver::Destination,
-            Owner::Unknown => Deliver::Both,
-        })
+    };
+    let flow = t.flows.flow_mut(index);
+    flow.last_seen_ms = now.millis_u32();
+    if replica {
+        hand_off(shadow, key, flow, t.sink, now);
     }
+    if let L4::Tcp(tcp) = &ip.l4
+        && !client_pin
+    {
+        track_client_segment(shadow, flow, tcp, now);
+    } else if flow.is_outbound() {
+        flow.flags |= flags::REPLIED;
+    } else if flow.has(flags::REPLIED) && flow.phase == Phase::Embryonic {
+        flow.phase = Phase::Established;
+    }
+    Ok(match flow.owner {
+        _ if replica => Deliver::Both,
+        Owner::Source => Deliver::Source,
+        Owner::Destination => Deliver::Destination,
+        Owner::Unknown => Deliver::Both,
+    })
 }
 
 /// Replica mode: the flow's primary is whatever the current split says; a change is a hand-off.

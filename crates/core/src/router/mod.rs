@@ -333,13 +333,47 @@ impl<S: EventSink> ShadowRouter<S> {
 
     /// Removes the flow in `index` and reports its end.
     fn end_flow(&mut self, index: usize, reason: FlowEndReason, now: Instant) {
+        self.split_borrow().1.end_flow(index, reason, now);
+    }
+
+    /// Inserts a new flow, evicting an embryonic one if the table is full.
+    fn admit(&mut self, key: &FlowKey, hash: u64, flow: Flow, now: Instant) -> Option<usize> {
+        self.split_borrow().1.admit(key, hash, flow, now)
+    }
+
+    /// The shadowing table and everything else, borrowed apart, so the packet path looks an
+    /// entry up once and works on it and the flow table together.
+    fn split_borrow(&mut self) -> (&mut ShadowingTable, Tables<'_, S>) {
+        let tables = Tables {
+            flows: &mut self.flows,
+            fragments: &mut self.fragments,
+            counters: &mut self.counters,
+            sink: &mut self.sink,
+            timeouts: &self.timeouts,
+        };
+        (&mut self.shadows, tables)
+    }
+}
+
+/// The router's state apart from the shadowing table.
+pub(crate) struct Tables<'a, S> {
+    pub flows: &'a mut FlowTable,
+    pub fragments: &'a mut FragmentTable,
+    pub counters: &'a mut RouterCounters,
+    pub sink: &'a mut S,
+    pub timeouts: &'a crate::flow::TimeoutsMs,
+}
+
+impl<S: EventSink> Tables<'_, S> {
+    /// Removes the flow in `index` and reports its end.
+    pub fn end_flow(&mut self, index: usize, reason: FlowEndReason, now: Instant) {
         let (key, flow) = self.flows.remove(index);
         self.sink.event(ended(key, &flow, reason, now));
     }
 
     /// Inserts a new flow, evicting an embryonic one if the table is full.
-    fn admit(&mut self, key: &FlowKey, hash: u64, flow: Flow, now: Instant) -> Option<usize> {
-        match self.flows.insert(key, hash, flow, now.millis_u32(), &self.timeouts) {
+    pub fn admit(&mut self, key: &FlowKey, hash: u64, flow: Flow, now: Instant) -> Option<usize> {
+        match self.flows.insert(key, hash, flow, now.millis_u32(), self.timeouts) {
             Ok((index, evicted)) => {
                 if let Some(e) = evicted {
                     let reason = if e.expired {

@@ -304,11 +304,14 @@ fn parse_arp(bytes: &[u8], vlan: Option<u16>) -> Result<ArpInfo, ParseError> {
 
 /// RFC 1071 one's-complement sum over the header; a valid header sums to 0xffff.
 fn header_checksum_ok(header: &[u8]) -> bool {
-    let mut sum: u32 = header.chunks_exact(2).map(|w| u32::from(u16::from_be_bytes([w[0], w[1]]))).sum();
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    sum == 0xffff
+    // Sum 32-bit words (the header is a multiple of 4 bytes) and fold: the one's-complement sum
+    // is the same in any word size, and this is a third of the additions of 16-bit words.
+    let mut sum: u64 = header.chunks_exact(4).map(|w| u64::from(u32::from_be_bytes([w[0], w[1], w[2], w[3]]))).sum();
+    sum = (sum & 0xffff_ffff) + (sum >> 32);
+    sum = (sum & 0xffff_ffff) + (sum >> 32);
+    let mut folded = (sum & 0xffff) + (sum >> 16);
+    folded = (folded & 0xffff) + (folded >> 16);
+    folded == 0xffff
 }
 
 fn parse_ipv4(bytes: &[u8], l3_offset: usize, vlan: Option<u16>) -> Result<Ipv4Info, ParseError> {
