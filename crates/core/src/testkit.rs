@@ -172,6 +172,16 @@ impl Harness {
     }
 }
 
+/// Every test that uses the harness checks, at its end, that no RST or data segment from a
+/// non-owner left the router.
+impl Drop for Harness {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            assert!(self.leaks.is_empty(), "non-owner segments left the router: {:?}", self.leaks);
+        }
+    }
+}
+
 /// The flow key of a TCP/UDP frame sent by a VM from a shadowed address.
 pub fn egress_flow_key(frame: &[u8]) -> Option<FlowKey> {
     let Ok(Packet::Ipv4(ip)) = parse_frame(frame) else { return None };
