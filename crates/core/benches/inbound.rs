@@ -9,16 +9,15 @@ use std::hint::black_box;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use ipshadow_core::Instant;
-use ipshadow_core::testkit::scenario;
+use ipshadow_core::testkit::{Scenario, ring_frames, scenario};
 use ipshadow_core::wire::parse_frame;
 fn bench(c: &mut Criterion) {
     let now = Instant::from_secs(2);
     let mut group = c.benchmark_group("inbound");
     group.measurement_time(Duration::from_secs(8));
 
-    let hot = scenario(1_000, 1, 4096);
-    let mut router = hot.router;
-    let frames: Vec<&[u8]> = hot.frames.iter().map(Vec::as_slice).collect();
+    let Scenario { mut router, ring, frame_len } = scenario(1_000, 1, 4096);
+    let frames = ring_frames(&ring, frame_len);
     group.throughput(Throughput::Elements(frames.len() as u64));
     group.bench_function("hot_1k_flows/one_by_one", |b| {
         b.iter(|| {
@@ -52,9 +51,8 @@ fn bench(c: &mut Criterion) {
     });
     drop(router);
 
-    let big = scenario(1_000_000, 10_000, 1 << 20);
-    let mut router = big.router;
-    let frames: Vec<&[u8]> = big.frames.iter().map(Vec::as_slice).collect();
+    let Scenario { mut router, ring, frame_len } = scenario(1_000_000, 10_000, 1 << 20);
+    let frames = ring_frames(&ring, frame_len);
     let chunk = 4096;
     group.throughput(Throughput::Elements(chunk as u64));
     let mut at = 0;

@@ -198,8 +198,19 @@ pub fn egress_flow_key(frame: &[u8]) -> Option<FlowKey> {
 pub struct Scenario {
     /// The router, tracking every flow.
     pub router: ShadowRouter<NullSink>,
-    /// Data segments of random flows, in random order.
-    pub frames: Vec<Vec<u8>>,
+    /// Data segments of random flows, in random order, one per [`SCENARIO_STRIDE`] bytes, the way
+    /// a packet ring (AF_PACKET, XDP) lays frames out.
+    pub ring: Vec<u8>,
+    /// Length of each frame in the ring.
+    pub frame_len: usize,
+}
+
+/// Bytes between the starts of two frames in [`Scenario::ring`].
+pub const SCENARIO_STRIDE: usize = 128;
+
+/// The frames of a scenario ring, in order.
+pub fn ring_frames(ring: &[u8], frame_len: usize) -> Vec<&[u8]> {
+    ring.chunks_exact(SCENARIO_STRIDE).map(|f| &f[..frame_len]).collect()
 }
 
 /// splitmix64.
@@ -249,11 +260,13 @@ pub fn scenario(flows: u32, addresses: u32, packets: usize) -> Scenario {
         router.inbound(&tcp(c, s, TcpFlags::ACK, 2, 10, &[]), now);
     }
     assert_eq!(router.flow_count(), flows as usize);
-    let frames = (0..packets)
-        .map(|i| {
-            let (c, s) = endpoints[(mix(i as u64 ^ 0xabcdef) % u64::from(flows)) as usize];
-            tcp(c, s, TcpFlags::ACK | TcpFlags::PSH, 2 + i as u32, 10, b"GET / HTTP/1.1\r\n")
-        })
-        .collect();
-    Scenario { router, frames }
+    let mut ring = vec![0u8; packets * SCENARIO_STRIDE];
+    let mut frame_len = 0;
+    for (i, slot) in ring.chunks_exact_mut(SCENARIO_STRIDE).enumerate() {
+        let (c, s) = endpoints[(mix(i as u64 ^ 0xabcdef) % u64::from(flows)) as usize];
+        let frame = tcp(c, s, TcpFlags::ACK | TcpFlags::PSH, 2 + i as u32, 10, b"GET / HTTP/1.1\r\n");
+        frame_len = frame.len();
+        slot[..frame_len].copy_from_slice(&frame);
+    }
+    Scenario { router, ring, frame_len }
 }

@@ -132,7 +132,9 @@ impl FlowTable {
     #[inline]
     pub fn prefetch(&self, hash: u64) {
         let slot = &self.slots[self.home(hash)];
+        // A 48-byte slot may straddle two cache lines: ask for both ends.
         crate::prefetch::read(slot);
+        crate::prefetch::read(&slot.flow.reserved);
     }
 
     /// Index of the key's slot, if stored.
@@ -274,6 +276,20 @@ impl FlowTable {
             .filter(|(k, f)| pred(k, f))
             .map(|(k, _)| k)
             .collect()
+    }
+
+    /// Mean and longest distance of stored keys from their home slot (a full scan: diagnostics
+    /// and tests of the hash's spread, not for the packet path).
+    pub fn probe_lengths(&self) -> (f64, usize) {
+        let cap = self.slots.len();
+        let (mut total, mut longest) = (0usize, 0usize);
+        for (i, s) in self.slots.iter().enumerate().filter(|(_, s)| s.w1 != 0) {
+            let home = self.home(self.hasher.hash_one((s.w0, s.w1)));
+            let d = (i + cap - home) % cap;
+            total += d;
+            longest = longest.max(d);
+        }
+        (total as f64 / self.len.max(1) as f64, longest)
     }
 
     /// Number of slots (for sweep budgeting).

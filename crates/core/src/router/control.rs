@@ -62,6 +62,10 @@ impl<S: crate::events::EventSink> ShadowRouter<S> {
 
     /// Unfreezes the split.
     pub fn resume(&mut self, ip: Ipv4Addr, now: Instant) -> Result<(), RouterError> {
+        // Signals counted while paused belong to no interval.
+        if let Some(shadow) = self.shadows.get_mut(&ip) {
+            shadow.signals = Default::default();
+        }
         self.transition(ip, now, "resume", &[EntryState::Paused], EntryState::Ramping, |c, now| {
             c.resume(now);
             c.poll(now)

@@ -190,7 +190,7 @@ impl<S: crate::events::EventSink> ShadowRouter<S> {
                 shadow.entry.counters.conflicts.count(kind);
                 self.counters.conflicts.count(kind);
                 if side == Side::Destination {
-                    shadow.controller.record(Signal::Conflict);
+                    shadow.signals.record(Signal::Conflict);
                 }
                 self.sink.event(Event::Conflict { key: *key, from: side, kind, at: now });
                 EgressVerdict::Drop(DropReason::Conflict(kind))
@@ -296,7 +296,7 @@ fn track_owner(shadow: &mut Shadow, flow: &mut Flow, side: Side, tcp: Option<Tcp
     if f.rst() {
         flow.phase = Phase::Closed;
         if side == Side::Destination {
-            shadow.controller.record(Signal::Reset);
+            shadow.signals.record(Signal::Reset);
         }
         return;
     }

@@ -4,11 +4,12 @@ use super::{Deliver, DropReason, InboundVerdict, ShadowRouter, Tables, seq_le};
 use crate::events::{Event, FlowEndReason, FlowOrigin};
 use crate::flow::{Flow, FlowKey, Owner, Phase, flags};
 use crate::fragments::FragmentRoute;
-use crate::shadow::{Affinity, Mode, Shadow, Signal, Strategy};
+use crate::shadow::{Affinity, Located, Mode, Shadow, Signal, Strategy};
 use crate::time::Instant;
 use crate::wire::{Fragment, Ipv4Info, L4, PROTO_ICMP, Packet, TcpInfo, parse_frame};
 
 /// What the inbound packet is, for the flow logic.
+#[derive(Clone, Copy)]
 enum Kind {
     /// Opens a flow: TCP SYN, or any first datagram.
     Opening,
@@ -16,6 +17,21 @@ enum Kind {
     Midstream,
     /// Belongs to an existing flow but never opens one (RST, echo reply, ICMP error).
     FollowOnly,
+}
+
+/// A packet's flow key and table hash, computed ahead by the batch's first pass.
+#[derive(Clone, Copy)]
+struct Prepared {
+    key: FlowKey,
+    kind: Kind,
+    hash: u64,
+}
+
+/// What the batch's first pass learned about a frame.
+#[derive(Clone, Copy)]
+struct Ahead {
+    shadow: Located,
+    flow: Option<Prepared>,
 }
 
 impl<S: crate::events::EventSink> ShadowRouter<S> {
@@ -38,22 +54,33 @@ impl<S: crate::events::EventSink> ShadowRouter<S> {
     pub fn inbound_batch(&mut self, frames: &[&[u8]], now: Instant, out: &mut Vec<InboundVerdict>) {
         const GROUP: usize = 16;
         let mut parsed = [Err(crate::wire::ParseError::TooManyVlanTags); GROUP];
+        let mut ahead: [Option<Ahead>; GROUP] = [None; GROUP];
         for group in frames.chunks(GROUP) {
-            for (slot, frame) in parsed.iter_mut().zip(group) {
-                *slot = parse_frame(frame);
-                if let Ok(Packet::Ipv4(ip)) = slot
-                    && let Some(shadow) = self.shadows.get(&ip.dst)
-                    && shadow.strategy == Strategy::Flow
-                    && let Some((key, _)) = inbound_key(ip, shadow.affinity == Affinity::Client)
+            for ((result, ahead), frame) in parsed.iter_mut().zip(ahead.iter_mut()).zip(group) {
+                *result = parse_frame(frame);
+                *ahead = None;
+                if let Ok(Packet::Ipv4(ip)) = result
+                    && let Some(shadow) = self.shadows.locate(&ip.dst)
                 {
-                    self.flows.prefetch(self.flows.hash(&key));
+                    self.shadows.prefetch(shadow.slot);
+                    let mut flow = None;
+                    if shadow.strategy == Strategy::Flow
+                        && let Some((key, kind)) = inbound_key(ip, shadow.affinity == Affinity::Client)
+                    {
+                        let hash = self.flows.hash(&key);
+                        self.flows.prefetch(hash);
+                        flow = Some(Prepared { key, kind, hash });
+                    }
+                    *ahead = Some(Ahead { shadow, flow });
                 }
             }
-            for result in &parsed[..group.len()] {
+            for (result, ahead) in parsed.iter().zip(ahead).take(group.len()) {
                 self.counters.inbound_frames += 1;
-                out.push(match result {
-                    Ok(packet) => self.inbound_packet(packet, now),
-                    Err(e) => {
+                out.push(match (result, ahead) {
+                    (Ok(Packet::Ipv4(ip)), Some(ahead)) => self.inbound_located(ip, ahead.shadow, now, ahead.flow),
+                    (Ok(Packet::Ipv4(_)), None) => InboundVerdict::NotShadowed,
+                    (Ok(packet), _) => self.inbound_packet(packet, now),
+                    (Err(e), _) => {
                         self.counters.malformed.count(*e);
                         InboundVerdict::Drop(DropReason::Malformed(*e))
                     }
@@ -64,27 +91,38 @@ impl<S: crate::events::EventSink> ShadowRouter<S> {
 
     /// Decides where an already parsed inbound packet goes.
     pub fn inbound_packet(&mut self, packet: &Packet, now: Instant) -> InboundVerdict {
-        let ip = match packet {
-            Packet::Ipv4(ip) => ip,
-            Packet::Arp(arp) => return InboundVerdict::Arp(*arp),
-            Packet::Other { .. } => return InboundVerdict::NotShadowed,
-        };
+        match packet {
+            Packet::Ipv4(ip) => self.inbound_ipv4(ip, now, None),
+            Packet::Arp(arp) => InboundVerdict::Arp(*arp),
+            Packet::Other { .. } => InboundVerdict::NotShadowed,
+        }
+    }
+
+    fn inbound_ipv4(&mut self, ip: &Ipv4Info, now: Instant, prepared: Option<Prepared>) -> InboundVerdict {
+        match self.shadows.locate(&ip.dst) {
+            Some(located) => self.inbound_located(ip, located, now, prepared),
+            None => InboundVerdict::NotShadowed,
+        }
+    }
+
+    fn inbound_located(
+        &mut self,
+        ip: &Ipv4Info,
+        located: Located,
+        now: Instant,
+        prepared: Option<Prepared>,
+    ) -> InboundVerdict {
         let (shadows, mut tables) = self.split_borrow();
-        let Some(shadow) = shadows.get_mut(&ip.dst) else { return InboundVerdict::NotShadowed };
-        let deliver = match shadow.strategy {
+        let shadow = shadows.at_mut(located.slot);
+        let deliver = match located.strategy {
             Strategy::Instant => Deliver::Destination,
             Strategy::Packet => shadow.decide_packet().into(),
-            Strategy::Flow => match flow_inbound(shadow, &mut tables, ip, now) {
+            Strategy::Flow => match flow_inbound(shadow, &mut tables, ip, now, prepared) {
                 Ok(d) => d,
                 Err(reason) => return InboundVerdict::Drop(reason),
             },
         };
-        let c = &mut shadow.entry.counters;
-        match deliver {
-            Deliver::Source => c.packets_to_source += 1,
-            Deliver::Destination => c.packets_to_destination += 1,
-            Deliver::Both => c.packets_to_both += 1,
-        }
+        shadow.packets[deliver.bits() as usize - 1] += 1;
         InboundVerdict::Deliver(deliver)
     }
 }
@@ -94,9 +132,12 @@ fn flow_inbound<S: crate::events::EventSink>(
     t: &mut Tables<'_, S>,
     ip: &Ipv4Info,
     now: Instant,
+    prepared: Option<Prepared>,
 ) -> Result<Deliver, DropReason> {
     let client_pin = shadow.affinity == Affinity::Client;
-    let Some((key, kind)) = inbound_key(ip, client_pin) else {
+    let prepared = prepared
+        .or_else(|| inbound_key(ip, client_pin).map(|(key, kind)| Prepared { key, kind, hash: t.flows.hash(&key) }));
+    let Some(Prepared { key, kind, hash }) = prepared else {
         // A later fragment: follow its first fragment, or go to both VMs (the one without
         // fragment zero discards the rest silently, RFC 1122 3.3.2).
         return Ok(match t.fragments.route(ip, now) {
@@ -107,7 +148,7 @@ fn flow_inbound<S: crate::events::EventSink>(
             }
         });
     };
-    let deliver = flow_decide(shadow, t, ip, &key, kind, client_pin, now)?;
+    let deliver = flow_decide(shadow, t, ip, &Prepared { key, kind, hash }, client_pin, now)?;
     if ip.fragment == Fragment::First && !t.fragments.remember(ip, FragmentRoute::Deliver(deliver.bits()), now) {
         t.counters.fragment_table_full += 1;
     }
@@ -118,18 +159,18 @@ fn flow_decide<S: crate::events::EventSink>(
     shadow: &mut Shadow,
     t: &mut Tables<'_, S>,
     ip: &Ipv4Info,
-    key: &FlowKey,
-    kind: Kind,
+    prepared: &Prepared,
     client_pin: bool,
     now: Instant,
 ) -> Result<Deliver, DropReason> {
-    let hash = t.flows.hash(key);
+    let Prepared { ref key, kind, hash } = *prepared;
+    let now_ms = now.millis_u32();
     let mut found = t.flows.find(key, hash);
     if let Some(i) = found {
         let reused = !client_pin
             && matches!(ip.l4, L4::Tcp(tcp) if tcp.flags.is_syn_only())
             && t.flows.flow(i).phase == Phase::Closed;
-        if t.flows.is_expired(i, now.millis_u32(), t.timeouts) {
+        if t.flows.is_expired(i, now_ms, t.timeouts) {
             t.counters.flows_expired += 1;
             t.end_flow(i, FlowEndReason::Idle, now);
             found = None;
@@ -162,7 +203,7 @@ fn flow_decide<S: crate::events::EventSink>(
         }
     };
     let flow = t.flows.flow_mut(index);
-    flow.last_seen_ms = now.millis_u32();
+    flow.last_seen_ms = now_ms;
     if replica {
         hand_off(shadow, key, flow, t.sink, now);
     }
@@ -219,7 +260,7 @@ fn track_client_segment(shadow: &mut Shadow, flow: &mut Flow, tcp: &TcpInfo, now
             && now - flow.created >= params.syn_timeout
         {
             flow.flags |= flags::SYN_SIGNALLED;
-            shadow.controller.record(Signal::UnansweredSyn);
+            shadow.signals.record(Signal::UnansweredSyn);
         }
     } else if f.is_syn_ack() && flow.is_outbound() {
         // The remote end answered a connection a VM opened.
@@ -235,9 +276,9 @@ fn track_client_segment(shadow: &mut Shadow, flow: &mut Flow, tcp: &TcpInfo, now
     if seq_len > 0 {
         let end = tcp.seq.wrapping_add(seq_len);
         if tcp.payload_len > 0 && to_b {
-            shadow.controller.record(Signal::DataSegment);
+            shadow.signals.record(Signal::DataSegment);
             if flow.has(flags::CLIENT_SEQ) && seq_le(end, flow.client_seq_max) {
-                shadow.controller.record(Signal::Retransmission);
+                shadow.signals.record(Signal::Retransmission);
             }
         }
         if !flow.has(flags::CLIENT_SEQ) || seq_le(flow.client_seq_max, end) {

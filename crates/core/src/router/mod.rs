@@ -22,7 +22,7 @@ use crate::counters::RouterCounters;
 use crate::events::{ConflictKind, Event, EventSink, FlowEndReason};
 use crate::flow::{Flow, FlowKey, FlowTable, FlowTimeouts, Phase};
 use crate::fragments::FragmentTable;
-use crate::shadow::{ShadowingEntry, ShadowingTable, VmId};
+use crate::shadow::{Shadow, ShadowingEntry, ShadowingTable, VmId};
 use crate::time::Instant;
 use crate::wire::{ArpInfo, ParseError};
 
@@ -186,7 +186,7 @@ impl<S: EventSink> ShadowRouter<S> {
             timeouts,
             flows,
             fragments,
-            shadows: ShadowingTable::with_hasher(FixedState::with_seed(config.hash_seed)),
+            shadows: ShadowingTable::new(config.hash_seed),
             addresses: HashMap::with_hasher(FixedState::with_seed(config.hash_seed)),
             vm_refs: HashMap::new(),
             wakeups: BinaryHeap::new(),
@@ -218,6 +218,11 @@ impl<S: EventSink> ShadowRouter<S> {
         self.flows.len()
     }
 
+    /// Mean and longest probe distance in the flow table (diagnostics; scans the table).
+    pub fn flow_probe_lengths(&self) -> (f64, usize) {
+        self.flows.probe_lengths()
+    }
+
     /// Bytes held by the flow table.
     pub fn flow_table_bytes(&self) -> usize {
         self.flows.memory_bytes()
@@ -228,14 +233,14 @@ impl<S: EventSink> ShadowRouter<S> {
         self.flows.find(key, self.flows.hash(key)).map(|i| self.flows.flow(i))
     }
 
-    /// The shadowing entry of `ip`.
-    pub fn entry(&self, ip: Ipv4Addr) -> Option<&ShadowingEntry> {
-        self.shadows.get(&ip).map(|s| &s.entry)
+    /// A snapshot of the shadowing entry of `ip`.
+    pub fn entry(&self, ip: Ipv4Addr) -> Option<ShadowingEntry> {
+        self.shadows.get(&ip).map(Shadow::snapshot)
     }
 
-    /// Every shadowing entry (the seed's shadowing table).
-    pub fn entries(&self) -> impl Iterator<Item = &ShadowingEntry> {
-        self.shadows.values().map(|s| &s.entry)
+    /// Snapshots of every shadowing entry (the seed's shadowing table).
+    pub fn entries(&self) -> impl Iterator<Item = ShadowingEntry> + '_ {
+        self.shadows.values().map(Shadow::snapshot)
     }
 
     /// The handle of a VM, allocated on first use.
@@ -303,6 +308,8 @@ impl<S: EventSink> ShadowRouter<S> {
             return; // superseded by a later schedule
         }
         shadow.wake_at = None;
+        let signals = core::mem::take(&mut shadow.signals);
+        shadow.controller.absorb(&signals);
         let change = shadow.controller.poll(now);
         if let Some(change) = shadow.apply(change) {
             self.sink.event(Event::SplitChanged { ip, change, at: now });

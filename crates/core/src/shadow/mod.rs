@@ -10,5 +10,5 @@ pub use entry::{
     Affinity, ConflictCounters, EntryCounters, EntryState, MigrationOptions, Mode, ShadowingEntry, Strategy, VmId,
 };
 pub use params::{CongestionControlParameters, Ramp, RampStep};
-pub use split::{Signal, SplitChange, SplitController, SplitReason};
-pub(crate) use table::{Shadow, ShadowingTable};
+pub use split::{Signal, SignalCounts, SplitChange, SplitController, SplitReason};
+pub(crate) use table::{Located, Shadow, ShadowingTable};

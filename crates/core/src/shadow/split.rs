@@ -56,13 +56,38 @@ pub struct SplitChange {
     pub reason: SplitReason,
 }
 
+/// Signals counted over one interval. The router keeps one next to each entry's hot fields and
+/// hands it to the controller when the interval is judged.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-struct Counts {
+pub struct SignalCounts {
     resets: u32,
     conflicts: u32,
     unanswered_syns: u32,
     retransmissions: u32,
     data_segments: u32,
+}
+
+impl SignalCounts {
+    /// Counts one signal.
+    #[inline]
+    pub fn record(&mut self, signal: Signal) {
+        let n = match signal {
+            Signal::Reset => &mut self.resets,
+            Signal::Conflict => &mut self.conflicts,
+            Signal::UnansweredSyn => &mut self.unanswered_syns,
+            Signal::Retransmission => &mut self.retransmissions,
+            Signal::DataSegment => &mut self.data_segments,
+        };
+        *n = n.saturating_add(1);
+    }
+
+    fn add(&mut self, other: &Self) {
+        self.resets = self.resets.saturating_add(other.resets);
+        self.conflicts = self.conflicts.saturating_add(other.conflicts);
+        self.unanswered_syns = self.unanswered_syns.saturating_add(other.unanswered_syns);
+        self.retransmissions = self.retransmissions.saturating_add(other.retransmissions);
+        self.data_segments = self.data_segments.saturating_add(other.data_segments);
+    }
 }
 
 /// Moves one entry's split. Time is passed in; [`SplitController::next_wakeup`] says when to call
@@ -78,7 +103,7 @@ pub struct SplitController {
     split: f64,
     fixed: Option<f64>,
     interval_end: Option<Instant>,
-    counts: Counts,
+    counts: SignalCounts,
 }
 
 impl SplitController {
@@ -94,7 +119,7 @@ impl SplitController {
             split: 0.0,
             fixed: None,
             interval_end: None,
-            counts: Counts::default(),
+            counts: SignalCounts::default(),
         }
     }
 
@@ -135,15 +160,12 @@ impl SplitController {
 
     /// Counts a signal into the current interval.
     pub fn record(&mut self, signal: Signal) {
-        let c = &mut self.counts;
-        let n = match signal {
-            Signal::Reset => &mut c.resets,
-            Signal::Conflict => &mut c.conflicts,
-            Signal::UnansweredSyn => &mut c.unanswered_syns,
-            Signal::Retransmission => &mut c.retransmissions,
-            Signal::DataSegment => &mut c.data_segments,
-        };
-        *n = n.saturating_add(1);
+        self.counts.record(signal);
+    }
+
+    /// Adds signals counted elsewhere into the current interval.
+    pub fn absorb(&mut self, counts: &SignalCounts) {
+        self.counts.add(counts);
     }
 
     /// Freezes the split.
@@ -158,7 +180,7 @@ impl SplitController {
         if let Some(at) = self.paused_at.take() {
             self.paused_total += now - at;
             self.interval_end = Some(now + self.params.interval);
-            self.counts = Counts::default();
+            self.counts = SignalCounts::default();
         }
     }
 
@@ -228,7 +250,7 @@ impl SplitController {
             } else if decrease.is_none() {
                 self.cwnd = (self.cwnd + self.params.additive_increase_pct).min(100.0);
             }
-            self.counts = Counts::default();
+            self.counts = SignalCounts::default();
             end = end + self.params.interval;
         }
         self.interval_end = Some(end);

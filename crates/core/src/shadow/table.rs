@@ -7,20 +7,28 @@ use std::net::Ipv4Addr;
 use foldhash::fast::FixedState;
 
 use super::entry::{Affinity, Mode, ShadowingEntry, Strategy};
-use super::split::{SplitChange, SplitController};
+use super::split::{SignalCounts, SplitChange, SplitController};
 use crate::VmRef;
 use crate::flow::{FlowKey, Side};
 use crate::time::Instant;
 
-/// One shadowed address as the router holds it.
+/// One shadowed address as the router holds it. The first cache line holds everything a packet
+/// of an existing flow reads or writes; the entry and controller behind it are touched by new
+/// flows, timers and the control plane only.
+#[repr(C, align(64))]
 pub(crate) struct Shadow {
     /// Split hash threshold: a flow whose 32-bit hash is below it goes to B. 2^32 means all.
     pub threshold: u64,
+    /// Seeded with the entry's salt.
+    pub split_hasher: foldhash::quality::FixedState,
+    /// Inbound packets delivered to A, B, both (merged into the entry's counters when read).
+    pub packets: [u64; 3],
+    /// Signals about B counted since the controller last judged an interval.
+    pub signals: SignalCounts,
     pub strategy: Strategy,
     pub mode: Mode,
     pub affinity: Affinity,
-    /// Seeded with the entry's salt.
-    pub split_hasher: foldhash::quality::FixedState,
+    // Second line: egress and control.
     pub source: VmRef,
     pub destination: VmRef,
     /// Per-packet RNG state for the `packet` strategy (splitmix64).
@@ -36,6 +44,8 @@ impl Shadow {
         let salt = entry.options.salt;
         let mut shadow = Self {
             threshold: 0,
+            packets: [0; 3],
+            signals: SignalCounts::default(),
             strategy: entry.options.strategy,
             mode: entry.options.mode,
             affinity: entry.options.affinity,
@@ -49,6 +59,14 @@ impl Shadow {
         };
         shadow.sync_split();
         shadow
+    }
+
+    /// The entry as the control plane sees it: with the packet counters merged in.
+    pub fn snapshot(&self) -> ShadowingEntry {
+        let mut entry = self.entry.clone();
+        let c = &mut entry.counters;
+        [c.packets_to_source, c.packets_to_destination, c.packets_to_both] = self.packets;
+        entry
     }
 
     /// Copies the controller's split into the entry and the hash threshold.
@@ -104,5 +122,89 @@ impl Shadow {
     }
 }
 
-/// Shadowed address -> [`Shadow`].
-pub(crate) type ShadowingTable = HashMap<Ipv4Addr, Shadow, FixedState>;
+const _: () = assert!(core::mem::offset_of!(Shadow, affinity) < 64, "packet-path fields fit one cache line");
+
+/// Where a shadowed address's [`Shadow`] is, with the two fields that decide a packet's flow key,
+/// so a batch can compute keys and prefetch before touching the entry itself.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Located {
+    pub slot: u32,
+    pub strategy: Strategy,
+    pub affinity: Affinity,
+}
+
+/// Shadowed address -> [`Shadow`]: a small index (12 bytes an address: 10k addresses stay in
+/// cache) over a dense arena of cache-line-aligned entries.
+pub(crate) struct ShadowingTable {
+    index: HashMap<u32, Located, FixedState>,
+    arena: Vec<Shadow>,
+}
+
+impl ShadowingTable {
+    pub fn new(seed: u64) -> Self {
+        Self { index: HashMap::with_hasher(FixedState::with_seed(seed)), arena: Vec::new() }
+    }
+
+    #[inline]
+    pub fn locate(&self, ip: &Ipv4Addr) -> Option<Located> {
+        self.index.get(&ip.to_bits()).copied()
+    }
+
+    #[inline]
+    pub fn at_mut(&mut self, slot: u32) -> &mut Shadow {
+        &mut self.arena[slot as usize]
+    }
+
+    /// Hints the CPU to load an entry's packet-path line.
+    #[inline]
+    pub fn prefetch(&self, slot: u32) {
+        crate::prefetch::read(&self.arena[slot as usize]);
+    }
+
+    #[inline]
+    pub fn get(&self, ip: &Ipv4Addr) -> Option<&Shadow> {
+        self.locate(ip).map(|l| &self.arena[l.slot as usize])
+    }
+
+    #[inline]
+    pub fn get_mut(&mut self, ip: &Ipv4Addr) -> Option<&mut Shadow> {
+        self.locate(ip).map(|l| &mut self.arena[l.slot as usize])
+    }
+
+    pub fn contains_key(&self, ip: &Ipv4Addr) -> bool {
+        self.index.contains_key(&ip.to_bits())
+    }
+
+    /// Adds or replaces the entry of `ip`.
+    pub fn insert(&mut self, ip: Ipv4Addr, shadow: Shadow) {
+        let located = |slot| Located { slot, strategy: shadow.strategy, affinity: shadow.affinity };
+        match self.index.get(&ip.to_bits()) {
+            Some(l) => {
+                let slot = l.slot;
+                self.index.insert(ip.to_bits(), located(slot));
+                self.arena[slot as usize] = shadow;
+            }
+            None => {
+                let slot = self.arena.len() as u32;
+                self.index.insert(ip.to_bits(), located(slot));
+                self.arena.push(shadow);
+            }
+        }
+    }
+
+    pub fn remove(&mut self, ip: &Ipv4Addr) -> Option<Shadow> {
+        let slot = self.index.remove(&ip.to_bits())?.slot;
+        let shadow = self.arena.swap_remove(slot as usize);
+        // The last entry moved into the hole: point its index there.
+        if let Some(moved) = self.arena.get(slot as usize)
+            && let Some(l) = self.index.get_mut(&moved.entry.ip_address.to_bits())
+        {
+            l.slot = slot;
+        }
+        Some(shadow)
+    }
+
+    pub fn values(&self) -> impl Iterator<Item = &Shadow> {
+        self.arena.iter()
+    }
+}
