@@ -100,7 +100,7 @@ pub enum Event {
         key: FlowKey,
         /// Its owner at the end.
         owner: Owner,
-        /// First packet to end.
+        /// First packet to last packet.
         lifetime: Duration,
         /// Why.
         reason: FlowEndReason,

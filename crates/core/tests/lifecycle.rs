@@ -259,3 +259,109 @@ fn restarted_router_resumes_at_the_recorded_split() {
     r.add_entry(entry, ipshadow_core::Instant::from_secs(500)).unwrap();
     assert_eq!(r.entry(X).unwrap().traffic_split_percentage, 40.0);
 }
+
+#[test]
+fn conflicts_and_retransmissions_seen_from_b_cut_the_split() {
+    let params = CongestionControlParameters {
+        max_conflicts_per_interval: 0,
+        max_retransmit_ratio: 0.2,
+        min_segments_for_ratio: 10,
+        ..Default::default()
+    };
+    let options = MigrationOptions { ramp: steps(&[100.0], 3600), ..Default::default() };
+    // Conflicts: B answers a flow that A opened (a connection of A's to a server).
+    let mut h = Harness::new(RouterConfig::default(), options.clone(), params);
+    h.router.lease_bound(X, h.now).unwrap();
+    let db = Ipv4Addr::new(192, 0, 2, 9);
+    assert_eq!(h.from_vm(Side::Source, &tcp((X, 40_000), (db, 5432), F::SYN, 1, 0, &[])), EgressVerdict::Forward);
+    assert!(matches!(
+        h.from_vm(Side::Destination, &tcp((X, 40_000), (db, 5432), F::ACK, 1, 1, b"x")),
+        EgressVerdict::Drop(_)
+    ));
+    h.advance(Duration::from_secs(1));
+    assert_eq!(splits(&h.events()).last(), Some(&(50.0, SplitReason::Decrease(Signal::Conflict))));
+    // Retransmissions: a client resends data B has not acknowledged.
+    let mut h = Harness::new(RouterConfig::default(), options, params);
+    h.router.lease_bound(X, h.now).unwrap();
+    assert_eq!(connect(&mut h, 7000), Side::Destination);
+    let mut seq = 1006;
+    for i in 0..20 {
+        let resend = i % 2 == 1;
+        let s = if resend { seq - 4 } else { seq };
+        assert_eq!(deliver(h.inbound(&tcp((C, 7000), (X, 80), F::ACK, s, 5001, b"data"))), Deliver::Destination);
+        if !resend {
+            seq += 4;
+        }
+    }
+    h.advance(Duration::from_secs(1));
+    assert_eq!(splits(&h.events()).last(), Some(&(50.0, SplitReason::Decrease(Signal::Retransmission))));
+}
+
+#[test]
+fn idle_flows_expire_with_their_lifetime_reported() {
+    let options = MigrationOptions { ramp: steps(&[0.0], 3600), ..Default::default() };
+    let mut h = Harness::new(RouterConfig::default(), options, CongestionControlParameters::default());
+    h.router.lease_bound(X, h.now).unwrap();
+    // A TCP connection that closes with FIN, and a UDP exchange.
+    assert_eq!(connect(&mut h, 8000), Side::Source);
+    h.advance(Duration::from_secs(2));
+    h.inbound(&tcp((C, 8000), (X, 80), F::FIN | F::ACK, 1006, 5001, &[]));
+    h.from_vm(Side::Source, &tcp((X, 80), (C, 8000), F::FIN | F::ACK, 5001, 1007, &[]));
+    assert_eq!(deliver(h.inbound(&udp((C, 9000), (X, 53), b"q"))), Deliver::Source);
+    h.from_vm(Side::Source, &udp((X, 53), (C, 9000), b"a"));
+    // Closed TCP is kept 10 s, answered UDP 180 s: step past both, sweeping as the router does.
+    let start = h.now;
+    let mut ended = Vec::new();
+    for _ in 0..200 {
+        h.advance(Duration::from_secs(1));
+        for e in h.events() {
+            if let Event::FlowEnded { key, lifetime, reason, at, .. } = e {
+                ended.push((key.protocol, lifetime.as_millis(), reason, (at - start).as_secs()));
+            }
+        }
+    }
+    ended.sort_by_key(|e| e.0);
+    assert_eq!(ended.len(), 2, "{ended:?}");
+    let (tcp_end, udp_end) = (ended[0], ended[1]);
+    // Lifetime: first to last packet. Removal: once idle past the timeout, within one sweep period.
+    assert_eq!((tcp_end.0, tcp_end.1, tcp_end.2), (6, 2_000, ipshadow_core::FlowEndReason::Idle));
+    assert!((10..=21).contains(&tcp_end.3), "FIN at 0 s (+2), kept 10 s idle: {tcp_end:?}");
+    assert_eq!((udp_end.0, udp_end.1, udp_end.2), (17, 0, ipshadow_core::FlowEndReason::Idle));
+    assert!((180..=191).contains(&udp_end.3), "{udp_end:?}");
+    assert_eq!(h.router.flow_count(), 0);
+    assert_eq!(h.router.counters().flows_expired, 2);
+}
+
+#[test]
+fn other_protocols_vlan_tags_and_arp() {
+    let options = MigrationOptions { ramp: steps(&[100.0], 3600), ..Default::default() };
+    let mut h = Harness::new(RouterConfig::default(), options, CongestionControlParameters::default());
+    h.router.lease_bound(X, h.now).unwrap();
+    // GRE (protocol 47) from a client: one flow per client and protocol.
+    let mut gre = Vec::new();
+    etherparse::PacketBuilder::ethernet2([2, 0, 0, 0, 0, 2], [2, 0, 0, 0, 0, 1])
+        .ipv4(C.octets(), X.octets(), 64)
+        .write(&mut gre, 47u8.into(), &[0; 8])
+        .unwrap();
+    assert_eq!(deliver(h.inbound(&gre)), Deliver::Destination);
+    h.router.abort(X, h.now).unwrap();
+    assert_eq!(deliver(h.inbound(&gre)), Deliver::Destination, "the GRE flow stays on B");
+    let key = ipshadow_core::FlowKey { client_ip: C, client_port: 0, shadow_ip: X, shadow_port: 0, protocol: 47 };
+    assert!(h.router.flow(&key).is_some());
+    // An 802.1Q-tagged segment is decided like an untagged one.
+    let tagged = ipshadow_core::testkit::vlan_tag(&tcp((C, 100), (X, 80), F::SYN, 1, 0, &[]), 0x8100, 300);
+    assert_eq!(deliver(h.inbound(&tagged)), Deliver::Source);
+    // ARP is handed to the data plane with its fields.
+    let mut arp = vec![0xff; 6];
+    arp.extend_from_slice(&[2, 0, 0, 0, 0, 9, 0x08, 0x06, 0, 1, 8, 0, 6, 4, 0, 1, 2, 0, 0, 0, 0, 9]);
+    arp.extend_from_slice(&C.octets());
+    arp.extend_from_slice(&[0; 6]);
+    arp.extend_from_slice(&X.octets());
+    let InboundVerdict::Arp(info) = h.inbound(&arp) else { panic!("ARP not recognised") };
+    assert_eq!((info.operation, info.sender_ip, info.target_ip), (1, C, X));
+    // Malformed frames are counted drops.
+    let mut bad = tcp((C, 1), (X, 80), F::SYN, 1, 0, &[]);
+    bad[24] ^= 1;
+    assert!(matches!(h.inbound(&bad), InboundVerdict::Drop(ipshadow_core::DropReason::Malformed(_))));
+    assert_eq!(h.router.counters().malformed.bad_checksum, 1);
+}

@@ -407,9 +407,13 @@ impl<S: EventSink> Tables<'_, S> {
     }
 }
 
-/// The `FlowEnded` event of a flow.
+/// The `FlowEnded` event of a flow. Its lifetime runs from its first packet to its last, not to
+/// when the router noticed it was idle: that is what the flow-lifetime predictor needs.
 fn ended(key: FlowKey, flow: &Flow, reason: FlowEndReason, now: Instant) -> Event {
-    Event::FlowEnded { key, owner: flow.owner, lifetime: now - flow.created, reason, at: now }
+    let idle_ms = now.millis_u32().wrapping_sub(flow.last_seen_ms);
+    let idle = if idle_ms < u32::MAX / 2 { Duration::from_millis(u64::from(idle_ms)) } else { Duration::ZERO };
+    let lifetime = (now - flow.created).saturating_sub(idle);
+    Event::FlowEnded { key, owner: flow.owner, lifetime, reason, at: now }
 }
 
 /// `a <= b` in 32-bit sequence space (RFC 9293 3.4).
