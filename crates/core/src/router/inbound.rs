@@ -52,41 +52,57 @@ impl<S: crate::events::EventSink> ShadowRouter<S> {
     /// group is parsed and its flow slot prefetched before the first decision, so the cache
     /// misses of the group overlap instead of queueing.
     pub fn inbound_batch(&mut self, frames: &[&[u8]], now: Instant, out: &mut Vec<InboundVerdict>) {
-        const GROUP: usize = 16;
-        let mut parsed = [Err(crate::wire::ParseError::TooManyVlanTags); GROUP];
-        let mut ahead: [Option<Ahead>; GROUP] = [None; GROUP];
-        for group in frames.chunks(GROUP) {
-            for ((result, ahead), frame) in parsed.iter_mut().zip(ahead.iter_mut()).zip(group) {
-                *result = parse_frame(frame);
-                *ahead = None;
-                if let Ok(Packet::Ipv4(ip)) = result
-                    && let Some(shadow) = self.shadows.locate(&ip.dst)
-                {
-                    self.shadows.prefetch(shadow.slot);
-                    let mut flow = None;
-                    if shadow.strategy == Strategy::Flow
-                        && let Some((key, kind)) = inbound_key(ip, shadow.affinity == Affinity::Client)
-                    {
-                        let hash = self.flows.hash(&key);
-                        self.flows.prefetch(hash);
-                        flow = Some(Prepared { key, kind, hash });
-                    }
-                    *ahead = Some(Ahead { shadow, flow });
-                }
-            }
-            for (result, ahead) in parsed.iter().zip(ahead).take(group.len()) {
-                self.counters.inbound_frames += 1;
-                out.push(match (result, ahead) {
-                    (Ok(Packet::Ipv4(ip)), Some(ahead)) => self.inbound_located(ip, ahead.shadow, now, ahead.flow),
-                    (Ok(Packet::Ipv4(_)), None) => InboundVerdict::NotShadowed,
-                    (Ok(packet), _) => self.inbound_packet(packet, now),
-                    (Err(e), _) => {
-                        self.counters.malformed.count(*e);
-                        InboundVerdict::Drop(DropReason::Malformed(*e))
-                    }
-                });
-            }
+        // A rolling window: frame i + AHEAD is parsed and its lines prefetched while frame i is
+        // decided, so misses stay in flight continuously instead of in bursts.
+        const AHEAD: usize = 16;
+        let empty = (Err(crate::wire::ParseError::TooManyVlanTags), None);
+        let mut window: [(Result<Packet, crate::wire::ParseError>, Option<Ahead>); AHEAD] = [empty; AHEAD];
+        for (slot, frame) in window.iter_mut().zip(frames) {
+            *slot = self.look_ahead(frame);
         }
+        out.reserve(frames.len());
+        for i in 0..frames.len() {
+            let (result, ahead) = match frames.get(i + AHEAD) {
+                Some(next) => {
+                    let next = self.look_ahead(next);
+                    core::mem::replace(&mut window[i % AHEAD], next)
+                }
+                None => window[i % AHEAD],
+            };
+            self.counters.inbound_frames += 1;
+            out.push(match (result, ahead) {
+                (Ok(Packet::Ipv4(ip)), Some(ahead)) => self.inbound_located(&ip, ahead.shadow, now, ahead.flow),
+                (Ok(Packet::Ipv4(_)), None) => InboundVerdict::NotShadowed,
+                (Ok(packet), _) => self.inbound_packet(&packet, now),
+                (Err(e), _) => {
+                    self.counters.malformed.count(e);
+                    InboundVerdict::Drop(DropReason::Malformed(e))
+                }
+            });
+        }
+    }
+
+    /// The batch's first look at a frame: parse, locate its entry, compute its flow key and
+    /// prefetch the lines the decision will touch.
+    #[inline]
+    fn look_ahead(&self, frame: &[u8]) -> (Result<Packet, crate::wire::ParseError>, Option<Ahead>) {
+        let result = parse_frame(frame);
+        let mut ahead = None;
+        if let Ok(Packet::Ipv4(ip)) = &result
+            && let Some(shadow) = self.shadows.locate(&ip.dst)
+        {
+            self.shadows.prefetch(shadow.slot);
+            let mut flow = None;
+            if shadow.strategy == Strategy::Flow
+                && let Some((key, kind)) = inbound_key(ip, shadow.affinity == Affinity::Client)
+            {
+                let hash = self.flows.hash(&key);
+                self.flows.prefetch(hash);
+                flow = Some(Prepared { key, kind, hash });
+            }
+            ahead = Some(Ahead { shadow, flow });
+        }
+        (result, ahead)
     }
 
     /// Decides where an already parsed inbound packet goes.
