@@ -9,21 +9,19 @@ need_cargo
 apt_install valgrind
 
 section "criterion (one core, wall clock)"
-cargo bench --locked -p ipshadow-core --bench inbound -- --noplot 2>&1 | tee /tmp/ipshadow-bench.txt \
-  | grep -E '^inbound/|time:'
-ns() { # median ns per packet of bench $1 with $2 packets per iteration
-  local t unit
-  read -r t unit < <(grep -A1 "^inbound/$1\$\|^inbound/$1 " /tmp/ipshadow-bench.txt | grep -o 'time: *\[[^]]*\]' \
-    | sed -E 's/time: *\[[^ ]+ [^ ]+ ([^ ]+) ([^ ]+) .*/\1 \2/')
-  case "$unit" in
-    ns) awk -v t="$t" -v n="$2" 'BEGIN{printf "%.1f", t/n}';;
-    µs|us) awk -v t="$t" -v n="$2" 'BEGIN{printf "%.1f", t*1000/n}';;
-    ms) awk -v t="$t" -v n="$2" 'BEGIN{printf "%.1f", t*1000000/n}';;
-  esac
+taskset -c 1 cargo bench --locked -p ipshadow-core --bench inbound -- --noplot 2>&1 | grep -E '^inbound/|time:'
+ns() { # median ns per packet of criterion bench $1 (4096 packets per iteration)
+  python3 - "$1" <<'PY'
+import json, sys
+e = json.load(open(f"target/criterion/inbound/{sys.argv[1]}/new/estimates.json"))
+print(f"{e['median']['point_estimate'] / 4096:.1f}")
+PY
 }
-hot=$(ns hot_1k_flows/one_by_one 4096); hot_batch=$(ns hot_1k_flows/batch 4096)
-big=$(ns 1M_flows_10k_ips/one_by_one 4096); big_batch=$(ns 1M_flows_10k_ips/batch 4096)
-echo "hot: ${hot} ns/packet one by one, ${hot_batch} batched; 1M flows: ${big} one by one, ${big_batch} batched"
+hot=$(ns hot_1k_flows_one_by_one); hot_batch=$(ns hot_1k_flows_batch)
+decision=$(ns hot_1k_flows_decision_only); parse=$(ns parse_only)
+big=$(ns 1M_flows_10k_ips_one_by_one); big_batch=$(ns 1M_flows_10k_ips_batch)
+echo "median ns/packet: hot ${hot} one by one, ${hot_batch} batched (parse ${parse}, decision ${decision});" \
+  "1M flows ${big} one by one, ${big_batch} batched"
 
 section "callgrind (instructions, repeatable)"
 cargo build --locked --release -q -p ipshadow-core --example inbound_instructions
