@@ -27,6 +27,17 @@ struct Prepared {
     hash: u64,
 }
 
+/// A frame in the batch window: parsed, and what the first look learned.
+#[derive(Clone, Copy)]
+struct LookAhead {
+    parsed: Result<Packet, crate::wire::ParseError>,
+    ahead: Option<Ahead>,
+}
+
+impl LookAhead {
+    const EMPTY: Self = Self { parsed: Err(crate::wire::ParseError::TooManyVlanTags), ahead: None };
+}
+
 /// What the batch's first pass learned about a frame.
 #[derive(Clone, Copy)]
 struct Ahead {
@@ -52,43 +63,40 @@ impl<S: crate::events::EventSink> ShadowRouter<S> {
     /// group is parsed and its flow slot prefetched before the first decision, so the cache
     /// misses of the group overlap instead of queueing.
     pub fn inbound_batch(&mut self, frames: &[&[u8]], now: Instant, out: &mut Vec<InboundVerdict>) {
-        // A rolling window: frame i + AHEAD is parsed and its lines prefetched while frame i is
-        // decided, so misses stay in flight continuously instead of in bursts.
+        // A rolling window: frame i + AHEAD is parsed and its lines prefetched right after frame i
+        // is decided, so misses stay in flight continuously instead of in bursts. Slots are
+        // decided and refilled in place: copying them in and out cost more than the decision.
         const AHEAD: usize = 16;
-        let empty = (Err(crate::wire::ParseError::TooManyVlanTags), None);
-        let mut window: [(Result<Packet, crate::wire::ParseError>, Option<Ahead>); AHEAD] = [empty; AHEAD];
+        let mut window = [LookAhead::EMPTY; AHEAD];
         for (slot, frame) in window.iter_mut().zip(frames) {
-            *slot = self.look_ahead(frame);
+            self.look_ahead(frame, slot);
         }
         out.reserve(frames.len());
         for i in 0..frames.len() {
-            let (result, ahead) = match frames.get(i + AHEAD) {
-                Some(next) => {
-                    let next = self.look_ahead(next);
-                    core::mem::replace(&mut window[i % AHEAD], next)
-                }
-                None => window[i % AHEAD],
-            };
+            let slot = &mut window[i % AHEAD];
             self.counters.inbound_frames += 1;
-            out.push(match (result, ahead) {
-                (Ok(Packet::Ipv4(ip)), Some(ahead)) => self.inbound_located(&ip, ahead.shadow, now, ahead.flow),
+            out.push(match (&slot.parsed, slot.ahead) {
+                (Ok(Packet::Ipv4(ip)), Some(ahead)) => self.inbound_located(ip, ahead.shadow, now, ahead.flow),
                 (Ok(Packet::Ipv4(_)), None) => InboundVerdict::NotShadowed,
-                (Ok(packet), _) => self.inbound_packet(&packet, now),
+                (Ok(packet), _) => self.inbound_packet(packet, now),
                 (Err(e), _) => {
-                    self.counters.malformed.count(e);
-                    InboundVerdict::Drop(DropReason::Malformed(e))
+                    self.counters.malformed.count(*e);
+                    InboundVerdict::Drop(DropReason::Malformed(*e))
                 }
             });
+            if let Some(next) = frames.get(i + AHEAD) {
+                self.look_ahead(next, slot);
+            }
         }
     }
 
     /// The batch's first look at a frame: parse, locate its entry, compute its flow key and
     /// prefetch the lines the decision will touch.
     #[inline]
-    fn look_ahead(&self, frame: &[u8]) -> (Result<Packet, crate::wire::ParseError>, Option<Ahead>) {
-        let result = parse_frame(frame);
-        let mut ahead = None;
-        if let Ok(Packet::Ipv4(ip)) = &result
+    fn look_ahead(&self, frame: &[u8], slot: &mut LookAhead) {
+        slot.parsed = parse_frame(frame);
+        slot.ahead = None;
+        if let Ok(Packet::Ipv4(ip)) = &slot.parsed
             && let Some(shadow) = self.shadows.locate(&ip.dst)
         {
             self.shadows.prefetch(shadow.slot);
@@ -100,9 +108,8 @@ impl<S: crate::events::EventSink> ShadowRouter<S> {
                 self.flows.prefetch(hash);
                 flow = Some(Prepared { key, kind, hash });
             }
-            ahead = Some(Ahead { shadow, flow });
+            slot.ahead = Some(Ahead { shadow, flow });
         }
-        (result, ahead)
     }
 
     /// Decides where an already parsed inbound packet goes.
