@@ -330,3 +330,37 @@ fn replica_mode_mirrors_dedups_and_hands_off() {
     assert_eq!(h.router.entry(X).unwrap().counters.handoffs, 1);
     no_leaks(&h);
 }
+
+#[test]
+fn batch_decisions_equal_one_by_one_decisions() {
+    let y = Ipv4Addr::new(10, 0, 0, 11);
+    let mut frames = Vec::new();
+    for i in 0..600u32 {
+        let port = 1000 + (i % 97) as u16; // flows recur within one look-ahead window
+        let client = Ipv4Addr::new(198, 51, 100, (i % 5) as u8 + 1);
+        frames.push(match i % 9 {
+            0 => tcp((client, port), (X, 80), SYN, i, 0, &[]),
+            1 | 2 => tcp((client, port), (X, 80), ACK, i, 7, b"data"),
+            3 => udp((client, port), (X, 53), b"q"),
+            4 => icmp_echo(client, X, port, 1, false),
+            5 => {
+                make_fragment(udp((client, port), (X, 53), &[0; 40]), i as u16 % 7, (i % 2) as u16 * 2, i % 2 == 0, 16)
+            }
+            6 => tcp((client, port), (y, 80), SYN, 1, 0, &[]),
+            7 => tcp((client, port), (X, 80), RST, i, 0, &[]),
+            _ => vec![0xab; (i % 60) as usize],
+        });
+    }
+    let options = MigrationOptions { ramp: fixed_split(50.0), ..Default::default() };
+    let mut single = harness(options.clone());
+    let mut batch = harness(options);
+    let one_by_one: Vec<_> = frames.iter().map(|f| single.inbound(f)).collect();
+    let refs: Vec<&[u8]> = frames.iter().map(Vec::as_slice).collect();
+    let mut batched = Vec::new();
+    for chunk in refs.chunks(50) {
+        batch.router.inbound_batch(chunk, batch.now, &mut batched);
+    }
+    assert_eq!(one_by_one, batched);
+    assert_eq!(single.router.counters(), batch.router.counters());
+    assert_eq!(single.router.entry(X), batch.router.entry(X));
+}

@@ -59,9 +59,9 @@ impl<S: crate::events::EventSink> ShadowRouter<S> {
     }
 
     /// Decides for a batch of frames, appending one verdict per frame to `out`. Same decisions as
-    /// [`ShadowRouter::inbound`] one by one; faster on large flow tables because every frame of a
-    /// group is parsed and its flow slot prefetched before the first decision, so the cache
-    /// misses of the group overlap instead of queueing.
+    /// [`ShadowRouter::inbound`] one by one; faster on large flow tables because each frame is
+    /// parsed and its entry and flow slot prefetched 16 frames before it is decided, so cache
+    /// misses overlap instead of queueing.
     pub fn inbound_batch(&mut self, frames: &[&[u8]], now: Instant, out: &mut Vec<InboundVerdict>) {
         // A rolling window: frame i + AHEAD is parsed and its lines prefetched right after frame i
         // is decided, so misses stay in flight continuously instead of in bursts. Slots are
