@@ -33,15 +33,17 @@ impl<S: crate::events::EventSink> ShadowRouter<S> {
             }
             Packet::Other { .. } => return EgressVerdict::Forward,
         };
-        let Some(shadow) = self.shadows.get(&ip.src) else {
+        let Some(located) = self.shadows.locate(&ip.src) else {
             let dhcp_client = ip.src.is_unspecified()
                 && matches!(ip.l4, L4::Udp { src_port: 68, dst_port: 67 })
                 && ip.protocol == PROTO_UDP;
             let ok = dhcp_client || self.addresses.get(&ip.src) == Some(&from);
             return self.spoof_check(ok);
         };
-        let Some(side) = shadow.side_of(from) else { return self.spoof_check(false) };
-        match shadow.strategy {
+        // One lookup per packet: everything below reaches the entry through its arena slot.
+        let slot = located.slot;
+        let Some(side) = self.shadows.at(slot).side_of(from) else { return self.spoof_check(false) };
+        match located.strategy {
             // The seed's per-packet split arbitrates nothing: both VMs' replies go out.
             Strategy::Packet => EgressVerdict::Forward,
             Strategy::Instant if side == Side::Source => {
@@ -49,7 +51,7 @@ impl<S: crate::events::EventSink> ShadowRouter<S> {
                 EgressVerdict::Drop(DropReason::SourceReleased)
             }
             Strategy::Instant => EgressVerdict::Forward,
-            Strategy::Flow => self.arbitrate(side, ip, now),
+            Strategy::Flow => self.arbitrate(slot, side, ip, now),
         }
     }
 
@@ -70,8 +72,8 @@ impl<S: crate::events::EventSink> ShadowRouter<S> {
     }
 
     /// The egress arbiter: only a flow's owner answers it.
-    fn arbitrate(&mut self, side: Side, ip: &Ipv4Info, now: Instant) -> EgressVerdict {
-        let client_pin = self.shadows.get(&ip.src).is_some_and(|s| s.affinity == Affinity::Client);
+    fn arbitrate(&mut self, slot: u32, side: Side, ip: &Ipv4Info, now: Instant) -> EgressVerdict {
+        let client_pin = self.shadows.at(slot).affinity == Affinity::Client;
         let Some((key, opens)) = egress_key(ip, client_pin) else {
             // A later fragment follows the verdict on its first fragment.
             return match self.fragments.route(ip, now) {
@@ -82,7 +84,7 @@ impl<S: crate::events::EventSink> ShadowRouter<S> {
                 }
             };
         };
-        let verdict = self.arbitrate_flow(side, ip, &key, opens, client_pin, now);
+        let verdict = self.arbitrate_flow(slot, side, ip, &key, opens, client_pin, now);
         if ip.fragment == Fragment::First {
             let route = if verdict == EgressVerdict::Forward { FragmentRoute::Pass } else { FragmentRoute::Drop };
             if !self.fragments.remember(ip, route, now) {
@@ -92,8 +94,10 @@ impl<S: crate::events::EventSink> ShadowRouter<S> {
         verdict
     }
 
+    #[allow(clippy::too_many_arguments)] // the packet's facts, computed once by the caller
     fn arbitrate_flow(
         &mut self,
+        slot: u32,
         side: Side,
         ip: &Ipv4Info,
         key: &FlowKey,
@@ -118,8 +122,8 @@ impl<S: crate::events::EventSink> ShadowRouter<S> {
         // answered yet: the priority VM (per flow, A early, B later) wins the tuple.
         if let (Some(i), Some(t)) = (found, tcp)
             && t.flags.is_syn_only()
-            && let Some(shadow) = self.shadows.get(&ip.src)
         {
+            let shadow = self.shadows.at(slot);
             let flow = self.flows.flow(i);
             if shadow.mode == Mode::Independent
                 && flow.owner != Owner::from(side)
@@ -132,7 +136,7 @@ impl<S: crate::events::EventSink> ShadowRouter<S> {
                 found = None;
             }
         }
-        let Some(shadow) = self.shadows.get_mut(&ip.src) else { return EgressVerdict::Forward };
+        let shadow = self.shadows.at_mut(slot);
         let replica = shadow.mode == Mode::Replica;
         let index = match found {
             Some(i) => i,
@@ -171,15 +175,15 @@ impl<S: crate::events::EventSink> ShadowRouter<S> {
                 i
             }
         };
-        let Some(shadow) = self.shadows.get_mut(&ip.src) else { return EgressVerdict::Forward };
+        let shadow = self.shadows.at_mut(slot);
         let flow = self.flows.flow_mut(index);
         if replica {
             flow.last_seen_ms = now.millis_u32();
             hand_off(shadow, key, flow, &mut self.sink, now);
-            return self.replica_egress(side, index, tcp);
+            return self.replica_egress(slot, side, index, tcp);
         }
         match flow.owner.side() {
-            None => self.learn(side, index, key, tcp, now),
+            None => self.learn(slot, side, index, key, tcp, now),
             Some(owner) if owner == side => {
                 flow.last_seen_ms = now.millis_u32();
                 track_owner(shadow, flow, side, tcp);
@@ -200,7 +204,15 @@ impl<S: crate::events::EventSink> ShadowRouter<S> {
 
     /// An unknown flow: the first VM to answer with anything but RST owns it. RSTs are held back
     /// unless both VMs reset it within the pair window (then nobody has it and one RST goes out).
-    fn learn(&mut self, side: Side, index: usize, key: &FlowKey, tcp: Option<TcpInfo>, now: Instant) -> EgressVerdict {
+    fn learn(
+        &mut self,
+        slot: u32,
+        side: Side,
+        index: usize,
+        key: &FlowKey,
+        tcp: Option<TcpInfo>,
+        now: Instant,
+    ) -> EgressVerdict {
         let window_ms = self.config.rst_pair_window.as_millis() as u32;
         let now_ms = now.millis_u32();
         let flow = self.flows.flow_mut(index);
@@ -222,21 +234,18 @@ impl<S: crate::events::EventSink> ShadowRouter<S> {
                 flow.rst_ms = now_ms;
             }
             self.counters.resets_suppressed += 1;
-            if let Some(shadow) = self.shadows.get_mut(&key.shadow_ip) {
-                shadow.entry.counters.resets_suppressed += 1;
-            }
+            self.shadows.at_mut(slot).entry.counters.resets_suppressed += 1;
             return EgressVerdict::Drop(DropReason::ResetSuppressed);
         }
         flow.owner = side.into();
         flow.phase = Phase::Established;
         flow.flags = (flow.flags & !(flags::RST_SOURCE | flags::RST_DESTINATION)) | flags::REPLIED;
         flow.last_seen_ms = now_ms;
-        if let Some(shadow) = self.shadows.get_mut(&key.shadow_ip) {
-            shadow.entry.counters.flows_learned += 1;
-            match side {
-                Side::Source => shadow.entry.counters.flows_to_source += 1,
-                Side::Destination => shadow.entry.counters.flows_to_destination += 1,
-            }
+        let counters = &mut self.shadows.at_mut(slot).entry.counters;
+        counters.flows_learned += 1;
+        match side {
+            Side::Source => counters.flows_to_source += 1,
+            Side::Destination => counters.flows_to_destination += 1,
         }
         if let Some(t) = tcp {
             let flow = self.flows.flow_mut(index);
@@ -249,7 +258,7 @@ impl<S: crate::events::EventSink> ShadowRouter<S> {
 
     /// Replica mode: the primary's replies go out, except data the client already acknowledged
     /// (a lagging copy after a hand-off); the secondary's are duplicates.
-    fn replica_egress(&mut self, side: Side, index: usize, tcp: Option<TcpInfo>) -> EgressVerdict {
+    fn replica_egress(&mut self, slot: u32, side: Side, index: usize, tcp: Option<TcpInfo>) -> EgressVerdict {
         let flow = self.flows.flow_mut(index);
         let primary = flow.owner.side() == Some(side);
         let acked_already = tcp.is_some_and(|t| {
@@ -271,10 +280,7 @@ impl<S: crate::events::EventSink> ShadowRouter<S> {
             return EgressVerdict::Forward;
         }
         self.counters.replica_duplicates += 1;
-        let shadow_ip = self.flows.key(index).shadow_ip;
-        if let Some(shadow) = self.shadows.get_mut(&shadow_ip) {
-            shadow.entry.counters.replica_duplicates += 1;
-        }
+        self.shadows.at_mut(slot).entry.counters.replica_duplicates += 1;
         EgressVerdict::Drop(DropReason::ReplicaDuplicate)
     }
 }

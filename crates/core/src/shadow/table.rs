@@ -151,6 +151,11 @@ impl ShadowingTable {
     }
 
     #[inline]
+    pub fn at(&self, slot: u32) -> &Shadow {
+        &self.arena[slot as usize]
+    }
+
+    #[inline]
     pub fn at_mut(&mut self, slot: u32) -> &mut Shadow {
         &mut self.arena[slot as usize]
     }
