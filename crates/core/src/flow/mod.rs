@@ -160,8 +160,32 @@ impl Flow {
         self.flags & bits == bits
     }
 
+    /// Records that the owner has sent sequence space up to `end` (kept at the highest).
+    pub(crate) fn raise_owner_seq(&mut self, end: u32) {
+        raise(&mut self.owner_seq_max, &mut self.flags, flags::OWNER_SEQ, end);
+    }
+
+    /// Records that the client has sent sequence space up to `end` (kept at the highest).
+    pub(crate) fn raise_client_seq(&mut self, end: u32) {
+        raise(&mut self.client_seq_max, &mut self.flags, flags::CLIENT_SEQ, end);
+    }
+
+    /// Records the client's acknowledgment number (kept at the highest).
+    pub(crate) fn raise_client_ack(&mut self, ack: u32) {
+        raise(&mut self.client_ack, &mut self.flags, flags::CLIENT_ACK, ack);
+    }
+
     /// Whether the flow was opened by one of the VMs.
     pub const fn is_outbound(&self) -> bool {
         self.flags & flags::OUTBOUND != 0
+    }
+}
+
+/// Sets `field` to `value` if it holds nothing yet (`bit` clear) or `value` is later in 32-bit
+/// sequence space.
+fn raise(field: &mut u32, flags: &mut u8, bit: u8, value: u32) {
+    if *flags & bit == 0 || crate::router::seq_le(*field, value) {
+        *field = value;
+        *flags |= bit;
     }
 }

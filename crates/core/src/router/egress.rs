@@ -248,9 +248,7 @@ impl<S: crate::events::EventSink> ShadowRouter<S> {
             Side::Destination => counters.flows_to_destination += 1,
         }
         if let Some(t) = tcp {
-            let flow = self.flows.flow_mut(index);
-            flow.owner_seq_max = t.seq.wrapping_add(t.seq_len());
-            flow.flags |= flags::OWNER_SEQ;
+            self.flows.flow_mut(index).raise_owner_seq(t.seq.wrapping_add(t.seq_len()));
         }
         self.sink.event(Event::OwnerLearned { key: *key, owner: side, at: now });
         EgressVerdict::Forward
@@ -271,11 +269,7 @@ impl<S: crate::events::EventSink> ShadowRouter<S> {
                 if t.flags.is_syn_ack() {
                     flow.flags |= flags::REPLIED;
                 }
-                let end = t.seq.wrapping_add(t.seq_len());
-                if !flow.has(flags::OWNER_SEQ) || seq_le(flow.owner_seq_max, end) {
-                    flow.owner_seq_max = end;
-                    flow.flags |= flags::OWNER_SEQ;
-                }
+                flow.raise_owner_seq(t.seq.wrapping_add(t.seq_len()));
             }
             return EgressVerdict::Forward;
         }
@@ -314,11 +308,7 @@ fn track_owner(shadow: &mut Shadow, flow: &mut Flow, side: Side, tcp: Option<Tcp
     if f.fin() && flow.phase != Phase::Closed {
         flow.phase = if flow.phase == Phase::Closing { Phase::Closed } else { Phase::Closing };
     }
-    let end = t.seq.wrapping_add(t.seq_len());
-    if !flow.has(flags::OWNER_SEQ) || seq_le(flow.owner_seq_max, end) {
-        flow.owner_seq_max = end;
-        flow.flags |= flags::OWNER_SEQ;
-    }
+    flow.raise_owner_seq(t.seq.wrapping_add(t.seq_len()));
 }
 
 /// What a reply from the non-owner is.

@@ -35,6 +35,7 @@ struct LookAhead {
 }
 
 impl LookAhead {
+    /// Filler for window slots beyond the batch; every slot that is decided was filled first.
     const EMPTY: Self = Self { parsed: Err(crate::wire::ParseError::TooManyVlanTags), ahead: None };
 }
 
@@ -304,14 +305,10 @@ fn track_client_segment(shadow: &mut Shadow, flow: &mut Flow, tcp: &TcpInfo, now
                 shadow.signals.record(Signal::Retransmission);
             }
         }
-        if !flow.has(flags::CLIENT_SEQ) || seq_le(flow.client_seq_max, end) {
-            flow.client_seq_max = end;
-            flow.flags |= flags::CLIENT_SEQ;
-        }
+        flow.raise_client_seq(end);
     }
-    if f.ack() && (!flow.has(flags::CLIENT_ACK) || seq_le(flow.client_ack, tcp.ack)) {
-        flow.client_ack = tcp.ack;
-        flow.flags |= flags::CLIENT_ACK;
+    if f.ack() {
+        flow.raise_client_ack(tcp.ack);
     }
 }
 
