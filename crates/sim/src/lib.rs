@@ -1,13 +1,19 @@
-//! ipshadow's deterministic network simulator (issue 3, in progress): a virtual clock that jumps
-//! to the next event, links with latency, jitter and loss (each with its own seeded RNG), and
-//! hosts built on smoltcp's real TCP/IP stack. The shadowing core sits between segments in the
-//! scenarios built on top of these parts.
+//! ipshadow's deterministic network simulator: a virtual clock that jumps to the next event,
+//! links with latency, jitter and loss (each with its own seeded RNG), hosts built on smoltcp's
+//! real TCP/IP stack, and the shadowing core between the client segment and two VMs, forwarding
+//! real Ethernet frames. [`scenario::run`] migrates an address under load, with faults, and
+//! reports what happened to every connection.
 //!
-//! Same seeds, same run: nothing here reads the OS clock or an unseeded RNG.
+//! Same seeds, same run: nothing here reads the OS clock or an unseeded RNG, and nothing
+//! iterates a randomly ordered map.
 
+pub mod app;
 pub mod device;
 pub mod host;
 pub mod link;
+pub mod router;
+pub mod scenario;
+pub mod vm;
 
 pub use device::SimDevice;
 pub use host::{Host, HostConfig};

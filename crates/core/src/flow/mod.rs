@@ -112,6 +112,12 @@ pub(crate) mod flags {
     pub const SYN_SIGNALLED: u8 = 1 << 7;
 }
 
+/// More flow state bits, in `Flow::marks`.
+pub(crate) mod marks {
+    /// The owner was learned from a reply (the flow was unknown); `rst_ms` holds when.
+    pub const LEARNED: u8 = 1 << 0;
+}
+
 /// What the router remembers of one flow: 32 bytes, so a 48-byte table slot with its key.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(C)]
@@ -126,7 +132,8 @@ pub struct Flow {
     pub client_ack: u32,
     /// TCP: highest sequence number plus length the owner sent.
     pub owner_seq_max: u32,
-    /// Pending flow: when the first RST of one VM was suppressed (ms, 32-bit).
+    /// Pending flow: when the first RST of one VM was suppressed; learned flow: when the owner
+    /// was learned (ms, 32-bit).
     pub rst_ms: u32,
     /// Who receives the flow's inbound packets and may answer.
     pub owner: Owner,
@@ -134,8 +141,8 @@ pub struct Flow {
     pub phase: Phase,
     /// State bits (see `flags`).
     pub flags: u8,
-    /// Reserved, keeps the layout explicit.
-    pub reserved: u8,
+    /// More state bits (see `marks`).
+    pub marks: u8,
 }
 
 impl Flow {
@@ -151,7 +158,7 @@ impl Flow {
             owner,
             phase,
             flags: 0,
-            reserved: 0,
+            marks: 0,
         }
     }
 

@@ -42,7 +42,7 @@ impl Flow {
             owner: super::Owner::Unknown,
             phase: super::Phase::Embryonic,
             flags: 0,
-            reserved: 0,
+            marks: 0,
         }
     }
 }
@@ -135,8 +135,8 @@ impl FlowTable {
         // A 48-byte slot may straddle two cache lines, and a key sits on average 0.8 slots past
         // its home at the table's load: ask for the home slot's lines and the next slot's end.
         crate::prefetch::read(&self.slots[home]);
-        crate::prefetch::read(&self.slots[home].flow.reserved);
-        crate::prefetch::read(&self.slots[self.next(home)].flow.reserved);
+        crate::prefetch::read(&self.slots[home].flow.marks);
+        crate::prefetch::read(&self.slots[self.next(home)].flow.marks);
     }
 
     /// Index of the key's slot, if stored.

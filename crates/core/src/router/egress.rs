@@ -3,7 +3,7 @@
 use super::inbound::hand_off;
 use super::{DropReason, EgressVerdict, ShadowRouter, VmRef, seq_le};
 use crate::events::{ConflictKind, Event, FlowEndReason, FlowOrigin};
-use crate::flow::{Flow, FlowKey, Owner, Phase, Side, flags};
+use crate::flow::{Flow, FlowKey, Owner, Phase, Side, flags, marks};
 use crate::fragments::FragmentRoute;
 use crate::shadow::{Affinity, Mode, Shadow, Signal, Strategy};
 use crate::time::Instant;
@@ -189,6 +189,17 @@ impl<S: crate::events::EventSink> ShadowRouter<S> {
                 track_owner(shadow, flow, side, tcp);
                 EgressVerdict::Forward
             }
+            Some(_)
+                if tcp.is_some_and(|t| t.flags.rst())
+                    && flow.marks & marks::LEARNED != 0
+                    && now.millis_u32().wrapping_sub(flow.rst_ms) <= self.config.rst_pair_window.as_millis() as u32 =>
+            {
+                // The other VM's RST to the segment that taught the router this flow's owner:
+                // the expected answer of a VM without the connection, not trouble.
+                self.counters.resets_suppressed += 1;
+                shadow.entry.counters.resets_suppressed += 1;
+                EgressVerdict::Drop(DropReason::ResetSuppressed)
+            }
             Some(_) => {
                 let kind = conflict_kind(flow, tcp);
                 shadow.entry.counters.conflicts.count(kind);
@@ -240,6 +251,8 @@ impl<S: crate::events::EventSink> ShadowRouter<S> {
         flow.owner = side.into();
         flow.phase = Phase::Established;
         flow.flags = (flow.flags & !(flags::RST_SOURCE | flags::RST_DESTINATION)) | flags::REPLIED;
+        flow.marks |= marks::LEARNED;
+        flow.rst_ms = now_ms;
         flow.last_seen_ms = now_ms;
         let counters = &mut self.shadows.at_mut(slot).entry.counters;
         counters.flows_learned += 1;

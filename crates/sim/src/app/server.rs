@@ -1,0 +1,175 @@
+//! The service in each VM: a TCP and a UDP request/response server that checks every request
+//! byte and answers with a response derived from it. It reacts to input only (no timers), so a
+//! replica that receives the same frames at the same instants answers byte for byte the same.
+
+use smoltcp::iface::SocketHandle;
+use smoltcp::socket::{tcp, udp};
+
+use super::proto::{TCP_PORT, UDP_PORT, message_len, respond};
+use crate::host::Host;
+
+/// Receive and send buffer of each server TCP socket.
+const TCP_BUFFER: usize = 4096;
+
+/// One accepted (or listening) TCP socket and the bytes it has not finished with.
+struct ServerConn {
+    handle: SocketHandle,
+    inbox: Vec<u8>,
+    outbox: Vec<u8>,
+}
+
+/// The server application of one host.
+pub struct ServerApp {
+    backlog: usize,
+    conns: Vec<ServerConn>,
+    udp: SocketHandle,
+    /// Requests answered.
+    pub requests: u64,
+    /// Requests refused as corrupt (the connection was reset).
+    pub corrupt: u64,
+}
+
+impl ServerApp {
+    /// Opens the UDP socket and `backlog` listening TCP sockets on `host`.
+    pub fn new(host: &mut Host, backlog: usize) -> Self {
+        let rx = udp::PacketBuffer::new(vec![udp::PacketMetadata::EMPTY; 64], vec![0; 64 * 1024]);
+        let tx = udp::PacketBuffer::new(vec![udp::PacketMetadata::EMPTY; 64], vec![0; 64 * 1024]);
+        let mut socket = udp::Socket::new(rx, tx);
+        // Binding a fresh socket to a non-zero port cannot fail.
+        let _ = socket.bind(UDP_PORT);
+        let udp = host.sockets.add(socket);
+        let mut app = Self { backlog: backlog.max(1), conns: Vec::new(), udp, requests: 0, corrupt: 0 };
+        app.top_up_listeners(host);
+        app.listeners_last(host);
+        app
+    }
+
+    /// Connections past the handshake and not yet closed.
+    pub fn established(&self, host: &Host) -> usize {
+        self.conns
+            .iter()
+            .filter(|c| {
+                let state = host.sockets.get::<tcp::Socket<'_>>(c.handle).state();
+                !matches!(state, tcp::State::Listen | tcp::State::SynReceived | tcp::State::Closed)
+            })
+            .count()
+    }
+
+    /// Serves whatever arrived. Returns whether anything was written (the host should poll again).
+    pub fn run(&mut self, host: &mut Host) -> bool {
+        let mut wrote = self.serve_udp(host);
+        let (requests, corrupt) = (&mut self.requests, &mut self.corrupt);
+        self.conns.retain_mut(|conn| {
+            let socket = host.sockets.get_mut::<tcp::Socket<'_>>(conn.handle);
+            if matches!(socket.state(), tcp::State::Closed | tcp::State::TimeWait) {
+                host.sockets.remove(conn.handle);
+                return false;
+            }
+            while socket.can_recv() {
+                let mut chunk = [0u8; TCP_BUFFER];
+                match socket.recv_slice(&mut chunk) {
+                    Ok(n) if n > 0 => conn.inbox.extend_from_slice(&chunk[..n]),
+                    _ => break,
+                }
+            }
+            while let Some(len) = message_len(&conn.inbox) {
+                match respond(&conn.inbox[..len]) {
+                    Ok(response) => {
+                        *requests += 1;
+                        conn.outbox.extend_from_slice(&response);
+                    }
+                    Err(_) => {
+                        // A corrupt request: reset the connection, as a real server would drop it.
+                        *corrupt += 1;
+                        socket.abort();
+                        conn.inbox.clear();
+                        conn.outbox.clear();
+                        wrote = true;
+                        return true;
+                    }
+                }
+                conn.inbox.drain(..len);
+            }
+            if !conn.outbox.is_empty() && socket.can_send() {
+                let n = socket.send_slice(&conn.outbox).unwrap_or(0);
+                conn.outbox.drain(..n);
+                wrote |= n > 0;
+            }
+            if socket.state() == tcp::State::CloseWait && conn.outbox.is_empty() {
+                socket.close();
+                wrote = true;
+            }
+            true
+        });
+        self.top_up_listeners(host);
+        self.listeners_last(host);
+        wrote
+    }
+
+    fn serve_udp(&mut self, host: &mut Host) -> bool {
+        let socket = host.sockets.get_mut::<udp::Socket<'_>>(self.udp);
+        let mut wrote = false;
+        while let Ok((datagram, meta)) = socket.recv() {
+            match respond(datagram) {
+                Ok(response) => {
+                    self.requests += 1;
+                    // A full send buffer drops the answer, as a real UDP socket would.
+                    wrote |= socket.send_slice(&response, meta.endpoint).is_ok();
+                }
+                Err(_) => self.corrupt += 1,
+            }
+        }
+        wrote
+    }
+
+    /// Moves listening sockets behind every connection in the socket set. smoltcp gives a
+    /// segment to the first socket that accepts it, and a listening socket accepts any SYN: one
+    /// in front of a connection still in SYN-RECEIVED would take the client's retransmitted
+    /// SYN and open a second connection on the same 4-tuple (a kernel finds the pending one).
+    fn listeners_last(&mut self, host: &mut Host) {
+        let listening = |host: &Host, h| host.sockets.get::<tcp::Socket<'_>>(h).state() == tcp::State::Listen;
+        let mut order: Vec<usize> = (0..self.conns.len()).collect();
+        order.sort_by_key(|&i| self.conns[i].handle);
+        let (mut lo, mut hi) = (0, order.len());
+        loop {
+            while lo < hi && !listening(host, self.conns[order[lo]].handle) {
+                lo += 1;
+            }
+            while hi > lo && listening(host, self.conns[order[hi - 1]].handle) {
+                hi -= 1;
+            }
+            if hi <= lo + 1 {
+                return;
+            }
+            let (listener, conn) = (order[lo], order[hi - 1]);
+            let (low, high) = (self.conns[listener].handle, self.conns[conn].handle);
+            let empty = || tcp::Socket::new(tcp::SocketBuffer::new(Vec::new()), tcp::SocketBuffer::new(Vec::new()));
+            let listener_socket = core::mem::replace(host.sockets.get_mut::<tcp::Socket<'static>>(low), empty());
+            let conn_socket = core::mem::replace(host.sockets.get_mut::<tcp::Socket<'static>>(high), listener_socket);
+            *host.sockets.get_mut::<tcp::Socket<'static>>(low) = conn_socket;
+            self.conns[listener].handle = high;
+            self.conns[conn].handle = low;
+            lo += 1;
+            hi -= 1;
+        }
+    }
+
+    /// Keeps `backlog` sockets listening: smoltcp turns a listening socket into the connection.
+    fn top_up_listeners(&mut self, host: &mut Host) {
+        let listening = self
+            .conns
+            .iter()
+            .filter(|c| host.sockets.get::<tcp::Socket<'_>>(c.handle).state() == tcp::State::Listen)
+            .count();
+        for _ in listening..self.backlog {
+            let mut socket = tcp::Socket::new(
+                tcp::SocketBuffer::new(vec![0; TCP_BUFFER]),
+                tcp::SocketBuffer::new(vec![0; TCP_BUFFER]),
+            );
+            // Listening on a non-zero port with a fresh socket cannot fail.
+            let _ = socket.listen(TCP_PORT);
+            let handle = host.sockets.add(socket);
+            self.conns.push(ServerConn { handle, inbox: Vec::new(), outbox: Vec::new() });
+        }
+    }
+}

@@ -1,0 +1,236 @@
+//! The manager's part in a run: it installs the migration, reports B's lease as bound, health-
+//! checks both VMs with ARP probes (B failing rolls back, A failing fast-forwards), keeps the
+//! entry in its store so a restarted router gets it back, and injects the faults.
+
+use core::time::Duration;
+
+use ipshadow_core::{
+    CutOverReport, EntryState, Event, Instant, MigrationOptions, Outcome, RouterCounters, ShadowingEntry, VmId, VmRef,
+};
+
+use super::config::{Fault, ScenarioConfig};
+use super::world::{A, Action, B, World, X};
+
+/// Which VM failed and what was done about it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct Failure {
+    pub vm: usize,
+    pub detected: Instant,
+}
+
+/// What the manager knows and remembers.
+pub(crate) struct Control {
+    /// The entry as stored: its state and split follow the router's events.
+    pub stored: Option<ShadowingEntry>,
+    pub outcome: Option<(Outcome, CutOverReport, Instant)>,
+    pub started: Option<Instant>,
+    pub lease_bound: Option<Instant>,
+    pub split_100: Option<Instant>,
+    pub failure: Option<Failure>,
+    pub restarts: Vec<Instant>,
+    pub handoffs: u64,
+    /// Multiplicative decreases of the split (trouble signals from B).
+    pub decreases: u64,
+    /// Counters of router processes that were restarted (a restart loses them).
+    pub carried: Vec<RouterCounters>,
+    last_answer: [Instant; 2],
+}
+
+impl Control {
+    pub fn new(_cfg: &ScenarioConfig) -> Self {
+        Self {
+            stored: None,
+            outcome: None,
+            started: None,
+            lease_bound: None,
+            split_100: None,
+            failure: None,
+            restarts: Vec::new(),
+            handoffs: 0,
+            decreases: 0,
+            carried: Vec::new(),
+            last_answer: [Instant::ZERO; 2],
+        }
+    }
+
+    /// The split as last reported by the router (100 after a cut-over, 0 after a rollback).
+    pub fn split_pct(&self) -> f64 {
+        match (&self.outcome, &self.stored) {
+            (Some((Outcome::Completed, ..)), _) => 100.0,
+            (Some((Outcome::RolledBack, ..)), _) => 0.0,
+            (None, Some(entry)) => entry.traffic_split_percentage,
+            (None, None) => 0.0,
+        }
+    }
+
+    /// The migration's state as a word.
+    pub fn state(&self) -> &'static str {
+        match (&self.outcome, &self.stored) {
+            (Some((Outcome::Completed, ..)), _) => "completed",
+            (Some((Outcome::RolledBack, ..)), _) => "rolled_back",
+            (None, Some(entry)) => match entry.state {
+                EntryState::WaitingForLease => "waiting_for_destination_lease",
+                EntryState::Ramping => "ramping",
+                EntryState::Paused => "paused",
+                EntryState::RollingBack => "rolling_back",
+            },
+            (None, None) => "not_started",
+        }
+    }
+
+    fn active(&self) -> bool {
+        self.stored.is_some() && self.outcome.is_none()
+    }
+}
+
+impl World {
+    pub(crate) fn control_act(&mut self, action: Action) {
+        let now = self.now;
+        match action {
+            Action::StartMigration => self.start_migration(),
+            // A dead B never binds its lease; a refused transition (B already failed and rolled
+            // back) simply does not happen.
+            Action::LeaseBound if self.vms[B].alive && self.control.active() => {
+                if self.router.core.lease_bound(X, now).is_ok() {
+                    self.control.lease_bound = Some(now);
+                }
+            }
+            Action::Probe => {
+                self.probe();
+                self.schedule(now + Duration::from_secs(1), Action::Probe);
+            }
+            Action::Fault(i) => self.fault(i),
+            Action::FaultEnd(_) => self.router.flood = None,
+            Action::FinishRollback => {
+                let _ = self.router.core.finish_rollback(X, now);
+            }
+            _ => {}
+        }
+        self.control_after_router();
+    }
+
+    fn start_migration(&mut self) {
+        let now = self.now;
+        let options = MigrationOptions {
+            strategy: self.cfg.strategy,
+            mode: self.cfg.mode,
+            affinity: self.cfg.affinity,
+            ramp: self.cfg.ramp.clone(),
+            deadline: Some(now + self.cfg.deadline),
+            salt: self.cfg.seed,
+        };
+        let entry = ShadowingEntry::new(X, VmId::from("vm-a"), VmId::from("vm-b"), now, self.cfg.congestion, options);
+        if let Err(e) = self.router.core.add_entry(entry.clone(), now) {
+            // The scenario's own entry is valid by construction; a refusal is a bug to surface.
+            panic!("the router refused the scenario's entry: {e}");
+        }
+        self.router.shadow_ports(X, A, B);
+        self.control.stored = Some(entry);
+        self.control.started = Some(now);
+        self.control.last_answer = [now; 2];
+        for record in &mut self.ledger {
+            if record.outcome == crate::app::client::Outcome::Open && record.kind != crate::app::client::ConnKind::Udp {
+                record.open_at_start = true;
+            }
+        }
+        self.schedule(now + self.cfg.lease_delay, Action::LeaseBound);
+    }
+
+    /// Sends ARP probes to both VMs and acts on one that stopped answering.
+    fn probe(&mut self) {
+        let now = self.now;
+        for port in [A, B] {
+            if let Some(t) = self.router.probe_replies[port] {
+                self.control.last_answer[port] = self.control.last_answer[port].max(t);
+            }
+        }
+        let mut out = Vec::new();
+        for port in [A, B] {
+            self.router.probe(port, X, &mut out);
+        }
+        for o in out {
+            if let crate::router::Out::Vm(port, frame) = o {
+                self.vm_down[port].send(frame, now);
+            }
+        }
+        if !self.control.active() || self.control.failure.is_some() {
+            return;
+        }
+        for port in [A, B] {
+            if now - self.control.last_answer[port] > self.cfg.failure_detection {
+                self.control.failure = Some(super::control::Failure { vm: port, detected: now });
+                if port == B {
+                    // B failed: roll back; B's short lease lapses and the address stays A's.
+                    if self.router.core.abort(X, now).is_ok() {
+                        self.schedule(now + self.cfg.shadow_lease, Action::FinishRollback);
+                    }
+                } else {
+                    // A failed: fast-forward, B takes the address now.
+                    let _ = self.router.core.cut_over(X, now);
+                }
+                return;
+            }
+        }
+    }
+
+    fn fault(&mut self, i: usize) {
+        let now = self.now;
+        match self.cfg.faults[i] {
+            Fault::BDies { .. } => self.vms[B].alive = false,
+            Fault::ADies { .. } => self.vms[A].alive = false,
+            Fault::NonOwnerReplies { .. } => self.router.flood = Some((A, B)),
+            Fault::Loss { .. } => {}
+            Fault::RouterRestart { .. } => {
+                self.control.carried.push(*self.router.core.counters());
+                self.control.restarts.push(now);
+                self.router.restart(now);
+                // Re-install from the store, as the manager does for a router that (re)starts.
+                match (&self.control.stored, &self.control.outcome) {
+                    (Some(entry), None) => {
+                        let _ = self.router.core.add_entry(entry.clone(), now);
+                        self.router.shadow_ports(X, A, B);
+                    }
+                    (_, Some((Outcome::Completed, ..))) => self.router.core.assign_address(X, VmRef(B as u32)),
+                    _ => self.router.core.assign_address(X, VmRef(A as u32)),
+                }
+            }
+        }
+    }
+
+    /// Takes the router's events into the store and the report.
+    pub(crate) fn control_after_router(&mut self) {
+        let events = core::mem::take(self.router.core.sink_mut());
+        for event in &events {
+            match event {
+                Event::SplitChanged { change, at, .. } => {
+                    if let Some(entry) = &mut self.control.stored {
+                        entry.traffic_split_percentage = change.to_pct;
+                    }
+                    if matches!(change.reason, ipshadow_core::SplitReason::Decrease(_)) {
+                        self.control.decreases += 1;
+                    }
+                    if change.to_pct >= 100.0 && self.control.split_100.is_none() {
+                        self.control.split_100 = Some(*at);
+                    }
+                }
+                Event::StateChanged { to, .. } => {
+                    if let Some(entry) = &mut self.control.stored {
+                        entry.state = *to;
+                    }
+                }
+                Event::HandOff { .. } => self.control.handoffs += 1,
+                Event::MigrationEnded { outcome, report, at, .. } => {
+                    self.control.outcome = Some((*outcome, *report, *at));
+                    self.router.unshadow(X);
+                    if *outcome == Outcome::RolledBack {
+                        self.router.reset_clients.clear();
+                    }
+                }
+                _ => {}
+            }
+        }
+        let mut events = events;
+        events.clear();
+        *self.router.core.sink_mut() = events;
+    }
+}

@@ -1,0 +1,389 @@
+//! The report of a run: what happened to every connection, and to the migration.
+
+use std::fmt::Write as _;
+
+use ipshadow_core::{Affinity, CutOverReport, Mode, Outcome as MigrationOutcome, RouterCounters, Strategy};
+use serde::Serialize;
+
+use super::config::Fault;
+use super::world::{B, World, client_ip};
+use crate::app::client::{BreakCause, ConnKind, Outcome};
+use crate::router::PortStats;
+
+/// How connections of one kind ended.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Tally {
+    /// Started.
+    pub total: u64,
+    /// Every exchange verified, closed cleanly.
+    pub completed: u64,
+    /// Broken (RST, timeout, wrong data), not counting `cut_at_deadline`.
+    pub broken: u64,
+    /// Still open when the run ended.
+    pub open_at_end: u64,
+    /// Still on A when A's lease ended, and closed by the router's RST at cut-over.
+    pub cut_at_deadline: u64,
+}
+
+/// Broken connections by cause.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Breaks {
+    /// The client received a RST.
+    pub reset: u64,
+    /// No progress within the application timeout.
+    pub timeout: u64,
+    /// A byte differed from what the server must have sent.
+    pub corrupt: u64,
+}
+
+/// When things happened, in seconds from the start of the run.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Timeline {
+    /// The entry was installed.
+    pub migration_start_s: Option<f64>,
+    /// B's lease was bound: the ramp began.
+    pub lease_bound_s: Option<f64>,
+    /// The split first reached 100 %.
+    pub split_100_s: Option<f64>,
+    /// The migration ended (cut-over or rollback).
+    pub migration_end_s: Option<f64>,
+    /// Router restarts.
+    pub router_restarts_s: Vec<f64>,
+}
+
+/// A VM failure the health checks detected.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct FailureReport {
+    /// `source` (A) or `destination` (B).
+    pub vm: &'static str,
+    /// When it was detected.
+    pub detected_s: f64,
+    /// `rollback` or `fast_forward`.
+    pub action: &'static str,
+    /// TCP connections started after the detection.
+    pub started_after_detection: u64,
+    /// Of those, broken.
+    pub broken_started_after_detection: u64,
+    /// TCP connections broken that started before the detection.
+    pub broken_started_before_detection: u64,
+}
+
+/// One point of the plot.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct Sample {
+    /// Seconds from the start.
+    pub t_s: f64,
+    /// The split.
+    pub split_pct: f64,
+    /// Live TCP connections on A.
+    pub live_on_a: u64,
+    /// Live TCP connections on B.
+    pub live_on_b: u64,
+}
+
+/// The report of a run. The keys MISSION.md names come first.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Report {
+    /// Split strategy.
+    pub strategy: Strategy,
+    /// Independent or replica.
+    pub mode: Mode,
+    /// TCP connections started (long-lived and churn).
+    pub connections_total: u64,
+    /// Of those, broken (not counting `cut_at_deadline`).
+    pub connections_broken: u64,
+    /// Of those, completed.
+    pub connections_completed: u64,
+    /// Of those, still on A at the deadline and reset by the router at cut-over.
+    pub cut_at_deadline: u64,
+    /// `completed`, `rolled_back`, or the state the run ended in.
+    pub migration_state: &'static str,
+    /// The split at the end of the run.
+    pub final_split_pct: f64,
+    /// Conflicting replies from the VM that did not own the flow, dropped by the egress arbiter.
+    pub conflicts_suppressed: u64,
+    /// TCP connections still open at the end.
+    pub connections_open_at_end: u64,
+    /// Broken TCP connections by cause.
+    pub broken_by: Breaks,
+    /// Long-lived connections.
+    pub long_lived: Tally,
+    /// Short connections.
+    pub churn: Tally,
+    /// UDP sessions.
+    pub udp: Tally,
+    /// TCP connections open when the migration started (all of them on A).
+    pub open_at_migration_start: u64,
+    /// Of those, broken.
+    pub broken_of_open_at_migration_start: u64,
+    /// RSTs for unknown flows held back while their owner was learned.
+    pub resets_suppressed: u64,
+    /// Replica mode: duplicate replies removed.
+    pub replica_duplicates: u64,
+    /// Replica mode: flows whose primary moved from A to B.
+    pub handoffs: u64,
+    /// Multiplicative decreases of the split on trouble from B.
+    pub split_decreases: u64,
+    /// What the end of the migration did to the losing side's flows.
+    pub cut_over: Option<CutOverReport>,
+    /// When things happened.
+    pub timeline: Timeline,
+    /// A VM failure detected by the health checks.
+    pub failure: Option<FailureReport>,
+    /// Flow affinity.
+    pub affinity: Affinity,
+    /// The run's seed.
+    pub seed: u64,
+    /// Faults injected.
+    pub faults: Vec<Fault>,
+    /// Simulated time.
+    pub simulated_seconds: f64,
+    /// Requests answered by A and by B.
+    pub requests_served: [u64; 2],
+    /// The router's core counters (summed over restarts).
+    pub router: RouterSummary,
+    /// The router node's layer-2 counters.
+    pub ports: PortStats,
+    /// Frames put on links, and frames the links lost.
+    pub link_frames: [u64; 2],
+    /// The plot's points (not in the JSON: they are drawn, not read).
+    #[serde(skip)]
+    pub samples: Vec<Sample>,
+}
+
+/// The core counters a reader needs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct RouterSummary {
+    /// Frames from the provider side.
+    pub inbound_frames: u64,
+    /// Frames from the VMs.
+    pub egress_frames: u64,
+    /// Flows tracked.
+    pub flows_created: u64,
+    /// Frames from a VM whose source address it did not hold.
+    pub spoofed: u64,
+    /// A's frames dropped after an instant reassignment.
+    pub source_released: u64,
+    /// RSTs the router sent.
+    pub resets_sent: u64,
+}
+
+impl Report {
+    /// Frames the router forwarded (the simulated packet count).
+    pub fn frames_forwarded(&self) -> u64 {
+        self.ports.to_vms + self.ports.to_provider
+    }
+
+    /// A table for people.
+    pub fn human(&self) -> String {
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "ipshadow simulate: strategy {:?}, mode {:?}, seed {}, {:.0} s simulated{}",
+            self.strategy,
+            self.mode,
+            self.seed,
+            self.simulated_seconds,
+            if self.faults.is_empty() {
+                String::new()
+            } else {
+                format!(", faults: {}", self.faults.iter().map(ToString::to_string).collect::<Vec<_>>().join(" "))
+            }
+        );
+        let _ = writeln!(
+            s,
+            "\n{:<12} {:>8} {:>10} {:>8} {:>12} {:>16}",
+            "", "total", "completed", "broken", "open at end", "cut at deadline"
+        );
+        for (name, t) in [("long-lived", self.long_lived), ("churn", self.churn), ("udp", self.udp)] {
+            let _ = writeln!(
+                s,
+                "{name:<12} {:>8} {:>10} {:>8} {:>12} {:>16}",
+                t.total, t.completed, t.broken, t.open_at_end, t.cut_at_deadline
+            );
+        }
+        let b = self.broken_by;
+        let _ = writeln!(s, "\nTCP broken by: reset {}, timeout {}, corrupt {}", b.reset, b.timeout, b.corrupt);
+        let _ = writeln!(
+            s,
+            "Open on A when the migration started: {} (broken since: {})",
+            self.open_at_migration_start, self.broken_of_open_at_migration_start
+        );
+        let t = &self.timeline;
+        let at = |x: Option<f64>| x.map_or("-".to_owned(), |v| format!("{v:.1} s"));
+        let _ = writeln!(
+            s,
+            "Migration: {} (final split {:.1} %); start {}, B's lease bound {}, split 100 % {}, end {}",
+            self.migration_state,
+            self.final_split_pct,
+            at(t.migration_start_s),
+            at(t.lease_bound_s),
+            at(t.split_100_s),
+            at(t.migration_end_s)
+        );
+        if let Some(c) = self.cut_over {
+            let _ = writeln!(
+                s,
+                "End of migration: {} flows open on the losing side, {} handed over, {} reset",
+                c.flows_open_on_losing_side, c.handed_over, c.reset
+            );
+        }
+        if let Some(f) = &self.failure {
+            let _ = writeln!(
+                s,
+                "Failure: {} detected at {:.1} s -> {}; started after detection {}, broken {}; broken that started before {}",
+                f.vm,
+                f.detected_s,
+                f.action,
+                f.started_after_detection,
+                f.broken_started_after_detection,
+                f.broken_started_before_detection
+            );
+        }
+        let _ = writeln!(
+            s,
+            "Arbiter: {} conflicting replies suppressed, {} RSTs held back, {} replica duplicates, {} hand-offs, {} split decreases",
+            self.conflicts_suppressed,
+            self.resets_suppressed,
+            self.replica_duplicates,
+            self.handoffs,
+            self.split_decreases
+        );
+        let _ = writeln!(
+            s,
+            "Router: {} frames forwarded, {} flows, requests served A {} / B {}",
+            self.frames_forwarded(),
+            self.router.flows_created,
+            self.requests_served[0],
+            self.requests_served[1]
+        );
+        s
+    }
+}
+
+fn secs(t: ipshadow_core::Instant) -> f64 {
+    t.as_micros() as f64 / 1e6
+}
+
+impl World {
+    pub(crate) fn report(&self) -> Report {
+        let migration_ok = matches!(self.control.outcome, Some((MigrationOutcome::Completed, ..)));
+        let (mut long_lived, mut churn, mut udp) = (Tally::default(), Tally::default(), Tally::default());
+        let mut breaks = Breaks::default();
+        let (mut open_at_start, mut broken_open_at_start) = (0, 0);
+        let detected = self.control.failure.map(|f| f.detected);
+        let (mut after, mut broken_after, mut broken_before) = (0, 0, 0);
+        for r in &self.ledger {
+            let tally = match r.kind {
+                ConnKind::LongLived => &mut long_lived,
+                ConnKind::Churn => &mut churn,
+                ConnKind::Udp => &mut udp,
+            };
+            tally.total += 1;
+            let cut = migration_ok
+                && r.kind != ConnKind::Udp
+                && r.outcome == Outcome::Broken(BreakCause::Reset)
+                && self.router.reset_clients.contains(&(client_ip(r.client), r.port));
+            let broken = matches!(r.outcome, Outcome::Broken(_)) && !cut;
+            match r.outcome {
+                Outcome::Open => tally.open_at_end += 1,
+                Outcome::Completed => tally.completed += 1,
+                Outcome::Broken(_) if cut => tally.cut_at_deadline += 1,
+                Outcome::Broken(cause) => {
+                    tally.broken += 1;
+                    if r.kind != ConnKind::Udp {
+                        match cause {
+                            BreakCause::Reset => breaks.reset += 1,
+                            BreakCause::Timeout => breaks.timeout += 1,
+                            BreakCause::Corrupt => breaks.corrupt += 1,
+                        }
+                    }
+                }
+            }
+            if r.kind == ConnKind::Udp {
+                continue;
+            }
+            if r.open_at_start {
+                open_at_start += 1;
+                broken_open_at_start += u64::from(broken);
+            }
+            if let Some(d) = detected {
+                if r.started > d {
+                    after += 1;
+                    broken_after += u64::from(broken);
+                } else {
+                    broken_before += u64::from(broken);
+                }
+            }
+        }
+        let mut counters = self.control.carried.clone();
+        counters.push(*self.router.core.counters());
+        let sum = |f: fn(&RouterCounters) -> u64| counters.iter().map(f).sum::<u64>();
+        let tcp = |f: fn(&Tally) -> u64| f(&long_lived) + f(&churn);
+        let failure = self.control.failure.map(|f| FailureReport {
+            vm: if f.vm == B { "destination" } else { "source" },
+            detected_s: secs(f.detected),
+            action: if f.vm == B { "rollback" } else { "fast_forward" },
+            started_after_detection: after,
+            broken_started_after_detection: broken_after,
+            broken_started_before_detection: broken_before,
+        });
+        let c = &self.control;
+        Report {
+            strategy: self.cfg.strategy,
+            mode: self.cfg.mode,
+            connections_total: tcp(|t| t.total),
+            connections_broken: tcp(|t| t.broken),
+            connections_completed: tcp(|t| t.completed),
+            cut_at_deadline: tcp(|t| t.cut_at_deadline),
+            migration_state: c.state(),
+            final_split_pct: c.split_pct(),
+            conflicts_suppressed: sum(|c| c.conflicts.total()),
+            connections_open_at_end: tcp(|t| t.open_at_end),
+            broken_by: breaks,
+            long_lived,
+            churn,
+            udp,
+            open_at_migration_start: open_at_start,
+            broken_of_open_at_migration_start: broken_open_at_start,
+            resets_suppressed: sum(|c| c.resets_suppressed),
+            replica_duplicates: sum(|c| c.replica_duplicates),
+            handoffs: c.handoffs,
+            split_decreases: c.decreases,
+            cut_over: c.outcome.map(|(_, report, _)| report),
+            timeline: Timeline {
+                migration_start_s: c.started.map(secs),
+                lease_bound_s: c.lease_bound.map(secs),
+                split_100_s: c.split_100.map(secs),
+                migration_end_s: c.outcome.map(|(.., at)| secs(at)),
+                router_restarts_s: c.restarts.iter().map(|t| secs(*t)).collect(),
+            },
+            failure,
+            affinity: self.cfg.affinity,
+            seed: self.cfg.seed,
+            faults: self.cfg.faults.clone(),
+            simulated_seconds: self.cfg.duration.as_secs_f64(),
+            requests_served: [self.vms[0].requests(), self.vms[1].requests()],
+            router: RouterSummary {
+                inbound_frames: sum(|c| c.inbound_frames),
+                egress_frames: sum(|c| c.egress_frames),
+                flows_created: sum(|c| c.flows_created),
+                spoofed: sum(|c| c.spoofed),
+                source_released: sum(|c| c.source_released),
+                resets_sent: sum(|c| c.resets_sent),
+            },
+            ports: self.router.stats.clone(),
+            link_frames: self.link_frames(),
+            samples: self.samples.clone(),
+        }
+    }
+
+    fn link_frames(&self) -> [u64; 2] {
+        let links =
+            self.clients.iter().flat_map(|c| [&c.up, &c.down]).chain(self.vm_up.iter()).chain(self.vm_down.iter());
+        links.fold([0, 0], |[s, l], link| {
+            let (sent, lost) = link.stats();
+            [s + sent, l + lost]
+        })
+    }
+}
