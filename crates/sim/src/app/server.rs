@@ -3,6 +3,7 @@
 //! replica that receives the same frames at the same instants answers byte for byte the same.
 
 use smoltcp::iface::SocketHandle;
+use smoltcp::time::Duration;
 use smoltcp::socket::{tcp, udp};
 
 use super::proto::{TCP_PORT, UDP_PORT, message_len, respond};
@@ -11,9 +12,25 @@ use crate::host::Host;
 /// Receive and send buffer of each server TCP socket.
 const TCP_BUFFER: usize = 4096;
 
+/// Without a packet from the client for this long a connection is given up (as a kernel gives
+/// up a SYN-RECEIVED connection after its SYN-ACK retries).
+const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A fresh listening socket.
+fn listener() -> tcp::Socket<'static> {
+    let mut socket =
+        tcp::Socket::new(tcp::SocketBuffer::new(vec![0; TCP_BUFFER]), tcp::SocketBuffer::new(vec![0; TCP_BUFFER]));
+    socket.set_timeout(Some(IDLE_TIMEOUT));
+    // Listening on a non-zero port with a fresh socket cannot fail.
+    let _ = socket.listen(TCP_PORT);
+    socket
+}
+
 /// One accepted (or listening) TCP socket and the bytes it has not finished with.
 struct ServerConn {
     handle: SocketHandle,
+    /// The socket has left LISTEN at least once.
+    active: bool,
     inbox: Vec<u8>,
     outbox: Vec<u8>,
 }
@@ -60,10 +77,22 @@ impl ServerApp {
         let mut wrote = self.serve_udp(host);
         let (requests, corrupt) = (&mut self.requests, &mut self.corrupt);
         self.conns.retain_mut(|conn| {
-            let socket = host.sockets.get_mut::<tcp::Socket<'_>>(conn.handle);
-            if matches!(socket.state(), tcp::State::Closed | tcp::State::TimeWait) {
-                host.sockets.remove(conn.handle);
-                return false;
+            let socket = host.sockets.get_mut::<tcp::Socket<'static>>(conn.handle);
+            match socket.state() {
+                tcp::State::Closed | tcp::State::TimeWait => {
+                    host.sockets.remove(conn.handle);
+                    return false;
+                }
+                // smoltcp sends a socket reset in SYN-RECEIVED back to LISTEN with its backed-off
+                // retransmission timer (seconds to minutes): the next client it accepted would
+                // wait that long for a lost SYN-ACK. A kernel starts each connection afresh.
+                tcp::State::Listen if conn.active => {
+                    *socket = listener();
+                    conn.active = false;
+                    return true;
+                }
+                tcp::State::Listen => return true,
+                _ => conn.active = true,
             }
             while socket.can_recv() {
                 let mut chunk = [0u8; TCP_BUFFER];
@@ -162,14 +191,8 @@ impl ServerApp {
             .filter(|c| host.sockets.get::<tcp::Socket<'_>>(c.handle).state() == tcp::State::Listen)
             .count();
         for _ in listening..self.backlog {
-            let mut socket = tcp::Socket::new(
-                tcp::SocketBuffer::new(vec![0; TCP_BUFFER]),
-                tcp::SocketBuffer::new(vec![0; TCP_BUFFER]),
-            );
-            // Listening on a non-zero port with a fresh socket cannot fail.
-            let _ = socket.listen(TCP_PORT);
-            let handle = host.sockets.add(socket);
-            self.conns.push(ServerConn { handle, inbox: Vec::new(), outbox: Vec::new() });
+            let handle = host.sockets.add(listener());
+            self.conns.push(ServerConn { handle, active: false, inbox: Vec::new(), outbox: Vec::new() });
         }
     }
 }

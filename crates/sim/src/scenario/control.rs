@@ -90,10 +90,10 @@ impl World {
             Action::StartMigration => self.start_migration(),
             // A dead B never binds its lease; a refused transition (B already failed and rolled
             // back) simply does not happen.
-            Action::LeaseBound if self.vms[B].alive && self.control.active() => {
-                if self.router.core.lease_bound(X, now).is_ok() {
-                    self.control.lease_bound = Some(now);
-                }
+            Action::LeaseBound
+                if self.vms[B].alive && self.control.active() && self.router.core.lease_bound(X, now).is_ok() =>
+            {
+                self.control.lease_bound = Some(now);
             }
             Action::Probe => {
                 self.probe();

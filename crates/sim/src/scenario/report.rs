@@ -267,7 +267,10 @@ fn secs(t: ipshadow_core::Instant) -> f64 {
 
 impl World {
     pub(crate) fn report(&self) -> Report {
-        let migration_ok = matches!(self.control.outcome, Some((MigrationOutcome::Completed, ..)));
+        // Connections the router reset at a cut-over are "cut at the deadline" only when the
+        // deadline ended the migration; after A failed they were lost with A, i.e. broken.
+        let migration_ok = matches!(self.control.outcome, Some((MigrationOutcome::Completed, ..)))
+            && self.control.failure.is_none_or(|f| f.vm == B);
         let (mut long_lived, mut churn, mut udp) = (Tally::default(), Tally::default(), Tally::default());
         let mut breaks = Breaks::default();
         let (mut open_at_start, mut broken_open_at_start) = (0, 0);

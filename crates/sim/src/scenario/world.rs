@@ -337,7 +337,8 @@ impl World {
         let now = self.now;
         let stop = Instant::ZERO + self.cfg.workload_stop;
         match action {
-            Action::OpenLongLived => self.open_long_lived(),
+            Action::OpenLongLived if now < stop => self.open_long_lived(),
+            Action::OpenLongLived => {}
             Action::Churn => {
                 if now < stop {
                     let exchanges = 1 + (self.rng.next_u64() % 3) as u32;
@@ -398,7 +399,14 @@ impl World {
             record.outcome = e.outcome;
             record.ended = Some(e.at);
             if record.kind == ConnKind::LongLived && self.now < stop {
-                self.open_long_lived();
+                if e.outcome == Outcome::Completed {
+                    self.open_long_lived();
+                } else {
+                    // A client whose connection broke reconnects after a pause, as real clients
+                    // back off; a thousand at the same instant would overflow any listen backlog.
+                    let pause = Duration::from_millis(1000 + self.rng.next_u64() % 2000);
+                    self.schedule(self.now + pause, Action::OpenLongLived);
+                }
             }
         }
         self.ended = ended;
