@@ -25,9 +25,16 @@ pub fn draw(path: &Path, report: &Report) -> anyhow::Result<()> {
         .configure_mesh()
         .x_desc("simulated seconds")
         .y_desc("live TCP connections")
+        .x_label_formatter(&|v| format!("{v:.0}"))
+        .y_label_formatter(&|v| format!("{v:.0}"))
         .draw()
         .map_err(|e| anyhow::anyhow!("{e}"))?;
-    chart.configure_secondary_axes().y_desc("split to B, %").draw().map_err(|e| anyhow::anyhow!("{e}"))?;
+    chart
+        .configure_secondary_axes()
+        .y_desc("split to B, %")
+        .y_label_formatter(&|v| format!("{v:.0}"))
+        .draw()
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     let series = |f: fn(&ipshadow_sim::scenario::Sample) -> f64| report.samples.iter().map(move |s| (s.t_s, f(s)));
     chart
         .draw_series(LineSeries::new(series(|s| s.live_on_a as f64), BLUE.stroke_width(2)))

@@ -5,7 +5,7 @@ use std::io::Write as _;
 use std::path::PathBuf;
 
 use anyhow::{Context, bail};
-use clap::{Args, ValueEnum};
+use clap::{ArgAction, Args, ValueEnum};
 use ipshadow_core::{Affinity, Mode, Ramp, RampStep, Strategy};
 use ipshadow_sim::scenario::{self, Fault, ScenarioConfig};
 
@@ -38,7 +38,7 @@ pub struct SimulateArgs {
     #[arg(long, default_value_t = 10)]
     udp: u32,
     /// Shortest and longest lifetime of a long-lived connection, seconds (uniform between).
-    #[arg(long, num_args = 2, value_names = ["MIN", "MAX"], default_values_t = [30.0, 150.0])]
+    #[arg(long, num_args = 2, value_names = ["MIN", "MAX"], default_values_t = [30.0, 150.0], action = ArgAction::Set)]
     lifetime: Vec<f64>,
     /// Length of the run, seconds.
     #[arg(long, default_value_t = 300.0)]
@@ -53,7 +53,7 @@ pub struct SimulateArgs {
     #[arg(long, default_value_t = 220.0)]
     deadline: f64,
     /// Ramp steps in percent, held `--ramp-hold` seconds each.
-    #[arg(long, value_delimiter = ',', default_value = "1,5,25,50,100", conflicts_with = "ramp_linear")]
+    #[arg(long, value_delimiter = ',', default_value = "1,5,25,50,100", conflicts_with = "ramp_linear", action = ArgAction::Set)]
     ramp: Vec<f64>,
     /// Seconds each ramp step is held.
     #[arg(long, default_value_t = 10.0)]

@@ -3,8 +3,8 @@
 //! replica that receives the same frames at the same instants answers byte for byte the same.
 
 use smoltcp::iface::SocketHandle;
-use smoltcp::time::Duration;
 use smoltcp::socket::{tcp, udp};
+use smoltcp::time::Duration;
 
 use super::proto::{TCP_PORT, UDP_PORT, message_len, respond};
 use crate::host::Host;
