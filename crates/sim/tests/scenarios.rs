@@ -159,3 +159,12 @@ fn replies_from_the_non_owner_are_suppressed() {
     assert!(r.conflicts_suppressed > 100, "{}", summary(&r));
     assert_eq!(r.connections_broken, 0, "{}", summary(&r));
 }
+
+#[test]
+fn two_percent_loss_on_every_client_cable_breaks_nothing() {
+    let r = with_fault("loss@0.02");
+    let [sent, lost] = r.link_frames;
+    // Half the frames cross a client cable, half a (lossless) VM cable.
+    assert!(lost * 200 > sent, "about 1 % of all frames were lost: {lost} of {sent}");
+    assert_eq!((r.connections_broken, r.udp.broken), (0, 0), "{}", summary(&r));
+}
