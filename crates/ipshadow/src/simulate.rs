@@ -96,10 +96,10 @@ enum AffinityArg {
 }
 
 fn seconds(name: &str, v: f64) -> anyhow::Result<Duration> {
-    if !(v.is_finite() && v >= 0.0) {
-        bail!("--{name} must be a non-negative number of seconds, not {v}");
+    if !(v.is_finite() && (0.0..=scenario::MAX_SECONDS).contains(&v)) {
+        bail!("--{name} must be a number of seconds from 0 to 1e9, not {v}");
     }
-    Ok(Duration::from_secs_f64(v))
+    Ok(Duration::try_from_secs_f64(v)?)
 }
 
 impl SimulateArgs {
@@ -129,8 +129,8 @@ impl SimulateArgs {
         if self.clients == 0 {
             bail!("--clients must be at least 1");
         }
-        if self.clients > 60_000 {
-            bail!("--clients must be at most 60000");
+        if self.churn > scenario::MAX_RATE || self.udp > scenario::MAX_RATE {
+            bail!("--churn and --udp must be at most {} per second", scenario::MAX_RATE);
         }
         let [min, max] = [self.lifetime[0], self.lifetime[1]];
         c.lifetime_min = seconds("lifetime", min)?;
@@ -147,6 +147,9 @@ impl SimulateArgs {
             bail!("--loss must be in [0, 1), not {}", self.loss);
         }
         c.client_link.loss = self.loss;
+        if self.ramp_linear.is_some() && self.ramp_hold != 10.0 {
+            bail!("--ramp-hold applies to --ramp steps, not to --ramp-linear");
+        }
         c.ramp = match self.ramp_linear {
             Some(pct_per_sec) => Ramp::Linear { pct_per_sec },
             None => {
@@ -164,7 +167,7 @@ impl SimulateArgs {
 pub fn run(args: &SimulateArgs) -> anyhow::Result<()> {
     let config = args.config()?;
     let started = std::time::Instant::now();
-    let report = scenario::run(&config);
+    let report = scenario::run(&config)?;
     let wall = started.elapsed();
     let mut stdout = std::io::stdout().lock();
     if args.json {

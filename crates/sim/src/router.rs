@@ -34,8 +34,10 @@ pub struct PortStats {
     pub no_route: u64,
     /// Frames the core dropped, by reason.
     pub dropped: BTreeMap<String, u64>,
-    /// RSTs the router sent itself (cut-over).
+    /// RSTs the router sent itself (at the end of a migration).
     pub resets_sent: u64,
+    /// ARP frames from a VM that were neither for the gateway nor an answer to a probe.
+    pub arp_ignored: u64,
 }
 
 /// The router node.
@@ -59,7 +61,7 @@ pub struct RouterNode {
     pub flood: Option<(usize, usize)>,
     /// Last ARP answer from each VM port to a health probe.
     pub probe_replies: Vec<Option<Instant>>,
-    /// Client TCP endpoints the router reset at cut-over.
+    /// Client TCP endpoints the router reset at the end of a migration.
     pub reset_clients: BTreeSet<(Ipv4Addr, u16)>,
     /// Counters of this node.
     pub stats: PortStats,
@@ -124,18 +126,18 @@ impl RouterNode {
     /// A frame from the provider side.
     pub fn from_provider(&mut self, frame: Vec<u8>, now: Instant, out: &mut Vec<Out>) {
         let verdict = self.core.inbound(&frame, now);
+        // Learn where clients are from what they send (frames on the simulated provider segment
+        // are untagged). A dropped frame still shows where its sender is.
         if frame.len() >= 34 && frame[12..14] == [8, 0] {
             let src = Ipv4Addr::new(frame[26], frame[27], frame[28], frame[29]);
             let mac: [u8; 6] = frame[6..12].try_into().unwrap_or_default();
-            if self.neighbours.get(&src) != Some(&mac) {
-                self.neighbours.insert(src, mac);
-            }
+            self.neighbours.insert(src, mac);
         }
         match verdict {
             InboundVerdict::Arp(arp) => {
                 let routed =
                     self.shadows.contains_key(&arp.target_ip) || self.core.address_holder(arp.target_ip).is_some();
-                if arp.operation == 1 && routed {
+                if arp.operation == ARP_REQUEST && routed {
                     self.neighbours.insert(arp.sender_ip, arp.sender_mac);
                     self.stats.arp_answered += 1;
                     let reply = arp_frame(
@@ -210,8 +212,13 @@ impl RouterNode {
                     port,
                     arp_frame(ArpOperation::Reply, (self.vm_side_mac, self.gateway), (mac, source_protocol_addr), mac),
                 ));
-            } else if operation == ArpOperation::Reply && target_protocol_addr == self.gateway {
-                self.probe_replies[port] = Some(now);
+            } else if operation == ArpOperation::Reply
+                && target_protocol_addr == self.gateway
+                && let Some(last) = self.probe_replies.get_mut(port)
+            {
+                *last = Some(now);
+            } else {
+                self.stats.arp_ignored += 1;
             }
             return;
         }
@@ -261,7 +268,7 @@ impl RouterNode {
     }
 
     /// Sends a health probe (an ARP request for `ip`) to the VM on `port`.
-    pub fn probe(&mut self, port: usize, ip: Ipv4Addr, out: &mut Vec<Out>) {
+    pub fn probe(&self, port: usize, ip: Ipv4Addr, out: &mut Vec<Out>) {
         let frame = arp_frame(ArpOperation::Request, (self.vm_side_mac, self.gateway), ([0; 6], ip), [0xff; 6]);
         out.push(Out::Vm(port, frame));
     }
@@ -278,12 +285,23 @@ impl RouterNode {
     }
 
     fn count_drop(&mut self, reason: DropReason) {
+        use ipshadow_core::ConflictKind as K;
         let name = match reason {
-            DropReason::Malformed(_) => "malformed".to_owned(),
-            DropReason::Conflict(kind) => format!("conflict_{kind:?}").to_lowercase(),
-            other => format!("{other:?}").to_lowercase(),
+            DropReason::Malformed(_) => "malformed",
+            DropReason::Spoofed => "spoofed",
+            DropReason::Conflict(K::Rst) => "conflict_rst",
+            DropReason::Conflict(K::SynAck) => "conflict_syn_ack",
+            DropReason::Conflict(K::Data) => "conflict_data",
+            DropReason::Conflict(K::DuplicateSequence) => "conflict_duplicate_sequence",
+            DropReason::Conflict(K::Collision) => "conflict_collision",
+            DropReason::Conflict(K::Other) => "conflict_other",
+            DropReason::ReplicaDuplicate => "replica_duplicate",
+            DropReason::ResetSuppressed => "reset_suppressed",
+            DropReason::TableFull => "table_full",
+            DropReason::SourceReleased => "source_released",
+            DropReason::FragmentOrphan => "fragment_orphan",
         };
-        *self.stats.dropped.entry(name).or_default() += 1;
+        *self.stats.dropped.entry(name.to_owned()).or_default() += 1;
     }
 }
 
@@ -292,7 +310,11 @@ fn ipv4_dst(frame: &[u8]) -> Option<Ipv4Addr> {
     (frame.len() >= 34 && frame[12..14] == [8, 0]).then(|| Ipv4Addr::new(frame[30], frame[31], frame[32], frame[33]))
 }
 
-/// An Ethernet ARP frame from `(mac, ip)` about `(mac, ip)`, to `eth_dst`.
+/// ARP operation code of a request.
+const ARP_REQUEST: u16 = 1;
+
+/// An Ethernet ARP frame: `operation` from sender `source` (MAC, IP) about target `target`
+/// (MAC, IP), sent to the Ethernet address `eth_dst`.
 fn arp_frame(
     operation: ArpOperation,
     source: ([u8; 6], Ipv4Addr),

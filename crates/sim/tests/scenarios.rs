@@ -10,6 +10,10 @@ use core::time::Duration;
 use ipshadow_core::{Mode, Strategy};
 use ipshadow_sim::scenario::{Fault, Report, ScenarioConfig, run};
 
+fn run_ok(config: &ScenarioConfig) -> Report {
+    run(config).unwrap()
+}
+
 fn default_with(strategy: Strategy, mode: Mode) -> ScenarioConfig {
     ScenarioConfig { strategy, mode, ..ScenarioConfig::default() }
 }
@@ -42,7 +46,7 @@ fn assert_default_load(r: &Report) {
 
 #[test]
 fn flow_strategy_breaks_nothing_independent() {
-    let r = run(&default_with(Strategy::Flow, Mode::Independent));
+    let r = run_ok(&default_with(Strategy::Flow, Mode::Independent));
     println!("{}", summary(&r));
     assert_default_load(&r);
     assert_eq!(r.connections_broken, 0, "{}", summary(&r));
@@ -60,7 +64,7 @@ fn flow_strategy_breaks_nothing_independent() {
 
 #[test]
 fn flow_strategy_breaks_nothing_replica() {
-    let r = run(&default_with(Strategy::Flow, Mode::Replica));
+    let r = run_ok(&default_with(Strategy::Flow, Mode::Replica));
     println!("{}", summary(&r));
     assert_default_load(&r);
     assert_eq!((r.connections_broken, r.cut_at_deadline), (0, 0), "{}", summary(&r));
@@ -69,7 +73,7 @@ fn flow_strategy_breaks_nothing_replica() {
 
 #[test]
 fn packet_strategy_breaks_most_connections() {
-    let r = run(&default_with(Strategy::Packet, Mode::Independent));
+    let r = run_ok(&default_with(Strategy::Packet, Mode::Independent));
     println!("{}", summary(&r));
     assert!(
         r.broken_of_open_at_migration_start * 10 >= r.open_at_migration_start * 8,
@@ -83,7 +87,7 @@ fn packet_strategy_breaks_most_connections() {
 
 #[test]
 fn instant_reassignment_breaks_every_connection_on_a() {
-    let r = run(&default_with(Strategy::Instant, Mode::Independent));
+    let r = run_ok(&default_with(Strategy::Instant, Mode::Independent));
     println!("{}", summary(&r));
     assert!(r.open_at_migration_start >= 1000);
     assert_eq!(r.broken_of_open_at_migration_start, r.open_at_migration_start, "{}", summary(&r));
@@ -97,7 +101,7 @@ fn short_deadline(mode: Mode) -> ScenarioConfig {
 
 #[test]
 fn independent_mode_counts_connections_cut_at_the_deadline_separately() {
-    let r = run(&short_deadline(Mode::Independent));
+    let r = run_ok(&short_deadline(Mode::Independent));
     println!("{}", summary(&r));
     let cut = r.cut_over.unwrap();
     assert!(r.cut_at_deadline > 100, "{}", summary(&r));
@@ -107,7 +111,7 @@ fn independent_mode_counts_connections_cut_at_the_deadline_separately() {
 
 #[test]
 fn replica_mode_carries_connections_open_at_the_deadline_over_to_b() {
-    let r = run(&short_deadline(Mode::Replica));
+    let r = run_ok(&short_deadline(Mode::Replica));
     println!("{}", summary(&r));
     let cut = r.cut_over.unwrap();
     assert!(cut.handed_over > 100, "long-lived connections were still on A at the deadline: {cut:?}");
@@ -116,7 +120,7 @@ fn replica_mode_carries_connections_open_at_the_deadline_over_to_b() {
 
 fn with_fault(fault: &str) -> Report {
     let config = ScenarioConfig { faults: vec![fault.parse::<Fault>().unwrap()], ..ScenarioConfig::default() };
-    let r = run(&config);
+    let r = run_ok(&config);
     println!("{}", summary(&r));
     r
 }
@@ -167,4 +171,31 @@ fn two_percent_loss_on_every_client_cable_breaks_nothing() {
     // Half the frames cross a client cable, half a (lossless) VM cable.
     assert!(lost * 200 > sent, "about 1 % of all frames were lost: {lost} of {sent}");
     assert_eq!((r.connections_broken, r.udp.broken), (0, 0), "{}", summary(&r));
+}
+
+#[test]
+fn a_router_restarted_during_a_rollback_does_not_cut_over_to_the_dead_destination() {
+    let config = ScenarioConfig {
+        clients: 10,
+        long_lived: 100,
+        churn_per_sec: 10,
+        udp_per_sec: 2,
+        duration: Duration::from_secs(80),
+        deadline: Duration::from_secs(40),
+        faults: vec!["b-dies@25".parse().unwrap(), "router-restart@35".parse().unwrap()],
+        ..ScenarioConfig::default()
+    };
+    let r = run_ok(&config);
+    println!("{}", summary(&r));
+    assert_eq!(r.failure.as_ref().unwrap().action, "rollback");
+    assert!(matches!(r.migration_state, "rolling_back" | "rolled_back"), "{}", summary(&r));
+    assert_eq!(r.final_split_pct, 0.0);
+}
+
+#[test]
+fn a_scenario_that_cannot_run_is_refused_with_the_option_named() {
+    let bad = ScenarioConfig { clients: 0, ..ScenarioConfig::default() };
+    assert_eq!(run(&bad).unwrap_err().field, "clients");
+    let bad = ScenarioConfig { churn_per_sec: 2_000_000_000, ..ScenarioConfig::default() };
+    assert_eq!(run(&bad).unwrap_err().field, "churn/udp");
 }

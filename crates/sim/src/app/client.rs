@@ -36,7 +36,8 @@ pub enum BreakCause {
     Reset,
     /// No progress within the application timeout.
     Timeout,
-    /// A byte differed from what the server must have sent.
+    /// A byte differed from what the server must have sent, or the server broke the protocol
+    /// (closed before the last exchange).
     Corrupt,
 }
 
@@ -124,7 +125,8 @@ pub struct ClientApp {
 }
 
 impl ClientApp {
-    /// A client of `server`; `timeout` bounds every wait for progress; `seed` drives its sizes and pauses.
+    /// A client of `server`. `timeout` bounds each TCP wait (connect, one exchange, close); a UDP
+    /// request is tried 5 times, 400 ms apart. `seed` drives message sizes and pauses.
     pub fn new(server: Ipv4Addr, timeout: Duration, seed: u64) -> Self {
         Self {
             server,
@@ -312,10 +314,14 @@ impl ClientApp {
             }
             let len = self.request_len();
             let message = request(conn.plan.id, conn.seq, len);
-            let socket = host.sockets.get_mut::<tcp::Socket<'_>>(conn.handle);
             if socket.send_capacity() - socket.send_queue() >= message.len() {
+                let Ok(expect) = respond(&message) else {
+                    // Our own request is always well formed; if not, this run proves nothing.
+                    socket.abort();
+                    return Some(Outcome::Broken(BreakCause::Corrupt));
+                };
                 let _ = socket.send_slice(&message);
-                conn.expect = respond(&message).unwrap_or_default();
+                conn.expect = expect;
                 conn.got = 0;
                 conn.phase = Phase::Waiting;
                 conn.deadline = now + timeout;
@@ -347,7 +353,8 @@ impl ClientApp {
             }
             let len = self.request_len();
             s.request = request(s.plan.id, s.seq, len);
-            s.expect = respond(&s.request).unwrap_or_default();
+            let Ok(expect) = respond(&s.request) else { return Some(Outcome::Broken(BreakCause::Corrupt)) };
+            s.expect = expect;
             s.deadline = now;
         }
         if now >= s.deadline {

@@ -62,7 +62,11 @@ impl FromStr for Fault {
         let (name, arg) = s.split_once('@').ok_or_else(|| err("missing '@'"))?;
         let secs = |v: &str| -> Result<f64, FaultParseError> {
             let x: f64 = v.trim().parse().map_err(|_| err("not a number"))?;
-            if x.is_finite() && x >= 0.0 { Ok(x) } else { Err(err("must be a non-negative number")) }
+            if x.is_finite() && (0.0..=MAX_SECONDS).contains(&x) {
+                Ok(x)
+            } else {
+                Err(err("must be a number from 0 to 1e9"))
+            }
         };
         match name.trim() {
             "b-dies" => Ok(Fault::BDies { at_s: secs(arg)? }),
@@ -98,6 +102,22 @@ impl fmt::Display for Fault {
             Fault::Loss { share } => write!(f, "loss@{share}"),
         }
     }
+}
+
+/// The longest time any option may name, in seconds (about 31 years of simulated time).
+pub const MAX_SECONDS: f64 = 1e9;
+
+/// The most new connections or sessions per second (the gap between two must be at least 1 us).
+pub const MAX_RATE: u32 = 100_000;
+
+/// A scenario that cannot run.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {why}")]
+pub struct ConfigError {
+    /// The option at fault.
+    pub field: &'static str,
+    /// What is wrong with it.
+    pub why: String,
 }
 
 /// Everything a run depends on. Same config, same run.
@@ -215,6 +235,47 @@ impl Default for ScenarioConfig {
             faults: Vec::new(),
             tick: Duration::from_micros(100),
         }
+    }
+}
+
+impl ScenarioConfig {
+    /// Checks that the scenario can run; the error names the option.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |field, why: &str| Err(ConfigError { field, why: why.to_owned() });
+        if !(1..=60_000).contains(&self.clients) {
+            return bad("clients", "must be within 1..=60000");
+        }
+        if self.churn_per_sec > MAX_RATE || self.udp_per_sec > MAX_RATE {
+            return bad("churn/udp", "at most 100000 per second");
+        }
+        if self.lifetime_max < self.lifetime_min {
+            return bad("lifetime", "the longest is below the shortest");
+        }
+        if self.vm_stacks == 0 || self.vm_stacks > 1024 {
+            return bad("vm_stacks", "must be within 1..=1024");
+        }
+        for (field, d) in [
+            ("duration", self.duration),
+            ("migration_start", self.migration_start),
+            ("deadline", self.deadline),
+            ("lease_delay", self.lease_delay),
+            ("lifetime", self.lifetime_max),
+            ("interval", self.interval),
+        ] {
+            if d.as_secs_f64() > MAX_SECONDS {
+                return bad(field, "must be at most 1e9 seconds");
+            }
+        }
+        for (field, link) in [("client link", self.client_link), ("vm link", self.vm_link)] {
+            if !(0.0..1.0).contains(&link.loss) {
+                return bad(field, "loss must be in [0, 1)");
+            }
+        }
+        if self.tick.is_zero() {
+            return bad("tick", "must be positive");
+        }
+        self.ramp.validate().map_err(|e| ConfigError { field: "ramp", why: e.to_string() })?;
+        self.congestion.validate().map_err(|e| ConfigError { field: "congestion", why: e.to_string() })
     }
 }
 

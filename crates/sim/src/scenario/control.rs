@@ -8,27 +8,38 @@ use ipshadow_core::{
     CutOverReport, EntryState, Event, Instant, MigrationOptions, Outcome, RouterCounters, ShadowingEntry, VmId, VmRef,
 };
 
-use super::config::{Fault, ScenarioConfig};
+use super::config::Fault;
 use super::world::{A, Action, B, World, X};
 
-/// Which VM failed and what was done about it.
+/// A VM the health checks found dead (and acted on: B rolls back, A fast-forwards).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub(crate) struct Failure {
+    /// Its port: A or B.
     pub vm: usize,
+    /// When the probes gave up on it.
     pub detected: Instant,
 }
 
 /// What the manager knows and remembers.
 pub(crate) struct Control {
-    /// The entry as stored: its state and split follow the router's events.
+    /// The entry as stored: its state, split and deadline follow the router's events.
     pub stored: Option<ShadowingEntry>,
+    /// How and when the migration ended, and what that did to the losing side's flows.
     pub outcome: Option<(Outcome, CutOverReport, Instant)>,
+    /// When the entry was installed.
     pub started: Option<Instant>,
+    /// When B's lease was reported bound.
     pub lease_bound: Option<Instant>,
+    /// When the split first reached 100 %.
     pub split_100: Option<Instant>,
+    /// The VM failure acted on, if any.
     pub failure: Option<Failure>,
+    /// When the router restarted.
     pub restarts: Vec<Instant>,
+    /// Replica hand-offs reported by the router.
     pub handoffs: u64,
+    /// Open non-owner fault windows (they may overlap).
+    pub flood_windows: u32,
     /// Multiplicative decreases of the split (trouble signals from B).
     pub decreases: u64,
     /// Counters of router processes that were restarted (a restart loses them).
@@ -37,7 +48,7 @@ pub(crate) struct Control {
 }
 
 impl Control {
-    pub fn new(_cfg: &ScenarioConfig) -> Self {
+    pub fn new() -> Self {
         Self {
             stored: None,
             outcome: None,
@@ -47,6 +58,7 @@ impl Control {
             failure: None,
             restarts: Vec::new(),
             handoffs: 0,
+            flood_windows: 0,
             decreases: 0,
             carried: Vec::new(),
             last_answer: [Instant::ZERO; 2],
@@ -100,7 +112,12 @@ impl World {
                 self.schedule(now + Duration::from_secs(1), Action::Probe);
             }
             Action::Fault(i) => self.fault(i),
-            Action::FaultEnd(_) => self.router.flood = None,
+            Action::FaultEnd(_) => {
+                self.control.flood_windows = self.control.flood_windows.saturating_sub(1);
+                if self.control.flood_windows == 0 {
+                    self.router.flood = None;
+                }
+            }
             Action::FinishRollback => {
                 let _ = self.router.core.finish_rollback(X, now);
             }
@@ -157,17 +174,23 @@ impl World {
             return;
         }
         for port in [A, B] {
-            if now - self.control.last_answer[port] > self.cfg.failure_detection {
-                self.control.failure = Some(super::control::Failure { vm: port, detected: now });
-                if port == B {
-                    // B failed: roll back; B's short lease lapses and the address stays A's.
-                    if self.router.core.abort(X, now).is_ok() {
-                        self.schedule(now + self.cfg.shadow_lease, Action::FinishRollback);
-                    }
-                } else {
-                    // A failed: fast-forward, B takes the address now.
-                    let _ = self.router.core.cut_over(X, now);
+            if now - self.control.last_answer[port] <= self.cfg.failure_detection {
+                continue;
+            }
+            let acted = if port == B {
+                // B failed: roll back; B's short lease lapses and the address stays A's.
+                let ok = self.router.core.abort(X, now).is_ok();
+                if ok {
+                    self.schedule(now + self.cfg.shadow_lease, Action::FinishRollback);
                 }
+                ok
+            } else {
+                // A failed: fast-forward, B takes the address now (refused while rolling back:
+                // then both VMs are gone and there is nothing left to do).
+                self.router.core.cut_over(X, now).is_ok()
+            };
+            if acted {
+                self.control.failure = Some(Failure { vm: port, detected: now });
                 return;
             }
         }
@@ -178,7 +201,10 @@ impl World {
         match self.cfg.faults[i] {
             Fault::BDies { .. } => self.vms[B].alive = false,
             Fault::ADies { .. } => self.vms[A].alive = false,
-            Fault::NonOwnerReplies { .. } => self.router.flood = Some((A, B)),
+            Fault::NonOwnerReplies { .. } => {
+                self.control.flood_windows += 1;
+                self.router.flood = Some((A, B));
+            }
             Fault::Loss { .. } => {}
             Fault::RouterRestart { .. } => {
                 self.control.carried.push(*self.router.core.counters());
@@ -187,7 +213,11 @@ impl World {
                 // Re-install from the store, as the manager does for a router that (re)starts.
                 match (&self.control.stored, &self.control.outcome) {
                     (Some(entry), None) => {
-                        let _ = self.router.core.add_entry(entry.clone(), now);
+                        if let Err(e) = self.router.core.add_entry(entry.clone(), now) {
+                            // The entry was accepted before and only its state and split changed
+                            // since, as the router reported them: a refusal is a bug to surface.
+                            panic!("the restarted router refused the stored entry: {e}");
+                        }
                         self.router.shadow_ports(X, A, B);
                     }
                     (_, Some((Outcome::Completed, ..))) => self.router.core.assign_address(X, VmRef(B as u32)),
@@ -216,15 +246,17 @@ impl World {
                 Event::StateChanged { to, .. } => {
                     if let Some(entry) = &mut self.control.stored {
                         entry.state = *to;
+                        if *to == EntryState::RollingBack {
+                            // A rollback has no deadline: the router cleared its own; a restarted
+                            // router must not cut over to B at the old one.
+                            entry.options.deadline = None;
+                        }
                     }
                 }
                 Event::HandOff { .. } => self.control.handoffs += 1,
                 Event::MigrationEnded { outcome, report, at, .. } => {
                     self.control.outcome = Some((*outcome, *report, *at));
                     self.router.unshadow(X);
-                    if *outcome == Outcome::RolledBack {
-                        self.router.reset_clients.clear();
-                    }
                 }
                 _ => {}
             }

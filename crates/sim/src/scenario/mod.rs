@@ -6,12 +6,13 @@ mod control;
 mod report;
 mod world;
 
-pub use config::{Fault, FaultParseError, ScenarioConfig};
-pub use report::{Breaks, FailureReport, Report, Sample, Tally, Timeline};
+pub use config::{ConfigError, Fault, FaultParseError, MAX_RATE, MAX_SECONDS, ScenarioConfig};
+pub use report::{Breaks, FailureReport, Report, RouterSummary, Sample, Tally, Timeline};
 
-/// Runs a scenario to its end and reports.
-pub fn run(config: &ScenarioConfig) -> Report {
+/// Runs a scenario to its end and reports; refuses a scenario that cannot run.
+pub fn run(config: &ScenarioConfig) -> Result<Report, ConfigError> {
+    config.validate()?;
     let mut world = world::World::new(config.clone());
     world.run();
-    world.report()
+    Ok(world.report())
 }

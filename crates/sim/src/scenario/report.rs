@@ -6,7 +6,7 @@ use ipshadow_core::{Affinity, CutOverReport, Mode, Outcome as MigrationOutcome, 
 use serde::Serialize;
 
 use super::config::Fault;
-use super::world::{B, World, client_ip};
+use super::world::{A, B, World, client_ip};
 use crate::app::client::{BreakCause, ConnKind, Outcome};
 use crate::router::PortStats;
 
@@ -283,8 +283,10 @@ impl World {
                 ConnKind::Udp => &mut udp,
             };
             tally.total += 1;
+            // Keyed by the client's endpoint: a port reused after the cut-over is another connection.
             let cut = migration_ok
                 && r.kind != ConnKind::Udp
+                && self.control.outcome.is_some_and(|(.., at)| r.started < at)
                 && r.outcome == Outcome::Broken(BreakCause::Reset)
                 && self.router.reset_clients.contains(&(client_ip(r.client), r.port));
             let broken = matches!(r.outcome, Outcome::Broken(_)) && !cut;
@@ -366,7 +368,7 @@ impl World {
             seed: self.cfg.seed,
             faults: self.cfg.faults.clone(),
             simulated_seconds: self.cfg.duration.as_secs_f64(),
-            requests_served: [self.vms[0].requests(), self.vms[1].requests()],
+            requests_served: [self.vms[A].requests(), self.vms[B].requests()],
             router: RouterSummary {
                 inbound_frames: sum(|c| c.inbound_frames),
                 egress_frames: sum(|c| c.egress_frames),

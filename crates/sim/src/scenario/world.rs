@@ -136,10 +136,7 @@ impl World {
         // The links of a replica pair behave alike, so A and B lose the same frames.
         let vm_link_seed = |side: u64| sub_seed(seed, 6, if replica { 0 } else { side });
         let vm_up = [Link::new(cfg.vm_link, vm_link_seed(0)), Link::new(cfg.vm_link, vm_link_seed(1))];
-        let vm_down = [
-            Link::new(cfg.vm_link, vm_link_seed(2) ^ 1),
-            Link::new(cfg.vm_link, vm_link_seed(if replica { 2 } else { 3 }) ^ 1),
-        ];
+        let vm_down = [Link::new(cfg.vm_link, vm_link_seed(2) ^ 1), Link::new(cfg.vm_link, vm_link_seed(3) ^ 1)];
         let router_config = RouterConfig { max_flows: 1 << 16, ..RouterConfig::default() };
         let ports = vec![(VmId::from("vm-a"), vms[A].mac), (VmId::from("vm-b"), vms[B].mac)];
         let mut router = RouterNode::new(router_config, PROVIDER_MAC, VM_SIDE_MAC, GATEWAY, ports, now);
@@ -148,7 +145,7 @@ impl World {
             router.mirror = Some((A, B));
         }
         let mut world = Self {
-            control: Control::new(&cfg),
+            control: Control::new(),
             rng: Pcg64Mcg::seed_from_u64(sub_seed(seed, 7, 0)),
             cfg,
             now,
@@ -423,8 +420,9 @@ impl World {
         });
     }
 
-    /// Live TCP connections whose server end is A's or B's. In replica mode both VMs hold every
-    /// connection, so a connection counts for the VM whose replies reach the client (the primary).
+    /// Live TCP connections on A and on B. Independent mode counts each VM's established server
+    /// sockets (a dead VM has none). In replica mode both VMs hold every connection, so each
+    /// open client connection counts for the VM whose replies reach the client (its primary).
     fn live_by_side(&self) -> (u64, u64) {
         if self.cfg.mode == ipshadow_core::Mode::Independent {
             let count = |v: usize| if self.vms[v].alive { self.vms[v].established() as u64 } else { 0 };
