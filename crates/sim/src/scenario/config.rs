@@ -179,7 +179,7 @@ pub struct ScenarioConfig {
     /// Each VM's cable to the router.
     #[serde(skip)]
     pub vm_link: LinkConfig,
-    /// smoltcp stacks per VM (see [`crate::vm`]).
+    /// smoltcp stacks per VM (see [`crate::vm`]); 32 keeps each stack near 30 sockets.
     pub vm_stacks: usize,
     /// A connection with no progress for this long is broken.
     #[serde(with = "secs")]
@@ -229,7 +229,7 @@ impl Default for ScenarioConfig {
                 loss: 0.001,
             },
             vm_link: LinkConfig { latency: Duration::from_micros(200), jitter: Duration::ZERO, loss: 0.0 },
-            vm_stacks: 16,
+            vm_stacks: 32,
             app_timeout: Duration::from_secs(30),
             failure_detection: Duration::from_secs(3),
             faults: Vec::new(),
