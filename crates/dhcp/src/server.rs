@@ -1,0 +1,614 @@
+//! The server's logic, sans-IO: a datagram and `now` (unix seconds) in; a reply, the lease
+//! changes to persist before the reply may go out, and lease events out.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
+
+use dhcproto::v4::{DhcpOption, Message, MessageType, Opcode, OptionCode, UnknownOption};
+use serde::Serialize;
+
+use crate::config::{ConfigError, DhcpConfig, SubnetConfig};
+use crate::lease::{ClientKey, Lease, LeaseChange, LeaseTable, Role};
+use crate::plan::{MigrationPlan, PlanState, shadow_option_payload};
+use crate::wire::{self, Request};
+
+/// How long an offered address is held for the client that was offered it, seconds.
+const OFFER_HOLD_SECS: u64 = 60;
+
+/// Where a reply goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReplyTo {
+    /// To the relay agent (giaddr), server port 67.
+    Relay(Ipv4Addr),
+    /// To the client's address, client port 68.
+    Unicast(Ipv4Addr),
+    /// To 255.255.255.255, client port 68, on the receiving interface. Used for clients without
+    /// an address too: this server does not write ARP entries to unicast to an unconfigured
+    /// client, and every client accepts a broadcast reply.
+    Broadcast,
+}
+
+/// An encoded reply and its destination.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reply {
+    /// The UDP payload.
+    pub bytes: Vec<u8>,
+    /// Where it goes.
+    pub to: ReplyTo,
+}
+
+/// What handling one datagram produced. The reply may be sent only once `changes` are durable.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Handled {
+    /// The answer, if any.
+    pub reply: Option<Reply>,
+    /// Lease-table changes to persist first.
+    pub changes: Vec<LeaseChange>,
+}
+
+/// What happened to a lease (the manager consumes these; B's first `Bound` starts the ramp).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LeaseEventKind {
+    /// A client got an address it did not hold.
+    Bound,
+    /// A client extended its lease.
+    Renewed,
+    /// A client gave its address back.
+    Released,
+    /// A client found its address in use (DHCPDECLINE).
+    Declined,
+    /// A lease ran out.
+    Expired,
+}
+
+/// A lease event.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct LeaseEvent {
+    /// What.
+    pub kind: LeaseEventKind,
+    /// The address.
+    pub ip: Ipv4Addr,
+    /// The client, as text.
+    pub client: String,
+    /// The VM, when known.
+    pub vm: Option<String>,
+    /// The migration and side, when part of one.
+    pub migration: Option<(u64, Role)>,
+    /// Unix time.
+    pub at: u64,
+}
+
+/// Counters.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct DhcpCounters {
+    /// Datagrams handled.
+    pub received: u64,
+    /// Datagrams dropped, by reason.
+    pub dropped: BTreeMap<&'static str, u64>,
+    /// Offers sent.
+    pub offers: u64,
+    /// ACKs sent (INFORM answers included).
+    pub acks: u64,
+    /// NAKs sent.
+    pub naks: u64,
+    /// DECLINEs received.
+    pub declines: u64,
+    /// RELEASEs received.
+    pub releases: u64,
+    /// Requests from clients the inventory does not know, with no pool to serve them.
+    pub unknown_clients: u64,
+    /// REQUESTs that chose another server.
+    pub other_server: u64,
+}
+
+impl DhcpCounters {
+    fn drop(&mut self, reason: &'static str) {
+        *self.dropped.entry(reason).or_default() += 1;
+    }
+}
+
+/// Why a plan was refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum PlanError {
+    /// A VM the inventory does not know.
+    #[error("VM {0} is not in the inventory")]
+    UnknownVm(String),
+    /// The address is not the source's.
+    #[error("{ip} is not reserved for {vm}")]
+    NotSourceAddress {
+        /// The address.
+        ip: Ipv4Addr,
+        /// The source VM.
+        vm: String,
+    },
+    /// Another migration of the address is active.
+    #[error("{0} is already migrating")]
+    AlreadyMigrating(Ipv4Addr),
+    /// A and B are the same VM.
+    #[error("source and destination are the same VM")]
+    SameVm,
+    /// No plan with that id.
+    #[error("no migration {0}")]
+    NoSuchPlan(u64),
+    /// The plan already ended.
+    #[error("migration {0} is not active")]
+    NotActive(u64),
+}
+
+/// What the server decided a client should hold.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Assignment {
+    ip: Ipv4Addr,
+    lease_secs: u32,
+    migration: Option<(u64, Role, u64)>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Decision {
+    Assign(Assignment),
+    /// A known client that may hold no address now: NAK what it asks for.
+    Refuse,
+    /// A client the inventory does not know and no pool serves.
+    Unknown,
+}
+
+/// The DHCP server.
+pub struct DhcpServer {
+    config: DhcpConfig,
+    /// Reservation index by each client key a VM may present.
+    reservations: BTreeMap<ClientKey, usize>,
+    vms: BTreeMap<String, usize>,
+    reserved_ips: BTreeSet<Ipv4Addr>,
+    leases: LeaseTable,
+    offers: BTreeMap<ClientKey, (Ipv4Addr, u64)>,
+    offered_ips: BTreeMap<Ipv4Addr, ClientKey>,
+    declined: BTreeMap<Ipv4Addr, u64>,
+    plans: BTreeMap<u64, MigrationPlan>,
+    pool_cursor: Vec<u32>,
+    events: Vec<LeaseEvent>,
+    counters: DhcpCounters,
+}
+
+impl DhcpServer {
+    /// A server with no leases.
+    pub fn new(config: DhcpConfig) -> Result<Self, ConfigError> {
+        config.validate()?;
+        let mut reservations = BTreeMap::new();
+        let mut vms = BTreeMap::new();
+        let mut reserved_ips = BTreeSet::new();
+        for (i, r) in config.reservations.iter().enumerate() {
+            for key in r.keys()? {
+                reservations.insert(key, i);
+            }
+            vms.insert(r.vm.clone(), i);
+            if let Some(ip) = r.ip {
+                reserved_ips.insert(ip);
+            }
+        }
+        let pool_cursor = vec![0; config.subnets.len()];
+        Ok(Self {
+            config,
+            reservations,
+            vms,
+            reserved_ips,
+            leases: LeaseTable::default(),
+            offers: BTreeMap::new(),
+            offered_ips: BTreeMap::new(),
+            declined: BTreeMap::new(),
+            plans: BTreeMap::new(),
+            pool_cursor,
+            events: Vec::new(),
+            counters: DhcpCounters::default(),
+        })
+    }
+
+    /// Loads leases from the store at start; ones already ended are skipped.
+    pub fn restore(&mut self, leases: impl IntoIterator<Item = Lease>, now: u64) {
+        for lease in leases {
+            if lease.expires > now {
+                self.leases.put(lease);
+            }
+        }
+    }
+
+    /// The lease table.
+    pub fn leases(&self) -> &LeaseTable {
+        &self.leases
+    }
+
+    /// Counters.
+    pub fn counters(&self) -> &DhcpCounters {
+        &self.counters
+    }
+
+    /// Takes the lease events so far.
+    pub fn take_events(&mut self) -> Vec<LeaseEvent> {
+        core::mem::take(&mut self.events)
+    }
+
+    /// A migration plan.
+    pub fn plan(&self, id: u64) -> Option<&MigrationPlan> {
+        self.plans.get(&id)
+    }
+
+    /// Starts leasing `plan.ip` to both VMs.
+    pub fn add_plan(&mut self, plan: MigrationPlan) -> Result<(), PlanError> {
+        if plan.source == plan.destination {
+            return Err(PlanError::SameVm);
+        }
+        let source = *self.vms.get(&plan.source).ok_or_else(|| PlanError::UnknownVm(plan.source.clone()))?;
+        self.vms.get(&plan.destination).ok_or_else(|| PlanError::UnknownVm(plan.destination.clone()))?;
+        if self.config.reservations[source].ip != Some(plan.ip) {
+            return Err(PlanError::NotSourceAddress { ip: plan.ip, vm: plan.source.clone() });
+        }
+        if self.plans.values().any(|p| p.ip == plan.ip && p.is_active()) {
+            return Err(PlanError::AlreadyMigrating(plan.ip));
+        }
+        self.plans.insert(plan.id, plan);
+        Ok(())
+    }
+
+    /// Ends a plan: `Completed` (X is B's), `RolledBack` or `Failed` (X stays A's).
+    pub fn end_plan(&mut self, id: u64, state: PlanState) -> Result<(), PlanError> {
+        let plan = self.plans.get_mut(&id).ok_or(PlanError::NoSuchPlan(id))?;
+        if !plan.is_active() {
+            return Err(PlanError::NotActive(id));
+        }
+        plan.state = state;
+        Ok(())
+    }
+
+    /// Forgets an ended plan (the inventory now says who holds the address).
+    pub fn remove_plan(&mut self, id: u64) -> Option<MigrationPlan> {
+        self.plans.remove(&id)
+    }
+
+    /// Ends leases, offers and declines whose time is up; returns the changes to persist.
+    pub fn expire(&mut self, now: u64) -> Vec<LeaseChange> {
+        let mut changes = Vec::new();
+        for lease in self.leases.expire(now) {
+            self.event(LeaseEventKind::Expired, &lease.client, lease.ip, lease.vm.clone(), lease.migration, now);
+            changes.push(LeaseChange::Delete { ip: lease.ip, client: lease.client });
+        }
+        let stale: Vec<ClientKey> =
+            self.offers.iter().filter(|(_, (_, t))| *t <= now).map(|(k, _)| k.clone()).collect();
+        for key in stale {
+            self.forget_offer(&key);
+        }
+        self.declined.retain(|_, until| *until > now);
+        changes
+    }
+
+    /// Handles one datagram received on port 67.
+    pub fn handle(&mut self, datagram: &[u8], now: u64) -> Handled {
+        self.counters.received += 1;
+        let request = match wire::decode(datagram) {
+            Ok(r) => r,
+            Err(e) => {
+                self.counters.drop(e.name());
+                return Handled::default();
+            }
+        };
+        let client = client_key(&request.message);
+        let vm = self.vm_of(&client, &request.message);
+        match request.message_type {
+            MessageType::Discover => self.discover(&request, &client, vm, now),
+            MessageType::Request => self.request(&request, &client, vm, now),
+            MessageType::Decline => self.decline(&request, &client, vm, now),
+            MessageType::Release => self.release(&request, &client, now),
+            MessageType::Inform => self.inform(&request),
+            _ => {
+                self.counters.drop("not_a_client_message");
+                Handled::default()
+            }
+        }
+    }
+
+    fn vm_of(&self, client: &ClientKey, message: &Message) -> Option<usize> {
+        self.reservations.get(client).copied().or_else(|| {
+            // A client that sends a client identifier may still be reserved by its MAC.
+            let mac: [u8; 6] = message.chaddr().get(..6)?.try_into().ok()?;
+            (message.hlen() == 6).then_some(())?;
+            self.reservations.get(&ClientKey::Mac(mac)).copied()
+        })
+    }
+
+    fn subnet_for(&self, ip: Ipv4Addr) -> Option<usize> {
+        self.config.subnets.iter().position(|s| s.contains(ip))
+    }
+
+    fn normal_lease(&self, ip: Ipv4Addr) -> u32 {
+        self.subnet_for(ip).map_or(3600, |i| self.config.subnets[i].lease_secs)
+    }
+
+    /// What `client` (VM `vm`) should hold now.
+    fn decide(&mut self, client: &ClientKey, vm: Option<usize>, message: &Message, now: u64) -> Decision {
+        if let Some(v) = vm {
+            let name = &self.config.reservations[v].vm;
+            let own = self.config.reservations[v].ip;
+            // The newest plan naming the VM decides.
+            if let Some(plan) = self.plans.values().rev().find(|p| &p.source == name || &p.destination == name) {
+                let normal = self.normal_lease(plan.ip);
+                let assign = |ip, lease_secs, migration| Decision::Assign(Assignment { ip, lease_secs, migration });
+                let own_other =
+                    || own.filter(|ip| *ip != plan.ip).map_or(Decision::Refuse, |ip| assign(ip, normal, None));
+                let as_destination = &plan.destination == name;
+                return match (&plan.state, as_destination) {
+                    (PlanState::Active, true) => {
+                        let secs = self.config.shadow_lease_secs.min(normal);
+                        assign(plan.ip, secs, Some((plan.id, Role::Destination, plan.deadline)))
+                    }
+                    (PlanState::Completed, true) => assign(plan.ip, normal, None),
+                    (_, true) => own_other(),
+                    (PlanState::Active, false) if now < plan.deadline => {
+                        let left = u32::try_from(plan.deadline - now).unwrap_or(u32::MAX);
+                        assign(plan.ip, normal.min(left), Some((plan.id, Role::Source, plan.deadline)))
+                    }
+                    (PlanState::Active | PlanState::Completed, false) => own_other(),
+                    (_, false) => assign(plan.ip, normal, None),
+                };
+            }
+            if let Some(ip) = own {
+                return Decision::Assign(Assignment { ip, lease_secs: self.normal_lease(ip), migration: None });
+            }
+        }
+        match self.pool_address(client, message, now) {
+            Some(ip) => Decision::Assign(Assignment { ip, lease_secs: self.normal_lease(ip), migration: None }),
+            None if vm.is_some() => Decision::Refuse,
+            None => Decision::Unknown,
+        }
+    }
+
+    /// The pool address of a client the inventory does not reserve one for: the one it holds or
+    /// was offered, else the next free one.
+    fn pool_address(&mut self, client: &ClientKey, message: &Message, now: u64) -> Option<Ipv4Addr> {
+        let subnet = if message.giaddr().is_unspecified() { 0 } else { self.subnet_for(message.giaddr())? };
+        let pool = self.config.subnets.get(subnet)?.pool?;
+        let in_pool = |ip: Ipv4Addr| (u32::from(pool.start)..=u32::from(pool.end)).contains(&u32::from(ip));
+        if let Some(lease) = self.leases.of(client).filter(|l| in_pool(l.ip)) {
+            return Some(lease.ip);
+        }
+        if let Some((ip, _)) = self.offers.get(client).filter(|(ip, _)| in_pool(*ip)) {
+            return Some(*ip);
+        }
+        let size = u32::from(pool.end) - u32::from(pool.start) + 1;
+        for _ in 0..size {
+            let offset = self.pool_cursor[subnet] % size;
+            self.pool_cursor[subnet] = (offset + 1) % size;
+            let ip = Ipv4Addr::from(u32::from(pool.start) + offset);
+            let free = !self.reserved_ips.contains(&ip)
+                && self.leases.on(ip).is_empty()
+                && !self.offered_ips.contains_key(&ip)
+                && self.declined.get(&ip).is_none_or(|until| *until <= now);
+            if free {
+                return Some(ip);
+            }
+        }
+        None
+    }
+
+    fn discover(&mut self, req: &Request, client: &ClientKey, vm: Option<usize>, now: u64) -> Handled {
+        let Decision::Assign(a) = self.decide(client, vm, &req.message, now) else {
+            self.counters.unknown_clients += u64::from(vm.is_none());
+            return Handled::default();
+        };
+        self.forget_offer(client);
+        self.offers.insert(client.clone(), (a.ip, now + OFFER_HOLD_SECS));
+        self.offered_ips.insert(a.ip, client.clone());
+        self.counters.offers += 1;
+        let reply = self.answer(req, MessageType::Offer, Some(&a));
+        Handled { reply, changes: Vec::new() }
+    }
+
+    fn request(&mut self, req: &Request, client: &ClientKey, vm: Option<usize>, now: u64) -> Handled {
+        let m = &req.message;
+        let server_id = match m.opts().get(OptionCode::ServerIdentifier) {
+            Some(DhcpOption::ServerIdentifier(ip)) => Some(*ip),
+            _ => None,
+        };
+        if server_id.is_some_and(|id| id != self.config.server_id) {
+            // SELECTING another server's offer: ours is free again.
+            self.counters.other_server += 1;
+            self.forget_offer(client);
+            return Handled::default();
+        }
+        let requested = match m.opts().get(OptionCode::RequestedIpAddress) {
+            Some(DhcpOption::RequestedIpAddress(ip)) => Some(*ip),
+            _ => None,
+        };
+        let Some(asked) = requested.or((!m.ciaddr().is_unspecified()).then_some(m.ciaddr())) else {
+            self.counters.drop("request_without_address");
+            return Handled::default();
+        };
+        match self.decide(client, vm, m, now) {
+            Decision::Assign(a) if a.ip == asked => self.bind(req, client, vm, &a, now),
+            Decision::Unknown => {
+                self.counters.unknown_clients += 1;
+                Handled::default()
+            }
+            Decision::Assign(_) | Decision::Refuse => {
+                self.counters.naks += 1;
+                Handled { reply: self.answer(req, MessageType::Nak, None), changes: Vec::new() }
+            }
+        }
+    }
+
+    fn bind(&mut self, req: &Request, client: &ClientKey, vm: Option<usize>, a: &Assignment, now: u64) -> Handled {
+        self.forget_offer(client);
+        let vm_name = vm.map(|v| self.config.reservations[v].vm.clone());
+        let migration = a.migration.map(|(id, role, _)| (id, role));
+        let renewal = self.leases.of(client).is_some_and(|l| l.ip == a.ip && l.expires > now);
+        let lease = Lease {
+            ip: a.ip,
+            client: client.clone(),
+            vm: vm_name.clone(),
+            expires: now + u64::from(a.lease_secs),
+            migration,
+        };
+        let changes = self.leases.put(lease);
+        let kind = if renewal { LeaseEventKind::Renewed } else { LeaseEventKind::Bound };
+        self.event(kind, client, a.ip, vm_name, migration, now);
+        self.counters.acks += 1;
+        Handled { reply: self.answer(req, MessageType::Ack, Some(a)), changes }
+    }
+
+    fn decline(&mut self, req: &Request, client: &ClientKey, vm: Option<usize>, now: u64) -> Handled {
+        self.counters.declines += 1;
+        let Some(DhcpOption::RequestedIpAddress(ip)) = req.message.opts().get(OptionCode::RequestedIpAddress).cloned()
+        else {
+            self.counters.drop("decline_without_address");
+            return Handled::default();
+        };
+        let vm_name = vm.map(|v| self.config.reservations[v].vm.clone());
+        let changes: Vec<LeaseChange> = self.leases.remove(ip, client).into_iter().collect();
+        let plan = self
+            .plans
+            .values_mut()
+            .find(|p| p.ip == ip && p.is_active() && vm_name.as_deref() == Some(p.destination.as_str()));
+        let migration = match plan {
+            Some(plan) => {
+                // B found X in use: its ARP probe was answered, so the VM segments are not kept
+                // apart. The migration fails; X is not quarantined (A still holds it).
+                plan.state = PlanState::Failed(format!(
+                    "{} declined {ip}: its ARP probe for the address was answered (VM segments not isolated)",
+                    plan.destination
+                ));
+                Some((plan.id, Role::Destination))
+            }
+            None => {
+                self.declined.insert(ip, now + u64::from(self.config.decline_hold_secs));
+                None
+            }
+        };
+        self.event(LeaseEventKind::Declined, client, ip, vm_name, migration, now);
+        Handled { reply: None, changes }
+    }
+
+    fn release(&mut self, req: &Request, client: &ClientKey, now: u64) -> Handled {
+        self.counters.releases += 1;
+        let ip = req.message.ciaddr();
+        let Some(lease) = self.leases.on(ip).iter().find(|l| &l.client == client).cloned() else {
+            return Handled::default();
+        };
+        let changes = self.leases.remove(ip, client).into_iter().collect();
+        self.event(LeaseEventKind::Released, client, ip, lease.vm, lease.migration, now);
+        Handled { reply: None, changes }
+    }
+
+    fn inform(&mut self, req: &Request) -> Handled {
+        if req.message.ciaddr().is_unspecified() {
+            self.counters.drop("inform_without_address");
+            return Handled::default();
+        }
+        self.counters.acks += 1;
+        Handled { reply: self.answer(req, MessageType::Ack, None), changes: Vec::new() }
+    }
+
+    fn forget_offer(&mut self, client: &ClientKey) {
+        if let Some((ip, _)) = self.offers.remove(client)
+            && self.offered_ips.get(&ip) == Some(client)
+        {
+            self.offered_ips.remove(&ip);
+        }
+    }
+
+    fn event(
+        &mut self,
+        kind: LeaseEventKind,
+        client: &ClientKey,
+        ip: Ipv4Addr,
+        vm: Option<String>,
+        migration: Option<(u64, Role)>,
+        at: u64,
+    ) {
+        self.events.push(LeaseEvent { kind, ip, client: client.to_string(), vm, migration, at });
+    }
+
+    /// Builds and encodes a reply of `kind` to `req`; an assignment adds the address and its
+    /// options. `None` only if encoding fails (counted).
+    fn answer(&mut self, req: &Request, kind: MessageType, a: Option<&Assignment>) -> Option<Reply> {
+        let m = &req.message;
+        let mut r = Message::default();
+        r.set_opcode(Opcode::BootReply)
+            .set_htype(m.htype())
+            .set_xid(m.xid())
+            .set_flags(m.flags())
+            .set_giaddr(m.giaddr())
+            .set_chaddr(m.chaddr());
+        let opts = r.opts_mut();
+        opts.insert(DhcpOption::MessageType(kind));
+        opts.insert(DhcpOption::ServerIdentifier(self.config.server_id));
+        if let Some(DhcpOption::ClientIdentifier(id)) = m.opts().get(OptionCode::ClientIdentifier) {
+            // RFC 6842: echo the client identifier.
+            opts.insert(DhcpOption::ClientIdentifier(id.clone()));
+        }
+        if kind == MessageType::Ack && a.is_none() {
+            // INFORM: configuration only, no lease.
+            r.set_ciaddr(m.ciaddr());
+            if let Some(s) = self.subnet_for(m.ciaddr()) {
+                subnet_options(r.opts_mut(), &self.config.subnets[s]);
+            }
+        }
+        if let Some(a) = a {
+            r.set_yiaddr(a.ip);
+            if kind == MessageType::Ack {
+                r.set_ciaddr(m.ciaddr());
+            }
+            let opts = r.opts_mut();
+            opts.insert(DhcpOption::AddressLeaseTime(a.lease_secs));
+            opts.insert(DhcpOption::Renewal(a.lease_secs / 2));
+            opts.insert(DhcpOption::Rebinding((u64::from(a.lease_secs) * 7 / 8) as u32));
+            if let Some(s) = self.subnet_for(a.ip) {
+                subnet_options(opts, &self.config.subnets[s]);
+            }
+            if let Some((id, role, deadline)) = a.migration {
+                let code = OptionCode::from(self.config.shadow_option_code);
+                opts.insert(DhcpOption::Unknown(UnknownOption::new(code, shadow_option_payload(role, id, deadline))));
+            }
+        }
+        let to = if !m.giaddr().is_unspecified() {
+            ReplyTo::Relay(m.giaddr())
+        } else if kind != MessageType::Nak && !m.ciaddr().is_unspecified() {
+            ReplyTo::Unicast(m.ciaddr())
+        } else {
+            ReplyTo::Broadcast
+        };
+        match wire::encode(&r, req.relay_agent.as_deref()) {
+            Ok(bytes) => Some(Reply { bytes, to }),
+            Err(_) => {
+                self.counters.drop("reply_not_encodable");
+                None
+            }
+        }
+    }
+}
+
+fn subnet_options(opts: &mut dhcproto::v4::DhcpOptions, s: &SubnetConfig) {
+    opts.insert(DhcpOption::SubnetMask(s.mask()));
+    opts.insert(DhcpOption::BroadcastAddr(s.broadcast()));
+    if !s.routers.is_empty() {
+        opts.insert(DhcpOption::Router(s.routers.clone()));
+    }
+    if !s.dns.is_empty() {
+        opts.insert(DhcpOption::DomainNameServer(s.dns.clone()));
+    }
+}
+
+/// The client's key: its client identifier, else its hardware address.
+fn client_key(m: &Message) -> ClientKey {
+    if let Some(DhcpOption::ClientIdentifier(id)) = m.opts().get(OptionCode::ClientIdentifier)
+        && !id.is_empty()
+    {
+        return ClientKey::ClientId(id.clone());
+    }
+    let hw = m.chaddr().get(..usize::from(m.hlen()).min(16)).unwrap_or_default();
+    match <[u8; 6]>::try_from(hw) {
+        Ok(mac) if u8::from(m.htype()) == 1 => ClientKey::Mac(mac),
+        _ => {
+            let mut key = vec![u8::from(m.htype())];
+            key.extend_from_slice(hw);
+            ClientKey::Hardware(key)
+        }
+    }
+}
