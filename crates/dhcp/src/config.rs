@@ -2,7 +2,8 @@
 //! the shadowing option. Unknown keys are refused, every value is checked, errors name the key.
 
 use std::collections::BTreeSet;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::path::PathBuf;
 
 use serde::Deserialize;
 
@@ -28,6 +29,51 @@ pub struct DhcpConfig {
     /// VMs known to the inventory and their addresses.
     #[serde(default)]
     pub reservations: Vec<Reservation>,
+    /// Where the service listens (`ipshadow dhcp`).
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddrV4,
+    /// The interface the service binds to (SO_BINDTODEVICE), so its broadcasts leave there.
+    #[serde(default)]
+    pub interface: Option<String>,
+    /// The lease store file (`ipshadow dhcp`).
+    #[serde(default = "default_lease_store")]
+    pub lease_store: PathBuf,
+    /// Migrations to apply when the service starts (the manager adds them at run time; the
+    /// standalone tool and its tests restart the service with a new list).
+    #[serde(default)]
+    pub migrations: Vec<MigrationConfig>,
+}
+
+/// A migration given in the configuration.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MigrationConfig {
+    /// The migration's id.
+    pub id: u64,
+    /// The address that moves.
+    pub ip: Ipv4Addr,
+    /// VM A.
+    pub source: String,
+    /// VM B.
+    pub destination: String,
+    /// A's lease end, unix seconds.
+    pub deadline: u64,
+    /// `active` (default), `completed` or `rolled_back`.
+    #[serde(default)]
+    pub state: MigrationConfigState,
+}
+
+/// How a configured migration stands.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MigrationConfigState {
+    /// X is shadowed.
+    #[default]
+    Active,
+    /// X is B's.
+    Completed,
+    /// X stays A's.
+    RolledBack,
 }
 
 /// One subnet.
@@ -90,6 +136,12 @@ fn default_decline_hold_secs() -> u32 {
 }
 fn default_lease_secs() -> u32 {
     3600
+}
+fn default_listen() -> SocketAddrV4 {
+    SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 67)
+}
+fn default_lease_store() -> PathBuf {
+    PathBuf::from("ipshadow-dhcp.redb")
 }
 
 /// A configuration that cannot be used.

@@ -7,10 +7,11 @@ pub mod config;
 pub mod lease;
 pub mod plan;
 pub mod server;
+pub mod service;
 pub mod store;
 pub mod wire;
 
-pub use config::{ConfigError, DhcpConfig, Reservation, SubnetConfig};
+pub use config::{ConfigError, DhcpConfig, MigrationConfig, Reservation, SubnetConfig};
 pub use lease::{ClientKey, Lease, LeaseChange, LeaseTable, Role};
 pub use plan::{MigrationPlan, PlanState};
 pub use server::{DhcpCounters, DhcpServer, Handled, LeaseEvent, LeaseEventKind, PlanError, Reply, ReplyTo};

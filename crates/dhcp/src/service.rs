@@ -1,0 +1,157 @@
+//! The server on a UDP socket: read a batch of requests, decide each (sans-IO), commit all
+//! their lease changes in one durable transaction, then send the replies. No ACK leaves before
+//! its lease is on disk; one fsync serves the whole batch.
+
+use std::io::ErrorKind;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use socket2::{Domain, Protocol, Socket, Type};
+
+use crate::config::{DhcpConfig, MigrationConfigState};
+use crate::plan::{MigrationPlan, PlanState};
+use crate::server::{DhcpServer, Handled, ReplyTo};
+use crate::store::{LeaseStore, StoreError};
+use crate::{ConfigError, PlanError};
+
+/// Most requests decided per commit.
+const BATCH: usize = 256;
+
+/// Why the service stopped or could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    /// Bad configuration.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// A configured migration was refused.
+    #[error("migration in the configuration: {0}")]
+    Plan(#[from] PlanError),
+    /// The lease store failed; no reply was sent for the uncommitted batch.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The socket could not be set up or failed.
+    #[error("socket {what}: {source}")]
+    Socket {
+        /// What was being done.
+        what: String,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+fn socket_error(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> ServiceError {
+    let what = what.into();
+    move |source| ServiceError::Socket { what, source }
+}
+
+/// Unix time in seconds.
+pub fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// A running DHCP service.
+pub struct Service {
+    server: DhcpServer,
+    store: LeaseStore,
+    socket: UdpSocket,
+    last_expiry: u64,
+}
+
+impl Service {
+    /// Opens the store, restores its leases, applies the configured migrations, binds the socket.
+    pub fn start(config: DhcpConfig) -> Result<Self, ServiceError> {
+        let now = unix_now();
+        let store = LeaseStore::open(&config.lease_store)?;
+        let socket = bind(&config)?;
+        let migrations = config.migrations.clone();
+        let mut server = DhcpServer::new(config)?;
+        server.restore(store.load()?, now);
+        for m in migrations {
+            server.add_plan(MigrationPlan::new(m.id, m.ip, &m.source, &m.destination, m.deadline))?;
+            match m.state {
+                MigrationConfigState::Active => {}
+                MigrationConfigState::Completed => server.end_plan(m.id, PlanState::Completed)?,
+                MigrationConfigState::RolledBack => server.end_plan(m.id, PlanState::RolledBack)?,
+            }
+        }
+        Ok(Self { server, store, socket, last_expiry: now })
+    }
+
+    /// The address the socket is bound to.
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.socket.local_addr().ok()
+    }
+
+    /// The server's state.
+    pub fn server(&self) -> &DhcpServer {
+        &self.server
+    }
+
+    /// Serves until `stop` is set; lease events go to `events` as JSON lines.
+    pub fn run(&mut self, stop: &AtomicBool, events: &mut impl std::io::Write) -> Result<(), ServiceError> {
+        let mut buf = vec![0u8; 2048];
+        let mut batch: Vec<Handled> = Vec::with_capacity(BATCH);
+        while !stop.load(Ordering::Relaxed) {
+            self.socket.set_read_timeout(Some(Duration::from_millis(500))).map_err(socket_error("set timeout"))?;
+            match self.socket.recv_from(&mut buf) {
+                Ok((n, _)) => batch.push(self.server.handle(&buf[..n], unix_now())),
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted) => {}
+                Err(e) => return Err(socket_error("receive")(e)),
+            }
+            if !batch.is_empty() {
+                // Take whatever else is waiting, so one commit serves them all.
+                self.socket.set_nonblocking(true).map_err(socket_error("set non-blocking"))?;
+                while batch.len() < BATCH {
+                    match self.socket.recv_from(&mut buf) {
+                        Ok((n, _)) => batch.push(self.server.handle(&buf[..n], unix_now())),
+                        Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                        Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                        Err(e) => return Err(socket_error("receive")(e)),
+                    }
+                }
+                self.socket.set_nonblocking(false).map_err(socket_error("set blocking"))?;
+            }
+            let now = unix_now();
+            let mut changes: Vec<_> = batch.iter_mut().flat_map(|h| h.changes.drain(..)).collect();
+            if now != self.last_expiry {
+                self.last_expiry = now;
+                changes.extend(self.server.expire(now));
+            }
+            if !changes.is_empty() {
+                self.store.commit(&changes)?;
+            }
+            for handled in batch.drain(..) {
+                if let Some(reply) = handled.reply {
+                    let to = match reply.to {
+                        ReplyTo::Relay(ip) => SocketAddrV4::new(ip, 67),
+                        ReplyTo::Unicast(ip) => SocketAddrV4::new(ip, 68),
+                        ReplyTo::Broadcast => SocketAddrV4::new(Ipv4Addr::BROADCAST, 68),
+                    };
+                    // A reply that cannot be sent is like a lost datagram: the client retries.
+                    let _ = self.socket.send_to(&reply.bytes, to);
+                }
+            }
+            for event in self.server.take_events() {
+                if let Ok(line) = serde_json::to_string(&event) {
+                    let _ = writeln!(events, "{line}");
+                }
+            }
+            let _ = events.flush();
+        }
+        Ok(())
+    }
+}
+
+fn bind(config: &DhcpConfig) -> Result<UdpSocket, ServiceError> {
+    let socket = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP)).map_err(socket_error("create"))?;
+    socket.set_reuse_address(true).map_err(socket_error("SO_REUSEADDR"))?;
+    socket.set_broadcast(true).map_err(socket_error("SO_BROADCAST"))?;
+    if let Some(interface) = &config.interface {
+        socket
+            .bind_device(Some(interface.as_bytes()))
+            .map_err(socket_error(format!("bind to interface {interface} (needs root)")))?;
+    }
+    socket.bind(&SocketAddr::V4(config.listen).into()).map_err(socket_error(format!("bind {}", config.listen)))?;
+    Ok(socket.into())
+}
