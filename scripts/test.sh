@@ -7,6 +7,8 @@ cd "$(dirname "$0")/.."
 source scripts/lib.sh
 
 need_cargo
+# Real DHCP clients and namespace tools for the DHCP integration tests (they need root).
+apt_install iproute2 isc-dhcp-client busybox dhcpcd-base
 section "format"
 cargo fmt --all -- --check
 section "lints"

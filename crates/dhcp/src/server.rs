@@ -60,6 +60,9 @@ pub enum LeaseEventKind {
     Declined,
     /// A lease ran out.
     Expired,
+    /// A client was refused the address it asked for (DHCPNAK): A past the deadline, B after a
+    /// rollback.
+    Refused,
 }
 
 /// A lease event.
@@ -429,6 +432,13 @@ impl DhcpServer {
             }
             Decision::Assign(_) | Decision::Refuse => {
                 self.counters.naks += 1;
+                let vm_name = vm.map(|v| self.config.reservations[v].vm.clone());
+                let migration = self.plans.values().rev().find(|p| p.ip == asked).map(|p| {
+                    let role =
+                        if vm_name.as_deref() == Some(p.source.as_str()) { Role::Source } else { Role::Destination };
+                    (p.id, role)
+                });
+                self.event(LeaseEventKind::Refused, client, asked, vm_name, migration, now);
                 Handled { reply: self.answer(req, MessageType::Nak, None), changes: Vec::new() }
             }
         }
@@ -567,9 +577,12 @@ impl DhcpServer {
                 opts.insert(DhcpOption::Unknown(UnknownOption::new(code, shadow_option_payload(role, id, deadline))));
             }
         }
+        // A shadowed address is held by two VMs: unicast to it could reach either, so its
+        // clients are answered by broadcast (their xid and chaddr pick the reply out).
+        let shadowed = self.plans.values().any(|p| p.ip == m.ciaddr() && p.is_active());
         let to = if !m.giaddr().is_unspecified() {
             ReplyTo::Relay(m.giaddr())
-        } else if kind != MessageType::Nak && !m.ciaddr().is_unspecified() {
+        } else if kind != MessageType::Nak && !m.ciaddr().is_unspecified() && !shadowed {
             ReplyTo::Unicast(m.ciaddr())
         } else {
             ReplyTo::Broadcast

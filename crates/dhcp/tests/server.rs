@@ -142,10 +142,13 @@ fn during_a_migration_both_vms_hold_x_with_the_shadowing_option() {
     // A renews: capped at the deadline, marked as the source.
     let a = answer(&s.handle(&renew(MAC_A, X), T0 + 300));
     assert_eq!((a.kind, a.lease), (MessageType::Ack, Some(300)));
+    assert_eq!(a.to, ReplyTo::Broadcast, "X is held by two VMs: unicast to it could reach either");
     assert_eq!(a.shadow.unwrap()[..2], [1, 1]);
     // Past the deadline A is refused, B still renews.
     let late = answer(&s.handle(&renew(MAC_A, X), deadline));
     assert_eq!((late.kind, late.to), (MessageType::Nak, ReplyTo::Broadcast));
+    let refused = s.take_events().pop().unwrap();
+    assert_eq!((refused.kind, refused.migration), (LeaseEventKind::Refused, Some((7, Role::Source))));
     assert_eq!(answer(&s.handle(&renew(MAC_B, X), deadline)).kind, MessageType::Ack);
     // Completed: B gets the normal lease, no option; A stays refused.
     s.end_plan(7, PlanState::Completed).unwrap();

@@ -33,7 +33,12 @@ fn committed_leases_survive_a_reopen() {
         assert!(store.load().unwrap().is_empty());
         let changes: Vec<LeaseChange> = (10..20).map(|i| LeaseChange::Put(lease(i, 1000 + u64::from(i)))).collect();
         store.commit(&changes).unwrap();
-        store.commit(&[LeaseChange::Delete { ip: Ipv4Addr::new(10, 0, 0, 11), client: ClientKey::Mac([2, 0, 0, 0, 0, 11]) }]).unwrap();
+        store
+            .commit(&[LeaseChange::Delete {
+                ip: Ipv4Addr::new(10, 0, 0, 11),
+                client: ClientKey::Mac([2, 0, 0, 0, 0, 11]),
+            }])
+            .unwrap();
         store.commit(&[LeaseChange::Put(lease(12, 5000))]).unwrap();
     }
     let store = LeaseStore::open(&path).unwrap();

@@ -20,8 +20,7 @@ pub struct DhcpArgs {
 /// ACK is sent after its lease is on disk, so stopping it at any moment (even SIGKILL) loses
 /// nothing a client was told.
 pub fn run(args: &DhcpArgs) -> anyhow::Result<()> {
-    let text =
-        std::fs::read_to_string(&args.config).with_context(|| format!("reading {}", args.config.display()))?;
+    let text = std::fs::read_to_string(&args.config).with_context(|| format!("reading {}", args.config.display()))?;
     let config = DhcpConfig::from_toml(&text).with_context(|| format!("in {}", args.config.display()))?;
     let mut service = Service::start(config)?;
     if let Some(addr) = service.local_addr() {
