@@ -82,7 +82,7 @@ pub enum MigrationConfigState {
 pub struct SubnetConfig {
     /// Network address.
     pub network: Ipv4Addr,
-    /// Prefix length (8..=30).
+    /// Prefix length (1..=30).
     pub prefix: u8,
     /// Default routers (option 3).
     #[serde(default)]
@@ -96,6 +96,10 @@ pub struct SubnetConfig {
     /// Dynamic pool for clients the inventory does not know (none: they are ignored).
     #[serde(default)]
     pub pool: Option<Pool>,
+    /// Relay agents (giaddr) serving this subnet from outside it; a relayed request is served
+    /// by the subnet listing its relay, else by the subnet containing the relay's address.
+    #[serde(default)]
+    pub relays: Vec<Ipv4Addr>,
 }
 
 /// A dynamic address range, both ends included.
@@ -243,8 +247,11 @@ impl DhcpConfig {
         }
         for (i, s) in self.subnets.iter().enumerate() {
             let key = |k: &str| format!("subnets[{i}].{k}");
-            if !(8..=30).contains(&s.prefix) {
-                return Err(invalid(key("prefix"), "must be within 8..=30"));
+            if !(1..=30).contains(&s.prefix) {
+                return Err(invalid(key("prefix"), "must be within 1..=30"));
+            }
+            if s.network != Ipv4Addr::from(u32::from(s.network) & u32::from(s.mask())) {
+                return Err(invalid(key("network"), "has host bits set for its prefix"));
             }
             if s.lease_secs < 60 {
                 return Err(invalid(key("lease_secs"), "must be at least 60"));

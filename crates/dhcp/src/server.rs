@@ -366,7 +366,12 @@ impl DhcpServer {
     /// The pool address of a client the inventory does not reserve one for: the one it holds or
     /// was offered, else the next free one.
     fn pool_address(&mut self, client: &ClientKey, message: &Message, now: u64) -> Option<Ipv4Addr> {
-        let subnet = if message.giaddr().is_unspecified() { 0 } else { self.subnet_for(message.giaddr())? };
+        let giaddr = message.giaddr();
+        let subnet = if giaddr.is_unspecified() {
+            0
+        } else {
+            self.config.subnets.iter().position(|s| s.relays.contains(&giaddr)).or_else(|| self.subnet_for(giaddr))?
+        };
         let pool = self.config.subnets.get(subnet)?.pool?;
         let in_pool = |ip: Ipv4Addr| (u32::from(pool.start)..=u32::from(pool.end)).contains(&u32::from(ip));
         if let Some(lease) = self.leases.of(client).filter(|l| in_pool(l.ip)) {
