@@ -112,6 +112,15 @@ impl Service {
                 }
                 self.socket.set_nonblocking(false).map_err(socket_error("set blocking"))?;
             }
+            // Replies that change no lease (OFFER, NAK, INFORM answers) need no commit: they go
+            // out now, so clients are not kept waiting behind the fsync.
+            for handled in &mut batch {
+                if handled.changes.is_empty()
+                    && let Some(reply) = handled.reply.take()
+                {
+                    self.send(&reply);
+                }
+            }
             let now = unix_now();
             let mut changes: Vec<_> = batch.iter_mut().flat_map(|h| h.changes.drain(..)).collect();
             if now != self.last_expiry {
@@ -123,13 +132,7 @@ impl Service {
             }
             for handled in batch.drain(..) {
                 if let Some(reply) = handled.reply {
-                    let to = match reply.to {
-                        ReplyTo::Relay(ip) => SocketAddrV4::new(ip, 67),
-                        ReplyTo::Unicast(ip) => SocketAddrV4::new(ip, 68),
-                        ReplyTo::Broadcast => SocketAddrV4::new(Ipv4Addr::BROADCAST, 68),
-                    };
-                    // A reply that cannot be sent is like a lost datagram: the client retries.
-                    let _ = self.socket.send_to(&reply.bytes, to);
+                    self.send(&reply);
                 }
             }
             for event in self.server.take_events() {
@@ -143,10 +146,27 @@ impl Service {
     }
 }
 
+impl Service {
+    fn send(&self, reply: &crate::server::Reply) {
+        let to = match reply.to {
+            ReplyTo::Relay(ip) => SocketAddrV4::new(ip, 67),
+            ReplyTo::Unicast(ip) => SocketAddrV4::new(ip, 68),
+            ReplyTo::Broadcast => SocketAddrV4::new(Ipv4Addr::BROADCAST, 68),
+        };
+        // A reply that cannot be sent is like a lost datagram: the client retries.
+        let _ = self.socket.send_to(&reply.bytes, to);
+    }
+}
+
+/// Receive buffer: room for the requests that arrive while a commit waits for the disk.
+const RECEIVE_BUFFER: usize = 8 << 20;
+
 fn bind(config: &DhcpConfig) -> Result<UdpSocket, ServiceError> {
     let socket = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP)).map_err(socket_error("create"))?;
     socket.set_reuse_address(true).map_err(socket_error("SO_REUSEADDR"))?;
     socket.set_broadcast(true).map_err(socket_error("SO_BROADCAST"))?;
+    // The kernel caps this at net.core.rmem_max; a smaller buffer only means earlier drops.
+    let _ = socket.set_recv_buffer_size(RECEIVE_BUFFER);
     if let Some(interface) = &config.interface {
         socket
             .bind_device(Some(interface.as_bytes()))
