@@ -59,7 +59,8 @@ fn key(ip: std::net::Ipv4Addr, client: &ClientKey) -> Vec<u8> {
 }
 
 impl LeaseStore {
-    /// Opens the store at `path`, creating the file if it does not exist (its directory must).
+    /// Opens the store at `path`, creating the file if it does not exist (its directory must);
+    /// a caller that must not start empty checks for the file first.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         let open_error = |e: redb::DatabaseError| StoreError::Open { path: path.to_owned(), source: Box::new(e) };
         let db = Database::create(path).map_err(open_error)?;

@@ -22,7 +22,12 @@ pub struct DhcpArgs {
 pub fn run(args: &DhcpArgs) -> anyhow::Result<()> {
     let text = std::fs::read_to_string(&args.config).with_context(|| format!("reading {}", args.config.display()))?;
     let config = DhcpConfig::from_toml(&text).with_context(|| format!("in {}", args.config.display()))?;
+    let new_store = !config.lease_store.exists();
+    let store = config.lease_store.clone();
     let mut service = Service::start(config)?;
+    if new_store {
+        eprintln!("ipshadow dhcp: created a new, empty lease store at {}", store.display());
+    }
     if let Some(addr) = service.local_addr() {
         eprintln!("ipshadow dhcp: serving on {addr}, {} leases loaded", service.server().leases().len());
     }
