@@ -65,9 +65,11 @@ pub struct Lease {
     pub migration: Option<(u64, Role)>,
 }
 
-/// A change to persist: the lease table's state after it must survive a crash.
+/// A change to persist: the lease table's (or a plan's) state after it must survive a crash.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum LeaseChange {
+    /// A migration plan's new state (e.g. failed by B's DECLINE).
+    Plan(crate::plan::MigrationPlan),
     /// The lease (address, client) is now this.
     Put(Lease),
     /// The lease (address, client) is gone.

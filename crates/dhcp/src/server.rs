@@ -99,8 +99,11 @@ pub struct DhcpCounters {
     pub declines: u64,
     /// RELEASEs received.
     pub releases: u64,
-    /// Requests from clients the inventory does not know, with no pool to serve them.
+    /// Requests from clients the inventory does not know and no pool serves (RFC 2131 4.3.2:
+    /// the server stays silent about clients it has no record of).
     pub unknown_clients: u64,
+    /// DISCOVERs left unanswered because the pool had no free address.
+    pub pool_exhausted: u64,
     /// REQUESTs that chose another server.
     pub other_server: u64,
 }
@@ -131,6 +134,15 @@ pub enum PlanError {
     /// A and B are the same VM.
     #[error("source and destination are the same VM")]
     SameVm,
+    /// A plan with that id exists.
+    #[error("migration {0} exists already")]
+    DuplicateId(u64),
+    /// A VM is already part of an active migration.
+    #[error("VM {0} is already part of an active migration")]
+    VmBusy(String),
+    /// The deadline does not fit the shadowing option (unix seconds, 32 bits).
+    #[error("deadline {0} is out of range")]
+    DeadlineOutOfRange(u64),
     /// No plan with that id.
     #[error("no migration {0}")]
     NoSuchPlan(u64),
@@ -169,6 +181,8 @@ pub struct DhcpServer {
     declined: BTreeMap<Ipv4Addr, u64>,
     plans: BTreeMap<u64, MigrationPlan>,
     pool_cursor: Vec<u32>,
+    /// A full scan of the subnet's pool found no free address, and nothing was freed since.
+    pool_exhausted: Vec<bool>,
     events: Vec<LeaseEvent>,
     counters: DhcpCounters,
 }
@@ -190,6 +204,7 @@ impl DhcpServer {
             }
         }
         let pool_cursor = vec![0; config.subnets.len()];
+        let pool_exhausted = vec![false; config.subnets.len()];
         Ok(Self {
             config,
             reservations,
@@ -201,18 +216,34 @@ impl DhcpServer {
             declined: BTreeMap::new(),
             plans: BTreeMap::new(),
             pool_cursor,
+            pool_exhausted,
             events: Vec::new(),
             counters: DhcpCounters::default(),
         })
     }
 
-    /// Loads leases from the store at start; ones already ended are skipped.
-    pub fn restore(&mut self, leases: impl IntoIterator<Item = Lease>, now: u64) {
+    /// Loads leases from the store at start. Returns the changes that bring the store in line:
+    /// leases that ended while the server was down, pool leases on addresses reserved since,
+    /// and a client's older lease superseded by a newer one are deleted.
+    pub fn restore(&mut self, leases: impl IntoIterator<Item = Lease>, now: u64) -> Vec<LeaseChange> {
+        let mut changes = Vec::new();
+        let mut leases: Vec<Lease> = leases.into_iter().collect();
+        leases.sort_by_key(|l| l.expires);
         for lease in leases {
-            if lease.expires > now {
-                self.leases.put(lease);
+            let reserved_for_other = self.reserved_ips.contains(&lease.ip)
+                && self
+                    .reservations
+                    .get(&lease.client)
+                    .is_none_or(|&v| self.config.reservations[v].ip != Some(lease.ip))
+                && lease.migration.is_none();
+            if lease.expires <= now || reserved_for_other {
+                changes.push(LeaseChange::Delete { ip: lease.ip, client: lease.client });
+            } else {
+                // `put` deletes the client's older lease on another address, if any.
+                changes.extend(self.leases.put(lease).into_iter().filter(|c| matches!(c, LeaseChange::Delete { .. })));
             }
         }
+        changes
     }
 
     /// The lease table.
@@ -248,8 +279,29 @@ impl DhcpServer {
         if self.plans.values().any(|p| p.ip == plan.ip && p.is_active()) {
             return Err(PlanError::AlreadyMigrating(plan.ip));
         }
+        if self.plans.contains_key(&plan.id) {
+            return Err(PlanError::DuplicateId(plan.id));
+        }
+        for vm in [&plan.source, &plan.destination] {
+            if self.plans.values().any(|p| p.is_active() && (&p.source == vm || &p.destination == vm)) {
+                return Err(PlanError::VmBusy(vm.clone()));
+            }
+        }
+        if u32::try_from(plan.deadline).is_err() {
+            return Err(PlanError::DeadlineOutOfRange(plan.deadline));
+        }
         self.plans.insert(plan.id, plan);
         Ok(())
+    }
+
+    /// Every plan, by id.
+    pub fn plans(&self) -> impl Iterator<Item = &MigrationPlan> {
+        self.plans.values()
+    }
+
+    /// Puts back a plan from the store as it was (any state), replacing one with the same id.
+    pub fn restore_plan(&mut self, plan: MigrationPlan) {
+        self.plans.insert(plan.id, plan);
     }
 
     /// Ends a plan: `Completed` (X is B's), `RolledBack` or `Failed` (X stays A's).
@@ -262,9 +314,20 @@ impl DhcpServer {
         Ok(())
     }
 
-    /// Forgets an ended plan (the inventory now says who holds the address).
+    /// Forgets an ended plan. A completed plan's address becomes the destination's reservation
+    /// (and no longer the source's), so B keeps it and A stays refused.
     pub fn remove_plan(&mut self, id: u64) -> Option<MigrationPlan> {
-        self.plans.remove(&id)
+        let plan = self.plans.remove(&id)?;
+        if plan.state == PlanState::Completed {
+            for r in &mut self.config.reservations {
+                if r.vm == plan.source && r.ip == Some(plan.ip) {
+                    r.ip = None;
+                } else if r.vm == plan.destination {
+                    r.ip = Some(plan.ip);
+                }
+            }
+        }
+        Some(plan)
     }
 
     /// Ends leases, offers and declines whose time is up; returns the changes to persist.
@@ -280,6 +343,9 @@ impl DhcpServer {
             self.forget_offer(&key);
         }
         self.declined.retain(|_, until| *until > now);
+        if !changes.is_empty() {
+            self.pool_freed();
+        }
         changes
     }
 
@@ -300,7 +366,7 @@ impl DhcpServer {
             MessageType::Request => self.request(&request, &client, vm, now),
             MessageType::Decline => self.decline(&request, &client, vm, now),
             MessageType::Release => self.release(&request, &client, now),
-            MessageType::Inform => self.inform(&request),
+            MessageType::Inform => self.inform(&request, vm),
             _ => {
                 self.counters.drop("not_a_client_message");
                 Handled::default()
@@ -322,15 +388,24 @@ impl DhcpServer {
     }
 
     fn normal_lease(&self, ip: Ipv4Addr) -> u32 {
-        self.subnet_for(ip).map_or(3600, |i| self.config.subnets[i].lease_secs)
+        // Every assigned address lies in a configured subnet (validated); the fallback is moot.
+        self.subnet_for(ip).map_or(self.config.subnets[0].lease_secs, |i| self.config.subnets[i].lease_secs)
     }
 
-    /// What `client` (VM `vm`) should hold now.
-    fn decide(&mut self, client: &ClientKey, vm: Option<usize>, message: &Message, now: u64) -> Decision {
+    /// What `client` (VM `vm`) should hold now. `allocate`: a DISCOVER may be given a new pool
+    /// address; a REQUEST only confirms one the client holds or was offered.
+    fn decide(
+        &mut self,
+        client: &ClientKey,
+        vm: Option<usize>,
+        message: &Message,
+        now: u64,
+        allocate: bool,
+    ) -> Decision {
         if let Some(v) = vm {
             let name = &self.config.reservations[v].vm;
             let own = self.config.reservations[v].ip;
-            // The newest plan naming the VM decides.
+            // The plan with the highest id naming the VM (the latest migration) decides.
             if let Some(plan) = self.plans.values().rev().find(|p| &p.source == name || &p.destination == name) {
                 let normal = self.normal_lease(plan.ip);
                 let assign = |ip, lease_secs, migration| Decision::Assign(Assignment { ip, lease_secs, migration });
@@ -356,7 +431,7 @@ impl DhcpServer {
                 return Decision::Assign(Assignment { ip, lease_secs: self.normal_lease(ip), migration: None });
             }
         }
-        match self.pool_address(client, message, now) {
+        match self.pool_address(client, message, now, allocate) {
             Some(ip) => Decision::Assign(Assignment { ip, lease_secs: self.normal_lease(ip), migration: None }),
             None if vm.is_some() => Decision::Refuse,
             None => Decision::Unknown,
@@ -364,13 +439,16 @@ impl DhcpServer {
     }
 
     /// The pool address of a client the inventory does not reserve one for: the one it holds or
-    /// was offered, else the next free one.
-    fn pool_address(&mut self, client: &ClientKey, message: &Message, now: u64) -> Option<Ipv4Addr> {
-        let giaddr = message.giaddr();
-        let subnet = if giaddr.is_unspecified() {
-            0
-        } else {
+    /// was offered, else (when `allocate`) the next free one. The subnet is the relay's, else the
+    /// one of the client's current address, else the first (the server's own link).
+    fn pool_address(&mut self, client: &ClientKey, message: &Message, now: u64, allocate: bool) -> Option<Ipv4Addr> {
+        let (giaddr, ciaddr) = (message.giaddr(), message.ciaddr());
+        let subnet = if !giaddr.is_unspecified() {
             self.config.subnets.iter().position(|s| s.relays.contains(&giaddr)).or_else(|| self.subnet_for(giaddr))?
+        } else if !ciaddr.is_unspecified() {
+            self.subnet_for(ciaddr)?
+        } else {
+            0
         };
         let pool = self.config.subnets.get(subnet)?.pool?;
         let in_pool = |ip: Ipv4Addr| (u32::from(pool.start)..=u32::from(pool.end)).contains(&u32::from(ip));
@@ -379,6 +457,14 @@ impl DhcpServer {
         }
         if let Some((ip, _)) = self.offers.get(client).filter(|(ip, _)| in_pool(*ip)) {
             return Some(*ip);
+        }
+        if !allocate {
+            return None;
+        }
+        if self.pool_exhausted[subnet] {
+            // Nothing was freed since the last full scan: do not scan again for every DISCOVER.
+            self.counters.pool_exhausted += 1;
+            return None;
         }
         let size = u32::from(pool.end) - u32::from(pool.start) + 1;
         for _ in 0..size {
@@ -393,16 +479,23 @@ impl DhcpServer {
                 return Some(ip);
             }
         }
+        self.pool_exhausted[subnet] = true;
+        self.counters.pool_exhausted += 1;
         None
     }
 
+    /// Something was freed: the pools may have room again.
+    fn pool_freed(&mut self) {
+        self.pool_exhausted.iter_mut().for_each(|e| *e = false);
+    }
+
     fn discover(&mut self, req: &Request, client: &ClientKey, vm: Option<usize>, now: u64) -> Handled {
-        let Decision::Assign(a) = self.decide(client, vm, &req.message, now) else {
+        let Decision::Assign(a) = self.decide(client, vm, &req.message, now, true) else {
             self.counters.unknown_clients += u64::from(vm.is_none());
             return Handled::default();
         };
         self.forget_offer(client);
-        self.offers.insert(client.clone(), (a.ip, now + OFFER_HOLD_SECS));
+        self.offers.insert(client.clone(), (a.ip, now.saturating_add(OFFER_HOLD_SECS)));
         self.offered_ips.insert(a.ip, client.clone());
         self.counters.offers += 1;
         let reply = self.answer(req, MessageType::Offer, Some(&a));
@@ -429,7 +522,7 @@ impl DhcpServer {
             self.counters.drop("request_without_address");
             return Handled::default();
         };
-        match self.decide(client, vm, m, now) {
+        match self.decide(client, vm, m, now, false) {
             Decision::Assign(a) if a.ip == asked => self.bind(req, client, vm, &a, now),
             Decision::Unknown => {
                 self.counters.unknown_clients += 1;
@@ -458,7 +551,7 @@ impl DhcpServer {
             ip: a.ip,
             client: client.clone(),
             vm: vm_name.clone(),
-            expires: now + u64::from(a.lease_secs),
+            expires: now.saturating_add(u64::from(a.lease_secs)),
             migration,
         };
         let changes = self.leases.put(lease);
@@ -468,15 +561,29 @@ impl DhcpServer {
         Handled { reply: self.answer(req, MessageType::Ack, Some(a)), changes }
     }
 
+    /// DHCPDECLINE (RFC 2131 4.3.3): the client found the address in use. Only a DECLINE sent to
+    /// us, of an address the client holds or was offered, counts.
     fn decline(&mut self, req: &Request, client: &ClientKey, vm: Option<usize>, now: u64) -> Handled {
         self.counters.declines += 1;
-        let Some(DhcpOption::RequestedIpAddress(ip)) = req.message.opts().get(OptionCode::RequestedIpAddress).cloned()
-        else {
+        let opts = req.message.opts();
+        let Some(DhcpOption::RequestedIpAddress(ip)) = opts.get(OptionCode::RequestedIpAddress).cloned() else {
             self.counters.drop("decline_without_address");
             return Handled::default();
         };
+        if !matches!(opts.get(OptionCode::ServerIdentifier), Some(DhcpOption::ServerIdentifier(id)) if *id == self.config.server_id)
+        {
+            self.counters.drop("decline_not_for_us");
+            return Handled::default();
+        }
+        let held = self.leases.on(ip).iter().any(|l| &l.client == client);
+        let offered = self.offers.get(client).is_some_and(|(o, _)| *o == ip);
+        if !held && !offered {
+            self.counters.drop("decline_of_unheld_address");
+            return Handled::default();
+        }
+        self.forget_offer(client);
         let vm_name = vm.map(|v| self.config.reservations[v].vm.clone());
-        let changes: Vec<LeaseChange> = self.leases.remove(ip, client).into_iter().collect();
+        let mut changes: Vec<LeaseChange> = self.leases.remove(ip, client).into_iter().collect();
         let plan = self
             .plans
             .values_mut()
@@ -489,15 +596,27 @@ impl DhcpServer {
                     "{} declined {ip}: its ARP probe for the address was answered (VM segments not isolated)",
                     plan.destination
                 ));
+                changes.push(LeaseChange::Plan(plan.clone()));
                 Some((plan.id, Role::Destination))
             }
             None => {
-                self.declined.insert(ip, now + u64::from(self.config.decline_hold_secs));
+                // Quarantine only what the pool would hand out again; a reservation stays its VM's.
+                if !self.reserved_ips.contains(&ip) && self.in_any_pool(ip) {
+                    self.declined.insert(ip, now.saturating_add(u64::from(self.config.decline_hold_secs)));
+                }
                 None
             }
         };
         self.event(LeaseEventKind::Declined, client, ip, vm_name, migration, now);
         Handled { reply: None, changes }
+    }
+
+    fn in_any_pool(&self, ip: Ipv4Addr) -> bool {
+        self.config
+            .subnets
+            .iter()
+            .filter_map(|s| s.pool)
+            .any(|p| (u32::from(p.start)..=u32::from(p.end)).contains(&u32::from(ip)))
     }
 
     fn release(&mut self, req: &Request, client: &ClientKey, now: u64) -> Handled {
@@ -507,13 +626,22 @@ impl DhcpServer {
             return Handled::default();
         };
         let changes = self.leases.remove(ip, client).into_iter().collect();
+        self.pool_freed();
         self.event(LeaseEventKind::Released, client, ip, lease.vm, lease.migration, now);
         Handled { reply: None, changes }
     }
 
-    fn inform(&mut self, req: &Request) -> Handled {
-        if req.message.ciaddr().is_unspecified() {
+    /// DHCPINFORM (RFC 2131 4.3.5): configuration for a client with an address, only for VMs
+    /// the inventory knows or addresses of a subnet with a pool (provider mode ignores others).
+    fn inform(&mut self, req: &Request, vm: Option<usize>) -> Handled {
+        let ciaddr = req.message.ciaddr();
+        if ciaddr.is_unspecified() {
             self.counters.drop("inform_without_address");
+            return Handled::default();
+        }
+        let served = vm.is_some() || self.subnet_for(ciaddr).is_some_and(|s| self.config.subnets[s].pool.is_some());
+        if !served {
+            self.counters.unknown_clients += 1;
             return Handled::default();
         }
         self.counters.acks += 1;
@@ -525,6 +653,7 @@ impl DhcpServer {
             && self.offered_ips.get(&ip) == Some(client)
         {
             self.offered_ips.remove(&ip);
+            self.pool_freed();
         }
     }
 
@@ -540,8 +669,8 @@ impl DhcpServer {
         self.events.push(LeaseEvent { kind, ip, client: client.to_string(), vm, migration, at });
     }
 
-    /// Builds and encodes a reply of `kind` to `req`; an assignment adds the address and its
-    /// options. `None` only if encoding fails (counted).
+    /// Builds and encodes a reply of `kind` to `req` (RFC 2131 4.1, 4.3.1-4.3.2); an assignment
+    /// adds the address and its options. `None` only if encoding fails (counted).
     fn answer(&mut self, req: &Request, kind: MessageType, a: Option<&Assignment>) -> Option<Reply> {
         let m = &req.message;
         let mut r = Message::default();
@@ -573,7 +702,7 @@ impl DhcpServer {
             let opts = r.opts_mut();
             opts.insert(DhcpOption::AddressLeaseTime(a.lease_secs));
             opts.insert(DhcpOption::Renewal(a.lease_secs / 2));
-            opts.insert(DhcpOption::Rebinding((u64::from(a.lease_secs) * 7 / 8) as u32));
+            opts.insert(DhcpOption::Rebinding(a.lease_secs - a.lease_secs / 8));
             if let Some(s) = self.subnet_for(a.ip) {
                 subnet_options(opts, &self.config.subnets[s]);
             }
@@ -582,9 +711,16 @@ impl DhcpServer {
                 opts.insert(DhcpOption::Unknown(UnknownOption::new(code, shadow_option_payload(role, id, deadline))));
             }
         }
-        // A shadowed address is held by two VMs: unicast to it could reach either, so its
-        // clients are answered by broadcast (their xid and chaddr pick the reply out).
-        let shadowed = self.plans.values().any(|p| p.ip == m.ciaddr() && p.is_active());
+        // An address held by two VMs (a migration, or after the cut-over until A's lease ends):
+        // unicast to it could reach either, so its clients are answered by broadcast (their xid
+        // and chaddr pick the reply out).
+        let requester = client_key(m);
+        let shadowed = self.plans.values().any(|p| p.ip == m.ciaddr() && p.is_active())
+            || self.leases.on(m.ciaddr()).iter().any(|l| l.client != requester);
+        if kind == MessageType::Nak && !m.giaddr().is_unspecified() {
+            // RFC 2131 4.3.2: a NAK through a relay asks it to broadcast.
+            r.set_flags(m.flags().set_broadcast());
+        }
         let to = if !m.giaddr().is_unspecified() {
             ReplyTo::Relay(m.giaddr())
         } else if kind != MessageType::Nak && !m.ciaddr().is_unspecified() && !shadowed {

@@ -30,6 +30,9 @@ pub enum ServiceError {
     /// The lease store failed; no reply was sent for the uncommitted batch.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// An earlier error left memory and store apart: restart the service.
+    #[error("the service failed earlier and must be restarted from its store")]
+    Failed,
     /// The socket could not be set up or failed.
     #[error("socket {what}: {source}")]
     Socket {
@@ -56,6 +59,8 @@ pub struct Service {
     store: LeaseStore,
     socket: UdpSocket,
     last_expiry: u64,
+    /// A commit failed: memory is ahead of the store, so the service must not serve again.
+    failed: bool,
 }
 
 impl Service {
@@ -66,16 +71,27 @@ impl Service {
         let socket = bind(&config)?;
         let migrations = config.migrations.clone();
         let mut server = DhcpServer::new(config)?;
-        server.restore(store.load()?, now);
-        for m in migrations {
+        let mut changes = server.restore(store.load()?, now);
+        // A stored plan that ended (e.g. failed by B's DECLINE before a crash) wins over the
+        // configuration; an active one takes the configuration's deadline and state.
+        let stored = store.load_plans()?;
+        let ended: std::collections::BTreeSet<u64> = stored.iter().filter(|p| !p.is_active()).map(|p| p.id).collect();
+        for plan in stored.into_iter().filter(|p| !p.is_active()) {
+            server.restore_plan(plan);
+        }
+        for m in migrations.into_iter().filter(|m| !ended.contains(&m.id)) {
             server.add_plan(MigrationPlan::new(m.id, m.ip, &m.source, &m.destination, m.deadline))?;
             match m.state {
                 MigrationConfigState::Active => {}
                 MigrationConfigState::Completed => server.end_plan(m.id, PlanState::Completed)?,
                 MigrationConfigState::RolledBack => server.end_plan(m.id, PlanState::RolledBack)?,
             }
+            if let Some(plan) = server.plan(m.id) {
+                changes.push(crate::LeaseChange::Plan(plan.clone()));
+            }
         }
-        Ok(Self { server, store, socket, last_expiry: now })
+        store.commit(&changes)?;
+        Ok(Self { server, store, socket, last_expiry: now, failed: false })
     }
 
     /// The address the socket is bound to.
@@ -89,7 +105,19 @@ impl Service {
     }
 
     /// Serves until `stop` is set; lease events go to `events` as JSON lines.
+    ///
+    /// After an error the service refuses to run again: its memory may hold changes the store
+    /// does not (a failed commit), so it must be restarted from the store.
     pub fn run(&mut self, stop: &AtomicBool, events: &mut impl std::io::Write) -> Result<(), ServiceError> {
+        if self.failed {
+            return Err(ServiceError::Failed);
+        }
+        let result = self.serve(stop, events);
+        self.failed = result.is_err();
+        result
+    }
+
+    fn serve(&mut self, stop: &AtomicBool, events: &mut impl std::io::Write) -> Result<(), ServiceError> {
         let mut buf = vec![0u8; 2048];
         let mut batch: Vec<Handled> = Vec::with_capacity(BATCH);
         while !stop.load(Ordering::Relaxed) {

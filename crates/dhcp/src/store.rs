@@ -9,9 +9,12 @@ use std::path::{Path, PathBuf};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
 use crate::lease::{ClientKey, Lease, LeaseChange};
+use crate::plan::MigrationPlan;
 
 /// Leases, keyed by address (4 bytes) and client key (JSON), valued by the lease (JSON).
 const LEASES: TableDefinition<'_, &[u8], &[u8]> = TableDefinition::new("leases");
+/// Migration plans by id, valued by the plan (JSON): a plan's state survives a restart.
+const PLANS: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("plans");
 
 /// A store that cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -88,18 +91,38 @@ impl LeaseStore {
         Ok(leases)
     }
 
+    /// Every stored migration plan.
+    pub fn load_plans(&self) -> Result<Vec<MigrationPlan>, StoreError> {
+        let tx = self.db.begin_read().map_err(|e| self.io("begin read", e))?;
+        let table = tx.open_table(PLANS).map_err(|e| self.io("open table", e))?;
+        let mut plans = Vec::new();
+        for row in table.iter().map_err(|e| self.io("read", e))? {
+            let (_, value) = row.map_err(|e| self.io("read", e))?;
+            plans.push(
+                serde_json::from_slice(value.value())
+                    .map_err(|e| StoreError::Corrupt { path: self.path.clone(), detail: e.to_string() })?,
+            );
+        }
+        Ok(plans)
+    }
+
     /// Applies `changes` in one transaction; returns once they are on disk.
     pub fn commit(&self, changes: &[LeaseChange]) -> Result<(), StoreError> {
         let tx = self.db.begin_write().map_err(|e| self.io("begin write", e))?;
         {
             let mut table = tx.open_table(LEASES).map_err(|e| self.io("open table", e))?;
+            let mut plans = tx.open_table(PLANS).map_err(|e| self.io("open table", e))?;
             for change in changes {
                 match change {
                     LeaseChange::Put(lease) => {
                         let value = serde_json::to_vec(lease).map_err(|e| self.io("encode", e))?;
-                        table.insert(key(lease.ip, &lease.client).as_slice(), value.as_slice())
+                        table.insert(key(lease.ip, &lease.client).as_slice(), value.as_slice()).map(|_| ())
                     }
-                    LeaseChange::Delete { ip, client } => table.remove(key(*ip, client).as_slice()).map(|_| None),
+                    LeaseChange::Delete { ip, client } => table.remove(key(*ip, client).as_slice()).map(|_| ()),
+                    LeaseChange::Plan(plan) => {
+                        let value = serde_json::to_vec(plan).map_err(|e| self.io("encode", e))?;
+                        plans.insert(plan.id, value.as_slice()).map(|_| ())
+                    }
                 }
                 .map_err(|e| self.io("write", e))?;
             }

@@ -179,9 +179,14 @@ fn b_declining_x_fails_the_migration_without_quarantining_x() {
     bind(&mut s, MAC_A, T0);
     s.add_plan(MigrationPlan::new(9, X, "vm-a", "vm-b", T0 + 600)).unwrap();
     bind(&mut s, MAC_B, T0 + 10);
-    let decline = message(MAC_B, MessageType::Decline, Ipv4Addr::UNSPECIFIED, vec![DhcpOption::RequestedIpAddress(X)]);
-    let h = s.handle(&decline, T0 + 11);
-    assert!(h.reply.is_none() && h.changes.len() == 1);
+    // A DECLINE without our server identifier is not for us.
+    let stray = message(MAC_B, MessageType::Decline, Ipv4Addr::UNSPECIFIED, vec![DhcpOption::RequestedIpAddress(X)]);
+    assert_eq!(s.handle(&stray, T0 + 11), Handled::default());
+    assert!(s.plan(9).unwrap().is_active());
+    let ours = vec![DhcpOption::RequestedIpAddress(X), DhcpOption::ServerIdentifier([10, 0, 0, 1].into())];
+    let h = s.handle(&message(MAC_B, MessageType::Decline, Ipv4Addr::UNSPECIFIED, ours), T0 + 11);
+    assert!(h.reply.is_none());
+    assert!(matches!(h.changes[..], [LeaseChange::Delete { .. }, LeaseChange::Plan(_)]), "{:?}", h.changes);
     match &s.plan(9).unwrap().state {
         PlanState::Failed(why) => assert!(why.contains("declined 10.0.0.10"), "{why}"),
         other => panic!("{other:?}"),
@@ -268,4 +273,97 @@ fn plans_are_checked() {
     assert!(s.add_plan(MigrationPlan::new(2, X, "vm-a", "vm-b", T0)).is_err(), "already migrating");
     s.end_plan(1, PlanState::Completed).unwrap();
     assert!(s.end_plan(1, PlanState::RolledBack).is_err());
+}
+
+fn relayed(mac: [u8; 6], kind: MessageType, ciaddr: Ipv4Addr, giaddr: Ipv4Addr, opts: Vec<DhcpOption>) -> Vec<u8> {
+    let mut m = Message::new_with_id(0x77, ciaddr, Ipv4Addr::UNSPECIFIED, Ipv4Addr::UNSPECIFIED, giaddr, &mac);
+    m.opts_mut().insert(DhcpOption::MessageType(kind));
+    for o in opts {
+        m.opts_mut().insert(o);
+    }
+    let mut buf = Vec::new();
+    m.encode(&mut Encoder::new(&mut buf)).unwrap();
+    buf
+}
+
+#[test]
+fn a_relayed_pool_client_renews_directly_and_a_stranger_is_not_answered() {
+    let relay = Ipv4Addr::new(192, 168, 1, 1);
+    let config = DhcpConfig::from_toml(
+        r#"
+        server_id = "10.0.0.1"
+        [[subnets]]
+        network = "10.0.0.0"
+        prefix = 24
+        [[subnets]]
+        network = "10.9.0.0"
+        prefix = 24
+        relays = ["192.168.1.1"]
+        pool = { start = "10.9.0.10", end = "10.9.0.20" }
+    "#,
+    )
+    .unwrap();
+    let mut s = DhcpServer::new(config).unwrap();
+    let c = [2, 0, 0, 0, 9, 9];
+    let offer = answer(&s.handle(&relayed(c, MessageType::Discover, Ipv4Addr::UNSPECIFIED, relay, vec![]), T0));
+    assert_eq!((offer.yiaddr, offer.to), (Ipv4Addr::new(10, 9, 0, 10), ReplyTo::Relay(relay)));
+    let select = vec![DhcpOption::RequestedIpAddress(offer.yiaddr), DhcpOption::ServerIdentifier([10, 0, 0, 1].into())];
+    let ack = answer(&s.handle(&relayed(c, MessageType::Request, Ipv4Addr::UNSPECIFIED, relay, select), T0));
+    assert_eq!(ack.kind, MessageType::Ack);
+    // RENEWING goes straight to the server: no giaddr, ciaddr in the relayed subnet.
+    let renew = answer(&s.handle(&renew(c, offer.yiaddr), T0 + 100));
+    assert_eq!((renew.kind, renew.yiaddr), (MessageType::Ack, offer.yiaddr));
+    // INIT-REBOOT of a client we never saw: RFC 2131 4.3.2, stay silent.
+    let stranger = vec![DhcpOption::RequestedIpAddress(Ipv4Addr::new(10, 9, 0, 15))];
+    let h = s.handle(&relayed([2, 0, 0, 0, 8, 8], MessageType::Request, Ipv4Addr::UNSPECIFIED, relay, stranger), T0);
+    assert!(h.reply.is_none());
+    // A relayed NAK asks the relay to broadcast.
+    let wrong = vec![
+        DhcpOption::RequestedIpAddress(Ipv4Addr::new(10, 9, 0, 19)),
+        DhcpOption::ServerIdentifier([10, 0, 0, 1].into()),
+    ];
+    let nak = s.handle(&relayed(c, MessageType::Request, Ipv4Addr::UNSPECIFIED, relay, wrong), T0 + 200);
+    let bytes = &nak.reply.unwrap().bytes;
+    assert_eq!(bytes[10] & 0x80, 0x80, "broadcast flag set on a relayed NAK");
+}
+
+#[test]
+fn after_a_completed_plan_is_removed_b_keeps_x_and_a_stays_refused() {
+    let mut s = DhcpServer::new(config(false)).unwrap();
+    bind(&mut s, MAC_A, T0);
+    s.add_plan(MigrationPlan::new(3, X, "vm-a", "vm-b", T0 + 100)).unwrap();
+    assert!(matches!(
+        s.add_plan(MigrationPlan::new(3, X, "vm-a", "vm-b", T0)),
+        Err(ipshadow_dhcp::PlanError::AlreadyMigrating(_))
+    ));
+    bind(&mut s, MAC_B, T0 + 1);
+    s.end_plan(3, PlanState::Completed).unwrap();
+    s.remove_plan(3).unwrap();
+    assert!(
+        matches!(s.add_plan(MigrationPlan::new(3, X, "vm-b", "vm-a", T0 + 900)), Ok(())),
+        "X is B's now: B can be the source"
+    );
+    s.remove_plan(3);
+    let b = answer(&s.handle(&renew(MAC_B, X), T0 + 200));
+    assert_eq!((b.kind, b.lease), (MessageType::Ack, Some(3600)));
+    assert_eq!(answer(&s.handle(&renew(MAC_A, X), T0 + 200)).kind, MessageType::Nak);
+}
+
+#[test]
+fn restore_drops_ended_leases_from_the_store_and_inform_ignores_strangers() {
+    let mut s = DhcpServer::new(config(false)).unwrap();
+    let lease = |mac: u8, expires| ipshadow_dhcp::Lease {
+        ip: Ipv4Addr::new(10, 0, 0, mac),
+        client: ipshadow_dhcp::ClientKey::Mac([2, 0, 0, 0, 1, mac]),
+        vm: None,
+        expires,
+        migration: None,
+    };
+    let changes = s.restore([lease(50, T0 - 1), lease(51, T0 + 100)], T0);
+    assert!(matches!(changes[..], [LeaseChange::Delete { ip, .. }] if ip == Ipv4Addr::new(10, 0, 0, 50)));
+    assert_eq!(s.leases().len(), 1);
+    let inform = message([2, 0, 0, 0, 7, 7], MessageType::Inform, Ipv4Addr::new(10, 0, 0, 77), vec![]);
+    assert!(s.handle(&inform, T0).reply.is_none(), "provider mode: no answer for unknown clients");
+    let known = message(MAC_A, MessageType::Inform, X, vec![]);
+    assert_eq!(answer(&s.handle(&known, T0)).kind, MessageType::Ack);
 }

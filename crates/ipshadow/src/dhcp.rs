@@ -24,13 +24,14 @@ pub fn run(args: &DhcpArgs) -> anyhow::Result<()> {
     let config = DhcpConfig::from_toml(&text).with_context(|| format!("in {}", args.config.display()))?;
     let new_store = !config.lease_store.exists();
     let store = config.lease_store.clone();
-    let mut service = Service::start(config)?;
+    let mut service = Service::start(config).with_context(|| format!("starting with {}", args.config.display()))?;
     if new_store {
         eprintln!("ipshadow dhcp: created a new, empty lease store at {}", store.display());
     }
     if let Some(addr) = service.local_addr() {
         eprintln!("ipshadow dhcp: serving on {addr}, {} leases loaded", service.server().leases().len());
     }
+    // Nothing sets it yet: the process runs until killed, which loses nothing (see above).
     let stop = AtomicBool::new(false);
     service.run(&stop, &mut std::io::stdout().lock())?;
     Ok(())

@@ -152,9 +152,13 @@ esac
     fn wait_hook(&self, vm: usize, since: usize, events: &[&str]) -> BTreeMap<String, String> {
         let start = Instant::now();
         while start.elapsed() < Duration::from_secs(30) {
-            if let Some(line) =
-                self.hook_lines(vm).into_iter().skip(since).find(|l| events.contains(&l["event"].as_str()))
-            {
+            // A binding counts when it names its address (dhcpcd also reports some without one).
+            let wanted = |l: &BTreeMap<String, String>| {
+                let event = l.get("event").map_or("", String::as_str);
+                let binding = matches!(event, "BOUND" | "bound" | "renew" | "RENEW" | "REBOOT" | "REBIND");
+                events.contains(&event) && (!binding || l.contains_key("ip") || l.contains_key("new_ip_address"))
+            };
+            if let Some(line) = self.hook_lines(vm).into_iter().skip(since).find(wanted) {
                 return line;
             }
             std::thread::sleep(Duration::from_millis(100));
@@ -262,18 +266,29 @@ esac
     }
 }
 
+impl Lab {
+    /// dhcpcd keeps leases per interface name in /var/lib/dhcpcd; a stale one from an earlier
+    /// run with the same name would make it reboot into that lease.
+    fn forget_dhcpcd_leases(&self) {
+        for vm in 0..2 {
+            let _ = std::fs::remove_file(format!("/var/lib/dhcpcd/{}.lease", self.iface(vm)));
+        }
+    }
+}
+
 impl Drop for Lab {
     fn drop(&mut self) {
         for child in self.daemons.iter_mut().flatten().chain(self.server.as_mut()) {
             let _ = child.kill();
             let _ = child.wait();
         }
+        self.forget_dhcpcd_leases();
     }
 }
 
 /// The lease time and shadowing role (1 source, 2 destination) a client's hook saw.
 fn lease_and_role(line: &BTreeMap<String, String>) -> (u64, Option<u8>) {
-    let lease = line.get("lease").or(line.get("new_dhcp_lease_time")).and_then(|v| v.parse().ok()).unwrap();
+    let lease = line.get("lease").or(line.get("new_dhcp_lease_time")).and_then(|v| v.parse().ok()).unwrap_or(0);
     let role = line.get("opt224").or(line.get("new_ipshadow")).and_then(|v| {
         if v.contains(',') || v.contains(' ') {
             v.split([',', ' ']).nth(1)?.trim().parse().ok()
@@ -294,6 +309,7 @@ fn client_story(tag: &str, client: Client) {
         return;
     }
     let mut lab = Lab::new(tag, client);
+    lab.forget_dhcpcd_leases();
     lab.start_server(None);
     // A obtains, renews and releases its reservation.
     let bound = lab.obtain(0);
