@@ -79,31 +79,30 @@ impl LeaseStore {
 
     /// Every stored lease.
     pub fn load(&self) -> Result<Vec<Lease>, StoreError> {
-        let tx = self.db.begin_read().map_err(|e| self.io("begin read", e))?;
-        let table = tx.open_table(LEASES).map_err(|e| self.io("open table", e))?;
-        let mut leases = Vec::new();
-        for row in table.iter().map_err(|e| self.io("read", e))? {
-            let (_, value) = row.map_err(|e| self.io("read", e))?;
-            let lease: Lease = serde_json::from_slice(value.value())
-                .map_err(|e| StoreError::Corrupt { path: self.path.clone(), detail: e.to_string() })?;
-            leases.push(lease);
-        }
-        Ok(leases)
+        self.read_all(LEASES)
     }
 
     /// Every stored migration plan.
     pub fn load_plans(&self) -> Result<Vec<MigrationPlan>, StoreError> {
+        self.read_all(PLANS)
+    }
+
+    /// Every value of `table`, decoded from JSON.
+    fn read_all<K: redb::Key + 'static, T: serde::de::DeserializeOwned>(
+        &self,
+        table: TableDefinition<'_, K, &[u8]>,
+    ) -> Result<Vec<T>, StoreError> {
         let tx = self.db.begin_read().map_err(|e| self.io("begin read", e))?;
-        let table = tx.open_table(PLANS).map_err(|e| self.io("open table", e))?;
-        let mut plans = Vec::new();
+        let table = tx.open_table(table).map_err(|e| self.io("open table", e))?;
+        let mut values = Vec::new();
         for row in table.iter().map_err(|e| self.io("read", e))? {
             let (_, value) = row.map_err(|e| self.io("read", e))?;
-            plans.push(
+            values.push(
                 serde_json::from_slice(value.value())
                     .map_err(|e| StoreError::Corrupt { path: self.path.clone(), detail: e.to_string() })?,
             );
         }
-        Ok(plans)
+        Ok(values)
     }
 
     /// Applies `changes` in one transaction; returns once they are on disk.

@@ -41,8 +41,12 @@ fn config(pool: bool) -> DhcpConfig {
 }
 
 fn message(mac: [u8; 6], kind: MessageType, ciaddr: Ipv4Addr, opts: Vec<DhcpOption>) -> Vec<u8> {
-    let mut m =
-        Message::new_with_id(0x1234, ciaddr, Ipv4Addr::UNSPECIFIED, Ipv4Addr::UNSPECIFIED, Ipv4Addr::UNSPECIFIED, &mac);
+    relayed(mac, kind, ciaddr, Ipv4Addr::UNSPECIFIED, opts)
+}
+
+/// A client message, through the relay `giaddr` unless that is 0.0.0.0.
+fn relayed(mac: [u8; 6], kind: MessageType, ciaddr: Ipv4Addr, giaddr: Ipv4Addr, opts: Vec<DhcpOption>) -> Vec<u8> {
+    let mut m = Message::new_with_id(0x1234, ciaddr, Ipv4Addr::UNSPECIFIED, Ipv4Addr::UNSPECIFIED, giaddr, &mac);
     m.opts_mut().insert(DhcpOption::MessageType(kind));
     for o in opts {
         m.opts_mut().insert(o);
@@ -273,17 +277,6 @@ fn plans_are_checked() {
     assert!(s.add_plan(MigrationPlan::new(2, X, "vm-a", "vm-b", T0)).is_err(), "already migrating");
     s.end_plan(1, PlanState::Completed).unwrap();
     assert!(s.end_plan(1, PlanState::RolledBack).is_err());
-}
-
-fn relayed(mac: [u8; 6], kind: MessageType, ciaddr: Ipv4Addr, giaddr: Ipv4Addr, opts: Vec<DhcpOption>) -> Vec<u8> {
-    let mut m = Message::new_with_id(0x77, ciaddr, Ipv4Addr::UNSPECIFIED, Ipv4Addr::UNSPECIFIED, giaddr, &mac);
-    m.opts_mut().insert(DhcpOption::MessageType(kind));
-    for o in opts {
-        m.opts_mut().insert(o);
-    }
-    let mut buf = Vec::new();
-    m.encode(&mut Encoder::new(&mut buf)).unwrap();
-    buf
 }
 
 #[test]
