@@ -1,6 +1,6 @@
-//! An AF_PACKET port on one interface: receive through a TPACKET_V3 ring mapped into our
-//! memory (the kernel fills blocks of frames; we read them in place and hand each block back),
-//! send with `send(2)` on the same socket.
+//! An AF_PACKET port on one interface, both directions through rings mapped into our memory:
+//! the kernel fills receive blocks that we read in place and hand back a block at a time; we
+//! fill transmit slots and one `send(2)` asks the kernel to send every filled slot.
 
 #![allow(unsafe_code)]
 
@@ -21,18 +21,30 @@ pub struct RingConfig {
     pub block_count: u32,
     /// The kernel hands a partly filled block over after this many milliseconds.
     pub block_timeout_ms: u32,
+    /// Transmit slots (a multiple of 32; each holds one frame of up to 2,000 bytes).
+    pub tx_frames: u32,
 }
 
 impl Default for RingConfig {
     /// 64 blocks of 256 KiB (16 MiB), retired after 1 ms: batches under load, low latency when idle.
     fn default() -> Self {
-        Self { block_size: 256 << 10, block_count: 64, block_timeout_ms: 1 }
+        Self { block_size: 256 << 10, block_count: 64, block_timeout_ms: 1, tx_frames: 4096 }
     }
 }
 
 /// Frame slot size inside a block (the kernel packs V3 frames tighter; this bounds the snap
-/// length it will copy).
+/// length it will copy), and the size of a transmit slot.
 const FRAME_SIZE: u32 = 2048;
+/// Transmit slots per ring block (blocks of 64 KiB).
+const TX_FRAMES_PER_BLOCK: u32 = 32;
+/// Where a transmit slot's frame starts: after the aligned `tpacket3_hdr` (TPACKET3_HDRLEN minus
+/// the sockaddr_ll the kernel reserves only on receive).
+const TX_DATA_OFFSET: usize =
+    (core::mem::size_of::<libc::tpacket3_hdr>() + libc::TPACKET_ALIGNMENT - 1) & !(libc::TPACKET_ALIGNMENT - 1);
+/// Offset of `tp_status` in `tpacket3_hdr` (after tp_next_offset, tp_sec, tp_nsec, tp_snaplen, tp_len).
+const TP_STATUS_OFFSET: usize = 20;
+/// Filled slots after which `send` asks the kernel to transmit without waiting for `flush`.
+const TX_KICK: u32 = 64;
 
 /// Counters of a port.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -41,7 +53,7 @@ pub struct PortStats {
     pub received: u64,
     /// Frames sent.
     pub sent: u64,
-    /// Frames the kernel could not send (counted, not retried: a dropped frame).
+    /// Frames not sent: the transmit ring was full or the frame too long (counted drops).
     pub send_errors: u64,
 }
 
@@ -53,6 +65,9 @@ pub struct AfPacketPort {
     block_size: usize,
     block_count: usize,
     next_block: usize,
+    tx_frames: usize,
+    next_tx: usize,
+    tx_pending: u32,
     stats: PortStats,
 }
 
@@ -83,6 +98,9 @@ impl AfPacketPort {
         }
         if config.block_count == 0 {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, "block_count must be positive"));
+        }
+        if config.tx_frames == 0 || !config.tx_frames.is_multiple_of(TX_FRAMES_PER_BLOCK) {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "tx_frames must be a positive multiple of 32"));
         }
         let name =
             CString::new(interface).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "bad interface name"))?;
@@ -116,7 +134,19 @@ impl AfPacketPort {
             tp_feature_req_word: 0,
         };
         setsockopt(&fd, libc::SOL_PACKET, libc::PACKET_RX_RING, &req)?;
-        let ring_len = config.block_size as usize * config.block_count as usize;
+        let tx_req = libc::tpacket_req3 {
+            tp_block_size: FRAME_SIZE * TX_FRAMES_PER_BLOCK,
+            tp_block_nr: config.tx_frames / TX_FRAMES_PER_BLOCK,
+            tp_frame_size: FRAME_SIZE,
+            tp_frame_nr: config.tx_frames,
+            tp_retire_blk_tov: 0,
+            tp_sizeof_priv: 0,
+            tp_feature_req_word: 0,
+        };
+        setsockopt(&fd, libc::SOL_PACKET, libc::PACKET_TX_RING, &tx_req)?;
+        let rx_len = config.block_size as usize * config.block_count as usize;
+        // One mapping: the receive ring, then the transmit ring.
+        let ring_len = rx_len + (FRAME_SIZE * config.tx_frames) as usize;
         // SAFETY: maps the ring the kernel just allocated for this socket; length and descriptor
         // are the ones it was configured with. The mapping lives until Drop unmaps it.
         let ring = unsafe {
@@ -140,6 +170,9 @@ impl AfPacketPort {
             block_size: config.block_size as usize,
             block_count: config.block_count as usize,
             next_block: 0,
+            tx_frames: config.tx_frames as usize,
+            next_tx: 0,
+            tx_pending: 0,
             stats: PortStats::default(),
         };
         // SAFETY: an all-zero sockaddr_ll is valid; the fields set below make it a bind address.
@@ -182,6 +215,19 @@ impl AfPacketPort {
         // of the header after `version` and `offset_to_priv` (offset 8), naturally aligned. The
         // kernel and we access it concurrently: hence an atomic.
         unsafe { &*self.ring.as_ptr().add(block * self.block_size + 8).cast::<AtomicU32>() }
+    }
+
+    /// The status word of transmit slot `slot`, shared with the kernel.
+    fn tx_status(&self, slot: usize) -> &AtomicU32 {
+        // SAFETY: slot < tx_frames, so the slot lies inside the transmit part of the mapping;
+        // slots are 2048-byte aligned and tp_status is a naturally aligned u32 at offset 20.
+        unsafe { &*self.tx_slot(slot).add(TP_STATUS_OFFSET).cast::<AtomicU32>() }
+    }
+
+    fn tx_slot(&self, slot: usize) -> *mut u8 {
+        let rx_len = self.block_size * self.block_count;
+        // SAFETY: in bounds of the mapping for slot < tx_frames (see `open`).
+        unsafe { self.ring.as_ptr().add(rx_len + slot * FRAME_SIZE as usize) }
     }
 
     fn block_ready(&self, block: usize) -> bool {
@@ -227,13 +273,52 @@ impl PacketPort for AfPacketPort {
     }
 
     fn send(&mut self, frame: &[u8]) -> io::Result<()> {
-        // SAFETY: `frame` is a live slice of the length passed; the kernel only reads it.
-        let rc = unsafe { libc::send(self.fd.as_raw_fd(), frame.as_ptr().cast(), frame.len(), 0) };
-        if rc < 0 {
+        if frame.len() > FRAME_SIZE as usize - TX_DATA_OFFSET {
             self.stats.send_errors += 1;
-            return Err(io::Error::last_os_error());
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "frame longer than a transmit slot"));
         }
+        let slot = self.next_tx;
+        let status = self.tx_status(slot).load(Ordering::Acquire);
+        if status != libc::TP_STATUS_AVAILABLE && status != libc::TP_STATUS_WRONG_FORMAT {
+            // The ring is full of frames the kernel has not sent yet: ask it to, and drop this one.
+            self.flush()?;
+            self.stats.send_errors += 1;
+            return Err(io::Error::new(io::ErrorKind::WouldBlock, "transmit ring full"));
+        }
+        // SAFETY: the slot is ours while its status is AVAILABLE (the Acquire load above orders
+        // the kernel's last use before our writes); the header and data lie inside the slot.
+        unsafe {
+            let base = self.tx_slot(slot);
+            let hdr = &mut *base.cast::<libc::tpacket3_hdr>();
+            hdr.tp_next_offset = 0;
+            hdr.tp_len = frame.len() as u32;
+            hdr.tp_snaplen = frame.len() as u32;
+            core::ptr::copy_nonoverlapping(frame.as_ptr(), base.add(TX_DATA_OFFSET), frame.len());
+        }
+        self.tx_status(slot).store(libc::TP_STATUS_SEND_REQUEST, Ordering::Release);
+        self.next_tx = (slot + 1) % self.tx_frames;
+        self.tx_pending += 1;
         self.stats.sent += 1;
+        if self.tx_pending >= TX_KICK {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        if self.tx_pending == 0 {
+            return Ok(());
+        }
+        self.tx_pending = 0;
+        // SAFETY: a zero-length send with no buffer asks the kernel to transmit the filled slots.
+        let rc = unsafe { libc::send(self.fd.as_raw_fd(), core::ptr::null(), 0, libc::MSG_DONTWAIT) };
+        if rc < 0 {
+            let e = io::Error::last_os_error();
+            // The kernel is still busy with earlier slots: they go out with the next kick.
+            if e.kind() != io::ErrorKind::WouldBlock {
+                return Err(e);
+            }
+        }
         Ok(())
     }
 }
