@@ -15,6 +15,7 @@ pub mod error;
 pub mod events;
 pub mod flow;
 mod fragments;
+pub mod l2;
 mod prefetch;
 pub mod router;
 pub mod shadow;

@@ -1,0 +1,341 @@
+//! The Shadow Router at layer 2, sans-IO: the core's decisions plus what a router does with
+//! Ethernet frames. It answers ARP for the addresses it routes on the provider side and for the
+//! gateway on the VM side, rewrites MAC addresses (both VMs hold X; there is no NAT), learns
+//! client MACs from their frames, sends the core's own packets (cut-over RSTs), and probes the
+//! VMs with ARP for health checks. Frames in; frames out, each for a port. The simulator and the
+//! Linux data plane drive the same code.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
+
+use etherparse::{ArpHardwareId, ArpOperation, ArpPacket, EtherType, Ethernet2Header};
+
+use crate::events::Event;
+use crate::router::{Deliver, DropReason, EgressVerdict, InboundVerdict, RouterConfig, ShadowRouter, VmRef};
+use crate::shadow::VmId;
+use crate::time::Instant;
+use crate::wire::{Packet, parse_frame};
+
+/// Where a frame the router sends goes.
+#[derive(Debug)]
+pub enum Out {
+    /// To the provider segment (its destination MAC says which client).
+    Provider(Vec<u8>),
+    /// To a VM's port (index into the router's VM ports).
+    Vm(usize, Vec<u8>),
+}
+
+/// Frames the router handled, by fate.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct PortStats {
+    /// Frames forwarded from the provider side to a VM (a frame to both VMs counts twice).
+    pub to_vms: u64,
+    /// Frames forwarded from the VMs to the provider side.
+    pub to_provider: u64,
+    /// ARP requests answered.
+    pub arp_answered: u64,
+    /// Frames with no route (unknown destination, or a client MAC not yet learned).
+    pub no_route: u64,
+    /// Frames the core dropped, by reason.
+    pub dropped: BTreeMap<String, u64>,
+    /// RSTs the router sent itself (at the end of a migration).
+    pub resets_sent: u64,
+    /// ARP frames from a VM that were neither for the gateway nor an answer to a probe.
+    pub arp_ignored: u64,
+}
+
+/// The router node.
+pub struct RouterNode {
+    /// The shadowing core.
+    pub core: ShadowRouter<Vec<Event>>,
+    config: RouterConfig,
+    provider_mac: [u8; 6],
+    vm_side_mac: [u8; 6],
+    gateway: Ipv4Addr,
+    /// VM ports: (id, MAC); port `i` is `VmRef(i)` in the core.
+    ports: Vec<(VmId, [u8; 6])>,
+    /// Shadowed addresses and the ports of their source and destination.
+    shadows: BTreeMap<Ipv4Addr, (usize, usize)>,
+    neighbours: BTreeMap<Ipv4Addr, [u8; 6]>,
+    /// Replica state sync: frames for the first port are copied to the second while the
+    /// address is not shadowed (the replica receives A's inbound traffic from the start).
+    pub mirror: Option<(usize, usize)>,
+    /// Fault injection for tests and the simulator, never set in service: frames the core
+    /// delivers to the first port alone are copied to the second (a flooding switch), so that VM
+    /// answers flows it does not own.
+    pub flood: Option<(usize, usize)>,
+    /// Last ARP answer from each VM port to a health probe.
+    pub probe_replies: Vec<Option<Instant>>,
+    /// Client TCP endpoints the router reset at the end of a migration.
+    pub reset_clients: BTreeSet<(Ipv4Addr, u16)>,
+    /// Counters of this node.
+    pub stats: PortStats,
+}
+
+impl RouterNode {
+    /// A router whose VM side answers ARP for `gateway`, with one port per VM in `ports`.
+    pub fn new(
+        config: RouterConfig,
+        provider_mac: [u8; 6],
+        vm_side_mac: [u8; 6],
+        gateway: Ipv4Addr,
+        ports: Vec<(VmId, [u8; 6])>,
+        now: Instant,
+    ) -> Self {
+        let core = Self::fresh_core(&config, &ports, now);
+        let probe_replies = vec![None; ports.len()];
+        Self {
+            core,
+            config,
+            provider_mac,
+            vm_side_mac,
+            gateway,
+            ports,
+            shadows: BTreeMap::new(),
+            neighbours: BTreeMap::new(),
+            mirror: None,
+            flood: None,
+            probe_replies,
+            reset_clients: BTreeSet::new(),
+            stats: PortStats::default(),
+        }
+    }
+
+    fn fresh_core(config: &RouterConfig, ports: &[(VmId, [u8; 6])], now: Instant) -> ShadowRouter<Vec<Event>> {
+        let mut core = ShadowRouter::new(config.clone(), Vec::new(), now);
+        for (id, _) in ports {
+            core.vm_ref(id);
+        }
+        core
+    }
+
+    /// The router process restarts: every flow, learned MAC and counter of the core is lost.
+    /// The caller re-installs addresses and shadowing entries from its store.
+    pub fn restart(&mut self, now: Instant) {
+        self.core = Self::fresh_core(&self.config, &self.ports, now);
+        self.shadows.clear();
+        self.neighbours.clear();
+    }
+
+    /// Records that `ip` is shadowed between the ports of `source` and `destination` (the
+    /// entry itself goes to [`RouterNode::core`]).
+    pub fn shadow_ports(&mut self, ip: Ipv4Addr, source: usize, destination: usize) {
+        self.shadows.insert(ip, (source, destination));
+    }
+
+    /// Forgets the ports of a shadowed address whose migration ended.
+    pub fn unshadow(&mut self, ip: Ipv4Addr) {
+        self.shadows.remove(&ip);
+    }
+
+    /// A frame from the provider side.
+    pub fn from_provider(&mut self, frame: Vec<u8>, now: Instant, out: &mut Vec<Out>) {
+        let verdict = self.core.inbound(&frame, now);
+        // Learn where clients are from what they send (frames on the simulated provider segment
+        // are untagged). A dropped frame still shows where its sender is.
+        if frame.len() >= 34 && frame[12..14] == [8, 0] {
+            let src = Ipv4Addr::new(frame[26], frame[27], frame[28], frame[29]);
+            let mac: [u8; 6] = frame[6..12].try_into().unwrap_or_default();
+            self.neighbours.insert(src, mac);
+        }
+        match verdict {
+            InboundVerdict::Arp(arp) => {
+                let routed =
+                    self.shadows.contains_key(&arp.target_ip) || self.core.address_holder(arp.target_ip).is_some();
+                if arp.operation == ARP_REQUEST && routed {
+                    self.neighbours.insert(arp.sender_ip, arp.sender_mac);
+                    self.stats.arp_answered += 1;
+                    let reply = arp_frame(
+                        ArpOperation::REPLY,
+                        (self.provider_mac, arp.target_ip),
+                        (arp.sender_mac, arp.sender_ip),
+                        arp.sender_mac,
+                    );
+                    out.push(Out::Provider(reply));
+                }
+            }
+            InboundVerdict::NotShadowed => {
+                let dst = ipv4_dst(&frame);
+                match dst.and_then(|d| self.core.address_holder(d)) {
+                    Some(VmRef(port)) => {
+                        let port = port as usize;
+                        if let Some((from, to)) = self.mirror
+                            && from == port
+                        {
+                            self.forward_to_vm(to, frame.clone(), out);
+                        }
+                        self.forward_to_vm(port, frame, out);
+                    }
+                    None => self.stats.no_route += 1,
+                }
+            }
+            InboundVerdict::Deliver(deliver) => {
+                let Some(&(source, destination)) = ipv4_dst(&frame).and_then(|d| self.shadows.get(&d)) else {
+                    self.stats.no_route += 1;
+                    return;
+                };
+                match deliver {
+                    Deliver::Source => {
+                        if let Some((from, to)) = self.flood
+                            && from == source
+                        {
+                            self.forward_to_vm(to, frame.clone(), out);
+                        }
+                        self.forward_to_vm(source, frame, out);
+                    }
+                    Deliver::Destination => self.forward_to_vm(destination, frame, out),
+                    Deliver::Both => {
+                        self.forward_to_vm(source, frame.clone(), out);
+                        self.forward_to_vm(destination, frame, out);
+                    }
+                }
+            }
+            InboundVerdict::Drop(reason) => self.count_drop(reason),
+        }
+    }
+
+    /// A frame from the VM on `port`.
+    pub fn from_vm(&mut self, port: usize, frame: Vec<u8>, now: Instant, out: &mut Vec<Out>) {
+        if frame.len() >= 14 && frame[12..14] == [8, 6] {
+            // ARP stays on the VM segment: the router answers for the gateway and hears the
+            // answers to its probes; nothing of it crosses to the provider side.
+            let Ok(Packet::Arp(arp)) = parse_frame(&frame) else {
+                self.stats.arp_ignored += 1;
+                return;
+            };
+            if arp.operation == ARP_REQUEST && arp.target_ip == self.gateway {
+                self.stats.arp_answered += 1;
+                let reply = arp_frame(
+                    ArpOperation::REPLY,
+                    (self.vm_side_mac, self.gateway),
+                    (arp.sender_mac, arp.sender_ip),
+                    arp.sender_mac,
+                );
+                out.push(Out::Vm(port, reply));
+            } else if arp.operation == ARP_REPLY
+                && arp.target_ip == self.gateway
+                && let Some(last) = self.probe_replies.get_mut(port)
+            {
+                *last = Some(now);
+            } else {
+                self.stats.arp_ignored += 1;
+            }
+            return;
+        }
+        match self.core.egress(VmRef(port as u32), &frame, now) {
+            EgressVerdict::Forward => {
+                let mac = ipv4_dst(&frame).and_then(|d| self.neighbours.get(&d).copied());
+                match mac {
+                    Some(mac) => {
+                        let mut frame = frame;
+                        frame[0..6].copy_from_slice(&mac);
+                        frame[6..12].copy_from_slice(&self.provider_mac);
+                        self.stats.to_provider += 1;
+                        out.push(Out::Provider(frame));
+                    }
+                    None => self.stats.no_route += 1,
+                }
+            }
+            EgressVerdict::Drop(reason) => self.count_drop(reason),
+        }
+    }
+
+    /// Runs the core's timers and sends what the core itself transmits.
+    pub fn poll(&mut self, now: Instant, out: &mut Vec<Out>) {
+        if self.core.poll_at().is_some_and(|t| t <= now) {
+            self.core.poll(now);
+        }
+        while let Some(t) = self.core.poll_transmit() {
+            let Some(mac) = self.neighbours.get(&t.to).copied() else {
+                self.stats.no_route += 1;
+                continue;
+            };
+            let d = &t.datagram;
+            if d.len() >= 24 && d[9] == 6 {
+                let ihl = usize::from(d[0] & 0x0f) * 4;
+                if d.len() >= ihl + 4 {
+                    self.reset_clients.insert((t.to, u16::from_be_bytes([d[ihl + 2], d[ihl + 3]])));
+                }
+            }
+            let mut frame = Vec::with_capacity(14 + d.len());
+            frame.extend_from_slice(&mac);
+            frame.extend_from_slice(&self.provider_mac);
+            frame.extend_from_slice(&[8, 0]);
+            frame.extend_from_slice(d);
+            self.stats.resets_sent += 1;
+            out.push(Out::Provider(frame));
+        }
+    }
+
+    /// Sends a health probe (an ARP request for `ip`) to the VM on `port`.
+    pub fn probe(&self, port: usize, ip: Ipv4Addr, out: &mut Vec<Out>) {
+        let frame = arp_frame(ArpOperation::REQUEST, (self.vm_side_mac, self.gateway), ([0; 6], ip), [0xff; 6]);
+        out.push(Out::Vm(port, frame));
+    }
+
+    fn forward_to_vm(&mut self, port: usize, mut frame: Vec<u8>, out: &mut Vec<Out>) {
+        let Some((_, mac)) = self.ports.get(port) else {
+            self.stats.no_route += 1;
+            return;
+        };
+        frame[0..6].copy_from_slice(mac);
+        frame[6..12].copy_from_slice(&self.vm_side_mac);
+        self.stats.to_vms += 1;
+        out.push(Out::Vm(port, frame));
+    }
+
+    fn count_drop(&mut self, reason: DropReason) {
+        use crate::events::ConflictKind as K;
+        let name = match reason {
+            DropReason::Malformed(_) => "malformed",
+            DropReason::Spoofed => "spoofed",
+            DropReason::Conflict(K::Rst) => "conflict_rst",
+            DropReason::Conflict(K::SynAck) => "conflict_syn_ack",
+            DropReason::Conflict(K::Data) => "conflict_data",
+            DropReason::Conflict(K::DuplicateSequence) => "conflict_duplicate_sequence",
+            DropReason::Conflict(K::Collision) => "conflict_collision",
+            DropReason::Conflict(K::Other) => "conflict_other",
+            DropReason::ReplicaDuplicate => "replica_duplicate",
+            DropReason::ResetSuppressed => "reset_suppressed",
+            DropReason::TableFull => "table_full",
+            DropReason::SourceReleased => "source_released",
+            DropReason::FragmentOrphan => "fragment_orphan",
+        };
+        *self.stats.dropped.entry(name.to_owned()).or_default() += 1;
+    }
+}
+
+/// The IPv4 destination of an untagged IPv4 frame.
+fn ipv4_dst(frame: &[u8]) -> Option<Ipv4Addr> {
+    (frame.len() >= 34 && frame[12..14] == [8, 0]).then(|| Ipv4Addr::new(frame[30], frame[31], frame[32], frame[33]))
+}
+
+/// ARP operation code of a request.
+const ARP_REQUEST: u16 = 1;
+/// ARP operation code of a reply.
+const ARP_REPLY: u16 = 2;
+
+/// An Ethernet ARP frame: `operation` from sender `source` (MAC, IP) about target `target`
+/// (MAC, IP), sent to the Ethernet address `eth_dst`.
+fn arp_frame(
+    operation: ArpOperation,
+    source: ([u8; 6], Ipv4Addr),
+    target: ([u8; 6], Ipv4Addr),
+    eth_dst: [u8; 6],
+) -> Vec<u8> {
+    let eth = Ethernet2Header { source: source.0, destination: eth_dst, ether_type: EtherType::ARP };
+    let mut frame = eth.to_bytes().to_vec();
+    // Ethernet and IPv4 addresses of the right lengths: `new` cannot refuse them.
+    if let Ok(arp) = ArpPacket::new(
+        ArpHardwareId::ETHERNET,
+        EtherType::IPV4,
+        operation,
+        &source.0,
+        &source.1.octets(),
+        &target.0,
+        &target.1.octets(),
+    ) {
+        frame.extend_from_slice(&arp.to_bytes());
+    }
+    frame
+}

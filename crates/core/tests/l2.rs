@@ -1,0 +1,97 @@
+//! The layer-2 router: proxy ARP for routed addresses, gateway ARP on the VM side, MAC rewrite
+//! both ways, client MACs learned, health-probe answers recorded, and no route counted.
+
+#![allow(clippy::unwrap_used)]
+
+use std::net::Ipv4Addr;
+
+use ipshadow_core::l2::{Out, RouterNode};
+use ipshadow_core::testkit::{X, tcp};
+use ipshadow_core::wire::{Packet, parse_frame};
+use ipshadow_core::{Instant, RouterConfig, VmId, VmRef};
+
+const PROVIDER_MAC: [u8; 6] = [2, 0xee, 0, 0, 0, 1];
+const VM_SIDE_MAC: [u8; 6] = [2, 0xee, 0, 0, 0, 2];
+const MAC_A: [u8; 6] = [2, 0xa, 0, 0, 0, 1];
+const MAC_B: [u8; 6] = [2, 0xb, 0, 0, 0, 1];
+const CLIENT: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 7);
+const CLIENT_MAC: [u8; 6] = [2, 0xc1, 0, 0, 0, 7];
+const GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
+
+fn node() -> RouterNode {
+    let config = RouterConfig { max_flows: 1024, ..RouterConfig::default() };
+    let ports = vec![(VmId::from("vm-a"), MAC_A), (VmId::from("vm-b"), MAC_B)];
+    let mut node = RouterNode::new(config, PROVIDER_MAC, VM_SIDE_MAC, GATEWAY, ports, Instant::ZERO);
+    node.core.assign_address(X, VmRef(0));
+    node
+}
+
+fn arp(op: u16, sender: ([u8; 6], Ipv4Addr), target: Ipv4Addr) -> Vec<u8> {
+    let mut f = vec![0xff; 6];
+    f.extend_from_slice(&sender.0);
+    f.extend_from_slice(&[8, 6, 0, 1, 8, 0, 6, 4]);
+    f.extend_from_slice(&op.to_be_bytes());
+    f.extend_from_slice(&sender.0);
+    f.extend_from_slice(&sender.1.octets());
+    f.extend_from_slice(&[0; 6]);
+    f.extend_from_slice(&target.octets());
+    f
+}
+
+fn with_macs(mut frame: Vec<u8>, dst: [u8; 6], src: [u8; 6]) -> Vec<u8> {
+    frame[..6].copy_from_slice(&dst);
+    frame[6..12].copy_from_slice(&src);
+    frame
+}
+
+#[test]
+fn answers_arp_for_routed_addresses_and_the_gateway_only() {
+    let mut n = node();
+    let mut out = Vec::new();
+    n.from_provider(arp(1, (CLIENT_MAC, CLIENT), X), Instant::ZERO, &mut out);
+    let [Out::Provider(reply)] = &out[..] else { panic!("{out:?}") };
+    let Ok(Packet::Arp(a)) = parse_frame(reply) else { panic!() };
+    assert_eq!((a.operation, a.sender_mac, a.sender_ip, a.target_ip), (2, PROVIDER_MAC, X, CLIENT));
+    assert_eq!(&reply[..6], &CLIENT_MAC);
+    out.clear();
+    n.from_provider(arp(1, (CLIENT_MAC, CLIENT), Ipv4Addr::new(10, 0, 0, 99)), Instant::ZERO, &mut out);
+    assert!(out.is_empty(), "not an address the router routes");
+    n.from_vm(0, arp(1, (MAC_A, X), GATEWAY), Instant::ZERO, &mut out);
+    let [Out::Vm(0, reply)] = &out[..] else { panic!("{out:?}") };
+    let Ok(Packet::Arp(a)) = parse_frame(reply) else { panic!() };
+    assert_eq!((a.operation, a.sender_mac, a.sender_ip), (2, VM_SIDE_MAC, GATEWAY));
+    // A probe goes to the VM; its answer is recorded.
+    out.clear();
+    n.probe(1, X, &mut out);
+    assert!(matches!(&out[..], [Out::Vm(1, _)]));
+    n.from_vm(1, arp(2, (MAC_B, X), GATEWAY), Instant::from_millis(5), &mut out);
+    assert_eq!(n.probe_replies[1], Some(Instant::from_millis(5)));
+}
+
+#[test]
+fn rewrites_macs_both_ways_and_counts_frames_without_a_route() {
+    let mut n = node();
+    let mut out = Vec::new();
+    let syn = with_macs(tcp((CLIENT, 4000), (X, 80), 0x02, 1, 0, &[]), PROVIDER_MAC, CLIENT_MAC);
+    n.from_provider(syn.clone(), Instant::ZERO, &mut out);
+    let [Out::Vm(0, to_a)] = &out[..] else { panic!("{out:?}") };
+    assert_eq!((&to_a[..6], &to_a[6..12]), (&MAC_A[..], &VM_SIDE_MAC[..]));
+    assert_eq!(&to_a[12..], &syn[12..], "only the MACs change");
+    out.clear();
+    let syn_ack = with_macs(tcp((X, 80), (CLIENT, 4000), 0x12, 9, 2, &[]), VM_SIDE_MAC, MAC_A);
+    n.from_vm(0, syn_ack, Instant::ZERO, &mut out);
+    let [Out::Provider(to_client)] = &out[..] else { panic!("{out:?}") };
+    assert_eq!((&to_client[..6], &to_client[6..12]), (&CLIENT_MAC[..], &PROVIDER_MAC[..]), "client MAC learned");
+    out.clear();
+    // B does not hold X: its frame is a spoofing drop; a client MAC never seen has no route.
+    n.from_vm(1, with_macs(tcp((X, 80), (CLIENT, 4000), 0x10, 9, 2, &[]), VM_SIDE_MAC, MAC_B), Instant::ZERO, &mut out);
+    n.from_vm(
+        0,
+        with_macs(tcp((X, 80), (Ipv4Addr::new(198, 51, 100, 1), 9), 0x10, 9, 2, &[]), VM_SIDE_MAC, MAC_A),
+        Instant::ZERO,
+        &mut out,
+    );
+    assert!(out.is_empty());
+    assert_eq!(n.stats.dropped.get("spoofed"), Some(&1));
+    assert_eq!(n.stats.no_route, 1);
+}
