@@ -130,13 +130,15 @@ impl RouterNode {
 
     /// A frame from the provider side.
     pub fn from_provider(&mut self, frame: Vec<u8>, now: Instant, out: &mut Vec<Out>) {
-        let verdict = self.core.inbound(&frame, now);
-        // Learn where clients are from what they send (frames on the simulated provider segment
-        // are untagged). A dropped frame still shows where its sender is.
-        if frame.len() >= 34 && frame[12..14] == [8, 0] {
-            let src = Ipv4Addr::new(frame[26], frame[27], frame[28], frame[29]);
+        // Parsed once: the core decides on it and the addresses route it.
+        let parsed = parse_frame(&frame);
+        let verdict = self.core.inbound_parsed(&parsed, now);
+        let dst = ipv4_dst(&parsed);
+        // Learn where clients are from what they send. A dropped frame still shows where its
+        // sender is.
+        if let Ok(Packet::Ipv4(ip)) = &parsed {
             let mac: [u8; 6] = frame[6..12].try_into().unwrap_or_default();
-            self.neighbours.insert(src, mac);
+            self.neighbours.insert(ip.src, mac);
         }
         match verdict {
             InboundVerdict::Arp(arp) => {
@@ -145,32 +147,23 @@ impl RouterNode {
                 if arp.operation == ARP_REQUEST && routed {
                     self.neighbours.insert(arp.sender_ip, arp.sender_mac);
                     self.stats.arp_answered += 1;
-                    let reply = arp_frame(
-                        ArpOperation::REPLY,
-                        (self.provider_mac, arp.target_ip),
-                        (arp.sender_mac, arp.sender_ip),
-                        arp.sender_mac,
-                    );
-                    out.push(Out::Provider(reply));
+                    out.push(Out::Provider(arp_reply(self.provider_mac, &arp)));
                 }
             }
-            InboundVerdict::NotShadowed => {
-                let dst = ipv4_dst(&frame);
-                match dst.and_then(|d| self.core.address_holder(d)) {
-                    Some(VmRef(port)) => {
-                        let port = port as usize;
-                        if let Some((from, to)) = self.mirror
-                            && from == port
-                        {
-                            self.forward_to_vm(to, frame.clone(), out);
-                        }
-                        self.forward_to_vm(port, frame, out);
+            InboundVerdict::NotShadowed => match dst.and_then(|d| self.core.address_holder(d)) {
+                Some(VmRef(port)) => {
+                    let port = port as usize;
+                    if let Some((from, to)) = self.mirror
+                        && from == port
+                    {
+                        self.forward_to_vm(to, frame.clone(), out);
                     }
-                    None => self.stats.no_route += 1,
+                    self.forward_to_vm(port, frame, out);
                 }
-            }
+                None => self.stats.no_route += 1,
+            },
             InboundVerdict::Deliver(deliver) => {
-                let Some(&(source, destination)) = ipv4_dst(&frame).and_then(|d| self.shadows.get(&d)) else {
+                let Some(&(source, destination)) = dst.and_then(|d| self.shadows.get(&d)) else {
                     self.stats.no_route += 1;
                     return;
                 };
@@ -196,35 +189,42 @@ impl RouterNode {
 
     /// A frame from the VM on `port`.
     pub fn from_vm(&mut self, port: usize, frame: Vec<u8>, now: Instant, out: &mut Vec<Out>) {
-        if frame.len() >= 14 && frame[12..14] == [8, 6] {
-            // ARP stays on the VM segment: the router answers for the gateway and hears the
-            // answers to its probes; nothing of it crosses to the provider side.
-            let Ok(Packet::Arp(arp)) = parse_frame(&frame) else {
+        // ARP stays on the VM segment: the router answers for the gateway and hears the answers
+        // to its probes; nothing of it (malformed ARP included) crosses to the provider side.
+        let parsed = parse_frame(&frame);
+        let arp = match &parsed {
+            Ok(Packet::Arp(arp)) => arp,
+            Err(_) if frame.len() >= 14 && frame[12..14] == [8, 6] => {
                 self.stats.arp_ignored += 1;
                 return;
-            };
-            if arp.operation == ARP_REQUEST && arp.target_ip == self.gateway {
-                self.stats.arp_answered += 1;
-                let reply = arp_frame(
-                    ArpOperation::REPLY,
-                    (self.vm_side_mac, self.gateway),
-                    (arp.sender_mac, arp.sender_ip),
-                    arp.sender_mac,
-                );
-                out.push(Out::Vm(port, reply));
-            } else if arp.operation == ARP_REPLY
-                && arp.target_ip == self.gateway
-                && let Some(last) = self.probe_replies.get_mut(port)
-            {
-                *last = Some(now);
-            } else {
-                self.stats.arp_ignored += 1;
             }
-            return;
+            _ => return self.egress(port, frame, &parsed, now, out),
+        };
+        if arp.operation == ARP_REQUEST && arp.target_ip == self.gateway {
+            self.stats.arp_answered += 1;
+            out.push(Out::Vm(port, arp_reply(self.vm_side_mac, arp)));
+        } else if arp.operation == ARP_REPLY
+            && arp.target_ip == self.gateway
+            && let Some(last) = self.probe_replies.get_mut(port)
+        {
+            *last = Some(now);
+        } else {
+            self.stats.arp_ignored += 1;
         }
-        match self.core.egress(VmRef(port as u32), &frame, now) {
+    }
+
+    /// A VM's frame other than ARP: the core's egress verdict, then towards the client.
+    fn egress(
+        &mut self,
+        port: usize,
+        frame: Vec<u8>,
+        parsed: &Result<Packet, crate::wire::ParseError>,
+        now: Instant,
+        out: &mut Vec<Out>,
+    ) {
+        match self.core.egress_parsed(VmRef(port as u32), parsed, now) {
             EgressVerdict::Forward => {
-                let mac = ipv4_dst(&frame).and_then(|d| self.neighbours.get(&d).copied());
+                let mac = ipv4_dst(parsed).and_then(|d| self.neighbours.get(&d).copied());
                 match mac {
                     Some(mac) => {
                         let mut frame = frame;
@@ -305,9 +305,22 @@ impl RouterNode {
     }
 }
 
-/// The IPv4 destination of an untagged IPv4 frame.
-fn ipv4_dst(frame: &[u8]) -> Option<Ipv4Addr> {
-    (frame.len() >= 34 && frame[12..14] == [8, 0]).then(|| Ipv4Addr::new(frame[30], frame[31], frame[32], frame[33]))
+/// The IPv4 destination of a parsed frame.
+fn ipv4_dst(parsed: &Result<Packet, crate::wire::ParseError>) -> Option<Ipv4Addr> {
+    match parsed {
+        Ok(Packet::Ipv4(ip)) => Some(ip.dst),
+        _ => None,
+    }
+}
+
+/// The router's answer, as `mac`, to an ARP request for the address it asks about.
+fn arp_reply(mac: [u8; 6], request: &crate::wire::ArpInfo) -> Vec<u8> {
+    arp_frame(
+        ArpOperation::REPLY,
+        (mac, request.target_ip),
+        (request.sender_mac, request.sender_ip),
+        request.sender_mac,
+    )
 }
 
 /// ARP operation code of a request.

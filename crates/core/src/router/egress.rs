@@ -12,12 +12,23 @@ use crate::wire::{Fragment, Ipv4Info, L4, PROTO_ICMP, PROTO_UDP, Packet, TcpInfo
 impl<S: crate::events::EventSink> ShadowRouter<S> {
     /// Decides whether a frame from VM `from` may leave towards the provider side.
     pub fn egress(&mut self, from: VmRef, frame: &[u8], now: Instant) -> EgressVerdict {
+        self.egress_parsed(from, &parse_frame(frame), now)
+    }
+
+    /// Decides on a frame from VM `from` the caller has already parsed: counted exactly as
+    /// [`ShadowRouter::egress`] counts.
+    pub fn egress_parsed(
+        &mut self,
+        from: VmRef,
+        parsed: &Result<Packet, crate::wire::ParseError>,
+        now: Instant,
+    ) -> EgressVerdict {
         self.counters.egress_frames += 1;
-        match parse_frame(frame) {
-            Ok(packet) => self.egress_packet(from, &packet, now),
+        match parsed {
+            Ok(packet) => self.egress_packet(from, packet, now),
             Err(e) => {
-                self.counters.malformed.count(e);
-                EgressVerdict::Drop(DropReason::Malformed(e))
+                self.counters.malformed.count(*e);
+                EgressVerdict::Drop(DropReason::Malformed(*e))
             }
         }
     }

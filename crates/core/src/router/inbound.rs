@@ -49,12 +49,18 @@ struct Ahead {
 impl<S: crate::events::EventSink> ShadowRouter<S> {
     /// Decides where a frame from the provider side goes.
     pub fn inbound(&mut self, frame: &[u8], now: Instant) -> InboundVerdict {
+        self.inbound_parsed(&parse_frame(frame), now)
+    }
+
+    /// Decides for a frame the caller has already parsed (a layer-2 router that needs the
+    /// addresses too parses once): counted exactly as [`ShadowRouter::inbound`] counts.
+    pub fn inbound_parsed(&mut self, parsed: &Result<Packet, crate::wire::ParseError>, now: Instant) -> InboundVerdict {
         self.counters.inbound_frames += 1;
-        match parse_frame(frame) {
-            Ok(packet) => self.inbound_packet(&packet, now),
+        match parsed {
+            Ok(packet) => self.inbound_packet(packet, now),
             Err(e) => {
-                self.counters.malformed.count(e);
-                InboundVerdict::Drop(DropReason::Malformed(e))
+                self.counters.malformed.count(*e);
+                InboundVerdict::Drop(DropReason::Malformed(*e))
             }
         }
     }
