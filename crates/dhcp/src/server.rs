@@ -366,7 +366,7 @@ impl DhcpServer {
             MessageType::Request => self.request(&request, &client, vm, now),
             MessageType::Decline => self.decline(&request, &client, vm, now),
             MessageType::Release => self.release(&request, &client, now),
-            MessageType::Inform => self.inform(&request, vm),
+            MessageType::Inform => self.inform(&request, &client, vm),
             _ => {
                 self.counters.drop("not_a_client_message");
                 Handled::default()
@@ -498,7 +498,7 @@ impl DhcpServer {
         self.offers.insert(client.clone(), (a.ip, now.saturating_add(OFFER_HOLD_SECS)));
         self.offered_ips.insert(a.ip, client.clone());
         self.counters.offers += 1;
-        let reply = self.answer(req, MessageType::Offer, Some(&a));
+        let reply = self.answer(req, client, MessageType::Offer, Some(&a));
         Handled { reply, changes: Vec::new() }
     }
 
@@ -537,7 +537,7 @@ impl DhcpServer {
                     (p.id, role)
                 });
                 self.event(LeaseEventKind::Refused, client, asked, vm_name, migration, now);
-                Handled { reply: self.answer(req, MessageType::Nak, None), changes: Vec::new() }
+                Handled { reply: self.answer(req, client, MessageType::Nak, None), changes: Vec::new() }
             }
         }
     }
@@ -558,7 +558,7 @@ impl DhcpServer {
         let kind = if renewal { LeaseEventKind::Renewed } else { LeaseEventKind::Bound };
         self.event(kind, client, a.ip, vm_name, migration, now);
         self.counters.acks += 1;
-        Handled { reply: self.answer(req, MessageType::Ack, Some(a)), changes }
+        Handled { reply: self.answer(req, client, MessageType::Ack, Some(a)), changes }
     }
 
     /// DHCPDECLINE (RFC 2131 4.3.3): the client found the address in use. Only a DECLINE sent to
@@ -633,7 +633,7 @@ impl DhcpServer {
 
     /// DHCPINFORM (RFC 2131 4.3.5): configuration for a client with an address, only for VMs
     /// the inventory knows or addresses of a subnet with a pool (provider mode ignores others).
-    fn inform(&mut self, req: &Request, vm: Option<usize>) -> Handled {
+    fn inform(&mut self, req: &Request, client: &ClientKey, vm: Option<usize>) -> Handled {
         let ciaddr = req.message.ciaddr();
         if ciaddr.is_unspecified() {
             self.counters.drop("inform_without_address");
@@ -645,7 +645,7 @@ impl DhcpServer {
             return Handled::default();
         }
         self.counters.acks += 1;
-        Handled { reply: self.answer(req, MessageType::Ack, None), changes: Vec::new() }
+        Handled { reply: self.answer(req, client, MessageType::Ack, None), changes: Vec::new() }
     }
 
     fn forget_offer(&mut self, client: &ClientKey) {
@@ -671,7 +671,13 @@ impl DhcpServer {
 
     /// Builds and encodes a reply of `kind` to `req` (RFC 2131 4.1, 4.3.1-4.3.2); an assignment
     /// adds the address and its options. `None` only if encoding fails (counted).
-    fn answer(&mut self, req: &Request, kind: MessageType, a: Option<&Assignment>) -> Option<Reply> {
+    fn answer(
+        &mut self,
+        req: &Request,
+        client: &ClientKey,
+        kind: MessageType,
+        a: Option<&Assignment>,
+    ) -> Option<Reply> {
         let m = &req.message;
         let mut r = Message::default();
         r.set_opcode(Opcode::BootReply)
@@ -714,9 +720,8 @@ impl DhcpServer {
         // An address held by two VMs (a migration, or after the cut-over until A's lease ends):
         // unicast to it could reach either, so its clients are answered by broadcast (their xid
         // and chaddr pick the reply out).
-        let requester = client_key(m);
         let shadowed = self.plans.values().any(|p| p.ip == m.ciaddr() && p.is_active())
-            || self.leases.on(m.ciaddr()).iter().any(|l| l.client != requester);
+            || self.leases.on(m.ciaddr()).iter().any(|l| &l.client != client);
         if kind == MessageType::Nak && !m.giaddr().is_unspecified() {
             // RFC 2131 4.3.2: a NAK through a relay asks it to broadcast.
             r.set_flags(m.flags().set_broadcast());

@@ -121,7 +121,6 @@ impl Service {
         let mut buf = vec![0u8; 2048];
         let mut batch: Vec<Handled> = Vec::with_capacity(BATCH);
         while !stop.load(Ordering::Relaxed) {
-            self.socket.set_read_timeout(Some(Duration::from_millis(500))).map_err(socket_error("set timeout"))?;
             match self.socket.recv_from(&mut buf) {
                 Ok((n, _)) => batch.push(self.server.handle(&buf[..n], unix_now())),
                 Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted) => {}
@@ -201,5 +200,8 @@ fn bind(config: &DhcpConfig) -> Result<UdpSocket, ServiceError> {
             .map_err(socket_error(format!("bind to interface {interface} (needs root)")))?;
     }
     socket.bind(&SocketAddr::V4(config.listen).into()).map_err(socket_error(format!("bind {}", config.listen)))?;
+    // Set once: the blocking wait for a batch's first request wakes at least this often, to
+    // expire leases and see `stop` (switching to non-blocking and back leaves it in place).
+    socket.set_read_timeout(Some(Duration::from_millis(500))).map_err(socket_error("set timeout"))?;
     Ok(socket.into())
 }

@@ -139,11 +139,6 @@ impl ClientApp {
         }
     }
 
-    /// Open connections and sessions.
-    pub fn open(&self) -> usize {
-        self.tcp.len() + self.udp.len()
-    }
-
     /// Local endpoints (port, id) of the open TCP connections.
     pub fn tcp_ports(&self) -> impl Iterator<Item = (u16, u32)> + '_ {
         self.tcp.iter().map(|c| (c.port, c.plan.id))

@@ -59,7 +59,6 @@ pub(crate) struct ConnRecord {
     pub client: u16,
     pub port: u16,
     pub started: Instant,
-    pub ended: Option<Instant>,
     pub outcome: Outcome,
     pub open_at_start: bool,
 }
@@ -382,7 +381,6 @@ impl World {
             client: index as u16,
             port,
             started: self.now,
-            ended: None,
             outcome: Outcome::Open,
             open_at_start: false,
         });
@@ -394,7 +392,6 @@ impl World {
         for e in &ended {
             let record = &mut self.ledger[e.id as usize];
             record.outcome = e.outcome;
-            record.ended = Some(e.at);
             if record.kind == ConnKind::LongLived && self.now < stop {
                 if e.outcome == Outcome::Completed {
                     self.open_long_lived();
