@@ -1,12 +1,12 @@
 //! Router-wide counters. Every dropped packet lands in exactly one counter.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::shadow::ConflictCounters;
 use crate::wire::ParseError;
 
 /// Malformed frames, by what was wrong.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MalformedCounters {
     /// Ended inside a header.
     pub truncated: u64,
@@ -49,7 +49,7 @@ impl MalformedCounters {
 }
 
 /// Router-wide counters.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RouterCounters {
     /// Frames offered on the provider side.
     pub inbound_frames: u64,

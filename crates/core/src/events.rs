@@ -4,7 +4,7 @@
 use core::time::Duration;
 use std::net::Ipv4Addr;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::flow::{FlowKey, Owner, Side};
 use crate::shadow::{EntryState, SplitChange};
@@ -59,7 +59,7 @@ pub enum ConflictKind {
 }
 
 /// How a migration left the table.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Outcome {
     /// Cut over: the address belongs to B alone.
@@ -69,7 +69,7 @@ pub enum Outcome {
 }
 
 /// What the end of a migration did to the flows still on the side that lost the address.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CutOverReport {
     /// Flows still owned by the losing side (not yet closed) at the end.
     pub flows_open_on_losing_side: u64,

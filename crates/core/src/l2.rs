@@ -26,7 +26,7 @@ pub enum Out {
 }
 
 /// Frames the router handled, by fate.
-#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct PortStats {
     /// Frames forwarded from the provider side to a VM (a frame to both VMs counts twice).
     pub to_vms: u64,
@@ -42,6 +42,10 @@ pub struct PortStats {
     pub resets_sent: u64,
     /// ARP frames from a VM that were neither for the gateway nor an answer to a probe.
     pub arp_ignored: u64,
+    /// DHCP requests from a VM (UDP to port 67): the host's own DHCP server answers them, so
+    /// they do not cross to the provider side.
+    #[serde(default)]
+    pub dhcp_local: u64,
 }
 
 /// The router node.
@@ -52,7 +56,8 @@ pub struct RouterNode {
     provider_mac: [u8; 6],
     vm_side_mac: [u8; 6],
     gateway: Ipv4Addr,
-    /// VM ports: (id, MAC); port `i` is `VmRef(i)` in the core.
+    /// VM ports: (id, MAC); port `i` is `VmRef(i)` in the core. An all-zero MAC is learned
+    /// from the first unicast-sourced frame the VM sends.
     ports: Vec<(VmId, [u8; 6])>,
     /// Shadowed addresses and the ports of their source and destination.
     shadows: BTreeMap<Ipv4Addr, (usize, usize)>,
@@ -115,6 +120,16 @@ impl RouterNode {
         self.core = Self::fresh_core(&self.config, &self.ports, now);
         self.shadows.clear();
         self.neighbours.clear();
+    }
+
+    /// The port of the VM `id`.
+    pub fn port_of(&self, id: &VmId) -> Option<usize> {
+        self.ports.iter().position(|(vm, _)| vm == id)
+    }
+
+    /// The VM ports: id and MAC (all zeros while not yet learned).
+    pub fn ports(&self) -> &[(VmId, [u8; 6])] {
+        &self.ports
     }
 
     /// Records that `ip` is shadowed between the ports of `source` and `destination` (the
@@ -189,6 +204,15 @@ impl RouterNode {
 
     /// A frame from the VM on `port`.
     pub fn from_vm(&mut self, port: usize, frame: Vec<u8>, now: Instant, out: &mut Vec<Out>) {
+        // A port configured without the VM's MAC learns it from what the VM sends (a multicast
+        // source is never a VM's address).
+        if let Some((_, mac)) = self.ports.get_mut(port)
+            && *mac == [0; 6]
+            && frame.len() >= 12
+            && frame[6] & 1 == 0
+        {
+            mac.copy_from_slice(&frame[6..12]);
+        }
         // ARP stays on the VM segment: the router answers for the gateway and hears the answers
         // to its probes; nothing of it (malformed ARP included) crosses to the provider side.
         let parsed = parse_frame(&frame);
@@ -196,6 +220,12 @@ impl RouterNode {
             Ok(Packet::Arp(arp)) => arp,
             Err(_) if frame.len() >= 14 && frame[12..14] == [8, 6] => {
                 self.stats.arp_ignored += 1;
+                return;
+            }
+            // RFC 2131 4.1: clients send to the server port 67. The router's host runs the DHCP
+            // server on the VM segments; the kernel hands it the request, the router leaves it.
+            Ok(Packet::Ipv4(ip)) if matches!(ip.l4, crate::wire::L4::Udp { dst_port: 67, .. }) => {
+                self.stats.dhcp_local += 1;
                 return;
             }
             _ => return self.egress(port, frame, &parsed, now, out),
@@ -274,7 +304,7 @@ impl RouterNode {
     }
 
     fn forward_to_vm(&mut self, port: usize, mut frame: Vec<u8>, out: &mut Vec<Out>) {
-        let Some((_, mac)) = self.ports.get(port) else {
+        let Some((_, mac)) = self.ports.get(port).filter(|(_, mac)| *mac != [0; 6]) else {
             self.stats.no_route += 1;
             return;
         };

@@ -55,6 +55,12 @@ pub struct PortStats {
     pub sent: u64,
     /// Frames not sent: the transmit ring was full or the frame too long (counted drops).
     pub send_errors: u64,
+    /// Frames received longer than a ring slot (a sender's segmentation offload made them;
+    /// turn it off on the senders) and dropped.
+    pub oversize: u64,
+    /// Frames whose TCP/UDP checksum the sender's kernel left unfinished (veth, tap) and this
+    /// port completed.
+    pub checksums_completed: u64,
 }
 
 /// An AF_PACKET socket bound to one interface, with its receive ring.
@@ -208,6 +214,11 @@ impl AfPacketPort {
         Ok(self.block_ready(self.next_block))
     }
 
+    /// Whether a received block is waiting to be read (no system call).
+    pub fn ready(&self) -> bool {
+        self.block_ready(self.next_block)
+    }
+
     /// The block's status word, shared with the kernel.
     fn block_status(&self, block: usize) -> &AtomicU32 {
         // SAFETY: block < block_count, so the block descriptor lies inside the mapping, which is
@@ -241,8 +252,10 @@ impl PacketPort for AfPacketPort {
         while count < max && self.block_ready(self.next_block) {
             let block = self.next_block;
             // SAFETY: the block is ours until we store TP_STATUS_KERNEL below (the Acquire load in
-            // block_ready ordered the kernel's writes before our reads). The descriptor and every
-            // frame header are read within the block's bounds, checked before each access.
+            // block_ready ordered the kernel's writes before our reads and writes; the mapping is
+            // writable). The descriptor and every frame header are read within the block's
+            // bounds, checked before each access; a frame is lent mutably only while no other
+            // reference into the block exists.
             unsafe {
                 let base = self.ring.as_ptr().add(block * self.block_size);
                 let desc = &*base.cast::<libc::tpacket_block_desc>();
@@ -255,8 +268,17 @@ impl PacketPort for AfPacketPort {
                     let hdr = &*base.add(offset).cast::<libc::tpacket3_hdr>();
                     let start = offset + hdr.tp_mac as usize;
                     let len = hdr.tp_snaplen as usize;
-                    if start + len <= self.block_size {
-                        frame(core::slice::from_raw_parts(base.add(start), len));
+                    if hdr.tp_len as usize > len {
+                        // Cut at the slot size: forwarding it would send a truncated packet.
+                        self.stats.oversize += 1;
+                    } else if start + len <= self.block_size {
+                        let bytes = core::slice::from_raw_parts_mut(base.add(start), len);
+                        if hdr.tp_status & libc::TP_STATUS_CSUMNOTREADY != 0
+                            && crate::checksum::complete_l4_checksum(bytes)
+                        {
+                            self.stats.checksums_completed += 1;
+                        }
+                        frame(bytes);
                         count += 1;
                     }
                     if hdr.tp_next_offset == 0 {
@@ -321,6 +343,33 @@ impl PacketPort for AfPacketPort {
         }
         Ok(())
     }
+}
+
+impl AsRawFd for AfPacketPort {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.fd.as_raw_fd()
+    }
+}
+
+/// Waits up to `timeout_ms` until one of `ports` has frames (or returns at once if one has).
+pub fn wait_any(ports: &[&AfPacketPort], timeout_ms: i32) -> io::Result<()> {
+    if ports.iter().any(|p| p.ready()) {
+        return Ok(());
+    }
+    let mut fds: Vec<libc::pollfd> = ports
+        .iter()
+        .map(|p| libc::pollfd { fd: p.fd.as_raw_fd(), events: libc::POLLIN | libc::POLLERR, revents: 0 })
+        .collect();
+    // SAFETY: `fds` is a live array of exactly `fds.len()` pollfd structures for the call.
+    let rc = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) };
+    if rc < 0 {
+        let e = io::Error::last_os_error();
+        // A signal (SIGTERM) interrupts the wait: the caller checks its stop flag.
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+    Ok(())
 }
 
 impl Drop for AfPacketPort {

@@ -1,15 +1,23 @@
-//! ipshadow's data plane on Linux (issue 5, in progress): packet ports on real interfaces. Today:
-//! an AF_PACKET port with TPACKET_V3 receive and transmit rings shared with the kernel (frames
-//! are read in place a block at a time, and sent in batches with one system call), and the
-//! [`PacketPort`] trait the forwarding loop will use for it and for the simulator's links alike.
+//! ipshadow's data plane on Linux: packet ports on real interfaces and the forwarding loop around
+//! the core's layer-2 router. An AF_PACKET port has TPACKET_V3 receive and transmit rings shared
+//! with the kernel (frames are read in place a block at a time, and sent in batches with one
+//! system call); the [`PacketPort`] trait hides it from the loop. The router is driven by a
+//! desired state ([`desired`]) that it reconciles with, and reports a [`status::Status`].
 //!
 //! `unsafe` lives in [`afpacket`] and [`netns`] only (the ring is memory shared with the kernel;
 //! entering a namespace is a raw system call); each use says why it is sound.
 
 pub mod afpacket;
+pub mod checksum;
+pub mod desired;
+pub mod forward;
 pub mod netns;
+pub mod status;
 
-pub use afpacket::{AfPacketPort, RingConfig};
+pub use afpacket::{AfPacketPort, RingConfig, wait_any};
+pub use desired::{Desired, DesiredEntry, Reconciler};
+pub use forward::Forwarder;
+pub use status::Status;
 
 /// A port that receives and sends Ethernet frames.
 pub trait PacketPort {

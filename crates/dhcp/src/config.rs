@@ -32,7 +32,10 @@ pub struct DhcpConfig {
     /// Where the service listens (`ipshadow dhcp`).
     #[serde(default = "default_listen")]
     pub listen: SocketAddrV4,
-    /// The interface the service binds to (SO_BINDTODEVICE), so its broadcasts leave there.
+    /// Only answer requests that arrive on this interface (SO_BINDTODEVICE). Without it, one
+    /// socket answers requests from every interface of the host, and each broadcast reply
+    /// leaves through the interface its request came in on (IP_PKTINFO), so several VM
+    /// segments need no option each.
     #[serde(default)]
     pub interface: Option<String>,
     /// The lease store file (`ipshadow dhcp`).

@@ -8,6 +8,7 @@ pub mod lease;
 pub mod plan;
 pub mod server;
 pub mod service;
+mod socket;
 pub mod store;
 pub mod wire;
 

@@ -1,17 +1,17 @@
 //! The server on a UDP socket: read a batch of requests, decide each (sans-IO), commit all
 //! their lease changes in one durable transaction, then send the replies. No ACK leaves before
-//! its lease is on disk; one fsync serves the whole batch.
+//! its lease is on disk; one fsync serves the whole batch. Each request keeps the interface it
+//! came in on, so its broadcast reply goes back out there (IP_PKTINFO, in `socket.rs`).
 
 use std::io::ErrorKind;
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
-
-use socket2::{Domain, Protocol, Socket, Type};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::config::{DhcpConfig, MigrationConfigState};
 use crate::plan::{MigrationPlan, PlanState};
-use crate::server::{DhcpServer, Handled, ReplyTo};
+use crate::server::{DhcpServer, Handled, Reply};
+use crate::socket::{Arrival, DhcpSocket, routes};
 use crate::store::{LeaseStore, StoreError};
 use crate::{ConfigError, PlanError};
 
@@ -57,7 +57,9 @@ pub fn unix_now() -> u64 {
 pub struct Service {
     server: DhcpServer,
     store: LeaseStore,
-    socket: UdpSocket,
+    socket: DhcpSocket,
+    /// The source of broadcast replies (option 54's address, what clients expect to see).
+    server_id: Ipv4Addr,
     last_expiry: u64,
     /// A commit failed: memory is ahead of the store, so the service must not serve again.
     failed: bool,
@@ -68,8 +70,9 @@ impl Service {
     pub fn start(config: DhcpConfig) -> Result<Self, ServiceError> {
         let now = unix_now();
         let store = LeaseStore::open(&config.lease_store)?;
-        let socket = bind(&config)?;
+        let socket = DhcpSocket::bind(&config).map_err(|(what, source)| ServiceError::Socket { what, source })?;
         let migrations = config.migrations.clone();
+        let server_id = config.server_id;
         let mut server = DhcpServer::new(config)?;
         let mut changes = server.restore(store.load()?, now);
         // A stored plan that ended (e.g. failed by B's DECLINE before a crash) wins over the
@@ -91,12 +94,12 @@ impl Service {
             }
         }
         store.commit(&changes)?;
-        Ok(Self { server, store, socket, last_expiry: now, failed: false })
+        Ok(Self { server, store, socket, server_id, last_expiry: now, failed: false })
     }
 
     /// The address the socket is bound to.
     pub fn local_addr(&self) -> Option<SocketAddr> {
-        self.socket.local_addr().ok()
+        self.socket.local_addr()
     }
 
     /// The server's state.
@@ -119,37 +122,36 @@ impl Service {
 
     fn serve(&mut self, stop: &AtomicBool, events: &mut impl std::io::Write) -> Result<(), ServiceError> {
         let mut buf = vec![0u8; 2048];
-        let mut batch: Vec<Handled> = Vec::with_capacity(BATCH);
+        // Each request with where it arrived: its reply leaves through the same interface.
+        let mut batch: Vec<(Handled, Option<Arrival>)> = Vec::with_capacity(BATCH);
         while !stop.load(Ordering::Relaxed) {
-            match self.socket.recv_from(&mut buf) {
-                Ok((n, _)) => batch.push(self.server.handle(&buf[..n], unix_now())),
+            match self.socket.recv(&mut buf, true) {
+                Ok((n, arrival)) => batch.push((self.server.handle(&buf[..n], unix_now()), arrival)),
                 Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted) => {}
                 Err(e) => return Err(socket_error("receive")(e)),
             }
             if !batch.is_empty() {
                 // Take whatever else is waiting, so one commit serves them all.
-                self.socket.set_nonblocking(true).map_err(socket_error("set non-blocking"))?;
                 while batch.len() < BATCH {
-                    match self.socket.recv_from(&mut buf) {
-                        Ok((n, _)) => batch.push(self.server.handle(&buf[..n], unix_now())),
+                    match self.socket.recv(&mut buf, false) {
+                        Ok((n, arrival)) => batch.push((self.server.handle(&buf[..n], unix_now()), arrival)),
                         Err(e) if e.kind() == ErrorKind::WouldBlock => break,
                         Err(e) if e.kind() == ErrorKind::Interrupted => {}
                         Err(e) => return Err(socket_error("receive")(e)),
                     }
                 }
-                self.socket.set_nonblocking(false).map_err(socket_error("set blocking"))?;
             }
             // Replies that change no lease (OFFER, NAK, INFORM answers) need no commit: they go
             // out now, so clients are not kept waiting behind the fsync.
-            for handled in &mut batch {
+            for (handled, arrival) in &mut batch {
                 if handled.changes.is_empty()
                     && let Some(reply) = handled.reply.take()
                 {
-                    self.send(&reply);
+                    self.send(&reply, *arrival);
                 }
             }
             let now = unix_now();
-            let mut changes: Vec<_> = batch.iter_mut().flat_map(|h| h.changes.drain(..)).collect();
+            let mut changes: Vec<_> = batch.iter_mut().flat_map(|(h, _)| h.changes.drain(..)).collect();
             if now != self.last_expiry {
                 self.last_expiry = now;
                 changes.extend(self.server.expire(now));
@@ -157,9 +159,9 @@ impl Service {
             if !changes.is_empty() {
                 self.store.commit(&changes)?;
             }
-            for handled in batch.drain(..) {
+            for (handled, arrival) in batch.drain(..) {
                 if let Some(reply) = handled.reply {
-                    self.send(&reply);
+                    self.send(&reply, arrival);
                 }
             }
             for event in self.server.take_events() {
@@ -174,34 +176,8 @@ impl Service {
 }
 
 impl Service {
-    fn send(&self, reply: &crate::server::Reply) {
-        let to = match reply.to {
-            ReplyTo::Relay(ip) => SocketAddrV4::new(ip, 67),
-            ReplyTo::Unicast(ip) => SocketAddrV4::new(ip, 68),
-            ReplyTo::Broadcast => SocketAddrV4::new(Ipv4Addr::BROADCAST, 68),
-        };
+    fn send(&self, reply: &Reply, arrival: Option<Arrival>) {
         // A reply that cannot be sent is like a lost datagram: the client retries.
-        let _ = self.socket.send_to(&reply.bytes, to);
+        let _ = self.socket.send(&reply.bytes, &routes(reply.to, arrival, self.server_id));
     }
-}
-
-/// Receive buffer: room for the requests that arrive while a commit waits for the disk.
-const RECEIVE_BUFFER: usize = 8 << 20;
-
-fn bind(config: &DhcpConfig) -> Result<UdpSocket, ServiceError> {
-    let socket = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP)).map_err(socket_error("create"))?;
-    socket.set_reuse_address(true).map_err(socket_error("SO_REUSEADDR"))?;
-    socket.set_broadcast(true).map_err(socket_error("SO_BROADCAST"))?;
-    // The kernel caps this at net.core.rmem_max; a smaller buffer only means earlier drops.
-    let _ = socket.set_recv_buffer_size(RECEIVE_BUFFER);
-    if let Some(interface) = &config.interface {
-        socket
-            .bind_device(Some(interface.as_bytes()))
-            .map_err(socket_error(format!("bind to interface {interface} (needs root)")))?;
-    }
-    socket.bind(&SocketAddr::V4(config.listen).into()).map_err(socket_error(format!("bind {}", config.listen)))?;
-    // Set once: the blocking wait for a batch's first request wakes at least this often, to
-    // expire leases and see `stop` (switching to non-blocking and back leaves it in place).
-    socket.set_read_timeout(Some(Duration::from_millis(500))).map_err(socket_error("set timeout"))?;
-    Ok(socket.into())
 }

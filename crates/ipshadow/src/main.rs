@@ -3,9 +3,13 @@
 //! Subcommands so far: `simulate` (the migration in a deterministic simulated network) and
 //! `dhcp` (the DHCP server alone).
 
+mod demo;
 mod dhcp;
+pub(crate) mod lab;
 mod plot;
+mod router;
 mod simulate;
+mod traffic;
 
 use clap::{Parser, Subcommand};
 
@@ -25,6 +29,19 @@ enum Command {
     /// Run the DHCP server alone from a configuration file (leases for migrations, durable
     /// lease store); lease events are printed as JSON lines.
     Dhcp(dhcp::DhcpArgs),
+    /// Generate verified TCP traffic for the lab: `traffic serve` in the VMs, `traffic run` in
+    /// the client hosts (every byte checked, each connection completed, broken or open).
+    Traffic(traffic::TrafficArgs),
+    /// Build, inspect or remove the lab: client hosts, the router, VM A and VM B in Linux
+    /// network namespaces, with real DHCP clients and TCP servers (needs root).
+    Lab(lab::LabArgs),
+    /// Run a migration in the lab under real traffic and print the report: lab up, traffic,
+    /// migration of 10.0.0.10 from VM A to VM B, lab down (needs root; without it, use
+    /// `simulate`).
+    Demo(demo::DemoArgs),
+    /// Run the Shadow Router on Linux interfaces (AF_PACKET; needs root): it follows the
+    /// desired state in its state directory and reports its status there.
+    Router(router::RouterArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -32,6 +49,10 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Simulate(args) => simulate::run(&args),
         Command::Dhcp(args) => dhcp::run(&args),
+        Command::Traffic(args) => traffic::run(&args),
+        Command::Router(args) => router::run(&args),
+        Command::Lab(args) => lab::run(&args),
+        Command::Demo(args) => demo::run(&args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

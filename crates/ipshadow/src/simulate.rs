@@ -76,23 +76,57 @@ pub struct SimulateArgs {
     plot: Option<PathBuf>,
 }
 
+/// `--strategy` on the command line.
 #[derive(Clone, Copy, Debug, ValueEnum)]
-enum StrategyArg {
+pub(crate) enum StrategyArg {
     Flow,
     Packet,
     Instant,
 }
 
+/// `--mode` on the command line.
 #[derive(Clone, Copy, Debug, ValueEnum)]
-enum ModeArg {
+pub(crate) enum ModeArg {
     Independent,
     Replica,
 }
 
+/// `--affinity` on the command line.
 #[derive(Clone, Copy, Debug, ValueEnum)]
-enum AffinityArg {
+pub(crate) enum AffinityArg {
     Flow,
     Client,
+}
+
+impl StrategyArg {
+    /// The core's strategy.
+    pub(crate) fn to_core(self) -> Strategy {
+        match self {
+            StrategyArg::Flow => Strategy::Flow,
+            StrategyArg::Packet => Strategy::Packet,
+            StrategyArg::Instant => Strategy::Instant,
+        }
+    }
+}
+
+impl ModeArg {
+    /// The core's mode.
+    pub(crate) fn to_core(self) -> Mode {
+        match self {
+            ModeArg::Independent => Mode::Independent,
+            ModeArg::Replica => Mode::Replica,
+        }
+    }
+}
+
+impl AffinityArg {
+    /// The core's affinity.
+    pub(crate) fn to_core(self) -> Affinity {
+        match self {
+            AffinityArg::Flow => Affinity::Flow,
+            AffinityArg::Client => Affinity::Client,
+        }
+    }
 }
 
 fn seconds(name: &str, v: f64) -> anyhow::Result<Duration> {
@@ -106,19 +140,9 @@ impl SimulateArgs {
     fn config(&self) -> anyhow::Result<ScenarioConfig> {
         let mut c = ScenarioConfig {
             seed: self.seed,
-            strategy: match self.strategy {
-                StrategyArg::Flow => Strategy::Flow,
-                StrategyArg::Packet => Strategy::Packet,
-                StrategyArg::Instant => Strategy::Instant,
-            },
-            mode: match self.mode {
-                ModeArg::Independent => Mode::Independent,
-                ModeArg::Replica => Mode::Replica,
-            },
-            affinity: match self.affinity {
-                AffinityArg::Flow => Affinity::Flow,
-                AffinityArg::Client => Affinity::Client,
-            },
+            strategy: self.strategy.to_core(),
+            mode: self.mode.to_core(),
+            affinity: self.affinity.to_core(),
             clients: self.clients,
             long_lived: self.long_lived,
             churn_per_sec: self.churn,

@@ -1,0 +1,237 @@
+//! The router's desired state, as the manager stores it, and the reconciler that brings a
+//! running router in line with it.
+//!
+//! The router does not take commands: it watches a document (today a JSON file in its state
+//! directory, later a key in etcd) that says which VM holds which address and which addresses are
+//! shadowed, with each [`ShadowingEntry`] as last recorded (state, split, deadline). Whenever the
+//! document changes, and once at start, [`Reconciler::apply`] makes the router match it. A router
+//! that restarts reads the same document and resumes every migration at its recorded split,
+//! which is what lets it be killed at any moment.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
+
+use ipshadow_core::l2::RouterNode;
+use ipshadow_core::{EntryState, Instant, RouterError, ShadowingEntry, VmId, VmRef};
+use serde::{Deserialize, Serialize};
+
+/// What the manager wants the router to do.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Desired {
+    /// Plain addresses and the VM that holds each (not shadowed ones).
+    #[serde(default)]
+    pub addresses: BTreeMap<Ipv4Addr, VmId>,
+    /// Shadowed addresses.
+    #[serde(default)]
+    pub entries: Vec<DesiredEntry>,
+}
+
+/// One shadowed address as the manager records it, and what it has asked for.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DesiredEntry {
+    /// The entry as last recorded: its state (waiting, ramping, paused, rolling back), split and
+    /// deadline are where a (re)started router resumes.
+    pub entry: ShadowingEntry,
+    /// B's lease on the address is bound: the ramp may start.
+    #[serde(default)]
+    pub lease_bound: bool,
+    /// Send every new flow to B from now on.
+    #[serde(default)]
+    pub promote: bool,
+    /// Cut over now (A's lease ended early, or A failed).
+    #[serde(default)]
+    pub cut_over: bool,
+    /// Finish the rollback now (B's lease has lapsed).
+    #[serde(default)]
+    pub finish_rollback: bool,
+}
+
+/// Why a part of the desired state could not be applied (the rest still is).
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    /// The document names a VM the router has no port for.
+    #[error("{ip}: no port for VM {vm}")]
+    UnknownVm {
+        /// The address concerned.
+        ip: Ipv4Addr,
+        /// The VM without a port.
+        vm: VmId,
+    },
+    /// The core refused an operation.
+    #[error("{ip}: {source}")]
+    Refused {
+        /// The address concerned.
+        ip: Ipv4Addr,
+        /// The core's reason.
+        source: RouterError,
+    },
+}
+
+/// Applies desired states to a router, remembering what it applied.
+#[derive(Debug, Default)]
+pub struct Reconciler {
+    /// Addresses assigned from the document (to release those that leave it).
+    assigned: BTreeMap<Ipv4Addr, VmId>,
+    /// Migrations that ended in this router (address, start time): an entry still in the
+    /// document because the manager has not caught up must not start again.
+    ended: BTreeSet<(Ipv4Addr, Instant)>,
+    /// Migrations promoted already (promotion is a one-time act).
+    promoted: BTreeSet<(Ipv4Addr, Instant)>,
+    /// Start time of the migration installed for each address.
+    installed: BTreeMap<Ipv4Addr, Instant>,
+}
+
+impl Reconciler {
+    /// A reconciler that has applied nothing.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Records that the migration of `ip` ended in the router on its own (deadline reached):
+    /// the document may still list it until the manager catches up.
+    pub fn migration_ended(&mut self, ip: Ipv4Addr) {
+        if let Some(start) = self.installed.remove(&ip) {
+            self.ended.insert((ip, start));
+        }
+    }
+
+    /// Makes `node` match `desired`. Every part that can be applied is; the errors say what could
+    /// not (a bad entry does not stop the others).
+    pub fn apply(&mut self, node: &mut RouterNode, desired: &Desired, now: Instant) -> Vec<ReconcileError> {
+        let mut errors = Vec::new();
+        let wanted: BTreeSet<Ipv4Addr> = desired.entries.iter().map(|d| d.entry.ip_address).collect();
+        // Entries the manager removed while the router still shadows them: the address goes to
+        // whichever VM the document now gives it.
+        let current: Vec<ShadowingEntry> = node.core.entries().collect();
+        for entry in current.iter().filter(|e| !wanted.contains(&e.ip_address)) {
+            let ip = entry.ip_address;
+            let to_source = desired.addresses.get(&ip) == Some(&entry.source_vm_id);
+            let result = if to_source {
+                let _ = node.core.abort(ip, now);
+                node.core.finish_rollback(ip, now)
+            } else {
+                node.core.cut_over(ip, now)
+            };
+            self.ended.insert((ip, entry.migration_start_time));
+            node.unshadow(ip);
+            if let Err(source) = result {
+                errors.push(ReconcileError::Refused { ip, source });
+            }
+        }
+        for d in &desired.entries {
+            if let Err(e) = self.apply_entry(node, d, now) {
+                errors.push(e);
+            }
+        }
+        self.apply_addresses(node, desired, &wanted, &mut errors);
+        errors
+    }
+
+    fn apply_addresses(
+        &mut self,
+        node: &mut RouterNode,
+        desired: &Desired,
+        shadowed: &BTreeSet<Ipv4Addr>,
+        errors: &mut Vec<ReconcileError>,
+    ) {
+        for ip in self.assigned.keys().copied().collect::<Vec<_>>() {
+            if !desired.addresses.contains_key(&ip) && !shadowed.contains(&ip) && node.core.entry(ip).is_none() {
+                node.core.release_address(ip);
+                self.assigned.remove(&ip);
+            }
+        }
+        for (&ip, vm) in &desired.addresses {
+            // While the document lists an entry for the address, the entry (or how it ended)
+            // decides who holds it; the plain holder applies once the manager removes the entry.
+            if shadowed.contains(&ip) || node.core.entry(ip).is_some() {
+                continue;
+            }
+            let Some(port) = node.port_of(vm) else {
+                errors.push(ReconcileError::UnknownVm { ip, vm: vm.clone() });
+                continue;
+            };
+            if node.core.address_holder(ip) != Some(VmRef(port as u32)) {
+                node.core.assign_address(ip, VmRef(port as u32));
+            }
+            self.assigned.insert(ip, vm.clone());
+        }
+    }
+
+    fn apply_entry(&mut self, node: &mut RouterNode, d: &DesiredEntry, now: Instant) -> Result<(), ReconcileError> {
+        let wanted = &d.entry;
+        let ip = wanted.ip_address;
+        let key = (ip, wanted.migration_start_time);
+        if self.ended.contains(&key) {
+            return Ok(());
+        }
+        let refused = |source| ReconcileError::Refused { ip, source };
+        let mut current = match node.core.entry(ip) {
+            Some(current) if current.migration_start_time == wanted.migration_start_time => current,
+            Some(_) => {
+                // Another migration of the same address: the old one is over for the manager.
+                node.core.cut_over(ip, now).map_err(refused)?;
+                return self.install(node, d, now);
+            }
+            None => return self.install(node, d, now),
+        };
+        if d.lease_bound && current.state == EntryState::WaitingForLease {
+            node.core.lease_bound(ip, now).map_err(refused)?;
+            current.state = EntryState::Ramping;
+        }
+        match (current.state, wanted.state) {
+            (EntryState::Ramping, EntryState::Paused) => node.core.pause(ip, now).map_err(refused)?,
+            (EntryState::Paused, EntryState::Ramping) => node.core.resume(ip, now).map_err(refused)?,
+            (s, EntryState::RollingBack) if s != EntryState::RollingBack => {
+                node.core.abort(ip, now).map_err(refused)?;
+            }
+            _ => {}
+        }
+        if current.options.deadline != wanted.options.deadline {
+            node.core.set_deadline(ip, wanted.options.deadline).map_err(refused)?;
+        }
+        if d.promote && self.promoted.insert(key) {
+            node.core.promote(ip, now).map_err(refused)?;
+        }
+        if d.finish_rollback && node.core.entry(ip).is_some_and(|e| e.state == EntryState::RollingBack) {
+            self.ended.insert(key);
+            node.core.finish_rollback(ip, now).map_err(refused)?;
+            node.unshadow(ip);
+        } else if d.cut_over {
+            self.ended.insert(key);
+            node.core.cut_over(ip, now).map_err(refused)?;
+            node.unshadow(ip);
+        }
+        Ok(())
+    }
+
+    /// Installs an entry the router does not have (a new migration, or a restart).
+    fn install(&mut self, node: &mut RouterNode, d: &DesiredEntry, now: Instant) -> Result<(), ReconcileError> {
+        let entry = &d.entry;
+        let ip = entry.ip_address;
+        let port = |vm: &VmId| node.port_of(vm).ok_or_else(|| ReconcileError::UnknownVm { ip, vm: vm.clone() });
+        let (source, destination) = (port(&entry.source_vm_id)?, port(&entry.destination_vm_id)?);
+        let mut entry = entry.clone();
+        // A bound lease recorded by the manager while the entry was still waiting: the ramp
+        // starts from the installation.
+        let start_ramp = d.lease_bound && entry.state == EntryState::WaitingForLease;
+        node.core.add_entry(entry.clone(), now).map_err(|source| ReconcileError::Refused { ip, source })?;
+        node.shadow_ports(ip, source, destination);
+        self.installed.insert(ip, entry.migration_start_time);
+        if start_ramp {
+            node.core.lease_bound(ip, now).map_err(|source| ReconcileError::Refused { ip, source })?;
+            entry.state = EntryState::Ramping;
+        }
+        let key = (ip, entry.migration_start_time);
+        if d.promote && self.promoted.insert(key) {
+            node.core.promote(ip, now).map_err(|source| ReconcileError::Refused { ip, source })?;
+        }
+        if d.cut_over {
+            self.ended.insert(key);
+            node.core.cut_over(ip, now).map_err(|source| ReconcileError::Refused { ip, source })?;
+            node.unshadow(ip);
+        }
+        Ok(())
+    }
+}

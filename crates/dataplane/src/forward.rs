@@ -1,0 +1,151 @@
+//! The forwarding loop's body: frames from every port through the layer-2 router and out again,
+//! the core's timers, its events turned into the status report. The caller owns the clock and
+//! the waiting (see `ipshadow router`); this part is the same for AF_PACKET ports and any other
+//! [`PacketPort`].
+
+use std::io;
+use std::net::Ipv4Addr;
+
+use ipshadow_core::l2::{Out, RouterNode};
+use ipshadow_core::{Event, Instant};
+
+use crate::PacketPort;
+use crate::desired::{Desired, ReconcileError, Reconciler};
+use crate::status::{EndedMigration, ProbeStatus, Status};
+
+/// Frames taken from one port before the next port gets its turn.
+pub const BATCH: usize = 256;
+
+/// A router node with its ports.
+pub struct Forwarder<P: PacketPort> {
+    /// The provider-side port.
+    pub provider: P,
+    /// One port per VM, in the node's port order.
+    pub vms: Vec<P>,
+    /// The layer-2 router.
+    pub node: RouterNode,
+    reconciler: Reconciler,
+    out: Vec<Out>,
+    ended: Vec<EndedMigration>,
+    errors: Vec<String>,
+    /// Frames handed to the node so far.
+    pub frames: u64,
+}
+
+impl<P: PacketPort> Forwarder<P> {
+    /// A forwarder around `node`; `vms[i]` is the node's port `i`.
+    pub fn new(provider: P, vms: Vec<P>, node: RouterNode) -> Self {
+        Self {
+            provider,
+            vms,
+            node,
+            reconciler: Reconciler::new(),
+            out: Vec::with_capacity(2 * BATCH),
+            ended: Vec::new(),
+            errors: Vec::new(),
+            frames: 0,
+        }
+    }
+
+    /// Takes what every port has received (up to about [`BATCH`] frames each), forwards it, runs
+    /// the core's timers and sends everything. Returns how many frames came in.
+    pub fn step(&mut self, now: Instant) -> io::Result<usize> {
+        let Self { provider, vms, node, out, .. } = self;
+        let mut count = provider.receive(BATCH, &mut |frame| node.from_provider(frame.to_vec(), now, out))?;
+        for (port, vm) in vms.iter_mut().enumerate() {
+            count += vm.receive(BATCH, &mut |frame| node.from_vm(port, frame.to_vec(), now, out))?;
+        }
+        node.poll(now, out);
+        self.frames += count as u64;
+        self.transmit()?;
+        self.drain_events();
+        Ok(count)
+    }
+
+    /// Sends an ARP health probe for each shadowed address to both of its VMs.
+    pub fn probe(&mut self) -> io::Result<()> {
+        let targets: Vec<(Ipv4Addr, usize, usize)> = self
+            .node
+            .core
+            .entries()
+            .filter_map(|e| {
+                let a = self.node.port_of(&e.source_vm_id)?;
+                let b = self.node.port_of(&e.destination_vm_id)?;
+                Some((e.ip_address, a, b))
+            })
+            .collect();
+        for (ip, a, b) in targets {
+            self.node.probe(a, ip, &mut self.out);
+            self.node.probe(b, ip, &mut self.out);
+        }
+        self.transmit()
+    }
+
+    /// Brings the router in line with the manager's desired state; returns what could not be
+    /// applied (also kept for the status report).
+    pub fn apply(&mut self, desired: &Desired, now: Instant) -> &[String] {
+        let errors: Vec<ReconcileError> = self.reconciler.apply(&mut self.node, desired, now);
+        // The reconciler may have cut over or rolled back: RSTs to send, events to record.
+        self.node.poll(now, &mut self.out);
+        let _ = self.transmit();
+        self.drain_events();
+        self.errors = errors.iter().map(ToString::to_string).collect();
+        &self.errors
+    }
+
+    /// The status report, without the interface counters (the caller knows its ports).
+    pub fn status(&self, started: Instant, now: Instant) -> Status {
+        let probes = self
+            .node
+            .ports()
+            .iter()
+            .zip(&self.node.probe_replies)
+            .map(|((vm, _), last)| ProbeStatus { vm: vm.clone(), last_reply: *last })
+            .collect();
+        Status {
+            pid: std::process::id(),
+            started,
+            updated: now,
+            entries: self.node.core.entries().collect(),
+            ended: self.ended.clone(),
+            flows: self.node.core.flow_count(),
+            counters: *self.node.core.counters(),
+            l2: self.node.stats.clone(),
+            ports: Vec::new(),
+            probes,
+            reset_clients: self.node.reset_clients.clone(),
+            errors: self.errors.clone(),
+        }
+    }
+
+    fn transmit(&mut self) -> io::Result<()> {
+        for out in self.out.drain(..) {
+            // A full ring is a drop the port counts; the loop goes on.
+            let _ = match out {
+                Out::Provider(frame) => self.provider.send(&frame),
+                Out::Vm(port, frame) => match self.vms.get_mut(port) {
+                    Some(vm) => vm.send(&frame),
+                    None => Ok(()),
+                },
+            };
+        }
+        self.provider.flush()?;
+        for vm in &mut self.vms {
+            vm.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Takes the core's events: ended migrations are kept for the report (and told to the
+    /// reconciler); the rest are for the flow-lifetime predictor, which does not exist yet.
+    fn drain_events(&mut self) {
+        let events = std::mem::take(self.node.core.sink_mut());
+        for event in events {
+            if let Event::MigrationEnded { ip, outcome, report, at } = event {
+                self.reconciler.migration_ended(ip);
+                self.node.unshadow(ip);
+                self.ended.push(EndedMigration { ip, outcome, report, at });
+            }
+        }
+    }
+}

@@ -1,0 +1,77 @@
+//! What a running router reports about itself: its shadowing table, the migrations that ended,
+//! counters of every port and drop reason, health-probe answers. The router writes it to its
+//! state directory a few times a second; the manager (and `ipshadow demo`) read it.
+
+use std::collections::BTreeSet;
+use std::net::Ipv4Addr;
+
+use ipshadow_core::l2::PortStats;
+use ipshadow_core::{CutOverReport, Instant, Outcome, RouterCounters, ShadowingEntry, VmId};
+use serde::{Deserialize, Serialize};
+
+/// A router's report.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Status {
+    /// Process id of the router.
+    pub pid: u32,
+    /// When the router process started (its clock: unix time in microseconds).
+    pub started: Instant,
+    /// When this report was made.
+    pub updated: Instant,
+    /// The shadowing table: one entry per shadowed address, with its state, split and counters.
+    pub entries: Vec<ShadowingEntry>,
+    /// Migrations that ended in this router process (deadline reached, cut over, rolled back).
+    pub ended: Vec<EndedMigration>,
+    /// Flows tracked.
+    pub flows: usize,
+    /// The core's counters (every dropped packet is in exactly one).
+    pub counters: RouterCounters,
+    /// Layer-2 counters: forwarded, ARP answered, no route, drops by reason.
+    pub l2: PortStats,
+    /// Frames in and out of each interface.
+    pub ports: Vec<PortIo>,
+    /// Health probes: when each VM last answered.
+    pub probes: Vec<ProbeStatus>,
+    /// Client TCP endpoints the router itself reset when a migration ended (the losing side's
+    /// flows): a client that saw a reset there was cut over, not broken by accident.
+    pub reset_clients: BTreeSet<(Ipv4Addr, u16)>,
+    /// What could not be applied from the desired state, as of the last change.
+    pub errors: Vec<String>,
+}
+
+/// A migration that left the shadowing table.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EndedMigration {
+    /// The address.
+    pub ip: Ipv4Addr,
+    /// Completed (B holds it) or rolled back (A does).
+    pub outcome: Outcome,
+    /// What happened to the losing side's flows.
+    pub report: CutOverReport,
+    /// When.
+    pub at: Instant,
+}
+
+/// Frames through one interface.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortIo {
+    /// Interface name.
+    pub interface: String,
+    /// What is behind it: `provider` or a VM id.
+    pub role: String,
+    /// Frames received.
+    pub received: u64,
+    /// Frames sent.
+    pub sent: u64,
+    /// Frames not sent (ring full, too long).
+    pub send_errors: u64,
+}
+
+/// The last answer of a VM to the router's ARP health probes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProbeStatus {
+    /// The VM.
+    pub vm: VmId,
+    /// When it last answered, if ever.
+    pub last_reply: Option<Instant>,
+}

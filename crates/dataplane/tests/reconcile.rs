@@ -1,0 +1,194 @@
+//! The forwarder driven by a desired state, on in-memory ports: addresses assigned, a migration
+//! installed, started by B's bound lease, resumed at its recorded split by a fresh router (a
+//! restart), ended by its deadline and not started again by a document that lags behind.
+
+#![allow(clippy::unwrap_used)]
+
+use std::collections::VecDeque;
+use std::io;
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use ipshadow_core::l2::RouterNode;
+use ipshadow_core::testkit::{X, tcp};
+use ipshadow_core::{
+    CongestionControlParameters, EntryState, Instant, MigrationOptions, Outcome, Ramp, RouterConfig, ShadowingEntry,
+    VmId,
+};
+use ipshadow_dataplane::{Desired, DesiredEntry, Forwarder, PacketPort};
+
+/// A port whose received frames the test queues and whose sent frames it reads.
+#[derive(Default)]
+struct MemPort {
+    rx: VecDeque<Vec<u8>>,
+    tx: Vec<Vec<u8>>,
+}
+
+impl PacketPort for MemPort {
+    fn receive(&mut self, max: usize, frame: &mut dyn FnMut(&[u8])) -> io::Result<usize> {
+        let mut n = 0;
+        while n < max
+            && let Some(f) = self.rx.pop_front()
+        {
+            frame(&f);
+            n += 1;
+        }
+        Ok(n)
+    }
+    fn send(&mut self, frame: &[u8]) -> io::Result<()> {
+        self.tx.push(frame.to_vec());
+        Ok(())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+const PROVIDER_MAC: [u8; 6] = [2, 0xee, 0, 0, 0, 1];
+const VM_SIDE_MAC: [u8; 6] = [2, 0xee, 0, 0, 0, 2];
+const MAC_B: [u8; 6] = [2, 0xb, 0, 0, 0, 1];
+const GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
+
+fn forwarder(now: Instant) -> Forwarder<MemPort> {
+    let config = RouterConfig { max_flows: 4096, ..RouterConfig::default() };
+    // A's MAC is left to be learned; B's is configured.
+    let ports = vec![(VmId::from("vm-a"), [0; 6]), (VmId::from("vm-b"), MAC_B)];
+    let node = RouterNode::new(config, PROVIDER_MAC, VM_SIDE_MAC, GATEWAY, ports, now);
+    Forwarder::new(MemPort::default(), vec![MemPort::default(), MemPort::default()], node)
+}
+
+fn entry(start: Instant, deadline: Instant) -> ShadowingEntry {
+    let options = MigrationOptions {
+        ramp: Ramp::Linear { pct_per_sec: 10.0 },
+        deadline: Some(deadline),
+        salt: 7,
+        ..MigrationOptions::default()
+    };
+    ShadowingEntry::new(X, "vm-a".into(), "vm-b".into(), start, CongestionControlParameters::default(), options)
+}
+
+fn client(i: u16) -> Ipv4Addr {
+    Ipv4Addr::new(10, 0, 1, 1 + (i % 200) as u8)
+}
+
+fn syn(i: u16) -> Vec<u8> {
+    let mut f = tcp((client(i), 20_000 + i), (X, 7000), 0x02, 1, 0, b"");
+    f[..6].copy_from_slice(&PROVIDER_MAC);
+    f[6..12].copy_from_slice(&[2, 0xc, 0, 0, 0, 1]);
+    f
+}
+
+#[test]
+fn a_vm_mac_is_learned_before_frames_reach_it() {
+    let t0 = Instant::from_secs(1_000);
+    let mut f = forwarder(t0);
+    let desired = Desired { addresses: [(X, VmId::from("vm-a"))].into(), entries: vec![] };
+    assert!(f.apply(&desired, t0).is_empty());
+    f.provider.rx.push_back(syn(1));
+    f.step(t0).unwrap();
+    assert!(f.vms[0].tx.is_empty(), "A's MAC is not known yet");
+    assert_eq!(f.node.stats.no_route, 1);
+    // A speaks (a reply from X): its MAC is learned and the next SYN reaches it.
+    let mut from_a = tcp((X, 7000), (client(1), 20_001), 0x12, 9, 2, b"");
+    from_a[6..12].copy_from_slice(&[2, 0xa, 0, 0, 0, 1]);
+    f.vms[0].rx.push_back(from_a);
+    f.step(t0).unwrap();
+    f.provider.rx.push_back(syn(2));
+    f.step(t0).unwrap();
+    assert_eq!(f.vms[0].tx.len(), 1);
+    assert_eq!(&f.vms[0].tx[0][..6], &[2, 0xa, 0, 0, 0, 1]);
+}
+
+#[test]
+fn a_migration_follows_the_document_through_a_restart_to_its_deadline() {
+    let t0 = Instant::from_secs(1_000);
+    let deadline = t0 + Duration::from_secs(60);
+    let mut desired = Desired {
+        addresses: [(X, VmId::from("vm-a"))].into(),
+        entries: vec![DesiredEntry {
+            entry: entry(t0, deadline),
+            lease_bound: false,
+            promote: false,
+            cut_over: false,
+            finish_rollback: false,
+        }],
+    };
+    let mut f = forwarder(t0);
+    assert!(f.apply(&desired, t0).is_empty());
+    assert_eq!(f.node.core.entry(X).unwrap().state, EntryState::WaitingForLease);
+
+    // B's lease is bound: the split ramps at 10 %/s.
+    desired.entries[0].lease_bound = true;
+    assert!(f.apply(&desired, t0).is_empty());
+    let mut now = t0;
+    for _ in 0..50 {
+        now = now + Duration::from_millis(100);
+        f.step(now).unwrap();
+    }
+    let split = f.node.core.entry(X).unwrap().traffic_split_percentage;
+    assert!(split > 20.0, "split {split} after 5 s");
+
+    // The manager records what the router reports; a fresh router (restart) resumes there.
+    let recorded = f.status(t0, now).entries[0].clone();
+    assert_eq!(recorded.state, EntryState::Ramping);
+    desired.entries[0].entry = recorded.clone();
+    let mut restarted = forwarder(now);
+    assert!(restarted.apply(&desired, now).is_empty());
+    let resumed = restarted.node.core.entry(X).unwrap();
+    assert_eq!(resumed.state, EntryState::Ramping);
+    assert!((resumed.traffic_split_percentage - recorded.traffic_split_percentage).abs() < 1e-9);
+
+    // Past the deadline the router cuts over by itself; the lagging document does not bring the
+    // entry back, and the address now belongs to B.
+    let late = deadline + Duration::from_secs(1);
+    restarted.step(late).unwrap();
+    let status = restarted.status(now, late);
+    assert!(status.entries.is_empty());
+    assert_eq!(status.ended.len(), 1);
+    assert_eq!(status.ended[0].outcome, Outcome::Completed);
+    assert!(restarted.apply(&desired, late).is_empty());
+    assert!(restarted.node.core.entry(X).is_none(), "an ended migration must not start again");
+    restarted.provider.rx.push_back(syn(3));
+    restarted.step(late).unwrap();
+    assert_eq!(restarted.vms[1].tx.len(), 1, "new flows go to B");
+    assert!(restarted.vms[0].tx.is_empty());
+}
+
+#[test]
+fn removing_an_entry_ends_the_migration_towards_the_documented_holder() {
+    let t0 = Instant::from_secs(1_000);
+    let mut f = forwarder(t0);
+    let mut desired = Desired {
+        addresses: [(X, VmId::from("vm-a"))].into(),
+        entries: vec![DesiredEntry {
+            entry: entry(t0, t0 + Duration::from_secs(600)),
+            lease_bound: true,
+            promote: false,
+            cut_over: false,
+            finish_rollback: false,
+        }],
+    };
+    assert!(f.apply(&desired, t0).is_empty());
+    // The manager rolled back: the entry is gone and A holds X.
+    desired.entries.clear();
+    assert!(f.apply(&desired, t0).is_empty());
+    let status = f.status(t0, t0);
+    assert_eq!(status.ended.len(), 1);
+    assert_eq!(status.ended[0].outcome, Outcome::RolledBack);
+    assert_eq!(f.node.core.address_holder(X), Some(ipshadow_core::VmRef(0)));
+
+    // An entry naming a VM without a port is refused with its reason; nothing else changes.
+    let mut bad = entry(t0 + Duration::from_secs(1), t0 + Duration::from_secs(600));
+    bad.destination_vm_id = VmId::from("vm-z");
+    desired.entries.push(DesiredEntry {
+        entry: bad,
+        lease_bound: false,
+        promote: false,
+        cut_over: false,
+        finish_rollback: false,
+    });
+    let errors = f.apply(&desired, t0).to_vec();
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(errors[0].contains("vm-z"), "{errors:?}");
+    assert!(f.node.core.entry(X).is_none());
+}

@@ -1,0 +1,122 @@
+//! `ipshadow demo`: the lab, real traffic, one migration of X from VM A to VM B, the report.
+//!
+//! The demo plays the network manager's part itself (issue 6 moves it behind the API): it writes
+//! the router's desired state, gives the DHCP server the migration plan, starts VM B's DHCP
+//! client, starts the ramp when the DHCP server reports B's lease bound, records the split the
+//! router reports (so a restarted router resumes there), and moves the address to B when the
+//! router reports the cut-over.
+
+mod manager;
+mod report;
+
+use std::time::Duration;
+
+use anyhow::bail;
+use clap::{ArgAction, Args};
+use ipshadow_core::{Ramp, RampStep};
+
+use crate::lab::Lab;
+use crate::simulate::{AffinityArg, ModeArg, StrategyArg};
+
+/// Options of `ipshadow demo`.
+#[derive(Args, Debug)]
+pub struct DemoArgs {
+    /// How new traffic is split: per flow (ipshadow), per packet (the seed's pseudocode), or an
+    /// instant reassignment.
+    #[arg(long, value_enum, default_value = "flow")]
+    pub strategy: StrategyArg,
+    /// B runs its own stack (independent) or is a state-synchronised copy of A (replica; the lab's
+    /// VMs are independent Linux hosts, so replica mode only shows its arbitration).
+    #[arg(long, value_enum, default_value = "independent")]
+    pub mode: ModeArg,
+    /// What a split decision pins: each flow, or every flow of a client address.
+    #[arg(long, value_enum, default_value = "flow")]
+    pub affinity: AffinityArg,
+    /// Client hosts.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u8).range(1..=50))]
+    pub clients: u8,
+    /// Long-lived TCP connections kept open, over all clients.
+    #[arg(long, default_value_t = 500)]
+    pub long_lived: u32,
+    /// New short TCP connections per second, over all clients.
+    #[arg(long, default_value_t = 20)]
+    pub churn: u32,
+    /// Shortest and longest lifetime of a long-lived connection, seconds.
+    #[arg(long, num_args = 2, value_names = ["MIN", "MAX"], default_values_t = [10u32, 30], action = ArgAction::Set)]
+    pub lifetime: Vec<u32>,
+    /// Seconds of traffic before the migration starts.
+    #[arg(long, default_value_t = 8)]
+    pub warmup: u64,
+    /// Ramp steps in percent, each held `--ramp-hold` seconds.
+    #[arg(long, value_delimiter = ',', default_value = "1,5,25,50,100", action = ArgAction::Set)]
+    pub ramp: Vec<f64>,
+    /// Seconds each ramp step is held.
+    #[arg(long, default_value_t = 5)]
+    pub ramp_hold: u64,
+    /// A's deadline (the end of its lease: cut-over), seconds after the migration starts.
+    #[arg(long, default_value_t = 60)]
+    pub deadline: u64,
+    /// Seconds of traffic after the cut-over.
+    #[arg(long, default_value_t = 5)]
+    pub after: u64,
+    /// Kill the router with SIGKILL this many seconds after the migration starts, and start it
+    /// again (repeatable).
+    #[arg(long = "router-restart-at", value_name = "SECS")]
+    pub router_restarts: Vec<u64>,
+    /// Print the report as one JSON object (the keys of `simulate --json`).
+    #[arg(long)]
+    pub json: bool,
+    /// Leave the lab up afterwards (`ipshadow lab down --prefix P` removes it).
+    #[arg(long)]
+    pub keep_lab: bool,
+    /// Prefix of the lab's names.
+    #[arg(long, default_value = "ipshdemo")]
+    pub prefix: String,
+}
+
+impl DemoArgs {
+    fn ramp(&self) -> anyhow::Result<Ramp> {
+        let hold = Duration::from_secs(self.ramp_hold);
+        let ramp = Ramp::Steps { steps: self.ramp.iter().map(|&pct| RampStep { pct, hold }).collect() };
+        ramp.validate().map_err(|e| anyhow::anyhow!("--ramp: {e}"))?;
+        Ok(ramp)
+    }
+
+    fn check(&self) -> anyhow::Result<()> {
+        if self.lifetime[1] < self.lifetime[0] || self.lifetime[0] == 0 {
+            bail!("--lifetime: MIN must be at least 1 and MAX at least MIN");
+        }
+        if self.deadline == 0 || self.deadline > 3600 {
+            bail!("--deadline must be 1 to 3600 seconds");
+        }
+        if self.long_lived > 20_000 || self.churn > 2_000 {
+            bail!("--long-lived is at most 20000 and --churn at most 2000 per second in the lab");
+        }
+        if let Some(late) = self.router_restarts.iter().find(|&&t| t >= self.deadline) {
+            bail!("--router-restart-at {late} is not before the deadline ({})", self.deadline);
+        }
+        Ok(())
+    }
+}
+
+/// Runs the demo: lab up, traffic, migration, report, lab down.
+pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
+    args.check()?;
+    let lab = Lab::new(&args.prefix)?;
+    lab.require_root()?;
+    eprintln!("ipshadow demo: building the lab ({} clients, VM A holds 10.0.0.10 by DHCP)", args.clients);
+    lab.up(args.clients)?;
+    let result = manager::Demo::new(&lab, args).and_then(|demo| demo.run());
+    if !args.keep_lab
+        && let Err(e) = lab.down()
+    {
+        eprintln!("ipshadow demo: removing the lab: {e:#}");
+    }
+    let report = result?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", report.text());
+    }
+    Ok(())
+}

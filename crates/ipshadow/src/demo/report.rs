@@ -1,0 +1,146 @@
+//! The demo's report: the keys of `simulate --json` measured on real Linux TCP connections,
+//! then the traffic tallies, the timeline and the router's counters.
+
+use std::collections::BTreeSet;
+use std::net::Ipv4Addr;
+
+use ipshadow_core::Outcome;
+use ipshadow_dataplane::Status;
+use ipshadow_dataplane::status::EndedMigration;
+use serde::Serialize;
+
+use super::DemoArgs;
+use crate::traffic::report::{Cause, Report as TrafficReport};
+
+/// When things happened, in seconds after the migration started.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Timeline {
+    /// Unix time of the start.
+    pub started_unix_s: f64,
+    /// B's lease bound (the ramp's start).
+    pub lease_bound_s: Option<f64>,
+    /// The split first at 100 %.
+    pub split_100_s: Option<f64>,
+    /// The router reported the migration ended (cut-over or rollback).
+    pub ended_s: Option<f64>,
+    /// Router restarts: when it was killed, and how long until the new process ran.
+    pub router_restarts: Vec<(f64, f64)>,
+}
+
+/// The whole report.
+#[derive(Debug, Serialize)]
+pub struct DemoReport {
+    strategy: String,
+    mode: String,
+    connections_total: u64,
+    connections_broken: u64,
+    connections_completed: u64,
+    cut_at_deadline: u64,
+    migration_state: String,
+    final_split_pct: f64,
+    conflicts_suppressed: u64,
+    connections_open_at_end: u64,
+    long_lived: crate::traffic::report::KindCounts,
+    churn: crate::traffic::report::KindCounts,
+    causes: std::collections::BTreeMap<String, u64>,
+    exchanges: u64,
+    bytes_verified: u64,
+    timeline: Timeline,
+    cut_over: Option<EndedMigration>,
+    router: Option<Status>,
+}
+
+impl DemoReport {
+    /// Puts the pieces together. Connections the router itself reset when A's deadline came are
+    /// counted as cut at the deadline, not as broken.
+    pub fn new(
+        args: &DemoArgs,
+        traffic: TrafficReport,
+        timeline: Timeline,
+        ended: Option<EndedMigration>,
+        reset_clients: &BTreeSet<(Ipv4Addr, u16)>,
+        router: Option<Status>,
+        conflicts: u64,
+    ) -> Self {
+        let cut = traffic
+            .broken
+            .iter()
+            .filter(|b| {
+                b.cause == Cause::Reset
+                    && b.local.is_some_and(|l| match l.ip() {
+                        std::net::IpAddr::V4(ip) => reset_clients.contains(&(ip, l.port())),
+                        std::net::IpAddr::V6(_) => false,
+                    })
+            })
+            .count() as u64;
+        let (state, split) = match (&ended, router.as_ref().and_then(|r| r.entries.first())) {
+            (Some(e), _) if e.outcome == Outcome::Completed => ("completed".to_owned(), 100.0),
+            (Some(_), _) => ("rolled_back".to_owned(), 0.0),
+            (None, Some(entry)) => (format!("{:?}", entry.state).to_lowercase(), entry.traffic_split_percentage),
+            (None, None) => ("not_started".to_owned(), 0.0),
+        };
+        let name = |v: &dyn std::fmt::Debug| format!("{v:?}").to_lowercase();
+        Self {
+            strategy: name(&args.strategy),
+            mode: name(&args.mode),
+            connections_total: traffic.connections_total,
+            connections_broken: traffic.connections_broken - cut,
+            connections_completed: traffic.connections_completed,
+            cut_at_deadline: cut,
+            migration_state: state,
+            final_split_pct: split,
+            conflicts_suppressed: conflicts,
+            connections_open_at_end: traffic.connections_open,
+            long_lived: traffic.by_kind.long_lived,
+            churn: traffic.by_kind.churn,
+            causes: traffic.causes.clone(),
+            exchanges: traffic.exchanges,
+            bytes_verified: traffic.bytes_verified,
+            timeline,
+            cut_over: ended,
+            router,
+        }
+    }
+
+    /// The report for people.
+    pub fn text(&self) -> String {
+        let t = &self.timeline;
+        let at = |v: Option<f64>| v.map_or("-".to_owned(), |s| format!("{s:.1} s"));
+        let mut s = format!(
+            "migration of 10.0.0.10 from vm-a to vm-b ({} strategy, {} mode): {}\n\
+             \x20 connections: {} total, {} completed, {} broken, {} cut at the deadline, {} open at the end\n\
+             \x20 long-lived: {} total, {} broken; churn: {} total, {} broken\n\
+             \x20 exchanges verified: {} ({} response bytes)\n\
+             \x20 timeline: B's lease bound {}, split 100 % {}, ended {}\n\
+             \x20 final split {:.0} %, conflicting replies suppressed {}\n",
+            self.strategy,
+            self.mode,
+            self.migration_state,
+            self.connections_total,
+            self.connections_completed,
+            self.connections_broken,
+            self.cut_at_deadline,
+            self.connections_open_at_end,
+            self.long_lived.total,
+            self.long_lived.broken,
+            self.churn.total,
+            self.churn.broken,
+            self.exchanges,
+            self.bytes_verified,
+            at(t.lease_bound_s),
+            at(t.split_100_s),
+            at(t.ended_s),
+            self.final_split_pct,
+            self.conflicts_suppressed,
+        );
+        for (killed, took) in &t.router_restarts {
+            s += &format!("  router killed at {killed:.1} s, running again {:.0} ms later\n", took * 1e3);
+        }
+        let causes: Vec<String> =
+            self.causes.iter().filter(|(_, n)| **n > 0).map(|(c, n)| format!("{c} {n}")).collect();
+        if !causes.is_empty() {
+            s += &format!("  causes of broken connections: {}\n", causes.join(", "));
+        }
+        s
+    }
+}

@@ -1,0 +1,103 @@
+//! `ipshadow lab up|down|status`: a real topology in Linux network namespaces.
+//!
+//! ```text
+//!  client hosts c1..cN ── bridge (ns sw) ── prov ┐
+//!                                               router (ns r) ── vma ── VM A (ns a)
+//!                                                             └─ vmb ── VM B (ns b)
+//! ```
+//! Clients are on the provider segment 10.0.1.0/16 and reach X = 10.0.0.10 on-link (the router
+//! answers ARP for it). Each VM has its own segment to the router, whose VM-side interfaces carry
+//! the gateway 10.0.0.1 (for the DHCP server, which runs in the router's namespace). VM A gets X
+//! by DHCP (ISC dhclient) at `up`; VM B gets it when a migration starts. Both VMs run the
+//! traffic server. Everything is named with a prefix, lives under `/run/ipshadow/PREFIX/`, and
+//! `down` removes it all, also after a crash. iproute2 (`ip`) does every network change.
+
+pub(crate) mod services;
+mod topology;
+
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+
+use clap::{Args, Subcommand};
+
+pub use services::Lab;
+
+/// The address that moves.
+pub const X: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 10);
+/// The VMs' gateway (the router's VM side).
+pub const GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
+/// TCP port of the traffic servers in the VMs.
+pub const SERVICE_PORT: u16 = 7000;
+/// MAC address of VM A's interface.
+pub const MAC_A: &str = "02:1b:5d:00:0a:01";
+/// MAC address of VM B's interface.
+pub const MAC_B: &str = "02:1b:5d:00:0b:01";
+/// MAC address of the router's VM-side interfaces (both: the VMs see one gateway).
+pub const GATEWAY_MAC: &str = "02:1b:5d:00:00:01";
+/// MAC address of the router's provider-side interface.
+pub const PROVIDER_MAC: &str = "02:1b:5d:00:00:02";
+
+/// Options of `ipshadow lab`.
+#[derive(Args, Debug)]
+pub struct LabArgs {
+    #[command(subcommand)]
+    command: LabCommand,
+    /// Prefix of every namespace (at most 8 characters: letters, digits, '-').
+    #[arg(long, global = true, default_value = "ipsh")]
+    prefix: String,
+}
+
+#[derive(Subcommand, Debug)]
+enum LabCommand {
+    /// Build the lab (a lab already up is left as it is; leftovers of a broken one are
+    /// removed first) and start the router, the DHCP server, the traffic servers and VM A's
+    /// DHCP client.
+    Up {
+        /// Client hosts on the provider segment.
+        #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u8).range(1..=50))]
+        clients: u8,
+    },
+    /// Stop every process in the lab and remove its namespaces and files.
+    Down,
+    /// Show what is up: namespaces, processes, VM addresses, the router's shadowing table.
+    Status {
+        /// One JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Runs a `lab` subcommand.
+pub fn run(args: &LabArgs) -> anyhow::Result<()> {
+    let lab = Lab::new(&args.prefix)?;
+    match &args.command {
+        LabCommand::Up { clients } => {
+            lab.require_root()?;
+            if lab.is_up() {
+                eprintln!("ipshadow lab: {} is already up", args.prefix);
+            } else {
+                lab.up(*clients)?;
+                eprintln!("ipshadow lab: {} is up; `ipshadow lab down` removes it", args.prefix);
+            }
+            Ok(())
+        }
+        LabCommand::Down => {
+            lab.require_root()?;
+            lab.down()
+        }
+        LabCommand::Status { json } => {
+            let status = lab.status();
+            if *json {
+                println!("{}", serde_json::to_string_pretty(&status)?);
+            } else {
+                print!("{}", status.text());
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Where the lab keeps its files.
+pub fn state_dir(prefix: &str) -> PathBuf {
+    PathBuf::from("/run/ipshadow").join(prefix)
+}
