@@ -91,6 +91,26 @@ impl Ramp {
         }
     }
 
+    /// The shortest ramp time after which the ceiling is at least `pct` (where a resumed ramp
+    /// goes on from).
+    pub fn time_to_reach(&self, pct: f64) -> Duration {
+        match self {
+            Ramp::Linear { pct_per_sec } => {
+                Duration::try_from_secs_f64(pct.clamp(0.0, 100.0) / pct_per_sec).unwrap_or(Duration::ZERO)
+            }
+            Ramp::Steps { steps } => {
+                let mut start = Duration::ZERO;
+                for (i, s) in steps.iter().enumerate() {
+                    if s.pct >= pct || i + 1 == steps.len() {
+                        return start;
+                    }
+                    start += s.hold;
+                }
+                start
+            }
+        }
+    }
+
     /// Ramp time at which the ceiling next changes after `elapsed`, for a stepped ramp.
     pub fn next_step_after(&self, elapsed: Duration) -> Option<Duration> {
         match self {

@@ -99,6 +99,9 @@ pub struct SplitController {
     started: Option<Instant>,
     paused_at: Option<Instant>,
     paused_total: Duration,
+    /// Ramp time already behind a controller that resumed a recorded split (a restarted
+    /// router): the ramp goes on from where it yields that split, not from its first step.
+    resumed_from: Duration,
     cwnd: f64,
     split: f64,
     fixed: Option<f64>,
@@ -115,6 +118,7 @@ impl SplitController {
             started: None,
             paused_at: None,
             paused_total: Duration::ZERO,
+            resumed_from: Duration::ZERO,
             cwnd: 100.0,
             split: 0.0,
             fixed: None,
@@ -127,6 +131,7 @@ impl SplitController {
     /// point where it yields `split`.
     pub fn resume_at(params: CongestionControlParameters, ramp: Ramp, split: f64, started: Instant) -> Self {
         let mut c = Self::new(params, ramp);
+        c.resumed_from = c.ramp.time_to_reach(split);
         c.started = Some(started);
         c.split = split.clamp(0.0, 100.0);
         c.interval_end = Some(started + c.params.interval);
@@ -205,7 +210,7 @@ impl SplitController {
     fn ceiling(&self, now: Instant) -> f64 {
         let Some(started) = self.started else { return 0.0 };
         let paused_now = self.paused_at.map_or(Duration::ZERO, |at| now - at);
-        self.ramp.ceiling((now - started).saturating_sub(self.paused_total + paused_now))
+        self.ramp.ceiling((now - started + self.resumed_from).saturating_sub(self.paused_total + paused_now))
     }
 
     fn apply(&mut self, to: f64, reason: SplitReason) -> Option<SplitChange> {
@@ -269,7 +274,11 @@ impl SplitController {
         }
         let interval = self.interval_end?;
         let started = self.started?;
-        let step = self.ramp.next_step_after(interval - started).map(|t| started + t + self.paused_total);
+        let ramp_time = (interval - started + self.resumed_from).saturating_sub(self.paused_total);
+        let step = self
+            .ramp
+            .next_step_after(ramp_time)
+            .map(|t| started + t.saturating_sub(self.resumed_from) + self.paused_total);
         Some(step.map_or(interval, |s| s.min(interval)))
     }
 }
@@ -301,6 +310,29 @@ mod tests {
         }
         assert_eq!(c.split(), 100.0);
         c.poll(secs(15 + 10));
+    }
+
+    #[test]
+    fn a_resumed_ramp_goes_on_from_its_recorded_split() {
+        let hold = Duration::from_secs(5);
+        let steps = [1.0, 5.0, 25.0, 50.0, 100.0].map(|pct| RampStep { pct, hold }).to_vec();
+        let ramp = Ramp::Steps { steps };
+        assert_eq!(ramp.time_to_reach(0.0), Duration::ZERO);
+        assert_eq!(ramp.time_to_reach(5.0), Duration::from_secs(5));
+        assert_eq!(ramp.time_to_reach(20.0), Duration::from_secs(10));
+        assert_eq!(ramp.time_to_reach(100.0), Duration::from_secs(20));
+        // Resumed at 5 % (the second step), the next step (25 %) comes one hold later, not four.
+        let mut c = SplitController::resume_at(CongestionControlParameters::default(), ramp, 5.0, secs(100));
+        c.poll(secs(101));
+        assert_eq!(c.split(), 5.0, "not back to the first step");
+        assert!(c.next_wakeup().is_some_and(|t| t <= secs(105)), "woken by the next step at the latest");
+        c.poll(secs(105));
+        assert_eq!(c.split(), 25.0);
+        let linear = Ramp::Linear { pct_per_sec: 10.0 };
+        assert_eq!(linear.time_to_reach(50.0), Duration::from_secs(5));
+        let mut c = SplitController::resume_at(CongestionControlParameters::default(), linear, 50.0, secs(100));
+        c.poll(secs(102));
+        assert!((c.split() - 70.0).abs() < 1e-9, "{}", c.split());
     }
 
     #[test]

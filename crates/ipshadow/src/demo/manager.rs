@@ -10,7 +10,7 @@ use ipshadow_dataplane::status::EndedMigration;
 use ipshadow_dataplane::{Desired, DesiredEntry};
 
 use super::DemoArgs;
-use super::report::{DemoReport, Timeline};
+use super::report::{DemoReport, Observed, Timeline};
 use crate::lab::{Lab, SERVICE_PORT, X};
 use crate::traffic::report::Report as TrafficReport;
 
@@ -59,15 +59,18 @@ impl<'a> Demo<'a> {
         outcome?;
         let traffic = traffic?;
         let conflicts = self.conflicts();
-        Ok(DemoReport::new(
-            self.args,
-            traffic,
-            self.timeline,
-            self.ended,
-            &self.reset_clients,
-            self.last_router,
+        let dhcp = dhcp_events(&self.lab.dir.join("dhcp-events.jsonl"));
+        let served = ["a", "b"].iter().map(|vm| (format!("vm-{vm}"), self.server_count(vm, "accepted"))).collect();
+        let observed = Observed {
+            timeline: self.timeline,
+            ended: self.ended,
+            reset_clients: self.reset_clients,
+            router: self.last_router,
             conflicts,
-        ))
+            served,
+            dhcp_events: dhcp,
+        };
+        Ok(DemoReport::new(self.args, traffic, observed))
     }
 
     fn conflicts(&self) -> u64 {
@@ -173,7 +176,7 @@ impl<'a> Demo<'a> {
         let events = self.lab.dir.join("dhcp-events.jsonl");
         let mut seen = std::fs::metadata(&events).map(|m| m.len()).unwrap_or(0);
         self.lab.start_dhcp(Some((MIGRATION_ID, deadline.as_micros() / 1_000_000)))?;
-        self.lab.dhclient("b")?;
+        self.lab.dhcp_client("b", args.b_dhcp_client)?;
         eprintln!("ipshadow demo: migration of {X} from vm-a to vm-b started ({:?} strategy)", args.strategy);
 
         let mut restarts: Vec<u64> = args.router_restarts.clone();
@@ -267,6 +270,15 @@ impl<'a> Demo<'a> {
         Ok(())
     }
 
+    /// A counter from a VM's traffic server status (`open`, `accepted`, ...).
+    fn server_count(&self, vm: &str, key: &str) -> u64 {
+        std::fs::read_to_string(self.lab.dir.join(format!("server-{vm}.json")))
+            .ok()
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+            .and_then(|v| v[key].as_u64())
+            .unwrap_or(0)
+    }
+
     fn progress(&self, t: Duration, tty: bool) {
         let split =
             match (&self.ended, self.last_router.as_ref().and_then(|s| s.entries.iter().find(|e| e.ip_address == X))) {
@@ -275,13 +287,7 @@ impl<'a> Demo<'a> {
                 (None, Some(e)) => e.traffic_split_percentage,
                 (None, None) => 0.0,
             };
-        let open = |vm: &str| -> u64 {
-            std::fs::read_to_string(self.lab.dir.join(format!("server-{vm}.json")))
-                .ok()
-                .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-                .and_then(|v| v["open"].as_u64())
-                .unwrap_or(0)
-        };
+        let open = |vm: &str| self.server_count(vm, "open");
         let (mut completed, mut broken) = (0, 0);
         for i in 1..=self.args.clients {
             if let Ok(text) = std::fs::read_to_string(self.lab.dir.join(format!("progress-c{i}.json")))
@@ -328,4 +334,17 @@ fn b_bound(path: &std::path::Path, seen: &mut u64) -> anyhow::Result<bool> {
         }
     }
     Ok(found)
+}
+
+/// Lease events of the DHCP server by kind (bound, renewed, declined, refused, ...).
+fn dhcp_events(path: &std::path::Path) -> std::collections::BTreeMap<String, u64> {
+    let mut counts = std::collections::BTreeMap::new();
+    for line in std::fs::read_to_string(path).unwrap_or_default().lines() {
+        if let Ok(event) = serde_json::from_str::<serde_json::Value>(line)
+            && let Some(kind) = event["kind"].as_str()
+        {
+            *counts.entry(kind.to_owned()).or_default() += 1;
+        }
+    }
+    counts
 }

@@ -63,6 +63,9 @@ pub struct DemoArgs {
     /// again (repeatable).
     #[arg(long = "router-restart-at", value_name = "SECS")]
     pub router_restarts: Vec<u64>,
+    /// VM B's DHCP client (VM A always runs dhclient).
+    #[arg(long, value_enum, default_value = "dhclient")]
+    pub b_dhcp_client: crate::lab::services::DhcpClient,
     /// Print the report as one JSON object (the keys of `simulate --json`).
     #[arg(long)]
     pub json: bool,

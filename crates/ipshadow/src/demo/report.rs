@@ -40,6 +40,10 @@ pub struct DemoReport {
     final_split_pct: f64,
     conflicts_suppressed: u64,
     connections_open_at_end: u64,
+    /// Connections each VM's server accepted.
+    served: std::collections::BTreeMap<String, u64>,
+    /// The DHCP server's lease events by kind (a `declined` would mean B saw X in use).
+    dhcp_events: std::collections::BTreeMap<String, u64>,
     long_lived: crate::traffic::report::KindCounts,
     churn: crate::traffic::report::KindCounts,
     causes: std::collections::BTreeMap<String, u64>,
@@ -50,18 +54,29 @@ pub struct DemoReport {
     router: Option<Status>,
 }
 
+/// What the manager saw of the router, the DHCP server and the VMs during the demo.
+pub struct Observed {
+    /// When things happened.
+    pub timeline: Timeline,
+    /// How the migration ended, as the router reported it.
+    pub ended: Option<EndedMigration>,
+    /// Client endpoints the router reset at the cut-over.
+    pub reset_clients: BTreeSet<(Ipv4Addr, u16)>,
+    /// The router's last report.
+    pub router: Option<Status>,
+    /// Conflicting replies suppressed, over every router process.
+    pub conflicts: u64,
+    /// Connections each VM's server accepted.
+    pub served: std::collections::BTreeMap<String, u64>,
+    /// The DHCP server's lease events by kind.
+    pub dhcp_events: std::collections::BTreeMap<String, u64>,
+}
+
 impl DemoReport {
     /// Puts the pieces together. Connections the router itself reset when A's deadline came are
     /// counted as cut at the deadline, not as broken.
-    pub fn new(
-        args: &DemoArgs,
-        traffic: TrafficReport,
-        timeline: Timeline,
-        ended: Option<EndedMigration>,
-        reset_clients: &BTreeSet<(Ipv4Addr, u16)>,
-        router: Option<Status>,
-        conflicts: u64,
-    ) -> Self {
+    pub fn new(args: &DemoArgs, traffic: TrafficReport, observed: Observed) -> Self {
+        let Observed { timeline, ended, reset_clients, router, conflicts, served, dhcp_events } = observed;
         let cut = traffic
             .broken
             .iter()
@@ -91,6 +106,8 @@ impl DemoReport {
             final_split_pct: split,
             conflicts_suppressed: conflicts,
             connections_open_at_end: traffic.connections_open,
+            served,
+            dhcp_events,
             long_lived: traffic.by_kind.long_lived,
             churn: traffic.by_kind.churn,
             causes: traffic.causes.clone(),
@@ -109,6 +126,7 @@ impl DemoReport {
         let mut s = format!(
             "migration of 10.0.0.10 from vm-a to vm-b ({} strategy, {} mode): {}\n\
              \x20 connections: {} total, {} completed, {} broken, {} cut at the deadline, {} open at the end\n\
+             \x20 served by vm-a {}, by vm-b {}\n\
              \x20 long-lived: {} total, {} broken; churn: {} total, {} broken\n\
              \x20 exchanges verified: {} ({} response bytes)\n\
              \x20 timeline: B's lease bound {}, split 100 % {}, ended {}\n\
@@ -121,6 +139,8 @@ impl DemoReport {
             self.connections_broken,
             self.cut_at_deadline,
             self.connections_open_at_end,
+            self.served.get("vm-a").copied().unwrap_or(0),
+            self.served.get("vm-b").copied().unwrap_or(0),
             self.long_lived.total,
             self.long_lived.broken,
             self.churn.total,

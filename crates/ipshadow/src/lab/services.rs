@@ -24,6 +24,15 @@ pub struct Lab {
     pub dir: PathBuf,
 }
 
+/// The DHCP clients a VM can run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum DhcpClient {
+    /// ISC dhclient.
+    Dhclient,
+    /// dhcpcd (probes the address with ARP before binding, RFC 5227).
+    Dhcpcd,
+}
+
 /// What `lab status` shows.
 #[derive(Debug, Serialize)]
 pub struct LabStatus {
@@ -172,6 +181,26 @@ impl Lab {
         self.spawn(&self.ns("r"), "dhcp", &exe()?, &["dhcp", "--config", &path], Some(events))
     }
 
+    /// Runs a DHCP client in a VM (`a` or `b`) until it holds X.
+    pub fn dhcp_client(&self, vm: &str, client: DhcpClient) -> anyhow::Result<()> {
+        match client {
+            DhcpClient::Dhclient => self.dhclient(vm)?,
+            DhcpClient::Dhcpcd => {
+                std::fs::write(self.dir.join("dhcpcd.conf"), "define 224 binhex ipshadow\noption ipshadow\n")?;
+                // dhcpcd keeps its lease by interface name, shared by every namespace: a stale
+                // one would make it ask for an old address first.
+                let _ = std::fs::remove_file("/var/lib/dhcpcd/eth0.lease");
+                let (conf, hook) = (self.dir.join("dhcpcd.conf"), self.dir.join(format!("hook-{vm}.sh")));
+                let (conf, hook) = (conf.display().to_string(), hook.display().to_string());
+                // In the foreground (-B) so that the lab holds its process id. Its RFC 5227 ARP
+                // probe for X must meet no answer, or it declines the address.
+                let args = ["-B", "-4", "--noipv4ll", "-f", &conf, "-c", &hook, "eth0"];
+                self.spawn(&self.ns(vm), &format!("dhcpcd-{vm}"), Path::new("dhcpcd"), &args, None)?;
+            }
+        }
+        self.wait_for_address(vm, Duration::from_secs(30))
+    }
+
     /// Runs ISC dhclient in a VM (`a` or `b`): it binds, configures the address and the
     /// default route through the lab's hook (never the host's resolv.conf), then keeps renewing.
     pub fn dhclient(&self, vm: &str) -> anyhow::Result<()> {
@@ -308,7 +337,7 @@ echo "$(date +%s.%N) $reason ${{new_ip_address:-}} ${{new_dhcp_lease_time:-}} ${
 
     /// Stops everything and removes the namespaces and files. Safe to run at any time.
     pub fn down(&self) -> anyhow::Result<()> {
-        for name in SERVICES.iter().chain(&["dhclient-a", "dhclient-b"]) {
+        for name in SERVICES.iter().chain(&["dhclient-a", "dhclient-b", "dhcpcd-a", "dhcpcd-b"]) {
             self.stop(name);
         }
         // Whatever else runs inside the lab's namespaces was started by the lab (DHCP clients'

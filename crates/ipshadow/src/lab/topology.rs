@@ -78,6 +78,14 @@ pub fn build(prefix: &str, clients: u8) -> anyhow::Result<()> {
     }
     // The provider segment: a bridge with the clients and the router's provider port.
     ip_in(&sw, &["link", "add", "br0", "type", "bridge"])?;
+    // A switch forwards frames as they are. With br_netfilter loaded, the bridge would run the
+    // host's IP checks and firewall on them and drop malformed ones before the router sees them.
+    for family in ["iptables", "ip6tables", "arptables"] {
+        let key = format!("net.bridge.bridge-nf-call-{family}");
+        if std::path::Path::new(&format!("/proc/sys/{}", key.replace('.', "/"))).exists() {
+            sysctl(&sw, &key, "0")?;
+        }
+    }
     ip_in(&sw, &["link", "set", "br0", "up"])?;
     veth(&sw, "r", &r, "prov")?;
     ip_in(&sw, &["link", "set", "r", "master", "br0"])?;
