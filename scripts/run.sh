@@ -1,16 +1,28 @@
 #!/usr/bin/env bash
-# Sets up and runs the main job: `ipshadow simulate`, a migration of 10.0.0.10 from VM A to VM B
-# under load in a deterministic simulated network (smoltcp TCP stacks, the shadowing core between
-# them), once per strategy: flow (ipshadow), packet (the seed's per-packet split), instant (the
-# classic reassign). Writes the flow run's plot to target/simulate-flow.svg.
+# Sets up and runs the main job.
+#  1. As root: `ipshadow demo` — the lab in Linux network namespaces (client hosts, the Shadow
+#     Router on AF_PACKET, VM A and VM B with real DHCP clients and TCP servers), 500 long-lived
+#     connections plus churn on real Linux TCP, and a migration of 10.0.0.10 from A to B with the
+#     flow strategy; prints the report and removes the lab.
+#  2. `ipshadow simulate` — the same migration in a deterministic simulated network, once per
+#     strategy: flow (ipshadow), packet (the seed's per-packet split), instant (the classic
+#     reassign). Writes the flow run's plot to target/simulate-flow.svg.
+# Extra arguments go to `ipshadow demo`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
 need_cargo
 cargo build --release --locked -q -p ipshadow
+if [ "$(id -u)" -eq 0 ]; then
+    apt_install iproute2 procps isc-dhcp-client dhcpcd-base
+    section "demo: a live migration in the lab (real Linux TCP)"
+    ./target/release/ipshadow demo "$@"
+else
+    echo "not root: skipping the lab demo (it needs network namespaces); the simulation follows"
+fi
 for strategy in flow packet instant; do
-    echo
+    section "simulate --strategy $strategy"
     plot=()
     [[ $strategy == flow ]] && plot=(--plot target/simulate-flow.svg)
-    ./target/release/ipshadow simulate --strategy "$strategy" "${plot[@]}" "$@"
+    ./target/release/ipshadow simulate --strategy "$strategy" "${plot[@]}"
 done

@@ -86,6 +86,7 @@ impl DemoArgs {
     }
 
     fn check(&self) -> anyhow::Result<()> {
+        self.ramp()?;
         if self.lifetime[1] < self.lifetime[0] || self.lifetime[0] == 0 {
             bail!("--lifetime: MIN must be at least 1 and MAX at least MIN");
         }
