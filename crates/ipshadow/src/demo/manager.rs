@@ -28,6 +28,8 @@ pub struct Demo<'a> {
     ended: Option<EndedMigration>,
     reset_clients: std::collections::BTreeSet<(std::net::Ipv4Addr, u16)>,
     last_router: Option<ipshadow_dataplane::Status>,
+    /// A's deadline, unix seconds (the DHCP plan's).
+    deadline_unix_s: u64,
 }
 
 /// Unix time in microseconds: the router's and the DHCP server's clock.
@@ -48,6 +50,7 @@ impl<'a> Demo<'a> {
             ended: None,
             reset_clients: Default::default(),
             last_router: None,
+            deadline_unix_s: 0,
         })
     }
 
@@ -175,9 +178,11 @@ impl<'a> Demo<'a> {
         // boots its DHCP client and asks for an address.
         let events = self.lab.dir.join("dhcp-events.jsonl");
         let mut seen = std::fs::metadata(&events).map(|m| m.len()).unwrap_or(0);
-        self.lab.start_dhcp(Some((MIGRATION_ID, deadline.as_micros() / 1_000_000)))?;
+        self.deadline_unix_s = deadline.as_micros() / 1_000_000;
+        self.lab.start_dhcp(Some((MIGRATION_ID, self.deadline_unix_s, "active")))?;
         self.lab.dhcp_client("b", args.b_dhcp_client)?;
-        eprintln!("ipshadow demo: migration of {X} from vm-a to vm-b started ({:?} strategy)", args.strategy);
+        let strategy = format!("{:?}", args.strategy).to_lowercase();
+        eprintln!("ipshadow demo: migration of {X} from vm-a to vm-b started ({strategy} strategy)");
 
         let mut restarts: Vec<u64> = args.router_restarts.clone();
         restarts.sort_unstable();
@@ -259,9 +264,12 @@ impl<'a> Demo<'a> {
         if self.ended.is_none()
             && let Some(ended) = status.ended.iter().find(|e| e.ip == X)
         {
-            let winner = if ended.outcome == Outcome::Completed { "vm-b" } else { "vm-a" };
+            let (winner, plan) =
+                if ended.outcome == Outcome::Completed { ("vm-b", "completed") } else { ("vm-a", "rolled_back") };
             self.desired = Desired { addresses: [(X, VmId::from(winner))].into(), entries: vec![] };
             self.lab.write_desired(&self.desired)?;
+            // The DHCP server learns how the plan ended: B's next renewal gets the normal lease.
+            self.lab.start_dhcp(Some((MIGRATION_ID, self.deadline_unix_s, plan)))?;
             self.timeline.ended_s = Some(t.as_secs_f64());
             self.ended = Some(ended.clone());
             self.reset_clients.extend(status.reset_clients.iter().copied());

@@ -108,7 +108,8 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
     args.check()?;
     let lab = Lab::new(&args.prefix)?;
     lab.require_root()?;
-    eprintln!("ipshadow demo: building the lab ({} clients, VM A holds 10.0.0.10 by DHCP)", args.clients);
+    let hosts = if args.clients == 1 { "1 client host".to_owned() } else { format!("{} client hosts", args.clients) };
+    eprintln!("ipshadow demo: building the lab ({hosts}, VM A holds 10.0.0.10 by DHCP)");
     lab.up(args.clients)?;
     let result = manager::Demo::new(&lab, args).and_then(|demo| demo.run());
     if !args.keep_lab

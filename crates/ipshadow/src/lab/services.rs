@@ -154,9 +154,10 @@ impl Lab {
         Ok(pid)
     }
 
-    /// (Re)starts the DHCP server in the router's namespace, with a migration plan or none
-    /// (the standalone server takes its plans from its configuration).
-    pub fn start_dhcp(&self, migration: Option<(u64, u64)>) -> anyhow::Result<u32> {
+    /// (Re)starts the DHCP server in the router's namespace, with a migration plan (id, deadline
+    /// in unix seconds, state: `active`, `completed`, `rolled_back`) or none (the standalone
+    /// server takes its plans from its configuration).
+    pub fn start_dhcp(&self, migration: Option<(u64, u64, &str)>) -> anyhow::Result<u32> {
         self.stop("dhcp");
         let mut config = format!(
             "server_id = \"{GATEWAY}\"\nlease_store = \"{store}\"\n\n\
@@ -165,9 +166,10 @@ impl Lab {
              [[reservations]]\nvm = \"vm-b\"\nmac = \"{MAC_B}\"\n",
             store = self.dir.join("leases.redb").display()
         );
-        if let Some((id, deadline)) = migration {
+        if let Some((id, deadline, state)) = migration {
             config.push_str(&format!(
-                "\n[[migrations]]\nid = {id}\nip = \"{X}\"\nsource = \"vm-a\"\ndestination = \"vm-b\"\ndeadline = {deadline}\n"
+                "\n[[migrations]]\nid = {id}\nip = \"{X}\"\nsource = \"vm-a\"\ndestination = \"vm-b\"\n\
+                 deadline = {deadline}\nstate = \"{state}\"\n"
             ));
         }
         let path = self.dir.join("dhcp.toml");
