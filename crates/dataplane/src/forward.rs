@@ -30,6 +30,9 @@ pub struct Forwarder<P: PacketPort> {
     errors: Vec<String>,
     /// Frames handed to the node so far.
     pub frames: u64,
+    /// Transmit kicks the kernel refused (interface down, no buffer space): the frames stay
+    /// queued in the ring for the next kick, or are lost with the interface.
+    pub flush_errors: u64,
 }
 
 impl<P: PacketPort> Forwarder<P> {
@@ -44,6 +47,7 @@ impl<P: PacketPort> Forwarder<P> {
             ended: Vec::new(),
             errors: Vec::new(),
             frames: 0,
+            flush_errors: 0,
         }
     }
 
@@ -57,13 +61,13 @@ impl<P: PacketPort> Forwarder<P> {
         }
         node.poll(now, out);
         self.frames += count as u64;
-        self.transmit()?;
+        self.transmit();
         self.drain_events();
         Ok(count)
     }
 
     /// Sends an ARP health probe for each shadowed address to both of its VMs.
-    pub fn probe(&mut self) -> io::Result<()> {
+    pub fn probe(&mut self) {
         let targets: Vec<(Ipv4Addr, usize, usize)> = self
             .node
             .core
@@ -78,7 +82,7 @@ impl<P: PacketPort> Forwarder<P> {
             self.node.probe(a, ip, &mut self.out);
             self.node.probe(b, ip, &mut self.out);
         }
-        self.transmit()
+        self.transmit();
     }
 
     /// Brings the router in line with the manager's desired state; returns what could not be
@@ -87,7 +91,7 @@ impl<P: PacketPort> Forwarder<P> {
         let errors: Vec<ReconcileError> = self.reconciler.apply(&mut self.node, desired, now);
         // The reconciler may have cut over or rolled back: RSTs to send, events to record.
         self.node.poll(now, &mut self.out);
-        let _ = self.transmit();
+        self.transmit();
         self.drain_events();
         self.errors = errors.iter().map(ToString::to_string).collect();
         &self.errors
@@ -112,13 +116,16 @@ impl<P: PacketPort> Forwarder<P> {
             counters: *self.node.core.counters(),
             l2: self.node.stats.clone(),
             ports: Vec::new(),
+            flush_errors: self.flush_errors,
             probes,
             reset_clients: self.node.reset_clients.clone(),
             errors: self.errors.clone(),
         }
     }
 
-    fn transmit(&mut self) -> io::Result<()> {
+    /// Sends what the node produced. A full ring or a refused kick is counted (by the port, or
+    /// in `flush_errors`), never fatal: one VM's interface going down must not stop the others.
+    fn transmit(&mut self) {
         for out in self.out.drain(..) {
             // A full ring is a drop the port counts; the loop goes on.
             let _ = match out {
@@ -129,11 +136,9 @@ impl<P: PacketPort> Forwarder<P> {
                 },
             };
         }
-        self.provider.flush()?;
-        for vm in &mut self.vms {
-            vm.flush()?;
-        }
-        Ok(())
+        let refused = usize::from(self.provider.flush().is_err())
+            + self.vms.iter_mut().map(|vm| usize::from(vm.flush().is_err())).sum::<usize>();
+        self.flush_errors += refused as u64;
     }
 
     /// Takes the core's events: ended migrations are kept for the report (and told to the

@@ -30,6 +30,9 @@ pub struct Status {
     pub l2: PortStats,
     /// Frames in and out of each interface.
     pub ports: Vec<PortIo>,
+    /// Transmit kicks the kernel refused (interface down, no buffer space).
+    #[serde(default)]
+    pub flush_errors: u64,
     /// Health probes: when each VM last answered.
     pub probes: Vec<ProbeStatus>,
     /// Client TCP endpoints the router itself reset when a migration ended (the losing side's
