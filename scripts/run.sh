@@ -14,7 +14,7 @@ source scripts/lib.sh
 need_cargo
 cargo build --release --locked -q -p ipshadow
 if [ "$(id -u)" -eq 0 ]; then
-    apt_install iproute2 procps isc-dhcp-client dhcpcd-base
+    apt_install iproute2 procps nftables isc-dhcp-client dhcpcd-base
     section "demo: a live migration in the lab (real Linux TCP)"
     ./target/release/ipshadow demo "$@"
 else

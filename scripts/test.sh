@@ -8,7 +8,7 @@ source scripts/lib.sh
 
 need_cargo
 # Real DHCP clients, perfdhcp (kea-admin) and namespace tools for the DHCP and lab tests (root).
-apt_install iproute2 procps isc-dhcp-client busybox dhcpcd-base kea-admin
+apt_install iproute2 procps nftables isc-dhcp-client busybox dhcpcd-base kea-admin
 section "format"
 cargo fmt --all -- --check
 section "lints"

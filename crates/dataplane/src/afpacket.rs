@@ -1,6 +1,11 @@
-//! An AF_PACKET port on one interface, both directions through rings mapped into our memory:
-//! the kernel fills receive blocks that we read in place and hand back a block at a time; we
-//! fill transmit slots and one `send(2)` asks the kernel to send every filled slot.
+//! An AF_PACKET port on one interface, both directions through rings mapped into our memory
+//! (TPACKET_V2: fixed slots of 2 KiB). The kernel fills receive slots that we read in place and
+//! hand back one by one; we fill transmit slots and one `send(2)` asks the kernel to send every
+//! filled slot.
+//!
+//! Why V2 and not V3: a V3 receive block reaches user space only when it is full or its timer
+//! (at least one jiffy, 4 ms at HZ=250) expires, which added most of a millisecond to every
+//! forwarded packet at moderate rates. A V2 slot is ours as soon as the kernel wrote it.
 
 #![allow(unsafe_code)]
 
@@ -12,37 +17,32 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use crate::PacketPort;
 
-/// Geometry of the receive ring.
+/// Sizes of the rings.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RingConfig {
-    /// Bytes per block (a multiple of the page size).
-    pub block_size: u32,
-    /// Blocks in the ring.
-    pub block_count: u32,
-    /// The kernel hands a partly filled block over after this many milliseconds.
-    pub block_timeout_ms: u32,
-    /// Transmit slots (a multiple of 32; each holds one frame of up to 2,000 bytes).
+    /// Receive slots (a multiple of 32; each holds one frame of up to 2,048 bytes with its
+    /// header).
+    pub rx_frames: u32,
+    /// Transmit slots (a multiple of 32).
     pub tx_frames: u32,
 }
 
 impl Default for RingConfig {
-    /// 64 blocks of 256 KiB (16 MiB), retired after 1 ms: batches under load, low latency when idle.
+    /// 8,192 receive slots (16 MiB: 12 ms of a 64-byte line at 700 kpps) and 4,096 transmit
+    /// slots (8 MiB).
     fn default() -> Self {
-        Self { block_size: 256 << 10, block_count: 64, block_timeout_ms: 1, tx_frames: 4096 }
+        Self { rx_frames: 8192, tx_frames: 4096 }
     }
 }
 
-/// Frame slot size inside a block (the kernel packs V3 frames tighter; this bounds the snap
-/// length it will copy), and the size of a transmit slot.
+/// Slot size of both rings (the kernel copies at most what fits after the header).
 const FRAME_SIZE: u32 = 2048;
-/// Transmit slots per ring block (blocks of 64 KiB).
-const TX_FRAMES_PER_BLOCK: u32 = 32;
-/// Where a transmit slot's frame starts: after the aligned `tpacket3_hdr` (TPACKET3_HDRLEN minus
+/// Slots per ring block (blocks of 64 KiB, a multiple of the page size).
+const FRAMES_PER_BLOCK: u32 = 32;
+/// Where a transmit slot's frame starts: after the aligned `tpacket2_hdr` (TPACKET2_HDRLEN minus
 /// the sockaddr_ll the kernel reserves only on receive).
 const TX_DATA_OFFSET: usize =
-    (core::mem::size_of::<libc::tpacket3_hdr>() + libc::TPACKET_ALIGNMENT - 1) & !(libc::TPACKET_ALIGNMENT - 1);
-/// Offset of `tp_status` in `tpacket3_hdr` (after tp_next_offset, tp_sec, tp_nsec, tp_snaplen, tp_len).
-const TP_STATUS_OFFSET: usize = 20;
+    (core::mem::size_of::<libc::tpacket2_hdr>() + libc::TPACKET_ALIGNMENT - 1) & !(libc::TPACKET_ALIGNMENT - 1);
 /// Filled slots after which `send` asks the kernel to transmit without waiting for `flush`.
 const TX_KICK: u32 = 64;
 
@@ -63,14 +63,13 @@ pub struct PortStats {
     pub checksums_completed: u64,
 }
 
-/// An AF_PACKET socket bound to one interface, with its receive ring.
+/// An AF_PACKET socket bound to one interface, with its receive and transmit rings.
 pub struct AfPacketPort {
     fd: OwnedFd,
     ring: NonNull<u8>,
     ring_len: usize,
-    block_size: usize,
-    block_count: usize,
-    next_block: usize,
+    rx_frames: usize,
+    next_rx: usize,
     tx_frames: usize,
     next_tx: usize,
     tx_pending: u32,
@@ -94,22 +93,20 @@ fn setsockopt<T>(fd: &OwnedFd, level: libc::c_int, name: libc::c_int, value: &T)
     })
 }
 
+fn invalid(message: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidInput, message.to_owned())
+}
+
 impl AfPacketPort {
     /// Opens a port on `interface` (needs CAP_NET_RAW). Frames this socket sends are not
     /// received back on it.
     pub fn open(interface: &str, config: RingConfig) -> io::Result<Self> {
-        let page = 4096u32;
-        if config.block_size == 0 || !config.block_size.is_multiple_of(page) || config.block_size < FRAME_SIZE {
-            return Err(io::Error::new(io::ErrorKind::InvalidInput, "block_size must be a positive multiple of 4096"));
+        for (name, frames) in [("rx_frames", config.rx_frames), ("tx_frames", config.tx_frames)] {
+            if frames == 0 || !frames.is_multiple_of(FRAMES_PER_BLOCK) {
+                return Err(invalid(&format!("{name} must be a positive multiple of {FRAMES_PER_BLOCK}")));
+            }
         }
-        if config.block_count == 0 {
-            return Err(io::Error::new(io::ErrorKind::InvalidInput, "block_count must be positive"));
-        }
-        if config.tx_frames == 0 || !config.tx_frames.is_multiple_of(TX_FRAMES_PER_BLOCK) {
-            return Err(io::Error::new(io::ErrorKind::InvalidInput, "tx_frames must be a positive multiple of 32"));
-        }
-        let name =
-            CString::new(interface).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "bad interface name"))?;
+        let name = CString::new(interface).map_err(|_| invalid("bad interface name"))?;
         // SAFETY: `name` is a valid NUL-terminated string for the duration of the call.
         let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
         if ifindex == 0 {
@@ -127,34 +124,23 @@ impl AfPacketPort {
         check(raw)?;
         // SAFETY: `raw` is a descriptor we just opened and own alone.
         let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-        setsockopt(&fd, libc::SOL_PACKET, libc::PACKET_VERSION, &(libc::tpacket_versions::TPACKET_V3 as libc::c_int))?;
+        setsockopt(&fd, libc::SOL_PACKET, libc::PACKET_VERSION, &(libc::tpacket_versions::TPACKET_V2 as libc::c_int))?;
         // Our own transmissions would otherwise come back in the ring (kernel >= 4.20).
         let _ = setsockopt(&fd, libc::SOL_PACKET, libc::PACKET_IGNORE_OUTGOING, &(1 as libc::c_int));
-        let req = libc::tpacket_req3 {
-            tp_block_size: config.block_size,
-            tp_block_nr: config.block_count,
+        // A router's frames need no queueing discipline on the way out (kernel >= 3.14).
+        let _ = setsockopt(&fd, libc::SOL_PACKET, libc::PACKET_QDISC_BYPASS, &(1 as libc::c_int));
+        let ring_req = |frames: u32| libc::tpacket_req {
+            tp_block_size: FRAME_SIZE * FRAMES_PER_BLOCK,
+            tp_block_nr: frames / FRAMES_PER_BLOCK,
             tp_frame_size: FRAME_SIZE,
-            tp_frame_nr: config.block_size / FRAME_SIZE * config.block_count,
-            tp_retire_blk_tov: config.block_timeout_ms,
-            tp_sizeof_priv: 0,
-            tp_feature_req_word: 0,
+            tp_frame_nr: frames,
         };
-        setsockopt(&fd, libc::SOL_PACKET, libc::PACKET_RX_RING, &req)?;
-        let tx_req = libc::tpacket_req3 {
-            tp_block_size: FRAME_SIZE * TX_FRAMES_PER_BLOCK,
-            tp_block_nr: config.tx_frames / TX_FRAMES_PER_BLOCK,
-            tp_frame_size: FRAME_SIZE,
-            tp_frame_nr: config.tx_frames,
-            tp_retire_blk_tov: 0,
-            tp_sizeof_priv: 0,
-            tp_feature_req_word: 0,
-        };
-        setsockopt(&fd, libc::SOL_PACKET, libc::PACKET_TX_RING, &tx_req)?;
-        let rx_len = config.block_size as usize * config.block_count as usize;
+        setsockopt(&fd, libc::SOL_PACKET, libc::PACKET_RX_RING, &ring_req(config.rx_frames))?;
+        setsockopt(&fd, libc::SOL_PACKET, libc::PACKET_TX_RING, &ring_req(config.tx_frames))?;
         // One mapping: the receive ring, then the transmit ring.
-        let ring_len = rx_len + (FRAME_SIZE * config.tx_frames) as usize;
-        // SAFETY: maps the ring the kernel just allocated for this socket; length and descriptor
-        // are the ones it was configured with. The mapping lives until Drop unmaps it.
+        let ring_len = (FRAME_SIZE as usize) * (config.rx_frames as usize + config.tx_frames as usize);
+        // SAFETY: maps the rings the kernel just allocated for this socket; length and descriptor
+        // are the ones they were configured with. The mapping lives until Drop unmaps it.
         let ring = unsafe {
             libc::mmap(
                 core::ptr::null_mut(),
@@ -173,9 +159,8 @@ impl AfPacketPort {
             fd,
             ring,
             ring_len,
-            block_size: config.block_size as usize,
-            block_count: config.block_count as usize,
-            next_block: 0,
+            rx_frames: config.rx_frames as usize,
+            next_rx: 0,
             tx_frames: config.tx_frames as usize,
             next_tx: 0,
             tx_pending: 0,
@@ -204,91 +189,72 @@ impl AfPacketPort {
 
     /// Waits up to `timeout_ms` for frames; returns whether some are ready.
     pub fn wait(&self, timeout_ms: i32) -> io::Result<bool> {
-        if self.block_ready(self.next_block) {
+        if self.ready() {
             return Ok(true);
         }
-        let mut pfd = libc::pollfd { fd: self.fd.as_raw_fd(), events: libc::POLLIN | libc::POLLERR, revents: 0 };
-        // SAFETY: one live pollfd, count 1.
-        let rc = unsafe { libc::poll(&mut pfd, 1, timeout_ms) };
-        check(rc)?;
-        Ok(self.block_ready(self.next_block))
+        wait_any(&[self], timeout_ms)?;
+        Ok(self.ready())
     }
 
-    /// Whether a received block is waiting to be read (no system call).
+    /// Whether a received frame is waiting to be read (no system call).
     pub fn ready(&self) -> bool {
-        self.block_ready(self.next_block)
+        self.status(self.rx_slot(self.next_rx)).load(Ordering::Acquire) & libc::TP_STATUS_USER != 0
     }
 
-    /// The block's status word, shared with the kernel.
-    fn block_status(&self, block: usize) -> &AtomicU32 {
-        // SAFETY: block < block_count, so the block descriptor lies inside the mapping, which is
-        // page aligned (blocks are multiples of the page size); `block_status` is the first u32
-        // of the header after `version` and `offset_to_priv` (offset 8), naturally aligned. The
-        // kernel and we access it concurrently: hence an atomic.
-        unsafe { &*self.ring.as_ptr().add(block * self.block_size + 8).cast::<AtomicU32>() }
+    /// Slot `slot` of the receive ring. Slots of 2 KiB tile each 64 KiB block exactly, so a
+    /// slot's offset is simply `slot * FRAME_SIZE`.
+    fn rx_slot(&self, slot: usize) -> *mut u8 {
+        debug_assert!(slot < self.rx_frames);
+        // SAFETY: in bounds of the mapping for slot < rx_frames (see `open`).
+        unsafe { self.ring.as_ptr().add(slot * FRAME_SIZE as usize) }
     }
 
-    /// The status word of transmit slot `slot`, shared with the kernel.
-    fn tx_status(&self, slot: usize) -> &AtomicU32 {
-        // SAFETY: slot < tx_frames, so the slot lies inside the transmit part of the mapping;
-        // slots are 2048-byte aligned and tp_status is a naturally aligned u32 at offset 20.
-        unsafe { &*self.tx_slot(slot).add(TP_STATUS_OFFSET).cast::<AtomicU32>() }
-    }
-
+    /// Slot `slot` of the transmit ring, after the receive ring.
     fn tx_slot(&self, slot: usize) -> *mut u8 {
-        let rx_len = self.block_size * self.block_count;
+        debug_assert!(slot < self.tx_frames);
         // SAFETY: in bounds of the mapping for slot < tx_frames (see `open`).
-        unsafe { self.ring.as_ptr().add(rx_len + slot * FRAME_SIZE as usize) }
+        unsafe { self.ring.as_ptr().add((self.rx_frames + slot) * FRAME_SIZE as usize) }
     }
 
-    fn block_ready(&self, block: usize) -> bool {
-        self.block_status(block).load(Ordering::Acquire) & libc::TP_STATUS_USER != 0
+    /// The status word of a slot (`tp_status`, the first field of `tpacket2_hdr`), shared with
+    /// the kernel.
+    fn status(&self, slot: *mut u8) -> &AtomicU32 {
+        // SAFETY: `slot` points at a slot inside the mapping (rx_slot/tx_slot), 2 KiB aligned, so
+        // its first u32 is valid and aligned; the kernel writes it concurrently: hence an atomic.
+        unsafe { &*slot.cast::<AtomicU32>() }
     }
 }
 
 impl PacketPort for AfPacketPort {
     fn receive(&mut self, max: usize, frame: &mut dyn FnMut(&[u8])) -> io::Result<usize> {
         let mut count = 0;
-        while count < max && self.block_ready(self.next_block) {
-            let block = self.next_block;
-            // SAFETY: the block is ours until we store TP_STATUS_KERNEL below (the Acquire load in
-            // block_ready ordered the kernel's writes before our reads and writes; the mapping is
-            // writable). The descriptor and every frame header are read within the block's
-            // bounds, checked before each access; a frame is lent mutably only while no other
-            // reference into the block exists.
+        while count < max {
+            let slot = self.rx_slot(self.next_rx);
+            let status = self.status(slot).load(Ordering::Acquire);
+            if status & libc::TP_STATUS_USER == 0 {
+                break;
+            }
+            // SAFETY: the slot is ours until we store TP_STATUS_KERNEL below (the Acquire load
+            // ordered the kernel's writes before our reads and writes; the mapping is writable).
+            // The header lies at the slot's start; the frame is used only if it lies inside the
+            // slot, and it is lent mutably while no other reference into the slot exists.
             unsafe {
-                let base = self.ring.as_ptr().add(block * self.block_size);
-                let desc = &*base.cast::<libc::tpacket_block_desc>();
-                let header = desc.hdr.bh1;
-                let mut offset = header.offset_to_first_pkt as usize;
-                for _ in 0..header.num_pkts {
-                    if offset + core::mem::size_of::<libc::tpacket3_hdr>() > self.block_size {
-                        break;
+                let hdr = &*slot.cast::<libc::tpacket2_hdr>();
+                let (start, len, wire_len) = (usize::from(hdr.tp_mac), hdr.tp_snaplen as usize, hdr.tp_len as usize);
+                if wire_len > len {
+                    // Cut at the slot size: forwarding it would send a truncated packet.
+                    self.stats.oversize += 1;
+                } else if start + len <= FRAME_SIZE as usize {
+                    let bytes = core::slice::from_raw_parts_mut(slot.add(start), len);
+                    if status & libc::TP_STATUS_CSUMNOTREADY != 0 && crate::checksum::complete_l4_checksum(bytes) {
+                        self.stats.checksums_completed += 1;
                     }
-                    let hdr = &*base.add(offset).cast::<libc::tpacket3_hdr>();
-                    let start = offset + hdr.tp_mac as usize;
-                    let len = hdr.tp_snaplen as usize;
-                    if hdr.tp_len as usize > len {
-                        // Cut at the slot size: forwarding it would send a truncated packet.
-                        self.stats.oversize += 1;
-                    } else if start + len <= self.block_size {
-                        let bytes = core::slice::from_raw_parts_mut(base.add(start), len);
-                        if hdr.tp_status & libc::TP_STATUS_CSUMNOTREADY != 0
-                            && crate::checksum::complete_l4_checksum(bytes)
-                        {
-                            self.stats.checksums_completed += 1;
-                        }
-                        frame(bytes);
-                        count += 1;
-                    }
-                    if hdr.tp_next_offset == 0 {
-                        break;
-                    }
-                    offset += hdr.tp_next_offset as usize;
+                    frame(bytes);
+                    count += 1;
                 }
             }
-            self.block_status(block).store(libc::TP_STATUS_KERNEL, Ordering::Release);
-            self.next_block = (block + 1) % self.block_count;
+            self.status(slot).store(libc::TP_STATUS_KERNEL, Ordering::Release);
+            self.next_rx = (self.next_rx + 1) % self.rx_frames;
         }
         self.stats.received += count as u64;
         Ok(count)
@@ -297,10 +263,10 @@ impl PacketPort for AfPacketPort {
     fn send(&mut self, frame: &[u8]) -> io::Result<()> {
         if frame.len() > FRAME_SIZE as usize - TX_DATA_OFFSET {
             self.stats.send_errors += 1;
-            return Err(io::Error::new(io::ErrorKind::InvalidInput, "frame longer than a transmit slot"));
+            return Err(invalid("frame longer than a transmit slot"));
         }
-        let slot = self.next_tx;
-        let status = self.tx_status(slot).load(Ordering::Acquire);
+        let slot = self.tx_slot(self.next_tx);
+        let status = self.status(slot).load(Ordering::Acquire);
         if status != libc::TP_STATUS_AVAILABLE && status != libc::TP_STATUS_WRONG_FORMAT {
             // The ring is full of frames the kernel has not sent yet: ask it to, and drop this one.
             self.flush()?;
@@ -310,15 +276,13 @@ impl PacketPort for AfPacketPort {
         // SAFETY: the slot is ours while its status is AVAILABLE (the Acquire load above orders
         // the kernel's last use before our writes); the header and data lie inside the slot.
         unsafe {
-            let base = self.tx_slot(slot);
-            let hdr = &mut *base.cast::<libc::tpacket3_hdr>();
-            hdr.tp_next_offset = 0;
+            let hdr = &mut *slot.cast::<libc::tpacket2_hdr>();
             hdr.tp_len = frame.len() as u32;
             hdr.tp_snaplen = frame.len() as u32;
-            core::ptr::copy_nonoverlapping(frame.as_ptr(), base.add(TX_DATA_OFFSET), frame.len());
+            core::ptr::copy_nonoverlapping(frame.as_ptr(), slot.add(TX_DATA_OFFSET), frame.len());
         }
-        self.tx_status(slot).store(libc::TP_STATUS_SEND_REQUEST, Ordering::Release);
-        self.next_tx = (slot + 1) % self.tx_frames;
+        self.status(slot).store(libc::TP_STATUS_SEND_REQUEST, Ordering::Release);
+        self.next_tx = (self.next_tx + 1) % self.tx_frames;
         self.tx_pending += 1;
         self.stats.sent += 1;
         if self.tx_pending >= TX_KICK {

@@ -68,6 +68,10 @@ pub struct PortIo {
     pub sent: u64,
     /// Frames not sent (ring full, too long).
     pub send_errors: u64,
+    /// Frames received longer than a ring slot and dropped (a sender's segmentation offload
+    /// made them).
+    #[serde(default)]
+    pub oversize: u64,
 }
 
 /// The last answer of a VM to the router's ARP health probes.

@@ -52,7 +52,7 @@ fn frames_cross_a_veth_through_the_receive_ring_in_order_and_intact() {
     // A thread of its own: entering the namespace changes only the calling thread.
     let received = std::thread::spawn(move || {
         netns::enter(&name).unwrap();
-        let small = RingConfig { block_size: 64 << 10, block_count: 8, block_timeout_ms: 1, tx_frames: 64 };
+        let small = RingConfig { rx_frames: 256, tx_frames: 64 };
         let mut rx = AfPacketPort::open("ipdp1", small).unwrap();
         let mut tx = AfPacketPort::open("ipdp0", RingConfig::default()).unwrap();
         let sent: Vec<Vec<u8>> = (0..2000u32).map(|n| frame(n, 60 + (n as usize * 37) % 1455)).collect();
@@ -63,7 +63,7 @@ fn frames_cross_a_veth_through_the_receive_ring_in_order_and_intact() {
                 tx.send(f).unwrap();
             }
             tx.flush().unwrap();
-            // Drain as we go: the small ring (512 KiB) holds fewer frames than the whole run.
+            // Drain as we go: the small ring (256 slots) holds fewer frames than the whole run.
             rx.wait(10).unwrap();
             rx.receive(usize::MAX, &mut |f| {
                 if f.len() >= 14 && f[12..14] == [0x88, 0xb5] {

@@ -47,6 +47,12 @@ pub struct RouterArgs {
     /// Most flows tracked (memory is reserved at start, about 77 bytes per flow).
     #[arg(long, default_value_t = 1 << 20)]
     max_flows: usize,
+    /// Let the host's kernel process the frames of the router's interfaces too. By default an
+    /// nftables ingress table drops them after the router's sockets have seen them (the kernel
+    /// would otherwise look up a route for every frame, or forward it a second time if IP
+    /// forwarding is on); ARP and DHCP (UDP port 67) from the VMs still reach the host.
+    #[arg(long)]
+    kernel_sees_frames: bool,
     /// How often the status report is written and the desired state checked, in milliseconds.
     #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u64).range(10..=60_000))]
     status_ms: u64,
@@ -174,6 +180,45 @@ fn write_atomically(path: &Path, value: &impl serde::Serialize) -> anyhow::Resul
     Ok(())
 }
 
+/// Name of the nftables table that keeps the host's kernel off the router's interfaces.
+const NFT_TABLE: &str = "ipshadow_router";
+
+/// Installs (or replaces) the ingress table: frames on the router's interfaces are dropped after
+/// the packet sockets saw them (taps run before the ingress hook), except what the host itself
+/// serves on the VM side (ARP for the gateway, DHCP).
+fn keep_kernel_off(args: &RouterArgs) -> anyhow::Result<()> {
+    let mut rules = format!(
+        "table netdev {NFT_TABLE} {{}}\ndelete table netdev {NFT_TABLE}\ntable netdev {NFT_TABLE} {{\n\
+         chain provider {{ type filter hook ingress device \"{}\" priority 0; policy drop; }}\n",
+        args.provider
+    );
+    for (i, vm) in args.vms.iter().enumerate() {
+        rules += &format!(
+            "chain vm{i} {{ type filter hook ingress device \"{}\" priority 0; policy drop; \
+             meta protocol arp accept; meta protocol ip udp dport 67 accept; }}\n",
+            vm.interface
+        );
+    }
+    rules += "}\n";
+    nft(&rules)
+}
+
+fn nft(script: &str) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let mut child = std::process::Command::new("nft")
+        .args(["-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .context("running nft (Debian package nftables)")?;
+    child.stdin.take().context("nft's input")?.write_all(script.as_bytes())?;
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        bail!("nft: {}", String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(())
+}
+
 /// Runs the router until SIGTERM or SIGINT.
 pub fn run(args: &RouterArgs) -> anyhow::Result<()> {
     let stop = Arc::new(AtomicBool::new(false));
@@ -199,6 +244,9 @@ pub fn run(args: &RouterArgs) -> anyhow::Result<()> {
     let config = RouterConfig { max_flows: args.max_flows, ..RouterConfig::default() };
     let node = RouterNode::new(config, provider_mac, vm_side_mac, args.gateway, ports, started);
     let mut forwarder = Forwarder::new(provider, vms, node);
+    if !args.kernel_sees_frames {
+        keep_kernel_off(args).context("keeping the kernel off the router's interfaces (or --kernel-sees-frames)")?;
+    }
 
     if let Some(dir) = &args.state_dir {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -250,6 +298,11 @@ pub fn run(args: &RouterArgs) -> anyhow::Result<()> {
             wait_any(&ports, 5).context("waiting for frames")?;
         }
     }
+    if !args.kernel_sees_frames
+        && let Err(e) = nft(&format!("delete table netdev {NFT_TABLE}\n"))
+    {
+        eprintln!("ipshadow router: removing the nftables table {NFT_TABLE}: {e:#}");
+    }
     eprintln!("ipshadow router: stopped after {} frames", forwarder.frames);
     Ok(())
 }
@@ -269,6 +322,7 @@ fn port_io(args: &RouterArgs, forwarder: &Forwarder<AfPacketPort>) -> Vec<PortIo
             received: s.received,
             sent: s.sent,
             send_errors: s.send_errors,
+            oversize: s.oversize,
         }
     };
     let mut ports = vec![io(&args.provider, "provider", &forwarder.provider)];
