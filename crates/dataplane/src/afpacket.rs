@@ -129,6 +129,14 @@ impl AfPacketPort {
         let _ = setsockopt(&fd, libc::SOL_PACKET, libc::PACKET_IGNORE_OUTGOING, &(1 as libc::c_int));
         // A router's frames need no queueing discipline on the way out (kernel >= 3.14).
         let _ = setsockopt(&fd, libc::SOL_PACKET, libc::PACKET_QDISC_BYPASS, &(1 as libc::c_int));
+        // Frames leave the transmit ring only while the socket's send buffer has room for their
+        // buffers: the default (about 212 KB) holds some 90 of them, fewer than one ring's
+        // worth, and a busy receiver makes the kick fail. Room for the whole ring (the forced
+        // variant needs CAP_NET_ADMIN; without it the default stays).
+        let room = (config.tx_frames as libc::c_int).saturating_mul(2 * FRAME_SIZE as libc::c_int);
+        if setsockopt(&fd, libc::SOL_SOCKET, libc::SO_SNDBUFFORCE, &room).is_err() {
+            let _ = setsockopt(&fd, libc::SOL_SOCKET, libc::SO_SNDBUF, &room);
+        }
         let ring_req = |frames: u32| libc::tpacket_req {
             tp_block_size: FRAME_SIZE * FRAMES_PER_BLOCK,
             tp_block_nr: frames / FRAMES_PER_BLOCK,
