@@ -1,0 +1,8 @@
+//! ipshadow's control plane (issue 6, in progress): the store the network manager keeps its
+//! inventory and migrations in, with revisions and watches (embedded on redb today, etcd
+//! later).
+
+pub mod store;
+
+pub use store::redb::RedbStore;
+pub use store::{Compare, KeyValue, Op, Store, StoreError, Txn, TxnOutcome, WatchEvent, Watcher};

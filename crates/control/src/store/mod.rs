@@ -1,0 +1,186 @@
+//! The manager's store: keys and values with revisions and watches, the shape of etcd's API, so
+//! that the embedded implementation ([`redb::RedbStore`], one file) and an etcd one can be swapped
+//! without touching callers.
+//!
+//! Every change gets the next store-wide revision. A [`Txn`] applies its writes only if all its
+//! comparisons hold (compare-and-swap on a key's modification revision: how two managers, or two
+//! API requests, avoid overwriting each other). A watch on a prefix first replays the changes
+//! after a given revision that the store still remembers, then delivers live ones, in revision
+//! order, each exactly once.
+
+pub mod redb;
+
+/// One stored key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyValue {
+    /// The key (UTF-8, `/`-separated by convention: `/v1/migrations/42`).
+    pub key: String,
+    /// The value (JSON by convention).
+    pub value: Vec<u8>,
+    /// Revision of the change that created the key.
+    pub create_revision: u64,
+    /// Revision of the last change to the key.
+    pub mod_revision: u64,
+}
+
+/// A change, as a watch delivers it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WatchEvent {
+    /// A key was created or changed.
+    Put(KeyValue),
+    /// A key was deleted.
+    Delete {
+        /// The key.
+        key: String,
+        /// The revision of the deletion.
+        revision: u64,
+    },
+}
+
+impl WatchEvent {
+    /// The revision of the change.
+    pub fn revision(&self) -> u64 {
+        match self {
+            WatchEvent::Put(kv) => kv.mod_revision,
+            WatchEvent::Delete { revision, .. } => *revision,
+        }
+    }
+
+    /// The key changed.
+    pub fn key(&self) -> &str {
+        match self {
+            WatchEvent::Put(kv) => &kv.key,
+            WatchEvent::Delete { key, .. } => key,
+        }
+    }
+}
+
+/// A condition of a transaction.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Compare {
+    /// The key does not exist.
+    Absent(String),
+    /// The key exists and was last changed at exactly this revision.
+    ModRevision(String, u64),
+}
+
+/// A write of a transaction.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Op {
+    /// Create or replace a key.
+    Put(String, Vec<u8>),
+    /// Delete a key (nothing happens if it does not exist).
+    Delete(String),
+}
+
+/// Writes applied together, only if every comparison holds.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Txn {
+    /// Conditions.
+    pub compare: Vec<Compare>,
+    /// Writes.
+    pub ops: Vec<Op>,
+}
+
+impl Txn {
+    /// A transaction with no conditions.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a condition.
+    pub fn when(mut self, compare: Compare) -> Self {
+        self.compare.push(compare);
+        self
+    }
+
+    /// Adds a put.
+    pub fn put(mut self, key: impl Into<String>, value: Vec<u8>) -> Self {
+        self.ops.push(Op::Put(key.into(), value));
+        self
+    }
+
+    /// Adds a delete.
+    pub fn delete(mut self, key: impl Into<String>) -> Self {
+        self.ops.push(Op::Delete(key.into()));
+        self
+    }
+}
+
+/// What a transaction did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TxnOutcome {
+    /// Every comparison held; the writes are durable at this revision.
+    Committed(u64),
+    /// A comparison failed; nothing was written (the store's revision then).
+    Failed(u64),
+}
+
+/// Why the store could not do something.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The store could not be opened (path, permissions, a lock held by another process, a file
+    /// that is not a store).
+    #[error("store {path}: {detail}")]
+    Open {
+        /// Where.
+        path: String,
+        /// Why.
+        detail: String,
+    },
+    /// A read or write failed.
+    #[error("store: {what}: {detail}")]
+    Io {
+        /// What was being done.
+        what: &'static str,
+        /// The cause.
+        detail: String,
+    },
+    /// A watch asked for changes older than the store remembers: the watcher must read the
+    /// current state again (range) and watch from there.
+    #[error("store: revision {requested} is compacted (oldest kept: {oldest})")]
+    Compacted {
+        /// Revision asked for.
+        requested: u64,
+        /// Oldest revision still replayable.
+        oldest: u64,
+    },
+}
+
+/// The store's interface. Implementations are cheap to clone handles onto shared state.
+pub trait Store: Clone + Send + Sync + 'static {
+    /// The value of one key.
+    fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError>;
+
+    /// Every key starting with `prefix`, in key order, with the store's revision at the read.
+    fn range(&self, prefix: &str) -> Result<(Vec<KeyValue>, u64), StoreError>;
+
+    /// Applies a transaction atomically and durably.
+    fn txn(&self, txn: Txn) -> Result<TxnOutcome, StoreError>;
+
+    /// Changes to keys starting with `prefix` after revision `after`: first those the store
+    /// remembers, then live ones.
+    fn watch(&self, prefix: &str, after: u64) -> Result<Watcher, StoreError>;
+}
+
+/// A stream of changes to a prefix.
+pub struct Watcher {
+    receiver: std::sync::mpsc::Receiver<WatchEvent>,
+}
+
+impl Watcher {
+    /// A watcher reading from `receiver`.
+    pub(crate) fn new(receiver: std::sync::mpsc::Receiver<WatchEvent>) -> Self {
+        Self { receiver }
+    }
+
+    /// The next change, waiting up to `timeout`; `None` when nothing came (or the store is gone).
+    pub fn next_timeout(&self, timeout: std::time::Duration) -> Option<WatchEvent> {
+        self.receiver.recv_timeout(timeout).ok()
+    }
+
+    /// The next change if one is waiting.
+    pub fn try_next(&self) -> Option<WatchEvent> {
+        self.receiver.try_recv().ok()
+    }
+}

@@ -1,0 +1,233 @@
+//! The embedded store: one redb file. Each transaction is one write transaction committed with
+//! fsync (redb's default durability), so a change a caller was told about survives a crash. A
+//! log of recent changes lets a watcher replay what it missed (a manager that restarts, a router
+//! that reconnects); older entries are compacted.
+
+use std::path::Path;
+use std::sync::mpsc::Sender;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+
+use super::{Compare, KeyValue, Op, Store, StoreError, Txn, TxnOutcome, WatchEvent, Watcher};
+
+/// Keys to (create revision, modification revision, value).
+const KV: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("kv");
+/// Changes by revision: kind (0 put, 1 delete), key length (u32), key, value.
+const LOG: TableDefinition<'_, (u64, u32), &[u8]> = TableDefinition::new("log");
+/// `revision` (the last one) and `oldest` (the oldest replayable).
+const META: TableDefinition<'_, &str, u64> = TableDefinition::new("meta");
+
+/// Changes kept for replay, by default.
+pub const LOG_KEEP: u64 = 100_000;
+
+/// The embedded store (a handle: clones share the file and the watchers).
+#[derive(Clone)]
+pub struct RedbStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    db: Database,
+    /// Revisions kept replayable.
+    log_keep: u64,
+    /// Held while a transaction commits and its events are delivered, and while a watch
+    /// replays, so that every watcher sees every change once and in order.
+    writer: Mutex<Vec<(String, Sender<WatchEvent>)>>,
+}
+
+fn io(what: &'static str) -> impl Fn(&dyn std::fmt::Display) -> StoreError {
+    move |e| StoreError::Io { what, detail: e.to_string() }
+}
+
+fn encode_kv(create: u64, modified: u64, value: &[u8]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(16 + value.len());
+    v.extend_from_slice(&create.to_be_bytes());
+    v.extend_from_slice(&modified.to_be_bytes());
+    v.extend_from_slice(value);
+    v
+}
+
+fn decode_kv(key: &str, bytes: &[u8]) -> Result<KeyValue, StoreError> {
+    if bytes.len() < 16 {
+        return Err(StoreError::Io { what: "reading a key", detail: format!("{key}: record too short") });
+    }
+    let word = |at: usize| u64::from_be_bytes(bytes[at..at + 8].try_into().unwrap_or_default());
+    Ok(KeyValue { key: key.to_owned(), value: bytes[16..].to_vec(), create_revision: word(0), mod_revision: word(8) })
+}
+
+fn encode_event(event: &WatchEvent) -> Vec<u8> {
+    let (kind, key, value) = match event {
+        WatchEvent::Put(kv) => (0u8, kv.key.as_str(), encode_kv(kv.create_revision, kv.mod_revision, &kv.value)),
+        WatchEvent::Delete { key, .. } => (1u8, key.as_str(), Vec::new()),
+    };
+    let mut v = vec![kind];
+    v.extend_from_slice(&(key.len() as u32).to_be_bytes());
+    v.extend_from_slice(key.as_bytes());
+    v.extend_from_slice(&value);
+    v
+}
+
+fn decode_event(revision: u64, bytes: &[u8]) -> Result<WatchEvent, StoreError> {
+    let corrupt = || StoreError::Io { what: "reading the change log", detail: format!("entry {revision} is corrupt") };
+    let (&kind, rest) = bytes.split_first().ok_or_else(corrupt)?;
+    let len = rest.get(..4).ok_or_else(corrupt)?;
+    let len = u32::from_be_bytes(len.try_into().map_err(|_| corrupt())?) as usize;
+    let key = rest.get(4..4 + len).ok_or_else(corrupt)?;
+    let key = std::str::from_utf8(key).map_err(|_| corrupt())?;
+    match kind {
+        0 => Ok(WatchEvent::Put(decode_kv(key, &rest[4 + len..])?)),
+        1 => Ok(WatchEvent::Delete { key: key.to_owned(), revision }),
+        _ => Err(corrupt()),
+    }
+}
+
+impl RedbStore {
+    /// Opens the store at `path`, creating it if missing (its directory must exist).
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        Self::open_keeping(path, LOG_KEEP)
+    }
+
+    /// Opens the store keeping the last `log_keep` revisions replayable for watches.
+    pub fn open_keeping(path: &Path, log_keep: u64) -> Result<Self, StoreError> {
+        let db = Database::create(path)
+            .map_err(|e| StoreError::Open { path: path.display().to_string(), detail: e.to_string() })?;
+        let inner = Inner { db, log_keep: log_keep.max(1), writer: Mutex::new(Vec::new()) };
+        let store = Self { inner: Arc::new(inner) };
+        // Create the tables, so that a fresh store reads as empty.
+        let tx = store.inner.db.begin_write().map_err(|e| io("opening")(&e))?;
+        {
+            tx.open_table(KV).map_err(|e| io("opening")(&e))?;
+            tx.open_table(LOG).map_err(|e| io("opening")(&e))?;
+            tx.open_table(META).map_err(|e| io("opening")(&e))?;
+        }
+        tx.commit().map_err(|e| io("opening")(&e))?;
+        Ok(store)
+    }
+
+    fn writer(&self) -> MutexGuard<'_, Vec<(String, Sender<WatchEvent>)>> {
+        // A panic while holding the lock cannot leave the watcher list inconsistent.
+        self.inner.writer.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn meta(table: &impl ReadableTable<&'static str, u64>, name: &str) -> Result<u64, StoreError> {
+        Ok(table.get(name).map_err(|e| io("reading the revision")(&e))?.map_or(0, |v| v.value()))
+    }
+}
+
+impl Store for RedbStore {
+    fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {
+        let tx = self.inner.db.begin_read().map_err(|e| io("reading")(&e))?;
+        let table = tx.open_table(KV).map_err(|e| io("reading")(&e))?;
+        match table.get(key).map_err(|e| io("reading")(&e))? {
+            Some(v) => Ok(Some(decode_kv(key, v.value())?)),
+            None => Ok(None),
+        }
+    }
+
+    fn range(&self, prefix: &str) -> Result<(Vec<KeyValue>, u64), StoreError> {
+        let tx = self.inner.db.begin_read().map_err(|e| io("reading")(&e))?;
+        let table = tx.open_table(KV).map_err(|e| io("reading")(&e))?;
+        let meta = tx.open_table(META).map_err(|e| io("reading")(&e))?;
+        let revision = Self::meta(&meta, "revision")?;
+        let mut out = Vec::new();
+        for entry in table.range(prefix..).map_err(|e| io("reading")(&e))? {
+            let (k, v) = entry.map_err(|e| io("reading")(&e))?;
+            if !k.value().starts_with(prefix) {
+                break;
+            }
+            out.push(decode_kv(k.value(), v.value())?);
+        }
+        Ok((out, revision))
+    }
+
+    fn txn(&self, txn: Txn) -> Result<TxnOutcome, StoreError> {
+        let mut watchers = self.writer();
+        let tx = self.inner.db.begin_write().map_err(|e| io("writing")(&e))?;
+        let mut events = Vec::new();
+        let revision;
+        {
+            let mut kv = tx.open_table(KV).map_err(|e| io("writing")(&e))?;
+            let mut meta = tx.open_table(META).map_err(|e| io("writing")(&e))?;
+            let current = Self::meta(&meta, "revision")?;
+            for compare in &txn.compare {
+                let held = match compare {
+                    Compare::Absent(key) => kv.get(key.as_str()).map_err(|e| io("reading")(&e))?.is_none(),
+                    Compare::ModRevision(key, rev) => match kv.get(key.as_str()).map_err(|e| io("reading")(&e))? {
+                        Some(v) => decode_kv(key, v.value())?.mod_revision == *rev,
+                        None => false,
+                    },
+                };
+                if !held {
+                    return Ok(TxnOutcome::Failed(current));
+                }
+            }
+            revision = current + 1;
+            for op in &txn.ops {
+                match op {
+                    Op::Put(key, value) => {
+                        let create = match kv.get(key.as_str()).map_err(|e| io("reading")(&e))? {
+                            Some(old) => decode_kv(key, old.value())?.create_revision,
+                            None => revision,
+                        };
+                        kv.insert(key.as_str(), encode_kv(create, revision, value).as_slice())
+                            .map_err(|e| io("writing")(&e))?;
+                        events.push(WatchEvent::Put(KeyValue {
+                            key: key.clone(),
+                            value: value.clone(),
+                            create_revision: create,
+                            mod_revision: revision,
+                        }));
+                    }
+                    Op::Delete(key) => {
+                        if kv.remove(key.as_str()).map_err(|e| io("writing")(&e))?.is_some() {
+                            events.push(WatchEvent::Delete { key: key.clone(), revision });
+                        }
+                    }
+                }
+            }
+            let mut log = tx.open_table(LOG).map_err(|e| io("writing")(&e))?;
+            for (i, event) in events.iter().enumerate() {
+                log.insert((revision, i as u32), encode_event(event).as_slice()).map_err(|e| io("writing")(&e))?;
+            }
+            // Compaction: keep the last `log_keep` revisions replayable.
+            let oldest = Self::meta(&meta, "oldest")?.max(1);
+            let keep_from = (revision + 1).saturating_sub(self.inner.log_keep).max(1);
+            if keep_from > oldest {
+                log.retain_in((oldest, 0)..(keep_from, 0), |_, _| false).map_err(|e| io("compacting")(&e))?;
+                meta.insert("oldest", keep_from).map_err(|e| io("writing")(&e))?;
+            } else if Self::meta(&meta, "oldest")? == 0 {
+                meta.insert("oldest", 1).map_err(|e| io("writing")(&e))?;
+            }
+            meta.insert("revision", revision).map_err(|e| io("writing")(&e))?;
+        }
+        tx.commit().map_err(|e| io("committing")(&e))?;
+        // Durable: now the watchers may hear of it. A watcher whose receiver is gone is dropped.
+        watchers.retain(|(prefix, sender)| {
+            events.iter().filter(|e| e.key().starts_with(prefix.as_str())).all(|e| sender.send(e.clone()).is_ok())
+        });
+        Ok(TxnOutcome::Committed(revision))
+    }
+
+    fn watch(&self, prefix: &str, after: u64) -> Result<Watcher, StoreError> {
+        let mut watchers = self.writer();
+        let (sender, receiver) = std::sync::mpsc::channel();
+        let tx = self.inner.db.begin_read().map_err(|e| io("reading")(&e))?;
+        let meta = tx.open_table(META).map_err(|e| io("reading")(&e))?;
+        let (current, oldest) = (Self::meta(&meta, "revision")?, Self::meta(&meta, "oldest")?.max(1));
+        if after < current && after + 1 < oldest {
+            return Err(StoreError::Compacted { requested: after + 1, oldest });
+        }
+        let log = tx.open_table(LOG).map_err(|e| io("reading")(&e))?;
+        for entry in log.range((after + 1, 0)..).map_err(|e| io("reading")(&e))? {
+            let (k, v) = entry.map_err(|e| io("reading")(&e))?;
+            let event = decode_event(k.value().0, v.value())?;
+            if event.key().starts_with(prefix) {
+                // The receiver is ours and alive: this cannot fail.
+                let _ = sender.send(event);
+            }
+        }
+        watchers.push((prefix.to_owned(), sender));
+        Ok(Watcher::new(receiver))
+    }
+}
