@@ -1,7 +1,8 @@
 //! ipshadow's control plane (issue 6, in progress): the store the network manager keeps its
 //! inventory and migrations in, with revisions and watches (embedded on redb today, etcd
-//! later).
+//! later), and the migration's state machine with its history.
 
+pub mod migration;
 pub mod store;
 
 pub use store::redb::RedbStore;

@@ -1,0 +1,247 @@
+//! A migration as the manager records it: a persisted state machine with its whole history.
+//!
+//! ```text
+//! pending -> waiting_for_destination_lease -> ramping <-> paused
+//!                        |                      |  \
+//!                        v                      v   `-> cut_over -> completed
+//!                      failed            rolled_back / aborted
+//! ```
+//! `pending`: accepted, nothing written yet. `waiting_for_destination_lease`: the lease plan and
+//! the shadowing entry are written; B has not bound its lease (a timeout fails the migration).
+//! `ramping`: the split rises. `paused`: frozen by the user. `cut_over`: A's lease ended (or A
+//! failed, or the user promoted and the deadline came): the router moves everything to B.
+//! `completed`: the router reported the cut-over; X is B's. `rolled_back`: B failed its health
+//! checks; X stays A's. `aborted`: the user aborted; X stays A's. `failed`: B never bound its
+//! lease, or the parts could not be told.
+
+use serde::{Deserialize, Serialize};
+
+/// Where a migration is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MigrationState {
+    /// Accepted; nothing written to the DHCP server or the router yet.
+    Pending,
+    /// Lease plan and shadowing entry written; waiting for B's bound lease.
+    WaitingForDestinationLease,
+    /// The split rises.
+    Ramping,
+    /// The split is frozen by the user.
+    Paused,
+    /// Everything goes to B; waiting for the router to confirm.
+    CutOver,
+    /// X is B's. Final.
+    Completed,
+    /// B failed; X stays A's. Final.
+    RolledBack,
+    /// Aborted by the user; X stays A's. Final.
+    Aborted,
+    /// B never bound its lease, or the parts could not be told. Final.
+    Failed,
+}
+
+impl MigrationState {
+    /// Whether nothing more can happen to the migration.
+    pub fn is_final(self) -> bool {
+        matches!(self, Self::Completed | Self::RolledBack | Self::Aborted | Self::Failed)
+    }
+
+    /// Whether the address is shadowed (both VMs may receive traffic) in this state.
+    pub fn is_shadowing(self) -> bool {
+        matches!(self, Self::WaitingForDestinationLease | Self::Ramping | Self::Paused | Self::CutOver)
+    }
+}
+
+/// What moves a migration.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum MigrationEvent {
+    /// The lease plan and the shadowing entry were written.
+    PlanWritten,
+    /// The DHCP server reported B's lease on X bound.
+    DestinationLeaseBound,
+    /// The user paused the ramp.
+    Pause,
+    /// The user resumed the ramp.
+    Resume,
+    /// A's lease ended, A failed, or the deadline came: cut over now.
+    CutOver {
+        /// Why.
+        reason: String,
+    },
+    /// The router reported the cut-over done.
+    RouterCompleted,
+    /// B failed its health checks: roll back.
+    DestinationFailed {
+        /// What the checks saw.
+        reason: String,
+    },
+    /// The user aborted.
+    Abort,
+    /// The migration cannot go on (no bound lease for B in time, a part that cannot be told).
+    Fail {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// One step of a migration's history.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct HistoryEntry {
+    /// When (unix milliseconds).
+    pub at_ms: u64,
+    /// State before.
+    pub from: MigrationState,
+    /// State after.
+    pub to: MigrationState,
+    /// What happened.
+    pub event: MigrationEvent,
+}
+
+/// An event the state does not accept (the migration is unchanged).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("a migration in state {state:?} cannot take {event}")]
+pub struct TransitionError {
+    /// The state.
+    pub state: MigrationState,
+    /// The refused event's name.
+    pub event: &'static str,
+}
+
+impl MigrationEvent {
+    /// The event's name (for errors and logs).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::PlanWritten => "plan_written",
+            Self::DestinationLeaseBound => "destination_lease_bound",
+            Self::Pause => "pause",
+            Self::Resume => "resume",
+            Self::CutOver { .. } => "cut_over",
+            Self::RouterCompleted => "router_completed",
+            Self::DestinationFailed { .. } => "destination_failed",
+            Self::Abort => "abort",
+            Self::Fail { .. } => "fail",
+        }
+    }
+}
+
+/// The state after `event`, or why not.
+pub fn next_state(state: MigrationState, event: &MigrationEvent) -> Result<MigrationState, TransitionError> {
+    use MigrationEvent as E;
+    use MigrationState as S;
+    let next = match (state, event) {
+        (S::Pending, E::PlanWritten) => S::WaitingForDestinationLease,
+        (S::WaitingForDestinationLease, E::DestinationLeaseBound) => S::Ramping,
+        (S::Ramping, E::Pause) => S::Paused,
+        (S::Paused, E::Resume) => S::Ramping,
+        // A's lease may end before B's is bound (the deadline is A's lease end): B then gets the
+        // address alone as soon as it binds, which the router's cut-over already allows.
+        (S::WaitingForDestinationLease | S::Ramping | S::Paused, E::CutOver { .. }) => S::CutOver,
+        (S::CutOver, E::RouterCompleted) => S::Completed,
+        (S::WaitingForDestinationLease | S::Ramping | S::Paused, E::DestinationFailed { .. }) => S::RolledBack,
+        (S::Pending | S::WaitingForDestinationLease | S::Ramping | S::Paused, E::Abort) => S::Aborted,
+        (s, E::Fail { .. }) if !s.is_final() && s != S::CutOver => S::Failed,
+        (s, e) => return Err(TransitionError { state: s, event: e.name() }),
+    };
+    Ok(next)
+}
+
+/// A state with its history: every accepted event is recorded with its time.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Lifecycle {
+    /// Where the migration is.
+    pub state: MigrationState,
+    /// Every step so far, oldest first.
+    pub history: Vec<HistoryEntry>,
+}
+
+impl Lifecycle {
+    /// A new migration, pending.
+    pub fn new() -> Self {
+        Self { state: MigrationState::Pending, history: Vec::new() }
+    }
+
+    /// Applies `event` at `now_ms`; a refused event changes nothing.
+    pub fn apply(&mut self, event: MigrationEvent, now_ms: u64) -> Result<MigrationState, TransitionError> {
+        let to = next_state(self.state, &event)?;
+        self.history.push(HistoryEntry { at_ms: now_ms, from: self.state, to, event });
+        self.state = to;
+        Ok(to)
+    }
+}
+
+impl Default for Lifecycle {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn event() -> impl Strategy<Value = MigrationEvent> {
+        prop_oneof![
+            Just(MigrationEvent::PlanWritten),
+            Just(MigrationEvent::DestinationLeaseBound),
+            Just(MigrationEvent::Pause),
+            Just(MigrationEvent::Resume),
+            Just(MigrationEvent::CutOver { reason: "deadline".into() }),
+            Just(MigrationEvent::RouterCompleted),
+            Just(MigrationEvent::DestinationFailed { reason: "probes".into() }),
+            Just(MigrationEvent::Abort),
+            Just(MigrationEvent::Fail { reason: "timeout".into() }),
+        ]
+    }
+
+    #[test]
+    fn the_happy_path_and_its_history() {
+        let mut m = Lifecycle::new();
+        for (i, e) in [
+            MigrationEvent::PlanWritten,
+            MigrationEvent::DestinationLeaseBound,
+            MigrationEvent::Pause,
+            MigrationEvent::Resume,
+            MigrationEvent::CutOver { reason: "A's lease ended".into() },
+            MigrationEvent::RouterCompleted,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            m.apply(e, i as u64).unwrap();
+        }
+        assert_eq!(m.state, MigrationState::Completed);
+        let path: Vec<_> = m.history.iter().map(|h| h.to).collect();
+        use MigrationState as S;
+        assert_eq!(path, [S::WaitingForDestinationLease, S::Ramping, S::Paused, S::Ramping, S::CutOver, S::Completed]);
+        let err = m.apply(MigrationEvent::Abort, 9).unwrap_err();
+        assert_eq!(err, TransitionError { state: S::Completed, event: "abort" });
+        assert_eq!(m.history.len(), 6, "a refused event is not recorded");
+    }
+
+    proptest! {
+        /// Whatever arrives: a final state never changes, every recorded step is a legal
+        /// transition, and the history is exactly the accepted events.
+        #[test]
+        fn final_states_absorb_and_history_matches(events in proptest::collection::vec(event(), 0..40)) {
+            let mut m = Lifecycle::new();
+            let mut accepted = 0;
+            for (i, e) in events.into_iter().enumerate() {
+                let before = m.state;
+                match m.apply(e.clone(), i as u64) {
+                    Ok(to) => {
+                        prop_assert!(!before.is_final(), "{before:?} moved to {to:?}");
+                        prop_assert_eq!(next_state(before, &e), Ok(to));
+                        accepted += 1;
+                    }
+                    Err(_) => prop_assert_eq!(m.state, before),
+                }
+            }
+            prop_assert_eq!(m.history.len(), accepted);
+            for pair in m.history.windows(2) {
+                prop_assert_eq!(pair[0].to, pair[1].from);
+            }
+        }
+    }
+}
