@@ -2,7 +2,9 @@
 //! inventory and migrations in, with revisions and watches (embedded on redb today, etcd
 //! later), and the migration's state machine with its history.
 
+pub mod inventory;
 pub mod migration;
+pub mod reassign;
 pub mod store;
 
 pub use store::redb::RedbStore;

@@ -1,0 +1,241 @@
+//! The inventory: tenants' VMs and addresses, kept in the store as JSON under `/v1/...`, and
+//! the typed reads and writes the manager and the API use. Every write is one compare-and-swap
+//! transaction: two requests racing for the same address cannot both win.
+
+use std::net::Ipv4Addr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::store::{Compare, KeyValue, Store, StoreError, Txn, TxnOutcome};
+
+/// A VM of a tenant.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Vm {
+    /// Its id (unique across tenants).
+    pub id: String,
+    /// The tenant that owns it.
+    pub tenant: String,
+    /// Its interface's MAC address (`02:00:00:00:00:0a`): the DHCP server's reservation.
+    pub mac: String,
+    /// Where the router reaches it (the router port, by VM id, or a segment name).
+    pub segment: String,
+}
+
+/// An address of a tenant and the VM holding it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Address {
+    /// The address.
+    pub ip: Ipv4Addr,
+    /// The tenant that owns it.
+    pub tenant: String,
+    /// The VM holding it, if any.
+    pub vm: Option<String>,
+    /// The migration moving it, while one is under way.
+    #[serde(default)]
+    pub migration: Option<u64>,
+}
+
+/// Why an inventory request was refused (each maps to one HTTP status in the API).
+#[derive(Debug, thiserror::Error)]
+pub enum InventoryError {
+    /// Not found, or owned by another tenant (the two are not told apart: a tenant learns
+    /// nothing of another's inventory).
+    #[error("{kind} {id} not found")]
+    NotFound {
+        /// `vm`, `address` or `migration`.
+        kind: &'static str,
+        /// Its id.
+        id: String,
+    },
+    /// It exists already.
+    #[error("{kind} {id} already exists")]
+    Exists {
+        /// `vm` or `address`.
+        kind: &'static str,
+        /// Its id.
+        id: String,
+    },
+    /// The request contradicts the current state (a VM still holding an address, an address
+    /// already migrating).
+    #[error("{0}")]
+    Conflict(String),
+    /// The request itself is wrong (a bad MAC address, an empty id).
+    #[error("{0}")]
+    Invalid(String),
+    /// Someone else changed the same keys first: retry.
+    #[error("changed concurrently, retry")]
+    Raced,
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A stored record could not be read back.
+    #[error("stored {key} is corrupt: {detail}")]
+    Corrupt {
+        /// The key.
+        key: String,
+        /// Why.
+        detail: String,
+    },
+}
+
+/// Key of a VM.
+pub fn vm_key(id: &str) -> String {
+    format!("/v1/vms/{id}")
+}
+
+/// Key of an address.
+pub fn address_key(ip: Ipv4Addr) -> String {
+    format!("/v1/addresses/{ip}")
+}
+
+/// A stored record with the revision it was read at (for compare-and-swap).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Versioned<T> {
+    /// The record.
+    pub value: T,
+    /// Its modification revision.
+    pub revision: u64,
+}
+
+pub(crate) fn decode<T: for<'de> Deserialize<'de>>(kv: &KeyValue) -> Result<Versioned<T>, InventoryError> {
+    let value = serde_json::from_slice(&kv.value)
+        .map_err(|e| InventoryError::Corrupt { key: kv.key.clone(), detail: e.to_string() })?;
+    Ok(Versioned { value, revision: kv.mod_revision })
+}
+
+pub(crate) fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    // Inventory records are plain structs of strings and numbers: serialising cannot fail.
+    serde_json::to_vec(value).unwrap_or_default()
+}
+
+fn check_id(what: &str, id: &str) -> Result<(), InventoryError> {
+    let ok = !id.is_empty()
+        && id.len() <= 64
+        && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.');
+    if ok {
+        Ok(())
+    } else {
+        Err(InventoryError::Invalid(format!("{what} must be 1-64 letters, digits, '-', '_' or '.'")))
+    }
+}
+
+fn check_mac(mac: &str) -> Result<(), InventoryError> {
+    let parts: Vec<&str> = mac.split(':').collect();
+    let ok = parts.len() == 6 && parts.iter().all(|p| p.len() == 2 && u8::from_str_radix(p, 16).is_ok());
+    if ok { Ok(()) } else { Err(InventoryError::Invalid(format!("bad MAC address {mac:?}: expected six hex pairs"))) }
+}
+
+/// Typed access to the inventory in a store, as seen by one tenant (`None`: the admin, who sees
+/// every tenant).
+pub struct Inventory<S: Store> {
+    store: S,
+}
+
+impl<S: Store> Inventory<S> {
+    /// The inventory kept in `store`.
+    pub fn new(store: S) -> Self {
+        Self { store }
+    }
+
+    /// The store underneath.
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
+    fn visible(tenant: Option<&str>, owner: &str) -> bool {
+        tenant.is_none_or(|t| t == owner)
+    }
+
+    /// A VM, if `tenant` may see it.
+    pub fn vm(&self, tenant: Option<&str>, id: &str) -> Result<Versioned<Vm>, InventoryError> {
+        let not_found = || InventoryError::NotFound { kind: "vm", id: id.to_owned() };
+        let kv = self.store.get(&vm_key(id))?.ok_or_else(not_found)?;
+        let vm: Versioned<Vm> = decode(&kv)?;
+        if Self::visible(tenant, &vm.value.tenant) { Ok(vm) } else { Err(not_found()) }
+    }
+
+    /// Every VM `tenant` may see, by id.
+    pub fn vms(&self, tenant: Option<&str>) -> Result<Vec<Vm>, InventoryError> {
+        let (kvs, _) = self.store.range("/v1/vms/")?;
+        let mut out = Vec::new();
+        for kv in &kvs {
+            let vm: Versioned<Vm> = decode(kv)?;
+            if Self::visible(tenant, &vm.value.tenant) {
+                out.push(vm.value);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Adds a VM.
+    pub fn add_vm(&self, vm: &Vm) -> Result<(), InventoryError> {
+        check_id("vm id", &vm.id)?;
+        check_id("tenant", &vm.tenant)?;
+        check_mac(&vm.mac)?;
+        let key = vm_key(&vm.id);
+        let txn = Txn::new().when(Compare::Absent(key.clone())).put(key, encode(vm));
+        match self.store.txn(txn)? {
+            TxnOutcome::Committed(_) => Ok(()),
+            TxnOutcome::Failed(_) => Err(InventoryError::Exists { kind: "vm", id: vm.id.clone() }),
+        }
+    }
+
+    /// Removes a VM that holds no address.
+    pub fn remove_vm(&self, tenant: Option<&str>, id: &str) -> Result<(), InventoryError> {
+        let vm = self.vm(tenant, id)?;
+        let (addresses, _) = self.store.range("/v1/addresses/")?;
+        for kv in &addresses {
+            let a: Versioned<Address> = decode(kv)?;
+            if a.value.vm.as_deref() == Some(id) {
+                return Err(InventoryError::Conflict(format!("vm {id} holds {}: reassign it first", a.value.ip)));
+            }
+        }
+        let txn = Txn::new().when(Compare::ModRevision(vm_key(id), vm.revision)).delete(vm_key(id));
+        match self.store.txn(txn)? {
+            TxnOutcome::Committed(_) => Ok(()),
+            TxnOutcome::Failed(_) => Err(InventoryError::Raced),
+        }
+    }
+
+    /// An address, if `tenant` may see it.
+    pub fn address(&self, tenant: Option<&str>, ip: Ipv4Addr) -> Result<Versioned<Address>, InventoryError> {
+        let not_found = || InventoryError::NotFound { kind: "address", id: ip.to_string() };
+        let kv = self.store.get(&address_key(ip))?.ok_or_else(not_found)?;
+        let a: Versioned<Address> = decode(&kv)?;
+        if Self::visible(tenant, &a.value.tenant) { Ok(a) } else { Err(not_found()) }
+    }
+
+    /// Every address `tenant` may see.
+    pub fn addresses(&self, tenant: Option<&str>) -> Result<Vec<Address>, InventoryError> {
+        let (kvs, _) = self.store.range("/v1/addresses/")?;
+        let mut out = Vec::new();
+        for kv in &kvs {
+            let a: Versioned<Address> = decode(kv)?;
+            if Self::visible(tenant, &a.value.tenant) {
+                out.push(a.value);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Adds an address of `tenant`, held by one of its VMs or by none.
+    pub fn add_address(&self, tenant: &str, ip: Ipv4Addr, vm: Option<&str>) -> Result<(), InventoryError> {
+        check_id("tenant", tenant)?;
+        let mut txn = Txn::new().when(Compare::Absent(address_key(ip)));
+        if let Some(id) = vm {
+            // The VM must be the tenant's, and still be there when the address is written.
+            let held = self.vm(Some(tenant), id)?;
+            txn = txn.when(Compare::ModRevision(vm_key(id), held.revision));
+        }
+        let record = Address { ip, tenant: tenant.to_owned(), vm: vm.map(str::to_owned), migration: None };
+        match self.store.txn(txn.put(address_key(ip), encode(&record)))? {
+            TxnOutcome::Committed(_) => Ok(()),
+            TxnOutcome::Failed(_) if self.store.get(&address_key(ip))?.is_some() => {
+                Err(InventoryError::Exists { kind: "address", id: ip.to_string() })
+            }
+            TxnOutcome::Failed(_) => Err(InventoryError::Raced),
+        }
+    }
+}

@@ -1,0 +1,210 @@
+//! The seed's IP reassignment call: without `migrate` the address moves at once (the classic
+//! behaviour); with it a [`Migration`] is created in the same transaction that marks the address
+//! as migrating, so two racing requests cannot both start one. Every refusal changes nothing.
+
+use std::net::Ipv4Addr;
+
+use ipshadow_core::{Affinity, Mode, Ramp, Strategy};
+use serde::{Deserialize, Serialize};
+
+use crate::inventory::{Address, Inventory, InventoryError, address_key, decode, encode, vm_key};
+use crate::migration::Lifecycle;
+use crate::store::{Compare, Store, Txn, TxnOutcome};
+
+/// `POST /v1/addresses/{ip}/reassign`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReassignRequest {
+    /// The VM that gets the address.
+    pub to: String,
+    /// Move it gradually without dropping connections (a migration) instead of at once.
+    #[serde(default)]
+    pub migrate: bool,
+    /// How the split rises (default: 1, 5, 25, 50, 100 % every 30 s).
+    #[serde(default)]
+    pub ramp: Option<Ramp>,
+    /// Per flow or per client.
+    #[serde(default)]
+    pub affinity: Option<Affinity>,
+    /// Independent or replica.
+    #[serde(default)]
+    pub mode: Option<Mode>,
+    /// Split strategy (flow; packet and instant exist for comparison).
+    #[serde(default)]
+    pub strategy: Option<Strategy>,
+    /// Cut-over time, unix milliseconds; default: the end of the source's current lease.
+    #[serde(default)]
+    pub deadline_ms: Option<u64>,
+}
+
+/// Limits the operator sets on requested deadlines.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DeadlinePolicy {
+    /// Shortest time from now to the cut-over.
+    pub min_ms: u64,
+    /// Longest time from now to the cut-over.
+    pub max_ms: u64,
+    /// Used when the source's lease end is unknown and nothing was requested.
+    pub default_ms: u64,
+}
+
+impl Default for DeadlinePolicy {
+    /// 30 s to 7 days; 1 hour when nothing else says.
+    fn default() -> Self {
+        Self { min_ms: 30_000, max_ms: 7 * 24 * 3_600_000, default_ms: 3_600_000 }
+    }
+}
+
+/// A migration as stored under `/v1/migrations/{id}`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Migration {
+    /// Its id.
+    pub id: u64,
+    /// The address.
+    pub ip: Ipv4Addr,
+    /// The tenant that owns the address.
+    pub tenant: String,
+    /// VM A.
+    pub source: String,
+    /// VM B.
+    pub destination: String,
+    /// Strategy.
+    pub strategy: Strategy,
+    /// Mode.
+    pub mode: Mode,
+    /// Affinity.
+    pub affinity: Affinity,
+    /// Ramp.
+    pub ramp: Ramp,
+    /// Cut-over time, unix milliseconds.
+    pub deadline_ms: u64,
+    /// Where the deadline came from: `requested`, `source_lease_end` or `policy_default`.
+    pub deadline_source: String,
+    /// When it was created, unix milliseconds.
+    pub created_ms: u64,
+    /// The split last reported by the router, percent.
+    pub split_pct: f64,
+    /// State and history.
+    pub lifecycle: Lifecycle,
+}
+
+/// Key of a migration.
+pub fn migration_key(id: u64) -> String {
+    format!("/v1/migrations/{id:020}")
+}
+
+/// The counter of migration ids.
+const NEXT_ID: &str = "/v1/meta/next_migration_id";
+
+/// What a reassignment did.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Reassigned {
+    /// The address moved at once.
+    Moved,
+    /// A migration started.
+    Migrating(Box<Migration>),
+}
+
+impl<S: Store> Inventory<S> {
+    /// Reassigns `ip` (of `tenant`; `None` is the admin) to `request.to`. `source_lease_end_ms`
+    /// is when the DHCP server says A's current lease ends, if it knows.
+    pub fn reassign(
+        &self,
+        tenant: Option<&str>,
+        ip: Ipv4Addr,
+        request: &ReassignRequest,
+        now_ms: u64,
+        source_lease_end_ms: Option<u64>,
+        policy: DeadlinePolicy,
+    ) -> Result<Reassigned, InventoryError> {
+        let address = self.address(tenant, ip)?;
+        let owner = address.value.tenant.clone();
+        // The target must be the address owner's VM (an admin cannot give a tenant's address to
+        // another tenant's VM either).
+        let target = self.vm(Some(&owner), &request.to)?;
+        if let Some(id) = address.value.migration {
+            return Err(InventoryError::Conflict(format!("{ip} is already migrating (migration {id})")));
+        }
+        if request.migrate && address.value.vm.is_none() {
+            return Err(InventoryError::Conflict(format!(
+                "{ip} is held by no VM: nothing to migrate (reassign it without migrate)"
+            )));
+        }
+        if address.value.vm.as_deref() == Some(request.to.as_str()) {
+            return Err(InventoryError::Conflict(format!("{ip} is already held by {}", request.to)));
+        }
+        let base = Txn::new()
+            .when(Compare::ModRevision(address_key(ip), address.revision))
+            .when(Compare::ModRevision(vm_key(&request.to), target.revision));
+        let Some(source) = address.value.vm.clone().filter(|_| request.migrate) else {
+            if request.ramp.is_some() || request.deadline_ms.is_some() {
+                return Err(InventoryError::Invalid("ramp and deadline apply only with migrate=true".into()));
+            }
+            let moved = Address { vm: Some(request.to.clone()), ..address.value };
+            return match self.store().txn(base.put(address_key(ip), encode(&moved)))? {
+                TxnOutcome::Committed(_) => Ok(Reassigned::Moved),
+                TxnOutcome::Failed(_) => Err(InventoryError::Raced),
+            };
+        };
+        let ramp = request.ramp.clone().unwrap_or_default();
+        ramp.validate().map_err(|e| InventoryError::Invalid(format!("ramp: {e}")))?;
+        let (deadline_ms, deadline_source) = match (request.deadline_ms, source_lease_end_ms) {
+            (Some(d), _) => {
+                let earliest = now_ms + policy.min_ms;
+                let latest = now_ms + policy.max_ms;
+                if d < earliest || d > latest {
+                    return Err(InventoryError::Invalid(format!(
+                        "deadline must be between {} s and {} s from now",
+                        policy.min_ms / 1000,
+                        policy.max_ms / 1000
+                    )));
+                }
+                (d, "requested")
+            }
+            (None, Some(end)) => (end.max(now_ms + policy.min_ms), "source_lease_end"),
+            (None, None) => (now_ms + policy.default_ms, "policy_default"),
+        };
+        let (next, next_revision) = match self.store().get(NEXT_ID)? {
+            Some(kv) => (decode::<u64>(&kv)?.value, Some(kv.mod_revision)),
+            None => (1, None),
+        };
+        let migration = Migration {
+            id: next,
+            ip,
+            tenant: owner,
+            source,
+            destination: request.to.clone(),
+            strategy: request.strategy.unwrap_or_default(),
+            mode: request.mode.unwrap_or_default(),
+            affinity: request.affinity.unwrap_or_default(),
+            ramp,
+            deadline_ms,
+            deadline_source: deadline_source.to_owned(),
+            created_ms: now_ms,
+            split_pct: 0.0,
+            lifecycle: Lifecycle::new(),
+        };
+        let marked = Address { migration: Some(next), ..address.value };
+        let counter = match next_revision {
+            Some(r) => Compare::ModRevision(NEXT_ID.to_owned(), r),
+            None => Compare::Absent(NEXT_ID.to_owned()),
+        };
+        let txn = base
+            .when(counter)
+            .put(address_key(ip), encode(&marked))
+            .put(migration_key(next), encode(&migration))
+            .put(NEXT_ID, encode(&(next + 1)));
+        match self.store().txn(txn)? {
+            TxnOutcome::Committed(_) => Ok(Reassigned::Migrating(Box::new(migration))),
+            TxnOutcome::Failed(_) => Err(InventoryError::Raced),
+        }
+    }
+
+    /// A migration, if `tenant` may see it.
+    pub fn migration(&self, tenant: Option<&str>, id: u64) -> Result<Migration, InventoryError> {
+        let not_found = || InventoryError::NotFound { kind: "migration", id: id.to_string() };
+        let kv = self.store().get(&migration_key(id))?.ok_or_else(not_found)?;
+        let m: Migration = decode(&kv)?.value;
+        if tenant.is_none_or(|t| t == m.tenant) { Ok(m) } else { Err(not_found()) }
+    }
+}

@@ -1,0 +1,152 @@
+//! Reassignment through the inventory: the immediate move, a migration started with its
+//! deadline chosen by the seed's rule, every refusal (unknown or foreign address or VM, A == B,
+//! already migrating, a deadline outside policy) leaving the store unchanged, tenants isolated,
+//! and two racing requests starting exactly one migration.
+
+#![allow(clippy::unwrap_used)]
+
+use std::net::Ipv4Addr;
+
+use ipshadow_control::inventory::{Inventory, InventoryError, Vm};
+use ipshadow_control::migration::MigrationState;
+use ipshadow_control::reassign::{DeadlinePolicy, ReassignRequest, Reassigned};
+use ipshadow_control::{RedbStore, Store};
+
+const X: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 10);
+const NOW: u64 = 1_800_000_000_000;
+
+fn inventory(name: &str) -> Inventory<RedbStore> {
+    let dir = std::env::temp_dir().join(format!("ipshadow-reassign-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let inv = Inventory::new(RedbStore::open(&dir.join("store.redb")).unwrap());
+    for (id, tenant, mac) in [
+        ("vm-a", "acme", "02:00:00:00:00:0a"),
+        ("vm-b", "acme", "02:00:00:00:00:0b"),
+        ("vm-z", "zeta", "02:00:00:00:00:0c"),
+    ] {
+        inv.add_vm(&Vm { id: id.into(), tenant: tenant.into(), mac: mac.into(), segment: id.into() }).unwrap();
+    }
+    inv.add_address("acme", X, Some("vm-a")).unwrap();
+    inv
+}
+
+fn request(to: &str, migrate: bool) -> ReassignRequest {
+    ReassignRequest {
+        to: to.into(),
+        migrate,
+        ramp: None,
+        affinity: None,
+        mode: None,
+        strategy: None,
+        deadline_ms: None,
+    }
+}
+
+#[test]
+fn without_migrate_the_address_moves_at_once() {
+    let inv = inventory("move");
+    let r = inv.reassign(Some("acme"), X, &request("vm-b", false), NOW, None, DeadlinePolicy::default()).unwrap();
+    assert_eq!(r, Reassigned::Moved);
+    assert_eq!(inv.address(None, X).unwrap().value.vm.as_deref(), Some("vm-b"));
+}
+
+#[test]
+fn with_migrate_a_migration_starts_and_the_deadline_follows_the_seed() {
+    let inv = inventory("migrate");
+    let lease_end = NOW + 600_000;
+    let Reassigned::Migrating(m) =
+        inv.reassign(Some("acme"), X, &request("vm-b", true), NOW, Some(lease_end), DeadlinePolicy::default()).unwrap()
+    else {
+        panic!("expected a migration")
+    };
+    assert_eq!((m.id, m.source.as_str(), m.destination.as_str()), (1, "vm-a", "vm-b"));
+    assert_eq!((m.deadline_ms, m.deadline_source.as_str()), (lease_end, "source_lease_end"));
+    assert_eq!(m.lifecycle.state, MigrationState::Pending);
+    let stored = inv.migration(Some("acme"), 1).unwrap();
+    assert_eq!(stored, *m);
+    // The address still belongs to A, marked as migrating.
+    let a = inv.address(None, X).unwrap().value;
+    assert_eq!((a.vm.as_deref(), a.migration), (Some("vm-a"), Some(1)));
+    // A requested deadline within policy wins and is shown as requested.
+    let inv = inventory("requested");
+    let mut req = request("vm-b", true);
+    req.deadline_ms = Some(NOW + 120_000);
+    let Reassigned::Migrating(m) =
+        inv.reassign(None, X, &req, NOW, Some(lease_end), DeadlinePolicy::default()).unwrap()
+    else {
+        panic!()
+    };
+    assert_eq!((m.deadline_ms, m.deadline_source.as_str()), (NOW + 120_000, "requested"));
+}
+
+#[test]
+fn every_refusal_is_precise_and_changes_nothing() {
+    let inv = inventory("refusals");
+    let before = inv.store().range("/").unwrap();
+    let policy = DeadlinePolicy::default();
+    let cases: Vec<(Option<&str>, Ipv4Addr, ReassignRequest, &str)> = vec![
+        (Some("acme"), Ipv4Addr::new(10, 0, 0, 99), request("vm-b", true), "not_found address"),
+        (Some("zeta"), X, request("vm-z", true), "not_found address"),
+        (Some("acme"), X, request("vm-nope", true), "not_found vm"),
+        (Some("acme"), X, request("vm-z", true), "not_found vm"),
+        (None, X, request("vm-z", true), "not_found vm"),
+        (Some("acme"), X, request("vm-a", true), "conflict"),
+        (Some("acme"), X, ReassignRequest { deadline_ms: Some(NOW + 1_000), ..request("vm-b", true) }, "invalid"),
+        (
+            Some("acme"),
+            X,
+            ReassignRequest { deadline_ms: Some(NOW + 1_000_000_000), ..request("vm-b", true) },
+            "invalid",
+        ),
+        (Some("acme"), X, ReassignRequest { deadline_ms: Some(NOW + 60_000), ..request("vm-b", false) }, "invalid"),
+        (
+            Some("acme"),
+            X,
+            ReassignRequest { ramp: Some(ipshadow_core::Ramp::Linear { pct_per_sec: -1.0 }), ..request("vm-b", true) },
+            "invalid",
+        ),
+    ];
+    for (tenant, ip, req, expected) in cases {
+        let err = inv.reassign(tenant, ip, &req, NOW, None, policy).unwrap_err();
+        let kind = match &err {
+            InventoryError::NotFound { kind, .. } => format!("not_found {kind}"),
+            InventoryError::Conflict(_) => "conflict".into(),
+            InventoryError::Invalid(_) => "invalid".into(),
+            other => format!("{other:?}"),
+        };
+        assert_eq!(kind, expected, "{tenant:?} {ip} {req:?}: {err}");
+        assert_eq!(inv.store().range("/").unwrap(), before, "a refusal changed the store: {err}");
+    }
+    // An address no VM holds has nothing to migrate.
+    inv.add_address("acme", Ipv4Addr::new(10, 0, 0, 11), None).unwrap();
+    let err = inv.reassign(Some("acme"), Ipv4Addr::new(10, 0, 0, 11), &request("vm-b", true), NOW, None, policy);
+    assert!(matches!(err, Err(InventoryError::Conflict(ref m)) if m.contains("held by no VM")), "{err:?}");
+    // Already migrating.
+    inv.reassign(Some("acme"), X, &request("vm-b", true), NOW, None, policy).unwrap();
+    let err = inv.reassign(Some("acme"), X, &request("vm-b", true), NOW, None, policy).unwrap_err();
+    assert!(matches!(err, InventoryError::Conflict(ref m) if m.contains("already migrating")), "{err}");
+    // Another tenant cannot see the migration either.
+    assert!(matches!(inv.migration(Some("zeta"), 1), Err(InventoryError::NotFound { .. })));
+}
+
+#[test]
+fn racing_requests_start_exactly_one_migration() {
+    let inv = std::sync::Arc::new(inventory("race"));
+    let threads: Vec<_> = (0..8)
+        .map(|_| {
+            let inv = std::sync::Arc::clone(&inv);
+            std::thread::spawn(move || {
+                inv.reassign(Some("acme"), X, &request("vm-b", true), NOW, None, DeadlinePolicy::default())
+            })
+        })
+        .collect();
+    let results: Vec<_> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    let started = results.iter().filter(|r| matches!(r, Ok(Reassigned::Migrating(_)))).count();
+    assert_eq!(started, 1, "{results:?}");
+    for r in results.iter().filter(|r| r.is_err()) {
+        assert!(matches!(r, Err(InventoryError::Raced | InventoryError::Conflict(_))), "{r:?}");
+    }
+    let (migrations, _) = inv.store().range("/v1/migrations/").unwrap();
+    assert_eq!(migrations.len(), 1);
+}
