@@ -4,6 +4,7 @@
 
 pub mod inventory;
 pub mod migration;
+pub mod project;
 pub mod reassign;
 pub mod store;
 

@@ -1,0 +1,193 @@
+//! What the parts should be doing, derived from the store: the router's desired state and the
+//! DHCP server's lease plans are pure functions of the addresses and migrations (and the time),
+//! so a restarted manager, router or DHCP server converges on the same picture, and a part that
+//! watches the store needs no commands.
+
+use core::time::Duration;
+use std::collections::BTreeMap;
+
+use ipshadow_core::{CongestionControlParameters, EntryState, Instant, MigrationOptions, ShadowingEntry, VmId};
+use ipshadow_dataplane::{Desired, DesiredEntry};
+use ipshadow_dhcp::plan::{MigrationPlan, PlanState};
+
+use crate::inventory::Address;
+use crate::migration::MigrationState;
+use crate::reassign::Migration;
+
+/// How long a rolled-back or aborted migration's entry stays (split 0, B's flows draining): B's
+/// shadow lease, after which B has lost the address.
+pub const ROLLBACK_DRAIN: Duration = Duration::from_secs(60);
+
+/// Unix milliseconds as the router's clock (unix microseconds).
+fn instant(ms: u64) -> Instant {
+    Instant::from_millis(ms)
+}
+
+/// When a final migration reached its final state (its last history entry).
+fn ended_at(m: &Migration) -> u64 {
+    m.lifecycle.history.last().map_or(m.created_ms, |h| h.at_ms)
+}
+
+/// The router's desired state: every held address with its VM, every migration that shadows
+/// its address as an entry in the matching state (a rolled-back or aborted one for
+/// [`ROLLBACK_DRAIN`] after it ended, then the address is A's again).
+pub fn router_desired(addresses: &[Address], migrations: &[Migration], now_ms: u64) -> Desired {
+    let mut desired = Desired { addresses: BTreeMap::new(), entries: Vec::new() };
+    for a in addresses {
+        if let Some(vm) = &a.vm {
+            desired.addresses.insert(a.ip, VmId::from(vm.as_str()));
+        }
+    }
+    for m in migrations {
+        let state = m.lifecycle.state;
+        let draining = matches!(state, MigrationState::RolledBack | MigrationState::Aborted)
+            && now_ms < ended_at(m) + ROLLBACK_DRAIN.as_millis() as u64;
+        if !state.is_shadowing() && !draining {
+            continue;
+        }
+        let options = MigrationOptions {
+            strategy: m.strategy,
+            mode: m.mode,
+            affinity: m.affinity,
+            ramp: m.ramp.clone(),
+            deadline: Some(instant(m.deadline_ms)),
+            salt: m.id,
+        };
+        let mut entry = ShadowingEntry::new(
+            m.ip,
+            VmId::from(m.source.as_str()),
+            VmId::from(m.destination.as_str()),
+            instant(m.created_ms),
+            CongestionControlParameters::default(),
+            options,
+        );
+        entry.traffic_split_percentage = m.split_pct.clamp(0.0, 100.0);
+        entry.state = match state {
+            MigrationState::WaitingForDestinationLease | MigrationState::Pending => EntryState::WaitingForLease,
+            MigrationState::Paused => EntryState::Paused,
+            MigrationState::RolledBack | MigrationState::Aborted => EntryState::RollingBack,
+            _ => EntryState::Ramping,
+        };
+        if entry.state == EntryState::WaitingForLease {
+            entry.traffic_split_percentage = 0.0;
+        }
+        desired.entries.push(DesiredEntry {
+            lease_bound: entry.state != EntryState::WaitingForLease,
+            promote: false,
+            cut_over: state == MigrationState::CutOver,
+            finish_rollback: false,
+            entry,
+        });
+    }
+    desired
+}
+
+/// Why a failed migration failed, from its history.
+fn failure_reason(m: &Migration) -> String {
+    match m.lifecycle.history.last().map(|h| &h.event) {
+        Some(crate::migration::MigrationEvent::Fail { reason }) => reason.clone(),
+        _ => "failed".to_owned(),
+    }
+}
+
+/// The DHCP server's lease plans: active while the address is shadowed, completed or rolled
+/// back once the migration ended that way (so B gets the normal lease, or is refused), none for
+/// migrations that never wrote a plan.
+pub fn dhcp_plans(migrations: &[Migration]) -> Vec<MigrationPlan> {
+    migrations
+        .iter()
+        .filter_map(|m| {
+            let state = match m.lifecycle.state {
+                MigrationState::Pending => return None,
+                s if s.is_shadowing() => PlanState::Active,
+                MigrationState::Completed => PlanState::Completed,
+                MigrationState::Failed => PlanState::Failed(failure_reason(m)),
+                _ => PlanState::RolledBack,
+            };
+            let mut plan = MigrationPlan::new(m.id, m.ip, &m.source, &m.destination, m.deadline_ms / 1000);
+            plan.state = state;
+            Some(plan)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use super::*;
+    use crate::migration::{Lifecycle, MigrationEvent};
+
+    const X: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 10);
+
+    fn migration(events: &[MigrationEvent], at_ms: u64) -> Migration {
+        let mut lifecycle = Lifecycle::new();
+        for e in events {
+            lifecycle.apply(e.clone(), at_ms).expect("a legal path");
+        }
+        Migration {
+            id: 7,
+            ip: X,
+            tenant: "acme".into(),
+            source: "vm-a".into(),
+            destination: "vm-b".into(),
+            strategy: Default::default(),
+            mode: Default::default(),
+            affinity: Default::default(),
+            ramp: Default::default(),
+            deadline_ms: 2_000_000,
+            deadline_source: "requested".into(),
+            created_ms: 1_000_000,
+            split_pct: 25.0,
+            lifecycle,
+        }
+    }
+
+    #[test]
+    fn each_state_projects_to_the_router_and_the_dhcp_server() {
+        use MigrationEvent as E;
+        let held = [Address { ip: X, tenant: "acme".into(), vm: Some("vm-a".into()), migration: Some(7) }];
+        let cases: [(&[E], Option<EntryState>, bool, Option<PlanState>); 6] = [
+            (&[], None, false, None),
+            (&[E::PlanWritten], Some(EntryState::WaitingForLease), false, Some(PlanState::Active)),
+            (&[E::PlanWritten, E::DestinationLeaseBound], Some(EntryState::Ramping), false, Some(PlanState::Active)),
+            (
+                &[E::PlanWritten, E::DestinationLeaseBound, E::Pause],
+                Some(EntryState::Paused),
+                false,
+                Some(PlanState::Active),
+            ),
+            (
+                &[E::PlanWritten, E::DestinationLeaseBound, E::CutOver { reason: "deadline".into() }],
+                Some(EntryState::Ramping),
+                true,
+                Some(PlanState::Active),
+            ),
+            (
+                &[E::PlanWritten, E::DestinationLeaseBound, E::DestinationFailed { reason: "probes".into() }],
+                Some(EntryState::RollingBack),
+                false,
+                Some(PlanState::RolledBack),
+            ),
+        ];
+        for (events, entry_state, cut_over, plan) in cases {
+            let m = migration(events, 1_500_000);
+            let desired = router_desired(&held, std::slice::from_ref(&m), 1_500_000);
+            assert_eq!(desired.addresses.get(&X), Some(&VmId::from("vm-a")));
+            assert_eq!(desired.entries.first().map(|d| d.entry.state), entry_state, "{events:?}");
+            if let Some(d) = desired.entries.first() {
+                assert_eq!(d.cut_over, cut_over);
+                assert_eq!(d.entry.options.deadline, Some(Instant::from_millis(2_000_000)));
+                assert_eq!(d.entry.migration_start_time, Instant::from_millis(1_000_000));
+                assert_eq!(d.lease_bound, d.entry.state != EntryState::WaitingForLease);
+            }
+            assert_eq!(dhcp_plans(std::slice::from_ref(&m)).first().map(|p| p.state.clone()), plan, "{events:?}");
+        }
+        // A rolled-back migration drains for B's shadow lease, then leaves the router.
+        let rolled = migration(&[E::PlanWritten, E::DestinationFailed { reason: "probes".into() }], 1_500_000);
+        let later = 1_500_000 + ROLLBACK_DRAIN.as_millis() as u64;
+        assert!(router_desired(&held, std::slice::from_ref(&rolled), later).entries.is_empty());
+        let failed = migration(&[E::PlanWritten, E::Fail { reason: "no lease for vm-b in 120 s".into() }], 0);
+        assert_eq!(dhcp_plans(&[failed])[0].state, PlanState::Failed("no lease for vm-b in 120 s".into()));
+    }
+}
