@@ -143,11 +143,14 @@ mod tests {
         }
     }
 
+    /// Events, then the router entry's state, whether it is cut over, and the DHCP plan's state.
+    type Case<'a> = (&'a [MigrationEvent], Option<EntryState>, bool, Option<PlanState>);
+
     #[test]
     fn each_state_projects_to_the_router_and_the_dhcp_server() {
         use MigrationEvent as E;
         let held = [Address { ip: X, tenant: "acme".into(), vm: Some("vm-a".into()), migration: Some(7) }];
-        let cases: [(&[E], Option<EntryState>, bool, Option<PlanState>); 6] = [
+        let cases: [Case<'_>; 6] = [
             (&[], None, false, None),
             (&[E::PlanWritten], Some(EntryState::WaitingForLease), false, Some(PlanState::Active)),
             (&[E::PlanWritten, E::DestinationLeaseBound], Some(EntryState::Ramping), false, Some(PlanState::Active)),
