@@ -8,7 +8,7 @@ use ipshadow_core::{Affinity, Mode, Ramp, Strategy};
 use serde::{Deserialize, Serialize};
 
 use crate::inventory::{Address, Inventory, InventoryError, address_key, decode, encode, vm_key};
-use crate::migration::Lifecycle;
+use crate::migration::{Lifecycle, MigrationEvent, MigrationState};
 use crate::store::{Compare, Store, Txn, TxnOutcome};
 
 /// `POST /v1/addresses/{ip}/reassign`.
@@ -206,5 +206,57 @@ impl<S: Store> Inventory<S> {
         let kv = self.store().get(&migration_key(id))?.ok_or_else(not_found)?;
         let m: Migration = decode(&kv)?.value;
         if tenant.is_none_or(|t| t == m.tenant) { Ok(m) } else { Err(not_found()) }
+    }
+}
+
+impl<S: Store> Inventory<S> {
+    /// Applies `event` to migration `id` at `now_ms` and, when it ends the migration, gives the
+    /// address to the winner (B after a cut-over, A otherwise) and clears its migration mark, in
+    /// one transaction. A refused transition changes nothing.
+    pub fn advance(&self, id: u64, event: MigrationEvent, now_ms: u64) -> Result<Migration, InventoryError> {
+        let kv = self
+            .store()
+            .get(&migration_key(id))?
+            .ok_or(InventoryError::NotFound { kind: "migration", id: id.to_string() })?;
+        let stored = decode::<Migration>(&kv)?;
+        let mut m = stored.value;
+        m.lifecycle.apply(event, now_ms).map_err(|e| InventoryError::Conflict(e.to_string()))?;
+        if m.lifecycle.state == MigrationState::Completed {
+            m.split_pct = 100.0;
+        }
+        let mut txn = Txn::new()
+            .when(Compare::ModRevision(migration_key(id), stored.revision))
+            .put(migration_key(id), encode(&m));
+        if m.lifecycle.state.is_final() {
+            let address = self.address(None, m.ip)?;
+            let winner = if m.lifecycle.state == MigrationState::Completed { &m.destination } else { &m.source };
+            let released = Address { vm: Some(winner.clone()), migration: None, ..address.value };
+            txn = txn
+                .when(Compare::ModRevision(address_key(m.ip), address.revision))
+                .put(address_key(m.ip), encode(&released));
+        }
+        match self.store().txn(txn)? {
+            TxnOutcome::Committed(_) => Ok(m),
+            TxnOutcome::Failed(_) => Err(InventoryError::Raced),
+        }
+    }
+
+    /// Records the split the router reports for migration `id` (where a restarted router
+    /// resumes). Nothing is written when it did not change.
+    pub fn record_split(&self, id: u64, split_pct: f64) -> Result<(), InventoryError> {
+        let Some(kv) = self.store().get(&migration_key(id))? else { return Ok(()) };
+        let stored = decode::<Migration>(&kv)?;
+        let mut m = stored.value;
+        if m.split_pct == split_pct || m.lifecycle.state.is_final() || !split_pct.is_finite() {
+            return Ok(());
+        }
+        m.split_pct = split_pct.clamp(0.0, 100.0);
+        let txn = Txn::new()
+            .when(Compare::ModRevision(migration_key(id), stored.revision))
+            .put(migration_key(id), encode(&m));
+        match self.store().txn(txn)? {
+            TxnOutcome::Committed(_) => Ok(()),
+            TxnOutcome::Failed(_) => Err(InventoryError::Raced),
+        }
     }
 }

@@ -150,3 +150,41 @@ fn racing_requests_start_exactly_one_migration() {
     let (migrations, _) = inv.store().range("/v1/migrations/").unwrap();
     assert_eq!(migrations.len(), 1);
 }
+
+#[test]
+fn the_end_of_a_migration_gives_the_address_to_the_winner() {
+    use ipshadow_control::migration::MigrationEvent as E;
+    for (last, winner) in [
+        (E::CutOver { reason: "deadline".into() }, "vm-b"),
+        (E::DestinationFailed { reason: "probes".into() }, "vm-a"),
+        (E::Abort, "vm-a"),
+    ] {
+        let inv = inventory("advance");
+        inv.reassign(Some("acme"), X, &request("vm-b", true), NOW, None, DeadlinePolicy::default()).unwrap();
+        inv.advance(1, E::PlanWritten, NOW + 1).unwrap();
+        inv.advance(1, E::DestinationLeaseBound, NOW + 2).unwrap();
+        inv.record_split(1, 25.0).unwrap();
+        assert_eq!(inv.migration(None, 1).unwrap().split_pct, 25.0);
+        let cut = matches!(last, E::CutOver { .. });
+        inv.advance(1, last, NOW + 3).unwrap();
+        if cut {
+            // Still A's until the router confirms.
+            assert_eq!(inv.address(None, X).unwrap().value.vm.as_deref(), Some("vm-a"));
+            inv.advance(1, E::RouterCompleted, NOW + 4).unwrap();
+        }
+        let a = inv.address(None, X).unwrap().value;
+        assert_eq!((a.vm.as_deref(), a.migration), (Some(winner), None));
+        let m = inv.migration(None, 1).unwrap();
+        assert!(m.lifecycle.state.is_final());
+        // A final migration takes nothing more, and the refusal changes nothing.
+        let before = inv.store().range("/").unwrap();
+        assert!(matches!(inv.advance(1, E::Resume, NOW + 5), Err(InventoryError::Conflict(_))));
+        assert_eq!(inv.store().range("/").unwrap(), before);
+        // The address can migrate again.
+        let back = if winner == "vm-b" { "vm-a" } else { "vm-b" };
+        assert!(matches!(
+            inv.reassign(Some("acme"), X, &request(back, true), NOW + 6, None, DeadlinePolicy::default()),
+            Ok(Reassigned::Migrating(m)) if m.id == 2
+        ));
+    }
+}
