@@ -1,9 +1,11 @@
 //! ipshadow's control plane (issue 6, in progress): the store the network manager keeps its
 //! inventory and migrations in, with revisions and watches (embedded on redb today, etcd
-//! later), and the migration's state machine with its history.
+//! later), the migration's state machine with its history, and the versioned REST API in
+//! front of them ([`api`]).
 
 pub mod inventory;
 pub mod migration;
+pub mod orchestrator;
 pub mod project;
 pub mod reassign;
 pub mod store;

@@ -1,0 +1,160 @@
+//! The manager's decisions, sans-IO: what the DHCP server's lease events, the router's status
+//! report, the health probes and the passing of time mean for each migration. The driver feeds
+//! inputs and applies the decisions with [`crate::inventory::Inventory::advance`] and
+//! `record_split`; the parts then follow the store through [`crate::project`].
+
+use ipshadow_core::{Instant, Outcome};
+use ipshadow_dataplane::Status;
+use ipshadow_dhcp::Role;
+use ipshadow_dhcp::server::{LeaseEvent, LeaseEventKind};
+
+use crate::migration::{MigrationEvent, MigrationState};
+use crate::reassign::Migration;
+
+/// Limits the manager works with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// A migration whose destination has no bound lease this long after its plan was written
+    /// fails cleanly.
+    pub lease_timeout_ms: u64,
+    /// A VM that has not answered the router's health probes for this long has failed.
+    pub probe_timeout_ms: u64,
+}
+
+impl Default for Limits {
+    /// Two minutes for B's lease (a VM that boots), 3 s of silence for a failed VM.
+    fn default() -> Self {
+        Self { lease_timeout_ms: 120_000, probe_timeout_ms: 3_000 }
+    }
+}
+
+/// What happened, as the manager hears of it.
+#[derive(Clone, Debug)]
+pub enum Input<'a> {
+    /// The DHCP server reported a lease event.
+    Lease(&'a LeaseEvent),
+    /// The router reported its status.
+    Router(&'a Status),
+    /// Time passed (deadlines, timeouts).
+    Tick,
+}
+
+/// What to do with one migration.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Decision {
+    /// Apply this event to it.
+    Event(MigrationEvent),
+    /// Record the split the router reports.
+    Split(f64),
+}
+
+/// The decisions `input` calls for, at `now_ms`, over the migrations not yet final.
+pub fn decide(migrations: &[Migration], input: &Input<'_>, now_ms: u64, limits: Limits) -> Vec<(u64, Decision)> {
+    let mut out = Vec::new();
+    for m in migrations.iter().filter(|m| !m.lifecycle.state.is_final()) {
+        let state = m.lifecycle.state;
+        let shadowing = matches!(
+            state,
+            MigrationState::WaitingForDestinationLease | MigrationState::Ramping | MigrationState::Paused
+        );
+        let mut event = |e: MigrationEvent| out.push((m.id, Decision::Event(e)));
+        match input {
+            Input::Lease(lease) if lease.ip == m.ip => {
+                let role = lease.migration.filter(|(id, _)| *id == m.id).map(|(_, role)| role);
+                let from_b = role == Some(Role::Destination) || lease.vm.as_deref() == Some(m.destination.as_str());
+                let from_a = role == Some(Role::Source) || lease.vm.as_deref() == Some(m.source.as_str());
+                match lease.kind {
+                    LeaseEventKind::Bound | LeaseEventKind::Renewed
+                        if from_b && state == MigrationState::WaitingForDestinationLease =>
+                    {
+                        event(MigrationEvent::DestinationLeaseBound);
+                    }
+                    // RFC 2131 4.4.4: B found X in use (someone answered its ARP probe).
+                    LeaseEventKind::Declined if from_b && shadowing => event(MigrationEvent::Fail {
+                        reason: format!("{} declined {}: the address answered its ARP probe", m.destination, m.ip),
+                    }),
+                    // The seed: A's lease ends -> cut over.
+                    LeaseEventKind::Released | LeaseEventKind::Expired if from_a && shadowing => {
+                        event(MigrationEvent::CutOver { reason: format!("{}'s lease ended", m.source) });
+                    }
+                    _ => {}
+                }
+            }
+            Input::Router(status) => router_decisions(m, status, now_ms, limits, &mut out),
+            Input::Tick => {
+                if state == MigrationState::WaitingForDestinationLease
+                    && now_ms >= plan_written(m) + limits.lease_timeout_ms
+                {
+                    event(MigrationEvent::Fail {
+                        reason: format!(
+                            "no bound lease for {} within {} s",
+                            m.destination,
+                            limits.lease_timeout_ms / 1000
+                        ),
+                    });
+                } else if shadowing && now_ms >= m.deadline_ms {
+                    event(MigrationEvent::CutOver { reason: "deadline".to_owned() });
+                }
+            }
+            Input::Lease(_) => {}
+        }
+    }
+    out
+}
+
+/// When the plan was written (the migration left `pending`).
+fn plan_written(m: &Migration) -> u64 {
+    m.lifecycle.history.iter().find(|h| h.from == MigrationState::Pending).map_or(m.created_ms, |h| h.at_ms)
+}
+
+fn router_decisions(m: &Migration, status: &Status, now_ms: u64, limits: Limits, out: &mut Vec<(u64, Decision)>) {
+    let start = Instant::from_millis(m.created_ms);
+    let state = m.lifecycle.state;
+    if let Some(entry) = status.entries.iter().find(|e| e.ip_address == m.ip && e.migration_start_time == start)
+        && entry.traffic_split_percentage != m.split_pct
+    {
+        out.push((m.id, Decision::Split(entry.traffic_split_percentage)));
+    }
+    if let Some(ended) = status.ended.iter().rev().find(|e| e.ip == m.ip && e.at >= start) {
+        match ended.outcome {
+            Outcome::Completed => {
+                // The router cuts over by itself at the deadline: the manager catches up.
+                if state != MigrationState::CutOver {
+                    out.push((m.id, Decision::Event(MigrationEvent::CutOver { reason: "deadline".to_owned() })));
+                }
+                out.push((m.id, Decision::Event(MigrationEvent::RouterCompleted)));
+            }
+            Outcome::RolledBack => {}
+        }
+        return;
+    }
+    if state != MigrationState::Ramping && state != MigrationState::Paused {
+        return;
+    }
+    let silent = |vm: &str| {
+        status.probes.iter().find(|p| p.vm.0 == vm).is_some_and(|p| {
+            let last = p.last_reply.map_or(status.started.as_millis(), Instant::as_millis);
+            now_ms.saturating_sub(last) > limits.probe_timeout_ms
+                && now_ms.saturating_sub(status.started.as_millis()) > limits.probe_timeout_ms
+        })
+    };
+    if silent(&m.destination) {
+        out.push((
+            m.id,
+            Decision::Event(MigrationEvent::DestinationFailed {
+                reason: format!(
+                    "{} did not answer health probes for {} s",
+                    m.destination,
+                    limits.probe_timeout_ms / 1000
+                ),
+            }),
+        ));
+    } else if silent(&m.source) {
+        out.push((
+            m.id,
+            Decision::Event(MigrationEvent::CutOver {
+                reason: format!("{} did not answer health probes: fast-forward", m.source),
+            }),
+        ));
+    }
+}

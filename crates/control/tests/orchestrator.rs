@@ -1,0 +1,166 @@
+//! The manager's decisions from lease events, router reports, probes and time.
+
+#![allow(clippy::unwrap_used)]
+
+use std::net::Ipv4Addr;
+
+use ipshadow_control::migration::{Lifecycle, MigrationEvent as E, MigrationState};
+use ipshadow_control::orchestrator::{Decision, Input, Limits, decide};
+use ipshadow_control::reassign::Migration;
+use ipshadow_core::{CongestionControlParameters, Instant, MigrationOptions, Outcome, ShadowingEntry};
+use ipshadow_dataplane::Status;
+use ipshadow_dataplane::status::{EndedMigration, ProbeStatus};
+use ipshadow_dhcp::Role;
+use ipshadow_dhcp::server::{LeaseEvent, LeaseEventKind};
+
+const X: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 10);
+const T0: u64 = 1_800_000_000_000;
+
+fn migration(events: &[E]) -> Migration {
+    let mut lifecycle = Lifecycle::new();
+    for e in events {
+        lifecycle.apply(e.clone(), T0 + 1).unwrap();
+    }
+    Migration {
+        id: 3,
+        ip: X,
+        tenant: "acme".into(),
+        source: "vm-a".into(),
+        destination: "vm-b".into(),
+        strategy: Default::default(),
+        mode: Default::default(),
+        affinity: Default::default(),
+        ramp: Default::default(),
+        deadline_ms: T0 + 600_000,
+        deadline_source: "requested".into(),
+        created_ms: T0,
+        split_pct: 5.0,
+        lifecycle,
+    }
+}
+
+fn lease(kind: LeaseEventKind, vm: &str, role: Option<Role>) -> LeaseEvent {
+    LeaseEvent {
+        kind,
+        ip: X,
+        client: "02:00:00:00:00:0b".into(),
+        vm: Some(vm.into()),
+        migration: role.map(|r| (3, r)),
+        at: T0 / 1000,
+    }
+}
+
+fn events(d: Vec<(u64, Decision)>) -> Vec<Decision> {
+    d.into_iter()
+        .map(|(id, d)| {
+            assert_eq!(id, 3);
+            d
+        })
+        .collect()
+}
+
+#[test]
+fn lease_events_start_the_ramp_fail_on_decline_and_cut_over_when_a_lets_go() {
+    let waiting = [migration(&[E::PlanWritten])];
+    let limits = Limits::default();
+    let bound_b = lease(LeaseEventKind::Bound, "vm-b", Some(Role::Destination));
+    assert_eq!(
+        events(decide(&waiting, &Input::Lease(&bound_b), T0, limits)),
+        [Decision::Event(E::DestinationLeaseBound)]
+    );
+    let bound_a = lease(LeaseEventKind::Renewed, "vm-a", Some(Role::Source));
+    assert!(decide(&waiting, &Input::Lease(&bound_a), T0, limits).is_empty());
+    let declined = lease(LeaseEventKind::Declined, "vm-b", Some(Role::Destination));
+    assert!(matches!(
+        &events(decide(&waiting, &Input::Lease(&declined), T0, limits))[..],
+        [Decision::Event(E::Fail { .. })]
+    ));
+    let ramping = [migration(&[E::PlanWritten, E::DestinationLeaseBound])];
+    let released = lease(LeaseEventKind::Released, "vm-a", Some(Role::Source));
+    assert!(matches!(
+        &events(decide(&ramping, &Input::Lease(&released), T0, limits))[..],
+        [Decision::Event(E::CutOver { reason })] if reason.contains("vm-a")
+    ));
+    // Another address's events are not this migration's business.
+    let mut other = released.clone();
+    other.ip = Ipv4Addr::new(10, 0, 0, 11);
+    assert!(decide(&ramping, &Input::Lease(&other), T0, limits).is_empty());
+}
+
+#[test]
+fn time_fails_a_migration_without_a_lease_and_cuts_over_at_the_deadline() {
+    let limits = Limits::default();
+    let waiting = [migration(&[E::PlanWritten])];
+    assert!(decide(&waiting, &Input::Tick, T0 + 60_000, limits).is_empty());
+    assert!(matches!(
+        &events(decide(&waiting, &Input::Tick, T0 + 1 + limits.lease_timeout_ms, limits))[..],
+        [Decision::Event(E::Fail { reason })] if reason.contains("no bound lease for vm-b")
+    ));
+    let ramping = [migration(&[E::PlanWritten, E::DestinationLeaseBound])];
+    assert!(decide(&ramping, &Input::Tick, T0 + 599_999, limits).is_empty());
+    assert_eq!(
+        events(decide(&ramping, &Input::Tick, T0 + 600_000, limits)),
+        [Decision::Event(E::CutOver { reason: "deadline".into() })]
+    );
+    let done = [migration(&[E::PlanWritten, E::Abort])];
+    assert!(decide(&done, &Input::Tick, T0 + 10_000_000, limits).is_empty(), "final migrations are left alone");
+}
+
+fn status(split: f64, probes: [(u64, u64); 2], now_ms: u64) -> Status {
+    let mut entry = ShadowingEntry::new(
+        X,
+        "vm-a".into(),
+        "vm-b".into(),
+        Instant::from_millis(T0),
+        CongestionControlParameters::default(),
+        MigrationOptions::default(),
+    );
+    entry.traffic_split_percentage = split;
+    let probe =
+        |vm: &str, ago: u64| ProbeStatus { vm: vm.into(), last_reply: Some(Instant::from_millis(now_ms - ago)) };
+    Status {
+        started: Instant::from_millis(T0),
+        updated: Instant::from_millis(now_ms),
+        entries: vec![entry],
+        probes: vec![probe("vm-a", probes[0].0), probe("vm-b", probes[1].0)],
+        ..Status::default()
+    }
+}
+
+#[test]
+fn router_reports_carry_the_split_the_end_and_the_health_of_both_vms() {
+    let limits = Limits::default();
+    let ramping = [migration(&[E::PlanWritten, E::DestinationLeaseBound])];
+    let now = T0 + 30_000;
+    assert_eq!(
+        events(decide(&ramping, &Input::Router(&status(25.0, [(100, 0); 2], now)), now, limits)),
+        [Decision::Split(25.0)]
+    );
+    // B silent for 5 s: roll back. A silent: fast-forward.
+    let b_dead = status(5.0, [(100, 0), (5_000, 0)], now);
+    assert!(matches!(
+        &events(decide(&ramping, &Input::Router(&b_dead), now, limits))[..],
+        [Decision::Event(E::DestinationFailed { .. })]
+    ));
+    let a_dead = status(5.0, [(5_000, 0), (100, 0)], now);
+    assert!(matches!(
+        &events(decide(&ramping, &Input::Router(&a_dead), now, limits))[..],
+        [Decision::Event(E::CutOver { .. })]
+    ));
+    // The router cut over at the deadline by itself: the manager catches up in order.
+    let mut ended = status(100.0, [(100, 0); 2], now);
+    ended.entries.clear();
+    ended.ended.push(EndedMigration {
+        ip: X,
+        outcome: Outcome::Completed,
+        report: Default::default(),
+        at: Instant::from_millis(now),
+    });
+    assert_eq!(
+        events(decide(&ramping, &Input::Router(&ended), now, limits)),
+        [Decision::Event(E::CutOver { reason: "deadline".into() }), Decision::Event(E::RouterCompleted)]
+    );
+    let cut = [migration(&[E::PlanWritten, E::DestinationLeaseBound, E::CutOver { reason: "x".into() }])];
+    assert_eq!(events(decide(&cut, &Input::Router(&ended), now, limits)), [Decision::Event(E::RouterCompleted)]);
+    assert_eq!(cut[0].lifecycle.state, MigrationState::CutOver);
+}
