@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::store::{Compare, KeyValue, Store, StoreError, Txn, TxnOutcome};
 
 /// A VM of a tenant.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Vm {
     /// Its id (unique across tenants).
@@ -23,10 +23,11 @@ pub struct Vm {
 }
 
 /// An address of a tenant and the VM holding it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Address {
     /// The address.
+    #[schema(value_type = String, format = Ipv4)]
     pub ip: Ipv4Addr,
     /// The tenant that owns it.
     pub tenant: String,

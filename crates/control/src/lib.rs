@@ -1,8 +1,9 @@
 //! ipshadow's control plane (issue 6, in progress): the store the network manager keeps its
 //! inventory and migrations in, with revisions and watches (embedded on redb today, etcd
-//! later), the inventory and the reassign call, the migration's state machine with its history,
-//! the manager's decisions, and the projection of the store onto the router and the DHCP server.
+//! later), the migration's state machine with its history, and the versioned REST API in
+//! front of them ([`api`]).
 
+pub mod api;
 pub mod inventory;
 pub mod manager;
 pub mod migration;

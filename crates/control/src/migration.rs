@@ -17,7 +17,7 @@
 use serde::{Deserialize, Serialize};
 
 /// Where a migration is.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum MigrationState {
     /// Accepted; nothing written to the DHCP server or the router yet.
@@ -53,7 +53,7 @@ impl MigrationState {
 }
 
 /// What moves a migration.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum MigrationEvent {
     /// The lease plan and the shadowing entry were written.
@@ -86,7 +86,7 @@ pub enum MigrationEvent {
 }
 
 /// One step of a migration's history.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct HistoryEntry {
     /// When (unix milliseconds).
     pub at_ms: u64,
@@ -147,7 +147,7 @@ pub fn next_state(state: MigrationState, event: &MigrationEvent) -> Result<Migra
 }
 
 /// A state with its history: every accepted event is recorded with its time.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Lifecycle {
     /// Where the migration is.
     pub state: MigrationState,

@@ -12,7 +12,7 @@ use crate::migration::{Lifecycle, MigrationEvent, MigrationState};
 use crate::store::{Compare, Store, Txn, TxnOutcome};
 
 /// `POST /v1/addresses/{ip}/reassign`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ReassignRequest {
     /// The VM that gets the address.
@@ -22,15 +22,19 @@ pub struct ReassignRequest {
     pub migrate: bool,
     /// How the split rises (default: 1, 5, 25, 50, 100 % every 30 s).
     #[serde(default)]
+    #[schema(value_type = Option<crate::api::schema::RampSchema>)]
     pub ramp: Option<Ramp>,
     /// Per flow or per client.
     #[serde(default)]
+    #[schema(value_type = Option<crate::api::schema::AffinitySchema>)]
     pub affinity: Option<Affinity>,
     /// Independent or replica.
     #[serde(default)]
+    #[schema(value_type = Option<crate::api::schema::ModeSchema>)]
     pub mode: Option<Mode>,
     /// Split strategy (flow; packet and instant exist for comparison).
     #[serde(default)]
+    #[schema(value_type = Option<crate::api::schema::StrategySchema>)]
     pub strategy: Option<Strategy>,
     /// Cut-over time, unix milliseconds; default: the end of the source's current lease.
     #[serde(default)]
@@ -56,11 +60,12 @@ impl Default for DeadlinePolicy {
 }
 
 /// A migration as stored under `/v1/migrations/{id}`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Migration {
     /// Its id.
     pub id: u64,
     /// The address.
+    #[schema(value_type = String, format = Ipv4)]
     pub ip: Ipv4Addr,
     /// The tenant that owns the address.
     pub tenant: String,
@@ -69,12 +74,16 @@ pub struct Migration {
     /// VM B.
     pub destination: String,
     /// Strategy.
+    #[schema(value_type = crate::api::schema::StrategySchema)]
     pub strategy: Strategy,
     /// Mode.
+    #[schema(value_type = crate::api::schema::ModeSchema)]
     pub mode: Mode,
     /// Affinity.
+    #[schema(value_type = crate::api::schema::AffinitySchema)]
     pub affinity: Affinity,
     /// Ramp.
+    #[schema(value_type = crate::api::schema::RampSchema)]
     pub ramp: Ramp,
     /// Cut-over time, unix milliseconds.
     pub deadline_ms: u64,
@@ -198,6 +207,19 @@ impl<S: Store> Inventory<S> {
             TxnOutcome::Committed(_) => Ok(Reassigned::Migrating(Box::new(migration))),
             TxnOutcome::Failed(_) => Err(InventoryError::Raced),
         }
+    }
+
+    /// Every migration `tenant` may see, oldest first.
+    pub fn migrations(&self, tenant: Option<&str>) -> Result<Vec<Migration>, InventoryError> {
+        let (kvs, _) = self.store().range("/v1/migrations/")?;
+        let mut out = Vec::new();
+        for kv in &kvs {
+            let m: Migration = decode(kv)?.value;
+            if tenant.is_none_or(|t| t == m.tenant) {
+                out.push(m);
+            }
+        }
+        Ok(out)
     }
 
     /// A migration, if `tenant` may see it.

@@ -1,0 +1,125 @@
+//! `/v1/addresses`: a tenant's addresses, and the seed's reassign call.
+
+use std::net::Ipv4Addr;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::IntoResponse;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::error::{ApiJson, ApiPath, ErrorBody};
+use super::{ApiError, ApiResult, ApiState, Caller};
+use crate::inventory::Address;
+use crate::reassign::{Migration, ReassignRequest, Reassigned};
+use crate::store::Store;
+
+/// `POST /v1/addresses`.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateAddress {
+    /// The address.
+    #[schema(value_type = String, format = Ipv4)]
+    pub ip: Ipv4Addr,
+    /// The owner's VM holding it, if any.
+    #[serde(default)]
+    pub vm: Option<String>,
+    /// The owner: required for the admin; a tenant may omit it or name itself.
+    #[serde(default)]
+    pub tenant: Option<String>,
+}
+
+/// `200` answer of a reassignment without `migrate`: the address has moved.
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct Moved {
+    /// Always `moved`.
+    pub result: String,
+    /// The address as it is now.
+    pub address: Address,
+}
+
+/// The addresses the caller may see.
+#[utoipa::path(get, path = "/v1/addresses", tag = "addresses", security(("bearer" = [])),
+    responses((status = 200, body = [Address]), (status = 401, body = ErrorBody)))]
+pub async fn list_addresses<S: Store>(
+    State(state): State<ApiState<S>>,
+    caller: Caller,
+) -> Result<Json<Vec<Address>>, ApiError> {
+    state.blocking(move |inv| Ok(inv.addresses(caller.tenant())?)).await.map(Json)
+}
+
+/// Adds an address, held by one of the owner's VMs or by none.
+#[utoipa::path(post, path = "/v1/addresses", tag = "addresses", security(("bearer" = [])),
+    request_body = CreateAddress,
+    params(("Idempotency-Key" = Option<String>, Header, description = "Retry-safe key, 1-128 visible ASCII")),
+    responses((status = 201, body = Address), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
+        (status = 422, body = ErrorBody)))]
+pub async fn create_address<S: Store>(
+    State(state): State<ApiState<S>>,
+    caller: Caller,
+    ApiJson(body): ApiJson<CreateAddress>,
+) -> Result<(StatusCode, Json<Address>), ApiError> {
+    let tenant = caller.owner(body.tenant.as_deref())?;
+    let address = state
+        .blocking(move |inv| {
+            inv.add_address(&tenant, body.ip, body.vm.as_deref())?;
+            Ok(inv.address(None, body.ip)?.value)
+        })
+        .await?;
+    Ok((StatusCode::CREATED, Json(address)))
+}
+
+/// One address.
+#[utoipa::path(get, path = "/v1/addresses/{ip}", tag = "addresses", security(("bearer" = [])),
+    params(("ip" = String, Path, description = "IPv4 address")),
+    responses((status = 200, body = Address), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 404, body = ErrorBody)))]
+pub async fn get_address<S: Store>(
+    State(state): State<ApiState<S>>,
+    caller: Caller,
+    ApiPath(ip): ApiPath<Ipv4Addr>,
+) -> Result<Json<Address>, ApiError> {
+    state.blocking(move |inv| Ok(inv.address(caller.tenant(), ip)?.value)).await.map(Json)
+}
+
+/// The seed's IP reassignment: without `migrate` the address moves at once (200); with it a
+/// migration starts (202, `Location` names it) and the address moves without dropping
+/// connections.
+#[utoipa::path(post, path = "/v1/addresses/{ip}/reassign", tag = "addresses", security(("bearer" = [])),
+    request_body = ReassignRequest,
+    params(("ip" = String, Path, description = "IPv4 address"),
+        ("Idempotency-Key" = Option<String>, Header, description = "Retry-safe key, 1-128 visible ASCII")),
+    responses((status = 200, body = Moved, description = "Moved at once"),
+        (status = 202, body = Migration, description = "Migration started",
+            headers(("Location" = String, description = "The migration"))),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
+pub async fn reassign<S: Store>(
+    State(state): State<ApiState<S>>,
+    caller: Caller,
+    ApiPath(ip): ApiPath<Ipv4Addr>,
+    ApiJson(request): ApiJson<ReassignRequest>,
+) -> ApiResult {
+    let now = (state.clock)();
+    let policy = state.policy;
+    let done = state
+        .blocking(move |inv| {
+            // The source's lease end is unknown here until the DHCP server is wired to the
+            // manager: the deadline is then the requested one, or the policy's default.
+            match inv.reassign(caller.tenant(), ip, &request, now, None, policy)? {
+                Reassigned::Moved => Ok(Err(inv.address(caller.tenant(), ip)?.value)),
+                Reassigned::Migrating(m) => Ok(Ok(m)),
+            }
+        })
+        .await?;
+    Ok(match done {
+        Err(address) => (StatusCode::OK, Json(Moved { result: "moved".to_owned(), address })).into_response(),
+        Ok(m) => {
+            let location = HeaderValue::from_str(&format!("/v1/migrations/{}", m.id))
+                .map_err(|e| ApiError::internal(e.to_string()))?;
+            (StatusCode::ACCEPTED, [(header::LOCATION, location)], Json(*m)).into_response()
+        }
+    })
+}

@@ -1,0 +1,197 @@
+//! The versioned JSON REST API (`/v1/...`): VMs, addresses, the seed's reassign call with
+//! `migrate`, and migrations with pause, resume and abort; `/healthz` and `/openapi.json`.
+//!
+//! Every request is authenticated by a bearer token ([`auth`]); every error has one JSON shape
+//! ([`error`]); POSTs may carry an idempotency key ([`idempotency`]). Store calls are
+//! synchronous (a write waits for fsync), so handlers run them on tokio's blocking pool.
+
+pub mod addresses;
+pub mod auth;
+pub mod error;
+pub mod idempotency;
+pub mod migrations;
+pub mod schema;
+pub mod vms;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::http::{HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use utoipa::OpenApi;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+
+pub use auth::{Caller, TokenTable};
+pub use error::{ApiError, ErrorBody};
+
+use crate::inventory::Inventory;
+use crate::reassign::DeadlinePolicy;
+use crate::store::Store;
+
+/// The answer of a handler that chooses its status (and headers) itself.
+pub(crate) type ApiResult = Result<Response, ApiError>;
+
+/// The current time, unix milliseconds.
+pub type Clock = Arc<dyn Fn() -> u64 + Send + Sync>;
+
+/// What the handlers share.
+pub struct ApiState<S: Store> {
+    /// The inventory and migrations.
+    pub inventory: Arc<Inventory<S>>,
+    /// Who may call.
+    pub tokens: Arc<TokenTable>,
+    /// The clock (the system's by default; tests inject their own).
+    pub clock: Clock,
+    /// Limits on requested deadlines.
+    pub policy: DeadlinePolicy,
+}
+
+// Derived `Clone` would require `S: Clone` on the struct's users for no reason; every field is a
+// cheap handle.
+impl<S: Store> Clone for ApiState<S> {
+    fn clone(&self) -> Self {
+        Self {
+            inventory: self.inventory.clone(),
+            tokens: self.tokens.clone(),
+            clock: self.clock.clone(),
+            policy: self.policy,
+        }
+    }
+}
+
+impl<S: Store> ApiState<S> {
+    /// State over `store` with `tokens`, the system clock and the default deadline policy.
+    pub fn new(store: S, tokens: TokenTable) -> Self {
+        Self {
+            inventory: Arc::new(Inventory::new(store)),
+            tokens: Arc::new(tokens),
+            clock: Arc::new(system_clock_ms),
+            policy: DeadlinePolicy::default(),
+        }
+    }
+
+    /// Replaces the clock.
+    pub fn with_clock(mut self, clock: impl Fn() -> u64 + Send + Sync + 'static) -> Self {
+        self.clock = Arc::new(clock);
+        self
+    }
+
+    /// Replaces the deadline policy.
+    pub fn with_policy(mut self, policy: DeadlinePolicy) -> Self {
+        self.policy = policy;
+        self
+    }
+
+    /// Runs `f` on the inventory on the blocking pool (store calls wait for the disk).
+    pub(crate) async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Inventory<S>) -> Result<T, ApiError> + Send + 'static,
+    ) -> Result<T, ApiError> {
+        let inventory = self.inventory.clone();
+        tokio::task::spawn_blocking(move || f(&inventory))
+            .await
+            .map_err(|e| ApiError::internal(format!("store task: {e}")))?
+    }
+}
+
+/// Unix milliseconds by the system clock (0 before 1970, which no real clock reports).
+fn system_clock_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+/// The OpenAPI document, generated from the handlers and types below.
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "ipshadow", description = "Moves an IP address between VMs without dropping connections."),
+    paths(
+        health,
+        vms::list_vms,
+        vms::create_vm,
+        vms::get_vm,
+        vms::delete_vm,
+        addresses::list_addresses,
+        addresses::create_address,
+        addresses::get_address,
+        addresses::reassign,
+        migrations::list_migrations,
+        migrations::get_migration,
+        migrations::pause_migration,
+        migrations::resume_migration,
+        migrations::abort_migration,
+    ),
+    components(schemas(ErrorBody, Health)),
+    modifiers(&BearerScheme),
+)]
+pub struct ApiDoc;
+
+/// Adds the `bearer` security scheme the paths refer to.
+struct BearerScheme;
+
+impl utoipa::Modify for BearerScheme {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+/// `GET /healthz`.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct Health {
+    /// Always `ok` while the process serves requests.
+    pub status: &'static str,
+}
+
+/// The process is up (no token needed: load balancers and probes call it).
+#[utoipa::path(get, path = "/healthz", tag = "meta", responses((status = 200, body = Health)))]
+async fn health() -> axum::Json<Health> {
+    axum::Json(Health { status: "ok" })
+}
+
+/// The API's routes over `state`.
+pub fn router<S: Store>(state: ApiState<S>) -> Router {
+    // Generated once: the document depends only on the code.
+    let document = ApiDoc::openapi().to_json().map_err(|e| e.to_string());
+    let openapi = move || {
+        let document = document.clone();
+        async move {
+            match document {
+                Ok(json) => {
+                    ([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], json).into_response()
+                }
+                Err(e) => ApiError::internal(format!("openapi document: {e}")).into_response(),
+            }
+        }
+    };
+    Router::new()
+        .route("/v1/vms", get(vms::list_vms::<S>).post(vms::create_vm::<S>))
+        .route("/v1/vms/{id}", get(vms::get_vm::<S>).delete(vms::delete_vm::<S>))
+        .route("/v1/addresses", get(addresses::list_addresses::<S>).post(addresses::create_address::<S>))
+        .route("/v1/addresses/{ip}", get(addresses::get_address::<S>))
+        .route("/v1/addresses/{ip}/reassign", post(addresses::reassign::<S>))
+        .route("/v1/migrations", get(migrations::list_migrations::<S>))
+        .route("/v1/migrations/{id}", get(migrations::get_migration::<S>))
+        .route("/v1/migrations/{id}/pause", post(migrations::pause_migration::<S>))
+        .route("/v1/migrations/{id}/resume", post(migrations::resume_migration::<S>))
+        .route("/v1/migrations/{id}/abort", post(migrations::abort_migration::<S>))
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), idempotency::layer::<S>))
+        .route("/healthz", get(health))
+        .route("/openapi.json", get(openapi))
+        .fallback(error::not_found)
+        .method_not_allowed_fallback(error::method_not_allowed)
+        .with_state(state)
+}
+
+/// Serves the API on `listener` until `shutdown` completes, then stops accepting and lets the
+/// requests under way finish.
+pub async fn serve<S: Store>(
+    listener: tokio::net::TcpListener,
+    state: ApiState<S>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await
+}

@@ -1,0 +1,80 @@
+//! `/v1/vms`: a tenant's VMs (the admin's: everyone's).
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use serde::Deserialize;
+use utoipa::ToSchema;
+
+use super::error::{ApiJson, ApiPath, ErrorBody};
+use super::{ApiError, ApiState, Caller};
+use crate::inventory::Vm;
+use crate::store::Store;
+
+/// `POST /v1/vms`.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateVm {
+    /// Its id (unique across tenants): 1-64 letters, digits, `-`, `_`, `.`.
+    pub id: String,
+    /// Its interface's MAC address (`02:00:00:00:00:0a`).
+    pub mac: String,
+    /// Where the router reaches it.
+    pub segment: String,
+    /// The owner: required for the admin; a tenant may omit it or name itself.
+    #[serde(default)]
+    pub tenant: Option<String>,
+}
+
+/// The VMs the caller may see.
+#[utoipa::path(get, path = "/v1/vms", tag = "vms", security(("bearer" = [])),
+    responses((status = 200, body = [Vm]), (status = 401, body = ErrorBody)))]
+pub async fn list_vms<S: Store>(State(state): State<ApiState<S>>, caller: Caller) -> Result<Json<Vec<Vm>>, ApiError> {
+    state.blocking(move |inv| Ok(inv.vms(caller.tenant())?)).await.map(Json)
+}
+
+/// Adds a VM.
+#[utoipa::path(post, path = "/v1/vms", tag = "vms", security(("bearer" = [])), request_body = CreateVm,
+    params(("Idempotency-Key" = Option<String>, Header, description = "Retry-safe key, 1-128 visible ASCII")),
+    responses((status = 201, body = Vm), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
+pub async fn create_vm<S: Store>(
+    State(state): State<ApiState<S>>,
+    caller: Caller,
+    ApiJson(body): ApiJson<CreateVm>,
+) -> Result<(StatusCode, Json<Vm>), ApiError> {
+    let vm = Vm { tenant: caller.owner(body.tenant.as_deref())?, id: body.id, mac: body.mac, segment: body.segment };
+    let vm = state
+        .blocking(move |inv| {
+            inv.add_vm(&vm)?;
+            Ok(vm)
+        })
+        .await?;
+    Ok((StatusCode::CREATED, Json(vm)))
+}
+
+/// One VM.
+#[utoipa::path(get, path = "/v1/vms/{id}", tag = "vms", security(("bearer" = [])),
+    params(("id" = String, Path, description = "VM id")),
+    responses((status = 200, body = Vm), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn get_vm<S: Store>(
+    State(state): State<ApiState<S>>,
+    caller: Caller,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Json<Vm>, ApiError> {
+    state.blocking(move |inv| Ok(inv.vm(caller.tenant(), &id)?.value)).await.map(Json)
+}
+
+/// Removes a VM that holds no address.
+#[utoipa::path(delete, path = "/v1/vms/{id}", tag = "vms", security(("bearer" = [])),
+    params(("id" = String, Path, description = "VM id")),
+    responses((status = 204, description = "Removed"), (status = 401, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn delete_vm<S: Store>(
+    State(state): State<ApiState<S>>,
+    caller: Caller,
+    ApiPath(id): ApiPath<String>,
+) -> Result<StatusCode, ApiError> {
+    state.blocking(move |inv| Ok(inv.remove_vm(caller.tenant(), &id)?)).await?;
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,352 @@
+//! The REST API against the running server over real TCP, with a real HTTP client: the full
+//! migration flow, every refusal (with the one JSON error shape), tenant isolation, idempotent
+//! retries, the OpenAPI document and the health check. The only shortcut is standing in for the
+//! manager (advancing a migration through the store as the manager would), since it is not
+//! wired to the API yet.
+
+#![allow(clippy::unwrap_used)]
+
+use ipshadow_control::RedbStore;
+use ipshadow_control::api::{ApiState, TokenTable, serve};
+use ipshadow_control::inventory::Inventory;
+use ipshadow_control::migration::MigrationEvent;
+use serde_json::{Value, json};
+
+const NOW: u64 = 1_800_000_000_000;
+const ADMIN: &str = "admin-secret";
+const ACME: &str = "acme-secret";
+const ZETA: &str = "zeta-secret";
+const X: &str = "10.0.0.10";
+
+/// A server on 127.0.0.1, a client, and the store underneath (to stand in for the manager).
+struct Server {
+    base: String,
+    agent: ureq::Agent,
+    manager: Inventory<RedbStore>,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+/// A response: status, `Location`, `WWW-Authenticate`, JSON body (`null` when empty).
+struct Reply {
+    status: u16,
+    location: Option<String>,
+    www_authenticate: Option<String>,
+    body: Value,
+    raw: String,
+}
+
+impl Server {
+    fn start(name: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("ipshadow-api-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let store = RedbStore::open(&dir.join("store.redb")).unwrap();
+        let tokens = TokenTable::new(ADMIN).with_tenant(ACME, "acme").with_tenant(ZETA, "zeta");
+        let state = ApiState::new(store.clone(), tokens).with_clock(|| NOW);
+        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let (shutdown, stop) = tokio::sync::oneshot::channel::<()>();
+        runtime.spawn(serve(listener, state, async {
+            let _ = stop.await;
+        }));
+        let agent = ureq::Agent::config_builder().http_status_as_error(false).build().new_agent();
+        Self { base, agent, manager: Inventory::new(store), shutdown: Some(shutdown), runtime: Some(runtime) }
+    }
+
+    /// Sends a request; `body` is sent as JSON text as is (so malformed JSON can be sent).
+    fn call(&self, method: &str, path: &str, token: Option<&str>, body: Option<&str>, key: Option<&str>) -> Reply {
+        let mut request = ureq::http::Request::builder().method(method).uri(format!("{}{path}", self.base));
+        if let Some(token) = token {
+            request = request.header("authorization", format!("Bearer {token}"));
+        }
+        if let Some(key) = key {
+            request = request.header("idempotency-key", key);
+        }
+        let response = match body {
+            Some(body) => {
+                let request = request.header("content-type", "application/json").body(body.to_owned()).unwrap();
+                self.agent.run(request)
+            }
+            None => self.agent.run(request.body(()).unwrap()),
+        };
+        let mut response = response.unwrap();
+        let header = |name: &str| response.headers().get(name).map(|v| v.to_str().unwrap().to_owned());
+        let (location, www_authenticate) = (header("location"), header("www-authenticate"));
+        let status = response.status().as_u16();
+        let raw = response.body_mut().read_to_string().unwrap();
+        let body = if raw.is_empty() { Value::Null } else { serde_json::from_str(&raw).unwrap() };
+        Reply { status, location, www_authenticate, body, raw }
+    }
+
+    fn get(&self, path: &str, token: &str) -> Reply {
+        self.call("GET", path, Some(token), None, None)
+    }
+
+    fn post(&self, path: &str, token: &str, body: Value) -> Reply {
+        self.call("POST", path, Some(token), Some(&body.to_string()), None)
+    }
+
+    /// acme's VMs vm-a and vm-b, zeta's vm-z, and acme's X held by vm-a, created by the admin.
+    fn with_inventory(name: &str) -> Self {
+        let s = Self::start(name);
+        for (id, tenant, mac) in [
+            ("vm-a", "acme", "02:00:00:00:00:0a"),
+            ("vm-b", "acme", "02:00:00:00:00:0b"),
+            ("vm-z", "zeta", "02:00:00:00:00:0c"),
+        ] {
+            let r = s.post("/v1/vms", ADMIN, json!({"id": id, "mac": mac, "segment": id, "tenant": tenant}));
+            assert_eq!(r.status, 201, "{}", r.raw);
+            assert_eq!(r.body, json!({"id": id, "tenant": tenant, "mac": mac, "segment": id}));
+        }
+        let r = s.post("/v1/addresses", ADMIN, json!({"ip": X, "vm": "vm-a", "tenant": "acme"}));
+        assert_eq!(r.status, 201, "{}", r.raw);
+        assert_eq!(r.body, json!({"ip": X, "tenant": "acme", "vm": "vm-a", "migration": null}));
+        s
+    }
+
+    /// Does what the manager will: writes the plan, then reports B's lease bound (the ramp starts).
+    fn manager_starts_ramp(&self, id: u64) {
+        self.manager.advance(id, MigrationEvent::PlanWritten, NOW).unwrap();
+        self.manager.advance(id, MigrationEvent::DestinationLeaseBound, NOW).unwrap();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_timeout(std::time::Duration::from_secs(5));
+        }
+    }
+}
+
+fn assert_error(r: &Reply, status: u16, code: &str) {
+    assert_eq!(r.status, status, "{}", r.raw);
+    assert_eq!(r.body["error"], code, "{}", r.raw);
+    assert!(r.body["message"].as_str().is_some_and(|m| !m.is_empty()), "{}", r.raw);
+    assert_eq!(r.body.as_object().unwrap().len(), 2, "only error and message: {}", r.raw);
+}
+
+#[test]
+fn the_full_flow_migrate_pause_resume_abort_and_again() {
+    let s = Server::with_inventory("flow");
+    let r = s.post(&format!("/v1/addresses/{X}/reassign"), ACME, json!({"to": "vm-b", "migrate": true}));
+    assert_eq!(r.status, 202, "{}", r.raw);
+    assert_eq!(r.location.as_deref(), Some("/v1/migrations/1"));
+    assert_eq!(
+        (r.body["id"].as_u64(), r.body["source"].as_str(), r.body["destination"].as_str()),
+        (Some(1), Some("vm-a"), Some("vm-b"))
+    );
+    assert_eq!(r.body["lifecycle"]["state"], "pending");
+    // No lease end is known yet: the policy's default (1 h) applies and is shown.
+    assert_eq!(
+        (r.body["deadline_ms"].as_u64(), r.body["deadline_source"].as_str()),
+        (Some(NOW + 3_600_000), Some("policy_default"))
+    );
+    let got = s.get("/v1/migrations/1", ACME);
+    assert_eq!((got.status, &got.body), (200, &r.body));
+    let a = s.get(&format!("/v1/addresses/{X}"), ACME);
+    assert_eq!((a.body["vm"].as_str(), a.body["migration"].as_u64()), (Some("vm-a"), Some(1)));
+
+    // Nothing to pause before the ramp starts.
+    assert_error(&s.call("POST", "/v1/migrations/1/pause", Some(ACME), None, None), 409, "conflict");
+    s.manager_starts_ramp(1);
+    for (action, state) in [("pause", "paused"), ("resume", "ramping"), ("abort", "aborted")] {
+        let r = s.call("POST", &format!("/v1/migrations/1/{action}"), Some(ACME), None, None);
+        assert_eq!(r.status, 200, "{action}: {}", r.raw);
+        assert_eq!(r.body["lifecycle"]["state"], state);
+    }
+    assert_error(&s.call("POST", "/v1/migrations/1/resume", Some(ACME), None, None), 409, "conflict");
+    let history: Vec<String> = s.get("/v1/migrations/1", ACME).body["lifecycle"]["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["to"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(history, ["waiting_for_destination_lease", "ramping", "paused", "ramping", "aborted"]);
+    // Aborted: X is A's again, with no migration mark, and a second migration can start.
+    let a = s.get(&format!("/v1/addresses/{X}"), ACME);
+    assert_eq!(a.body, json!({"ip": X, "tenant": "acme", "vm": "vm-a", "migration": null}));
+    let r = s.post(&format!("/v1/addresses/{X}/reassign"), ACME, json!({"to": "vm-b", "migrate": true, "deadline_ms": NOW + 60_000, "ramp": {"kind": "linear", "pct_per_sec": 2.0}}));
+    assert_eq!(r.status, 202, "{}", r.raw);
+    assert_eq!(r.location.as_deref(), Some("/v1/migrations/2"));
+    assert_eq!(r.body["deadline_source"], "requested");
+    assert_eq!(s.get("/v1/migrations", ACME).body.as_array().unwrap().len(), 2);
+
+    // Without migrate the classic move: at once, 200 with the address as it now is.
+    let y = "10.0.0.11";
+    assert_eq!(s.post("/v1/addresses", ACME, json!({"ip": y, "vm": "vm-a"})).status, 201);
+    let r = s.post(&format!("/v1/addresses/{y}/reassign"), ACME, json!({"to": "vm-b"}));
+    assert_eq!(r.status, 200, "{}", r.raw);
+    assert_eq!(
+        r.body,
+        json!({"result": "moved", "address": {"ip": y, "tenant": "acme", "vm": "vm-b", "migration": null}})
+    );
+
+    // VMs: a tenant creates its own; one holding an address cannot go; a free one can.
+    let r = s.post("/v1/vms", ACME, json!({"id": "vm-c", "mac": "02:00:00:00:00:0d", "segment": "s1"}));
+    assert_eq!((r.status, r.body["tenant"].as_str()), (201, Some("acme")));
+    assert_error(&s.call("DELETE", "/v1/vms/vm-b", Some(ACME), None, None), 409, "conflict");
+    let r = s.call("DELETE", "/v1/vms/vm-c", Some(ACME), None, None);
+    assert_eq!((r.status, r.raw.as_str()), (204, ""));
+    assert_error(&s.get("/v1/vms/vm-c", ACME), 404, "not_found");
+    let ids: Vec<String> =
+        s.get("/v1/vms", ADMIN).body.as_array().unwrap().iter().map(|v| v["id"].as_str().unwrap().to_owned()).collect();
+    assert_eq!(ids, ["vm-a", "vm-b", "vm-z"]);
+}
+
+#[test]
+fn every_refusal_is_precise_and_changes_nothing() {
+    let s = Server::with_inventory("refusals");
+    let reassign = |ip: &str, body: Value| s.post(&format!("/v1/addresses/{ip}/reassign"), ACME, body);
+    assert_error(&reassign("10.9.9.9", json!({"to": "vm-b", "migrate": true})), 404, "not_found");
+    assert_error(&reassign(X, json!({"to": "vm-nope", "migrate": true})), 404, "not_found");
+    assert_error(&reassign(X, json!({"to": "vm-z", "migrate": true})), 404, "not_found");
+    assert_error(&reassign(X, json!({"to": "vm-a", "migrate": true})), 409, "conflict");
+    assert_error(&reassign(X, json!({"to": "vm-b", "migrate": true, "deadline_ms": NOW + 1_000})), 422, "invalid");
+    assert_error(
+        &reassign(X, json!({"to": "vm-b", "migrate": true, "ramp": {"kind": "linear", "pct_per_sec": 0.0}})),
+        422,
+        "invalid",
+    );
+    assert_error(&reassign(X, json!({"to": "vm-b", "deadline_ms": NOW + 60_000})), 422, "invalid");
+    // Malformed requests: the same JSON shape, never axum's plain text.
+    let bad = s.call("POST", &format!("/v1/addresses/{X}/reassign"), Some(ACME), Some("{\"to\": "), None);
+    assert_error(&bad, 400, "bad_request");
+    assert_error(&reassign(X, json!({"to": "vm-b", "migrate": true, "speed": 9})), 422, "invalid");
+    assert_error(&reassign(X, json!({"migrate": true})), 422, "invalid");
+    assert_error(&reassign("not-an-ip", json!({"to": "vm-b"})), 400, "bad_request");
+    assert_error(&s.get("/v1/migrations/abc", ACME), 400, "bad_request");
+    assert_error(&s.get("/v1/migrations/99", ACME), 404, "not_found");
+    let untyped = s.agent.run(
+        ureq::http::Request::post(format!("{}/v1/vms", s.base))
+            .header("authorization", format!("Bearer {ACME}"))
+            .body("{}")
+            .unwrap(),
+    );
+    let untyped = untyped.unwrap();
+    assert_eq!(untyped.status().as_u16(), 400, "a body not declared as JSON");
+    assert_error(&s.get("/v1/nothing-here", ACME), 404, "not_found");
+    assert_error(&s.call("PUT", "/v1/vms", Some(ACME), Some("{}"), None), 405, "method_not_allowed");
+    // Inventory refusals.
+    assert_error(
+        &s.post("/v1/vms", ADMIN, json!({"id": "vm-a", "mac": "02:00:00:00:00:0e", "segment": "s", "tenant": "acme"})),
+        409,
+        "exists",
+    );
+    assert_error(&s.post("/v1/vms", ACME, json!({"id": "vm-q", "mac": "not-a-mac", "segment": "s"})), 422, "invalid");
+    assert_error(
+        &s.post("/v1/vms", ADMIN, json!({"id": "vm-q", "mac": "02:00:00:00:00:0e", "segment": "s"})),
+        422,
+        "invalid",
+    );
+    assert_error(&s.post("/v1/addresses", ACME, json!({"ip": X})), 409, "exists");
+    assert_error(&s.post("/v1/addresses", ACME, json!({"ip": "10.0.0.12", "vm": "vm-z"})), 404, "not_found");
+    // Nothing changed: X is still A's, no migration exists.
+    assert_eq!(s.get(&format!("/v1/addresses/{X}"), ACME).body["migration"], Value::Null);
+    assert_eq!(s.get("/v1/migrations", ADMIN).body, json!([]));
+    // Already migrating.
+    assert_eq!(reassign(X, json!({"to": "vm-b", "migrate": true})).status, 202);
+    assert_error(&reassign(X, json!({"to": "vm-b", "migrate": true})), 409, "conflict");
+    assert_error(&reassign(X, json!({"to": "vm-b"})), 409, "conflict");
+    assert_eq!(s.get("/v1/migrations", ADMIN).body.as_array().unwrap().len(), 1);
+}
+
+#[test]
+fn tenants_are_isolated_and_tokens_required() {
+    let s = Server::with_inventory("tenants");
+    assert_eq!(
+        s.post(&format!("/v1/addresses/{X}/reassign"), ACME, json!({"to": "vm-b", "migrate": true})).status,
+        202
+    );
+    // zeta sees nothing of acme's: its VMs, addresses and migrations read as not found.
+    for path in ["/v1/vms/vm-a", &format!("/v1/addresses/{X}"), "/v1/migrations/1"] {
+        assert_error(&s.get(path, ZETA), 404, "not_found");
+    }
+    assert_eq!(s.get("/v1/vms", ZETA).body.as_array().unwrap().len(), 1);
+    assert_eq!(s.get("/v1/addresses", ZETA).body, json!([]));
+    assert_eq!(s.get("/v1/migrations", ZETA).body, json!([]));
+    // ... and cannot touch it.
+    assert_error(&s.post(&format!("/v1/addresses/{X}/reassign"), ZETA, json!({"to": "vm-z"})), 404, "not_found");
+    for action in ["pause", "resume", "abort"] {
+        assert_error(&s.call("POST", &format!("/v1/migrations/1/{action}"), Some(ZETA), None, None), 404, "not_found");
+    }
+    assert_error(&s.call("DELETE", "/v1/vms/vm-b", Some(ZETA), None, None), 404, "not_found");
+    let foreign = json!({"id": "vm-y", "mac": "02:00:00:00:00:0f", "segment": "s", "tenant": "acme"});
+    assert_error(&s.post("/v1/vms", ZETA, foreign), 403, "forbidden");
+    assert_error(&s.post("/v1/addresses", ZETA, json!({"ip": "10.0.0.20", "tenant": "acme"})), 403, "forbidden");
+    assert_eq!(s.get("/v1/migrations/1", ACME).body["lifecycle"]["state"], "pending");
+    // No token, an unknown one, another scheme: 401 naming the Bearer scheme.
+    for r in [
+        s.call("GET", "/v1/vms", None, None, None),
+        s.get("/v1/vms", "nobody"),
+        s.call("POST", &format!("/v1/addresses/{X}/reassign"), None, Some("{}"), Some("k")),
+    ] {
+        assert_error(&r, 401, "unauthorized");
+        assert_eq!(r.www_authenticate.as_deref(), Some("Bearer"));
+    }
+    // The admin sees every tenant.
+    assert_eq!(s.get("/v1/migrations/1", ADMIN).status, 200);
+    assert_eq!(s.get("/v1/vms", ADMIN).body.as_array().unwrap().len(), 3);
+}
+
+#[test]
+fn idempotent_retries_create_one_migration() {
+    let s = Server::with_inventory("idempotency");
+    let path = format!("/v1/addresses/{X}/reassign");
+    let body = json!({"to": "vm-b", "migrate": true}).to_string();
+    let first = s.call("POST", &path, Some(ACME), Some(&body), Some("move-x-1"));
+    let again = s.call("POST", &path, Some(ACME), Some(&body), Some("move-x-1"));
+    assert_eq!(first.status, 202, "{}", first.raw);
+    assert_eq!((again.status, &again.raw, &again.location), (first.status, &first.raw, &first.location));
+    assert_eq!(s.get("/v1/migrations", ACME).body.as_array().unwrap().len(), 1);
+    // The same key for another request is refused; without a key the retry is a new request.
+    let other = json!({"to": "vm-b", "migrate": true, "deadline_ms": NOW + 60_000}).to_string();
+    assert_error(&s.call("POST", &path, Some(ACME), Some(&other), Some("move-x-1")), 422, "idempotency_key_reused");
+    assert_error(&s.call("POST", &path, Some(ACME), Some(&body), None), 409, "conflict");
+    assert_error(&s.call("POST", &path, Some(ACME), Some(&body), Some("has space")), 400, "bad_request");
+    // Keys are per tenant: zeta's "move-x-1" is its own.
+    let vm = json!({"id": "vm-y", "mac": "02:00:00:00:00:0f", "segment": "s"}).to_string();
+    assert_eq!(s.call("POST", "/v1/vms", Some(ZETA), Some(&vm), Some("move-x-1")).status, 201);
+    // A refusal is not recorded: once the state allows it, the same key succeeds.
+    s.manager_starts_ramp(1);
+    let pause = s.call("POST", "/v1/migrations/1/pause", Some(ACME), None, Some("p"));
+    assert_eq!(pause.status, 200, "{}", pause.raw);
+    assert_eq!(s.call("POST", "/v1/migrations/1/pause", Some(ACME), None, Some("p")).raw, pause.raw);
+
+    // Two identical keyed requests racing: exactly one migration, and every later retry
+    // returns it.
+    let s = Server::with_inventory("idempotency-race");
+    let replies: Vec<Reply> = std::thread::scope(|scope| {
+        let handles: Vec<_> =
+            (0..2).map(|_| scope.spawn(|| s.call("POST", &path, Some(ACME), Some(&body), Some("race")))).collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert!(replies.iter().any(|r| r.status == 202), "one of them started it");
+    assert!(replies.iter().all(|r| r.status == 202 || r.status == 409), "the other answered or was refused");
+    assert_eq!(s.get("/v1/migrations", ACME).body.as_array().unwrap().len(), 1);
+    let retry = s.call("POST", &path, Some(ACME), Some(&body), Some("race"));
+    assert_eq!((retry.status, retry.location.as_deref()), (202, Some("/v1/migrations/1")));
+}
+
+#[test]
+fn health_and_openapi_need_no_token() {
+    let s = Server::start("meta");
+    let r = s.call("GET", "/healthz", None, None, None);
+    assert_eq!((r.status, &r.body), (200, &json!({"status": "ok"})));
+    let r = s.call("GET", "/openapi.json", None, None, None);
+    assert_eq!(r.status, 200);
+    assert!(r.body["openapi"].as_str().unwrap().starts_with("3."), "{}", r.body["openapi"]);
+    let paths = r.body["paths"].as_object().unwrap();
+    assert!(paths["/v1/addresses/{ip}/reassign"]["post"].is_object());
+    assert!(paths.contains_key("/v1/migrations/{id}/abort"));
+    let schemas = r.body["components"]["schemas"].as_object().unwrap();
+    for name in ["ReassignRequest", "Migration", "Ramp", "Strategy", "ErrorBody", "Vm", "Address"] {
+        assert!(schemas.contains_key(name), "{name} missing from the document");
+    }
+    assert_eq!(r.body["components"]["securitySchemes"]["bearer"]["scheme"], "bearer");
+}
