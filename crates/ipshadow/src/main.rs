@@ -8,6 +8,7 @@ mod dhcp;
 pub(crate) mod lab;
 mod plot;
 mod router;
+mod serve;
 mod simulate;
 mod traffic;
 
@@ -39,6 +40,9 @@ enum Command {
     /// migration of 10.0.0.10 from VM A to VM B, lab down (needs root; without it, use
     /// `simulate`).
     Demo(demo::DemoArgs),
+    /// Run the network manager and its REST API on the embedded store (defaults: API on
+    /// 127.0.0.1:7480, data in ./ipshadow-data/, admin token from IPSHADOW_ADMIN_TOKEN).
+    Serve(serve::ServeArgs),
     /// Run the Shadow Router on Linux interfaces (AF_PACKET; needs root): it follows the
     /// desired state in its state directory and reports its status there.
     Router(router::RouterArgs),
@@ -52,6 +56,7 @@ fn main() -> std::process::ExitCode {
         Command::Traffic(args) => traffic::run(&args),
         Command::Router(args) => router::run(&args),
         Command::Lab(args) => lab::run(&args),
+        Command::Serve(args) => serve::run(&args),
         Command::Demo(args) => demo::run(&args),
     };
     match result {
