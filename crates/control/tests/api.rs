@@ -76,7 +76,9 @@ impl Server {
         let (location, www_authenticate) = (header("location"), header("www-authenticate"));
         let status = response.status().as_u16();
         let raw = response.body_mut().read_to_string().unwrap();
-        let body = if raw.is_empty() { Value::Null } else { serde_json::from_str(&raw).unwrap() };
+        // Every response is JSON except /metrics' success (Prometheus text), read as `raw`.
+        let text = response.headers().get("content-type").is_some_and(|v| v.as_bytes().starts_with(b"text/plain"));
+        let body = if raw.is_empty() || text { Value::Null } else { serde_json::from_str(&raw).unwrap() };
         Reply { status, location, www_authenticate, body, raw }
     }
 
@@ -154,7 +156,20 @@ fn the_full_flow_migrate_pause_resume_abort_and_again() {
 
     // Nothing to pause before the ramp starts.
     assert_error(&s.call("POST", "/v1/migrations/1/pause", Some(ACME), None, None), 409, "conflict");
+    // A pending migration shadows nothing yet.
+    assert_eq!(s.get("/v1/shadowing", ACME).body, json!([]));
     s.manager_starts_ramp(1);
+    // Now the seed's shadowing table lists the address with its fields.
+    let table = s.get("/v1/shadowing", ACME);
+    assert_eq!(table.status, 200);
+    let row = &table.body[0];
+    assert_eq!(
+        (row["ip_address"].as_str(), row["source_vm_id"].as_str(), row["destination_vm_id"].as_str()),
+        (Some(X), Some("vm-a"), Some("vm-b"))
+    );
+    assert_eq!((row["migration_start_time"].as_u64(), row["state"].as_str()), (Some(NOW), Some("ramping")));
+    assert_eq!(row["traffic_split_percentage"].as_f64(), Some(0.0));
+    assert!(row["congestion_control_parameters"]["additive_increase_pct"].is_number(), "{row}");
     for (action, state) in [("pause", "paused"), ("resume", "ramping"), ("abort", "aborted")] {
         let r = s.call("POST", &format!("/v1/migrations/1/{action}"), Some(ACME), None, None);
         assert_eq!(r.status, 200, "{action}: {}", r.raw);
@@ -270,6 +285,7 @@ fn tenants_are_isolated_and_tokens_required() {
     assert_eq!(s.get("/v1/vms", ZETA).body.as_array().unwrap().len(), 1);
     assert_eq!(s.get("/v1/addresses", ZETA).body, json!([]));
     assert_eq!(s.get("/v1/migrations", ZETA).body, json!([]));
+    assert_eq!(s.get("/v1/shadowing", ZETA).body, json!([]));
     // ... and cannot touch it.
     assert_error(&s.post(&format!("/v1/addresses/{X}/reassign"), ZETA, json!({"to": "vm-z"})), 404, "not_found");
     for action in ["pause", "resume", "abort"] {
@@ -288,6 +304,15 @@ fn tenants_are_isolated_and_tokens_required() {
     ] {
         assert_error(&r, 401, "unauthorized");
         assert_eq!(r.www_authenticate.as_deref(), Some("Bearer"));
+    }
+    // Metrics are the operator's.
+    assert_error(&s.get("/metrics", ACME), 403, "forbidden");
+    let metrics = s.get("/metrics", ADMIN);
+    assert_eq!(metrics.status, 200);
+    for line in
+        ["ipshadow_vms 3", "ipshadow_migrations{state=\"pending\"} 1", "ipshadow_migrations{state=\"ramping\"} 0"]
+    {
+        assert!(metrics.raw.lines().any(|l| l == line), "{line} missing from:\n{}", metrics.raw);
     }
     // The admin sees every tenant.
     assert_eq!(s.get("/v1/migrations/1", ADMIN).status, 200);

@@ -9,8 +9,10 @@ pub mod addresses;
 pub mod auth;
 pub mod error;
 pub mod idempotency;
+pub mod metrics;
 pub mod migrations;
 pub mod schema;
+pub mod shadowing;
 pub mod vms;
 
 use std::future::Future;
@@ -120,6 +122,8 @@ fn system_clock_ms() -> u64 {
         migrations::pause_migration,
         migrations::resume_migration,
         migrations::abort_migration,
+        shadowing::list_shadowing,
+        metrics::metrics,
     ),
     components(schemas(ErrorBody, Health)),
     modifiers(&BearerScheme),
@@ -178,7 +182,9 @@ pub fn router<S: Store>(state: ApiState<S>) -> Router {
         .route("/v1/migrations/{id}/pause", post(migrations::pause_migration::<S>))
         .route("/v1/migrations/{id}/resume", post(migrations::resume_migration::<S>))
         .route("/v1/migrations/{id}/abort", post(migrations::abort_migration::<S>))
+        .route("/v1/shadowing", get(shadowing::list_shadowing::<S>))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), idempotency::layer::<S>))
+        .route("/metrics", get(metrics::metrics::<S>))
         .route("/healthz", get(health))
         .route("/openapi.json", get(openapi))
         .fallback(error::not_found)
