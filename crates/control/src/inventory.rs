@@ -159,12 +159,22 @@ impl<S: Store> Inventory<S> {
 
     /// Every VM `tenant` may see, by id.
     pub fn vms(&self, tenant: Option<&str>) -> Result<Vec<Vm>, InventoryError> {
-        let (kvs, _) = self.store.range("/v1/vms/")?;
+        self.visible_records("/v1/vms/", tenant, |vm: &Vm| &vm.tenant)
+    }
+
+    /// Every record under `prefix` whose owner (`owner` of it) `tenant` may see, in key order.
+    pub(crate) fn visible_records<T: for<'de> Deserialize<'de>>(
+        &self,
+        prefix: &str,
+        tenant: Option<&str>,
+        owner: impl Fn(&T) -> &str,
+    ) -> Result<Vec<T>, InventoryError> {
+        let (kvs, _) = self.store.range(prefix)?;
         let mut out = Vec::new();
         for kv in &kvs {
-            let vm: Versioned<Vm> = decode(kv)?;
-            if Self::visible(tenant, &vm.value.tenant) {
-                out.push(vm.value);
+            let record: T = decode(kv)?.value;
+            if Self::visible(tenant, owner(&record)) {
+                out.push(record);
             }
         }
         Ok(out)
@@ -186,12 +196,8 @@ impl<S: Store> Inventory<S> {
     /// Removes a VM that holds no address.
     pub fn remove_vm(&self, tenant: Option<&str>, id: &str) -> Result<(), InventoryError> {
         let vm = self.vm(tenant, id)?;
-        let (addresses, _) = self.store.range("/v1/addresses/")?;
-        for kv in &addresses {
-            let a: Versioned<Address> = decode(kv)?;
-            if a.value.vm.as_deref() == Some(id) {
-                return Err(InventoryError::Conflict(format!("vm {id} holds {}: reassign it first", a.value.ip)));
-            }
+        if let Some(a) = self.addresses(None)?.into_iter().find(|a| a.vm.as_deref() == Some(id)) {
+            return Err(InventoryError::Conflict(format!("vm {id} holds {}: reassign it first", a.ip)));
         }
         let txn = Txn::new().when(Compare::ModRevision(vm_key(id), vm.revision)).delete(vm_key(id));
         match self.store.txn(txn)? {
@@ -210,15 +216,7 @@ impl<S: Store> Inventory<S> {
 
     /// Every address `tenant` may see.
     pub fn addresses(&self, tenant: Option<&str>) -> Result<Vec<Address>, InventoryError> {
-        let (kvs, _) = self.store.range("/v1/addresses/")?;
-        let mut out = Vec::new();
-        for kv in &kvs {
-            let a: Versioned<Address> = decode(kv)?;
-            if Self::visible(tenant, &a.value.tenant) {
-                out.push(a.value);
-            }
-        }
-        Ok(out)
+        self.visible_records("/v1/addresses/", tenant, |a: &Address| &a.tenant)
     }
 
     /// Adds an address of `tenant`, held by one of its VMs or by none.

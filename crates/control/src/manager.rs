@@ -6,7 +6,7 @@
 use ipshadow_dataplane::Desired;
 use ipshadow_dhcp::plan::MigrationPlan;
 
-use crate::inventory::{Inventory, InventoryError, decode};
+use crate::inventory::{Inventory, InventoryError};
 use crate::migration::{MigrationEvent, MigrationState};
 use crate::orchestrator::{Decision, Input, Limits, decide};
 use crate::project::{dhcp_plans, router_desired};
@@ -43,8 +43,7 @@ impl<S: Store> Manager<S> {
 
     /// Every migration, oldest first.
     pub fn migrations(&self) -> Result<Vec<Migration>, InventoryError> {
-        let (kvs, _) = self.inventory.store().range("/v1/migrations/")?;
-        kvs.iter().map(|kv| decode::<Migration>(kv).map(|v| v.value)).collect()
+        self.inventory.migrations(None)
     }
 
     /// What the router and the DHCP server should do now.

@@ -211,15 +211,7 @@ impl<S: Store> Inventory<S> {
 
     /// Every migration `tenant` may see, oldest first.
     pub fn migrations(&self, tenant: Option<&str>) -> Result<Vec<Migration>, InventoryError> {
-        let (kvs, _) = self.store().range("/v1/migrations/")?;
-        let mut out = Vec::new();
-        for kv in &kvs {
-            let m: Migration = decode(kv)?.value;
-            if tenant.is_none_or(|t| t == m.tenant) {
-                out.push(m);
-            }
-        }
-        Ok(out)
+        self.visible_records("/v1/migrations/", tenant, |m: &Migration| &m.tenant)
     }
 
     /// A migration, if `tenant` may see it.
