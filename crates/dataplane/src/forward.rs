@@ -144,13 +144,15 @@ impl<P: PacketPort> Forwarder<P> {
     /// Takes the core's events: ended migrations are kept for the report (and told to the
     /// reconciler); the rest are for the flow-lifetime predictor, which does not exist yet.
     fn drain_events(&mut self) {
-        let events = std::mem::take(self.node.core.sink_mut());
-        for event in events {
+        // Taken out and put back empty, so the sink keeps its capacity: this runs every step.
+        let mut events = std::mem::take(self.node.core.sink_mut());
+        for event in events.drain(..) {
             if let Event::MigrationEnded { ip, outcome, report, at } = event {
                 self.reconciler.migration_ended(ip);
                 self.node.unshadow(ip);
                 self.ended.push(EndedMigration { ip, outcome, report, at });
             }
         }
+        *self.node.core.sink_mut() = events;
     }
 }

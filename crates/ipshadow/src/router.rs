@@ -113,7 +113,7 @@ fn parse_fixed(s: &str) -> Result<(Ipv4Addr, VmId, VmId, f64), String> {
 
 /// The router's clock: unix time in microseconds, the same epoch as the manager's deadlines and
 /// the DHCP server's, and the same for a restarted process.
-fn now() -> Instant {
+pub(crate) fn now() -> Instant {
     let since = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
     Instant::from_micros(since.as_micros() as u64)
 }

@@ -2,10 +2,10 @@
 //! the router's split recorded, router restarts injected, the address handed to B at cut-over.
 
 use std::io::{BufRead, BufReader, IsTerminal, Seek, SeekFrom};
-use std::time::{Duration, Instant as Clock, SystemTime};
+use std::time::{Duration, Instant as Clock};
 
 use anyhow::{Context, bail};
-use ipshadow_core::{CongestionControlParameters, Instant, MigrationOptions, Outcome, ShadowingEntry, VmId};
+use ipshadow_core::{CongestionControlParameters, MigrationOptions, Outcome, ShadowingEntry, VmId};
 use ipshadow_dataplane::status::EndedMigration;
 use ipshadow_dataplane::{Desired, DesiredEntry};
 
@@ -30,12 +30,6 @@ pub struct Demo<'a> {
     last_router: Option<ipshadow_dataplane::Status>,
     /// A's deadline, unix seconds (the DHCP plan's).
     deadline_unix_s: u64,
-}
-
-/// Unix time in microseconds: the router's and the DHCP server's clock.
-fn unix_now() -> Instant {
-    let since = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
-    Instant::from_micros(since.as_micros() as u64)
 }
 
 impl<'a> Demo<'a> {
@@ -157,7 +151,7 @@ impl<'a> Demo<'a> {
     fn migrate(&mut self) -> anyhow::Result<()> {
         let args = self.args;
         std::thread::sleep(Duration::from_secs(args.warmup));
-        let start = unix_now();
+        let start = crate::router::now();
         let deadline = start + Duration::from_secs(args.deadline);
         let options = MigrationOptions {
             strategy: args.strategy.to_core(),

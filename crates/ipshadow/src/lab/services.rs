@@ -142,7 +142,6 @@ impl Lab {
         ];
         let pid = self.spawn(&self.ns("r"), "router", &exe, &args, None)?;
         // Ready when it has written its first report.
-        let status = self.dir.join("router/status.json");
         let deadline = Instant::now() + Duration::from_secs(10);
         while self.router_status().is_none_or(|s| s.pid != pid) {
             if !alive(pid) || Instant::now() > deadline {
@@ -150,7 +149,6 @@ impl Lab {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        let _ = status;
         Ok(pid)
     }
 
