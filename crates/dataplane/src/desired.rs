@@ -172,9 +172,9 @@ impl Reconciler {
             Some(_) => {
                 // Another migration of the same address: the old one is over for the manager.
                 node.core.cut_over(ip, now).map_err(refused)?;
-                return self.install(node, d, now);
+                self.install(node, wanted, now)?
             }
-            None => return self.install(node, d, now),
+            None => self.install(node, wanted, now)?,
         };
         if d.lease_bound && current.state == EntryState::WaitingForLease {
             node.core.lease_bound(ip, now).map_err(refused)?;
@@ -206,32 +206,21 @@ impl Reconciler {
         Ok(())
     }
 
-    /// Installs an entry the router does not have (a new migration, or a restart).
-    fn install(&mut self, node: &mut RouterNode, d: &DesiredEntry, now: Instant) -> Result<(), ReconcileError> {
-        let entry = &d.entry;
+    /// Installs an entry the router does not have (a new migration, or a restart) in its recorded
+    /// state; returns the router's view of it. The caller then applies the document's requests
+    /// (a bound lease, promotion, cut-over) as for any entry.
+    fn install(
+        &mut self,
+        node: &mut RouterNode,
+        entry: &ShadowingEntry,
+        now: Instant,
+    ) -> Result<ShadowingEntry, ReconcileError> {
         let ip = entry.ip_address;
         let port = |vm: &VmId| node.port_of(vm).ok_or_else(|| ReconcileError::UnknownVm { ip, vm: vm.clone() });
         let (source, destination) = (port(&entry.source_vm_id)?, port(&entry.destination_vm_id)?);
-        let mut entry = entry.clone();
-        // A bound lease recorded by the manager while the entry was still waiting: the ramp
-        // starts from the installation.
-        let start_ramp = d.lease_bound && entry.state == EntryState::WaitingForLease;
         node.core.add_entry(entry.clone(), now).map_err(|source| ReconcileError::Refused { ip, source })?;
         node.shadow_ports(ip, source, destination);
         self.installed.insert(ip, entry.migration_start_time);
-        if start_ramp {
-            node.core.lease_bound(ip, now).map_err(|source| ReconcileError::Refused { ip, source })?;
-            entry.state = EntryState::Ramping;
-        }
-        let key = (ip, entry.migration_start_time);
-        if d.promote && self.promoted.insert(key) {
-            node.core.promote(ip, now).map_err(|source| ReconcileError::Refused { ip, source })?;
-        }
-        if d.cut_over {
-            self.ended.insert(key);
-            node.core.cut_over(ip, now).map_err(|source| ReconcileError::Refused { ip, source })?;
-            node.unshadow(ip);
-        }
-        Ok(())
+        Ok(node.core.entry(ip).unwrap_or_else(|| entry.clone()))
     }
 }
