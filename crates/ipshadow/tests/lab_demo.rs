@@ -59,17 +59,7 @@ fn n(report: &Value, pointer: &str) -> u64 {
 
 /// What every completed migration shows: the MISSION keys, both VMs served, B alone at the end.
 fn completed_with_both_vms_serving(r: &Value, strategy: &str) {
-    for key in [
-        "strategy",
-        "mode",
-        "connections_total",
-        "connections_broken",
-        "connections_completed",
-        "cut_at_deadline",
-        "migration_state",
-        "final_split_pct",
-        "conflicts_suppressed",
-    ] {
+    for key in common::MISSION_KEYS {
         assert!(r.get(key).is_some(), "key {key} missing");
     }
     assert_eq!(r["strategy"], strategy);

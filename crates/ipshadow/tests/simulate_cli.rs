@@ -3,6 +3,8 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::process::{Command, Output};
 
 /// A small scenario (seconds of wall time) with every kind of traffic and a full migration.
@@ -52,17 +54,7 @@ fn json_has_the_keys_mission_lists() {
     let out = ipshadow(&["--json", "--strategy", "flow", "--mode", "replica"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    for key in [
-        "strategy",
-        "mode",
-        "connections_total",
-        "connections_broken",
-        "connections_completed",
-        "cut_at_deadline",
-        "migration_state",
-        "final_split_pct",
-        "conflicts_suppressed",
-    ] {
+    for key in common::MISSION_KEYS {
         assert!(report.get(key).is_some(), "missing {key} in {report}");
     }
     assert_eq!(report["strategy"], "flow");
