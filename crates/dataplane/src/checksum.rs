@@ -6,6 +6,8 @@
 //! itself, or the receiving host drops the segment (RFC 793 3.1, RFC 768: the checksum covers a
 //! pseudo-header with both addresses, the protocol and the length).
 
+use etherparse::checksum::Sum16BitWords;
+
 /// Ethernet type of IPv4.
 const ETHERTYPE_IPV4: u16 = 0x0800;
 /// Ethernet type of an 802.1Q tag.
@@ -45,27 +47,15 @@ pub fn complete_l4_checksum(frame: &mut [u8]) -> bool {
     }
     frame[l4 + field] = 0;
     frame[l4 + field + 1] = 0;
-    let mut sum: u64 = 0;
-    for pair in frame[l3 + 12..l3 + 20].chunks_exact(2) {
-        sum += u64::from(u16::from_be_bytes([pair[0], pair[1]]));
-    }
-    sum += u64::from(protocol) + l4_len as u64;
-    let body = &frame[l4..l4 + l4_len];
-    let mut words = body.chunks_exact(2);
-    for pair in &mut words {
-        sum += u64::from(u16::from_be_bytes([pair[0], pair[1]]));
-    }
-    if let [last] = words.remainder() {
-        sum += u64::from(*last) << 8;
-    }
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    let mut checksum = !(sum as u16);
+    // etherparse sums words in native byte order; `to_be` turns the result into the value
+    // whose big-endian bytes go on the wire.
+    let sum = Sum16BitWords::new()
+        .add_slice(&frame[l3 + 12..l3 + 20])
+        .add_2bytes([0, protocol])
+        .add_2bytes((l4_len as u16).to_be_bytes())
+        .add_slice(&frame[l4..l4 + l4_len]);
     // RFC 768: a computed UDP checksum of zero is sent as all ones (zero means "none").
-    if protocol == 17 && checksum == 0 {
-        checksum = 0xffff;
-    }
+    let checksum = if protocol == 17 { sum.to_ones_complement_with_no_zero() } else { sum.ones_complement() }.to_be();
     frame[l4 + field..l4 + field + 2].copy_from_slice(&checksum.to_be_bytes());
     true
 }
