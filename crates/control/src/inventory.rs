@@ -124,7 +124,8 @@ fn check_id(what: &str, id: &str) -> Result<(), InventoryError> {
 
 fn check_mac(mac: &str) -> Result<(), InventoryError> {
     let parts: Vec<&str> = mac.split(':').collect();
-    let ok = parts.len() == 6 && parts.iter().all(|p| p.len() == 2 && u8::from_str_radix(p, 16).is_ok());
+    // Hex digits only: `u8::from_str_radix` alone would take a sign (`+f`).
+    let ok = parts.len() == 6 && parts.iter().all(|p| p.len() == 2 && p.bytes().all(|b| b.is_ascii_hexdigit()));
     if ok { Ok(()) } else { Err(InventoryError::Invalid(format!("bad MAC address {mac:?}: expected six hex pairs"))) }
 }
 
@@ -184,6 +185,7 @@ impl<S: Store> Inventory<S> {
     pub fn add_vm(&self, vm: &Vm) -> Result<(), InventoryError> {
         check_id("vm id", &vm.id)?;
         check_id("tenant", &vm.tenant)?;
+        check_id("segment", &vm.segment)?;
         check_mac(&vm.mac)?;
         let key = vm_key(&vm.id);
         let txn = Txn::new().when(Compare::Absent(key.clone())).put(key, encode(vm));
@@ -193,11 +195,19 @@ impl<S: Store> Inventory<S> {
         }
     }
 
-    /// Removes a VM that holds no address.
+    /// Removes a VM that holds no address and is no unfinished migration's destination.
     pub fn remove_vm(&self, tenant: Option<&str>, id: &str) -> Result<(), InventoryError> {
         let vm = self.vm(tenant, id)?;
         if let Some(a) = self.addresses(None)?.into_iter().find(|a| a.vm.as_deref() == Some(id)) {
             return Err(InventoryError::Conflict(format!("vm {id} holds {}: reassign it first", a.ip)));
+        }
+        let migrating =
+            self.migrations(None)?.into_iter().find(|m| m.destination == id && !m.lifecycle.state.is_final());
+        if let Some(m) = migrating {
+            return Err(InventoryError::Conflict(format!(
+                "vm {id} is the destination of migration {} ({}): abort it or let it end first",
+                m.id, m.ip
+            )));
         }
         let txn = Txn::new().when(Compare::ModRevision(vm_key(id), vm.revision)).delete(vm_key(id));
         match self.store.txn(txn)? {

@@ -9,7 +9,7 @@ use ipshadow_dhcp::plan::MigrationPlan;
 use crate::inventory::{Inventory, InventoryError};
 use crate::migration::{MigrationEvent, MigrationState};
 use crate::orchestrator::{Decision, Input, Limits, decide};
-use crate::project::{dhcp_plans, router_desired};
+use crate::project::{dhcp_plans, dhcp_reservations, router_desired};
 use crate::reassign::Migration;
 use crate::store::Store;
 
@@ -51,6 +51,13 @@ impl<S: Store> Manager<S> {
         let migrations = self.migrations()?;
         let addresses = self.inventory.addresses(None)?;
         Ok((router_desired(&addresses, &migrations, now_ms), dhcp_plans(&migrations)))
+    }
+
+    /// What the DHCP server should know: the reservations and the lease plans.
+    pub fn dhcp(&self) -> Result<(Vec<ipshadow_dhcp::Reservation>, Vec<MigrationPlan>), InventoryError> {
+        let vms = self.inventory.vms(None)?;
+        let addresses = self.inventory.addresses(None)?;
+        Ok((dhcp_reservations(&vms, &addresses), dhcp_plans(&self.migrations()?)))
     }
 
     /// Moves pending migrations on: the caller is about to hand their plan and entry to the

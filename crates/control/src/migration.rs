@@ -8,7 +8,8 @@
 //! ```
 //! `pending`: accepted, nothing written yet. `waiting_for_destination_lease`: the lease plan and
 //! the shadowing entry are written; B has not bound its lease (a timeout fails the migration).
-//! `ramping`: the split rises. `paused`: frozen by the user. `cut_over`: A's lease ended (or A
+//! `ramping`: the split rises. `paused`: frozen by the user. Promote (ramping or paused, once) changes no
+//! state: it sets [`Lifecycle::promoted`] and the router sends every new flow to B from then on. `cut_over`: A's lease ended (or A
 //! failed, or the user promoted and the deadline came): the router moves everything to B.
 //! `completed`: the router reported the cut-over; X is B's. `rolled_back`: B failed its health
 //! checks; X stays A's. `aborted`: the user aborted; X stays A's. `failed`: B never bound its
@@ -64,6 +65,9 @@ pub enum MigrationEvent {
     Pause,
     /// The user resumed the ramp.
     Resume,
+    /// The user promoted B: every new flow goes to B from now on (the state does not change; the
+    /// deadline still ends A's remaining flows).
+    Promote,
     /// A's lease ended, A failed, or the deadline came: cut over now.
     CutOver {
         /// Why.
@@ -116,6 +120,7 @@ impl MigrationEvent {
             Self::DestinationLeaseBound => "destination_lease_bound",
             Self::Pause => "pause",
             Self::Resume => "resume",
+            Self::Promote => "promote",
             Self::CutOver { .. } => "cut_over",
             Self::RouterCompleted => "router_completed",
             Self::DestinationFailed { .. } => "destination_failed",
@@ -134,6 +139,8 @@ pub fn next_state(state: MigrationState, event: &MigrationEvent) -> Result<Migra
         (S::WaitingForDestinationLease, E::DestinationLeaseBound) => S::Ramping,
         (S::Ramping, E::Pause) => S::Paused,
         (S::Paused, E::Resume) => S::Ramping,
+        // A flag, not a state: a paused migration stays paused (its split frozen at B's 100 %).
+        (S::Ramping | S::Paused, E::Promote) => state,
         // A's lease may end before B's is bound (the deadline is A's lease end): B then gets the
         // address alone as soon as it binds, which the router's cut-over already allows.
         (S::WaitingForDestinationLease | S::Ramping | S::Paused, E::CutOver { .. }) => S::CutOver,
@@ -153,19 +160,30 @@ pub struct Lifecycle {
     pub state: MigrationState,
     /// Every step so far, oldest first.
     pub history: Vec<HistoryEntry>,
+    /// The user promoted B (a [`MigrationEvent::Promote`] is in the history): every new flow goes
+    /// to B. Kept here rather than beside the lifecycle so that only [`Lifecycle::apply`] sets
+    /// it, together with the history entry; records written before promote existed read `false`.
+    #[serde(default)]
+    pub promoted: bool,
 }
 
 impl Lifecycle {
     /// A new migration, pending.
     pub fn new() -> Self {
-        Self { state: MigrationState::Pending, history: Vec::new() }
+        Self { state: MigrationState::Pending, history: Vec::new(), promoted: false }
     }
 
-    /// Applies `event` at `now_ms`; a refused event changes nothing.
+    /// Applies `event` at `now_ms`; a refused event changes nothing. A second promote is
+    /// refused: it would change nothing but the history.
     pub fn apply(&mut self, event: MigrationEvent, now_ms: u64) -> Result<MigrationState, TransitionError> {
+        let promote = event == MigrationEvent::Promote;
+        if promote && self.promoted {
+            return Err(TransitionError { state: self.state, event: "promote (already promoted)" });
+        }
         let to = next_state(self.state, &event)?;
         self.history.push(HistoryEntry { at_ms: now_ms, from: self.state, to, event });
         self.state = to;
+        self.promoted |= promote;
         Ok(to)
     }
 }
@@ -187,6 +205,7 @@ mod tests {
             Just(MigrationEvent::DestinationLeaseBound),
             Just(MigrationEvent::Pause),
             Just(MigrationEvent::Resume),
+            Just(MigrationEvent::Promote),
             Just(MigrationEvent::CutOver { reason: "deadline".into() }),
             Just(MigrationEvent::RouterCompleted),
             Just(MigrationEvent::DestinationFailed { reason: "probes".into() }),
@@ -220,6 +239,26 @@ mod tests {
         assert_eq!(m.history.len(), 6, "a refused event is not recorded");
     }
 
+    #[test]
+    fn promote_keeps_the_state_is_recorded_once_and_only_while_ramping_or_paused() {
+        use MigrationEvent as E;
+        use MigrationState as S;
+        let mut m = Lifecycle::new();
+        assert_eq!(m.apply(E::Promote, 0).unwrap_err().state, S::Pending);
+        m.apply(E::PlanWritten, 1).unwrap();
+        assert!(m.apply(E::Promote, 2).is_err(), "not before B's lease is bound");
+        m.apply(E::DestinationLeaseBound, 3).unwrap();
+        m.apply(E::Pause, 4).unwrap();
+        assert_eq!(m.apply(E::Promote, 5), Ok(S::Paused));
+        assert!(m.promoted);
+        assert_eq!(m.history.last().map(|h| (h.from, h.to, &h.event)), Some((S::Paused, S::Paused, &E::Promote)));
+        assert!(m.apply(E::Promote, 6).is_err(), "once");
+        assert_eq!(m.history.len(), 4);
+        // A record written before promote existed reads as not promoted.
+        let old: Lifecycle = serde_json::from_str(r#"{"state":"ramping","history":[]}"#).unwrap();
+        assert!(!old.promoted);
+    }
+
     proptest! {
         /// Whatever arrives: a final state never changes, every recorded step is a legal
         /// transition, and the history is exactly the accepted events.
@@ -239,6 +278,8 @@ mod tests {
                 }
             }
             prop_assert_eq!(m.history.len(), accepted);
+            // The flag and the history never disagree.
+            prop_assert_eq!(m.promoted, m.history.iter().any(|h| h.event == MigrationEvent::Promote));
             for pair in m.history.windows(2) {
                 prop_assert_eq!(pair[0].to, pair[1].from);
             }

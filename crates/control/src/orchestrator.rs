@@ -19,12 +19,16 @@ pub struct Limits {
     pub lease_timeout_ms: u64,
     /// A VM that has not answered the router's health probes for this long has failed.
     pub probe_timeout_ms: u64,
+    /// A VM that has not answered at all since B's lease was bound (or the router started) has
+    /// failed after this long: it may still be configuring the address.
+    pub startup_timeout_ms: u64,
 }
 
 impl Default for Limits {
-    /// Two minutes for B's lease (a VM that boots), 3 s of silence for a failed VM.
+    /// Two minutes for B's lease (a VM that boots), 3 s of silence for a failed VM, 30 s for a
+    /// VM to answer at all.
     fn default() -> Self {
-        Self { lease_timeout_ms: 120_000, probe_timeout_ms: 3_000 }
+        Self { lease_timeout_ms: 120_000, probe_timeout_ms: 3_000, startup_timeout_ms: 30_000 }
     }
 }
 
@@ -131,11 +135,22 @@ fn router_decisions(m: &Migration, status: &Status, now_ms: u64, limits: Limits,
     if state != MigrationState::Ramping && state != MigrationState::Paused {
         return;
     }
+    // Silence counts from the later of the router's start and B's bound lease: the router
+    // probes a VM only while it shadows an address with it, and B answers for X only once its
+    // DHCP client has configured it.
+    let bound_at = m
+        .lifecycle
+        .history
+        .iter()
+        .find(|h| h.event == MigrationEvent::DestinationLeaseBound)
+        .map_or(m.created_ms, |h| h.at_ms);
+    // A VM that has not answered since then is still coming up (dhcpcd probes X with ARP for
+    // several seconds before it configures it, RFC 5227): it gets the longer start-up window.
+    let watched_since = status.started.as_millis().max(bound_at);
     let silent = |vm: &str| {
-        status.probes.iter().find(|p| p.vm.0 == vm).is_some_and(|p| {
-            let last = p.last_reply.map_or(status.started.as_millis(), Instant::as_millis);
-            now_ms.saturating_sub(last) > limits.probe_timeout_ms
-                && now_ms.saturating_sub(status.started.as_millis()) > limits.probe_timeout_ms
+        status.probes.iter().find(|p| p.vm.0 == vm).is_some_and(|p| match p.last_reply {
+            Some(r) if r.as_millis() >= watched_since => now_ms.saturating_sub(r.as_millis()) > limits.probe_timeout_ms,
+            _ => now_ms.saturating_sub(watched_since) > limits.startup_timeout_ms,
         })
     };
     if silent(&m.destination) {

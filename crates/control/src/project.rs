@@ -29,7 +29,7 @@ fn ended_at(m: &Migration) -> u64 {
 }
 
 /// The router's desired state: every held address with its VM, every migration that shadows
-/// its address as an entry in the matching state (a rolled-back or aborted one for
+/// its address (or is about to: pending) as an entry in the matching state (a rolled-back or aborted one for
 /// [`ROLLBACK_DRAIN`] after it ended, then the address is A's again).
 pub fn router_desired(addresses: &[Address], migrations: &[Migration], now_ms: u64) -> Desired {
     let mut desired = Desired { addresses: BTreeMap::new(), entries: Vec::new() };
@@ -42,7 +42,10 @@ pub fn router_desired(addresses: &[Address], migrations: &[Migration], now_ms: u
         let state = m.lifecycle.state;
         let draining = matches!(state, MigrationState::RolledBack | MigrationState::Aborted)
             && now_ms < ended_at(m) + ROLLBACK_DRAIN.as_millis() as u64;
-        if !state.is_shadowing() && !draining {
+        // A pending migration (created, its plan not yet written) is installed already,
+        // waiting for B's lease: it changes no forwarding, and the router has it one store
+        // transaction sooner.
+        if !state.is_shadowing() && !draining && state != MigrationState::Pending {
             continue;
         }
         let options = MigrationOptions {
@@ -73,7 +76,8 @@ pub fn router_desired(addresses: &[Address], migrations: &[Migration], now_ms: u
         }
         desired.entries.push(DesiredEntry {
             lease_bound: entry.state != EntryState::WaitingForLease,
-            promote: false,
+            // Only while the split is the router's to set: a rolling-back entry refuses promote.
+            promote: m.lifecycle.promoted && matches!(state, MigrationState::Ramping | MigrationState::Paused),
             cut_over: state == MigrationState::CutOver,
             finish_rollback: false,
             entry,
@@ -107,6 +111,20 @@ pub fn dhcp_plans(migrations: &[Migration]) -> Vec<MigrationPlan> {
             let mut plan = MigrationPlan::new(m.id, m.ip, &m.source, &m.destination, m.deadline_ms / 1000);
             plan.state = state;
             Some(plan)
+        })
+        .collect()
+}
+
+/// The DHCP server's reservations: every VM by its MAC, with the address it holds (the lowest,
+/// if it holds several: a DHCP client asks for one address per interface). A migration's
+/// destination holds nothing until the end; the plan leases it the address meanwhile.
+pub fn dhcp_reservations(vms: &[crate::inventory::Vm], addresses: &[Address]) -> Vec<ipshadow_dhcp::Reservation> {
+    vms.iter()
+        .map(|vm| ipshadow_dhcp::Reservation {
+            vm: vm.id.clone(),
+            mac: Some(vm.mac.clone()),
+            client_id: None,
+            ip: addresses.iter().filter(|a| a.vm.as_deref() == Some(vm.id.as_str())).map(|a| a.ip).min(),
         })
         .collect()
 }
@@ -151,7 +169,7 @@ mod tests {
         use MigrationEvent as E;
         let held = [Address { ip: X, tenant: "acme".into(), vm: Some("vm-a".into()), migration: Some(7) }];
         let cases: [Case<'_>; 6] = [
-            (&[], None, false, None),
+            (&[], Some(EntryState::WaitingForLease), false, None),
             (&[E::PlanWritten], Some(EntryState::WaitingForLease), false, Some(PlanState::Active)),
             (&[E::PlanWritten, E::DestinationLeaseBound], Some(EntryState::Ramping), false, Some(PlanState::Active)),
             (
@@ -190,6 +208,13 @@ mod tests {
         let rolled = migration(&[E::PlanWritten, E::DestinationFailed { reason: "probes".into() }], 1_500_000);
         let later = 1_500_000 + ROLLBACK_DRAIN.as_millis() as u64;
         assert!(router_desired(&held, std::slice::from_ref(&rolled), later).entries.is_empty());
+        // Promote: requested of the router while ramping or paused, not once the migration rolls back.
+        let promoted = migration(&[E::PlanWritten, E::DestinationLeaseBound, E::Pause, E::Promote], 1_500_000);
+        let desired = router_desired(&held, std::slice::from_ref(&promoted), 1_500_000);
+        assert_eq!(desired.entries.first().map(|d| (d.promote, d.entry.state)), Some((true, EntryState::Paused)));
+        let aborted = migration(&[E::PlanWritten, E::DestinationLeaseBound, E::Promote, E::Abort], 1_500_000);
+        let desired = router_desired(&held, std::slice::from_ref(&aborted), 1_500_000);
+        assert_eq!(desired.entries.first().map(|d| (d.promote, d.entry.state)), Some((false, EntryState::RollingBack)));
         let failed = migration(&[E::PlanWritten, E::Fail { reason: "no lease for vm-b in 120 s".into() }], 0);
         assert_eq!(dhcp_plans(&[failed])[0].state, PlanState::Failed("no lease for vm-b in 120 s".into()));
     }

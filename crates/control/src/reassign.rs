@@ -93,7 +93,7 @@ pub struct Migration {
     pub created_ms: u64,
     /// The split last reported by the router, percent.
     pub split_pct: f64,
-    /// State and history.
+    /// State and history, and whether the user promoted B ([`Lifecycle::promoted`]).
     pub lifecycle: Lifecycle,
 }
 

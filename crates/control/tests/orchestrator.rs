@@ -147,6 +147,21 @@ fn router_reports_carry_the_split_the_end_and_the_health_of_both_vms() {
         &events(decide(&ramping, &Input::Router(&a_dead), now, limits))[..],
         [Decision::Event(E::CutOver { .. })]
     ));
+    // B that has not answered since its lease was bound is still coming up: it fails only after
+    // the start-up window (the router has run for long, but probes B only since the entry came).
+    let lease_bound_at = T0 + 1;
+    let mut never = status(5.0, [(100, 0); 2], now);
+    never.started = Instant::from_millis(T0 - 3_600_000);
+    never.probes[1].last_reply = None;
+    let window_end = lease_bound_at + limits.startup_timeout_ms;
+    assert!(events(decide(&ramping, &Input::Router(&never), window_end, limits)).is_empty());
+    assert!(matches!(
+        &events(decide(&ramping, &Input::Router(&never), window_end + 1, limits))[..],
+        [Decision::Event(E::DestinationFailed { .. })]
+    ));
+    // A reply from before the lease was bound counts as none.
+    never.probes[1].last_reply = Some(Instant::from_millis(T0 - 1));
+    assert!(events(decide(&ramping, &Input::Router(&never), window_end, limits)).is_empty());
     // The router cut over at the deadline by itself: the manager catches up in order.
     let mut ended = status(100.0, [(100, 0); 2], now);
     ended.entries.clear();

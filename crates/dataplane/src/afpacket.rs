@@ -11,7 +11,7 @@
 
 use std::ffi::CString;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -200,7 +200,7 @@ impl AfPacketPort {
         if self.ready() {
             return Ok(true);
         }
-        wait_any(&[self], timeout_ms)?;
+        wait_any(&[self], &[], timeout_ms)?;
         Ok(self.ready())
     }
 
@@ -323,14 +323,17 @@ impl AsRawFd for AfPacketPort {
     }
 }
 
-/// Waits up to `timeout_ms` until one of `ports` has frames (or returns at once if one has).
-pub fn wait_any(ports: &[&AfPacketPort], timeout_ms: i32) -> io::Result<()> {
+/// Waits up to `timeout_ms` until one of `ports` has frames (or returns at once if one has), or
+/// one of the `wake` descriptors is readable (a control thread's nudge: new desired state).
+pub fn wait_any(ports: &[&AfPacketPort], wake: &[BorrowedFd<'_>], timeout_ms: i32) -> io::Result<()> {
     if ports.iter().any(|p| p.ready()) {
         return Ok(());
     }
     let mut fds: Vec<libc::pollfd> = ports
         .iter()
-        .map(|p| libc::pollfd { fd: p.fd.as_raw_fd(), events: libc::POLLIN | libc::POLLERR, revents: 0 })
+        .map(|p| p.fd.as_raw_fd())
+        .chain(wake.iter().map(AsRawFd::as_raw_fd))
+        .map(|fd| libc::pollfd { fd, events: libc::POLLIN | libc::POLLERR, revents: 0 })
         .collect();
     // SAFETY: `fds` is a live array of exactly `fds.len()` pollfd structures for the call.
     let rc = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) };

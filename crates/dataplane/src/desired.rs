@@ -81,6 +81,9 @@ pub struct Reconciler {
     promoted: BTreeSet<(Ipv4Addr, Instant)>,
     /// Start time of the migration installed for each address.
     installed: BTreeMap<Ipv4Addr, Instant>,
+    /// When each installed entry was installed, by the router's clock (what the manager's
+    /// latency from API call to active entry is measured against).
+    installed_at: BTreeMap<Ipv4Addr, Instant>,
 }
 
 impl Reconciler {
@@ -92,9 +95,15 @@ impl Reconciler {
     /// Records that the migration of `ip` ended in the router on its own (deadline reached):
     /// the document may still list it until the manager catches up.
     pub fn migration_ended(&mut self, ip: Ipv4Addr) {
+        self.installed_at.remove(&ip);
         if let Some(start) = self.installed.remove(&ip) {
             self.ended.insert((ip, start));
         }
+    }
+
+    /// When each shadowed address's current entry was installed in this router.
+    pub fn installed_at(&self) -> &BTreeMap<Ipv4Addr, Instant> {
+        &self.installed_at
     }
 
     /// Makes `node` match `desired`. Every part that can be applied is; the errors say what could
@@ -221,6 +230,7 @@ impl Reconciler {
         node.core.add_entry(entry.clone(), now).map_err(|source| ReconcileError::Refused { ip, source })?;
         node.shadow_ports(ip, source, destination);
         self.installed.insert(ip, entry.migration_start_time);
+        self.installed_at.insert(ip, now);
         Ok(node.core.entry(ip).unwrap_or_else(|| entry.clone()))
     }
 }

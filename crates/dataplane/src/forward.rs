@@ -120,6 +120,13 @@ impl<P: PacketPort> Forwarder<P> {
             probes,
             reset_clients: self.node.reset_clients.clone(),
             errors: self.errors.clone(),
+            installed_at: self
+                .reconciler
+                .installed_at()
+                .iter()
+                .filter(|(ip, _)| self.node.core.entry(**ip).is_some())
+                .map(|(ip, at)| (*ip, *at))
+                .collect(),
         }
     }
 

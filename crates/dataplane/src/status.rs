@@ -2,7 +2,7 @@
 //! counters of every port and drop reason, health-probe answers. The router writes it to its
 //! state directory a few times a second; the manager (and `ipshadow demo`) read it.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
 use ipshadow_core::l2::PortStats;
@@ -40,6 +40,10 @@ pub struct Status {
     pub reset_clients: BTreeSet<(Ipv4Addr, u16)>,
     /// What could not be applied from the desired state, as of the last change.
     pub errors: Vec<String>,
+    /// When the router installed each shadowed address's entry (its clock, unix microseconds
+    /// under `ipshadow router` and `serve`).
+    #[serde(default)]
+    pub installed_at: BTreeMap<Ipv4Addr, Instant>,
 }
 
 /// A migration that left the shadowing table.

@@ -246,6 +246,28 @@ impl DhcpServer {
         changes
     }
 
+    /// Takes a new configuration (the inventory's reservations changed) without losing state:
+    /// leases, declined addresses, plans, counters and pending events carry over; leases the new
+    /// reservations no longer allow are ended as at [`DhcpServer::restore`]. Open offers are
+    /// dropped (their clients ask again). Returns the changes to persist; on error nothing
+    /// changed.
+    pub fn reconfigure(&mut self, config: DhcpConfig, now: u64) -> Result<Vec<LeaseChange>, ConfigError> {
+        let mut next = Self::new(config)?;
+        let leases: Vec<Lease> = self.leases.iter().cloned().collect();
+        next.plans = core::mem::take(&mut self.plans);
+        let changes = next.restore(leases, now);
+        next.declined = core::mem::take(&mut self.declined);
+        next.events = core::mem::take(&mut self.events);
+        next.counters = core::mem::take(&mut self.counters);
+        *self = next;
+        Ok(changes)
+    }
+
+    /// The configuration in use.
+    pub fn config(&self) -> &DhcpConfig {
+        &self.config
+    }
+
     /// The lease table.
     pub fn leases(&self) -> &LeaseTable {
         &self.leases

@@ -10,7 +10,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::config::{DhcpConfig, MigrationConfigState};
 use crate::plan::{MigrationPlan, PlanState};
-use crate::server::{DhcpServer, Handled, Reply};
+use crate::server::{DhcpServer, Handled, LeaseEvent, Reply};
 use crate::socket::{Arrival, DhcpSocket, routes};
 use crate::store::{LeaseStore, StoreError};
 use crate::{ConfigError, PlanError};
@@ -102,6 +102,12 @@ impl Service {
         self.socket.local_addr()
     }
 
+    /// How long [`Service::step`] waits for a first request at most (500 ms unless set): a
+    /// caller that interleaves [`Service::follow`] sets how late a new plan may be.
+    pub fn set_wait(&self, wait: std::time::Duration) -> Result<(), ServiceError> {
+        self.socket.set_wait(wait).map_err(socket_error("set timeout"))
+    }
+
     /// The server's state.
     pub fn server(&self) -> &DhcpServer {
         &self.server
@@ -122,49 +128,8 @@ impl Service {
 
     fn serve(&mut self, stop: &AtomicBool, events: &mut impl std::io::Write) -> Result<(), ServiceError> {
         let mut buf = vec![0u8; 2048];
-        // Each request with where it arrived: its reply leaves through the same interface.
-        let mut batch: Vec<(Handled, Option<Arrival>)> = Vec::with_capacity(BATCH);
         while !stop.load(Ordering::Relaxed) {
-            match self.socket.recv(&mut buf, true) {
-                Ok((n, arrival)) => batch.push((self.server.handle(&buf[..n], unix_now()), arrival)),
-                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted) => {}
-                Err(e) => return Err(socket_error("receive")(e)),
-            }
-            if !batch.is_empty() {
-                // Take whatever else is waiting, so one commit serves them all.
-                while batch.len() < BATCH {
-                    match self.socket.recv(&mut buf, false) {
-                        Ok((n, arrival)) => batch.push((self.server.handle(&buf[..n], unix_now()), arrival)),
-                        Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-                        Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                        Err(e) => return Err(socket_error("receive")(e)),
-                    }
-                }
-            }
-            // Replies that change no lease (OFFER, NAK, INFORM answers) need no commit: they go
-            // out now, so clients are not kept waiting behind the fsync.
-            for (handled, arrival) in &mut batch {
-                if handled.changes.is_empty()
-                    && let Some(reply) = handled.reply.take()
-                {
-                    self.send(&reply, *arrival);
-                }
-            }
-            let now = unix_now();
-            let mut changes: Vec<_> = batch.iter_mut().flat_map(|(h, _)| h.changes.drain(..)).collect();
-            if now != self.last_expiry {
-                self.last_expiry = now;
-                changes.extend(self.server.expire(now));
-            }
-            if !changes.is_empty() {
-                self.store.commit(&changes)?;
-            }
-            for (handled, arrival) in batch.drain(..) {
-                if let Some(reply) = handled.reply {
-                    self.send(&reply, arrival);
-                }
-            }
-            for event in self.server.take_events() {
+            for event in self.step_with(&mut buf)? {
                 if let Ok(line) = serde_json::to_string(&event) {
                     let _ = writeln!(events, "{line}");
                 }
@@ -172,6 +137,111 @@ impl Service {
             let _ = events.flush();
         }
         Ok(())
+    }
+
+    /// Serves one batch: waits for requests up to the socket's receive timeout, decides them,
+    /// commits their lease changes (and expired leases) durably, sends the replies. Returns the
+    /// lease events. For a caller that interleaves its own work ([`Service::follow`]).
+    pub fn step(&mut self) -> Result<Vec<LeaseEvent>, ServiceError> {
+        if self.failed {
+            return Err(ServiceError::Failed);
+        }
+        let mut buf = vec![0u8; 2048];
+        let result = self.step_with(&mut buf);
+        self.failed = result.is_err();
+        result
+    }
+
+    fn step_with(&mut self, buf: &mut [u8]) -> Result<Vec<LeaseEvent>, ServiceError> {
+        // Each request with where it arrived: its reply leaves through the same interface.
+        let mut batch: Vec<(Handled, Option<Arrival>)> = Vec::new();
+        match self.socket.recv(buf, true) {
+            Ok((n, arrival)) => batch.push((self.server.handle(&buf[..n], unix_now()), arrival)),
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted) => {}
+            Err(e) => return Err(socket_error("receive")(e)),
+        }
+        if !batch.is_empty() {
+            // Take whatever else is waiting, so one commit serves them all.
+            while batch.len() < BATCH {
+                match self.socket.recv(buf, false) {
+                    Ok((n, arrival)) => batch.push((self.server.handle(&buf[..n], unix_now()), arrival)),
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                    Err(e) => return Err(socket_error("receive")(e)),
+                }
+            }
+        }
+        // Replies that change no lease (OFFER, NAK, INFORM answers) need no commit: they go
+        // out now, so clients are not kept waiting behind the fsync.
+        for (handled, arrival) in &mut batch {
+            if handled.changes.is_empty()
+                && let Some(reply) = handled.reply.take()
+            {
+                self.send(&reply, *arrival);
+            }
+        }
+        let now = unix_now();
+        let mut changes: Vec<_> = batch.iter_mut().flat_map(|(h, _)| h.changes.drain(..)).collect();
+        if now != self.last_expiry {
+            self.last_expiry = now;
+            changes.extend(self.server.expire(now));
+        }
+        if !changes.is_empty() {
+            self.store.commit(&changes)?;
+        }
+        for (handled, arrival) in batch.drain(..) {
+            if let Some(reply) = handled.reply {
+                self.send(&reply, arrival);
+            }
+        }
+        Ok(self.server.take_events())
+    }
+
+    /// Follows the manager: the inventory's reservations and the migrations' lease plans. New
+    /// reservations replace the old ones (leases kept); a plan the server does not have is
+    /// added (an ended one restored as it is); an active plan the manager ended is ended. A plan
+    /// the server ended itself (B's DECLINE) stays ended: the manager hears of it through the
+    /// lease event. Every change is committed before the next reply. Returns the plans refused
+    /// (the rest still apply).
+    pub fn follow(
+        &mut self,
+        reservations: Vec<crate::Reservation>,
+        plans: &[MigrationPlan],
+    ) -> Result<Vec<(u64, PlanError)>, ServiceError> {
+        if self.failed {
+            return Err(ServiceError::Failed);
+        }
+        let now = unix_now();
+        let mut changes = Vec::new();
+        if reservations != self.server.config().reservations {
+            let config = DhcpConfig { reservations, ..self.server.config().clone() };
+            changes.extend(self.server.reconfigure(config, now)?);
+        }
+        let mut refused = Vec::new();
+        for plan in plans {
+            let result = match self.server.plan(plan.id) {
+                None if plan.is_active() => self.server.add_plan(plan.clone()),
+                None => {
+                    self.server.restore_plan(plan.clone());
+                    Ok(())
+                }
+                Some(current) if current.is_active() && !plan.is_active() => {
+                    self.server.end_plan(plan.id, plan.state.clone())
+                }
+                Some(_) => continue,
+            };
+            match result {
+                Ok(()) => changes.extend(self.server.plan(plan.id).cloned().map(crate::LeaseChange::Plan)),
+                Err(e) => refused.push((plan.id, e)),
+            }
+        }
+        if !changes.is_empty()
+            && let Err(e) = self.store.commit(&changes)
+        {
+            self.failed = true;
+            return Err(e.into());
+        }
+        Ok(refused)
     }
 }
 

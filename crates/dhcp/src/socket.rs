@@ -132,6 +132,11 @@ impl DhcpSocket {
         Ok(Self { socket, cmsg: nix::cmsg_space!(libc::in_pktinfo) })
     }
 
+    /// How long a waiting receive blocks at most.
+    pub(crate) fn set_wait(&self, wait: Duration) -> std::io::Result<()> {
+        self.socket.set_read_timeout(Some(wait))
+    }
+
     /// The bound address.
     pub(crate) fn local_addr(&self) -> Option<SocketAddr> {
         self.socket.local_addr().ok()

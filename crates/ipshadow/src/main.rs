@@ -3,6 +3,7 @@
 //! Subcommands so far: `simulate` (the migration in a deterministic simulated network) and
 //! `dhcp` (the DHCP server alone).
 
+mod client;
 mod demo;
 mod dhcp;
 pub(crate) mod lab;
@@ -46,6 +47,18 @@ enum Command {
     /// Run the Shadow Router on Linux interfaces (AF_PACKET; needs root): it follows the
     /// desired state in its state directory and reports its status there.
     Router(router::RouterArgs),
+    /// Add, list, show or remove VMs through the API (--api URL / IPSHADOW_API, --token /
+    /// IPSHADOW_TOKEN).
+    Vm(client::inventory::VmArgs),
+    /// Add, list or show addresses through the API.
+    Address(client::inventory::AddressArgs),
+    /// Reassign an address to another VM: at once, or with --migrate without dropping
+    /// connections (--watch follows the migration).
+    Reassign(client::migrations::ReassignArgs),
+    /// List, show, pause, resume, promote, abort or watch (live progress) migrations.
+    Migration(client::migrations::MigrationArgs),
+    /// Show the shadowing table: every address shadowed now, with its split.
+    Shadowing(client::migrations::ShadowingArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -58,6 +71,11 @@ fn main() -> std::process::ExitCode {
         Command::Lab(args) => lab::run(&args),
         Command::Serve(args) => serve::run(&args),
         Command::Demo(args) => demo::run(&args),
+        Command::Vm(args) => client::inventory::run_vm(&args),
+        Command::Address(args) => client::inventory::run_address(&args),
+        Command::Reassign(args) => client::migrations::run_reassign(&args),
+        Command::Migration(args) => client::migrations::run_migration(&args),
+        Command::Shadowing(args) => client::migrations::run_shadowing(&args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

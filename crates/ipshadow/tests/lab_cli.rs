@@ -60,7 +60,7 @@ fn bad_options_get_one_clear_line() {
     for (args, expect) in [
         (&["demo", "--lifetime", "5", "2"][..], "--lifetime"),
         (&["demo", "--deadline", "0"], "--deadline"),
-        (&["demo", "--router-restart-at", "90"], "--router-restart-at"),
+        (&["demo", "--restart-at", "90"], "--restart-at"),
         (&["demo", "--ramp", "50,10"], "--ramp"),
         (&["lab", "status", "--prefix", "no spaces!"], "bad prefix"),
         (&["lab", "status", "--prefix", "muchtoolongprefix"], "bad prefix"),

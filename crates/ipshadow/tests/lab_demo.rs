@@ -1,7 +1,8 @@
 //! `ipshadow demo` in the lab: real Linux TCP connections (500 long-lived plus churn) through the
-//! Shadow Router on AF_PACKET while 10.0.0.10 moves from VM A to VM B. The flow strategy breaks
-//! none, the router killed with SIGKILL mid-migration breaks none, an instant reassignment breaks
-//! those on A. Needs root; with CI=true it fails rather than skips.
+//! Shadow Router on AF_PACKET while 10.0.0.10 moves from VM A to VM B, driven through the API of
+//! `ipshadow serve` in the lab. The flow strategy breaks none, `serve` killed with SIGKILL
+//! mid-ramp resumes where its store says and breaks none, an instant reassignment breaks those
+//! on A. Needs root; with CI=true it fails rather than skips.
 
 #![allow(clippy::unwrap_used)]
 
@@ -79,12 +80,31 @@ fn flow_strategy_moves_the_address_without_breaking_a_connection() {
     assert_eq!(n(&r, "/cut_at_deadline"), 0, "A's connections all ended before its deadline");
 }
 
+/// The restart test: `ipshadow serve` (API, manager, DHCP server and router in one
+/// process) killed with SIGKILL mid-ramp and started again resumes the migration at the split
+/// and deadline recorded in its store, with every lease still there, and breaks no connection.
 #[test]
-fn a_router_killed_mid_migration_breaks_no_connection() {
-    let Some(r) = demo("k", &["--router-restart-at", "15"]) else { return };
+fn serve_killed_mid_ramp_resumes_at_the_recorded_split_and_deadline() {
+    let Some(r) = demo("k", &["--restart-at", "12"]) else { return };
     completed_with_both_vms_serving(&r, "flow");
-    assert_eq!(r["timeline"]["router_restarts"].as_array().map(Vec::len), Some(1));
     assert_eq!(n(&r, "/connections_broken"), 0);
+    let restarts = r["restarts"].as_array().unwrap();
+    assert_eq!(restarts.len(), 1);
+    let k = &restarts[0];
+    assert_eq!(k["state_before"], "ramping", "killed mid-ramp: {k}");
+    assert_eq!(k["state_after"], "ramping", "the migration is still there, still ramping: {k}");
+    let (recorded, resumed) = (k["recorded_split_pct"].as_f64().unwrap(), k["resumed_split_pct"].as_f64());
+    assert!(recorded > 0.0 && recorded < 100.0, "{k}");
+    let resumed = resumed.expect("the new router reported the entry");
+    // Resumed where recorded: the ramp goes on from there (the next step may have come since),
+    // never back to its start.
+    assert!(resumed >= recorded && resumed <= 100.0, "resumed at {resumed} % after {recorded} % recorded");
+    assert_eq!(k["resumed_deadline_ms"], k["deadline_ms"], "the same deadline: {k}");
+    // No lease lost: A's and B's leases on X are the same ones after the restart.
+    let leases = k["leases_before"].as_array().unwrap();
+    assert_eq!(leases.len(), 2, "A and B hold X: {k}");
+    assert_eq!(k["leases_after"], k["leases_before"]);
+    assert!(n(&r, "/migration/id") > 0);
     // The new process learned the flows it did not know from the VMs' replies.
     assert!(n(&r, "/router/counters/inbound_frames") > 0);
 }

@@ -24,9 +24,11 @@ pub struct CreateAddress {
     pub ip: Ipv4Addr,
     /// The owner's VM holding it, if any.
     #[serde(default)]
+    #[schema(pattern = "^[A-Za-z0-9._-]{1,64}$")]
     pub vm: Option<String>,
     /// The owner: required for the admin; a tenant may omit it or name itself.
     #[serde(default)]
+    #[schema(pattern = "^[A-Za-z0-9._-]{1,64}$")]
     pub tenant: Option<String>,
 }
 
@@ -34,9 +36,18 @@ pub struct CreateAddress {
 #[derive(Serialize, Deserialize, ToSchema)]
 pub struct Moved {
     /// Always `moved`.
-    pub result: String,
+    pub result: MoveResult,
     /// The address as it is now.
     pub address: Address,
+}
+
+/// What [`Moved::result`] says: one value, so that a client can tell the two answers of a
+/// reassignment apart by it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum MoveResult {
+    /// The address has moved.
+    Moved,
 }
 
 /// The addresses the caller may see.
@@ -52,10 +63,10 @@ pub async fn list_addresses<S: Store>(
 /// Adds an address, held by one of the owner's VMs or by none.
 #[utoipa::path(post, path = "/v1/addresses", tag = "addresses", security(("bearer" = [])),
     request_body = CreateAddress,
-    params(("Idempotency-Key" = Option<String>, Header, description = "Retry-safe key, 1-128 visible ASCII")),
-    responses((status = 201, body = Address), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
-        (status = 422, body = ErrorBody)))]
+    responses((status = 201, body = Address, description = "Added"),
+        (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody, description = "No such VM of the owner"),
+        (status = 409, body = ErrorBody, description = "The address exists (`exists`)")))]
 pub async fn create_address<S: Store>(
     State(state): State<ApiState<S>>,
     caller: Caller,
@@ -73,9 +84,8 @@ pub async fn create_address<S: Store>(
 
 /// One address.
 #[utoipa::path(get, path = "/v1/addresses/{ip}", tag = "addresses", security(("bearer" = [])),
-    params(("ip" = String, Path, description = "IPv4 address")),
-    responses((status = 200, body = Address), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-        (status = 404, body = ErrorBody)))]
+    params(("ip" = String, Path, description = "IPv4 address", format = Ipv4)),
+    responses((status = 200, body = Address)))]
 pub async fn get_address<S: Store>(
     State(state): State<ApiState<S>>,
     caller: Caller,
@@ -89,13 +99,13 @@ pub async fn get_address<S: Store>(
 /// connections.
 #[utoipa::path(post, path = "/v1/addresses/{ip}/reassign", tag = "addresses", security(("bearer" = [])),
     request_body = ReassignRequest,
-    params(("ip" = String, Path, description = "IPv4 address"),
-        ("Idempotency-Key" = Option<String>, Header, description = "Retry-safe key, 1-128 visible ASCII")),
+    params(("ip" = String, Path, description = "IPv4 address", format = Ipv4)),
     responses((status = 200, body = Moved, description = "Moved at once"),
         (status = 202, body = Migration, description = "Migration started",
-            headers(("Location" = String, description = "The migration"))),
-        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
-        (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
+            headers(("Location" = String, description = "The migration (`/v1/migrations/{id}`)"))),
+        (status = 404, body = ErrorBody, description = "No such address, or no such VM of its owner"),
+        (status = 409, body = ErrorBody,
+            description = "Already migrating, already held by that VM, or held by no VM with `migrate`")))]
 pub async fn reassign<S: Store>(
     State(state): State<ApiState<S>>,
     caller: Caller,
@@ -104,18 +114,19 @@ pub async fn reassign<S: Store>(
 ) -> ApiResult {
     let now = (state.clock)();
     let policy = state.policy;
+    let lease_end = state.parts.lease_end.as_ref().and_then(|f| f(ip));
     let done = state
         .blocking(move |inv| {
-            // The source's lease end is unknown here until the DHCP server is wired to the
-            // manager: the deadline is then the requested one, or the policy's default.
-            match inv.reassign(caller.tenant(), ip, &request, now, None, policy)? {
+            // The seed's default deadline: the end of A's current lease, when a DHCP server
+            // runs in this process and A holds one; else the requested one or the policy's.
+            match inv.reassign(caller.tenant(), ip, &request, now, lease_end, policy)? {
                 Reassigned::Moved => Ok(Err(inv.address(caller.tenant(), ip)?.value)),
                 Reassigned::Migrating(m) => Ok(Ok(m)),
             }
         })
         .await?;
     Ok(match done {
-        Err(address) => (StatusCode::OK, Json(Moved { result: "moved".to_owned(), address })).into_response(),
+        Err(address) => (StatusCode::OK, Json(Moved { result: MoveResult::Moved, address })).into_response(),
         Ok(m) => {
             let location = HeaderValue::from_str(&format!("/v1/migrations/{}", m.id))
                 .map_err(|e| ApiError::internal(e.to_string()))?;

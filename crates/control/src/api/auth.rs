@@ -95,10 +95,14 @@ impl Caller {
     }
 }
 
-/// The caller named by the request's `Authorization: Bearer` header.
+/// The caller named by the request's `Authorization: Bearer` header (the scheme's name in any
+/// case: RFC 9110 11.1).
 pub(crate) fn authenticate(headers: &axum::http::HeaderMap, tokens: &TokenTable) -> Result<Caller, ApiError> {
     let value = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).ok_or_else(ApiError::unauthorized)?;
-    let token = value.strip_prefix("Bearer ").ok_or_else(ApiError::unauthorized)?;
+    let (scheme, token) = value.trim_start().split_once(' ').ok_or_else(ApiError::unauthorized)?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return Err(ApiError::unauthorized());
+    }
     tokens.caller(token.trim()).ok_or_else(ApiError::unauthorized)
 }
 
@@ -122,5 +126,22 @@ mod tests {
         assert_eq!(table.caller("t-acm"), None);
         assert_eq!(table.caller(""), None);
         assert!(!format!("{table:?}").contains("root"));
+    }
+
+    #[test]
+    fn the_scheme_is_bearer_in_any_case() {
+        let table = TokenTable::new("root").with_tenant("t-acme", "acme");
+        let with = |value: &str| {
+            let mut headers = axum::http::HeaderMap::new();
+            headers.insert(header::AUTHORIZATION, value.parse().expect("a header value"));
+            authenticate(&headers, &table).ok()
+        };
+        assert_eq!(with("Bearer root"), Some(Caller::Admin));
+        assert_eq!(with("bearer t-acme"), Some(Caller::Tenant("acme".into())));
+        assert_eq!(with("BEARER  root "), Some(Caller::Admin));
+        for refused in ["Basic root", "Bearer", "Bearerroot", "root", "Bearer t-acm"] {
+            assert_eq!(with(refused), None, "{refused}");
+        }
+        assert_eq!(authenticate(&axum::http::HeaderMap::new(), &table).ok(), None);
     }
 }

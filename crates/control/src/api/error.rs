@@ -17,7 +17,8 @@ use crate::inventory::InventoryError;
 pub struct ErrorBody {
     /// Machine-readable code: `not_found`, `exists`, `conflict`, `raced` (retry), `invalid`,
     /// `idempotency_key_reused`, `unauthorized`, `forbidden`, `bad_request`,
-    /// `method_not_allowed`, `internal`.
+    /// `method_not_allowed`, `internal` (the document's `ErrorCode`).
+    #[schema(value_type = super::schema::ErrorCodeSchema)]
     pub error: String,
     /// What went wrong, for a human.
     pub message: String,

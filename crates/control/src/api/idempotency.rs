@@ -3,9 +3,15 @@
 //! instead of a second migration.
 //!
 //! The record, under `/v1/idempotency/{tenant}/{key}`, holds a SHA-256 of the request (method,
-//! path, raw body bytes) and the response. It is written with a compare-and-swap on the key being
-//! absent right after the operation succeeded, so there is a small window between the two
-//! writes:
+//! path, raw body bytes), the response, and when it expires ([`DEFAULT_TTL_MS`], 24 h, after it
+//! was written; [`ApiState::idempotency_ttl_ms`](super::ApiState::idempotency_ttl_ms)). An
+//! expired record counts as absent: the same key then starts a new request (with the same or
+//! another body), whose success replaces the record. [`purge_expired`] deletes expired records
+//! so the store does not grow without bound (the manager's loop calls it).
+//!
+//! The record is written with a compare-and-swap (on the key being absent, or on the expired
+//! record it replaces) right after the operation succeeded, so there is a small window between
+//! the two writes:
 //! - a crash in it leaves the operation done and no record: a retry runs again and gets the
 //!   operation's own refusal (e.g. 409 "already migrating"), never a second migration, because
 //!   every operation is itself a compare-and-swap;
@@ -13,10 +19,15 @@
 //!   if the winner's record is already written, answers with it; otherwise it answers with its
 //!   own refusal and the next retry gets the recorded success.
 //!
+//! Closing the window would take the record into the operation's own transaction; the
+//! operations build and commit their transactions inside the inventory (`Inventory::reassign`,
+//! `advance`, `add_vm`, ...) and the response is made from what they return, so each of them
+//! would have to take the record (with the response it is about to cause) as extra writes.
+//!
 //! Only successes (2xx) are recorded: a refusal changes nothing, so running a refused request
 //! again is the same as running it the first time (and lets a client that fixed the state retry
 //! with the same key). The same key with a different request is refused with 422
-//! `idempotency_key_reused`. Records are kept until the store is cleaned (no expiry yet).
+//! `idempotency_key_reused` until the record expires.
 
 use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
@@ -29,13 +40,28 @@ use sha2::{Digest, Sha256};
 use super::ApiState;
 use super::auth::authenticate;
 use super::error::ApiError;
-use crate::store::{Compare, Store, Txn, TxnOutcome};
+use crate::store::{Compare, KeyValue, Store, StoreError, Txn, TxnOutcome};
 
-/// The request header.
+/// The request header (lower case, as looked up).
 pub const HEADER: &str = "idempotency-key";
+
+/// The request header as the OpenAPI document names it.
+pub const HEADER_NAME: &str = "Idempotency-Key";
+
+/// The error code of a key reused for another request.
+pub const KEY_REUSED: &str = "idempotency_key_reused";
+
+/// How long a record is kept by default: 24 hours, in milliseconds.
+pub const DEFAULT_TTL_MS: u64 = 24 * 3_600_000;
+
+/// Where the records live in the store.
+pub const PREFIX: &str = "/v1/idempotency/";
 
 /// The largest request body a keyed POST may carry (the API's bodies are a few hundred bytes).
 const MAX_BODY: usize = 64 * 1024;
+
+/// Most records [`purge_expired`] deletes in one transaction.
+const PURGE_BATCH: usize = 128;
 
 /// What is stored for a key.
 #[derive(Serialize, Deserialize)]
@@ -44,6 +70,10 @@ struct Record {
     status: u16,
     location: Option<String>,
     body: String,
+    /// When the record stops counting, unix milliseconds (0 in records written before expiry
+    /// existed: expired).
+    #[serde(default)]
+    expires_ms: u64,
 }
 
 /// 1-128 visible ASCII characters.
@@ -66,21 +96,41 @@ fn digest(method: &str, path: &str, body: &[u8]) -> String {
     h.finalize().iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// The record in `kv` if it still counts at `now_ms`: `None` when it expired or cannot be read
+/// (a record is only a remembered answer; one that cannot be read is as good as gone).
+fn live(kv: &KeyValue, now_ms: u64) -> Option<Record> {
+    serde_json::from_slice::<Record>(&kv.value).ok().filter(|r| r.expires_ms > now_ms)
+}
+
+/// What the store holds for a key.
+enum Lookup {
+    /// The same request's recorded response.
+    Replay(Response),
+    /// Nothing that counts: a new record may be written when this holds.
+    Vacant(Compare),
+}
+
 /// The recorded response for `key` if the same request made it; 422 if another request did.
-async fn replay<S: Store>(state: &ApiState<S>, key: &str, request_sha256: &str) -> Result<Option<Response>, ApiError> {
+async fn lookup<S: Store>(
+    state: &ApiState<S>,
+    key: &str,
+    request_sha256: &str,
+    now_ms: u64,
+) -> Result<Lookup, ApiError> {
     let store = state.inventory.store().clone();
     let owned_key = key.to_owned();
     let kv = tokio::task::spawn_blocking(move || store.get(&owned_key))
         .await
         .map_err(|e| ApiError::internal(format!("store task: {e}")))?
         .map_err(|e| ApiError::internal(e.to_string()))?;
-    let Some(kv) = kv else { return Ok(None) };
-    let record: Record =
-        serde_json::from_slice(&kv.value).map_err(|e| ApiError::internal(format!("stored {key} is corrupt: {e}")))?;
+    let Some(kv) = kv else { return Ok(Lookup::Vacant(Compare::Absent(key.to_owned()))) };
+    let Some(record) = live(&kv, now_ms) else {
+        return Ok(Lookup::Vacant(Compare::ModRevision(kv.key, kv.mod_revision)));
+    };
     if record.request_sha256 != request_sha256 {
         return Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
-            "idempotency_key_reused",
+            KEY_REUSED,
             "this Idempotency-Key was used for a different request",
         ));
     }
@@ -92,18 +142,58 @@ async fn replay<S: Store>(state: &ApiState<S>, key: &str, request_sha256: &str) 
         headers.insert(header::LOCATION, location);
     }
     headers.insert("idempotent-replayed", HeaderValue::from_static("true"));
-    Ok(Some(response))
+    Ok(Lookup::Replay(response))
 }
 
-/// Records a success under `key` unless a record is there already.
-async fn record<S: Store>(state: &ApiState<S>, key: &str, record: &Record) -> Result<TxnOutcome, ApiError> {
+/// Records a success under `key` if what was vacant still is (an expired record that the purge
+/// deleted meanwhile counts as vacant too); a racing twin's record is left as it is.
+async fn record<S: Store>(state: &ApiState<S>, key: &str, vacant: Compare, record: &Record) -> Result<(), ApiError> {
     let store = state.inventory.store().clone();
     let value = serde_json::to_vec(record).map_err(|e| ApiError::internal(e.to_string()))?;
-    let txn = Txn::new().when(Compare::Absent(key.to_owned())).put(key, value);
-    tokio::task::spawn_blocking(move || store.txn(txn))
+    let key = key.to_owned();
+    let write = move || -> Result<(), StoreError> {
+        let replaced_expired = matches!(vacant, Compare::ModRevision(..));
+        let outcome = store.txn(Txn::new().when(vacant).put(key.clone(), value.clone()))?;
+        if matches!(outcome, TxnOutcome::Failed(_)) && replaced_expired {
+            store.txn(Txn::new().when(Compare::Absent(key.clone())).put(key, value))?;
+        }
+        Ok(())
+    };
+    tokio::task::spawn_blocking(write)
         .await
         .map_err(|e| ApiError::internal(format!("store task: {e}")))?
         .map_err(|e| ApiError::internal(e.to_string()))
+}
+
+/// Deletes the idempotency records in `store` that expired at `now_ms` (and any that cannot be
+/// read), in transactions of up to 128 deletes, each conditional on the record still being the
+/// one read: a key reused (and so re-recorded) meanwhile keeps its new record. Returns how many
+/// records were deleted.
+///
+/// The records are read in one range (the store has no paged read): memory for one day of
+/// keyed requests.
+pub fn purge_expired<S: Store>(store: &S, now_ms: u64) -> Result<usize, StoreError> {
+    let (kvs, _) = store.range(PREFIX)?;
+    let expired: Vec<(String, u64)> =
+        kvs.into_iter().filter(|kv| live(kv, now_ms).is_none()).map(|kv| (kv.key, kv.mod_revision)).collect();
+    let delete = |txn: Txn, (key, revision): &(String, u64)| {
+        txn.when(Compare::ModRevision(key.clone(), *revision)).delete(key.clone())
+    };
+    let mut purged = 0;
+    for batch in expired.chunks(PURGE_BATCH) {
+        match store.txn(batch.iter().fold(Txn::new(), delete))? {
+            TxnOutcome::Committed(_) => purged += batch.len(),
+            TxnOutcome::Failed(_) => {
+                // One of them changed since the read: each alone, so that the others still go.
+                for one in batch {
+                    if let TxnOutcome::Committed(_) = store.txn(delete(Txn::new(), one))? {
+                        purged += 1;
+                    }
+                }
+            }
+        }
+    }
+    Ok(purged)
 }
 
 /// The middleware: POSTs with an `Idempotency-Key` header go through it, everything else
@@ -124,16 +214,17 @@ async fn keyed<S: Store>(state: ApiState<S>, request: Request, next: Next) -> Re
         Some(value) => parse_key(value)?.to_owned(),
         None => return Ok(next.run(request).await),
     };
-    let record_key = format!("/v1/idempotency/{}/{key}", caller.idempotency_space());
+    let record_key = format!("{PREFIX}{}/{key}", caller.idempotency_space());
     let (parts, body) = request.into_parts();
     let body = axum::body::to_bytes(body, MAX_BODY)
         .await
         .map_err(|e| ApiError::bad_request(format!("request body unreadable or over {MAX_BODY} bytes: {e}")))?;
     let path = parts.uri.path_and_query().map_or(parts.uri.path(), |p| p.as_str());
     let request_sha256 = digest(parts.method.as_str(), path, &body);
-    if let Some(stored) = replay(&state, &record_key, &request_sha256).await? {
-        return Ok(stored);
-    }
+    let vacant = match lookup(&state, &record_key, &request_sha256, (state.clock)()).await? {
+        Lookup::Replay(stored) => return Ok(stored),
+        Lookup::Vacant(vacant) => vacant,
+    };
     let response = next.run(Request::from_parts(parts, Body::from(body))).await;
     let (parts, body) = response.into_parts();
     let body: Bytes =
@@ -145,9 +236,10 @@ async fn keyed<S: Store>(state: ApiState<S>, request: Request, next: Next) -> Re
             status: parts.status.as_u16(),
             location,
             body: String::from_utf8_lossy(&body).into_owned(),
+            expires_ms: (state.clock)().saturating_add(state.idempotency_ttl_ms),
         };
-        record(&state, &record_key, &new).await?;
-    } else if let Some(stored) = replay(&state, &record_key, &request_sha256).await? {
+        record(&state, &record_key, vacant, &new).await?;
+    } else if let Lookup::Replay(stored) = lookup(&state, &record_key, &request_sha256, (state.clock)()).await? {
         // A racing twin with the same key succeeded and recorded it: that is the answer.
         return Ok(stored);
     }
@@ -169,5 +261,84 @@ mod tests {
     fn the_digest_separates_method_path_and_body() {
         assert_ne!(digest("POST", "/v1/a", b"b"), digest("POST", "/v1/ab", b""));
         assert_eq!(digest("POST", "/v1/a", b"{}").len(), 64);
+    }
+
+    fn store(name: &str) -> crate::RedbStore {
+        let dir = std::env::temp_dir().join(format!("ipshadow-idempotency-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("a temp dir");
+        crate::RedbStore::open(&dir.join("store.redb")).expect("a store")
+    }
+
+    fn record_expiring(expires_ms: u64) -> Vec<u8> {
+        let r = Record { request_sha256: "00".into(), status: 201, location: None, body: "{}".into(), expires_ms };
+        serde_json::to_vec(&r).expect("a record")
+    }
+
+    fn keys(store: &impl Store) -> Vec<String> {
+        store.range(PREFIX).expect("a range").0.into_iter().map(|kv| kv.key).collect()
+    }
+
+    /// More expired records than one batch holds all go; live ones and other keys stay; an
+    /// unreadable record counts as expired.
+    #[test]
+    fn the_purge_deletes_exactly_the_expired_records_in_batches() {
+        let store = store("batches");
+        let mut txn = Txn::new().put("/v1/vms/vm-a", b"{}".to_vec()).put(format!("{PREFIX}@admin/bad"), b"[".to_vec());
+        for i in 0..300 {
+            let expires = if i < 2 * PURGE_BATCH + 7 { 1_000 } else { 5_000 };
+            txn = txn.put(format!("{PREFIX}acme/k{i:03}"), record_expiring(expires));
+        }
+        store.txn(txn).expect("seeded");
+        assert_eq!(purge_expired(&store, 999).expect("purged"), 1, "only the unreadable one is due");
+        assert_eq!(purge_expired(&store, 1_000).expect("purged"), 2 * PURGE_BATCH + 7);
+        let left = keys(&store);
+        assert_eq!(left.len(), 300 - (2 * PURGE_BATCH + 7));
+        assert!(left.iter().all(|k| k.as_str() >= "/v1/idempotency/acme/k263"), "{left:?}");
+        assert!(store.get("/v1/vms/vm-a").expect("a read").is_some(), "not a record: untouched");
+        assert_eq!(purge_expired(&store, 1_000).expect("purged"), 0);
+        assert_eq!(purge_expired(&store, 5_000).expect("purged"), 300 - (2 * PURGE_BATCH + 7));
+        assert_eq!(keys(&store), Vec::<String>::new());
+    }
+
+    /// A store that, on the first transaction, first re-records one key (a key reused after its
+    /// record expired, racing the purge).
+    #[derive(Clone)]
+    struct Racing {
+        inner: crate::RedbStore,
+        key: String,
+        fired: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    }
+
+    impl Store for Racing {
+        fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {
+            self.inner.get(key)
+        }
+        fn range(&self, prefix: &str) -> Result<(Vec<KeyValue>, u64), StoreError> {
+            self.inner.range(prefix)
+        }
+        fn txn(&self, txn: Txn) -> Result<TxnOutcome, StoreError> {
+            if !self.fired.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                self.inner.txn(Txn::new().put(self.key.clone(), record_expiring(9_000)))?;
+            }
+            self.inner.txn(txn)
+        }
+        fn watch(&self, prefix: &str, after: u64) -> Result<crate::store::Watcher, StoreError> {
+            self.inner.watch(prefix, after)
+        }
+    }
+
+    #[test]
+    fn a_record_written_again_during_the_purge_is_kept() {
+        let inner = store("racing");
+        let mut txn = Txn::new();
+        for i in 0..5 {
+            txn = txn.put(format!("{PREFIX}acme/k{i}"), record_expiring(1_000));
+        }
+        inner.txn(txn).expect("seeded");
+        let key = format!("{PREFIX}acme/k2");
+        let racing = Racing { inner: inner.clone(), key: key.clone(), fired: Default::default() };
+        assert_eq!(purge_expired(&racing, 2_000).expect("purged"), 4);
+        assert_eq!(keys(&inner), [key]);
     }
 }

@@ -33,7 +33,7 @@ fn state_name(state: MigrationState) -> String {
 
 /// Counts of VMs, addresses and migrations by state, and each shadowed address's split.
 #[utoipa::path(get, path = "/metrics", tag = "meta", security(("bearer" = [])),
-    responses((status = 200, description = "Prometheus text format", content_type = "text/plain"),
+    responses((status = 200, description = "Prometheus text format (version 0.0.4)", content_type = "text/plain", body = String),
         (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
 pub async fn metrics<S: Store>(State(state): State<ApiState<S>>, caller: Caller) -> Result<Response, ApiError> {
     if caller.tenant().is_some() {

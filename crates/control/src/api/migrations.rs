@@ -1,5 +1,6 @@
 //! `/v1/migrations`: the migrations the caller may see, and the user's controls over one
-//! (pause, resume, abort). The manager moves them through the other states.
+//! (pause, resume, promote, abort). The manager moves them through the other states; their
+//! changes can be followed as server-sent events ([`super::events`]).
 
 use axum::Json;
 use axum::extract::State;
@@ -91,4 +92,19 @@ pub async fn abort_migration<S: Store>(
     ApiPath(id): ApiPath<u64>,
 ) -> Result<Json<Migration>, ApiError> {
     control(state, caller, id, MigrationEvent::Abort).await
+}
+
+/// Sends every new flow to B from now on (the migration must be ramping or paused, and not yet
+/// promoted); the state does not change, and the deadline still ends A's remaining flows.
+#[utoipa::path(post, path = "/v1/migrations/{id}/promote", tag = "migrations", security(("bearer" = [])),
+    params(("id" = u64, Path, description = "Migration id"),
+        ("Idempotency-Key" = Option<String>, Header, description = "Retry-safe key, 1-128 visible ASCII")),
+    responses((status = 200, body = Migration), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
+pub async fn promote_migration<S: Store>(
+    State(state): State<ApiState<S>>,
+    caller: Caller,
+    ApiPath(id): ApiPath<u64>,
+) -> Result<Json<Migration>, ApiError> {
+    control(state, caller, id, MigrationEvent::Promote).await
 }

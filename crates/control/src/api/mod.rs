@@ -1,5 +1,6 @@
 //! The versioned JSON REST API (`/v1/...`): VMs, addresses, the seed's reassign call with
-//! `migrate`, and migrations with pause, resume and abort; `/healthz` and `/openapi.json`.
+//! `migrate`, and migrations with pause, resume, promote and abort, and their changes as
+//! server-sent events ([`events`]); `/healthz` and `/openapi.json`.
 //!
 //! Every request is authenticated by a bearer token ([`auth`]); every error has one JSON shape
 //! ([`error`]); POSTs may carry an idempotency key ([`idempotency`]). Store calls are
@@ -8,9 +9,11 @@
 pub mod addresses;
 pub mod auth;
 pub mod error;
+pub mod events;
 pub mod idempotency;
 pub mod metrics;
 pub mod migrations;
+pub mod parts;
 pub mod schema;
 pub mod shadowing;
 pub mod vms;
@@ -27,6 +30,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 
 pub use auth::{Caller, TokenTable};
 pub use error::{ApiError, ErrorBody};
+use schema::SharedResponses;
 
 use crate::inventory::Inventory;
 use crate::reassign::DeadlinePolicy;
@@ -48,6 +52,34 @@ pub struct ApiState<S: Store> {
     pub clock: Clock,
     /// Limits on requested deadlines.
     pub policy: DeadlinePolicy,
+    /// How long an idempotency record answers retries, milliseconds (24 h by default).
+    pub idempotency_ttl_ms: u64,
+    /// The other parts running in this process, when there are.
+    pub parts: Parts,
+    /// Set once [`serve`] begins to shut down: long-lived responses (event streams) end then,
+    /// or the graceful shutdown would wait for them forever.
+    pub(crate) stopping: Arc<tokio::sync::watch::Sender<bool>>,
+}
+
+/// The end of the current (not shadowed) lease on an address, unix milliseconds.
+pub type LeaseEndSource = Arc<dyn Fn(std::net::Ipv4Addr) -> Option<u64> + Send + Sync>;
+
+/// The router's last status report.
+pub type RouterStatusSource = Arc<dyn Fn() -> Option<ipshadow_dataplane::Status> + Send + Sync>;
+
+/// The DHCP server's status (leases, counters, lease events by kind) as JSON.
+pub type DhcpStatusSource = Arc<dyn Fn() -> Option<serde_json::Value> + Send + Sync>;
+
+/// What the API may ask of the DHCP server and the router running in the same process
+/// (`ipshadow serve`); both absent when the API runs alone.
+#[derive(Clone, Default)]
+pub struct Parts {
+    /// A's lease end: the default deadline of a migration (the seed's rule).
+    pub lease_end: Option<LeaseEndSource>,
+    /// The router's status.
+    pub router_status: Option<RouterStatusSource>,
+    /// The DHCP server's status.
+    pub dhcp_status: Option<DhcpStatusSource>,
 }
 
 // Derived `Clone` would require `S: Clone` on the struct's users for no reason; every field is a
@@ -59,6 +91,9 @@ impl<S: Store> Clone for ApiState<S> {
             tokens: self.tokens.clone(),
             clock: self.clock.clone(),
             policy: self.policy,
+            idempotency_ttl_ms: self.idempotency_ttl_ms,
+            parts: self.parts.clone(),
+            stopping: self.stopping.clone(),
         }
     }
 }
@@ -71,12 +106,27 @@ impl<S: Store> ApiState<S> {
             tokens: Arc::new(tokens),
             clock: Arc::new(system_clock_ms),
             policy: DeadlinePolicy::default(),
+            idempotency_ttl_ms: idempotency::DEFAULT_TTL_MS,
+            parts: Parts::default(),
+            stopping: Arc::new(tokio::sync::watch::Sender::new(false)),
         }
+    }
+
+    /// Connects the API to the DHCP server and the router of this process.
+    pub fn with_parts(mut self, parts: Parts) -> Self {
+        self.parts = parts;
+        self
     }
 
     /// Replaces the clock.
     pub fn with_clock(mut self, clock: impl Fn() -> u64 + Send + Sync + 'static) -> Self {
         self.clock = Arc::new(clock);
+        self
+    }
+
+    /// Replaces how long idempotency records answer retries.
+    pub fn with_idempotency_ttl_ms(mut self, ttl_ms: u64) -> Self {
+        self.idempotency_ttl_ms = ttl_ms;
         self
     }
 
@@ -122,11 +172,15 @@ fn system_clock_ms() -> u64 {
         migrations::pause_migration,
         migrations::resume_migration,
         migrations::abort_migration,
+        migrations::promote_migration,
+        events::migration_events,
         shadowing::list_shadowing,
+        parts::router_status,
+        parts::dhcp_status,
         metrics::metrics,
     ),
     components(schemas(ErrorBody, Health)),
-    modifiers(&BearerScheme),
+    modifiers(&BearerScheme, &SharedResponses),
 )]
 pub struct ApiDoc;
 
@@ -182,9 +236,13 @@ pub fn router<S: Store>(state: ApiState<S>) -> Router {
         .route("/v1/migrations/{id}/pause", post(migrations::pause_migration::<S>))
         .route("/v1/migrations/{id}/resume", post(migrations::resume_migration::<S>))
         .route("/v1/migrations/{id}/abort", post(migrations::abort_migration::<S>))
+        .route("/v1/migrations/{id}/promote", post(migrations::promote_migration::<S>))
+        .route("/v1/migrations/{id}/events", get(events::migration_events::<S>))
         .route("/v1/shadowing", get(shadowing::list_shadowing::<S>))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), idempotency::layer::<S>))
         .route("/metrics", get(metrics::metrics::<S>))
+        .route("/v1/router/status", get(parts::router_status::<S>))
+        .route("/v1/dhcp/status", get(parts::dhcp_status::<S>))
         .route("/healthz", get(health))
         .route("/openapi.json", get(openapi))
         .fallback(error::not_found)
@@ -199,5 +257,10 @@ pub async fn serve<S: Store>(
     state: ApiState<S>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    let stopping = state.stopping.clone();
+    let shutdown = async move {
+        shutdown.await;
+        stopping.send_replace(true);
+    };
     axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await
 }

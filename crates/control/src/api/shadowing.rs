@@ -18,7 +18,7 @@ use crate::store::Store;
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ShadowingView {
     /// The shadowed address.
-    #[schema(value_type = String, format = "ipv4")]
+    #[schema(value_type = String, format = Ipv4)]
     pub ip_address: Ipv4Addr,
     /// VM A, the address's old holder.
     pub source_vm_id: String,
@@ -29,8 +29,8 @@ pub struct ShadowingView {
     /// Share of new flows sent to B, percent, as last recorded from the router.
     pub traffic_split_percentage: f64,
     /// The AIMD parameters of the split.
-    #[schema(value_type = Object)]
-    pub congestion_control_parameters: serde_json::Value,
+    #[schema(value_type = super::schema::CongestionControlParametersSchema)]
+    pub congestion_control_parameters: CongestionControlParameters,
     /// The migration's state.
     pub state: MigrationState,
     /// The migration behind the entry.
@@ -46,7 +46,7 @@ pub async fn list_shadowing<S: Store>(
     State(state): State<ApiState<S>>,
     caller: Caller,
 ) -> Result<Json<Vec<ShadowingView>>, ApiError> {
-    let params = serde_json::to_value(CongestionControlParameters::default()).unwrap_or_default();
+    let params = CongestionControlParameters::default();
     let migrations = state.blocking(move |inv| Ok(inv.migrations(caller.tenant())?)).await?;
     let rows = migrations
         .into_iter()
@@ -57,7 +57,7 @@ pub async fn list_shadowing<S: Store>(
             destination_vm_id: m.destination,
             migration_start_time: m.created_ms,
             traffic_split_percentage: m.split_pct,
-            congestion_control_parameters: params.clone(),
+            congestion_control_parameters: params,
             state: m.lifecycle.state,
             migration_id: m.id,
             deadline_ms: m.deadline_ms,

@@ -16,13 +16,18 @@ use crate::store::Store;
 #[serde(deny_unknown_fields)]
 pub struct CreateVm {
     /// Its id (unique across tenants): 1-64 letters, digits, `-`, `_`, `.`.
+    #[schema(pattern = "^[A-Za-z0-9._-]{1,64}$")]
     pub id: String,
     /// Its interface's MAC address (`02:00:00:00:00:0a`).
+    #[schema(pattern = "^[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}$")]
     pub mac: String,
-    /// Where the router reaches it.
+    /// Where the router reaches it (the router port, by VM id, or a segment name): 1-64 letters,
+    /// digits, `-`, `_`, `.`.
+    #[schema(pattern = "^[A-Za-z0-9._-]{1,64}$")]
     pub segment: String,
     /// The owner: required for the admin; a tenant may omit it or name itself.
     #[serde(default)]
+    #[schema(pattern = "^[A-Za-z0-9._-]{1,64}$")]
     pub tenant: Option<String>,
 }
 
@@ -35,9 +40,9 @@ pub async fn list_vms<S: Store>(State(state): State<ApiState<S>>, caller: Caller
 
 /// Adds a VM.
 #[utoipa::path(post, path = "/v1/vms", tag = "vms", security(("bearer" = [])), request_body = CreateVm,
-    params(("Idempotency-Key" = Option<String>, Header, description = "Retry-safe key, 1-128 visible ASCII")),
-    responses((status = 201, body = Vm), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-        (status = 403, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
+    responses((status = 201, body = Vm, description = "Added"),
+        (status = 403, body = ErrorBody),
+        (status = 409, body = ErrorBody, description = "A VM with this id exists (`exists`)")))]
 pub async fn create_vm<S: Store>(
     State(state): State<ApiState<S>>,
     caller: Caller,
@@ -55,8 +60,8 @@ pub async fn create_vm<S: Store>(
 
 /// One VM.
 #[utoipa::path(get, path = "/v1/vms/{id}", tag = "vms", security(("bearer" = [])),
-    params(("id" = String, Path, description = "VM id")),
-    responses((status = 200, body = Vm), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    params(("id" = String, Path, description = "VM id", pattern = "^[A-Za-z0-9._-]{1,64}$")),
+    responses((status = 200, body = Vm)))]
 pub async fn get_vm<S: Store>(
     State(state): State<ApiState<S>>,
     caller: Caller,
@@ -65,11 +70,11 @@ pub async fn get_vm<S: Store>(
     state.blocking(move |inv| Ok(inv.vm(caller.tenant(), &id)?.value)).await.map(Json)
 }
 
-/// Removes a VM that holds no address.
+/// Removes a VM that holds no address and is no running migration's destination.
 #[utoipa::path(delete, path = "/v1/vms/{id}", tag = "vms", security(("bearer" = [])),
-    params(("id" = String, Path, description = "VM id")),
-    responses((status = 204, description = "Removed"), (status = 401, body = ErrorBody),
-        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+    params(("id" = String, Path, description = "VM id", pattern = "^[A-Za-z0-9._-]{1,64}$")),
+    responses((status = 204, description = "Removed"),
+        (status = 409, body = ErrorBody, description = "It holds an address, or a migration is moving one to it")))]
 pub async fn delete_vm<S: Store>(
     State(state): State<ApiState<S>>,
     caller: Caller,

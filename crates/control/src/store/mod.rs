@@ -128,6 +128,12 @@ pub enum StoreError {
         /// Why.
         detail: String,
     },
+    /// Another process has the store open (or one that was killed is still exiting).
+    #[error("store {path}: another process has it open")]
+    Locked {
+        /// Where.
+        path: String,
+    },
     /// A read or write failed.
     #[error("store: {what}: {detail}")]
     Io {

@@ -90,8 +90,10 @@ impl RedbStore {
 
     /// Opens the store keeping the last `log_keep` revisions replayable for watches.
     pub fn open_keeping(path: &Path, log_keep: u64) -> Result<Self, StoreError> {
-        let db = Database::create(path)
-            .map_err(|e| StoreError::Open { path: path.display().to_string(), detail: e.to_string() })?;
+        let db = Database::create(path).map_err(|e| match e {
+            redb::DatabaseError::DatabaseAlreadyOpen => StoreError::Locked { path: path.display().to_string() },
+            e => StoreError::Open { path: path.display().to_string(), detail: e.to_string() },
+        })?;
         let inner = Inner { db, log_keep: log_keep.max(1), writer: Mutex::new(Vec::new()) };
         let store = Self { inner: Arc::new(inner) };
         // Create the tables, so that a fresh store reads as empty.

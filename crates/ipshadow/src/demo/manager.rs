@@ -1,35 +1,39 @@
-//! The demo's manager loop: traffic on, migration installed, the ramp started by B's bound lease,
-//! the router's split recorded, router restarts injected, the address handed to B at cut-over.
+//! The demo as a user runs a migration: traffic on, then one call to the API of the lab's
+//! `ipshadow serve` (reassign X to vm-b with `migrate`), VM B's DHCP client started, and the
+//! migration followed through the API (and the router's report) until it ends. Everything in
+//! between is the manager's work inside `serve`: the lease plan, the shadowing entry, the ramp
+//! on B's bound lease, the cut-over at A's deadline, the address given to B. `--restart-at`
+//! kills `serve` with SIGKILL mid-migration and starts it again.
 
-use std::io::{BufRead, BufReader, IsTerminal, Seek, SeekFrom};
+use std::io::IsTerminal;
 use std::time::{Duration, Instant as Clock};
 
 use anyhow::{Context, bail};
-use ipshadow_core::{CongestionControlParameters, MigrationOptions, Outcome, ShadowingEntry, VmId};
 use ipshadow_dataplane::status::EndedMigration;
-use ipshadow_dataplane::{Desired, DesiredEntry};
+use serde_json::{Value, json};
 
 use super::DemoArgs;
-use super::report::{DemoReport, Observed, Timeline};
+use super::report::{DemoReport, Observed, Restart, Timeline};
 use crate::lab::{Lab, SERVICE_PORT, X};
 use crate::traffic::report::Report as TrafficReport;
-
-/// Id of the demo's migration in the DHCP server's plan.
-const MIGRATION_ID: u64 = 1;
 
 /// A demo in progress.
 pub struct Demo<'a> {
     lab: &'a Lab,
     args: &'a DemoArgs,
-    desired: Desired,
     timeline: Timeline,
     /// Router process ids seen, with the last conflict total each reported.
     conflicts_by_router: Vec<(u32, u64)>,
     ended: Option<EndedMigration>,
     reset_clients: std::collections::BTreeSet<(std::net::Ipv4Addr, u16)>,
     last_router: Option<ipshadow_dataplane::Status>,
-    /// A's deadline, unix seconds (the DHCP plan's).
-    deadline_unix_s: u64,
+    /// The migration the API created.
+    migration_id: Option<u64>,
+    /// Its state and recorded split, as last read.
+    state: String,
+    split: f64,
+    /// `serve` restarts and what it resumed with.
+    restarts: Vec<Restart>,
 }
 
 impl<'a> Demo<'a> {
@@ -38,13 +42,15 @@ impl<'a> Demo<'a> {
         Ok(Self {
             lab,
             args,
-            desired: Desired { addresses: [(X, VmId::from("vm-a"))].into(), entries: vec![] },
             timeline: Timeline::default(),
             conflicts_by_router: Vec::new(),
             ended: None,
             reset_clients: Default::default(),
             last_router: None,
-            deadline_unix_s: 0,
+            migration_id: None,
+            state: "not_started".to_owned(),
+            split: 0.0,
+            restarts: Vec::new(),
         })
     }
 
@@ -56,8 +62,12 @@ impl<'a> Demo<'a> {
         outcome?;
         let traffic = traffic?;
         let conflicts = self.conflicts();
-        let dhcp = dhcp_events(&self.lab.dir.join("dhcp-events.jsonl"));
+        let dhcp = dhcp_events(&self.lab.dir.join("serve/dhcp-events.jsonl"));
         let served = ["a", "b"].iter().map(|vm| (format!("vm-{vm}"), self.server_count(vm, "accepted"))).collect();
+        let migration = match self.migration_id {
+            Some(id) => Some(self.migration(id)?),
+            None => None,
+        };
         let observed = Observed {
             timeline: self.timeline,
             ended: self.ended,
@@ -66,6 +76,8 @@ impl<'a> Demo<'a> {
             conflicts,
             served,
             dhcp_events: dhcp,
+            migration,
+            restarts: self.restarts,
         };
         Ok(DemoReport::new(self.args, traffic, observed))
     }
@@ -151,34 +163,32 @@ impl<'a> Demo<'a> {
     fn migrate(&mut self) -> anyhow::Result<()> {
         let args = self.args;
         std::thread::sleep(Duration::from_secs(args.warmup));
-        let start = crate::router::now();
-        let deadline = start + Duration::from_secs(args.deadline);
-        let options = MigrationOptions {
-            strategy: args.strategy.to_core(),
-            mode: args.mode.to_core(),
-            affinity: args.affinity.to_core(),
-            ramp: args.ramp()?,
-            deadline: Some(deadline),
-            salt: start.as_micros(),
-        };
-        let params = CongestionControlParameters::default();
-        let entry = ShadowingEntry::new(X, VmId::from("vm-a"), VmId::from("vm-b"), start, params, options);
-        self.desired.entries =
-            vec![DesiredEntry { entry, lease_bound: false, promote: false, cut_over: false, finish_rollback: false }];
-        self.lab.write_desired(&self.desired)?;
+        // The user's call: reassign X to vm-b with `migrate`, A's deadline requested.
+        let start_ms = crate::router::now().as_micros() / 1000;
+        let request = json!({
+            "to": "vm-b",
+            "migrate": true,
+            "strategy": args.strategy.to_core(),
+            "mode": args.mode.to_core(),
+            "affinity": args.affinity.to_core(),
+            "ramp": args.ramp()?,
+            "deadline_ms": start_ms + args.deadline * 1000,
+        });
+        let migration = self.lab.api_ok("POST", &format!("/v1/addresses/{X}/reassign"), Some(request))?;
+        let id = migration["id"].as_u64().context("the reassign answer has no migration id")?;
+        self.migration_id = Some(id);
+        self.timeline.started_unix_s = start_ms as f64 / 1e3;
         let clock = Clock::now();
-        self.timeline.started_unix_s = start.as_micros() as f64 / 1e6;
-        // The DHCP server learns the plan (the standalone server reads plans at start), then B
-        // boots its DHCP client and asks for an address.
-        let events = self.lab.dir.join("dhcp-events.jsonl");
-        let mut seen = std::fs::metadata(&events).map(|m| m.len()).unwrap_or(0);
-        self.deadline_unix_s = deadline.as_micros() / 1_000_000;
-        self.lab.start_dhcp(Some((MIGRATION_ID, self.deadline_unix_s, "active")))?;
+        // B boots its DHCP client once the manager has written the lease plan.
+        let planned = Clock::now() + Duration::from_secs(5);
+        while self.migration(id)?["lifecycle"]["state"] == "pending" && Clock::now() < planned {
+            std::thread::sleep(Duration::from_millis(20));
+        }
         self.lab.dhcp_client("b", args.b_dhcp_client)?;
         let strategy = format!("{:?}", args.strategy).to_lowercase();
-        eprintln!("ipshadow demo: migration of {X} from vm-a to vm-b started ({strategy} strategy)");
+        eprintln!("ipshadow demo: migration {id} of {X} from vm-a to vm-b started ({strategy} strategy)");
 
-        let mut restarts: Vec<u64> = args.router_restarts.clone();
+        let mut restarts: Vec<u64> = args.restarts.clone();
         restarts.sort_unstable();
         let tty = std::io::stderr().is_terminal();
         let mut last_line = Clock::now();
@@ -186,17 +196,12 @@ impl<'a> Demo<'a> {
         loop {
             std::thread::sleep(Duration::from_millis(200));
             let t = clock.elapsed();
-            if !self.desired.entries.is_empty() && !self.desired.entries[0].lease_bound && b_bound(&events, &mut seen)?
-            {
-                self.desired.entries[0].lease_bound = true;
-                self.lab.write_desired(&self.desired)?;
-                self.timeline.lease_bound_s = Some(t.as_secs_f64());
-            }
             if restarts.first().is_some_and(|&r| t >= Duration::from_secs(r)) {
                 restarts.remove(0);
-                self.restart_router(t)?;
+                self.restart_serve(id, t)?;
             }
-            self.follow_router(t)?;
+            let m = self.migration(id)?;
+            self.follow(&m, start_ms, t);
             if tty || last_line.elapsed() >= Duration::from_secs(5) {
                 last_line = Clock::now();
                 self.progress(t, tty);
@@ -216,28 +221,92 @@ impl<'a> Demo<'a> {
         Ok(())
     }
 
-    fn restart_router(&mut self, t: Duration) -> anyhow::Result<()> {
-        eprintln!("\nipshadow demo: killing the router (SIGKILL) at {:.1} s and starting it again", t.as_secs_f64());
-        if let Some(pid) = self.lab.pid("router") {
+    /// The migration as the API shows it.
+    fn migration(&self, id: u64) -> anyhow::Result<Value> {
+        self.lab.api_ok("GET", &format!("/v1/migrations/{id}"), None)
+    }
+
+    /// The DHCP server's leases on X: (VM, migration, end in unix ms).
+    fn leases_on_x(&self) -> anyhow::Result<Vec<(String, Option<u64>, u64)>> {
+        let status = self.lab.api_ok("GET", "/v1/dhcp/status", None)?;
+        let mut leases: Vec<_> = status["leases"]
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+            .iter()
+            .filter(|l| l["ip"] == X.to_string())
+            .map(|l| {
+                (
+                    l["vm"].as_str().unwrap_or("").to_owned(),
+                    l["migration"].as_u64(),
+                    l["expires_ms"].as_u64().unwrap_or(0),
+                )
+            })
+            .collect();
+        leases.sort();
+        Ok(leases)
+    }
+
+    /// Kills `serve` (API, manager, DHCP server and router at once) with SIGKILL and starts it
+    /// again; records what the store had before and what the new process resumed with.
+    fn restart_serve(&mut self, id: u64, t: Duration) -> anyhow::Result<()> {
+        eprintln!(
+            "\nipshadow demo: killing ipshadow serve (SIGKILL) at {:.1} s and starting it again",
+            t.as_secs_f64()
+        );
+        let before = self.migration(id)?;
+        let leases_before = self.leases_on_x()?;
+        if let Some(pid) = self.lab.pid("serve") {
             crate::lab::services::kill(pid, "KILL");
             while crate::lab::services::alive(pid) {
                 std::thread::sleep(Duration::from_millis(5));
             }
         }
         let killed = Clock::now();
-        self.lab.start_router()?;
-        self.timeline.router_restarts.push((t.as_secs_f64(), killed.elapsed().as_secs_f64()));
+        let pid = self.lab.start_serve()?;
+        let back_after_s = killed.elapsed().as_secs_f64();
+        // The new router's first report that has the entry: where it resumed.
+        let waited = Clock::now();
+        let resumed = loop {
+            let status = self.lab.router_status().filter(|s| s.pid == pid);
+            if status.as_ref().is_some_and(|s| s.entries.iter().any(|e| e.ip_address == X))
+                || waited.elapsed() > Duration::from_secs(3)
+            {
+                break status;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        let entry = resumed.as_ref().and_then(|s| s.entries.iter().find(|e| e.ip_address == X));
+        let after = self.migration(id)?;
+        self.restarts.push(Restart {
+            at_s: t.as_secs_f64(),
+            back_after_s,
+            state_before: before["lifecycle"]["state"].as_str().unwrap_or("").to_owned(),
+            state_after: after["lifecycle"]["state"].as_str().unwrap_or("").to_owned(),
+            recorded_split_pct: before["split_pct"].as_f64().unwrap_or(0.0),
+            resumed_split_pct: entry.map(|e| e.traffic_split_percentage),
+            deadline_ms: before["deadline_ms"].as_u64().unwrap_or(0),
+            resumed_deadline_ms: entry.and_then(|e| e.options.deadline).map(|d| d.as_micros() / 1000),
+            leases_before,
+            leases_after: self.leases_on_x()?,
+        });
         Ok(())
     }
 
-    /// Reads the router's report: records the entry's split and state (a restarted router
-    /// resumes there) and, at the end, gives the address to the winner.
-    fn follow_router(&mut self, t: Duration) -> anyhow::Result<()> {
-        let Some(status) = self.lab.router_status() else { return Ok(()) };
-        let start = self.desired.entries.first().map(|d| d.entry.migration_start_time);
-        if let Some(current) =
-            status.entries.iter().find(|e| e.ip_address == X && Some(e.migration_start_time) == start)
-        {
+    /// Takes in the migration's record and the router's report: timeline, conflicts, and how
+    /// it ended.
+    fn follow(&mut self, m: &Value, start_ms: u64, t: Duration) {
+        let since_start = |at_ms: u64| at_ms.saturating_sub(start_ms) as f64 / 1e3;
+        for h in m["lifecycle"]["history"].as_array().map(Vec::as_slice).unwrap_or_default() {
+            let at = h["at_ms"].as_u64().unwrap_or(0);
+            if h["to"] == "ramping" && self.timeline.lease_bound_s.is_none() {
+                self.timeline.lease_bound_s = Some(since_start(at));
+            }
+        }
+        self.state = m["lifecycle"]["state"].as_str().unwrap_or("").to_owned();
+        self.split = m["split_pct"].as_f64().unwrap_or(0.0);
+        let Some(status) = self.lab.router_status() else { return };
+        if let Some(current) = status.entries.iter().find(|e| e.ip_address == X) {
             let total = current.counters.conflicts.total();
             match self.conflicts_by_router.iter_mut().find(|(pid, _)| *pid == status.pid) {
                 Some((_, c)) => *c = total,
@@ -246,30 +315,19 @@ impl<'a> Demo<'a> {
             if current.traffic_split_percentage >= 100.0 && self.timeline.split_100_s.is_none() {
                 self.timeline.split_100_s = Some(t.as_secs_f64());
             }
-            let recorded = &mut self.desired.entries[0].entry;
-            if recorded.state != current.state || recorded.traffic_split_percentage != current.traffic_split_percentage
-            {
-                recorded.state = current.state;
-                recorded.traffic_split_percentage = current.traffic_split_percentage;
-                recorded.counters = current.counters;
-                self.lab.write_desired(&self.desired)?;
-            }
         }
         if self.ended.is_none()
             && let Some(ended) = status.ended.iter().find(|e| e.ip == X)
         {
-            let (winner, plan) =
-                if ended.outcome == Outcome::Completed { ("vm-b", "completed") } else { ("vm-a", "rolled_back") };
-            self.desired = Desired { addresses: [(X, VmId::from(winner))].into(), entries: vec![] };
-            self.lab.write_desired(&self.desired)?;
-            // The DHCP server learns how the plan ended: B's next renewal gets the normal lease.
-            self.lab.start_dhcp(Some((MIGRATION_ID, self.deadline_unix_s, plan)))?;
-            self.timeline.ended_s = Some(t.as_secs_f64());
             self.ended = Some(ended.clone());
             self.reset_clients.extend(status.reset_clients.iter().copied());
         }
+        let final_state = matches!(self.state.as_str(), "completed" | "rolled_back" | "aborted" | "failed");
+        if final_state && self.timeline.ended_s.is_none() {
+            let last = m["lifecycle"]["history"].as_array().and_then(|h| h.last()).and_then(|h| h["at_ms"].as_u64());
+            self.timeline.ended_s = Some(last.map_or(t.as_secs_f64(), since_start));
+        }
         self.last_router = Some(status);
-        Ok(())
     }
 
     /// A counter from a VM's traffic server status (`open`, `accepted`, ...).
@@ -282,13 +340,15 @@ impl<'a> Demo<'a> {
     }
 
     fn progress(&self, t: Duration, tty: bool) {
-        let split =
-            match (&self.ended, self.last_router.as_ref().and_then(|s| s.entries.iter().find(|e| e.ip_address == X))) {
-                (Some(e), _) if e.outcome == Outcome::Completed => 100.0,
-                (Some(_), _) => 0.0,
-                (None, Some(e)) => e.traffic_split_percentage,
-                (None, None) => 0.0,
-            };
+        let split = match (
+            self.state.as_str(),
+            self.last_router.as_ref().and_then(|s| s.entries.iter().find(|e| e.ip_address == X)),
+        ) {
+            ("completed", _) => 100.0,
+            ("rolled_back" | "aborted" | "failed", _) => 0.0,
+            (_, Some(e)) => e.traffic_split_percentage,
+            (_, None) => self.split,
+        };
         let open = |vm: &str| self.server_count(vm, "open");
         let (mut completed, mut broken) = (0, 0);
         for i in 1..=self.args.clients {
@@ -301,8 +361,9 @@ impl<'a> Demo<'a> {
         }
         let bar = "#".repeat((split / 5.0).round() as usize);
         let line = format!(
-            "t={:5.1}s split {:5.1}% [{bar:<20}] on A {:4} on B {:4} completed {:6} broken {:3} conflicts {}",
+            "t={:5.1}s {:<12} split {:5.1}% [{bar:<20}] on A {:4} on B {:4} completed {:6} broken {:3} conflicts {}",
             t.as_secs_f64(),
+            self.state,
             split,
             open("a"),
             open("b"),
@@ -316,26 +377,6 @@ impl<'a> Demo<'a> {
             eprintln!("{line}");
         }
     }
-}
-
-/// Whether the DHCP server's event log has, past `seen`, B's lease on X bound in the migration.
-fn b_bound(path: &std::path::Path, seen: &mut u64) -> anyhow::Result<bool> {
-    let Ok(mut file) = std::fs::File::open(path) else { return Ok(false) };
-    file.seek(SeekFrom::Start(*seen))?;
-    let mut found = false;
-    for line in BufReader::new(file).lines() {
-        let line = line?;
-        *seen += line.len() as u64 + 1;
-        let Ok(event) = serde_json::from_str::<serde_json::Value>(&line) else { continue };
-        if event["kind"] == "bound"
-            && event["vm"] == "vm-b"
-            && event["ip"] == X.to_string()
-            && !event["migration"].is_null()
-        {
-            found = true;
-        }
-    }
-    Ok(found)
 }
 
 /// Lease events of the DHCP server by kind (bound, renewed, declined, refused, ...).

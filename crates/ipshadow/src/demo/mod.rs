@@ -1,10 +1,9 @@
 //! `ipshadow demo`: the lab, real traffic, one migration of X from VM A to VM B, the report.
 //!
-//! The demo plays the network manager's part itself (issue 6 moves it behind the API): it writes
-//! the router's desired state, gives the DHCP server the migration plan, starts VM B's DHCP
-//! client, starts the ramp when the DHCP server reports B's lease bound, records the split the
-//! router reports (so a restarted router resumes there), and moves the address to B when the
-//! router reports the cut-over.
+//! The demo is a user of the lab's `ipshadow serve`: it calls the reassign API with `migrate`,
+//! starts VM B's DHCP client, and follows the migration through the API; the manager inside
+//! `serve` does the rest (lease plan, shadowing entry, ramp on B's bound lease, cut-over at the
+//! deadline, the address given to B).
 
 mod manager;
 mod report;
@@ -59,10 +58,10 @@ pub struct DemoArgs {
     /// Seconds of traffic after the cut-over.
     #[arg(long, default_value_t = 5)]
     pub after: u64,
-    /// Kill the router with SIGKILL this many seconds after the migration starts, and start it
-    /// again (repeatable).
-    #[arg(long = "router-restart-at", value_name = "SECS")]
-    pub router_restarts: Vec<u64>,
+    /// Kill `ipshadow serve` (API, manager, DHCP server and router) with SIGKILL this many
+    /// seconds after the migration starts, and start it again (repeatable).
+    #[arg(long = "restart-at", alias = "router-restart-at", value_name = "SECS")]
+    pub restarts: Vec<u64>,
     /// VM B's DHCP client (VM A always runs dhclient).
     #[arg(long, value_enum, default_value = "dhclient")]
     pub b_dhcp_client: crate::lab::services::DhcpClient,
@@ -96,8 +95,8 @@ impl DemoArgs {
         if self.long_lived > 20_000 || self.churn > 2_000 {
             bail!("--long-lived is at most 20000 and --churn at most 2000 per second in the lab");
         }
-        if let Some(late) = self.router_restarts.iter().find(|&&t| t >= self.deadline) {
-            bail!("--router-restart-at {late} is not before the deadline ({})", self.deadline);
+        if let Some(late) = self.restarts.iter().find(|&&t| t >= self.deadline) {
+            bail!("--restart-at {late} is not before the deadline ({})", self.deadline);
         }
         Ok(())
     }

@@ -23,8 +23,31 @@ pub struct Timeline {
     pub split_100_s: Option<f64>,
     /// The router reported the migration ended (cut-over or rollback).
     pub ended_s: Option<f64>,
-    /// Router restarts: when it was killed, and how long until the new process ran.
-    pub router_restarts: Vec<(f64, f64)>,
+}
+
+/// One SIGKILL of `serve` mid-migration and what the new process resumed with.
+#[derive(Clone, Debug, Serialize)]
+pub struct Restart {
+    /// When it was killed, seconds after the migration started.
+    pub at_s: f64,
+    /// How long until the new process's router reported and its API answered.
+    pub back_after_s: f64,
+    /// The migration's state before the kill and after the restart.
+    pub state_before: String,
+    /// After the restart.
+    pub state_after: String,
+    /// The split recorded in the store before the kill.
+    pub recorded_split_pct: f64,
+    /// The split of the new router's entry in its first report.
+    pub resumed_split_pct: Option<f64>,
+    /// The migration's deadline, unix milliseconds.
+    pub deadline_ms: u64,
+    /// The new router's entry's deadline.
+    pub resumed_deadline_ms: Option<u64>,
+    /// The DHCP server's leases on X before the kill: (VM, migration, end in unix ms).
+    pub leases_before: Vec<(String, Option<u64>, u64)>,
+    /// And after the restart.
+    pub leases_after: Vec<(String, Option<u64>, u64)>,
 }
 
 /// The whole report.
@@ -50,6 +73,10 @@ pub struct DemoReport {
     exchanges: u64,
     bytes_verified: u64,
     timeline: Timeline,
+    /// `serve` restarts (SIGKILL) and what the new process resumed with.
+    restarts: Vec<Restart>,
+    /// The migration as the API shows it at the end, with its history.
+    migration: Option<serde_json::Value>,
     cut_over: Option<EndedMigration>,
     router: Option<Status>,
 }
@@ -70,13 +97,18 @@ pub struct Observed {
     pub served: std::collections::BTreeMap<String, u64>,
     /// The DHCP server's lease events by kind.
     pub dhcp_events: std::collections::BTreeMap<String, u64>,
+    /// The migration as the API shows it at the end.
+    pub migration: Option<serde_json::Value>,
+    /// `serve` restarts.
+    pub restarts: Vec<Restart>,
 }
 
 impl DemoReport {
     /// Puts the pieces together. Connections the router itself reset when A's deadline came are
     /// counted as cut at the deadline, not as broken.
     pub fn new(args: &DemoArgs, traffic: TrafficReport, observed: Observed) -> Self {
-        let Observed { timeline, ended, reset_clients, router, conflicts, served, dhcp_events } = observed;
+        let Observed { timeline, ended, reset_clients, router, conflicts, served, dhcp_events, migration, restarts } =
+            observed;
         let cut = traffic
             .broken
             .iter()
@@ -88,12 +120,17 @@ impl DemoReport {
                     })
             })
             .count() as u64;
-        let (state, split) = match (&ended, router.as_ref().and_then(|r| r.entries.first())) {
-            (Some(e), _) if e.outcome == Outcome::Completed => ("completed".to_owned(), 100.0),
-            (Some(_), _) => ("rolled_back".to_owned(), 0.0),
-            (None, Some(entry)) => (format!("{:?}", entry.state).to_lowercase(), entry.traffic_split_percentage),
-            (None, None) => ("not_started".to_owned(), 0.0),
+        // The migration's state is the manager's (the store's); the split is the router's
+        // while it shadows, and what the end means after.
+        let state =
+            migration.as_ref().and_then(|m| m["lifecycle"]["state"].as_str()).unwrap_or("not_started").to_owned();
+        let split = match (state.as_str(), router.as_ref().and_then(|r| r.entries.first())) {
+            ("completed", _) => 100.0,
+            ("rolled_back" | "aborted" | "failed", _) => 0.0,
+            (_, Some(entry)) => entry.traffic_split_percentage,
+            _ => migration.as_ref().and_then(|m| m["split_pct"].as_f64()).unwrap_or(0.0),
         };
+        let _ = ended.as_ref().map(|e| e.outcome == Outcome::Completed);
         let name = |v: &dyn std::fmt::Debug| format!("{v:?}").to_lowercase();
         Self {
             strategy: name(&args.strategy),
@@ -114,6 +151,8 @@ impl DemoReport {
             exchanges: traffic.exchanges,
             bytes_verified: traffic.bytes_verified,
             timeline,
+            restarts,
+            migration,
             cut_over: ended,
             router,
         }
@@ -153,8 +192,16 @@ impl DemoReport {
             self.final_split_pct,
             self.conflicts_suppressed,
         );
-        for (killed, took) in &t.router_restarts {
-            s += &format!("  router killed at {killed:.1} s, running again {:.0} ms later\n", took * 1e3);
+        for r in &self.restarts {
+            s += &format!(
+                "  serve killed at {:.1} s ({}, split {:.1} % recorded), running again {:.0} ms later ({}, router resumed at {})\n",
+                r.at_s,
+                r.state_before,
+                r.recorded_split_pct,
+                r.back_after_s * 1e3,
+                r.state_after,
+                r.resumed_split_pct.map_or("-".to_owned(), |p| format!("{p:.1} %")),
+            );
         }
         let causes: Vec<String> =
             self.causes.iter().filter(|(_, n)| **n > 0).map(|(c, n)| format!("{c} {n}")).collect();

@@ -7,11 +7,14 @@
 //! ```
 //! Clients are on the provider segment 10.0.1.0/16 and reach X = 10.0.0.10 on-link (the router
 //! answers ARP for it). Each VM has its own segment to the router, whose VM-side interfaces carry
-//! the gateway 10.0.0.1 (for the DHCP server, which runs in the router's namespace). VM A gets X
-//! by DHCP (ISC dhclient) at `up`; VM B gets it when a migration starts. Both VMs run the
+//! the gateway 10.0.0.1. The router's namespace runs `ipshadow serve` (API, manager, DHCP server
+//! and Shadow Router in one process, API on 127.0.0.1:7480 there); the lab registers both VMs
+//! and X on VM A through its API. VM A gets X by DHCP (ISC dhclient) at `up`; VM B gets it when
+//! a migration starts. Both VMs run the
 //! traffic server. Everything is named with a prefix, lives under `/run/ipshadow/PREFIX/`, and
 //! `down` removes it all, also after a crash. iproute2 (`ip`) does every network change.
 
+pub(crate) mod control;
 pub(crate) mod services;
 mod topology;
 
@@ -50,8 +53,8 @@ pub struct LabArgs {
 #[derive(Subcommand, Debug)]
 enum LabCommand {
     /// Build the lab (a lab already up is left as it is; leftovers of a broken one are
-    /// removed first) and start the router, the DHCP server, the traffic servers and VM A's
-    /// DHCP client.
+    /// removed first) and start `ipshadow serve` in the router's namespace (API, manager, DHCP
+    /// server, router), the traffic servers and VM A's DHCP client.
     Up {
         /// Client hosts on the provider segment.
         #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u8).range(1..=50))]
@@ -77,7 +80,12 @@ pub fn run(args: &LabArgs) -> anyhow::Result<()> {
                 eprintln!("ipshadow lab: {} is already up", args.prefix);
             } else {
                 lab.up(*clients)?;
-                eprintln!("ipshadow lab: {} is up; `ipshadow lab down` removes it", args.prefix);
+                eprintln!(
+                    "ipshadow lab: {p} is up; its API: `ip netns exec {p}-r ipshadow migration list --token $(cat {t})`; \
+                     `ipshadow lab down` removes it",
+                    p = args.prefix,
+                    t = lab.dir.join("serve/admin-token").display()
+                );
             }
             Ok(())
         }

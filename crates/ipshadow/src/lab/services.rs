@@ -1,4 +1,5 @@
-//! The lab's processes (router, DHCP server, traffic servers, DHCP clients) and its files.
+//! The lab's processes (`ipshadow serve` with the router and the DHCP server, traffic servers,
+//! DHCP clients) and its files.
 //! Every process is started by us with `ip netns exec`, its id kept in a pid file; `down` stops
 //! those ids, then anything still inside the lab's namespaces (a DHCP client's daemon), then
 //! removes the namespaces.
@@ -10,11 +11,11 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use ipshadow_dataplane::{Desired, Status};
+use ipshadow_dataplane::Status;
 use serde::Serialize;
 
 use super::topology::{self, ip, ip_in};
-use super::{GATEWAY, MAC_A, MAC_B, SERVICE_PORT, X};
+use super::{SERVICE_PORT, X};
 
 /// A lab, by prefix.
 pub struct Lab {
@@ -52,7 +53,7 @@ struct ProcessStatus {
 }
 
 /// The processes `up` starts, by pid-file name.
-const SERVICES: [&str; 4] = ["router", "dhcp", "server-a", "server-b"];
+const SERVICES: [&str; 3] = ["serve", "server-a", "server-b"];
 
 impl Lab {
     /// The lab named `prefix` (which is checked: it becomes part of namespace names).
@@ -106,9 +107,8 @@ impl Lab {
 
     fn build(&self, clients: u8) -> anyhow::Result<()> {
         topology::build(&self.prefix, clients)?;
-        self.write_desired(&Desired { addresses: [(X, "vm-a".into())].into(), entries: vec![] })?;
-        self.start_router()?;
-        self.start_dhcp(None)?;
+        self.start_serve()?;
+        self.register_inventory()?;
         let exe = exe()?;
         for vm in ["a", "b"] {
             let status = self.dir.join(format!("server-{vm}.json")).display().to_string();
@@ -119,66 +119,6 @@ impl Lab {
         self.write_dhclient_files()?;
         self.dhclient("a")?;
         self.wait_for_address("a", Duration::from_secs(20))
-    }
-
-    /// Starts the router on the lab's interfaces; it reads `router/desired.json`.
-    pub fn start_router(&self) -> anyhow::Result<u32> {
-        let exe = exe()?;
-        let state = self.dir.join("router").display().to_string();
-        let (vm_a, vm_b) = (format!("vm-a=vma,{MAC_A}"), format!("vm-b=vmb,{MAC_B}"));
-        let gateway = GATEWAY.to_string();
-        let args = [
-            "router",
-            "--provider",
-            "prov",
-            "--vm",
-            &vm_a,
-            "--vm",
-            &vm_b,
-            "--gateway",
-            &gateway,
-            "--state-dir",
-            &state,
-        ];
-        let pid = self.spawn(&self.ns("r"), "router", &exe, &args, None)?;
-        // Ready when it has written its first report.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while self.router_status().is_none_or(|s| s.pid != pid) {
-            if !alive(pid) || Instant::now() > deadline {
-                bail!("the router did not start; see {}", self.dir.join("router.log").display());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Ok(pid)
-    }
-
-    /// (Re)starts the DHCP server in the router's namespace, with a migration plan (id, deadline
-    /// in unix seconds, state: `active`, `completed`, `rolled_back`) or none (the standalone
-    /// server takes its plans from its configuration).
-    pub fn start_dhcp(&self, migration: Option<(u64, u64, &str)>) -> anyhow::Result<u32> {
-        self.stop("dhcp");
-        let mut config = format!(
-            "server_id = \"{GATEWAY}\"\nlease_store = \"{store}\"\n\n\
-             [[subnets]]\nnetwork = \"10.0.0.0\"\nprefix = 24\nrouters = [\"{GATEWAY}\"]\nlease_secs = 60\n\n\
-             [[reservations]]\nvm = \"vm-a\"\nmac = \"{MAC_A}\"\nip = \"{X}\"\n\n\
-             [[reservations]]\nvm = \"vm-b\"\nmac = \"{MAC_B}\"\n",
-            store = self.dir.join("leases.redb").display()
-        );
-        if let Some((id, deadline, state)) = migration {
-            config.push_str(&format!(
-                "\n[[migrations]]\nid = {id}\nip = \"{X}\"\nsource = \"vm-a\"\ndestination = \"vm-b\"\n\
-                 deadline = {deadline}\nstate = \"{state}\"\n"
-            ));
-        }
-        let path = self.dir.join("dhcp.toml");
-        std::fs::write(&path, config).with_context(|| format!("writing {}", path.display()))?;
-        let events = File::options()
-            .create(true)
-            .append(true)
-            .open(self.dir.join("dhcp-events.jsonl"))
-            .context("opening the DHCP event log")?;
-        let path = path.display().to_string();
-        self.spawn(&self.ns("r"), "dhcp", &exe()?, &["dhcp", "--config", &path], Some(events))
     }
 
     /// Runs a DHCP client in a VM (`a` or `b`) until it holds X.
@@ -281,7 +221,8 @@ echo "$(date +%s.%N) $reason ${{new_ip_address:-}} ${{new_dhcp_lease_time:-}} ${
     /// Starts `exe ARGS` inside namespace `ns` in its own process group, output to
     /// `NAME.log` (stdout to `stdout` if given), pid to `NAME.pid`.
     pub fn spawn(&self, ns: &str, name: &str, exe: &Path, args: &[&str], stdout: Option<File>) -> anyhow::Result<u32> {
-        let log = File::create(self.dir.join(format!("{name}.log")))?;
+        // Appended: a process started again (serve after a SIGKILL) keeps its first life's log.
+        let log = File::options().create(true).append(true).open(self.dir.join(format!("{name}.log")))?;
         let stdout = match stdout {
             Some(f) => Stdio::from(f),
             None => Stdio::from(log.try_clone()?),
@@ -320,19 +261,10 @@ echo "$(date +%s.%N) $reason ${{new_ip_address:-}} ${{new_dhcp_lease_time:-}} ${
         let _ = std::fs::remove_file(self.dir.join(format!("{name}.pid")));
     }
 
-    /// The router's last report.
+    /// The router's last report (the lab's `serve` writes it to `router/status.json`).
     pub fn router_status(&self) -> Option<Status> {
         let text = std::fs::read_to_string(self.dir.join("router/status.json")).ok()?;
         serde_json::from_str(&text).ok()
-    }
-
-    /// Writes the router's desired state (through a rename: the router never reads half).
-    pub fn write_desired(&self, desired: &Desired) -> anyhow::Result<()> {
-        let path = self.dir.join("router/desired.json");
-        let tmp = self.dir.join("router/desired.json.tmp");
-        std::fs::write(&tmp, serde_json::to_vec_pretty(desired)?)?;
-        std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
-        Ok(())
     }
 
     /// Stops everything and removes the namespaces and files. Safe to run at any time.

@@ -8,17 +8,17 @@
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::time::{Duration, SystemTime};
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use clap::Args;
-use ipshadow_core::l2::RouterNode;
-use ipshadow_core::{
-    CongestionControlParameters, EntryState, Instant, MigrationOptions, RouterConfig, ShadowingEntry, VmId,
-};
-use ipshadow_dataplane::status::PortIo;
-use ipshadow_dataplane::{AfPacketPort, Desired, DesiredEntry, Forwarder, RingConfig, wait_any};
+use ipshadow_core::{CongestionControlParameters, EntryState, Instant, MigrationOptions, ShadowingEntry, VmId};
+use ipshadow_dataplane::{Desired, DesiredEntry, Status};
+
+pub mod runtime;
+
+pub use runtime::{Router, RouterControl, RouterSetup, VmPort, parse_mac};
 
 /// Options of `ipshadow router`.
 #[derive(Args, Debug)]
@@ -62,14 +62,6 @@ pub struct RouterArgs {
     status_ms: u64,
 }
 
-/// A VM port from the command line.
-#[derive(Clone, Debug)]
-struct VmPort {
-    id: VmId,
-    interface: String,
-    mac: Option<[u8; 6]>,
-}
-
 fn parse_vm(s: &str) -> Result<VmPort, String> {
     let (id, rest) = s.split_once('=').ok_or("expected ID=IFACE[,MAC]")?;
     let (interface, mac) = match rest.split_once(',') {
@@ -80,16 +72,6 @@ fn parse_vm(s: &str) -> Result<VmPort, String> {
         return Err("expected ID=IFACE[,MAC]".into());
     }
     Ok(VmPort { id: VmId::from(id), interface: interface.to_owned(), mac })
-}
-
-fn parse_mac(s: &str) -> Result<[u8; 6], String> {
-    let bytes: Vec<u8> = s
-        .trim()
-        .split(':')
-        .map(|b| u8::from_str_radix(b, 16))
-        .collect::<Result<_, _>>()
-        .map_err(|_| format!("bad MAC address {s:?}"))?;
-    bytes.try_into().map_err(|_| format!("bad MAC address {s:?}"))
 }
 
 fn parse_address(s: &str) -> Result<(Ipv4Addr, VmId), String> {
@@ -116,13 +98,6 @@ fn parse_fixed(s: &str) -> Result<(Ipv4Addr, VmId, VmId, f64), String> {
 pub(crate) fn now() -> Instant {
     let since = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
     Instant::from_micros(since.as_micros() as u64)
-}
-
-/// The MAC address of a local interface.
-fn interface_mac(interface: &str) -> anyhow::Result<[u8; 6]> {
-    let path = format!("/sys/class/net/{interface}/address");
-    let text = std::fs::read_to_string(&path).with_context(|| format!("no interface {interface} ({path})"))?;
-    parse_mac(&text).map_err(anyhow::Error::msg)
 }
 
 /// The desired state: the command line's addresses and fixed entries, plus the document.
@@ -177,50 +152,49 @@ impl Watched {
 
 /// Writes `value` as JSON to `path` through a temporary file and a rename, so a reader never
 /// sees half a report.
-fn write_atomically(path: &Path, value: &impl serde::Serialize) -> anyhow::Result<()> {
+pub(crate) fn write_atomically(path: &Path, value: &impl serde::Serialize) -> anyhow::Result<()> {
     let tmp = path.with_extension("json.tmp");
     std::fs::write(&tmp, serde_json::to_vec(value)?).with_context(|| format!("writing {}", tmp.display()))?;
     std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))?;
     Ok(())
 }
 
-/// Name of the nftables table that keeps the host's kernel off the router's interfaces.
-const NFT_TABLE: &str = "ipshadow_router";
-
-/// Installs (or replaces) the ingress table: frames on the router's interfaces are dropped after
-/// the packet sockets saw them (taps run before the ingress hook), except what the host itself
-/// serves on the VM side (ARP for the gateway, DHCP).
-fn keep_kernel_off(args: &RouterArgs) -> anyhow::Result<()> {
-    let mut rules = format!(
-        "table netdev {NFT_TABLE} {{}}\ndelete table netdev {NFT_TABLE}\ntable netdev {NFT_TABLE} {{\n\
-         chain provider {{ type filter hook ingress device \"{}\" priority 0; policy drop; }}\n",
-        args.provider
-    );
-    for (i, vm) in args.vms.iter().enumerate() {
-        rules += &format!(
-            "chain vm{i} {{ type filter hook ingress device \"{}\" priority 0; policy drop; \
-             meta protocol arp accept; meta protocol ip udp dport 67 accept; }}\n",
-            vm.interface
-        );
-    }
-    rules += "}\n";
-    nft(&rules)
+/// Desired state from `STATE_DIR/desired.json` (checked every status period), status to
+/// `STATE_DIR/status.json`.
+struct FileControl<'a> {
+    args: &'a RouterArgs,
+    watched: Watched,
+    started: Instant,
+    next_check: Instant,
 }
 
-fn nft(script: &str) -> anyhow::Result<()> {
-    use std::io::Write as _;
-    let mut child = std::process::Command::new("nft")
-        .args(["-f", "-"])
-        .stdin(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .context("running nft (Debian package nftables)")?;
-    child.stdin.take().context("nft's input")?.write_all(script.as_bytes())?;
-    let out = child.wait_with_output()?;
-    if !out.status.success() {
-        bail!("nft: {}", String::from_utf8_lossy(&out.stderr).trim());
+impl RouterControl for FileControl<'_> {
+    fn wake_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        None
     }
-    Ok(())
+
+    fn desired(&mut self, now: Instant) -> Option<Desired> {
+        if now < self.next_check {
+            return None;
+        }
+        self.next_check = now + Duration::from_millis(self.args.status_ms);
+        match self.watched.refresh() {
+            Ok(true) => Some(desired(self.args, &self.watched.document, self.started)),
+            Ok(false) => None,
+            Err(e) => {
+                eprintln!("ipshadow router: {e:#}; keeping the previous desired state");
+                None
+            }
+        }
+    }
+
+    fn report(&mut self, status: Status) {
+        if let Some(dir) = &self.args.state_dir
+            && let Err(e) = write_atomically(&dir.join("status.json"), &status)
+        {
+            eprintln!("ipshadow router: {e:#}");
+        }
+    }
 }
 
 /// Runs the router until SIGTERM or SIGINT.
@@ -229,29 +203,17 @@ pub fn run(args: &RouterArgs) -> anyhow::Result<()> {
     for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         signal_hook::flag::register(signal, Arc::clone(&stop)).context("installing signal handlers")?;
     }
-    let mut seen = std::collections::BTreeSet::new();
-    for vm in &args.vms {
-        if !seen.insert(&vm.id) {
-            bail!("VM {} is given twice", vm.id);
-        }
-    }
     let started = now();
-    let open = |interface: &str| {
-        AfPacketPort::open(interface, RingConfig::default())
-            .with_context(|| format!("opening an AF_PACKET port on {interface} (needs root or CAP_NET_RAW)"))
+    let setup = RouterSetup {
+        provider: args.provider.clone(),
+        vms: args.vms.clone(),
+        gateway: args.gateway,
+        max_flows: args.max_flows,
+        kernel_sees_frames: args.kernel_sees_frames,
+        busy_poll: args.busy_poll,
+        status_period: Duration::from_millis(args.status_ms),
     };
-    let provider = open(&args.provider)?;
-    let vms = args.vms.iter().map(|vm| open(&vm.interface)).collect::<anyhow::Result<Vec<_>>>()?;
-    let provider_mac = interface_mac(&args.provider)?;
-    let vm_side_mac = interface_mac(&args.vms[0].interface)?;
-    let ports = args.vms.iter().map(|vm| (vm.id.clone(), vm.mac.unwrap_or([0; 6]))).collect();
-    let config = RouterConfig { max_flows: args.max_flows, ..RouterConfig::default() };
-    let node = RouterNode::new(config, provider_mac, vm_side_mac, args.gateway, ports, started);
-    let mut forwarder = Forwarder::new(provider, vms, node);
-    if !args.kernel_sees_frames {
-        keep_kernel_off(args).context("keeping the kernel off the router's interfaces (or --kernel-sees-frames)")?;
-    }
-
+    let mut router = Router::open(setup, started)?;
     if let Some(dir) = &args.state_dir {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
@@ -263,75 +225,10 @@ pub fn run(args: &RouterArgs) -> anyhow::Result<()> {
     if let Err(e) = watched.refresh() {
         eprintln!("ipshadow router: {e:#}; starting without it");
     }
-    report_errors(forwarder.apply(&desired(args, &watched.document, started), started));
-    eprintln!(
-        "ipshadow router: forwarding between {} and {} ({} shadowed)",
-        args.provider,
-        args.vms.iter().map(|v| format!("{}={}", v.id, v.interface)).collect::<Vec<_>>().join(", "),
-        forwarder.node.core.entries().count()
-    );
-
-    let period = Duration::from_millis(args.status_ms);
-    let mut next_housekeeping = started;
-    let mut next_probe = started;
-    while !stop.load(Ordering::Relaxed) {
-        let now = now();
-        let received = forwarder.step(now).context("forwarding")?;
-        if now >= next_housekeeping {
-            next_housekeeping = now + period;
-            match watched.refresh() {
-                Ok(true) => report_errors(forwarder.apply(&desired(args, &watched.document, started), now)),
-                Ok(false) => {}
-                Err(e) => eprintln!("ipshadow router: {e:#}; keeping the previous desired state"),
-            }
-            if let Some(dir) = &args.state_dir {
-                let mut status = forwarder.status(started, now);
-                status.ports = port_io(args, &forwarder);
-                if let Err(e) = write_atomically(&dir.join("status.json"), &status) {
-                    eprintln!("ipshadow router: {e:#}");
-                }
-            }
-        }
-        if now >= next_probe {
-            next_probe = now + Duration::from_secs(1);
-            forwarder.probe();
-        }
-        if received == 0 && !args.busy_poll {
-            let mut ports = vec![&forwarder.provider];
-            ports.extend(forwarder.vms.iter());
-            wait_any(&ports, 5).context("waiting for frames")?;
-        }
-    }
-    if !args.kernel_sees_frames
-        && let Err(e) = nft(&format!("delete table netdev {NFT_TABLE}\n"))
-    {
-        eprintln!("ipshadow router: removing the nftables table {NFT_TABLE}: {e:#}");
-    }
-    eprintln!("ipshadow router: stopped after {} frames", forwarder.frames);
+    router.apply(&desired(args, &watched.document, started), started);
+    eprintln!("ipshadow router: {} ({} shadowed)", router.describe(), router.forwarder.node.core.entries().count());
+    let mut control = FileControl { args, watched, started, next_check: started };
+    router.run(&stop, &mut control, now)?;
+    eprintln!("ipshadow router: stopped after {} frames", router.forwarder.frames);
     Ok(())
-}
-
-fn report_errors(errors: &[String]) {
-    for e in errors {
-        eprintln!("ipshadow router: not applied: {e}");
-    }
-}
-
-fn port_io(args: &RouterArgs, forwarder: &Forwarder<AfPacketPort>) -> Vec<PortIo> {
-    let io = |interface: &str, role: &str, port: &AfPacketPort| {
-        let s = port.stats();
-        PortIo {
-            interface: interface.to_owned(),
-            role: role.to_owned(),
-            received: s.received,
-            sent: s.sent,
-            send_errors: s.send_errors,
-            oversize: s.oversize,
-        }
-    };
-    let mut ports = vec![io(&args.provider, "provider", &forwarder.provider)];
-    for (vm, port) in args.vms.iter().zip(&forwarder.vms) {
-        ports.push(io(&vm.interface, &vm.id.0, port));
-    }
-    ports
 }

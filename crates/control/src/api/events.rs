@@ -1,0 +1,135 @@
+//! `GET /v1/migrations/{id}/events`: one migration's changes as server-sent events (what
+//! `ipshadow migration watch` follows).
+//!
+//! The first event is the migration as it is; then every change to its record (the manager's
+//! steps, a new split, the user's controls) is one `event: migration` with the whole record as
+//! JSON and the store revision as the event id. The stream ends after the event that brings the
+//! migration to a final state, when the server shuts down, or with one `event: error` if the
+//! record can no longer be read. Comments keep idle connections (and proxies) open.
+//!
+//! The store's watch is synchronous (std channels), so each stream has a small thread that
+//! waits on it and hands events to the response through a tokio channel; the thread ends within
+//! [`POLL`] once the client has gone.
+
+use std::convert::Infallible;
+use std::time::{Duration, Instant};
+
+use axum::extract::State;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use futures_util::Stream;
+use tokio::sync::mpsc;
+
+use super::error::{ApiPath, ErrorBody};
+use super::{ApiError, ApiState, Caller};
+use crate::inventory::{InventoryError, decode};
+use crate::reassign::{Migration, migration_key};
+use crate::store::{Store, WatchEvent, Watcher};
+
+/// How often an idle stream sends a comment.
+pub const KEEP_ALIVE: Duration = Duration::from_secs(15);
+
+/// How long the bridge thread waits on the store before it checks that the client is still there.
+pub const POLL: Duration = Duration::from_millis(250);
+
+/// Events the bridge may be ahead of a slow client (then it waits; the store keeps the rest).
+const BUFFER: usize = 16;
+
+/// The migration's changes as server-sent events: first the migration as it is, then each new
+/// version of it, until it reaches a final state.
+#[utoipa::path(get, path = "/v1/migrations/{id}/events", tag = "migrations", security(("bearer" = [])),
+    params(("id" = u64, Path, description = "Migration id")),
+    responses(
+        (status = 200, content_type = "text/event-stream", body = super::schema::MigrationStreamEventSchema,
+            description = "`event: migration`, `id:` the store revision, `data:` the whole migration as JSON: \
+                first the current one, then one per change; the stream ends after a final state. An \
+                `event: error` (data: the error shape) ends it when the record cannot be read."),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn migration_events<S: Store>(
+    State(state): State<ApiState<S>>,
+    caller: Caller,
+    ApiPath(id): ApiPath<u64>,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    let key = migration_key(id);
+    let (current, revision, watcher) = state
+        .blocking(move |inv| {
+            // Visibility first: another tenant's migration is 404 before any stream starts.
+            inv.migration(caller.tenant(), id)?;
+            // Read and watch from the same revision: no change is missed, none is sent twice.
+            let (kvs, revision) = inv.store().range(&key).map_err(InventoryError::from)?;
+            let kv = kvs
+                .into_iter()
+                .find(|kv| kv.key == key)
+                .ok_or(InventoryError::NotFound { kind: "migration", id: id.to_string() })?;
+            let current = decode::<Migration>(&kv)?.value;
+            let watcher = inv.store().watch(&key, revision).map_err(InventoryError::from)?;
+            Ok((current, kv.mod_revision, watcher))
+        })
+        .await?;
+
+    let (sender, receiver) = mpsc::channel(BUFFER);
+    // The channel is new and has room: the first event cannot be refused.
+    let _ = sender.try_send(migration_event(&current, revision));
+    if !current.lifecycle.state.is_final() {
+        let key = migration_key(id);
+        std::thread::Builder::new()
+            .name(format!("events-{id}"))
+            .spawn(move || bridge(&watcher, &key, &sender))
+            .map_err(|e| ApiError::internal(format!("starting the event stream: {e}")))?;
+    }
+
+    let stopping = state.stopping.subscribe();
+    let stream = futures_util::stream::unfold((receiver, stopping), |(mut receiver, mut stopping)| async move {
+        let event = tokio::select! {
+            event = receiver.recv() => event,
+            // A stream open at shutdown would hold the graceful shutdown forever.
+            _ = stopping.wait_for(|stop| *stop) => None,
+        };
+        event.map(|e| (Ok(e), (receiver, stopping)))
+    });
+    Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(KEEP_ALIVE).text("keep-alive")))
+}
+
+/// Forwards the changes of `key` from the store's watch to the response until the migration is
+/// final, the client has gone (the receiver is dropped) or the store is closed.
+fn bridge(watcher: &Watcher, key: &str, sender: &mpsc::Sender<Event>) {
+    loop {
+        if sender.is_closed() {
+            return;
+        }
+        let asked = Instant::now();
+        let (event, last) = match watcher.next_timeout(POLL) {
+            Some(WatchEvent::Put(kv)) if kv.key == key => match decode::<Migration>(&kv) {
+                Ok(m) => (migration_event(&m.value, kv.mod_revision), m.value.lifecycle.state.is_final()),
+                Err(e) => (error_event(&ApiError::from(e)), true),
+            },
+            Some(WatchEvent::Delete { key, .. }) => {
+                (error_event(&ApiError::internal(format!("{key} was deleted"))), true)
+            }
+            // A longer key under the same prefix (none is written today).
+            Some(WatchEvent::Put(_)) => continue,
+            // The watch answers `None` at once only when the store has dropped it (shut down);
+            // waiting again would spin.
+            None if asked.elapsed() < POLL / 2 => return,
+            None => continue,
+        };
+        // Waits while the client is slow; fails once it has gone.
+        if sender.blocking_send(event).is_err() || last {
+            return;
+        }
+    }
+}
+
+/// `event: migration`, the store revision as its id, the migration as JSON.
+fn migration_event(m: &Migration, revision: u64) -> Event {
+    match serde_json::to_string(m) {
+        Ok(json) => Event::default().event("migration").id(revision.to_string()).data(json),
+        Err(e) => error_event(&ApiError::internal(format!("migration {}: {e}", m.id))),
+    }
+}
+
+/// `event: error` with the API's error shape.
+fn error_event(e: &ApiError) -> Event {
+    let body = ErrorBody { error: e.code.to_owned(), message: e.message.clone() };
+    // Two strings always serialise.
+    Event::default().event("error").data(serde_json::to_string(&body).unwrap_or_default())
+}

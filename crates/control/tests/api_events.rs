@@ -1,0 +1,301 @@
+//! `GET /v1/migrations/{id}/events` over real TCP with a real HTTP client: the first event is the
+//! migration as it is, every change follows (the manager's steps, pause, promote, abort), the
+//! stream ends at the final state, another tenant gets 404 before any stream, a client that goes
+//! away stops the server's watch, and a shutdown ends the streams still open. The test stands in
+//! for the manager by advancing the migration through the store.
+
+#![allow(clippy::unwrap_used)]
+
+use std::io::{BufRead, BufReader};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use ipshadow_control::RedbStore;
+use ipshadow_control::api::{ApiState, TokenTable, serve};
+use ipshadow_control::inventory::Inventory;
+use ipshadow_control::migration::MigrationEvent;
+use serde_json::{Value, json};
+
+const NOW: u64 = 1_800_000_000_000;
+const ADMIN: &str = "admin-secret";
+const ACME: &str = "acme-secret";
+const ZETA: &str = "zeta-secret";
+/// Long enough for any event on a loaded machine, short enough to fail fast.
+const WAIT: Duration = Duration::from_secs(10);
+
+struct Server {
+    base: String,
+    agent: ureq::Agent,
+    manager: Inventory<RedbStore>,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl Server {
+    /// A server with acme's vm-a and vm-b and X held by vm-a, and a migration of X to vm-b
+    /// (pending); returns its id.
+    fn with_migration(name: &str) -> (Self, u64) {
+        let dir = std::env::temp_dir().join(format!("ipshadow-api-events-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let store = RedbStore::open(&dir.join("store.redb")).unwrap();
+        let tokens = TokenTable::new(ADMIN).with_tenant(ACME, "acme").with_tenant(ZETA, "zeta");
+        let state = ApiState::new(store.clone(), tokens).with_clock(|| NOW);
+        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let (shutdown, stop) = tokio::sync::oneshot::channel::<()>();
+        runtime.spawn(serve(listener, state, async {
+            let _ = stop.await;
+        }));
+        let agent = ureq::Agent::config_builder().http_status_as_error(false).build().new_agent();
+        let s = Self { base, agent, manager: Inventory::new(store), shutdown: Some(shutdown), runtime: Some(runtime) };
+        for (id, mac) in [("vm-a", "02:00:00:00:00:0a"), ("vm-b", "02:00:00:00:00:0b")] {
+            let vm = json!({"id": id, "mac": mac, "segment": id, "tenant": "acme"});
+            assert_eq!(s.post("/v1/vms", ADMIN, Some(vm)).0, 201);
+        }
+        let address = json!({"ip": "10.0.0.10", "vm": "vm-a", "tenant": "acme"});
+        assert_eq!(s.post("/v1/addresses", ADMIN, Some(address)).0, 201);
+        let (status, m) =
+            s.post("/v1/addresses/10.0.0.10/reassign", ACME, Some(json!({"to": "vm-b", "migrate": true})));
+        assert_eq!(status, 202, "{m}");
+        let id = m["id"].as_u64().unwrap();
+        (s, id)
+    }
+
+    fn post(&self, path: &str, token: &str, body: Option<Value>) -> (u16, Value) {
+        let request =
+            self.agent.post(format!("{}{path}", self.base)).header("authorization", format!("Bearer {token}"));
+        let mut response = match body {
+            Some(body) => request.header("content-type", "application/json").send(body.to_string().as_bytes()),
+            None => request.send_empty(),
+        }
+        .unwrap();
+        let status = response.status().as_u16();
+        (status, serde_json::from_str(&response.body_mut().read_to_string().unwrap()).unwrap_or(Value::Null))
+    }
+
+    fn get(&self, path: &str, token: &str) -> Value {
+        let mut response = self
+            .agent
+            .get(format!("{}{path}", self.base))
+            .header("authorization", format!("Bearer {token}"))
+            .call()
+            .unwrap();
+        serde_json::from_str(&response.body_mut().read_to_string().unwrap()).unwrap()
+    }
+
+    /// Opens the event stream of migration `id`: its status, content type, and (on 200) the
+    /// events as they arrive; the channel closes when the server ends the stream.
+    fn events(&self, id: u64, token: &str) -> (u16, String, Option<Stream>) {
+        let response = self
+            .agent
+            .get(format!("{}/v1/migrations/{id}/events", self.base))
+            .header("authorization", format!("Bearer {token}"))
+            .call()
+            .unwrap();
+        let status = response.status().as_u16();
+        let content_type =
+            response.headers().get("content-type").map(|v| v.to_str().unwrap().to_owned()).unwrap_or_default();
+        if status != 200 {
+            return (status, content_type, None);
+        }
+        let (sender, events) = mpsc::channel();
+        let reader = BufReader::new(response.into_body().into_reader());
+        std::thread::spawn(move || read_events(reader, &sender));
+        (status, content_type, Some(Stream { events }))
+    }
+
+    fn stop(&mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop();
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_timeout(Duration::from_secs(5));
+        }
+    }
+}
+
+/// One server-sent event.
+#[derive(Debug)]
+struct Sse {
+    event: String,
+    id: Option<u64>,
+    data: Value,
+}
+
+/// The events of one open stream.
+struct Stream {
+    events: mpsc::Receiver<Sse>,
+}
+
+impl Stream {
+    /// The next event (panics after [`WAIT`] without one, or if the stream ended).
+    fn next(&self) -> Sse {
+        self.events.recv_timeout(WAIT).expect("an event")
+    }
+
+    /// Whether the server ends the stream within [`WAIT`] with no more events.
+    fn ends(&self) -> bool {
+        matches!(self.events.recv_timeout(WAIT), Err(mpsc::RecvTimeoutError::Disconnected))
+    }
+}
+
+/// Parses `text/event-stream` (the WHATWG rules the server's output needs: `field: value`
+/// lines, a blank line ends an event, `:` starts a comment) until the connection ends.
+fn read_events(reader: impl BufRead, sender: &mpsc::Sender<Sse>) {
+    let (mut event, mut id, mut data) = (String::new(), None, String::new());
+    for line in reader.lines() {
+        let Ok(line) = line else { return };
+        if line.is_empty() {
+            if !data.is_empty() {
+                let parsed = Sse {
+                    event: std::mem::take(&mut event),
+                    id: id.take(),
+                    data: serde_json::from_str(&data).unwrap(),
+                };
+                if sender.send(parsed).is_err() {
+                    return;
+                }
+            }
+            data.clear();
+        } else if let Some(value) = line.strip_prefix("event: ") {
+            event = value.to_owned();
+        } else if let Some(value) = line.strip_prefix("id: ") {
+            id = value.parse().ok();
+        } else if let Some(value) = line.strip_prefix("data: ") {
+            data.push_str(value);
+        }
+    }
+}
+
+/// Threads of this process whose name starts with `prefix` (the server runs in it).
+fn threads_named(prefix: &str) -> usize {
+    std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .filter(|name| name.trim_end().starts_with(prefix))
+        .count()
+}
+
+fn state(e: &Sse) -> &str {
+    e.data["lifecycle"]["state"].as_str().unwrap()
+}
+
+#[test]
+fn events_follow_every_change_and_end_at_the_final_state() {
+    let (s, id) = Server::with_migration("follow");
+    let (status, content_type, stream) = s.events(id, ACME);
+    assert_eq!((status, content_type.as_str()), (200, "text/event-stream"));
+    let stream = stream.unwrap();
+    let first = stream.next();
+    assert_eq!((first.event.as_str(), state(&first)), ("migration", "pending"));
+    assert_eq!(first.data, s.get(&format!("/v1/migrations/{id}"), ACME));
+
+    // Nothing to promote before the ramp starts: 409, and no event.
+    assert_eq!(s.post(&format!("/v1/migrations/{id}/promote"), ACME, None).0, 409);
+    // The manager's steps, then the user's controls, each arrive as the whole migration.
+    s.manager.advance(id, MigrationEvent::PlanWritten, NOW).unwrap();
+    s.manager.advance(id, MigrationEvent::DestinationLeaseBound, NOW).unwrap();
+    let mut seen = vec![first];
+    for _ in 0..2 {
+        seen.push(stream.next());
+    }
+    for action in ["pause", "promote", "abort"] {
+        let (status, body) = s.post(&format!("/v1/migrations/{id}/{action}"), ACME, None);
+        assert_eq!(status, 200, "{action}: {body}");
+        let e = stream.next();
+        assert_eq!(e.data, body, "the event is the migration the call returned");
+        seen.push(e);
+        if action == "promote" {
+            assert_eq!(s.post(&format!("/v1/migrations/{id}/promote"), ACME, None).0, 409, "promoted once");
+        }
+    }
+    let states: Vec<&str> = seen.iter().map(state).collect();
+    assert_eq!(states, ["pending", "waiting_for_destination_lease", "ramping", "paused", "paused", "aborted"]);
+    assert_eq!(seen[4].data["lifecycle"]["promoted"], true);
+    assert_eq!(seen[4].data["lifecycle"]["history"].as_array().unwrap().last().unwrap()["event"]["event"], "promote");
+    let ids: Vec<u64> = seen.iter().map(|e| e.id.unwrap()).collect();
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "ids are increasing store revisions: {ids:?}");
+    assert!(stream.ends(), "the stream ends after the final state");
+
+    // A final migration: one event, then the end.
+    let (_, _, again) = s.events(id, ACME);
+    let again = again.unwrap();
+    assert_eq!(state(&again.next()), "aborted");
+    assert!(again.ends());
+}
+
+#[test]
+fn another_tenant_gets_404_before_any_stream() {
+    let (s, id) = Server::with_migration("tenants");
+    let (status, content_type, stream) = s.events(id, ZETA);
+    assert_eq!((status, content_type.as_str(), stream.is_none()), (404, "application/json", true));
+    assert_eq!(s.events(id + 1, ACME).0, 404);
+    assert_eq!(s.events(id, "not-a-token").0, 401);
+    // The admin sees every tenant's.
+    assert_eq!(state(&s.events(id, ADMIN).2.unwrap().next()), "pending");
+}
+
+#[test]
+fn a_client_that_leaves_stops_the_watch_and_shutdown_ends_the_streams() {
+    let (mut s, first) = Server::with_migration("leave");
+    // A second migration: the other tests' streams (same process, in parallel) are on the first
+    // one, and bridge threads are told apart by their migration id.
+    assert_eq!(s.post(&format!("/v1/migrations/{first}/abort"), ACME, None).0, 200);
+    let (status, m) = s.post("/v1/addresses/10.0.0.10/reassign", ACME, Some(json!({"to": "vm-b", "migrate": true})));
+    assert_eq!(status, 202, "{m}");
+    let id = m["id"].as_u64().unwrap();
+    let thread = format!("events-{id}");
+    // By hand, to close the connection exactly when the test says.
+    let mut client = std::net::TcpStream::connect(s.base.trim_start_matches("http://")).unwrap();
+    let request = format!("GET /v1/migrations/{id}/events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {ACME}\r\n\r\n");
+    std::io::Write::write_all(&mut client, request.as_bytes()).unwrap();
+    let mut head = String::new();
+    let mut reader = BufReader::new(client.try_clone().unwrap());
+    while !head.contains("event: migration") {
+        assert!(reader.read_line(&mut head).unwrap() > 0, "{head}");
+    }
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    // A new thread names itself once it runs: wait for that.
+    let started = Instant::now();
+    while threads_named(&thread) == 0 {
+        assert!(started.elapsed() < WAIT, "no bridge thread");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(threads_named(&thread), 1, "one bridge per stream");
+    drop((reader, client));
+    let started = Instant::now();
+    while threads_named(&thread) > 0 {
+        assert!(started.elapsed() < WAIT, "the bridge outlived its client");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    s.manager.advance(id, MigrationEvent::PlanWritten, NOW).unwrap();
+
+    // A stream still open when the server shuts down ends with it.
+    let (_, _, open) = s.events(id, ACME);
+    let open = open.unwrap();
+    assert_eq!(state(&open.next()), "waiting_for_destination_lease");
+    s.stop();
+    assert!(open.ends(), "the graceful shutdown ended the stream");
+}
+
+#[test]
+fn the_document_describes_promote_and_the_event_stream() {
+    let (s, _) = Server::with_migration("openapi");
+    let document: Value = serde_json::from_str(
+        &s.agent.get(format!("{}/openapi.json", s.base)).call().unwrap().body_mut().read_to_string().unwrap(),
+    )
+    .unwrap();
+    let paths = &document["paths"];
+    assert!(paths["/v1/migrations/{id}/promote"]["post"].is_object());
+    let events = &paths["/v1/migrations/{id}/events"]["get"];
+    assert!(events["responses"]["200"]["content"]["text/event-stream"].is_object(), "{events}");
+    assert!(events["responses"]["404"].is_object());
+}

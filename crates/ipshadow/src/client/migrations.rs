@@ -1,0 +1,345 @@
+//! `ipshadow reassign`, `ipshadow migration ...` and `ipshadow shadowing`: the seed's reassign
+//! call, the migrations it starts with the user's controls over them, and the shadowing table.
+
+use std::net::Ipv4Addr;
+
+use anyhow::Context as _;
+use clap::{Args, Subcommand};
+use ipshadow_control::migration::MigrationState;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::http::Api;
+use super::table::{Table, clean, now_ms, pairs, pct, relative, utc};
+use super::{ConnectArgs, parse, print_json, watch};
+
+/// `ipshadow reassign`.
+#[derive(Args, Debug)]
+pub struct ReassignArgs {
+    #[command(flatten)]
+    connect: ConnectArgs,
+    /// The address.
+    ip: Ipv4Addr,
+    /// The VM that gets it.
+    #[arg(long, value_name = "VM")]
+    to: String,
+    /// Move it gradually without dropping connections (a migration) instead of at once.
+    #[arg(long)]
+    migrate: bool,
+    /// Cut over this many seconds from now (default: the end of the source's lease, or the
+    /// server's default).
+    #[arg(long, value_name = "SECS", requires = "migrate")]
+    deadline_in: Option<u64>,
+    /// How new flows are split between the VMs.
+    #[arg(long, value_parser = ["flow", "packet", "instant"], requires = "migrate")]
+    strategy: Option<String>,
+    /// Whether B runs its own stack or is a replica of A.
+    #[arg(long, value_parser = ["independent", "replica"], requires = "migrate")]
+    mode: Option<String>,
+    /// What a split decision pins: each flow, or every flow of a client.
+    #[arg(long, value_parser = ["flow", "client"], requires = "migrate")]
+    affinity: Option<String>,
+    /// Follow the migration until it ends (as `ipshadow migration watch`).
+    #[arg(long, requires = "migrate")]
+    watch: bool,
+}
+
+/// `ipshadow migration`.
+#[derive(Args, Debug)]
+pub struct MigrationArgs {
+    #[command(flatten)]
+    connect: ConnectArgs,
+    #[command(subcommand)]
+    command: MigrationCommand,
+}
+
+#[derive(Subcommand, Debug)]
+enum MigrationCommand {
+    /// List the migrations the token may see.
+    List,
+    /// Show one migration with its history.
+    Show {
+        /// Migration id.
+        id: u64,
+    },
+    /// Freeze the split where it is (the migration must be ramping).
+    Pause {
+        /// Migration id.
+        id: u64,
+    },
+    /// Let a paused split rise again.
+    Resume {
+        /// Migration id.
+        id: u64,
+    },
+    /// Send every new flow to the destination from now on (ramping or paused).
+    Promote {
+        /// Migration id.
+        id: u64,
+    },
+    /// Stop the migration: the address stays the source's.
+    Abort {
+        /// Migration id.
+        id: u64,
+    },
+    /// Follow a migration until it ends: exit 0 when it completed, 1 when it did not.
+    Watch {
+        /// Migration id.
+        id: u64,
+    },
+}
+
+/// `ipshadow shadowing`.
+#[derive(Args, Debug)]
+pub struct ShadowingArgs {
+    #[command(flatten)]
+    connect: ConnectArgs,
+}
+
+/// A migration as the server sends it: what the commands print (the rest is ignored).
+#[derive(Clone, Debug, Deserialize)]
+pub struct Migration {
+    /// Its id.
+    pub id: u64,
+    /// The address.
+    pub ip: Ipv4Addr,
+    /// The owner.
+    pub tenant: String,
+    /// VM A.
+    pub source: String,
+    /// VM B.
+    pub destination: String,
+    /// Split strategy.
+    pub strategy: String,
+    /// Mode.
+    pub mode: String,
+    /// Affinity.
+    pub affinity: String,
+    /// Cut-over time, unix milliseconds.
+    pub deadline_ms: u64,
+    /// Where the deadline came from.
+    pub deadline_source: String,
+    /// Creation time, unix milliseconds.
+    pub created_ms: u64,
+    /// The split last reported, percent.
+    pub split_pct: f64,
+    /// State and history.
+    pub lifecycle: Lifecycle,
+}
+
+/// A migration's state and history.
+#[derive(Clone, Debug, Deserialize)]
+pub struct Lifecycle {
+    /// Where it is.
+    pub state: MigrationState,
+    /// Every step.
+    pub history: Vec<Step>,
+    /// B was promoted.
+    #[serde(default)]
+    pub promoted: bool,
+}
+
+/// One step of the history.
+#[derive(Clone, Debug, Deserialize)]
+pub struct Step {
+    /// When, unix milliseconds.
+    pub at_ms: u64,
+    /// State before.
+    pub from: MigrationState,
+    /// State after.
+    pub to: MigrationState,
+    /// The event: its name, and its reason when it has one.
+    pub event: Value,
+}
+
+/// A state as the API spells it (`waiting_for_destination_lease`).
+pub fn state_name(state: MigrationState) -> String {
+    serde_json::to_value(state).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default()
+}
+
+impl Migration {
+    /// `10.0.0.10 vm-a -> vm-b`.
+    pub fn route(&self) -> String {
+        clean(&format!("{} {} -> {}", self.ip, self.source, self.destination))
+    }
+
+    /// The cut-over, relative to now, while it can still come.
+    pub fn cut_over(&self, now_ms: u64) -> String {
+        if self.lifecycle.state.is_final() { "-".into() } else { relative(self.deadline_ms, now_ms) }
+    }
+
+    fn details(&self) -> String {
+        let now = now_ms();
+        let mut text = pairs(&[
+            ("id", self.id.to_string()),
+            ("address", self.route()),
+            ("tenant", self.tenant.clone()),
+            ("state", state_name(self.lifecycle.state)),
+            ("split", pct(self.split_pct)),
+            ("promoted", if self.lifecycle.promoted { "yes" } else { "no" }.into()),
+            ("strategy", format!("{} ({}, affinity {})", self.strategy, self.mode, self.affinity)),
+            ("cut-over", format!("{} ({}, {})", utc(self.deadline_ms), self.cut_over(now), self.deadline_source)),
+            ("created", format!("{} ({})", utc(self.created_ms), relative(self.created_ms, now))),
+        ]);
+        let mut history = Table::new(&["AT", "FROM", "TO", "EVENT"]);
+        for step in &self.lifecycle.history {
+            let name = step.event["event"].as_str().unwrap_or("?");
+            let event = match step.event["reason"].as_str() {
+                Some(reason) => format!("{name}: {reason}"),
+                None => name.to_owned(),
+            };
+            history.row(vec![utc(step.at_ms), state_name(step.from), state_name(step.to), event]);
+        }
+        if !history.is_empty() {
+            text.push_str(&format!("\n{history}"));
+        }
+        text
+    }
+}
+
+/// Runs `ipshadow reassign`.
+pub fn run_reassign(args: &ReassignArgs) -> anyhow::Result<()> {
+    let api = args.connect.connect()?;
+    let mut body = json!({"to": args.to, "migrate": args.migrate});
+    let fields = [("strategy", &args.strategy), ("mode", &args.mode), ("affinity", &args.affinity)];
+    for (name, value) in fields {
+        if let Some(value) = value {
+            body[name] = json!(value);
+        }
+    }
+    if let Some(secs) = args.deadline_in {
+        let deadline =
+            secs.checked_mul(1000).and_then(|ms| ms.checked_add(now_ms())).context("--deadline-in is too far")?;
+        body["deadline_ms"] = json!(deadline);
+    }
+    let reply = api.post(&format!("/v1/addresses/{}/reassign", args.ip), Some(&body))?;
+    if args.connect.json {
+        print_json(&reply)?;
+    }
+    // Without migrate: `{"result": "moved", "address": ...}`; with it: the migration.
+    if reply.get("result").is_some() {
+        if !args.connect.json {
+            println!("{} moved to {}", args.ip, clean(&args.to));
+        }
+        return Ok(());
+    }
+    let m: Migration = parse(&api, reply)?;
+    if !args.connect.json {
+        println!(
+            "migration {} started: {}, cut-over {} ({})",
+            m.id,
+            m.route(),
+            utc(m.deadline_ms),
+            relative(m.deadline_ms, now_ms())
+        );
+        if !args.watch {
+            println!("follow it: ipshadow migration watch {}", m.id);
+        }
+    }
+    if args.watch { watch::run(&api, m.id, args.connect.json) } else { Ok(()) }
+}
+
+/// Runs `ipshadow migration ...`.
+pub fn run_migration(args: &MigrationArgs) -> anyhow::Result<()> {
+    let api = args.connect.connect()?;
+    let json = args.connect.json;
+    let (id, action) = match &args.command {
+        MigrationCommand::List => return list(&api, json),
+        MigrationCommand::Watch { id } => return watch::run(&api, *id, json),
+        MigrationCommand::Show { id } => {
+            let reply = api.get(&format!("/v1/migrations/{id}"))?;
+            if json {
+                return print_json(&reply);
+            }
+            print!("{}", parse::<Migration>(&api, reply)?.details());
+            return Ok(());
+        }
+        MigrationCommand::Pause { id } => (id, "pause"),
+        MigrationCommand::Resume { id } => (id, "resume"),
+        MigrationCommand::Promote { id } => (id, "promote"),
+        MigrationCommand::Abort { id } => (id, "abort"),
+    };
+    let reply = api.post(&format!("/v1/migrations/{id}/{action}"), None)?;
+    if json {
+        return print_json(&reply);
+    }
+    let m: Migration = parse(&api, reply)?;
+    let state = state_name(m.lifecycle.state);
+    match action {
+        "promote" => println!("migration {id}: promoted, every new flow goes to {} ({state})", clean(&m.destination)),
+        _ => println!("migration {id}: {state} (split {})", pct(m.split_pct)),
+    }
+    Ok(())
+}
+
+fn list(api: &Api, json: bool) -> anyhow::Result<()> {
+    let reply = api.get("/v1/migrations")?;
+    if json {
+        return print_json(&reply);
+    }
+    let now = now_ms();
+    let mut table = Table::new(&["ID", "IP", "SOURCE", "DESTINATION", "STATE", "SPLIT", "PROMOTED", "CUT-OVER"]);
+    for m in parse::<Vec<Migration>>(api, reply)? {
+        let promoted = if m.lifecycle.promoted { "yes" } else { "no" };
+        table.row(vec![
+            m.id.to_string(),
+            m.ip.to_string(),
+            m.source.clone(),
+            m.destination.clone(),
+            state_name(m.lifecycle.state),
+            pct(m.split_pct),
+            promoted.into(),
+            m.cut_over(now),
+        ]);
+    }
+    print!("{table}");
+    Ok(())
+}
+
+/// One row of the seed's shadowing table as the server sends it.
+#[derive(Deserialize)]
+struct ShadowingEntry {
+    ip_address: Ipv4Addr,
+    source_vm_id: String,
+    destination_vm_id: String,
+    migration_start_time: u64,
+    traffic_split_percentage: f64,
+    state: MigrationState,
+    migration_id: u64,
+    deadline_ms: u64,
+}
+
+/// Runs `ipshadow shadowing`: the seed's table, one row per shadowed address.
+pub fn run_shadowing(args: &ShadowingArgs) -> anyhow::Result<()> {
+    let api = args.connect.connect()?;
+    let reply = api.get("/v1/shadowing")?;
+    if args.connect.json {
+        return print_json(&reply);
+    }
+    let now = now_ms();
+    // The seed's field names, as the columns' names.
+    let mut table = Table::new(&[
+        "IP_ADDRESS",
+        "SOURCE_VM_ID",
+        "DESTINATION_VM_ID",
+        "MIGRATION_START_TIME",
+        "TRAFFIC_SPLIT_PERCENTAGE",
+        "STATE",
+        "MIGRATION",
+        "CUT-OVER",
+    ]);
+    for e in parse::<Vec<ShadowingEntry>>(&api, reply)? {
+        table.row(vec![
+            e.ip_address.to_string(),
+            e.source_vm_id,
+            e.destination_vm_id,
+            utc(e.migration_start_time),
+            pct(e.traffic_split_percentage),
+            state_name(e.state),
+            e.migration_id.to_string(),
+            relative(e.deadline_ms, now),
+        ]);
+    }
+    print!("{table}");
+    Ok(())
+}

@@ -1,0 +1,245 @@
+//! `ipshadow migration watch ID`: follows the migration's event stream until it ends. On a
+//! terminal, a live progress bar on stderr (position: the split, message: the state and the
+//! countdown to the cut-over) with each state change printed as a line above it; otherwise (or
+//! with `--json`) plain lines. Exits 0 when the migration completed, 1 when it ended otherwise.
+
+use std::io::{BufRead, IsTerminal as _};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use anyhow::bail;
+use indicatif::{ProgressBar, ProgressStyle};
+use ipshadow_control::migration::MigrationState;
+use serde_json::Value;
+
+use super::http::{Api, CallError};
+use super::migrations::{Migration, state_name};
+use super::table::{clean, now_ms, pct, relative};
+use super::{parse, print_json};
+
+/// How often the countdown is redrawn while nothing happens.
+const TICK: Duration = Duration::from_secs(1);
+
+/// One server-sent event.
+#[derive(Debug, PartialEq)]
+struct Sse {
+    /// `event:` (`message` when absent, as the standard says).
+    name: String,
+    /// The `data:` lines joined with newlines.
+    data: String,
+}
+
+/// Follows migration `id` until it ends.
+pub fn run(api: &Api, id: u64, json: bool) -> anyhow::Result<()> {
+    let path = format!("/v1/migrations/{id}/events");
+    let lines = api.stream(&path)?;
+    let (sender, events) = mpsc::channel();
+    // Reading blocks; the countdown must go on meanwhile.
+    std::thread::Builder::new().name("events".into()).spawn(move || read_events(lines, &sender))?;
+    let view = View::new(id, json);
+    let mut last: Option<Migration> = None;
+    loop {
+        let event = match events.recv_timeout(TICK) {
+            Ok(Ok(event)) => event,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                view.tick(last.as_ref());
+                continue;
+            }
+            // The stream ended before a final state (the server stopped) or broke: the record
+            // says whether the migration ended meanwhile.
+            Ok(Err(_)) | Err(mpsc::RecvTimeoutError::Disconnected) => {
+                let value = api.get(&format!("/v1/migrations/{id}"))?;
+                let m: Migration = parse(api, value.clone())?;
+                if m.lifecycle.state.is_final() {
+                    view.show(&m, last.as_ref(), json.then_some(value));
+                    return view.finish(&m);
+                }
+                view.clear();
+                bail!(
+                    "the event stream of migration {id} ended while it is {} (the server stopped?): run `ipshadow migration watch {id}` again",
+                    state_name(m.lifecycle.state)
+                );
+            }
+        };
+        match event.name.as_str() {
+            "migration" => {
+                let value: Value = serde_json::from_str(&event.data).map_err(|e| CallError::Unexpected {
+                    base: api.base().to_owned(),
+                    detail: format!("an event that is not JSON: {e}"),
+                })?;
+                let m: Migration = parse(api, value.clone())?;
+                view.show(&m, last.as_ref(), json.then_some(value));
+                if m.lifecycle.state.is_final() {
+                    return view.finish(&m);
+                }
+                last = Some(m);
+            }
+            "error" => {
+                view.clear();
+                let message = serde_json::from_str::<Value>(&event.data)
+                    .ok()
+                    .and_then(|v| v["message"].as_str().map(str::to_owned))
+                    .unwrap_or(event.data);
+                bail!("the server ended the event stream of migration {id}: {}", clean(&message));
+            }
+            // Events a later server may add.
+            _ => {}
+        }
+    }
+}
+
+/// Parses `text/event-stream` from `lines` (the WHATWG rules: `field: value` lines, a blank
+/// line ends an event, `:` starts a comment) and sends each event; a read error is sent last.
+fn read_events(lines: impl BufRead, sender: &mpsc::Sender<Result<Sse, String>>) {
+    let (mut name, mut data) = (String::new(), None::<String>);
+    for line in lines.lines() {
+        let line = match line {
+            Ok(line) => line,
+            Err(e) => {
+                let _ = sender.send(Err(e.to_string()));
+                return;
+            }
+        };
+        if line.is_empty() {
+            if let Some(data) = data.take() {
+                let name = if name.is_empty() { "message".to_owned() } else { std::mem::take(&mut name) };
+                if sender.send(Ok(Sse { name, data })).is_err() {
+                    return;
+                }
+            }
+            name.clear();
+            continue;
+        }
+        let (field, value) = line.split_once(':').unwrap_or((&line, ""));
+        let value = value.strip_prefix(' ').unwrap_or(value);
+        match field {
+            "event" => name = value.to_owned(),
+            "data" => match &mut data {
+                Some(d) => {
+                    d.push('\n');
+                    d.push_str(value);
+                }
+                None => data = Some(value.to_owned()),
+            },
+            // Comments (keep-alives), `id`, `retry`, unknown fields.
+            _ => {}
+        }
+    }
+}
+
+/// What the user sees: a progress bar on a terminal, plain lines otherwise.
+struct View {
+    bar: Option<ProgressBar>,
+    /// Stdout carries JSON only: no lines of text there.
+    json: bool,
+}
+
+impl View {
+    fn new(id: u64, json: bool) -> Self {
+        let bar = (!json && std::io::stderr().is_terminal()).then(|| {
+            let style = ProgressStyle::with_template("{spinner} migration {prefix} [{bar:30}] {pos:>3}% {msg}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> ");
+            let bar = ProgressBar::new(100).with_style(style).with_prefix(id.to_string());
+            bar.enable_steady_tick(Duration::from_millis(120));
+            bar
+        });
+        Self { bar, json }
+    }
+
+    /// Shows a new version of the migration: `json` prints it as is; otherwise a line when the
+    /// state changed (also the split, without a bar), and the bar follows.
+    fn show(&self, m: &Migration, previous: Option<&Migration>, json: Option<Value>) {
+        if let Some(value) = json {
+            // A closed stdout (`| head`) is no reason to stop following.
+            let _ = print_json(&value);
+            return;
+        }
+        let changed = previous
+            .is_none_or(|p| p.lifecycle.state != m.lifecycle.state || p.lifecycle.promoted != m.lifecycle.promoted);
+        match &self.bar {
+            Some(bar) => {
+                bar.set_position(m.split_pct.clamp(0.0, 100.0).round() as u64);
+                bar.set_message(bar_status(m, now_ms()));
+                if changed && !m.lifecycle.state.is_final() {
+                    bar.suspend(|| println!("migration {}: {}", m.id, status(m, now_ms())));
+                }
+            }
+            None if !m.lifecycle.state.is_final()
+                && (changed || previous.is_some_and(|p| p.split_pct != m.split_pct)) =>
+            {
+                println!("migration {}: {}", m.id, status(m, now_ms()));
+            }
+            None => {}
+        }
+    }
+
+    /// Redraws the countdown.
+    fn tick(&self, last: Option<&Migration>) {
+        if let (Some(bar), Some(m)) = (&self.bar, last) {
+            bar.set_message(bar_status(m, now_ms()));
+        }
+    }
+
+    fn clear(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
+
+    /// The last line, and the exit: success only for a completed migration.
+    fn finish(&self, m: &Migration) -> anyhow::Result<()> {
+        self.clear();
+        let state = state_name(m.lifecycle.state);
+        let reason = m.lifecycle.history.last().and_then(|h| h.event["reason"].as_str()).map(clean);
+        let outcome = match m.lifecycle.state {
+            MigrationState::Completed => format!("{} is {}'s", m.ip, clean(&m.destination)),
+            _ => format!("{} stays {}'s", m.ip, clean(&m.source)),
+        };
+        match &reason {
+            _ if self.json => {}
+            Some(reason) => println!("migration {}: {state} ({reason}): {outcome}", m.id),
+            None => println!("migration {}: {state}: {outcome}", m.id),
+        }
+        if m.lifecycle.state == MigrationState::Completed { Ok(()) } else { bail!("migration {} ended {state}", m.id) }
+    }
+}
+
+/// Beside the bar, which shows the split: `ramping, cut-over in 4m 12s, promoted`.
+fn bar_status(m: &Migration, now: u64) -> String {
+    let promoted = if m.lifecycle.promoted { ", promoted" } else { "" };
+    format!("{}, cut-over {}{promoted}", state_name(m.lifecycle.state), relative(m.deadline_ms, now))
+}
+
+/// `ramping, split 25%, cut-over in 4m 12s, promoted`.
+fn status(m: &Migration, now: u64) -> String {
+    let promoted = if m.lifecycle.promoted { ", promoted" } else { "" };
+    format!(
+        "{}, split {}, cut-over {}{promoted}",
+        state_name(m.lifecycle.state),
+        pct(m.split_pct),
+        relative(m.deadline_ms, now)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_event_stream_parses_by_the_standard() {
+        let text = ": keep-alive\n\nevent: migration\nid: 7\ndata: {\"a\":\ndata:1}\n\ndata: plain\n\nevent: error\n";
+        let (sender, events) = mpsc::channel();
+        read_events(text.as_bytes(), &sender);
+        drop(sender);
+        let got: Vec<_> = events.iter().map(Result::unwrap).collect();
+        assert_eq!(
+            got,
+            [
+                Sse { name: "migration".into(), data: "{\"a\":\n1}".into() },
+                Sse { name: "message".into(), data: "plain".into() },
+            ],
+            "a comment is no event, and an event needs its blank line"
+        );
+    }
+}

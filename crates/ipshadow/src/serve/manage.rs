@@ -1,0 +1,132 @@
+//! The manager's loop inside `ipshadow serve`: it hears the store's changes, the DHCP server's
+//! lease events and the router's status reports on one channel, turns them into migration
+//! events through [`Manager`], and hands the parts what the store now says they should do. It
+//! keeps nothing of its own: a restarted process starts again from the store.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant as Clock};
+
+use ipshadow_control::manager::Manager;
+use ipshadow_control::orchestrator::Input;
+use ipshadow_control::{RedbStore, Store};
+use ipshadow_dataplane::{Desired, Status};
+
+use super::parts::{DhcpFeed, Heard, RouterFeed};
+
+/// How often time-based decisions are taken (deadlines, timeouts) when nothing else happens.
+const TICK: Duration = Duration::from_millis(200);
+
+/// Where the manager's projections go.
+pub struct Outputs {
+    /// The router, if one runs in this process.
+    pub router: Option<RouterFeed>,
+    /// The DHCP server, if one runs in this process.
+    pub dhcp: Option<Sender<DhcpFeed>>,
+    /// The router's last status, for the API.
+    pub router_status: Arc<Mutex<Option<Status>>>,
+}
+
+/// Forwards the store's changes as [`Heard::StoreChanged`] until `stop`.
+pub fn watch_store(store: &RedbStore, heard: Sender<Heard>, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
+    // The revision now: changes after it wake the manager.
+    let (_, revision) = store.range("\u{0}")?;
+    let watcher = store.watch("/", revision)?;
+    std::thread::Builder::new().name("store-watch".into()).spawn(move || {
+        while !stop.load(Ordering::Relaxed) {
+            if watcher.next_timeout(Duration::from_millis(200)).is_some() {
+                while watcher.try_next().is_some() {}
+                if heard.send(Heard::StoreChanged).is_err() {
+                    break;
+                }
+            }
+        }
+    })?;
+    Ok(())
+}
+
+/// Runs the manager until `stop`.
+pub fn manage(
+    manager: &Manager<RedbStore>,
+    heard: &Receiver<Heard>,
+    outputs: &Outputs,
+    stop: &AtomicBool,
+    clock: impl Fn() -> u64,
+) {
+    let mut last_desired: Option<Desired> = None;
+    let mut last_dhcp: Option<DhcpFeed> = None;
+    let mut next_tick = Clock::now();
+    while !stop.load(Ordering::Relaxed) {
+        let wait = next_tick.saturating_duration_since(Clock::now());
+        let mut batch = Vec::new();
+        match heard.recv_timeout(wait) {
+            Ok(h) => batch.push(h),
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => return,
+        }
+        batch.extend(heard.try_iter());
+        let now = clock();
+        // Of several router reports only the newest matters.
+        let newest_router = batch.iter().rposition(|h| matches!(h, Heard::Router(_)));
+        for (i, h) in batch.iter().enumerate() {
+            let result = match h {
+                Heard::Lease(event) => manager.handle(&Input::Lease(event), now).map(drop),
+                Heard::Router(status) if Some(i) == newest_router => {
+                    if let Ok(mut shared) = outputs.router_status.lock() {
+                        *shared = Some((**status).clone());
+                    }
+                    manager.handle(&Input::Router(status), now).map(drop)
+                }
+                Heard::Router(_) | Heard::StoreChanged => Ok(()),
+            };
+            if let Err(e) = result {
+                eprintln!("ipshadow serve: manager: {e}");
+            }
+        }
+        if Clock::now() >= next_tick {
+            next_tick = Clock::now() + TICK;
+            if let Err(e) = manager.handle(&Input::Tick, now) {
+                eprintln!("ipshadow serve: manager: {e}");
+            }
+        }
+        // The router first: a new migration's entry reaches it before the manager's own
+        // transaction (plan written) and its fsync.
+        project(manager, outputs, now, &mut last_desired, &mut last_dhcp);
+        match manager.start_pending(now) {
+            Ok(started) if !started.is_empty() => project(manager, outputs, now, &mut last_desired, &mut last_dhcp),
+            Ok(_) => {}
+            Err(e) => eprintln!("ipshadow serve: manager: {e}"),
+        }
+    }
+}
+
+/// Hands the parts what the store says now, when it differs from what they have.
+fn project(
+    manager: &Manager<RedbStore>,
+    outputs: &Outputs,
+    now_ms: u64,
+    last_desired: &mut Option<Desired>,
+    last_dhcp: &mut Option<DhcpFeed>,
+) {
+    if let Some(router) = &outputs.router {
+        match manager.desired(now_ms) {
+            Ok((desired, _)) if last_desired.as_ref() != Some(&desired) => {
+                router.send(desired.clone());
+                *last_desired = Some(desired);
+            }
+            Ok(_) => {}
+            Err(e) => eprintln!("ipshadow serve: manager: {e}"),
+        }
+    }
+    if let Some(dhcp) = &outputs.dhcp {
+        match manager.dhcp() {
+            Ok(feed) if last_dhcp.as_ref() != Some(&feed) => {
+                let _ = dhcp.send(feed.clone());
+                *last_dhcp = Some(feed);
+            }
+            Ok(_) => {}
+            Err(e) => eprintln!("ipshadow serve: manager: {e}"),
+        }
+    }
+}

@@ -1,0 +1,352 @@
+//! `ipshadow serve`: the network manager, its REST API, and (when configured) the DHCP server
+//! and the Shadow Router in one process, on the embedded store. With no arguments it starts on
+//! MISSION.md's defaults: the API on 127.0.0.1:7480, data in `./ipshadow-data/`, the admin token
+//! from `IPSHADOW_ADMIN_TOKEN` (or generated once, kept in the data folder with mode 0600, and
+//! its path printed); without `[router]` and `[dhcp]` sections only the API and the manager run.
+//!
+//! Data flows one way: API -> store -> manager -> router / DHCP server (each follows what the
+//! manager projects from the store); what the parts hear comes back to the manager on one
+//! channel. Everything durable is in the store and the DHCP lease store, so a process killed
+//! at any moment resumes every migration where it was recorded.
+
+mod manage;
+mod parts;
+
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, SystemTime};
+
+use anyhow::{Context, bail};
+use clap::Args;
+use ipshadow_control::RedbStore;
+use ipshadow_control::api::{ApiState, DhcpStatusSource, LeaseEndSource, Parts, RouterStatusSource, TokenTable};
+use ipshadow_control::inventory::Inventory;
+use ipshadow_control::manager::Manager;
+use ipshadow_control::orchestrator::Limits;
+use ipshadow_control::reassign::DeadlinePolicy;
+use serde::Deserialize;
+
+/// Options of `ipshadow serve`.
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// Configuration file (TOML: `listen`, `data_dir`, `[[tenants]] name, token`); without it
+    /// every default applies.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+}
+
+/// The configuration file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ServeConfig {
+    /// Where the API listens.
+    listen: Option<SocketAddr>,
+    /// Where the store and the generated admin token live.
+    data_dir: Option<PathBuf>,
+    /// Tenants and their bearer tokens.
+    #[serde(default)]
+    tenants: Vec<TenantConfig>,
+    /// The Shadow Router in this process (needs root).
+    router: Option<RouterConfig>,
+    /// The DHCP server in this process: `ipshadow dhcp`'s configuration without `reservations`
+    /// and `migrations` (the inventory's VMs and the migrations give those); a relative
+    /// `lease_store` is inside `data_dir`.
+    dhcp: Option<ipshadow_dhcp::DhcpConfig>,
+    /// Limits on the deadlines users may request.
+    #[serde(default)]
+    policy: PolicyConfig,
+}
+
+/// The `[policy]` section.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct PolicyConfig {
+    /// Shortest requested deadline, seconds from the request.
+    min_deadline_secs: u64,
+    /// Longest requested deadline, seconds from the request.
+    max_deadline_secs: u64,
+    /// Deadline when nothing was requested and the source's lease end is unknown, seconds.
+    default_deadline_secs: u64,
+}
+
+impl Default for PolicyConfig {
+    fn default() -> Self {
+        let d = DeadlinePolicy::default();
+        Self {
+            min_deadline_secs: d.min_ms / 1000,
+            max_deadline_secs: d.max_ms / 1000,
+            default_deadline_secs: d.default_ms / 1000,
+        }
+    }
+}
+
+impl PolicyConfig {
+    fn policy(&self) -> anyhow::Result<DeadlinePolicy> {
+        let p = self;
+        if p.min_deadline_secs == 0
+            || p.min_deadline_secs > p.max_deadline_secs
+            || !(p.min_deadline_secs..=p.max_deadline_secs).contains(&p.default_deadline_secs)
+        {
+            bail!("[policy]: need 0 < min_deadline_secs <= default_deadline_secs <= max_deadline_secs");
+        }
+        Ok(DeadlinePolicy {
+            min_ms: p.min_deadline_secs * 1000,
+            max_ms: p.max_deadline_secs * 1000,
+            default_ms: p.default_deadline_secs * 1000,
+        })
+    }
+}
+
+/// The `[router]` section.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RouterConfig {
+    /// Interface towards the clients.
+    provider: String,
+    /// The VMs' gateway address.
+    gateway: std::net::Ipv4Addr,
+    /// One port per VM: `{ id, interface, mac? }`.
+    vms: Vec<VmPortConfig>,
+    /// Most flows tracked.
+    #[serde(default = "default_max_flows")]
+    max_flows: usize,
+    /// Leave the host kernel's processing of the router's frames on.
+    #[serde(default)]
+    kernel_sees_frames: bool,
+    /// Poll the rings in a loop (one CPU busy).
+    #[serde(default)]
+    busy_poll: bool,
+    /// Also write each status report to this file (atomically), for tools that read files.
+    status_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct VmPortConfig {
+    id: String,
+    interface: String,
+    mac: Option<String>,
+}
+
+fn default_max_flows() -> usize {
+    1 << 20
+}
+
+impl RouterConfig {
+    fn setup(&self) -> anyhow::Result<crate::router::RouterSetup> {
+        let vms = self
+            .vms
+            .iter()
+            .map(|v| {
+                let mac = v.mac.as_deref().map(crate::router::parse_mac).transpose().map_err(anyhow::Error::msg)?;
+                Ok(crate::router::VmPort { id: v.id.as_str().into(), interface: v.interface.clone(), mac })
+            })
+            .collect::<anyhow::Result<_>>()
+            .context("in [router]")?;
+        Ok(crate::router::RouterSetup {
+            provider: self.provider.clone(),
+            vms,
+            gateway: self.gateway,
+            max_flows: self.max_flows,
+            kernel_sees_frames: self.kernel_sees_frames,
+            busy_poll: self.busy_poll,
+            status_period: Duration::from_millis(200),
+        })
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TenantConfig {
+    name: String,
+    token: String,
+}
+
+/// The default API address.
+const DEFAULT_LISTEN: &str = "127.0.0.1:7480";
+
+fn unix_ms() -> u64 {
+    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_millis() as u64
+}
+
+/// The admin token: from the environment, else from the data folder, else a new one written
+/// there readable by its owner only.
+fn admin_token(data_dir: &Path) -> anyhow::Result<String> {
+    if let Ok(token) = std::env::var("IPSHADOW_ADMIN_TOKEN") {
+        if token.len() < 16 {
+            bail!("IPSHADOW_ADMIN_TOKEN is shorter than 16 characters");
+        }
+        return Ok(token);
+    }
+    let path = data_dir.join("admin-token");
+    if let Ok(token) = std::fs::read_to_string(&path) {
+        return Ok(token.trim().to_owned());
+    }
+    let mut bytes = [0u8; 32];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes))
+        .context("reading /dev/urandom")?;
+    let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    writeln!(file, "{token}")?;
+    eprintln!("ipshadow serve: generated an admin token in {} (mode 0600)", path.display());
+    Ok(token)
+}
+
+/// Opens the store. A process killed a moment ago may still hold its lock while its last
+/// threads exit (a supervisor restarting `serve` at once meets this): wait a little for it.
+fn open_store(path: &Path) -> anyhow::Result<RedbStore> {
+    let give_up = std::time::Instant::now() + Duration::from_secs(10);
+    let mut said = false;
+    loop {
+        match RedbStore::open(path) {
+            Err(ipshadow_control::StoreError::Locked { .. }) if std::time::Instant::now() < give_up => {
+                if !said {
+                    eprintln!("ipshadow serve: {} is locked by another process; waiting up to 10 s", path.display());
+                    said = true;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            result => return Ok(result?),
+        }
+    }
+}
+
+/// Runs the manager and the API until SIGTERM or SIGINT.
+pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
+    let config = match &args.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+            toml::from_str::<ServeConfig>(&text).with_context(|| format!("in {}", path.display()))?
+        }
+        None => ServeConfig::default(),
+    };
+    let listen = match config.listen {
+        Some(addr) => addr,
+        None => DEFAULT_LISTEN.parse()?,
+    };
+    let data_dir = config.data_dir.clone().unwrap_or_else(|| PathBuf::from("ipshadow-data"));
+    std::fs::create_dir_all(&data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
+    let mut tokens = TokenTable::new(admin_token(&data_dir)?);
+    for t in &config.tenants {
+        if t.token.len() < 16 {
+            bail!("tenant {}: token shorter than 16 characters", t.name);
+        }
+        tokens = tokens.with_tenant(t.token.clone(), t.name.clone());
+    }
+
+    let policy = config.policy.policy()?;
+    let store = open_store(&data_dir.join("store.redb"))?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let (heard_tx, heard_rx) = std::sync::mpsc::channel();
+    let manager = Manager::new(Inventory::new(store.clone()), Limits::default());
+    let mut threads = Vec::new();
+    let mut outputs = manage::Outputs { router: None, dhcp: None, router_status: Default::default() };
+    let lease_ends: parts::LeaseEnds = Default::default();
+    let started = (|| -> anyhow::Result<()> {
+        manage::watch_store(&store, heard_tx.clone(), Arc::clone(&stop))?;
+        if let Some(router) = &config.router {
+            let status_file = router.status_file.clone();
+            let (feed, thread) =
+                parts::start_router(router.setup()?, status_file, heard_tx.clone(), Arc::clone(&stop))?;
+            outputs.router = Some(feed);
+            threads.push(thread);
+        }
+        if let Some(mut dhcp) = config.dhcp.clone() {
+            if !dhcp.reservations.is_empty() || !dhcp.migrations.is_empty() {
+                bail!("[dhcp]: reservations and migrations come from the inventory, not the configuration");
+            }
+            if dhcp.lease_store.is_relative() {
+                dhcp.lease_store = data_dir.join(&dhcp.lease_store);
+            }
+            let (tx, rx) = std::sync::mpsc::channel();
+            let first = manager.dhcp()?;
+            let log_path = data_dir.join("dhcp-events.jsonl");
+            let log = std::fs::File::options()
+                .create(true)
+                .append(true)
+                .open(&log_path)
+                .with_context(|| format!("opening {}", log_path.display()))?;
+            let thread =
+                parts::start_dhcp(dhcp, first, rx, heard_tx.clone(), lease_ends.clone(), log, Arc::clone(&stop))?;
+            outputs.dhcp = Some(tx);
+            threads.push(thread);
+        }
+        Ok(())
+    })();
+    drop(heard_tx);
+    if let Err(e) = started {
+        stop.store(true, Ordering::Relaxed);
+        for t in threads {
+            let _ = t.join();
+        }
+        return Err(e);
+    }
+    let api_parts = Parts {
+        lease_end: config.dhcp.is_some().then(|| {
+            let ends = lease_ends.clone();
+            Arc::new(move |ip| ends.lock().ok().and_then(|e| e.lease_ends.get(&ip).copied())) as LeaseEndSource
+        }),
+        dhcp_status: config.dhcp.is_some().then(|| {
+            let shared = lease_ends.clone();
+            Arc::new(move || shared.lock().ok().map(|s| s.status.clone())) as DhcpStatusSource
+        }),
+        router_status: config.router.is_some().then(|| {
+            let status = outputs.router_status.clone();
+            Arc::new(move || status.lock().ok().and_then(|s| s.clone())) as RouterStatusSource
+        }),
+    };
+    let manager_thread = {
+        let stop = Arc::clone(&stop);
+        std::thread::Builder::new().name("manager".into()).spawn(move || {
+            manage::manage(&manager, &heard_rx, &outputs, &stop, unix_ms);
+        })?
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let result = runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("listening on {listen}"))?;
+        eprintln!(
+            "ipshadow serve: API on http://{}, data in {}",
+            listener.local_addr()?,
+            data_dir.display()
+        );
+        let shutdown = async {
+            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+            }
+        };
+        let state = ApiState::new(store, tokens).with_parts(api_parts).with_policy(policy);
+        ipshadow_control::api::serve(listener, state, shutdown).await?;
+        anyhow::Ok(())
+    });
+    stop.store(true, Ordering::Relaxed);
+    let mut failures = Vec::new();
+    if manager_thread.join().is_err() {
+        failures.push("the manager thread panicked".to_owned());
+    }
+    for t in threads {
+        match t.join() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => failures.push(format!("{e:#}")),
+            Err(_) => failures.push("a part's thread panicked".to_owned()),
+        }
+    }
+    // Not eprintln!: a closed stderr must not turn a clean stop into a panic.
+    let _ = writeln!(std::io::stderr(), "ipshadow serve: stopped");
+    result?;
+    if !failures.is_empty() {
+        bail!("{}", failures.join("; "));
+    }
+    Ok(())
+}

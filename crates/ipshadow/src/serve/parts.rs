@@ -1,0 +1,253 @@
+//! The DHCP server and the router inside `ipshadow serve`: each on its own thread, each
+//! following what the manager projects from the store (sent over a channel, no files), each
+//! telling the manager what it hears (lease events, status reports) over one channel back.
+
+use std::collections::BTreeMap;
+use std::io::Write as _;
+use std::net::Ipv4Addr;
+use std::os::fd::AsFd as _;
+use std::os::unix::net::UnixDatagram;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, Sender};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use anyhow::{Context, anyhow};
+use ipshadow_core::Instant;
+use ipshadow_dataplane::{Desired, Status};
+use ipshadow_dhcp::server::LeaseEvent;
+use ipshadow_dhcp::service::Service;
+use ipshadow_dhcp::{DhcpConfig, MigrationPlan, Reservation};
+
+use crate::router::{Router, RouterControl, RouterSetup};
+
+/// What the manager hears.
+pub enum Heard {
+    /// A lease event from the DHCP server.
+    Lease(LeaseEvent),
+    /// The router's status report.
+    Router(Box<Status>),
+    /// Something changed in the store.
+    StoreChanged,
+}
+
+/// What the DHCP server follows: the reservations and the lease plans.
+pub type DhcpFeed = (Vec<Reservation>, Vec<MigrationPlan>);
+
+/// The manager's line to the router: the desired state, and a nudge so that the router does not
+/// sleep through it.
+pub struct RouterFeed {
+    desired: Sender<Desired>,
+    wake: UnixDatagram,
+}
+
+impl RouterFeed {
+    /// Hands `desired` to the router.
+    pub fn send(&self, desired: Desired) {
+        if self.desired.send(desired).is_ok() {
+            // A full socket buffer means a nudge is already waiting: nothing lost.
+            let _ = self.wake.send(&[1]);
+        }
+    }
+}
+
+/// The router's side of [`RouterFeed`].
+struct FeedControl {
+    desired: Receiver<Desired>,
+    wake: UnixDatagram,
+    heard: Sender<Heard>,
+    status_file: Option<std::path::PathBuf>,
+}
+
+impl RouterControl for FeedControl {
+    fn wake_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        Some(self.wake.as_fd())
+    }
+
+    fn desired(&mut self, _now: Instant) -> Option<Desired> {
+        // Only the newest document matters.
+        let latest = self.desired.try_iter().last();
+        if latest.is_some() {
+            let mut buf = [0u8; 64];
+            while self.wake.recv(&mut buf).is_ok() {}
+        }
+        latest
+    }
+
+    fn report(&mut self, status: Status) {
+        if let Some(path) = &self.status_file
+            && let Err(e) = crate::router::write_atomically(path, &status)
+        {
+            eprintln!("ipshadow serve: router: {e:#}");
+        }
+        let _ = self.heard.send(Heard::Router(Box::new(status)));
+    }
+}
+
+/// Starts the router on its own thread (its ports are opened there and stay there); returns
+/// once it forwards, or with the reason it could not start.
+pub fn start_router(
+    setup: RouterSetup,
+    status_file: Option<std::path::PathBuf>,
+    heard: Sender<Heard>,
+    stop: Arc<AtomicBool>,
+) -> anyhow::Result<(RouterFeed, JoinHandle<anyhow::Result<()>>)> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (wake_tx, wake_rx) = UnixDatagram::pair().context("creating the router's wake-up socket")?;
+    wake_rx.set_nonblocking(true)?;
+    wake_tx.set_nonblocking(true)?;
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<String, String>>();
+    let thread = std::thread::Builder::new().name("router".into()).spawn(move || {
+        let now = crate::router::now();
+        let mut router = match Router::open(setup, now) {
+            Ok(router) => router,
+            Err(e) => {
+                let _ = ready_tx.send(Err(format!("{e:#}")));
+                return Ok(());
+            }
+        };
+        let _ = ready_tx.send(Ok(router.describe()));
+        let mut control = FeedControl { desired: rx, wake: wake_rx, heard, status_file };
+        let result = router.run(&stop, &mut control, crate::router::now);
+        eprintln!("ipshadow serve: router stopped after {} frames", router.forwarder.frames);
+        result
+    })?;
+    match ready_rx.recv() {
+        Ok(Ok(line)) => eprintln!("ipshadow serve: router {line}"),
+        Ok(Err(e)) => {
+            let _ = thread.join();
+            return Err(anyhow!("router: {e}"));
+        }
+        Err(_) => return Err(anyhow!("the router thread ended before it started")),
+    }
+    Ok((RouterFeed { desired: tx, wake: wake_tx }, thread))
+}
+
+/// What the DHCP thread publishes for the API.
+#[derive(Default)]
+pub struct DhcpShared {
+    /// Current leases that are not part of a migration, by address: unix milliseconds they end
+    /// (a migration's default deadline).
+    pub lease_ends: BTreeMap<Ipv4Addr, u64>,
+    /// Leases, counters and lease events by kind, as `GET /v1/dhcp/status` shows them.
+    pub status: serde_json::Value,
+    /// Lease events by kind since the process started.
+    events: BTreeMap<String, u64>,
+}
+
+/// [`DhcpShared`] between the DHCP thread and the API.
+pub type LeaseEnds = Arc<Mutex<DhcpShared>>;
+
+/// How late a new lease plan may reach the DHCP server at most.
+const DHCP_FOLLOW: Duration = Duration::from_millis(50);
+
+/// Starts the DHCP server on its own thread, following `feed` (the first feed is applied before
+/// the first request is answered); returns once it serves.
+pub fn start_dhcp(
+    config: DhcpConfig,
+    first: DhcpFeed,
+    feed: Receiver<DhcpFeed>,
+    heard: Sender<Heard>,
+    lease_ends: LeaseEnds,
+    mut log: std::fs::File,
+    stop: Arc<AtomicBool>,
+) -> anyhow::Result<JoinHandle<anyhow::Result<()>>> {
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<String, String>>();
+    let thread = std::thread::Builder::new().name("dhcp".into()).spawn(move || {
+        let started = Service::start(config).and_then(|mut s| {
+            s.set_wait(DHCP_FOLLOW)?;
+            follow(&mut s, first)?;
+            Ok(s)
+        });
+        let mut service = match started {
+            Ok(service) => service,
+            Err(e) => {
+                let _ = ready_tx.send(Err(e.to_string()));
+                return Ok(());
+            }
+        };
+        let at = service.local_addr().map_or_else(|| "?".to_owned(), |a| a.to_string());
+        let _ = ready_tx.send(Ok(at));
+        publish(&service, &lease_ends);
+        while !stop.load(Ordering::Relaxed) {
+            if let Some(latest) = feed.try_iter().last() {
+                follow(&mut service, latest)?;
+                publish(&service, &lease_ends);
+            }
+            let events = service.step()?;
+            if !events.is_empty() {
+                if let Ok(mut shared) = lease_ends.lock() {
+                    for event in &events {
+                        if let Ok(serde_json::Value::String(kind)) = serde_json::to_value(event.kind) {
+                            *shared.events.entry(kind).or_default() += 1;
+                        }
+                    }
+                }
+                publish(&service, &lease_ends);
+            }
+            for event in events {
+                // The lease event log: one JSON line each, for the operator's audit.
+                if let Ok(line) = serde_json::to_string(&event) {
+                    let _ = writeln!(log, "{line}");
+                }
+                let _ = heard.send(Heard::Lease(event));
+            }
+        }
+        Ok(())
+    })?;
+    match ready_rx.recv() {
+        Ok(Ok(at)) => eprintln!("ipshadow serve: DHCP server on {at}"),
+        Ok(Err(e)) => {
+            let _ = thread.join();
+            return Err(anyhow!("DHCP server: {e}"));
+        }
+        Err(_) => return Err(anyhow!("the DHCP thread ended before it started")),
+    }
+    Ok(thread)
+}
+
+fn follow(service: &mut Service, (reservations, plans): DhcpFeed) -> Result<(), ipshadow_dhcp::service::ServiceError> {
+    for (id, why) in service.follow(reservations, &plans)? {
+        eprintln!("ipshadow serve: DHCP server refused the plan of migration {id}: {why}");
+    }
+    Ok(())
+}
+
+/// A lease as `GET /v1/dhcp/status` shows it.
+#[derive(serde::Serialize)]
+struct LeaseView<'a> {
+    ip: Ipv4Addr,
+    vm: Option<&'a str>,
+    client: String,
+    expires_ms: u64,
+    migration: Option<u64>,
+    role: Option<ipshadow_dhcp::Role>,
+}
+
+/// Publishes the leases for the API: their ends outside migrations (the default deadline) and
+/// the status view.
+fn publish(service: &Service, shared: &LeaseEnds) {
+    let leases = service.server().leases();
+    let ends: BTreeMap<Ipv4Addr, u64> =
+        leases.iter().filter(|l| l.migration.is_none()).map(|l| (l.ip, l.expires.saturating_mul(1000))).collect();
+    let views: Vec<LeaseView<'_>> = leases
+        .iter()
+        .map(|l| LeaseView {
+            ip: l.ip,
+            vm: l.vm.as_deref(),
+            client: l.client.to_string(),
+            expires_ms: l.expires.saturating_mul(1000),
+            migration: l.migration.map(|(id, _)| id),
+            role: l.migration.map(|(_, role)| role),
+        })
+        .collect();
+    if let Ok(mut shared) = shared.lock() {
+        shared.lease_ends = ends;
+        shared.status = serde_json::json!({
+            "leases": views,
+            "counters": service.server().counters(),
+            "events": shared.events,
+        });
+    }
+}
