@@ -8,7 +8,7 @@
 # Prints a final line `RESULT schemathesis_failures=N operations=M ...`.
 #
 #   SCHEMATHESIS_EXAMPLES  test cases per operation and phase (default 100)
-#   SCHEMATHESIS_SEED      the generator's seed (default: a new one, printed)
+#   SCHEMATHESIS_SEED      the generator's seed (default: a fixed one, printed)
 #   SCHEMATHESIS_REPORTS   a folder to keep the JUnit reports and the server's log in
 # Without CI=true a schemathesis that cannot be installed (no network) is SKIPPED; with it, a failure.
 set -euo pipefail
@@ -18,7 +18,8 @@ source scripts/lib.sh
 # Pinned: a new schemathesis release adds checks, and CI must not turn red by itself.
 SCHEMATHESIS_VERSION=4.32.5
 examples="${SCHEMATHESIS_EXAMPLES:-100}"
-seed="${SCHEMATHESIS_SEED:-$(od -An -N4 -tu4 /dev/urandom | tr -d ' ')}"
+# A fixed seed by default: CI runs the same cases every time (a new seed is one variable away).
+seed="${SCHEMATHESIS_SEED:-20261126}"
 started=$SECONDS
 
 need_cargo
@@ -140,6 +141,31 @@ request-timeout = 10
 # for another request): the API answers 422 `invalid` then. 400 (unreadable) stays a failure.
 expected-statuses = ["2xx", "401", "403", "404", "409", "422"]
 EOF
+
+# Idempotency keys: the API replays the first answer to every later request with the same key
+# (for 24 h), as the IETF draft and Stripe do, even if the VM it created was deleted since. The
+# generator picks keys from a small space ("0", "00", ...), so two creations in one stateful
+# scenario share one and the second "creates" a VM that the scenario then deletes and no longer
+# finds. A real client makes a fresh key per request: a valid generated key is replaced with a
+# fresh UUID as it is generated, an invalid one is sent as generated (the API must refuse it).
+# The replay semantics have their own tests (crates/control/tests/idempotency.rs).
+cat >"$tmp/ipshadow_hooks.py" <<'HOOKS'
+import re, uuid
+import schemathesis
+
+VALID_KEY = re.compile(r"^[\x21-\x7e]{1,128}$")
+
+@schemathesis.hook
+def map_headers(ctx, headers):
+    # At generation, so that every check works on the request as it will be sent; only a valid
+    # generated key is replaced.
+    if headers:
+        for name, value in list(headers.items()):
+            if name.lower() == "idempotency-key" and isinstance(value, str) and VALID_KEY.match(value):
+                headers[name] = str(uuid.uuid4())
+    return headers
+HOOKS
+export PYTHONPATH="$tmp${PYTHONPATH:+:$PYTHONPATH}" SCHEMATHESIS_HOOKS=ipshadow_hooks
 
 failures=0
 operations=0
