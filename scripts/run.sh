@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Sets up and runs the main job.
-#  1. As root: `ipshadow demo` — the lab in Linux network namespaces (client hosts, the Shadow
-#     Router on AF_PACKET, VM A and VM B with real DHCP clients and TCP servers), 500 long-lived
+#  1. As root: `ipshadow demo` — the lab in Linux network namespaces (client hosts; `ipshadow
+#     serve` in the router's namespace: API, manager, DHCP server and the Shadow Router on
+#     AF_PACKET; VM A and VM B with real DHCP clients and TCP servers), 500 long-lived
 #     connections plus churn on real Linux TCP, and a migration of 10.0.0.10 from A to B with the
-#     flow strategy; prints the report and removes the lab.
+#     flow strategy, started through the reassign API; prints the report and removes the lab.
 #  2. `ipshadow simulate` — the same migration in a deterministic simulated network, once per
 #     strategy: flow (ipshadow), packet (the seed's per-packet split), instant (the classic
 #     reassign). Writes the flow run's plot to target/simulate-flow.svg.

@@ -1,7 +1,10 @@
 //! `ipshadow`: move an IP address from one VM to another without dropping a connection.
 //!
-//! Subcommands so far: `simulate` (the migration in a deterministic simulated network) and
-//! `dhcp` (the DHCP server alone).
+//! `serve` runs the parts (API, manager, DHCP server, router) in one process; `vm`, `address`,
+//! `reassign`, `migration` and `shadowing` are its CLI client; `router` and `dhcp` run one part
+//! alone; `lab` and `demo` build the network-namespace lab and migrate in it under real traffic;
+//! `simulate` runs the migration in a deterministic simulated network; `traffic` is the lab's
+//! verified workload.
 
 mod client;
 mod demo;
@@ -41,7 +44,8 @@ enum Command {
     /// migration of 10.0.0.10 from VM A to VM B, lab down (needs root; without it, use
     /// `simulate`).
     Demo(demo::DemoArgs),
-    /// Run the network manager and its REST API on the embedded store (defaults: API on
+    /// Run the REST API, the network manager and (with `[router]` and `[dhcp]` in --config) the
+    /// Shadow Router and the DHCP server in one process on the embedded store (defaults: API on
     /// 127.0.0.1:7480, data in ./ipshadow-data/, admin token from IPSHADOW_ADMIN_TOKEN).
     Serve(serve::ServeArgs),
     /// Run the Shadow Router on Linux interfaces (AF_PACKET; needs root): it follows the

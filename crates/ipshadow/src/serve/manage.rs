@@ -8,7 +8,9 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant as Clock};
 
+use ipshadow_control::inventory::InventoryError;
 use ipshadow_control::manager::Manager;
+use ipshadow_control::migration::MigrationEvent;
 use ipshadow_control::orchestrator::Input;
 use ipshadow_control::{RedbStore, Store};
 use ipshadow_dataplane::{Desired, Status};
@@ -77,6 +79,15 @@ pub fn manage(
                         *shared = Some((**status).clone());
                     }
                     manager.handle(&Input::Router(status), now).map(drop)
+                }
+                Heard::PlanRefused { id, reason } => {
+                    eprintln!("ipshadow serve: migration {id}: {reason}");
+                    let event = MigrationEvent::Fail { reason: reason.clone() };
+                    match manager.inventory().advance(*id, event, now) {
+                        // Already failed (the refusal is heard again with every new feed).
+                        Err(InventoryError::Conflict(_)) => Ok(()),
+                        other => other.map(drop),
+                    }
                 }
                 Heard::Router(_) | Heard::StoreChanged => Ok(()),
             };

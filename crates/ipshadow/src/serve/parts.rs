@@ -30,6 +30,14 @@ pub enum Heard {
     Router(Box<Status>),
     /// Something changed in the store.
     StoreChanged,
+    /// The DHCP server refused a migration's lease plan (a VM already in another migration, an
+    /// address the source does not hold): the migration cannot go on.
+    PlanRefused {
+        /// The migration.
+        id: u64,
+        /// The DHCP server's reason.
+        reason: String,
+    },
 }
 
 /// What the DHCP server follows: the reservations and the lease plans.
@@ -157,7 +165,7 @@ pub fn start_dhcp(
     let thread = std::thread::Builder::new().name("dhcp".into()).spawn(move || {
         let started = Service::start(config).and_then(|mut s| {
             s.set_wait(DHCP_FOLLOW)?;
-            follow(&mut s, first)?;
+            follow(&mut s, first, &heard)?;
             Ok(s)
         });
         let mut service = match started {
@@ -172,7 +180,7 @@ pub fn start_dhcp(
         publish(&service, &lease_ends);
         while !stop.load(Ordering::Relaxed) {
             if let Some(latest) = feed.try_iter().last() {
-                follow(&mut service, latest)?;
+                follow(&mut service, latest, &heard)?;
                 publish(&service, &lease_ends);
             }
             let events = service.step()?;
@@ -207,9 +215,13 @@ pub fn start_dhcp(
     Ok(thread)
 }
 
-fn follow(service: &mut Service, (reservations, plans): DhcpFeed) -> Result<(), ipshadow_dhcp::service::ServiceError> {
+fn follow(
+    service: &mut Service,
+    (reservations, plans): DhcpFeed,
+    heard: &Sender<Heard>,
+) -> Result<(), ipshadow_dhcp::service::ServiceError> {
     for (id, why) in service.follow(reservations, &plans)? {
-        eprintln!("ipshadow serve: DHCP server refused the plan of migration {id}: {why}");
+        let _ = heard.send(Heard::PlanRefused { id, reason: format!("the DHCP server refused its lease plan: {why}") });
     }
     Ok(())
 }
