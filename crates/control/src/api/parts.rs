@@ -31,10 +31,10 @@ fn not_running(part: &str) -> ApiError {
 pub async fn router_status<S: Store>(
     State(state): State<ApiState<S>>,
     caller: Caller,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<ipshadow_dataplane::Status>, ApiError> {
     operator_only(&caller, "the router's status")?;
-    let status = state.parts.router_status.as_ref().and_then(|f| f()).ok_or_else(|| not_running("router"))?;
-    serde_json::to_value(status).map(Json).map_err(|e| ApiError::internal(e.to_string()))
+    // Serialized straight from the report: no intermediate JSON tree (it can be large).
+    state.parts.router_status.as_ref().and_then(|f| f()).map(Json).ok_or_else(|| not_running("router"))
 }
 
 /// The DHCP server's leases, counters and lease events by kind.

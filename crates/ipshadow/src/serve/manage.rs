@@ -19,6 +19,9 @@ use super::parts::{DhcpFeed, Heard, RouterFeed};
 
 /// How often time-based decisions are taken (deadlines, timeouts) when nothing else happens.
 const TICK: Duration = Duration::from_millis(200);
+/// How often expired idempotency records are removed (they expire after 24 h; a replay after
+/// that is a new request whether or not the record is still there).
+const PURGE: Duration = Duration::from_secs(60);
 
 /// Where the manager's projections go.
 pub struct Outputs {
@@ -59,6 +62,7 @@ pub fn manage(
     let mut last_desired: Option<Desired> = None;
     let mut last_dhcp: Option<DhcpFeed> = None;
     let mut next_tick = Clock::now();
+    let mut next_purge = Clock::now();
     while !stop.load(Ordering::Relaxed) {
         let wait = next_tick.saturating_duration_since(Clock::now());
         let mut batch = Vec::new();
@@ -99,6 +103,14 @@ pub fn manage(
             next_tick = Clock::now() + TICK;
             if let Err(e) = manager.handle(&Input::Tick, now) {
                 eprintln!("ipshadow serve: manager: {e}");
+            }
+        }
+        if Clock::now() >= next_purge {
+            next_purge = Clock::now() + PURGE;
+            match ipshadow_control::api::idempotency::purge_expired(manager.inventory().store(), now) {
+                Ok(0) => {}
+                Ok(n) => eprintln!("ipshadow serve: {n} expired idempotency records removed"),
+                Err(e) => eprintln!("ipshadow serve: removing expired idempotency records: {e}"),
             }
         }
         // The router first: a new migration's entry reaches it before the manager's own
