@@ -58,7 +58,7 @@ pub const DEFAULT_TTL_MS: u64 = 24 * 3_600_000;
 pub const PREFIX: &str = "/v1/idempotency/";
 
 /// The largest request body a keyed POST may carry (the API's bodies are a few hundred bytes).
-const MAX_BODY: usize = 64 * 1024;
+pub(crate) const MAX_BODY: usize = 64 * 1024;
 
 /// Most records [`purge_expired`] deletes in one transaction.
 const PURGE_BATCH: usize = 128;

@@ -247,7 +247,24 @@ pub fn router<S: Store>(state: ApiState<S>) -> Router {
         .route("/openapi.json", get(openapi))
         .fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
+        .layer(axum::middleware::from_fn(read_whole_body))
         .with_state(state)
+}
+
+/// Reads every request's body before anything answers it. A refusal that comes before the body
+/// is read (a missing token, an unknown path) would otherwise leave it unread, and the server
+/// closes such a keep-alive connection after its answer: a client that reuses it for its next
+/// request meets a closed connection (ureq: "Peer disconnected"). Bodies here are small JSON
+/// documents; one over [`idempotency::MAX_BODY`] is refused.
+async fn read_whole_body(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let (parts, body) = request.into_parts();
+    match axum::body::to_bytes(body, idempotency::MAX_BODY).await {
+        Ok(bytes) => next.run(axum::extract::Request::from_parts(parts, axum::body::Body::from(bytes))).await,
+        Err(e) => {
+            ApiError::bad_request(format!("request body unreadable or over {} bytes: {e}", idempotency::MAX_BODY))
+                .into_response()
+        }
+    }
 }
 
 /// Serves the API on `listener` until `shutdown` completes, then stops accepting and lets the
