@@ -1,8 +1,9 @@
 //! The REST API against the running server over real TCP, with a real HTTP client: the full
 //! migration flow, every refusal (with the one JSON error shape), tenant isolation, idempotent
-//! retries, the OpenAPI document and the health check. The only shortcut is standing in for the
-//! manager (advancing a migration through the store as the manager would), since it is not
-//! wired to the API yet.
+//! retries, the OpenAPI document and the health check. The API runs here without the manager
+//! (which `ipshadow serve` runs beside it): the tests advance a migration through the store as
+//! the manager would, to reach every state quickly. The manager's own part, through the same
+//! API with a real DHCP client and router, is `crates/ipshadow/tests/lab_demo.rs`.
 
 #![allow(clippy::unwrap_used)]
 
