@@ -7,25 +7,20 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
+use common::{ACME, ADMIN, Api, NOW, ZETA};
 use ipshadow_control::RedbStore;
-use ipshadow_control::api::{ApiState, TokenTable, serve};
 use ipshadow_control::inventory::Inventory;
 use ipshadow_control::migration::MigrationEvent;
 use serde_json::{Value, json};
 
-const NOW: u64 = 1_800_000_000_000;
-const ADMIN: &str = "admin-secret";
-const ACME: &str = "acme-secret";
-const ZETA: &str = "zeta-secret";
 const X: &str = "10.0.0.10";
 
 /// A server on 127.0.0.1, a client, and the store underneath (to stand in for the manager).
 struct Server {
-    base: String,
-    agent: ureq::Agent,
+    api: Api,
     manager: Inventory<RedbStore>,
-    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
-    runtime: Option<tokio::runtime::Runtime>,
 }
 
 /// A response: status, `Location`, `WWW-Authenticate`, JSON body (`null` when empty).
@@ -38,27 +33,16 @@ struct Reply {
 }
 
 impl Server {
+    /// The admin, acme and zeta, on a clock stopped at [`NOW`].
     fn start(name: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("ipshadow-api-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let store = RedbStore::open(&dir.join("store.redb")).unwrap();
-        let tokens = TokenTable::new(ADMIN).with_tenant(ACME, "acme").with_tenant(ZETA, "zeta");
-        let state = ApiState::new(store.clone(), tokens).with_clock(|| NOW);
-        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-        let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
-        let base = format!("http://{}", listener.local_addr().unwrap());
-        let (shutdown, stop) = tokio::sync::oneshot::channel::<()>();
-        runtime.spawn(serve(listener, state, async {
-            let _ = stop.await;
-        }));
-        let agent = ureq::Agent::config_builder().http_status_as_error(false).build().new_agent();
-        Self { base, agent, manager: Inventory::new(store), shutdown: Some(shutdown), runtime: Some(runtime) }
+        let api = Api::start("api", name, common::tenants_at_now);
+        let manager = Inventory::new(api.store.clone());
+        Self { api, manager }
     }
 
     /// Sends a request; `body` is sent as JSON text as is (so malformed JSON can be sent).
     fn call(&self, method: &str, path: &str, token: Option<&str>, body: Option<&str>, key: Option<&str>) -> Reply {
-        let mut request = ureq::http::Request::builder().method(method).uri(format!("{}{path}", self.base));
+        let mut request = ureq::http::Request::builder().method(method).uri(format!("{}{path}", self.api.base));
         if let Some(token) = token {
             request = request.header("authorization", format!("Bearer {token}"));
         }
@@ -68,9 +52,9 @@ impl Server {
         let response = match body {
             Some(body) => {
                 let request = request.header("content-type", "application/json").body(body.to_owned()).unwrap();
-                self.agent.run(request)
+                self.api.agent.run(request)
             }
-            None => self.agent.run(request.body(()).unwrap()),
+            None => self.api.agent.run(request.body(()).unwrap()),
         };
         let mut response = response.unwrap();
         let header = |name: &str| response.headers().get(name).map(|v| v.to_str().unwrap().to_owned());
@@ -113,17 +97,6 @@ impl Server {
     fn manager_starts_ramp(&self, id: u64) {
         self.manager.advance(id, MigrationEvent::PlanWritten, NOW).unwrap();
         self.manager.advance(id, MigrationEvent::DestinationLeaseBound, NOW).unwrap();
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if let Some(shutdown) = self.shutdown.take() {
-            let _ = shutdown.send(());
-        }
-        if let Some(runtime) = self.runtime.take() {
-            runtime.shutdown_timeout(std::time::Duration::from_secs(5));
-        }
     }
 }
 
@@ -238,8 +211,8 @@ fn every_refusal_is_precise_and_changes_nothing() {
     assert_error(&reassign("not-an-ip", json!({"to": "vm-b"})), 400, "bad_request");
     assert_error(&s.get("/v1/migrations/abc", ACME), 400, "bad_request");
     assert_error(&s.get("/v1/migrations/99", ACME), 404, "not_found");
-    let untyped = s.agent.run(
-        ureq::http::Request::post(format!("{}/v1/vms", s.base))
+    let untyped = s.api.agent.run(
+        ureq::http::Request::post(format!("{}/v1/vms", s.api.base))
             .header("authorization", format!("Bearer {ACME}"))
             .body("{}")
             .unwrap(),

@@ -10,46 +10,29 @@ use std::io::{BufRead, BufReader};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+mod common;
+
+use common::{ACME, ADMIN, Api, NOW, ZETA};
 use ipshadow_control::RedbStore;
-use ipshadow_control::api::{ApiState, TokenTable, serve};
 use ipshadow_control::inventory::Inventory;
 use ipshadow_control::migration::MigrationEvent;
 use serde_json::{Value, json};
 
-const NOW: u64 = 1_800_000_000_000;
-const ADMIN: &str = "admin-secret";
-const ACME: &str = "acme-secret";
-const ZETA: &str = "zeta-secret";
 /// Long enough for any event on a loaded machine, short enough to fail fast.
 const WAIT: Duration = Duration::from_secs(10);
 
+/// A server on 127.0.0.1, a client, and the store underneath (to stand in for the manager).
 struct Server {
-    base: String,
-    agent: ureq::Agent,
+    api: Api,
     manager: Inventory<RedbStore>,
-    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
-    runtime: Option<tokio::runtime::Runtime>,
 }
 
 impl Server {
     /// A server with acme's vm-a and vm-b and X held by vm-a, and a migration of X to vm-b
     /// (pending); returns its id.
     fn with_migration(name: &str) -> (Self, u64) {
-        let dir = std::env::temp_dir().join(format!("ipshadow-api-events-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let store = RedbStore::open(&dir.join("store.redb")).unwrap();
-        let tokens = TokenTable::new(ADMIN).with_tenant(ACME, "acme").with_tenant(ZETA, "zeta");
-        let state = ApiState::new(store.clone(), tokens).with_clock(|| NOW);
-        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-        let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
-        let base = format!("http://{}", listener.local_addr().unwrap());
-        let (shutdown, stop) = tokio::sync::oneshot::channel::<()>();
-        runtime.spawn(serve(listener, state, async {
-            let _ = stop.await;
-        }));
-        let agent = ureq::Agent::config_builder().http_status_as_error(false).build().new_agent();
-        let s = Self { base, agent, manager: Inventory::new(store), shutdown: Some(shutdown), runtime: Some(runtime) };
+        let api = Api::start("api-events", name, common::tenants_at_now);
+        let s = Self { manager: Inventory::new(api.store.clone()), api };
         for (id, mac) in [("vm-a", "02:00:00:00:00:0a"), ("vm-b", "02:00:00:00:00:0b")] {
             let vm = json!({"id": id, "mac": mac, "segment": id, "tenant": "acme"});
             assert_eq!(s.post("/v1/vms", ADMIN, Some(vm)).0, 201);
@@ -65,7 +48,7 @@ impl Server {
 
     fn post(&self, path: &str, token: &str, body: Option<Value>) -> (u16, Value) {
         let request =
-            self.agent.post(format!("{}{path}", self.base)).header("authorization", format!("Bearer {token}"));
+            self.api.agent.post(format!("{}{path}", self.api.base)).header("authorization", format!("Bearer {token}"));
         let mut response = match body {
             Some(body) => request.header("content-type", "application/json").send(body.to_string().as_bytes()),
             None => request.send_empty(),
@@ -77,8 +60,9 @@ impl Server {
 
     fn get(&self, path: &str, token: &str) -> Value {
         let mut response = self
+            .api
             .agent
-            .get(format!("{}{path}", self.base))
+            .get(format!("{}{path}", self.api.base))
             .header("authorization", format!("Bearer {token}"))
             .call()
             .unwrap();
@@ -89,8 +73,9 @@ impl Server {
     /// events as they arrive; the channel closes when the server ends the stream.
     fn events(&self, id: u64, token: &str) -> (u16, String, Option<Stream>) {
         let response = self
+            .api
             .agent
-            .get(format!("{}/v1/migrations/{id}/events", self.base))
+            .get(format!("{}/v1/migrations/{id}/events", self.api.base))
             .header("authorization", format!("Bearer {token}"))
             .call()
             .unwrap();
@@ -104,21 +89,6 @@ impl Server {
         let reader = BufReader::new(response.into_body().into_reader());
         std::thread::spawn(move || read_events(reader, &sender));
         (status, content_type, Some(Stream { events }))
-    }
-
-    fn stop(&mut self) {
-        if let Some(shutdown) = self.shutdown.take() {
-            let _ = shutdown.send(());
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.stop();
-        if let Some(runtime) = self.runtime.take() {
-            runtime.shutdown_timeout(Duration::from_secs(5));
-        }
     }
 }
 
@@ -254,7 +224,7 @@ fn a_client_that_leaves_stops_the_watch_and_shutdown_ends_the_streams() {
     let id = m["id"].as_u64().unwrap();
     let thread = format!("events-{id}");
     // By hand, to close the connection exactly when the test says.
-    let mut client = std::net::TcpStream::connect(s.base.trim_start_matches("http://")).unwrap();
+    let mut client = std::net::TcpStream::connect(s.api.base.trim_start_matches("http://")).unwrap();
     let request = format!("GET /v1/migrations/{id}/events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {ACME}\r\n\r\n");
     std::io::Write::write_all(&mut client, request.as_bytes()).unwrap();
     let mut head = String::new();
@@ -282,7 +252,7 @@ fn a_client_that_leaves_stops_the_watch_and_shutdown_ends_the_streams() {
     let (_, _, open) = s.events(id, ACME);
     let open = open.unwrap();
     assert_eq!(state(&open.next()), "waiting_for_destination_lease");
-    s.stop();
+    s.api.stop();
     assert!(open.ends(), "the graceful shutdown ended the stream");
 }
 
@@ -290,7 +260,7 @@ fn a_client_that_leaves_stops_the_watch_and_shutdown_ends_the_streams() {
 fn the_document_describes_promote_and_the_event_stream() {
     let (s, _) = Server::with_migration("openapi");
     let document: Value = serde_json::from_str(
-        &s.agent.get(format!("{}/openapi.json", s.base)).call().unwrap().body_mut().read_to_string().unwrap(),
+        &s.api.agent.get(format!("{}/openapi.json", s.api.base)).call().unwrap().body_mut().read_to_string().unwrap(),
     )
     .unwrap();
     let paths = &document["paths"];

@@ -8,25 +8,22 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+mod common;
+
+use common::{ACME, ADMIN, Api};
 use ipshadow_control::api::idempotency::{DEFAULT_TTL_MS, PREFIX, purge_expired};
-use ipshadow_control::api::{ApiState, TokenTable, serve};
+use ipshadow_control::api::{ApiState, TokenTable};
 use ipshadow_control::{RedbStore, Store};
 use serde_json::{Value, json};
 
 const T0: u64 = 1_800_000_000_000;
 const HOUR: u64 = 3_600_000;
-const ADMIN: &str = "admin-secret";
-const ACME: &str = "acme-secret";
 const X: &str = "10.0.0.10";
 
 /// A server on 127.0.0.1 whose clock the test sets, and the store underneath.
 struct Server {
-    base: String,
-    agent: ureq::Agent,
-    store: RedbStore,
+    api: Api,
     clock: Arc<AtomicU64>,
-    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
-    runtime: Option<tokio::runtime::Runtime>,
 }
 
 /// A response: status, `Location`, `Idempotent-Replayed`, the body as sent.
@@ -46,23 +43,13 @@ impl Reply {
 
 impl Server {
     fn start(name: &str, configure: impl FnOnce(ApiState<RedbStore>) -> ApiState<RedbStore>) -> Self {
-        let dir = std::env::temp_dir().join(format!("ipshadow-idempotency-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let store = RedbStore::open(&dir.join("store.redb")).unwrap();
         let clock = Arc::new(AtomicU64::new(T0));
         let now = Arc::clone(&clock);
-        let tokens = TokenTable::new(ADMIN).with_tenant(ACME, "acme");
-        let state = configure(ApiState::new(store.clone(), tokens).with_clock(move || now.load(Ordering::SeqCst)));
-        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-        let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
-        let base = format!("http://{}", listener.local_addr().unwrap());
-        let (shutdown, stop) = tokio::sync::oneshot::channel::<()>();
-        runtime.spawn(serve(listener, state, async {
-            let _ = stop.await;
-        }));
-        let agent = ureq::Agent::config_builder().http_status_as_error(false).build().new_agent();
-        let s = Self { base, agent, store, clock, shutdown: Some(shutdown), runtime: Some(runtime) };
+        let api = Api::start("idempotency", name, |store| {
+            let tokens = TokenTable::new(ADMIN).with_tenant(ACME, "acme");
+            configure(ApiState::new(store, tokens).with_clock(move || now.load(Ordering::SeqCst)))
+        });
+        let s = Self { api, clock };
         // acme's VMs vm-a and vm-b, and X held by vm-a.
         for (id, mac) in [("vm-a", "02:00:00:00:00:0a"), ("vm-b", "02:00:00:00:00:0b")] {
             assert_eq!(s.post("/v1/vms", ACME, &json!({"id": id, "mac": mac, "segment": id}), None).status, 201);
@@ -77,13 +64,13 @@ impl Server {
     }
 
     fn post(&self, path: &str, token: &str, body: &Value, key: Option<&str>) -> Reply {
-        let mut request = ureq::http::Request::post(format!("{}{path}", self.base))
+        let mut request = ureq::http::Request::post(format!("{}{path}", self.api.base))
             .header("authorization", format!("Bearer {token}"))
             .header("content-type", "application/json");
         if let Some(key) = key {
             request = request.header("idempotency-key", key);
         }
-        let mut response = self.agent.run(request.body(body.to_string()).unwrap()).unwrap();
+        let mut response = self.api.agent.run(request.body(body.to_string()).unwrap()).unwrap();
         let header = |name: &str| response.headers().get(name).map(|v| v.to_str().unwrap().to_owned());
         let (location, replayed) = (header("location"), header("idempotent-replayed"));
         Reply {
@@ -96,18 +83,7 @@ impl Server {
 
     /// The keys of the idempotency records in the store.
     fn records(&self) -> Vec<String> {
-        self.store.range(PREFIX).unwrap().0.into_iter().map(|kv| kv.key).collect()
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if let Some(shutdown) = self.shutdown.take() {
-            let _ = shutdown.send(());
-        }
-        if let Some(runtime) = self.runtime.take() {
-            runtime.shutdown_timeout(std::time::Duration::from_secs(5));
-        }
+        self.api.store.range(PREFIX).unwrap().0.into_iter().map(|kv| kv.key).collect()
     }
 }
 
@@ -158,17 +134,17 @@ fn the_purge_removes_exactly_the_expired_records() {
         [format!("{PREFIX}@admin/c"), format!("{PREFIX}acme/c"), format!("{PREFIX}acme/e"), format!("{PREFIX}acme/f")];
     assert_eq!(s.records(), all);
 
-    assert_eq!(purge_expired(&s.store, T0 + 24 * HOUR - 1).unwrap(), 0);
-    assert_eq!(purge_expired(&s.store, T0 + 24 * HOUR).unwrap(), 2);
+    assert_eq!(purge_expired(&s.api.store, T0 + 24 * HOUR - 1).unwrap(), 0);
+    assert_eq!(purge_expired(&s.api.store, T0 + 24 * HOUR).unwrap(), 2);
     assert_eq!(s.records(), all[2..]);
-    assert_eq!(purge_expired(&s.store, T0 + 24 * HOUR).unwrap(), 0, "nothing more is due");
+    assert_eq!(purge_expired(&s.api.store, T0 + 24 * HOUR).unwrap(), 0, "nothing more is due");
     // What is left still answers retries.
     let retry = s.at(T0 + 30 * HOUR).post("/v1/vms", ACME, &vm("vm-f", "02:00:00:00:00:0f"), Some("f"));
     assert_eq!((retry.status, &retry.raw, retry.replayed), (201, &f.raw, true));
-    assert_eq!(purge_expired(&s.store, T0 + 36 * HOUR).unwrap(), 2);
+    assert_eq!(purge_expired(&s.api.store, T0 + 36 * HOUR).unwrap(), 2);
     assert_eq!(s.records(), Vec::<String>::new());
     // Other records are not the purge's.
-    assert_eq!(s.store.range("/v1/vms/").unwrap().0.len(), 6);
+    assert_eq!(s.api.store.range("/v1/vms/").unwrap().0.len(), 6);
 }
 
 #[test]
@@ -182,6 +158,6 @@ fn the_lifetime_is_the_states() {
     let other = json!({"id": "vm-d", "mac": "02:00:00:00:00:0d", "segment": "s"});
     let reused = s.at(T0 + 60_000).post("/v1/vms", ACME, &other, Some("k"));
     assert_eq!((reused.status, reused.json()["id"].as_str(), reused.replayed), (201, Some("vm-d"), false));
-    assert_eq!(purge_expired(&s.store, T0 + 60_000).unwrap(), 0, "the new record lives until T0 + 120 s");
-    assert_eq!(purge_expired(&s.store, T0 + 120_000).unwrap(), 1);
+    assert_eq!(purge_expired(&s.api.store, T0 + 60_000).unwrap(), 0, "the new record lives until T0 + 120 s");
+    assert_eq!(purge_expired(&s.api.store, T0 + 120_000).unwrap(), 1);
 }

@@ -7,11 +7,14 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use common::serve::Serve;
 use ipshadow_control::RedbStore;
 use ipshadow_control::api::{ApiState, TokenTable};
 use ipshadow_control::inventory::Inventory;
@@ -31,46 +34,15 @@ fn temp_dir(name: &str) -> PathBuf {
     dir
 }
 
-/// `ipshadow serve` in `dir`, killed when dropped (also when the test fails).
-struct Serve {
-    child: Child,
-    base: String,
-}
-
-impl Serve {
-    fn start(dir: &Path) -> Self {
-        let config = format!(
-            "listen = \"127.0.0.1:0\"\n\
-             [[tenants]]\nname = \"acme\"\ntoken = \"{ACME}\"\n\
-             [[tenants]]\nname = \"zeta\"\ntoken = \"{ZETA}\"\n"
-        );
-        std::fs::write(dir.join("serve.toml"), config).unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_ipshadow"))
-            .args(["serve", "--config", "serve.toml"])
-            .current_dir(dir)
-            .env_remove("IPSHADOW_ADMIN_TOKEN")
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-        let base = lines
-            .by_ref()
-            .map_while(Result::ok)
-            .find_map(|l| l.strip_prefix("ipshadow serve: API on ").map(|r| r.split(',').next().unwrap().to_owned()));
-        // Keep reading, so that the server never writes into a closed pipe.
-        std::thread::spawn(move || lines.for_each(drop));
-        // Built before the check: a server that said nothing is killed too.
-        let mut serve = Self { child, base: String::new() };
-        serve.base = base.expect("the server printed its address");
-        serve
-    }
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// `ipshadow serve` in `dir`, with tenants acme and zeta in its configuration.
+fn start_serve(dir: &Path) -> Serve {
+    let config = format!(
+        "listen = \"127.0.0.1:0\"\n\
+         [[tenants]]\nname = \"acme\"\ntoken = \"{ACME}\"\n\
+         [[tenants]]\nname = \"zeta\"\ntoken = \"{ZETA}\"\n"
+    );
+    std::fs::write(dir.join("serve.toml"), config).unwrap();
+    Serve::start(dir, &["--config", "serve.toml"])
 }
 
 /// What a CLI run printed, and how it ended.
@@ -182,7 +154,7 @@ impl Drop for Background {
 #[test]
 fn the_cli_against_ipshadow_serve() {
     let dir = temp_dir("serve");
-    let serve = Serve::start(&dir);
+    let serve = start_serve(&dir);
     let api = serve.base.as_str();
     let admin = std::fs::read_to_string(dir.join("ipshadow-data/admin-token")).unwrap().trim().to_owned();
 

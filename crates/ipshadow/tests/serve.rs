@@ -5,49 +5,14 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::io::{BufRead, BufReader};
+mod common;
+
 use std::os::unix::fs::PermissionsExt;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::serve::Serve;
 use serde_json::{Value, json};
-
-/// A running server, killed when dropped.
-struct Server {
-    child: Child,
-    base: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start(dir: &std::path::Path, args: &[&str]) -> Server {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_ipshadow"))
-        .arg("serve")
-        .args(args)
-        .current_dir(dir)
-        .env_remove("IPSHADOW_ADMIN_TOKEN")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    // The server says where it listens once it does.
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let mut base = None;
-    for line in lines.by_ref() {
-        let line = line.unwrap();
-        if let Some(rest) = line.strip_prefix("ipshadow serve: API on ") {
-            base = Some(rest.split(',').next().unwrap().to_owned());
-            break;
-        }
-    }
-    // Keep reading what it says, so that it never writes into a closed pipe.
-    std::thread::spawn(move || lines.for_each(drop));
-    Server { child, base: base.expect("the server printed its address") }
-}
 
 fn call(method: &str, url: &str, token: &str, body: Option<Value>) -> (u16, Value) {
     let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
@@ -77,7 +42,7 @@ fn serve_starts_on_defaults_keeps_a_migration_across_restarts() {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
 
-    let server = start(&dir, &[]);
+    let server = Serve::start(&dir, &[]);
     assert_eq!(server.base, "http://127.0.0.1:7480");
     let token_file = dir.join("ipshadow-data/admin-token");
     assert_eq!(std::fs::metadata(&token_file).unwrap().permissions().mode() & 0o777, 0o600);
@@ -109,7 +74,7 @@ fn serve_starts_on_defaults_keeps_a_migration_across_restarts() {
     drop(server); // SIGKILL
 
     // Restarted (same folder, same token file): everything is there, the manager goes on.
-    let server = start(&dir, &[]);
+    let server = Serve::start(&dir, &[]);
     let (status, listed) = call("GET", &format!("{}/v1/migrations", server.base), &token, None);
     assert_eq!(status, 200);
     assert_eq!(listed.as_array().map(Vec::len), Some(1), "{listed}");

@@ -1,6 +1,7 @@
 //! Helpers shared by the integration tests.
 
 pub mod netns;
+pub mod serve;
 
 /// The report keys MISSION.md promises for `simulate --json` and `demo --json`.
 #[allow(dead_code)]

@@ -1,0 +1,73 @@
+//! Helpers shared by the API tests: the tokens they use and the API served on 127.0.0.1 over
+//! real TCP, with a store of its own and a client. Each test file keeps its own requests and
+//! replies (their shapes differ) and builds the [`ApiState`] it needs.
+
+#![allow(dead_code)]
+
+use ipshadow_control::RedbStore;
+use ipshadow_control::api::{ApiState, TokenTable, serve};
+
+/// The clock of the tests that do not move it (ms since the epoch).
+pub const NOW: u64 = 1_800_000_000_000;
+/// The admin's token.
+pub const ADMIN: &str = "admin-secret";
+/// Tenant acme's token.
+pub const ACME: &str = "acme-secret";
+/// Tenant zeta's token.
+pub const ZETA: &str = "zeta-secret";
+
+/// The API on a free port of 127.0.0.1, stopped (gracefully, then its runtime) when dropped.
+pub struct Api {
+    /// `http://127.0.0.1:<port>`.
+    pub base: String,
+    /// A client that returns every status as a response (no status is an error).
+    pub agent: ureq::Agent,
+    /// The store the API serves (to look underneath, or to stand in for the manager).
+    pub store: RedbStore,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl Api {
+    /// Serves the state `state` builds on a new store in the temporary folder
+    /// `ipshadow-{suite}-{pid}-{name}` (emptied first): `suite` and `name` keep test files and
+    /// tests apart.
+    pub fn start(suite: &str, name: &str, state: impl FnOnce(RedbStore) -> ApiState<RedbStore>) -> Self {
+        let dir = std::env::temp_dir().join(format!("ipshadow-{suite}-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let store = RedbStore::open(&dir.join("store.redb")).unwrap();
+        let state = state(store.clone());
+        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let (shutdown, stop) = tokio::sync::oneshot::channel::<()>();
+        runtime.spawn(serve(listener, state, async {
+            let _ = stop.await;
+        }));
+        let agent = ureq::Agent::config_builder().http_status_as_error(false).build().new_agent();
+        Self { base, agent, store, shutdown: Some(shutdown), runtime: Some(runtime) }
+    }
+
+    /// Starts the graceful shutdown (the streams still open end); a second call does nothing.
+    pub fn stop(&mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+    }
+}
+
+impl Drop for Api {
+    fn drop(&mut self) {
+        self.stop();
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_timeout(std::time::Duration::from_secs(5));
+        }
+    }
+}
+
+/// The admin, acme and zeta with their tokens, on a clock stopped at [`NOW`].
+pub fn tenants_at_now(store: RedbStore) -> ApiState<RedbStore> {
+    let tokens = TokenTable::new(ADMIN).with_tenant(ACME, "acme").with_tenant(ZETA, "zeta");
+    ApiState::new(store, tokens).with_clock(|| NOW)
+}
