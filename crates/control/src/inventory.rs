@@ -224,6 +224,23 @@ impl<S: Store> Inventory<S> {
         if Self::visible(tenant, &a.value.tenant) { Ok(a) } else { Err(not_found()) }
     }
 
+    /// Removes an address `tenant` may see, unless a migration is moving it. The router stops
+    /// routing it and the DHCP server stops leasing it as they follow the store.
+    pub fn remove_address(&self, tenant: Option<&str>, ip: Ipv4Addr) -> Result<(), InventoryError> {
+        let address = self.address(tenant, ip)?;
+        if let Some(id) = address.value.migration {
+            return Err(InventoryError::Conflict(format!(
+                "{ip} is migrating (migration {id}): abort it or let it end first"
+            )));
+        }
+        let key = address_key(ip);
+        let txn = Txn::new().when(Compare::ModRevision(key.clone(), address.revision)).delete(key);
+        match self.store.txn(txn)? {
+            TxnOutcome::Committed(_) => Ok(()),
+            TxnOutcome::Failed(_) => Err(InventoryError::Raced),
+        }
+    }
+
     /// Every address `tenant` may see.
     pub fn addresses(&self, tenant: Option<&str>) -> Result<Vec<Address>, InventoryError> {
         self.visible_records("/v1/addresses/", tenant, |a: &Address| &a.tenant)

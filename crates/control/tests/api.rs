@@ -333,6 +333,25 @@ fn idempotent_retries_create_one_migration() {
 }
 
 #[test]
+fn an_address_is_removed_unless_it_is_migrating() {
+    let s = Server::with_inventory("remove-address");
+    let path = format!("/v1/addresses/{X}");
+    // Another tenant's address reads as not found, and stays.
+    assert_error(&s.call("DELETE", &path, Some(ZETA), None, None), 404, "not_found");
+    // A migrating address is refused, and stays.
+    let r = s.post(&format!("{path}/reassign"), ACME, json!({"to": "vm-b", "migrate": true}));
+    assert_eq!(r.status, 202, "{}", r.raw);
+    assert_error(&s.call("DELETE", &path, Some(ACME), None, None), 409, "conflict");
+    assert_eq!(s.get(&path, ACME).status, 200);
+    // Once the migration ended, the owner removes it.
+    assert_eq!(s.post("/v1/migrations/1/abort", ACME, json!({})).status, 200);
+    let r = s.call("DELETE", &path, Some(ACME), None, None);
+    assert_eq!(r.status, 204, "{}", r.raw);
+    assert_error(&s.get(&path, ACME), 404, "not_found");
+    assert_error(&s.call("DELETE", &path, Some(ACME), None, None), 404, "not_found");
+}
+
+#[test]
 fn health_and_openapi_need_no_token() {
     let s = Server::start("meta");
     let r = s.call("GET", "/healthz", None, None, None);

@@ -63,6 +63,9 @@ enum Command {
     Migration(client::migrations::MigrationArgs),
     /// Show the shadowing table: every address shadowed now, with its split.
     Shadowing(client::migrations::ShadowingArgs),
+    /// Show a part of the server's process: `router` (shadowing table, flows, ports) or `dhcp`
+    /// (leases, lease events); the whole report with --json (admin token).
+    Status(client::migrations::StatusArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -80,6 +83,7 @@ fn main() -> std::process::ExitCode {
         Command::Reassign(args) => client::migrations::run_reassign(&args),
         Command::Migration(args) => client::migrations::run_migration(&args),
         Command::Shadowing(args) => client::migrations::run_shadowing(&args),
+        Command::Status(args) => client::migrations::run_status(&args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

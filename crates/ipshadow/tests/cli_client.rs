@@ -260,6 +260,10 @@ fn the_cli_against_ipshadow_serve() {
     cli(&dir, api, Some(ZETA), &["migration", "watch", "1"]).refused("404 ");
     assert_eq!(ok(&dir, api, Some(ZETA), &["migration", "list", "--json"]).json(), json!([]));
     assert_eq!(ok(&dir, api, Some(ZETA), &["shadowing", "--json"]).json(), json!([]));
+    cli(&dir, api, Some(ZETA), &["address", "remove", X]).refused("404 ");
+    // The parts' status is the operator's; this serve runs no router.
+    cli(&dir, api, Some(ZETA), &["status", "router"]).refused("403 ");
+    cli(&dir, api, Some(&admin), &["status", "router"]).refused("404 ");
     cli(
         &dir,
         api,

@@ -134,3 +134,17 @@ pub async fn reassign<S: Store>(
         }
     })
 }
+
+/// Removes an address that no migration is moving (the router and the DHCP server let it go).
+#[utoipa::path(delete, path = "/v1/addresses/{ip}", tag = "addresses", security(("bearer" = [])),
+    params(("ip" = String, Path, description = "IPv4 address", format = Ipv4)),
+    responses((status = 204, description = "Removed"),
+        (status = 409, body = ErrorBody, description = "A migration is moving it")))]
+pub async fn delete_address<S: Store>(
+    State(state): State<ApiState<S>>,
+    caller: Caller,
+    ApiPath(ip): ApiPath<Ipv4Addr>,
+) -> Result<StatusCode, ApiError> {
+    state.blocking(move |inv| Ok(inv.remove_address(caller.tenant(), ip)?)).await?;
+    Ok(StatusCode::NO_CONTENT)
+}

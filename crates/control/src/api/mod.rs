@@ -166,6 +166,7 @@ fn system_clock_ms() -> u64 {
         addresses::list_addresses,
         addresses::create_address,
         addresses::get_address,
+        addresses::delete_address,
         addresses::reassign,
         migrations::list_migrations,
         migrations::get_migration,
@@ -229,7 +230,7 @@ pub fn router<S: Store>(state: ApiState<S>) -> Router {
         .route("/v1/vms", get(vms::list_vms::<S>).post(vms::create_vm::<S>))
         .route("/v1/vms/{id}", get(vms::get_vm::<S>).delete(vms::delete_vm::<S>))
         .route("/v1/addresses", get(addresses::list_addresses::<S>).post(addresses::create_address::<S>))
-        .route("/v1/addresses/{ip}", get(addresses::get_address::<S>))
+        .route("/v1/addresses/{ip}", get(addresses::get_address::<S>).delete(addresses::delete_address::<S>))
         .route("/v1/addresses/{ip}/reassign", post(addresses::reassign::<S>))
         .route("/v1/migrations", get(migrations::list_migrations::<S>))
         .route("/v1/migrations/{id}", get(migrations::get_migration::<S>))

@@ -77,6 +77,11 @@ enum AddressCommand {
         /// The address.
         ip: Ipv4Addr,
     },
+    /// Remove an address that no migration is moving.
+    Remove {
+        /// The address.
+        ip: Ipv4Addr,
+    },
 }
 
 /// A VM as the server sends it (fields it adds later are ignored).
@@ -154,6 +159,7 @@ pub fn run_address(args: &AddressArgs) -> anyhow::Result<()> {
         }
         AddressCommand::List => api.get("/v1/addresses")?,
         AddressCommand::Show { ip } => api.get(&format!("/v1/addresses/{ip}"))?,
+        AddressCommand::Remove { ip } => api.delete(&format!("/v1/addresses/{ip}"))?,
     };
     if args.connect.json {
         return print_json(&reply);
@@ -161,6 +167,7 @@ pub fn run_address(args: &AddressArgs) -> anyhow::Result<()> {
     match &args.command {
         AddressCommand::Add { .. } => print!("added address\n{}", address_pairs(&parse(&api, reply)?)),
         AddressCommand::Show { .. } => print!("{}", address_pairs(&parse(&api, reply)?)),
+        AddressCommand::Remove { ip } => println!("removed address {ip}"),
         AddressCommand::List => {
             let mut table = Table::new(&["IP", "TENANT", "VM", "MIGRATION"]);
             for a in parse::<Vec<Address>>(&api, reply)? {

@@ -343,3 +343,79 @@ pub fn run_shadowing(args: &ShadowingArgs) -> anyhow::Result<()> {
     print!("{table}");
     Ok(())
 }
+
+/// Options of `ipshadow status`.
+#[derive(clap::Args, Debug)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    connect: ConnectArgs,
+    /// Which part of the server's process (admin token).
+    #[arg(value_enum)]
+    part: StatusPart,
+}
+
+/// A part `ipshadow status` shows.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum StatusPart {
+    /// The Shadow Router's report (`GET /v1/router/status`).
+    Router,
+    /// The DHCP server's leases, counters and lease events (`GET /v1/dhcp/status`).
+    Dhcp,
+}
+
+/// Runs `ipshadow status router|dhcp`: a summary, or the whole report with `--json`.
+pub fn run_status(args: &StatusArgs) -> anyhow::Result<()> {
+    let api = args.connect.connect()?;
+    let path = match args.part {
+        StatusPart::Router => "/v1/router/status",
+        StatusPart::Dhcp => "/v1/dhcp/status",
+    };
+    let reply = api.get(path)?;
+    if args.connect.json {
+        return print_json(&reply);
+    }
+    match args.part {
+        StatusPart::Router => {
+            println!("flows {}", reply["flows"]);
+            let mut table = Table::new(&["IP_ADDRESS", "SOURCE_VM_ID", "DESTINATION_VM_ID", "STATE", "SPLIT_%"]);
+            for e in reply["entries"].as_array().map(Vec::as_slice).unwrap_or_default() {
+                let text = |v: &Value| v.as_str().map_or_else(|| v.to_string(), str::to_owned);
+                table.row(vec![
+                    text(&e["ip_address"]),
+                    text(&e["source_vm_id"]),
+                    text(&e["destination_vm_id"]),
+                    text(&e["state"]),
+                    format!("{:.1}", e["traffic_split_percentage"].as_f64().unwrap_or(0.0)),
+                ]);
+            }
+            print!("{table}");
+            let mut ports = Table::new(&["INTERFACE", "ROLE", "RECEIVED", "SENT", "SEND_ERRORS"]);
+            for p in reply["ports"].as_array().map(Vec::as_slice).unwrap_or_default() {
+                let cell = |k: &str| p[k].as_str().map_or_else(|| p[k].to_string(), str::to_owned);
+                ports.row(vec![cell("interface"), cell("role"), cell("received"), cell("sent"), cell("send_errors")]);
+            }
+            print!("{ports}");
+        }
+        StatusPart::Dhcp => {
+            println!("lease events {}", reply["events"]);
+            let mut table = Table::new(&["IP", "VM", "CLIENT", "EXPIRES_IN_S", "MIGRATION", "ROLE"]);
+            let now = now_ms();
+            for l in reply["leases"].as_array().map(Vec::as_slice).unwrap_or_default() {
+                let text = |v: &Value| {
+                    v.as_str().map_or_else(|| if v.is_null() { "-".into() } else { v.to_string() }, str::to_owned)
+                };
+                let left = l["expires_ms"].as_u64().unwrap_or(0).saturating_sub(now) / 1000;
+                table.row(vec![
+                    text(&l["ip"]),
+                    text(&l["vm"]),
+                    text(&l["client"]),
+                    left.to_string(),
+                    text(&l["migration"]),
+                    text(&l["role"]),
+                ]);
+            }
+            print!("{table}");
+        }
+    }
+    Ok(())
+}
