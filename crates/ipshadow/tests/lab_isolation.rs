@@ -171,7 +171,9 @@ fn dhcpcd_in_b_binds_x_without_declining_it_while_a_holds_it() {
     let _guard = Lab(prefix.clone());
     let out = Command::new(EXE)
         .args(["demo", "--json", "--prefix", &prefix, "--clients", "1", "--long-lived", "40", "--churn", "5"])
-        .args(["--lifetime", "3", "6", "--warmup", "3", "--ramp-hold", "2", "--deadline", "20", "--after", "2"])
+        // dhcpcd configures X only after its RFC 5227 probes, seconds after its lease is bound
+        // (which starts the ramp): 4 s steps keep the split low until B answers for X.
+        .args(["--lifetime", "3", "6", "--warmup", "3", "--ramp-hold", "4", "--deadline", "24", "--after", "2"])
         .args(["--b-dhcp-client", "dhcpcd"])
         .output()
         .unwrap();
