@@ -24,6 +24,17 @@ pub struct Applied {
     pub state: MigrationState,
 }
 
+/// What the store says the parts should do.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Projection {
+    /// The router's desired state.
+    pub router: Desired,
+    /// The DHCP server's reservations.
+    pub reservations: Vec<ipshadow_dhcp::Reservation>,
+    /// The DHCP server's lease plans.
+    pub plans: Vec<MigrationPlan>,
+}
+
 /// The manager.
 pub struct Manager<S: Store> {
     inventory: Inventory<S>,
@@ -48,9 +59,8 @@ impl<S: Store> Manager<S> {
 
     /// What the router and the DHCP server should do now.
     pub fn desired(&self, now_ms: u64) -> Result<(Desired, Vec<MigrationPlan>), InventoryError> {
-        let migrations = self.migrations()?;
-        let addresses = self.inventory.addresses(None)?;
-        Ok((router_desired(&addresses, &migrations, now_ms), dhcp_plans(&migrations)))
+        let p = self.projection(now_ms)?;
+        Ok((p.router, p.plans))
     }
 
     /// What the DHCP server should know: the reservations and the lease plans.
@@ -58,6 +68,18 @@ impl<S: Store> Manager<S> {
         let vms = self.inventory.vms(None)?;
         let addresses = self.inventory.addresses(None)?;
         Ok((dhcp_reservations(&vms, &addresses), dhcp_plans(&self.migrations()?)))
+    }
+
+    /// Everything the parts should do now, from one read of the VMs, addresses and migrations.
+    pub fn projection(&self, now_ms: u64) -> Result<Projection, InventoryError> {
+        let vms = self.inventory.vms(None)?;
+        let addresses = self.inventory.addresses(None)?;
+        let migrations = self.migrations()?;
+        Ok(Projection {
+            router: router_desired(&addresses, &migrations, now_ms),
+            reservations: dhcp_reservations(&vms, &addresses),
+            plans: dhcp_plans(&migrations),
+        })
     }
 
     /// Moves pending migrations on: the caller is about to hand their plan and entry to the

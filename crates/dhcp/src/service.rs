@@ -63,6 +63,8 @@ pub struct Service {
     last_expiry: u64,
     /// A commit failed: memory is ahead of the store, so the service must not serve again.
     failed: bool,
+    /// The receive buffer.
+    buf: Vec<u8>,
 }
 
 impl Service {
@@ -94,7 +96,7 @@ impl Service {
             }
         }
         store.commit(&changes)?;
-        Ok(Self { server, store, socket, server_id, last_expiry: now, failed: false })
+        Ok(Self { server, store, socket, server_id, last_expiry: now, failed: false, buf: vec![0; 2048] })
     }
 
     /// The address the socket is bound to.
@@ -127,9 +129,8 @@ impl Service {
     }
 
     fn serve(&mut self, stop: &AtomicBool, events: &mut impl std::io::Write) -> Result<(), ServiceError> {
-        let mut buf = vec![0u8; 2048];
         while !stop.load(Ordering::Relaxed) {
-            for event in self.step_with(&mut buf)? {
+            for event in self.step()? {
                 if let Ok(line) = serde_json::to_string(&event) {
                     let _ = writeln!(events, "{line}");
                 }
@@ -146,8 +147,10 @@ impl Service {
         if self.failed {
             return Err(ServiceError::Failed);
         }
-        let mut buf = vec![0u8; 2048];
+        // The receive buffer lives in the service: this runs many times a second.
+        let mut buf = core::mem::take(&mut self.buf);
         let result = self.step_with(&mut buf);
+        self.buf = buf;
         self.failed = result.is_err();
         result
     }

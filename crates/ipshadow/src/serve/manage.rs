@@ -124,7 +124,8 @@ pub fn manage(
     }
 }
 
-/// Hands the parts what the store says now, when it differs from what they have.
+/// Hands the parts what the store says now, when it differs from what they have (one read of
+/// the store for both).
 fn project(
     manager: &Manager<RedbStore>,
     outputs: &Outputs,
@@ -132,24 +133,21 @@ fn project(
     last_desired: &mut Option<Desired>,
     last_dhcp: &mut Option<DhcpFeed>,
 ) {
-    if let Some(router) = &outputs.router {
-        match manager.desired(now_ms) {
-            Ok((desired, _)) if last_desired.as_ref() != Some(&desired) => {
-                router.send(desired.clone());
-                *last_desired = Some(desired);
-            }
-            Ok(_) => {}
-            Err(e) => eprintln!("ipshadow serve: manager: {e}"),
-        }
+    let projection = match manager.projection(now_ms) {
+        Ok(p) => p,
+        Err(e) => return eprintln!("ipshadow serve: manager: {e}"),
+    };
+    if let Some(router) = &outputs.router
+        && last_desired.as_ref() != Some(&projection.router)
+    {
+        router.send(projection.router.clone());
+        *last_desired = Some(projection.router);
     }
-    if let Some(dhcp) = &outputs.dhcp {
-        match manager.dhcp() {
-            Ok(feed) if last_dhcp.as_ref() != Some(&feed) => {
-                let _ = dhcp.send(feed.clone());
-                *last_dhcp = Some(feed);
-            }
-            Ok(_) => {}
-            Err(e) => eprintln!("ipshadow serve: manager: {e}"),
-        }
+    let feed = (projection.reservations, projection.plans);
+    if let Some(dhcp) = &outputs.dhcp
+        && last_dhcp.as_ref() != Some(&feed)
+    {
+        let _ = dhcp.send(feed.clone());
+        *last_dhcp = Some(feed);
     }
 }

@@ -251,7 +251,7 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
     let manager = Manager::new(Inventory::new(store.clone()), Limits::default());
     let mut threads = Vec::new();
     let mut outputs = manage::Outputs { router: None, dhcp: None, router_status: Default::default() };
-    let lease_ends: parts::LeaseEnds = Default::default();
+    let shared_dhcp: parts::SharedDhcp = Default::default();
     let started = (|| -> anyhow::Result<()> {
         manage::watch_store(&store, heard_tx.clone(), Arc::clone(&stop))?;
         if let Some(router) = &config.router {
@@ -277,7 +277,7 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
                 .open(&log_path)
                 .with_context(|| format!("opening {}", log_path.display()))?;
             let thread =
-                parts::start_dhcp(dhcp, first, rx, heard_tx.clone(), lease_ends.clone(), log, Arc::clone(&stop))?;
+                parts::start_dhcp(dhcp, first, rx, heard_tx.clone(), shared_dhcp.clone(), log, Arc::clone(&stop))?;
             outputs.dhcp = Some(tx);
             threads.push(thread);
         }
@@ -293,11 +293,11 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
     }
     let api_parts = Parts {
         lease_end: config.dhcp.is_some().then(|| {
-            let ends = lease_ends.clone();
+            let ends = shared_dhcp.clone();
             Arc::new(move |ip| ends.lock().ok().and_then(|e| e.lease_ends.get(&ip).copied())) as LeaseEndSource
         }),
         dhcp_status: config.dhcp.is_some().then(|| {
-            let shared = lease_ends.clone();
+            let shared = shared_dhcp.clone();
             Arc::new(move || shared.lock().ok().map(|s| s.status.clone())) as DhcpStatusSource
         }),
         router_status: config.router.is_some().then(|| {

@@ -121,14 +121,7 @@ pub fn start_router(
         eprintln!("ipshadow serve: router stopped after {} frames", router.forwarder.frames);
         result
     })?;
-    match ready_rx.recv() {
-        Ok(Ok(line)) => eprintln!("ipshadow serve: router {line}"),
-        Ok(Err(e)) => {
-            let _ = thread.join();
-            return Err(anyhow!("router: {e}"));
-        }
-        Err(_) => return Err(anyhow!("the router thread ended before it started")),
-    }
+    let thread = started(ready_rx, thread, "router")?;
     Ok((RouterFeed { desired: tx, wake: wake_tx }, thread))
 }
 
@@ -145,7 +138,7 @@ pub struct DhcpShared {
 }
 
 /// [`DhcpShared`] between the DHCP thread and the API.
-pub type LeaseEnds = Arc<Mutex<DhcpShared>>;
+pub type SharedDhcp = Arc<Mutex<DhcpShared>>;
 
 /// How late a new lease plan may reach the DHCP server at most.
 const DHCP_FOLLOW: Duration = Duration::from_millis(50);
@@ -157,7 +150,7 @@ pub fn start_dhcp(
     first: DhcpFeed,
     feed: Receiver<DhcpFeed>,
     heard: Sender<Heard>,
-    lease_ends: LeaseEnds,
+    shared: SharedDhcp,
     mut log: std::fs::File,
     stop: Arc<AtomicBool>,
 ) -> anyhow::Result<JoinHandle<anyhow::Result<()>>> {
@@ -176,23 +169,23 @@ pub fn start_dhcp(
             }
         };
         let at = service.local_addr().map_or_else(|| "?".to_owned(), |a| a.to_string());
-        let _ = ready_tx.send(Ok(at));
-        publish(&service, &lease_ends);
+        let _ = ready_tx.send(Ok(format!("serving on {at}")));
+        publish(&service, &shared);
         while !stop.load(Ordering::Relaxed) {
             if let Some(latest) = feed.try_iter().last() {
                 follow(&mut service, latest, &heard)?;
-                publish(&service, &lease_ends);
+                publish(&service, &shared);
             }
             let events = service.step()?;
             if !events.is_empty() {
-                if let Ok(mut shared) = lease_ends.lock() {
+                if let Ok(mut shared) = shared.lock() {
                     for event in &events {
                         if let Ok(serde_json::Value::String(kind)) = serde_json::to_value(event.kind) {
                             *shared.events.entry(kind).or_default() += 1;
                         }
                     }
                 }
-                publish(&service, &lease_ends);
+                publish(&service, &shared);
             }
             for event in events {
                 // The lease event log: one JSON line each, for the operator's audit.
@@ -204,15 +197,26 @@ pub fn start_dhcp(
         }
         Ok(())
     })?;
-    match ready_rx.recv() {
-        Ok(Ok(at)) => eprintln!("ipshadow serve: DHCP server on {at}"),
+    started(ready_rx, thread, "DHCP server")
+}
+
+/// Waits for a part's thread to say it runs (a line for the log) or why it could not start.
+fn started(
+    ready: Receiver<Result<String, String>>,
+    thread: JoinHandle<anyhow::Result<()>>,
+    part: &str,
+) -> anyhow::Result<JoinHandle<anyhow::Result<()>>> {
+    match ready.recv() {
+        Ok(Ok(line)) => {
+            eprintln!("ipshadow serve: {part}: {line}");
+            Ok(thread)
+        }
         Ok(Err(e)) => {
             let _ = thread.join();
-            return Err(anyhow!("DHCP server: {e}"));
+            Err(anyhow!("{part}: {e}"))
         }
-        Err(_) => return Err(anyhow!("the DHCP thread ended before it started")),
+        Err(_) => Err(anyhow!("the {part} thread ended before it started")),
     }
-    Ok(thread)
 }
 
 fn follow(
@@ -239,7 +243,7 @@ struct LeaseView<'a> {
 
 /// Publishes the leases for the API: their ends outside migrations (the default deadline) and
 /// the status view.
-fn publish(service: &Service, shared: &LeaseEnds) {
+fn publish(service: &Service, shared: &SharedDhcp) {
     let leases = service.server().leases();
     let ends: BTreeMap<Ipv4Addr, u64> =
         leases.iter().filter(|l| l.migration.is_none()).map(|l| (l.ip, l.expires.saturating_mul(1000))).collect();
