@@ -59,8 +59,14 @@ impl MigrationState {
 pub enum MigrationEvent {
     /// The lease plan and the shadowing entry were written.
     PlanWritten,
-    /// The DHCP server reported B's lease on X bound.
+    /// The DHCP server reported B's lease on X bound. The migration still waits: B takes flows
+    /// once it answers for X ([`MigrationEvent::DestinationReady`]).
     DestinationLeaseBound,
+    /// B can take flows: it answered the router's ARP probe for X after its lease was bound (a
+    /// DHCP client configures the address only after its own checks: dhcpcd probes it for
+    /// seconds, RFC 5227). Without a router in the process, the bound lease itself. Starts the
+    /// ramp.
+    DestinationReady,
     /// The user paused the ramp.
     Pause,
     /// The user resumed the ramp.
@@ -118,6 +124,7 @@ impl MigrationEvent {
         match self {
             Self::PlanWritten => "plan_written",
             Self::DestinationLeaseBound => "destination_lease_bound",
+            Self::DestinationReady => "destination_ready",
             Self::Pause => "pause",
             Self::Resume => "resume",
             Self::Promote => "promote",
@@ -136,7 +143,8 @@ pub fn next_state(state: MigrationState, event: &MigrationEvent) -> Result<Migra
     use MigrationState as S;
     let next = match (state, event) {
         (S::Pending, E::PlanWritten) => S::WaitingForDestinationLease,
-        (S::WaitingForDestinationLease, E::DestinationLeaseBound) => S::Ramping,
+        (S::WaitingForDestinationLease, E::DestinationLeaseBound) => state,
+        (S::WaitingForDestinationLease, E::DestinationReady) => S::Ramping,
         (S::Ramping, E::Pause) => S::Paused,
         (S::Paused, E::Resume) => S::Ramping,
         // A flag, not a state: a paused migration stays paused (its split frozen at B's 100 %).
@@ -173,12 +181,20 @@ impl Lifecycle {
         Self { state: MigrationState::Pending, history: Vec::new(), promoted: false }
     }
 
-    /// Applies `event` at `now_ms`; a refused event changes nothing. A second promote is
-    /// refused: it would change nothing but the history.
+    /// When B's lease was bound, if it was.
+    pub fn destination_lease_bound_at(&self) -> Option<u64> {
+        self.history.iter().find(|h| h.event == MigrationEvent::DestinationLeaseBound).map(|h| h.at_ms)
+    }
+
+    /// Applies `event` at `now_ms`; a refused event changes nothing. A second promote or bound
+    /// lease is refused: it would change nothing but the history.
     pub fn apply(&mut self, event: MigrationEvent, now_ms: u64) -> Result<MigrationState, TransitionError> {
         let promote = event == MigrationEvent::Promote;
         if promote && self.promoted {
             return Err(TransitionError { state: self.state, event: "promote (already promoted)" });
+        }
+        if event == MigrationEvent::DestinationLeaseBound && self.destination_lease_bound_at().is_some() {
+            return Err(TransitionError { state: self.state, event: "destination_lease_bound (already recorded)" });
         }
         let to = next_state(self.state, &event)?;
         self.history.push(HistoryEntry { at_ms: now_ms, from: self.state, to, event });
@@ -203,6 +219,7 @@ mod tests {
         prop_oneof![
             Just(MigrationEvent::PlanWritten),
             Just(MigrationEvent::DestinationLeaseBound),
+            Just(MigrationEvent::DestinationReady),
             Just(MigrationEvent::Pause),
             Just(MigrationEvent::Resume),
             Just(MigrationEvent::Promote),
@@ -220,6 +237,7 @@ mod tests {
         for (i, e) in [
             MigrationEvent::PlanWritten,
             MigrationEvent::DestinationLeaseBound,
+            MigrationEvent::DestinationReady,
             MigrationEvent::Pause,
             MigrationEvent::Resume,
             MigrationEvent::CutOver { reason: "A's lease ended".into() },
@@ -233,10 +251,22 @@ mod tests {
         assert_eq!(m.state, MigrationState::Completed);
         let path: Vec<_> = m.history.iter().map(|h| h.to).collect();
         use MigrationState as S;
-        assert_eq!(path, [S::WaitingForDestinationLease, S::Ramping, S::Paused, S::Ramping, S::CutOver, S::Completed]);
+        assert_eq!(
+            path,
+            [
+                S::WaitingForDestinationLease,
+                S::WaitingForDestinationLease,
+                S::Ramping,
+                S::Paused,
+                S::Ramping,
+                S::CutOver,
+                S::Completed
+            ]
+        );
+        assert_eq!(m.destination_lease_bound_at(), Some(1));
         let err = m.apply(MigrationEvent::Abort, 9).unwrap_err();
         assert_eq!(err, TransitionError { state: S::Completed, event: "abort" });
-        assert_eq!(m.history.len(), 6, "a refused event is not recorded");
+        assert_eq!(m.history.len(), 7, "a refused event is not recorded");
     }
 
     #[test]
@@ -248,12 +278,15 @@ mod tests {
         m.apply(E::PlanWritten, 1).unwrap();
         assert!(m.apply(E::Promote, 2).is_err(), "not before B's lease is bound");
         m.apply(E::DestinationLeaseBound, 3).unwrap();
+        assert!(m.apply(E::Promote, 3).is_err(), "not before B is ready");
+        assert!(m.apply(E::DestinationLeaseBound, 3).is_err(), "a bound lease is recorded once");
+        m.apply(E::DestinationReady, 3).unwrap();
         m.apply(E::Pause, 4).unwrap();
         assert_eq!(m.apply(E::Promote, 5), Ok(S::Paused));
         assert!(m.promoted);
         assert_eq!(m.history.last().map(|h| (h.from, h.to, &h.event)), Some((S::Paused, S::Paused, &E::Promote)));
         assert!(m.apply(E::Promote, 6).is_err(), "once");
-        assert_eq!(m.history.len(), 4);
+        assert_eq!(m.history.len(), 5);
         // A record written before promote existed reads as not promoted.
         let old: Lifecycle = serde_json::from_str(r#"{"state":"ramping","history":[]}"#).unwrap();
         assert!(!old.promoted);
@@ -280,6 +313,7 @@ mod tests {
             prop_assert_eq!(m.history.len(), accepted);
             // The flag and the history never disagree.
             prop_assert_eq!(m.promoted, m.history.iter().any(|h| h.event == MigrationEvent::Promote));
+            prop_assert!(m.history.iter().filter(|h| h.event == MigrationEvent::DestinationLeaseBound).count() <= 1);
             for pair in m.history.windows(2) {
                 prop_assert_eq!(pair[0].to, pair[1].from);
             }

@@ -20,15 +20,19 @@ pub struct Limits {
     /// A VM that has not answered the router's health probes for this long has failed.
     pub probe_timeout_ms: u64,
     /// A VM that has not answered at all since B's lease was bound (or the router started) has
-    /// failed after this long: it may still be configuring the address.
+    /// failed after this long: it may still be configuring the address. Also how long B may
+    /// hold its bound lease without answering for X before the migration fails.
     pub startup_timeout_ms: u64,
+    /// A router reports to the manager: B is ready for flows when it answers the router's probe
+    /// for X. Without one, B's bound lease starts the ramp.
+    pub router_reports: bool,
 }
 
 impl Default for Limits {
     /// Two minutes for B's lease (a VM that boots), 3 s of silence for a failed VM, 30 s for a
-    /// VM to answer at all.
+    /// VM to answer at all; a router reports.
     fn default() -> Self {
-        Self { lease_timeout_ms: 120_000, probe_timeout_ms: 3_000, startup_timeout_ms: 30_000 }
+        Self { lease_timeout_ms: 120_000, probe_timeout_ms: 3_000, startup_timeout_ms: 30_000, router_reports: true }
     }
 }
 
@@ -69,9 +73,14 @@ pub fn decide(migrations: &[Migration], input: &Input<'_>, now_ms: u64, limits: 
                 let from_a = role == Some(Role::Source) || lease.vm.as_deref() == Some(m.source.as_str());
                 match lease.kind {
                     LeaseEventKind::Bound | LeaseEventKind::Renewed
-                        if from_b && state == MigrationState::WaitingForDestinationLease =>
+                        if from_b
+                            && state == MigrationState::WaitingForDestinationLease
+                            && m.lifecycle.destination_lease_bound_at().is_none() =>
                     {
                         event(MigrationEvent::DestinationLeaseBound);
+                        if !limits.router_reports {
+                            event(MigrationEvent::DestinationReady);
+                        }
                     }
                     // RFC 2131 4.4.4: B found X in use (someone answered its ARP probe).
                     LeaseEventKind::Declined if from_b && shadowing => event(MigrationEvent::Fail {
@@ -87,6 +96,7 @@ pub fn decide(migrations: &[Migration], input: &Input<'_>, now_ms: u64, limits: 
             Input::Router(status) => router_decisions(m, status, now_ms, limits, &mut out),
             Input::Tick => {
                 if state == MigrationState::WaitingForDestinationLease
+                    && m.lifecycle.destination_lease_bound_at().is_none()
                     && now_ms >= plan_written(m) + limits.lease_timeout_ms
                 {
                     event(MigrationEvent::Fail {
@@ -94,6 +104,20 @@ pub fn decide(migrations: &[Migration], input: &Input<'_>, now_ms: u64, limits: 
                             "no bound lease for {} within {} s",
                             m.destination,
                             limits.lease_timeout_ms / 1000
+                        ),
+                    });
+                } else if state == MigrationState::WaitingForDestinationLease
+                    && let Some(bound) = m.lifecycle.destination_lease_bound_at()
+                    && now_ms >= bound + limits.startup_timeout_ms
+                    && now_ms < m.deadline_ms
+                {
+                    // Nothing went to B yet: failing leaves A serving X alone, as before.
+                    event(MigrationEvent::Fail {
+                        reason: format!(
+                            "{} holds a lease on {} but did not answer ARP for it within {} s",
+                            m.destination,
+                            m.ip,
+                            limits.startup_timeout_ms / 1000
                         ),
                     });
                 } else if shadowing && now_ms >= m.deadline_ms {
@@ -132,18 +156,28 @@ fn router_decisions(m: &Migration, status: &Status, now_ms: u64, limits: Limits,
         }
         return;
     }
+    if state == MigrationState::WaitingForDestinationLease
+        && let Some(bound) = m.lifecycle.destination_lease_bound_at()
+    {
+        // B answers for X once its DHCP client has configured it: then it can take flows.
+        let answered = status
+            .probes
+            .iter()
+            .find(|p| p.vm.0 == m.destination)
+            .and_then(|p| p.answered.get(&m.ip))
+            .is_some_and(|at| at.as_millis() >= bound);
+        if answered {
+            out.push((m.id, Decision::Event(MigrationEvent::DestinationReady)));
+        }
+        return;
+    }
     if state != MigrationState::Ramping && state != MigrationState::Paused {
         return;
     }
     // Silence counts from the later of the router's start and B's bound lease: the router
     // probes a VM only while it shadows an address with it, and B answers for X only once its
     // DHCP client has configured it.
-    let bound_at = m
-        .lifecycle
-        .history
-        .iter()
-        .find(|h| h.event == MigrationEvent::DestinationLeaseBound)
-        .map_or(m.created_ms, |h| h.at_ms);
+    let bound_at = m.lifecycle.destination_lease_bound_at().unwrap_or(m.created_ms);
     // A VM that has not answered since then is still coming up (dhcpcd probes X with ARP for
     // several seconds before it configures it, RFC 5227): it gets the longer start-up window.
     let watched_since = status.started.as_millis().max(bound_at);

@@ -171,21 +171,36 @@ mod tests {
         let cases: [Case<'_>; 6] = [
             (&[], Some(EntryState::WaitingForLease), false, None),
             (&[E::PlanWritten], Some(EntryState::WaitingForLease), false, Some(PlanState::Active)),
-            (&[E::PlanWritten, E::DestinationLeaseBound], Some(EntryState::Ramping), false, Some(PlanState::Active)),
             (
-                &[E::PlanWritten, E::DestinationLeaseBound, E::Pause],
+                &[E::PlanWritten, E::DestinationLeaseBound, E::DestinationReady],
+                Some(EntryState::Ramping),
+                false,
+                Some(PlanState::Active),
+            ),
+            (
+                &[E::PlanWritten, E::DestinationLeaseBound, E::DestinationReady, E::Pause],
                 Some(EntryState::Paused),
                 false,
                 Some(PlanState::Active),
             ),
             (
-                &[E::PlanWritten, E::DestinationLeaseBound, E::CutOver { reason: "deadline".into() }],
+                &[
+                    E::PlanWritten,
+                    E::DestinationLeaseBound,
+                    E::DestinationReady,
+                    E::CutOver { reason: "deadline".into() },
+                ],
                 Some(EntryState::Ramping),
                 true,
                 Some(PlanState::Active),
             ),
             (
-                &[E::PlanWritten, E::DestinationLeaseBound, E::DestinationFailed { reason: "probes".into() }],
+                &[
+                    E::PlanWritten,
+                    E::DestinationLeaseBound,
+                    E::DestinationReady,
+                    E::DestinationFailed { reason: "probes".into() },
+                ],
                 Some(EntryState::RollingBack),
                 false,
                 Some(PlanState::RolledBack),
@@ -209,10 +224,16 @@ mod tests {
         let later = 1_500_000 + ROLLBACK_DRAIN.as_millis() as u64;
         assert!(router_desired(&held, std::slice::from_ref(&rolled), later).entries.is_empty());
         // Promote: requested of the router while ramping or paused, not once the migration rolls back.
-        let promoted = migration(&[E::PlanWritten, E::DestinationLeaseBound, E::Pause, E::Promote], 1_500_000);
+        let promoted = migration(
+            &[E::PlanWritten, E::DestinationLeaseBound, E::DestinationReady, E::Pause, E::Promote],
+            1_500_000,
+        );
         let desired = router_desired(&held, std::slice::from_ref(&promoted), 1_500_000);
         assert_eq!(desired.entries.first().map(|d| (d.promote, d.entry.state)), Some((true, EntryState::Paused)));
-        let aborted = migration(&[E::PlanWritten, E::DestinationLeaseBound, E::Promote, E::Abort], 1_500_000);
+        let aborted = migration(
+            &[E::PlanWritten, E::DestinationLeaseBound, E::DestinationReady, E::Promote, E::Abort],
+            1_500_000,
+        );
         let desired = router_desired(&held, std::slice::from_ref(&aborted), 1_500_000);
         assert_eq!(desired.entries.first().map(|d| (d.promote, d.entry.state)), Some((false, EntryState::RollingBack)));
         let failed = migration(&[E::PlanWritten, E::Fail { reason: "no lease for vm-b in 120 s".into() }], 0);

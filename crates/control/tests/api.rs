@@ -97,6 +97,7 @@ impl Server {
     fn manager_starts_ramp(&self, id: u64) {
         self.manager.advance(id, MigrationEvent::PlanWritten, NOW).unwrap();
         self.manager.advance(id, MigrationEvent::DestinationLeaseBound, NOW).unwrap();
+        self.manager.advance(id, MigrationEvent::DestinationReady, NOW).unwrap();
     }
 }
 
@@ -156,7 +157,10 @@ fn the_full_flow_migrate_pause_resume_abort_and_again() {
         .iter()
         .map(|h| h["to"].as_str().unwrap().to_owned())
         .collect();
-    assert_eq!(history, ["waiting_for_destination_lease", "ramping", "paused", "ramping", "aborted"]);
+    assert_eq!(
+        history,
+        ["waiting_for_destination_lease", "waiting_for_destination_lease", "ramping", "paused", "ramping", "aborted"]
+    );
     // Aborted: X is A's again, with no migration mark, and a second migration can start.
     let a = s.get(&format!("/v1/addresses/{X}"), ACME);
     assert_eq!(a.body, json!({"ip": X, "tenant": "acme", "vm": "vm-a", "migration": null}));

@@ -173,8 +173,9 @@ fn events_follow_every_change_and_end_at_the_final_state() {
     // The manager's steps, then the user's controls, each arrive as the whole migration.
     s.manager.advance(id, MigrationEvent::PlanWritten, NOW).unwrap();
     s.manager.advance(id, MigrationEvent::DestinationLeaseBound, NOW).unwrap();
+    s.manager.advance(id, MigrationEvent::DestinationReady, NOW).unwrap();
     let mut seen = vec![first];
-    for _ in 0..2 {
+    for _ in 0..3 {
         seen.push(stream.next());
     }
     for action in ["pause", "promote", "abort"] {
@@ -188,9 +189,20 @@ fn events_follow_every_change_and_end_at_the_final_state() {
         }
     }
     let states: Vec<&str> = seen.iter().map(state).collect();
-    assert_eq!(states, ["pending", "waiting_for_destination_lease", "ramping", "paused", "paused", "aborted"]);
-    assert_eq!(seen[4].data["lifecycle"]["promoted"], true);
-    assert_eq!(seen[4].data["lifecycle"]["history"].as_array().unwrap().last().unwrap()["event"]["event"], "promote");
+    assert_eq!(
+        states,
+        [
+            "pending",
+            "waiting_for_destination_lease",
+            "waiting_for_destination_lease",
+            "ramping",
+            "paused",
+            "paused",
+            "aborted"
+        ]
+    );
+    assert_eq!(seen[5].data["lifecycle"]["promoted"], true);
+    assert_eq!(seen[5].data["lifecycle"]["history"].as_array().unwrap().last().unwrap()["event"]["event"], "promote");
     let ids: Vec<u64> = seen.iter().map(|e| e.id.unwrap()).collect();
     assert!(ids.windows(2).all(|w| w[0] < w[1]), "ids are increasing store revisions: {ids:?}");
     assert!(stream.ends(), "the stream ends after the final state");

@@ -14,7 +14,7 @@ use ipshadow_control::orchestrator::{Input, Limits};
 use ipshadow_control::reassign::{DeadlinePolicy, ReassignRequest, Reassigned};
 use ipshadow_core::{CongestionControlParameters, EntryState, Instant, MigrationOptions, Outcome, ShadowingEntry};
 use ipshadow_dataplane::Status;
-use ipshadow_dataplane::status::EndedMigration;
+use ipshadow_dataplane::status::{EndedMigration, ProbeStatus};
 use ipshadow_dhcp::Role;
 use ipshadow_dhcp::plan::PlanState;
 use ipshadow_dhcp::server::{LeaseEvent, LeaseEventKind};
@@ -77,7 +77,7 @@ fn a_migration_from_the_call_to_the_cut_over_survives_a_manager_restart() {
         (m.id, PlanState::Active, (T0 + 300_000) / 1000)
     );
 
-    // B binds X: the ramp starts; the router reports 25 %.
+    // B binds X, then answers the router's probe for it: the ramp starts; the router reports 25 %.
     let bound = LeaseEvent {
         kind: LeaseEventKind::Bound,
         ip: X,
@@ -86,7 +86,19 @@ fn a_migration_from_the_call_to_the_cut_over_survives_a_manager_restart() {
         migration: Some((m.id, Role::Destination)),
         at: T0 / 1000 + 5,
     };
-    assert_eq!(first.handle(&Input::Lease(&bound), T0 + 5_000).unwrap()[0].state, MigrationState::Ramping);
+    assert_eq!(
+        first.handle(&Input::Lease(&bound), T0 + 5_000).unwrap()[0].state,
+        MigrationState::WaitingForDestinationLease
+    );
+    let mut answered = report(0.0, m.created_ms, T0 + 7_000);
+    answered.entries[0].state = EntryState::WaitingForLease;
+    answered.probes.push(ProbeStatus {
+        vm: "vm-b".into(),
+        last_reply: Some(Instant::from_millis(T0 + 6_500)),
+        answered: [(X, Instant::from_millis(T0 + 6_500))].into(),
+    });
+    let applied = first.handle(&Input::Router(&answered), T0 + 7_000).unwrap();
+    assert_eq!(applied.last().unwrap().state, MigrationState::Ramping);
     first.handle(&Input::Router(&report(25.0, m.created_ms, T0 + 40_000)), T0 + 40_000).unwrap();
     drop(first);
 
@@ -120,6 +132,9 @@ fn a_migration_from_the_call_to_the_cut_over_survives_a_manager_restart() {
     assert_eq!(plans[0].state, PlanState::Completed);
     let history: Vec<_> = second.migrations().unwrap()[0].lifecycle.history.iter().map(|h| h.to).collect();
     use MigrationState as S;
-    assert_eq!(history, [S::WaitingForDestinationLease, S::Ramping, S::CutOver, S::Completed]);
+    assert_eq!(
+        history,
+        [S::WaitingForDestinationLease, S::WaitingForDestinationLease, S::Ramping, S::CutOver, S::Completed]
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -68,6 +68,16 @@ fn lease_events_start_the_ramp_fail_on_decline_and_cut_over_when_a_lets_go() {
         events(decide(&waiting, &Input::Lease(&bound_b), T0, limits)),
         [Decision::Event(E::DestinationLeaseBound)]
     );
+    // Without a router to ask, the bound lease itself makes B ready.
+    let no_router = Limits { router_reports: false, ..limits };
+    assert_eq!(
+        events(decide(&waiting, &Input::Lease(&bound_b), T0, no_router)),
+        [Decision::Event(E::DestinationLeaseBound), Decision::Event(E::DestinationReady)]
+    );
+    // A renewal after the bound lease is recorded adds nothing.
+    let bound = [migration(&[E::PlanWritten, E::DestinationLeaseBound])];
+    let renewed_b = lease(LeaseEventKind::Renewed, "vm-b", Some(Role::Destination));
+    assert!(decide(&bound, &Input::Lease(&renewed_b), T0, limits).is_empty());
     let bound_a = lease(LeaseEventKind::Renewed, "vm-a", Some(Role::Source));
     assert!(decide(&waiting, &Input::Lease(&bound_a), T0, limits).is_empty());
     let declined = lease(LeaseEventKind::Declined, "vm-b", Some(Role::Destination));
@@ -75,7 +85,7 @@ fn lease_events_start_the_ramp_fail_on_decline_and_cut_over_when_a_lets_go() {
         &events(decide(&waiting, &Input::Lease(&declined), T0, limits))[..],
         [Decision::Event(E::Fail { .. })]
     ));
-    let ramping = [migration(&[E::PlanWritten, E::DestinationLeaseBound])];
+    let ramping = [migration(&[E::PlanWritten, E::DestinationLeaseBound, E::DestinationReady])];
     let released = lease(LeaseEventKind::Released, "vm-a", Some(Role::Source));
     assert!(matches!(
         &events(decide(&ramping, &Input::Lease(&released), T0, limits))[..],
@@ -96,7 +106,7 @@ fn time_fails_a_migration_without_a_lease_and_cuts_over_at_the_deadline() {
         &events(decide(&waiting, &Input::Tick, T0 + 1 + limits.lease_timeout_ms, limits))[..],
         [Decision::Event(E::Fail { reason })] if reason.contains("no bound lease for vm-b")
     ));
-    let ramping = [migration(&[E::PlanWritten, E::DestinationLeaseBound])];
+    let ramping = [migration(&[E::PlanWritten, E::DestinationLeaseBound, E::DestinationReady])];
     assert!(decide(&ramping, &Input::Tick, T0 + 599_999, limits).is_empty());
     assert_eq!(
         events(decide(&ramping, &Input::Tick, T0 + 600_000, limits)),
@@ -116,8 +126,11 @@ fn status(split: f64, probes: [(u64, u64); 2], now_ms: u64) -> Status {
         MigrationOptions::default(),
     );
     entry.traffic_split_percentage = split;
-    let probe =
-        |vm: &str, ago: u64| ProbeStatus { vm: vm.into(), last_reply: Some(Instant::from_millis(now_ms - ago)) };
+    let probe = |vm: &str, ago: u64| ProbeStatus {
+        vm: vm.into(),
+        last_reply: Some(Instant::from_millis(now_ms - ago)),
+        answered: [(X, Instant::from_millis(now_ms - ago))].into(),
+    };
     Status {
         started: Instant::from_millis(T0),
         updated: Instant::from_millis(now_ms),
@@ -130,7 +143,7 @@ fn status(split: f64, probes: [(u64, u64); 2], now_ms: u64) -> Status {
 #[test]
 fn router_reports_carry_the_split_the_end_and_the_health_of_both_vms() {
     let limits = Limits::default();
-    let ramping = [migration(&[E::PlanWritten, E::DestinationLeaseBound])];
+    let ramping = [migration(&[E::PlanWritten, E::DestinationLeaseBound, E::DestinationReady])];
     let now = T0 + 30_000;
     assert_eq!(
         events(decide(&ramping, &Input::Router(&status(25.0, [(100, 0); 2], now)), now, limits)),
@@ -175,7 +188,51 @@ fn router_reports_carry_the_split_the_end_and_the_health_of_both_vms() {
         events(decide(&ramping, &Input::Router(&ended), now, limits)),
         [Decision::Event(E::CutOver { reason: "deadline".into() }), Decision::Event(E::RouterCompleted)]
     );
-    let cut = [migration(&[E::PlanWritten, E::DestinationLeaseBound, E::CutOver { reason: "x".into() }])];
+    let cut = [migration(&[
+        E::PlanWritten,
+        E::DestinationLeaseBound,
+        E::DestinationReady,
+        E::CutOver { reason: "x".into() },
+    ])];
     assert_eq!(events(decide(&cut, &Input::Router(&ended), now, limits)), [Decision::Event(E::RouterCompleted)]);
     assert_eq!(cut[0].lifecycle.state, MigrationState::CutOver);
+}
+
+#[test]
+fn b_takes_flows_once_it_answers_for_x_after_its_lease_was_bound_or_the_migration_fails() {
+    let limits = Limits::default();
+    // Bound at T0 + 1 (the helper applies every event then); still waiting.
+    let bound = [migration(&[E::PlanWritten, E::DestinationLeaseBound])];
+    assert_eq!(bound[0].lifecycle.state, MigrationState::WaitingForDestinationLease);
+    let now = T0 + 5_000;
+    let mut report = status(5.0, [(100, 100); 2], now);
+    // B answers for another address only (or not at all): not ready.
+    report.probes[1].answered = [(Ipv4Addr::new(10, 0, 0, 99), Instant::from_millis(now - 100))].into();
+    assert!(events(decide(&bound, &Input::Router(&report), now, limits)).is_empty());
+    // An answer for X from before the lease was bound (an earlier holder): not ready.
+    report.probes[1].answered = [(X, Instant::from_millis(T0))].into();
+    assert!(events(decide(&bound, &Input::Router(&report), now, limits)).is_empty());
+    // A's answers for X never make B ready.
+    report.probes[0].answered = [(X, Instant::from_millis(now - 100))].into();
+    assert!(events(decide(&bound, &Input::Router(&report), now, limits)).is_empty());
+    // B answers for X after its lease was bound: the ramp starts.
+    report.probes[1].answered = [(X, Instant::from_millis(T0 + 1))].into();
+    assert_eq!(events(decide(&bound, &Input::Router(&report), now, limits)), [Decision::Event(E::DestinationReady)]);
+    // Without an answer, the start-up window after the bound lease ends it cleanly.
+    let window_end = T0 + 1 + limits.startup_timeout_ms;
+    assert!(decide(&bound, &Input::Tick, window_end - 1, limits).is_empty());
+    assert!(matches!(
+        &events(decide(&bound, &Input::Tick, window_end, limits))[..],
+        [Decision::Event(E::Fail { reason })] if reason == "vm-b holds a lease on 10.0.0.10 but did not answer ARP for it within 30 s"
+    ));
+    // The lease timeout no longer applies once the lease is bound.
+    let late = T0 + 1 + limits.lease_timeout_ms;
+    assert!(matches!(
+        &events(decide(&bound, &Input::Tick, late, limits))[..],
+        [Decision::Event(E::Fail { reason })] if reason.contains("did not answer ARP")
+    ));
+    // Not before B's lease is bound: that has its own timeout.
+    let waiting = [migration(&[E::PlanWritten])];
+    assert!(events(decide(&waiting, &Input::Router(&report), now, limits)).is_empty());
+    assert!(decide(&waiting, &Input::Tick, window_end, limits).is_empty());
 }

@@ -163,6 +163,7 @@ fn the_end_of_a_migration_gives_the_address_to_the_winner() {
         inv.reassign(Some("acme"), X, &request("vm-b", true), NOW, None, DeadlinePolicy::default()).unwrap();
         inv.advance(1, E::PlanWritten, NOW + 1).unwrap();
         inv.advance(1, E::DestinationLeaseBound, NOW + 2).unwrap();
+        inv.advance(1, E::DestinationReady, NOW + 2).unwrap();
         inv.record_split(1, 25.0).unwrap();
         assert_eq!(inv.migration(None, 1).unwrap().split_pct, 25.0);
         let cut = matches!(last, E::CutOver { .. });

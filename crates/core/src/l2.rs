@@ -71,6 +71,11 @@ pub struct RouterNode {
     pub flood: Option<(usize, usize)>,
     /// Last ARP answer from each VM port to a health probe.
     pub probe_replies: Vec<Option<Instant>>,
+    /// Last answer from a VM port for each shadowed address it was probed for: a destination
+    /// answers for the address only once its DHCP client has configured it (dhcpcd first probes
+    /// it for seconds, RFC 5227), which is when it can take flows. Kept only for the ports of
+    /// addresses shadowed now, so a VM cannot grow it with answers for other addresses.
+    pub probe_answers: BTreeMap<(usize, Ipv4Addr), Instant>,
     /// Client TCP endpoints the router reset at the end of a migration.
     pub reset_clients: BTreeSet<(Ipv4Addr, u16)>,
     /// Counters of this node.
@@ -101,6 +106,7 @@ impl RouterNode {
             mirror: None,
             flood: None,
             probe_replies,
+            probe_answers: BTreeMap::new(),
             reset_clients: BTreeSet::new(),
             stats: PortStats::default(),
         }
@@ -120,6 +126,7 @@ impl RouterNode {
         self.core = Self::fresh_core(&self.config, &self.ports, now);
         self.shadows.clear();
         self.neighbours.clear();
+        self.probe_answers.clear();
     }
 
     /// The port of the VM `id`.
@@ -135,12 +142,20 @@ impl RouterNode {
     /// Records that `ip` is shadowed between the ports of `source` and `destination` (the
     /// entry itself goes to [`RouterNode::core`]).
     pub fn shadow_ports(&mut self, ip: Ipv4Addr, source: usize, destination: usize) {
-        self.shadows.insert(ip, (source, destination));
+        if let Some(before) = self.shadows.insert(ip, (source, destination))
+            && before != (source, destination)
+        {
+            self.probe_answers.remove(&(before.0, ip));
+            self.probe_answers.remove(&(before.1, ip));
+        }
     }
 
     /// Forgets the ports of a shadowed address whose migration ended.
     pub fn unshadow(&mut self, ip: Ipv4Addr) {
-        self.shadows.remove(&ip);
+        if let Some((source, destination)) = self.shadows.remove(&ip) {
+            self.probe_answers.remove(&(source, ip));
+            self.probe_answers.remove(&(destination, ip));
+        }
     }
 
     /// A frame from the provider side.
@@ -238,6 +253,9 @@ impl RouterNode {
             && let Some(last) = self.probe_replies.get_mut(port)
         {
             *last = Some(now);
+            if self.shadows.get(&arp.sender_ip).is_some_and(|&(a, b)| a == port || b == port) {
+                self.probe_answers.insert((port, arp.sender_ip), now);
+            }
         } else {
             self.stats.arp_ignored += 1;
         }

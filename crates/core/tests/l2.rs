@@ -66,6 +66,27 @@ fn answers_arp_for_routed_addresses_and_the_gateway_only() {
     assert!(matches!(&out[..], [Out::Vm(1, _)]));
     n.from_vm(1, arp(2, (MAC_B, X), GATEWAY), Instant::from_millis(5), &mut out);
     assert_eq!(n.probe_replies[1], Some(Instant::from_millis(5)));
+    assert!(n.probe_answers.is_empty(), "X is not shadowed: no answer for it is kept");
+}
+
+#[test]
+fn answers_for_a_shadowed_address_are_kept_per_port_and_forgotten_with_the_shadow() {
+    let mut n = node();
+    let mut out = Vec::new();
+    n.shadow_ports(X, 0, 1);
+    n.from_vm(1, arp(2, (MAC_B, X), GATEWAY), Instant::from_millis(5), &mut out);
+    // An answer for an address not shadowed with that port is not kept (a VM cannot grow the map).
+    n.from_vm(1, arp(2, (MAC_B, Ipv4Addr::new(10, 0, 0, 99)), GATEWAY), Instant::from_millis(6), &mut out);
+    assert_eq!(n.probe_answers.iter().collect::<Vec<_>>(), [(&(1, X), &Instant::from_millis(5))]);
+    assert_eq!(n.probe_replies[1], Some(Instant::from_millis(6)), "the VM answered, whatever for");
+    // A new shadow of X between other ports drops the old answers; unshadowing drops them all.
+    n.shadow_ports(X, 1, 0);
+    assert!(n.probe_answers.is_empty());
+    n.from_vm(0, arp(2, (MAC_A, X), GATEWAY), Instant::from_millis(7), &mut out);
+    assert_eq!(n.probe_answers.len(), 1);
+    n.unshadow(X);
+    assert!(n.probe_answers.is_empty());
+    assert!(out.is_empty(), "answers to probes are not forwarded anywhere");
 }
 
 #[test]

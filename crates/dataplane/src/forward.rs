@@ -104,7 +104,17 @@ impl<P: PacketPort> Forwarder<P> {
             .ports()
             .iter()
             .zip(&self.node.probe_replies)
-            .map(|((vm, _), last)| ProbeStatus { vm: vm.clone(), last_reply: *last })
+            .enumerate()
+            .map(|(port, ((vm, _), last))| ProbeStatus {
+                vm: vm.clone(),
+                last_reply: *last,
+                answered: self
+                    .node
+                    .probe_answers
+                    .range((port, Ipv4Addr::UNSPECIFIED)..=(port, Ipv4Addr::BROADCAST))
+                    .map(|(&(_, ip), &at)| (ip, at))
+                    .collect(),
+            })
             .collect();
         Status {
             pid: std::process::id(),

@@ -85,4 +85,8 @@ pub struct ProbeStatus {
     pub vm: VmId,
     /// When it last answered, if ever.
     pub last_reply: Option<Instant>,
+    /// When it last answered for each address it shadows now: a destination answers for the
+    /// address only once it has configured it.
+    #[serde(default)]
+    pub answered: BTreeMap<Ipv4Addr, Instant>,
 }

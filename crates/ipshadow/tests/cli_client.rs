@@ -325,6 +325,7 @@ fn the_cli_controls_and_watches_a_ramping_migration() {
     // Standing in for the manager: the plan is written and B's lease is bound.
     server.manager.advance(1, E::PlanWritten, 0).unwrap();
     server.manager.advance(1, E::DestinationLeaseBound, 0).unwrap();
+    server.manager.advance(1, E::DestinationReady, 0).unwrap();
 
     // Stdout is a pipe: plain lines, one per change. The first is the migration as it is.
     let mut watch = Background::spawn(cli_command(&dir, api, Some(ACME), &["migration", "watch", "1"]));
@@ -344,7 +345,7 @@ fn the_cli_controls_and_watches_a_ramping_migration() {
         .iter()
         .map(|h| h["event"]["event"].as_str().unwrap())
         .collect();
-    assert_eq!(events, ["plan_written", "destination_lease_bound", "pause", "resume", "promote"]);
+    assert_eq!(events, ["plan_written", "destination_lease_bound", "destination_ready", "pause", "resume", "promote"]);
     let list = ok(&dir, api, Some(ACME), &["migration", "list"]).stdout;
     assert!(list.lines().nth(1).unwrap().split_whitespace().any(|c| c == "yes"), "promoted shows: {list}");
     ok(&dir, api, Some(ACME), &["migration", "abort", "1"]);
@@ -370,9 +371,13 @@ fn the_cli_controls_and_watches_a_ramping_migration() {
         assert!(started.elapsed() < WAIT, "reassign --watch did not start a migration");
         std::thread::sleep(Duration::from_millis(20));
     }
-    for event in
-        [E::PlanWritten, E::DestinationLeaseBound, E::CutOver { reason: "deadline".into() }, E::RouterCompleted]
-    {
+    for event in [
+        E::PlanWritten,
+        E::DestinationLeaseBound,
+        E::DestinationReady,
+        E::CutOver { reason: "deadline".into() },
+        E::RouterCompleted,
+    ] {
         server.manager.advance(2, event, 0).unwrap();
     }
     let watched = watch.finish();

@@ -79,12 +79,22 @@ fn flow_strategy_moves_the_address_without_breaking_a_connection() {
     assert_eq!(n(&r, "/connections_broken"), 0);
     assert_eq!(n(&r, "/cut_at_deadline"), 0, "A's connections all ended before its deadline");
     // The whole flow went through the manager in `serve`, as the API shows it: the plan written,
-    // B's bound lease (a real DHCP event) starting the ramp, the deadline cutting over, the
-    // router's report of the cut-over completing it.
+    // B's bound lease (a real DHCP event), B's answer to the router's probe for X starting the
+    // ramp, the deadline cutting over, the router's report of the cut-over completing it.
     let m = &r["migration"];
-    let states: Vec<&str> =
-        m["lifecycle"]["history"].as_array().unwrap().iter().map(|h| h["to"].as_str().unwrap()).collect();
-    assert_eq!(states, ["waiting_for_destination_lease", "ramping", "cut_over", "completed"], "{m}");
+    let history = m["lifecycle"]["history"].as_array().unwrap();
+    let events: Vec<&str> = history.iter().map(|h| h["event"]["event"].as_str().unwrap()).collect();
+    assert_eq!(
+        events,
+        ["plan_written", "destination_lease_bound", "destination_ready", "cut_over", "router_completed"],
+        "{m}"
+    );
+    let states: Vec<&str> = history.iter().map(|h| h["to"].as_str().unwrap()).collect();
+    assert_eq!(
+        states,
+        ["waiting_for_destination_lease", "waiting_for_destination_lease", "ramping", "cut_over", "completed"],
+        "{m}"
+    );
     assert_eq!(m["deadline_source"], "requested");
     assert_eq!(m["split_pct"].as_f64(), Some(100.0), "the router's split was recorded: {m}");
 }

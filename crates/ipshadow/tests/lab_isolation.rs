@@ -171,9 +171,9 @@ fn dhcpcd_in_b_binds_x_without_declining_it_while_a_holds_it() {
     let _guard = Lab(prefix.clone());
     let out = Command::new(EXE)
         .args(["demo", "--json", "--prefix", &prefix, "--clients", "1", "--long-lived", "40", "--churn", "5"])
-        // dhcpcd configures X only after its RFC 5227 probes, seconds after its lease is bound
-        // (which starts the ramp): 4 s steps keep the split low until B answers for X.
-        .args(["--lifetime", "3", "6", "--warmup", "3", "--ramp-hold", "4", "--deadline", "24", "--after", "2"])
+        // dhcpcd configures X only after its RFC 5227 probes, seconds after its lease is bound:
+        // the ramp starts when B answers the router's probe for X, so 2 s steps break nothing.
+        .args(["--lifetime", "3", "6", "--warmup", "3", "--ramp-hold", "2", "--deadline", "24", "--after", "2"])
         .args(["--b-dhcp-client", "dhcpcd"])
         .output()
         .unwrap();
@@ -185,6 +185,18 @@ fn dhcpcd_in_b_binds_x_without_declining_it_while_a_holds_it() {
     assert!(r["dhcp_events"]["bound"].as_u64().unwrap() >= 2, "A and B bound X");
     assert_eq!(r["migration_state"], "completed");
     assert_eq!(r["connections_broken"].as_u64(), Some(0));
+    // The ramp waited for dhcpcd to configure X: it started after the bound lease, and B's
+    // answer to the router's probe for X started it.
+    let (bound, ramp) =
+        (r["timeline"]["lease_bound_s"].as_f64().unwrap(), r["timeline"]["ramp_started_s"].as_f64().unwrap());
+    assert!(ramp > bound, "ramp at {ramp} s, lease bound at {bound} s");
+    let events: Vec<&str> = r["migration"]["lifecycle"]["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["event"]["event"].as_str().unwrap())
+        .collect();
+    assert_eq!(events[..3], ["plan_written", "destination_lease_bound", "destination_ready"]);
     // dhcpcd's probes (ARP requests for X from B) reached the router and went unanswered.
     assert!(r["router"]["l2"]["arp_ignored"].as_u64().unwrap() > 0);
 }

@@ -299,8 +299,11 @@ impl<'a> Demo<'a> {
         let since_start = |at_ms: u64| at_ms.saturating_sub(start_ms) as f64 / 1e3;
         for h in m["lifecycle"]["history"].as_array().map(Vec::as_slice).unwrap_or_default() {
             let at = h["at_ms"].as_u64().unwrap_or(0);
-            if h["to"] == "ramping" && self.timeline.lease_bound_s.is_none() {
+            if h["event"]["event"] == "destination_lease_bound" {
                 self.timeline.lease_bound_s = Some(since_start(at));
+            }
+            if h["to"] == "ramping" && self.timeline.ramp_started_s.is_none() {
+                self.timeline.ramp_started_s = Some(since_start(at));
             }
         }
         self.state = m["lifecycle"]["state"].as_str().unwrap_or("").to_owned();

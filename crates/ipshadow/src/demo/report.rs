@@ -17,8 +17,10 @@ use crate::traffic::report::{Cause, Report as TrafficReport};
 pub struct Timeline {
     /// Unix time of the start.
     pub started_unix_s: f64,
-    /// B's lease bound (the ramp's start).
+    /// B's lease bound.
     pub lease_bound_s: Option<f64>,
+    /// B answered for X: the ramp's start.
+    pub ramp_started_s: Option<f64>,
     /// The split first at 100 %.
     pub split_100_s: Option<f64>,
     /// The router reported the migration ended (cut-over or rollback).
@@ -168,7 +170,7 @@ impl DemoReport {
              \x20 served by vm-a {}, by vm-b {}\n\
              \x20 long-lived: {} total, {} broken; churn: {} total, {} broken\n\
              \x20 exchanges verified: {} ({} response bytes)\n\
-             \x20 timeline: B's lease bound {}, split 100 % {}, ended {}\n\
+             \x20 timeline: B's lease bound {}, ramp started {}, split 100 % {}, ended {}\n\
              \x20 final split {:.0} %, conflicting replies suppressed {}\n",
             self.strategy,
             self.mode,
@@ -187,6 +189,7 @@ impl DemoReport {
             self.exchanges,
             self.bytes_verified,
             at(t.lease_bound_s),
+            at(t.ramp_started_s),
             at(t.split_100_s),
             at(t.ended_s),
             self.final_split_pct,

@@ -248,7 +248,9 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
     let store = open_store(&data_dir.join("store.redb"))?;
     let stop = Arc::new(AtomicBool::new(false));
     let (heard_tx, heard_rx) = std::sync::mpsc::channel();
-    let manager = Manager::new(Inventory::new(store.clone()), Limits::default());
+    // With a router in the process, B takes flows once it answers the router's probe for X.
+    let limits = Limits { router_reports: config.router.is_some(), ..Limits::default() };
+    let manager = Manager::new(Inventory::new(store.clone()), limits);
     let mut threads = Vec::new();
     let mut outputs = manage::Outputs { router: None, dhcp: None, router_status: Default::default() };
     let shared_dhcp: parts::SharedDhcp = Default::default();
