@@ -251,9 +251,11 @@ impl<S: Store> Inventory<S> {
         check_id("tenant", tenant)?;
         let mut txn = Txn::new().when(Compare::Absent(address_key(ip)));
         if let Some(id) = vm {
-            // The VM must be the tenant's, and still be there when the address is written.
+            // The VM must be the tenant's, and still be there when the address is written. Its
+            // record is written again: a `remove_vm` that read it before now fails its own
+            // compare instead of leaving the address on a VM that is gone.
             let held = self.vm(Some(tenant), id)?;
-            txn = txn.when(Compare::ModRevision(vm_key(id), held.revision));
+            txn = txn.when(Compare::ModRevision(vm_key(id), held.revision)).put(vm_key(id), encode(&held.value));
         }
         let record = Address { ip, tenant: tenant.to_owned(), vm: vm.map(str::to_owned), migration: None };
         match self.store.txn(txn.put(address_key(ip), encode(&record)))? {

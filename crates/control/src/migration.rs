@@ -7,7 +7,9 @@
 //!                      failed            rolled_back / aborted
 //! ```
 //! `pending`: accepted, nothing written yet. `waiting_for_destination_lease`: the lease plan and
-//! the shadowing entry are written; B has not bound its lease (a timeout fails the migration).
+//! the shadowing entry are written; B has not bound its lease (a timeout fails the migration), or
+//! has bound it but not yet answered the router's probe for X (its DHCP client is still checking
+//! the address; 30 s without an answer fails the migration).
 //! `ramping`: the split rises. `paused`: frozen by the user. Promote (ramping or paused, once) changes no
 //! state: it sets [`Lifecycle::promoted`] and the router sends every new flow to B from then on. `cut_over`: A's lease ended (or A
 //! failed, or the user promoted and the deadline came): the router moves everything to B.
@@ -23,7 +25,8 @@ use serde::{Deserialize, Serialize};
 pub enum MigrationState {
     /// Accepted; nothing written to the DHCP server or the router yet.
     Pending,
-    /// Lease plan and shadowing entry written; waiting for B's bound lease.
+    /// Lease plan and shadowing entry written; waiting for B's bound lease and B's first answer
+    /// for X.
     WaitingForDestinationLease,
     /// The split rises.
     Ramping,
@@ -42,6 +45,21 @@ pub enum MigrationState {
 }
 
 impl MigrationState {
+    /// The state as the API spells it (`waiting_for_destination_lease`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::WaitingForDestinationLease => "waiting_for_destination_lease",
+            Self::Ramping => "ramping",
+            Self::Paused => "paused",
+            Self::CutOver => "cut_over",
+            Self::Completed => "completed",
+            Self::RolledBack => "rolled_back",
+            Self::Aborted => "aborted",
+            Self::Failed => "failed",
+        }
+    }
+
     /// Whether nothing more can happen to the migration.
     pub fn is_final(self) -> bool {
         matches!(self, Self::Completed | Self::RolledBack | Self::Aborted | Self::Failed)
@@ -110,7 +128,7 @@ pub struct HistoryEntry {
 
 /// An event the state does not accept (the migration is unchanged).
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("a migration in state {state:?} cannot take {event}")]
+#[error("a migration in state {} cannot take {event}", state.as_str())]
 pub struct TransitionError {
     /// The state.
     pub state: MigrationState,
@@ -290,6 +308,26 @@ mod tests {
         // A record written before promote existed reads as not promoted.
         let old: Lifecycle = serde_json::from_str(r#"{"state":"ramping","history":[]}"#).unwrap();
         assert!(!old.promoted);
+    }
+
+    #[test]
+    fn states_are_named_in_messages_as_the_api_spells_them() {
+        use MigrationState as S;
+        for s in [
+            S::Pending,
+            S::WaitingForDestinationLease,
+            S::Ramping,
+            S::Paused,
+            S::CutOver,
+            S::Completed,
+            S::RolledBack,
+            S::Aborted,
+            S::Failed,
+        ] {
+            assert_eq!(serde_json::to_value(s).unwrap(), s.as_str());
+        }
+        let err = next_state(S::WaitingForDestinationLease, &MigrationEvent::Pause).unwrap_err();
+        assert_eq!(err.to_string(), "a migration in state waiting_for_destination_lease cannot take pause");
     }
 
     proptest! {

@@ -142,9 +142,12 @@ impl<S: Store> Inventory<S> {
         if address.value.vm.as_deref() == Some(request.to.as_str()) {
             return Err(InventoryError::Conflict(format!("{ip} is already held by {}", request.to)));
         }
+        // The target's record is written again (unchanged): a `remove_vm` that checked it held
+        // nothing before this commits then fails its own compare on the record's revision.
         let base = Txn::new()
             .when(Compare::ModRevision(address_key(ip), address.revision))
-            .when(Compare::ModRevision(vm_key(&request.to), target.revision));
+            .when(Compare::ModRevision(vm_key(&request.to), target.revision))
+            .put(vm_key(&request.to), encode(&target.value));
         let Some(source) = address.value.vm.clone().filter(|_| request.migrate) else {
             if request.ramp.is_some() || request.deadline_ms.is_some() {
                 return Err(InventoryError::Invalid("ramp and deadline apply only with migrate=true".into()));

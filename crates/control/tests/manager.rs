@@ -42,10 +42,8 @@ fn report(split: f64, start_ms: u64, now_ms: u64) -> Status {
 
 #[test]
 fn a_migration_from_the_call_to_the_cut_over_survives_a_manager_restart() {
-    let dir = std::env::temp_dir().join(format!("ipshadow-manager-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("store.redb");
+    let dir = tempfile::Builder::new().prefix("ipshadow-manager-").tempdir().unwrap();
+    let path = dir.path().join("store.redb");
     let first = manager(&path);
     let inv = first.inventory();
     for (id, mac) in [("vm-a", "02:00:00:00:00:0a"), ("vm-b", "02:00:00:00:00:0b")] {
@@ -136,5 +134,4 @@ fn a_migration_from_the_call_to_the_cut_over_survives_a_manager_restart() {
         history,
         [S::WaitingForDestinationLease, S::WaitingForDestinationLease, S::Ramping, S::CutOver, S::Completed]
     );
-    let _ = std::fs::remove_dir_all(&dir);
 }

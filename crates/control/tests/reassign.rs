@@ -16,10 +16,10 @@ const X: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 10);
 const NOW: u64 = 1_800_000_000_000;
 
 fn inventory(name: &str) -> Inventory<RedbStore> {
-    let dir = std::env::temp_dir().join(format!("ipshadow-reassign-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let inv = Inventory::new(RedbStore::open(&dir.join("store.redb")).unwrap());
+    let dir = tempfile::Builder::new().prefix(&format!("ipshadow-reassign-{name}-")).tempdir().unwrap();
+    let inv = Inventory::new(RedbStore::open(&dir.path().join("store.redb")).unwrap());
+    // The open store keeps its file: the folder can go now (Linux frees the file at its close).
+    drop(dir);
     for (id, tenant, mac) in [
         ("vm-a", "acme", "02:00:00:00:00:0a"),
         ("vm-b", "acme", "02:00:00:00:00:0b"),
@@ -149,6 +149,50 @@ fn racing_requests_start_exactly_one_migration() {
     }
     let (migrations, _) = inv.store().range("/v1/migrations/").unwrap();
     assert_eq!(migrations.len(), 1);
+}
+
+/// One racer's call; whether it succeeded.
+type Attempt = dyn FnOnce(&Inventory<RedbStore>) -> bool + Send;
+
+/// A VM removed while an address is given to it: one of the two wins, never both (the address
+/// would be left on a VM that is gone).
+#[test]
+fn removing_a_vm_and_giving_it_an_address_never_both_succeed() {
+    let y = Ipv4Addr::new(10, 0, 0, 11);
+    for round in 0..100 {
+        let inv = std::sync::Arc::new(inventory("remove-race"));
+        inv.add_vm(&Vm {
+            id: "vm-c".into(),
+            tenant: "acme".into(),
+            mac: "02:00:00:00:00:0d".into(),
+            segment: "c".into(),
+        })
+        .unwrap();
+        let barrier = std::sync::Arc::new(std::sync::Barrier::new(3));
+        let spawn = |f: Box<Attempt>| {
+            let (inv, barrier) = (std::sync::Arc::clone(&inv), std::sync::Arc::clone(&barrier));
+            std::thread::spawn(move || {
+                barrier.wait();
+                f(&inv)
+            })
+        };
+        let removed = spawn(Box::new(|inv| inv.remove_vm(Some("acme"), "vm-c").is_ok()));
+        let moved = spawn(Box::new(move |inv| {
+            inv.reassign(Some("acme"), X, &request("vm-c", round % 2 == 0), NOW, None, DeadlinePolicy::default())
+                .is_ok()
+        }));
+        let added = spawn(Box::new(move |inv| inv.add_address("acme", y, Some("vm-c")).is_ok()));
+        let (removed, moved, added) = (removed.join().unwrap(), moved.join().unwrap(), added.join().unwrap());
+        assert!(!(removed && (moved || added)), "round {round}: vm-c removed, yet moved {moved}, added {added}");
+        // Whatever won, no address and no migration names a VM that is gone.
+        let vms: Vec<String> = inv.vms(None).unwrap().into_iter().map(|v| v.id).collect();
+        for a in inv.addresses(None).unwrap() {
+            assert!(a.vm.as_ref().is_none_or(|v| vms.contains(v)), "round {round}: {a:?} on a removed VM");
+        }
+        for m in inv.migrations(None).unwrap() {
+            assert!(vms.contains(&m.destination), "round {round}: migration to a removed VM");
+        }
+    }
 }
 
 #[test]

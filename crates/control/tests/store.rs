@@ -8,11 +8,11 @@ use std::time::Duration;
 
 use ipshadow_control::{Compare, RedbStore, Store, StoreError, Txn, TxnOutcome, WatchEvent};
 
-fn temp(name: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("ipshadow-store-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir.join("store.redb")
+/// A store path in a new temporary folder, removed when the folder's guard is dropped.
+fn temp(name: &str) -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::Builder::new().prefix(&format!("ipshadow-store-{name}-")).tempdir().unwrap();
+    let path = dir.path().join("store.redb");
+    (dir, path)
 }
 
 fn put(store: &RedbStore, key: &str, value: &str) -> u64 {
@@ -24,7 +24,7 @@ fn put(store: &RedbStore, key: &str, value: &str) -> u64 {
 
 #[test]
 fn revisions_ranges_and_compare_and_swap() {
-    let store = RedbStore::open(&temp("cas")).unwrap();
+    let store = RedbStore::open(&temp("cas").1).unwrap();
     assert_eq!(store.range("/").unwrap(), (vec![], 0));
     assert_eq!(put(&store, "/v1/vms/a", "1"), 1);
     assert_eq!(put(&store, "/v1/vms/b", "2"), 2);
@@ -55,7 +55,7 @@ fn revisions_ranges_and_compare_and_swap() {
 
 #[test]
 fn a_watch_replays_what_it_missed_then_follows_each_change_once_in_order() {
-    let store = RedbStore::open(&temp("watch")).unwrap();
+    let store = RedbStore::open(&temp("watch").1).unwrap();
     put(&store, "/m/1", "a");
     put(&store, "/other", "x");
     put(&store, "/m/2", "b");
@@ -91,7 +91,7 @@ fn a_watch_replays_what_it_missed_then_follows_each_change_once_in_order() {
 
 #[test]
 fn everything_survives_reopening_and_old_revisions_are_compacted() {
-    let path = temp("durable");
+    let (_dir, path) = temp("durable");
     {
         let store = RedbStore::open_keeping(&path, 10).unwrap();
         for i in 0..30 {
@@ -119,7 +119,7 @@ fn everything_survives_reopening_and_old_revisions_are_compacted() {
 
 #[test]
 fn a_file_that_is_not_a_store_is_a_clear_error() {
-    let path = temp("garbage");
+    let (_dir, path) = temp("garbage");
     std::fs::write(&path, b"this is not a redb file, it is a text file long enough to look like one").unwrap();
     let err = RedbStore::open(&path).err().expect("refused");
     assert!(err.to_string().contains("store.redb"), "{err}");

@@ -26,17 +26,16 @@ pub struct Api {
     pub store: RedbStore,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     runtime: Option<tokio::runtime::Runtime>,
+    /// The store's folder, removed after the server stopped.
+    _dir: tempfile::TempDir,
 }
 
 impl Api {
-    /// Serves the state `state` builds on a new store in the temporary folder
-    /// `ipshadow-{suite}-{pid}-{name}` (emptied first): `suite` and `name` keep test files and
-    /// tests apart.
+    /// Serves the state `state` builds on a new store in a new temporary folder
+    /// `ipshadow-{suite}-{name}-*` (removed when dropped): `suite` and `name` name the test.
     pub fn start(suite: &str, name: &str, state: impl FnOnce(RedbStore) -> ApiState<RedbStore>) -> Self {
-        let dir = std::env::temp_dir().join(format!("ipshadow-{suite}-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let store = RedbStore::open(&dir.join("store.redb")).unwrap();
+        let dir = tempfile::Builder::new().prefix(&format!("ipshadow-{suite}-{name}-")).tempdir().unwrap();
+        let store = RedbStore::open(&dir.path().join("store.redb")).unwrap();
         let state = state(store.clone());
         let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
         let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
@@ -46,7 +45,7 @@ impl Api {
             let _ = stop.await;
         }));
         let agent = ureq::Agent::config_builder().http_status_as_error(false).build().new_agent();
-        Self { base, agent, store, shutdown: Some(shutdown), runtime: Some(runtime) }
+        Self { base, agent, store, shutdown: Some(shutdown), runtime: Some(runtime), _dir: dir }
     }
 
     /// Starts the graceful shutdown (the streams still open end); a second call does nothing.

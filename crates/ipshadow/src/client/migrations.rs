@@ -154,7 +154,7 @@ pub struct Step {
 
 /// A state as the API spells it (`waiting_for_destination_lease`).
 pub fn state_name(state: MigrationState) -> String {
-    serde_json::to_value(state).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default()
+    state.as_str().to_owned()
 }
 
 impl Migration {
