@@ -14,6 +14,7 @@ mod common;
 
 use common::{ACME, ADMIN, Api, NOW, ZETA};
 use ipshadow_control::RedbStore;
+use ipshadow_control::api::ApiState;
 use ipshadow_control::inventory::Inventory;
 use ipshadow_control::migration::MigrationEvent;
 use serde_json::{Value, json};
@@ -31,7 +32,12 @@ impl Server {
     /// A server with acme's vm-a and vm-b and X held by vm-a, and a migration of X to vm-b
     /// (pending); returns its id.
     fn with_migration(name: &str) -> (Self, u64) {
-        let api = Api::start("api-events", name, common::tenants_at_now);
+        Self::with_migration_on(name, common::tenants_at_now)
+    }
+
+    /// As [`Server::with_migration`], on the state `state` builds.
+    fn with_migration_on(name: &str, state: fn(RedbStore) -> ApiState<RedbStore>) -> (Self, u64) {
+        let api = Api::start("api-events", name, state);
         let s = Self { manager: Inventory::new(api.store.clone()), api };
         for (id, mac) in [("vm-a", "02:00:00:00:00:0a"), ("vm-b", "02:00:00:00:00:0b")] {
             let vm = json!({"id": id, "mac": mac, "segment": id, "tenant": "acme"});
@@ -269,6 +275,46 @@ fn a_client_that_leaves_stops_the_watch_and_shutdown_ends_the_streams() {
 }
 
 #[test]
+fn streams_beyond_the_limit_are_503_until_one_ends() {
+    let (s, id) = Server::with_migration_on("limit", |store| common::tenants_at_now(store).with_max_event_streams(2));
+    let (_, _, first) = s.events(id, ACME);
+    let (_, _, second) = s.events(id, ADMIN);
+    let (first, second) = (first.unwrap(), second.unwrap());
+    assert_eq!(state(&first.next()), "pending");
+    assert_eq!(state(&second.next()), "pending");
+    let response = s
+        .api
+        .agent
+        .get(format!("{}/v1/migrations/{id}/events", s.api.base))
+        .header("authorization", format!("Bearer {ACME}"))
+        .call()
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 503);
+    assert_eq!(response.headers().get("retry-after").unwrap(), "5");
+    let body: Value = serde_json::from_str(&response.into_body().read_to_string().unwrap()).unwrap();
+    assert_eq!(body["error"], "unavailable", "{body}");
+    // The migration ends: so do its streams.
+    s.manager.advance(id, MigrationEvent::Abort, NOW).unwrap();
+    assert!(first.next().data["lifecycle"]["state"] == "aborted" && first.ends());
+    assert!(second.next().data["lifecycle"]["state"] == "aborted" && second.ends());
+    // The streams ended: their slots are free again for a new migration's streams.
+    let (status, m) = s.post("/v1/addresses/10.0.0.10/reassign", ACME, Some(json!({"to": "vm-b", "migrate": true})));
+    assert_eq!(status, 202, "{m}");
+    let next = m["id"].as_u64().unwrap();
+    let started = Instant::now();
+    let mut open = Vec::new();
+    while open.len() < 2 {
+        assert!(started.elapsed() < WAIT, "the ended streams' slots were not freed");
+        match s.events(next, ACME) {
+            (200, _, Some(stream)) => open.push(stream),
+            (503, _, _) => std::thread::sleep(Duration::from_millis(50)),
+            (status, _, _) => panic!("{status}"),
+        }
+    }
+    assert_eq!(s.events(next, ACME).0, 503, "the limit holds");
+}
+
+#[test]
 fn the_document_describes_promote_and_the_event_stream() {
     let (s, _) = Server::with_migration("openapi");
     let document: Value = serde_json::from_str(
@@ -280,4 +326,5 @@ fn the_document_describes_promote_and_the_event_stream() {
     let events = &paths["/v1/migrations/{id}/events"]["get"];
     assert!(events["responses"]["200"]["content"]["text/event-stream"].is_object(), "{events}");
     assert!(events["responses"]["404"].is_object());
+    assert!(events["responses"]["503"].is_object());
 }

@@ -17,7 +17,7 @@ use crate::inventory::InventoryError;
 pub struct ErrorBody {
     /// Machine-readable code: `not_found`, `exists`, `conflict`, `raced` (retry), `invalid`,
     /// `idempotency_key_reused`, `unauthorized`, `forbidden`, `bad_request`,
-    /// `method_not_allowed`, `internal` (the document's `ErrorCode`).
+    /// `method_not_allowed`, `unavailable` (retry later), `internal` (the document's `ErrorCode`).
     #[schema(value_type = super::schema::ErrorCodeSchema)]
     pub error: String,
     /// What went wrong, for a human.
@@ -61,6 +61,11 @@ impl ApiError {
         Self::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", message)
     }
 
+    /// 503: the server is at a limit (open event streams); retry later.
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
+    }
+
     /// 500: the store failed (never used for a refusal).
     pub fn internal(message: impl Into<String>) -> Self {
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
@@ -88,6 +93,10 @@ impl IntoResponse for ApiError {
         if self.status == StatusCode::UNAUTHORIZED {
             // RFC 6750 3: a 401 names the scheme the client should use.
             response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            // RFC 9110 10.2.3: when to try again, in seconds.
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
         }
         response
     }

@@ -9,9 +9,13 @@
 //!
 //! The store's watch is synchronous (std channels), so each stream has a small thread that
 //! waits on it and hands events to the response through a tokio channel; the thread ends within
-//! [`POLL`] once the client has gone.
+//! [`POLL`] once the client has gone. Streams of unfinished migrations open at once are capped
+//! ([`super::ApiState::max_event_streams`], [`DEFAULT_MAX_STREAMS`]): one more is a 503 with
+//! `Retry-After`, so clients cannot exhaust the server's threads.
 
 use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::extract::State;
@@ -31,6 +35,9 @@ pub const KEEP_ALIVE: Duration = Duration::from_secs(15);
 /// How long the bridge thread waits on the store before it checks that the client is still there.
 pub const POLL: Duration = Duration::from_millis(250);
 
+/// Event streams open at once by default.
+pub const DEFAULT_MAX_STREAMS: usize = 256;
+
 /// Events the bridge may be ahead of a slow client (then it waits; the store keeps the rest).
 const BUFFER: usize = 16;
 
@@ -43,13 +50,16 @@ const BUFFER: usize = 16;
             description = "`event: migration`, `id:` the store revision, `data:` the whole migration as JSON: \
                 first the current one, then one per change; the stream ends after a final state. An \
                 `event: error` (data: the error shape) ends it when the record cannot be read."),
-        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 503, body = ErrorBody, description = "Too many event streams are open: retry after `Retry-After` seconds.")))]
 pub async fn migration_events<S: Store>(
     State(state): State<ApiState<S>>,
     caller: Caller,
     ApiPath(id): ApiPath<u64>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     let key = migration_key(id);
+    // Taken before the store's watch is: a refused stream leaves nothing behind.
+    let slot = StreamSlot::take(&state)?;
     let (current, revision, watcher) = state
         .blocking(move |inv| {
             // Visibility first: another tenant's migration is 404 before any stream starts.
@@ -73,7 +83,10 @@ pub async fn migration_events<S: Store>(
         let key = migration_key(id);
         std::thread::Builder::new()
             .name(format!("events-{id}"))
-            .spawn(move || bridge(&watcher, &key, &sender))
+            .spawn(move || {
+                bridge(&watcher, &key, &sender);
+                drop(slot);
+            })
             .map_err(|e| ApiError::internal(format!("starting the event stream: {e}")))?;
     }
 
@@ -87,6 +100,27 @@ pub async fn migration_events<S: Store>(
         event.map(|e| (Ok(e), (receiver, stopping)))
     });
     Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(KEEP_ALIVE).text("keep-alive")))
+}
+
+/// One of the open streams the server allows: freed when dropped (the bridge thread ends, or the
+/// migration was already final and no thread started).
+struct StreamSlot(Arc<AtomicUsize>);
+
+impl StreamSlot {
+    fn take<S: Store>(state: &ApiState<S>) -> Result<Self, ApiError> {
+        let open = &state.event_streams;
+        let max = state.max_event_streams;
+        open.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1)).map_err(|_| {
+            ApiError::unavailable(format!("{max} event streams are open, the most this server allows: retry later"))
+        })?;
+        Ok(Self(Arc::clone(open)))
+    }
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// Forwards the changes of `key` from the store's watch to the response until the migration is

@@ -56,6 +56,11 @@ pub struct ApiState<S: Store> {
     pub idempotency_ttl_ms: u64,
     /// The other parts running in this process, when there are.
     pub parts: Parts,
+    /// Event streams of unfinished migrations open at once, at most (each holds a thread on the
+    /// store's watch); one more is refused with 503 until one ends.
+    pub max_event_streams: usize,
+    /// Event streams open now.
+    pub(crate) event_streams: Arc<std::sync::atomic::AtomicUsize>,
     /// Set once [`serve`] begins to shut down: long-lived responses (event streams) end then,
     /// or the graceful shutdown would wait for them forever.
     pub(crate) stopping: Arc<tokio::sync::watch::Sender<bool>>,
@@ -93,6 +98,8 @@ impl<S: Store> Clone for ApiState<S> {
             policy: self.policy,
             idempotency_ttl_ms: self.idempotency_ttl_ms,
             parts: self.parts.clone(),
+            max_event_streams: self.max_event_streams,
+            event_streams: self.event_streams.clone(),
             stopping: self.stopping.clone(),
         }
     }
@@ -108,6 +115,8 @@ impl<S: Store> ApiState<S> {
             policy: DeadlinePolicy::default(),
             idempotency_ttl_ms: idempotency::DEFAULT_TTL_MS,
             parts: Parts::default(),
+            max_event_streams: events::DEFAULT_MAX_STREAMS,
+            event_streams: Arc::default(),
             stopping: Arc::new(tokio::sync::watch::Sender::new(false)),
         }
     }
@@ -127,6 +136,12 @@ impl<S: Store> ApiState<S> {
     /// Replaces how long idempotency records answer retries.
     pub fn with_idempotency_ttl_ms(mut self, ttl_ms: u64) -> Self {
         self.idempotency_ttl_ms = ttl_ms;
+        self
+    }
+
+    /// Replaces the limit on event streams open at once.
+    pub fn with_max_event_streams(mut self, max: usize) -> Self {
+        self.max_event_streams = max;
         self
     }
 

@@ -257,6 +257,8 @@ pub enum ErrorCodeSchema {
     Invalid,
     /// 422: this `Idempotency-Key` was used for a different request.
     IdempotencyKeyReused,
+    /// 503: the server is at a limit (open event streams): retry after `Retry-After` seconds.
+    Unavailable,
     /// 500: the store failed.
     Internal,
 }
@@ -514,6 +516,7 @@ mod tests {
             ApiError::forbidden("x"),
             ApiError::invalid("x"),
             ApiError::internal("x"),
+            ApiError::unavailable("x"),
             InventoryError::NotFound { kind: "vm", id: "x".into() }.into(),
             InventoryError::Exists { kind: "vm", id: "x".into() }.into(),
             InventoryError::Conflict("x".into()).into(),
