@@ -89,6 +89,26 @@ fn a_watch_replays_what_it_missed_then_follows_each_change_once_in_order() {
     assert!(matches!(seen.last(), Some(WatchEvent::Delete { key, .. }) if key == "/m/1"));
 }
 
+/// A watch on a key that never changes again (a finished migration's event stream) is
+/// forgotten once its watcher is dropped: watches come and go for as long as the server runs.
+#[test]
+fn dropped_watchers_are_forgotten_without_a_change_to_their_keys() {
+    let store = RedbStore::open(&temp("forget").1).unwrap();
+    put(&store, "/m/1", "a");
+    for _ in 0..100 {
+        drop(store.watch("/m/1", 1).unwrap());
+    }
+    let kept = store.watch("/m/1", 1).unwrap();
+    assert_eq!(store.open_watches(), 1, "only the live watch is kept");
+    // A write elsewhere forgets dropped ones too, and the live one still hears its key.
+    let other = store.watch("/m/2", 1).unwrap();
+    drop(other);
+    put(&store, "/x", "y");
+    assert_eq!(store.open_watches(), 1);
+    put(&store, "/m/1", "b");
+    assert!(matches!(kept.next_timeout(Duration::from_secs(1)), Some(WatchEvent::Put(kv)) if kv.key == "/m/1"));
+}
+
 #[test]
 fn everything_survives_reopening_and_old_revisions_are_compacted() {
     let (_dir, path) = temp("durable");

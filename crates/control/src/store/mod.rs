@@ -169,15 +169,23 @@ pub trait Store: Clone + Send + Sync + 'static {
     fn watch(&self, prefix: &str, after: u64) -> Result<Watcher, StoreError>;
 }
 
-/// A stream of changes to a prefix.
+/// A stream of changes to a prefix. Dropping it ends the watch.
 pub struct Watcher {
     receiver: std::sync::mpsc::Receiver<WatchEvent>,
+    /// Alive while the watcher is: the store forgets a watch whose token is gone without
+    /// waiting for a change to fail to reach it (a watch on a key that never changes again).
+    alive: std::sync::Arc<()>,
 }
 
 impl Watcher {
     /// A watcher reading from `receiver`.
     pub(crate) fn new(receiver: std::sync::mpsc::Receiver<WatchEvent>) -> Self {
-        Self { receiver }
+        Self { receiver, alive: std::sync::Arc::new(()) }
+    }
+
+    /// What the store keeps to tell whether the watcher is still there.
+    pub(crate) fn liveness(&self) -> std::sync::Weak<()> {
+        std::sync::Arc::downgrade(&self.alive)
     }
 
     /// The next change, waiting up to `timeout`; `None` when nothing came (or the store is gone).

@@ -5,7 +5,7 @@
 
 use std::path::Path;
 use std::sync::mpsc::Sender;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
@@ -33,7 +33,14 @@ struct Inner {
     log_keep: u64,
     /// Held while a transaction commits and its events are delivered, and while a watch
     /// replays, so that every watcher sees every change once and in order.
-    writer: Mutex<Vec<(String, Sender<WatchEvent>)>>,
+    writer: Mutex<Vec<Watch>>,
+}
+
+/// A live watch: its prefix, where its events go, and whether its [`Watcher`] still exists.
+struct Watch {
+    prefix: String,
+    sender: Sender<WatchEvent>,
+    alive: Weak<()>,
 }
 
 fn io(what: &'static str) -> impl Fn(&dyn std::fmt::Display) -> StoreError {
@@ -107,7 +114,13 @@ impl RedbStore {
         Ok(store)
     }
 
-    fn writer(&self) -> MutexGuard<'_, Vec<(String, Sender<WatchEvent>)>> {
+    /// Watches the store delivers to (a dropped [`Watcher`] is forgotten at the next write or
+    /// watch).
+    pub fn open_watches(&self) -> usize {
+        self.writer().len()
+    }
+
+    fn writer(&self) -> MutexGuard<'_, Vec<Watch>> {
         // A panic while holding the lock cannot leave the watcher list inconsistent.
         self.inner.writer.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
@@ -204,9 +217,13 @@ impl Store for RedbStore {
             meta.insert("revision", revision).map_err(|e| io("writing")(&e))?;
         }
         tx.commit().map_err(|e| io("committing")(&e))?;
-        // Durable: now the watchers may hear of it. A watcher whose receiver is gone is dropped.
-        watchers.retain(|(prefix, sender)| {
-            events.iter().filter(|e| e.key().starts_with(prefix.as_str())).all(|e| sender.send(e.clone()).is_ok())
+        // Durable: now the watchers may hear of it. A watcher that is gone is dropped.
+        watchers.retain(|w| {
+            w.alive.strong_count() > 0
+                && events
+                    .iter()
+                    .filter(|e| e.key().starts_with(w.prefix.as_str()))
+                    .all(|e| w.sender.send(e.clone()).is_ok())
         });
         Ok(TxnOutcome::Committed(revision))
     }
@@ -229,7 +246,10 @@ impl Store for RedbStore {
                 let _ = sender.send(event);
             }
         }
-        watchers.push((prefix.to_owned(), sender));
-        Ok(Watcher::new(receiver))
+        let watcher = Watcher::new(receiver);
+        // Watches of keys no longer written (a finished migration's stream) are forgotten here too.
+        watchers.retain(|w| w.alive.strong_count() > 0);
+        watchers.push(Watch { prefix: prefix.to_owned(), sender, alive: watcher.liveness() });
+        Ok(watcher)
     }
 }
