@@ -154,7 +154,7 @@ mod tests {
             affinity: Default::default(),
             ramp: Default::default(),
             deadline_ms: 2_000_000,
-            deadline_source: "requested".into(),
+            deadline_source: crate::reassign::DeadlineSource::Requested,
             created_ms: 1_000_000,
             split_pct: 25.0,
             lifecycle,

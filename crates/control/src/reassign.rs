@@ -59,6 +59,29 @@ impl Default for DeadlinePolicy {
     }
 }
 
+/// Where a migration's deadline came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum DeadlineSource {
+    /// The caller asked for it (within the policy's limits).
+    Requested,
+    /// The end of A's current lease, from the DHCP server in the process (the seed's rule).
+    SourceLeaseEnd,
+    /// The policy's default (no request, no DHCP server to ask).
+    PolicyDefault,
+}
+
+impl DeadlineSource {
+    /// As the API spells it (`source_lease_end`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Requested => "requested",
+            Self::SourceLeaseEnd => "source_lease_end",
+            Self::PolicyDefault => "policy_default",
+        }
+    }
+}
+
 /// A migration as stored under `/v1/migrations/{id}`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Migration {
@@ -87,8 +110,8 @@ pub struct Migration {
     pub ramp: Ramp,
     /// Cut-over time, unix milliseconds.
     pub deadline_ms: u64,
-    /// Where the deadline came from: `requested`, `source_lease_end` or `policy_default`.
-    pub deadline_source: String,
+    /// Where the deadline came from.
+    pub deadline_source: DeadlineSource,
     /// When it was created, unix milliseconds.
     pub created_ms: u64,
     /// The split last reported by the router, percent.
@@ -171,10 +194,10 @@ impl<S: Store> Inventory<S> {
                         policy.max_ms / 1000
                     )));
                 }
-                (d, "requested")
+                (d, DeadlineSource::Requested)
             }
-            (None, Some(end)) => (end.max(now_ms + policy.min_ms), "source_lease_end"),
-            (None, None) => (now_ms + policy.default_ms, "policy_default"),
+            (None, Some(end)) => (end.max(now_ms + policy.min_ms), DeadlineSource::SourceLeaseEnd),
+            (None, None) => (now_ms + policy.default_ms, DeadlineSource::PolicyDefault),
         };
         let (next, next_revision) = match self.store().get(NEXT_ID)? {
             Some(kv) => (decode::<u64>(&kv)?.value, Some(kv.mod_revision)),
@@ -191,7 +214,7 @@ impl<S: Store> Inventory<S> {
             affinity: request.affinity.unwrap_or_default(),
             ramp,
             deadline_ms,
-            deadline_source: deadline_source.to_owned(),
+            deadline_source,
             created_ms: now_ms,
             split_pct: 0.0,
             lifecycle: Lifecycle::new(),

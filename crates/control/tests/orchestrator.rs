@@ -32,7 +32,7 @@ fn migration(events: &[E]) -> Migration {
         affinity: Default::default(),
         ramp: Default::default(),
         deadline_ms: T0 + 600_000,
-        deadline_source: "requested".into(),
+        deadline_source: ipshadow_control::reassign::DeadlineSource::Requested,
         created_ms: T0,
         split_pct: 5.0,
         lifecycle,

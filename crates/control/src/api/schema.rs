@@ -505,6 +505,15 @@ mod tests {
         ] {
             assert_eq!(schemas[schema]["properties"][field]["pattern"], pattern, "{schema}.{field}");
         }
+        // A closed set a client can switch on.
+        assert_eq!(
+            schemas["DeadlineSource"]["enum"],
+            serde_json::json!(["requested", "source_lease_end", "policy_default"])
+        );
+        assert_eq!(
+            schemas["Migration"]["properties"]["deadline_source"]["$ref"],
+            "#/components/schemas/DeadlineSource"
+        );
     }
 
     /// Every code the server sends is in the `ErrorCode` enum of the document.
