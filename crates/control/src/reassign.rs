@@ -138,6 +138,32 @@ pub enum Reassigned {
 }
 
 impl<S: Store> Inventory<S> {
+    /// Refuses a migration of `ip` (held by A) to `to` when A or `to` already takes part in an
+    /// unfinished migration of another address: a DHCP server leases each VM one address, so
+    /// with one in the process a second plan for a busy VM would fail at once. Call it after
+    /// the caller may see `ip` ([`Inventory::address`]), before [`Inventory::reassign`].
+    pub fn refuse_busy_vms(&self, ip: Ipv4Addr, to: &str) -> Result<(), InventoryError> {
+        let Some(holder) = self.store().get(&address_key(ip))? else { return Ok(()) };
+        let holder = decode::<Address>(&holder)?.value.vm;
+        let vms = [holder.as_deref(), Some(to)];
+        let busy = self.migrations(None)?.into_iter().find(|m| {
+            !m.lifecycle.state.is_final()
+                && m.ip != ip
+                && vms.iter().flatten().any(|vm| *vm == m.source || *vm == m.destination)
+        });
+        match busy {
+            Some(m) => {
+                let vm = vms.iter().flatten().find(|vm| **vm == m.source || **vm == m.destination).unwrap_or(&to);
+                Err(InventoryError::Conflict(format!(
+                    "{vm} already takes part in migration {} of {}: the DHCP server leases a VM one address, \
+                     so one migration per VM at a time (let it end or abort it first)",
+                    m.id, m.ip
+                )))
+            }
+            None => Ok(()),
+        }
+    }
+
     /// Reassigns `ip` (of `tenant`; `None` is the admin) to `request.to`. `source_lease_end_ms`
     /// is when the DHCP server says A's current lease ends, if it knows.
     pub fn reassign(

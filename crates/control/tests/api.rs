@@ -9,8 +9,11 @@
 
 mod common;
 
+use std::sync::Arc;
+
 use common::{ACME, ADMIN, Api, NOW, ZETA};
 use ipshadow_control::RedbStore;
+use ipshadow_control::api::{ApiState, Parts};
 use ipshadow_control::inventory::Inventory;
 use ipshadow_control::migration::MigrationEvent;
 use serde_json::{Value, json};
@@ -77,7 +80,13 @@ impl Server {
 
     /// acme's VMs vm-a and vm-b, zeta's vm-z, and acme's X held by vm-a, created by the admin.
     fn with_inventory(name: &str) -> Self {
-        let s = Self::start(name);
+        Self::with_inventory_on(name, common::tenants_at_now)
+    }
+
+    /// As [`Server::with_inventory`], on the state `state` builds.
+    fn with_inventory_on(name: &str, state: fn(RedbStore) -> ApiState<RedbStore>) -> Self {
+        let api = Api::start("api", name, state);
+        let s = Self { manager: Inventory::new(api.store.clone()), api };
         for (id, tenant, mac) in [
             ("vm-a", "acme", "02:00:00:00:00:0a"),
             ("vm-b", "acme", "02:00:00:00:00:0b"),
@@ -247,6 +256,49 @@ fn every_refusal_is_precise_and_changes_nothing() {
     assert_error(&reassign(X, json!({"to": "vm-b", "migrate": true})), 409, "conflict");
     assert_error(&reassign(X, json!({"to": "vm-b"})), 409, "conflict");
     assert_eq!(s.get("/v1/migrations", ADMIN).body.as_array().unwrap().len(), 1);
+}
+
+/// With a DHCP server in the process (which leases a VM one address), a migration that would
+/// give a VM a second unfinished one is refused at the call, not failed by the manager later.
+#[test]
+fn with_a_dhcp_server_a_vm_takes_part_in_one_migration_at_a_time() {
+    let with_dhcp = |store| {
+        let parts = Parts { dhcp_status: Some(Arc::new(|| None)), ..Parts::default() };
+        common::tenants_at_now(store).with_parts(parts)
+    };
+    let s = Server::with_inventory_on("busy", with_dhcp);
+    let y = "10.0.0.11";
+    assert_eq!(
+        s.post("/v1/vms", ADMIN, json!({"id": "vm-c", "mac": "02:00:00:00:00:0d", "segment": "c", "tenant": "acme"}))
+            .status,
+        201
+    );
+    assert_eq!(s.post("/v1/addresses", ACME, json!({"ip": y, "vm": "vm-c"})).status, 201);
+    let reassign =
+        |ip: &str, to: &str| s.post(&format!("/v1/addresses/{ip}/reassign"), ACME, json!({"to": to, "migrate": true}));
+    assert_eq!(reassign(X, "vm-b").status, 202);
+    // vm-b is X's destination: Y cannot go there; vm-a is X's source: Y cannot go there either.
+    for to in ["vm-b", "vm-a"] {
+        let r = reassign(y, to);
+        assert_error(&r, 409, "conflict");
+        assert!(
+            r.body["message"].as_str().unwrap().contains(&format!("{to} already takes part in migration 1")),
+            "{}",
+            r.raw
+        );
+    }
+    // Another tenant's address is 404 before anything about VMs is said.
+    assert_error(
+        &s.post(&format!("/v1/addresses/{X}/reassign"), ZETA, json!({"to": "vm-z", "migrate": true})),
+        404,
+        "not_found",
+    );
+    // Without migrate the address moves at once: no DHCP plan, no refusal.
+    assert_eq!(s.post(&format!("/v1/addresses/{y}/reassign"), ACME, json!({"to": "vm-b"})).status, 200);
+    // Once X's migration ends, vm-b is free again.
+    assert_eq!(s.post("/v1/migrations/1/abort", ACME, json!({})).status, 200);
+    assert_eq!(reassign(y, "vm-a").status, 202);
+    assert_eq!(s.get("/v1/migrations", ADMIN).body.as_array().unwrap().len(), 2);
 }
 
 #[test]

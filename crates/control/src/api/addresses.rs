@@ -105,7 +105,8 @@ pub async fn get_address<S: Store>(
             headers(("Location" = String, description = "The migration (`/v1/migrations/{id}`)"))),
         (status = 404, body = ErrorBody, description = "No such address, or no such VM of its owner"),
         (status = 409, body = ErrorBody,
-            description = "Already migrating, already held by that VM, or held by no VM with `migrate`")))]
+            description = "Already migrating, already held by that VM, held by no VM with `migrate`, or (with a \
+                DHCP server in the process) A or the target already in another unfinished migration")))]
 pub async fn reassign<S: Store>(
     State(state): State<ApiState<S>>,
     caller: Caller,
@@ -115,8 +116,14 @@ pub async fn reassign<S: Store>(
     let now = (state.clock)();
     let policy = state.policy;
     let lease_end = state.parts.lease_end.as_ref().and_then(|f| f(ip));
+    let dhcp_in_process = state.parts.dhcp_status.is_some();
     let done = state
         .blocking(move |inv| {
+            if dhcp_in_process && request.migrate {
+                // Visibility first: another tenant's address is 404, whatever its VMs do.
+                inv.address(caller.tenant(), ip)?;
+                inv.refuse_busy_vms(ip, &request.to)?;
+            }
             // The seed's default deadline: the end of A's current lease, when a DHCP server
             // runs in this process and A holds one; else the requested one or the policy's.
             match inv.reassign(caller.tenant(), ip, &request, now, lease_end, policy)? {
