@@ -264,10 +264,10 @@ mod tests {
     }
 
     fn store(name: &str) -> crate::RedbStore {
-        let dir = std::env::temp_dir().join(format!("ipshadow-idempotency-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("a temp dir");
-        crate::RedbStore::open(&dir.join("store.redb")).expect("a store")
+        let dir =
+            tempfile::Builder::new().prefix(&format!("ipshadow-idempotency-{name}-")).tempdir().expect("a temp dir");
+        // The open store keeps its file: the folder can go now (Linux frees the file at its close).
+        crate::RedbStore::open(&dir.path().join("store.redb")).expect("a store")
     }
 
     fn record_expiring(expires_ms: u64) -> Vec<u8> {
