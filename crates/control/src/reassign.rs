@@ -71,17 +71,6 @@ pub enum DeadlineSource {
     PolicyDefault,
 }
 
-impl DeadlineSource {
-    /// As the API spells it (`source_lease_end`).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Requested => "requested",
-            Self::SourceLeaseEnd => "source_lease_end",
-            Self::PolicyDefault => "policy_default",
-        }
-    }
-}
-
 /// A migration as stored under `/v1/migrations/{id}`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Migration {
@@ -138,30 +127,23 @@ pub enum Reassigned {
 }
 
 impl<S: Store> Inventory<S> {
-    /// Refuses a migration of `ip` (held by A) to `to` when A or `to` already takes part in an
-    /// unfinished migration of another address: a DHCP server leases each VM one address, so
-    /// with one in the process a second plan for a busy VM would fail at once. Call it after
-    /// the caller may see `ip` ([`Inventory::address`]), before [`Inventory::reassign`].
-    pub fn refuse_busy_vms(&self, ip: Ipv4Addr, to: &str) -> Result<(), InventoryError> {
-        let Some(holder) = self.store().get(&address_key(ip))? else { return Ok(()) };
-        let holder = decode::<Address>(&holder)?.value.vm;
+    /// Refuses a migration of `ip` (of `tenant`, held by A) to `to` when A or `to` already takes
+    /// part in an unfinished migration of another address: a DHCP server leases each VM one
+    /// address, so with one in the process a second plan for a busy VM would fail at once. An
+    /// address the caller may not see is 404 first, as in [`Inventory::reassign`].
+    pub fn refuse_busy_vms(&self, tenant: Option<&str>, ip: Ipv4Addr, to: &str) -> Result<(), InventoryError> {
+        let holder = self.address(tenant, ip)?.value.vm;
         let vms = [holder.as_deref(), Some(to)];
-        let busy = self.migrations(None)?.into_iter().find(|m| {
-            !m.lifecycle.state.is_final()
-                && m.ip != ip
-                && vms.iter().flatten().any(|vm| *vm == m.source || *vm == m.destination)
-        });
-        match busy {
-            Some(m) => {
-                let vm = vms.iter().flatten().find(|vm| **vm == m.source || **vm == m.destination).unwrap_or(&to);
-                Err(InventoryError::Conflict(format!(
+        for m in self.migrations(None)?.iter().filter(|m| !m.lifecycle.state.is_final() && m.ip != ip) {
+            if let Some(vm) = vms.iter().flatten().find(|vm| **vm == m.source || **vm == m.destination) {
+                return Err(InventoryError::Conflict(format!(
                     "{vm} already takes part in migration {} of {}: the DHCP server leases a VM one address, \
                      so one migration per VM at a time (let it end or abort it first)",
                     m.id, m.ip
-                )))
+                )));
             }
-            None => Ok(()),
         }
+        Ok(())
     }
 
     /// Reassigns `ip` (of `tenant`; `None` is the admin) to `request.to`. `source_lease_end_ms`

@@ -78,13 +78,7 @@ impl Server {
     /// Opens the event stream of migration `id`: its status, content type, and (on 200) the
     /// events as they arrive; the channel closes when the server ends the stream.
     fn events(&self, id: u64, token: &str) -> (u16, String, Option<Stream>) {
-        let response = self
-            .api
-            .agent
-            .get(format!("{}/v1/migrations/{id}/events", self.api.base))
-            .header("authorization", format!("Bearer {token}"))
-            .call()
-            .unwrap();
+        let response = self.events_response(id, token);
         let status = response.status().as_u16();
         let content_type =
             response.headers().get("content-type").map(|v| v.to_str().unwrap().to_owned()).unwrap_or_default();
@@ -95,6 +89,18 @@ impl Server {
         let reader = BufReader::new(response.into_body().into_reader());
         std::thread::spawn(move || read_events(reader, &sender));
         (status, content_type, Some(Stream { events }))
+    }
+}
+
+impl Server {
+    /// The raw response to `GET /v1/migrations/{id}/events`.
+    fn events_response(&self, id: u64, token: &str) -> ureq::http::Response<ureq::Body> {
+        self.api
+            .agent
+            .get(format!("{}/v1/migrations/{id}/events", self.api.base))
+            .header("authorization", format!("Bearer {token}"))
+            .call()
+            .unwrap()
     }
 }
 
@@ -282,13 +288,7 @@ fn streams_beyond_the_limit_are_503_until_one_ends() {
     let (first, second) = (first.unwrap(), second.unwrap());
     assert_eq!(state(&first.next()), "pending");
     assert_eq!(state(&second.next()), "pending");
-    let response = s
-        .api
-        .agent
-        .get(format!("{}/v1/migrations/{id}/events", s.api.base))
-        .header("authorization", format!("Bearer {ACME}"))
-        .call()
-        .unwrap();
+    let response = s.events_response(id, ACME);
     assert_eq!(response.status().as_u16(), 503);
     assert_eq!(response.headers().get("retry-after").unwrap(), "5");
     let body: Value = serde_json::from_str(&response.into_body().read_to_string().unwrap()).unwrap();

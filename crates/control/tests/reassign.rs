@@ -9,7 +9,7 @@ use std::net::Ipv4Addr;
 
 use ipshadow_control::inventory::{Inventory, InventoryError, Vm};
 use ipshadow_control::migration::MigrationState;
-use ipshadow_control::reassign::{DeadlinePolicy, ReassignRequest, Reassigned};
+use ipshadow_control::reassign::{DeadlinePolicy, DeadlineSource, ReassignRequest, Reassigned};
 use ipshadow_control::{RedbStore, Store};
 
 const X: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 10);
@@ -61,7 +61,7 @@ fn with_migrate_a_migration_starts_and_the_deadline_follows_the_seed() {
         panic!("expected a migration")
     };
     assert_eq!((m.id, m.source.as_str(), m.destination.as_str()), (1, "vm-a", "vm-b"));
-    assert_eq!((m.deadline_ms, m.deadline_source.as_str()), (lease_end, "source_lease_end"));
+    assert_eq!((m.deadline_ms, m.deadline_source), (lease_end, DeadlineSource::SourceLeaseEnd));
     assert_eq!(m.lifecycle.state, MigrationState::Pending);
     let stored = inv.migration(Some("acme"), 1).unwrap();
     assert_eq!(stored, *m);
@@ -77,7 +77,7 @@ fn with_migrate_a_migration_starts_and_the_deadline_follows_the_seed() {
     else {
         panic!()
     };
-    assert_eq!((m.deadline_ms, m.deadline_source.as_str()), (NOW + 120_000, "requested"));
+    assert_eq!((m.deadline_ms, m.deadline_source), (NOW + 120_000, DeadlineSource::Requested));
 }
 
 #[test]

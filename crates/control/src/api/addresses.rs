@@ -120,9 +120,7 @@ pub async fn reassign<S: Store>(
     let done = state
         .blocking(move |inv| {
             if dhcp_in_process && request.migrate {
-                // Visibility first: another tenant's address is 404, whatever its VMs do.
-                inv.address(caller.tenant(), ip)?;
-                inv.refuse_busy_vms(ip, &request.to)?;
+                inv.refuse_busy_vms(caller.tenant(), ip, &request.to)?;
             }
             // The seed's default deadline: the end of A's current lease, when a DHCP server
             // runs in this process and A holds one; else the requested one or the policy's.
