@@ -115,6 +115,41 @@ fn client_affinity_pins_every_flow_of_a_client() {
     assert!(seen[0] > 5 && seen[1] > 5, "both VMs get clients at 50 %: {seen:?}");
 }
 
+/// The defect `simulate --affinity client` showed (1,000 of 1,000 connections reset): a client's
+/// connections open on A before the migration must stay on A whatever its new flows do, whether
+/// the router knew them (opened at split 0) or learns them midstream, where B's RST to the
+/// mirrored segment must not claim them.
+#[test]
+fn client_affinity_never_moves_a_clients_open_flows() {
+    let mut h = harness(MigrationOptions {
+        ramp: Ramp::Linear { pct_per_sec: 1.0 },
+        affinity: Affinity::Client,
+        ..Default::default()
+    });
+    let clients: Vec<Ipv4Addr> = (1..=40).map(|n| Ipv4Addr::new(203, 0, 113, n)).collect();
+    for c in &clients {
+        // Known flow: opened while the split is (near) 0.
+        let d = deliver(h.inbound(&tcp((*c, 1000), (X, 80), SYN, 1, 0, &[])));
+        assert_eq!(d, Deliver::Source);
+        assert_eq!(h.from_vm(Side::Source, &tcp((X, 80), (*c, 1000), SYNACK, 9, 2, &[])), EgressVerdict::Forward);
+        assert_eq!(deliver(h.inbound(&tcp((*c, 1000), (X, 80), ACK, 2, 10, &[]))), Deliver::Source);
+    }
+    h.advance(Duration::from_secs(100)); // split 100 %: every client's new flows go to B
+    for c in &clients {
+        assert_eq!(deliver(h.inbound(&tcp((*c, 1001), (X, 80), SYN, 1, 0, &[]))), Deliver::Destination);
+        assert_eq!(deliver(h.inbound(&tcp((*c, 1000), (X, 80), ACK, 2, 10, b"req"))), Deliver::Source);
+        // Unknown to the router (opened before it started): mirrored, B resets, A answers.
+        let seg = tcp((*c, 2000), (X, 22), ACK, 100, 500, b"ls\n");
+        assert_eq!(deliver(h.inbound(&seg)), Deliver::Both);
+        let rst_b = tcp((X, 22), (*c, 2000), RST, 500, 0, &[]);
+        assert_eq!(h.from_vm(Side::Destination, &rst_b), EgressVerdict::Drop(DropReason::ResetSuppressed));
+        let reply = tcp((X, 22), (*c, 2000), ACK, 500, 103, b"file\n");
+        assert_eq!(h.from_vm(Side::Source, &reply), EgressVerdict::Forward);
+        assert_eq!(deliver(h.inbound(&tcp((*c, 2000), (X, 22), ACK, 103, 505, b"x"))), Deliver::Source);
+    }
+    no_leaks(&h);
+}
+
 #[test]
 fn unknown_flow_goes_to_both_and_owner_is_learned_from_the_reply() {
     let mut h = at_split(50.0);

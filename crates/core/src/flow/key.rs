@@ -4,15 +4,16 @@ use std::net::Ipv4Addr;
 
 use serde::Serialize;
 
-/// Protocol number used in keys that pin a whole client (`affinity = client`). IP protocol 0 is
-/// IPv6 Hop-by-Hop and never appears as an IPv4 transport, so it cannot collide with a real flow.
+/// Protocol number of the key a client-affinity split decision hashes (`affinity = client`). IP
+/// protocol 0 is IPv6 Hop-by-Hop and never appears as an IPv4 transport, so such a key is never a
+/// real flow's.
 pub const PROTO_CLIENT_PIN: u8 = 0;
 
 /// Identifies a flow, always oriented client -> shadowed address, whichever side opened it.
 ///
 /// TCP/UDP: the 5-tuple. ICMP echo: the identifier as `client_port`, `shadow_port` 0. Other IP
-/// protocols: ports 0 (one flow per client and protocol). Client affinity: protocol
-/// [`PROTO_CLIENT_PIN`], ports 0.
+/// protocols: ports 0 (one flow per client and protocol). Flows are tracked by this key with
+/// either affinity; client affinity only changes how a new flow's side is decided.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 pub struct FlowKey {
     /// The remote end (client, or the server a VM connects to).
@@ -23,12 +24,12 @@ pub struct FlowKey {
     pub shadow_ip: Ipv4Addr,
     /// The port on the shadowed address.
     pub shadow_port: u16,
-    /// IP protocol number, or [`PROTO_CLIENT_PIN`].
+    /// IP protocol number.
     pub protocol: u8,
 }
 
 impl FlowKey {
-    /// A key that pins every flow of `client_ip` to one VM.
+    /// The key a client-affinity decision hashes: the same for every flow of `client_ip`.
     pub const fn client_pin(client_ip: Ipv4Addr, shadow_ip: Ipv4Addr) -> Self {
         Self { client_ip, client_port: 0, shadow_ip, shadow_port: 0, protocol: PROTO_CLIENT_PIN }
     }

@@ -4,7 +4,7 @@ use core::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::{PROTO_CLIENT_PIN, Phase};
+use super::Phase;
 use crate::time::duration_ms;
 use crate::wire::{PROTO_ICMP, PROTO_TCP, PROTO_UDP};
 
@@ -42,9 +42,6 @@ pub struct FlowTimeouts {
     /// Other IP protocols, per client.
     #[serde(with = "duration_ms")]
     pub other: Duration,
-    /// A client pinned by `affinity = client`.
-    #[serde(with = "duration_ms")]
-    pub client_pin: Duration,
 }
 
 impl Default for FlowTimeouts {
@@ -59,7 +56,6 @@ impl Default for FlowTimeouts {
             udp: Duration::from_secs(180),
             icmp: Duration::from_secs(30),
             other: Duration::from_secs(600),
-            client_pin: Duration::from_secs(3600),
         }
     }
 }
@@ -72,7 +68,6 @@ pub(crate) struct TimeoutsMs {
     udp: u32,
     icmp: u32,
     other: u32,
-    client_pin: u32,
 }
 
 fn ms(d: Duration) -> u32 {
@@ -87,7 +82,6 @@ impl From<&FlowTimeouts> for TimeoutsMs {
             udp: ms(t.udp),
             icmp: ms(t.icmp),
             other: ms(t.other),
-            client_pin: ms(t.client_pin),
         }
     }
 }
@@ -101,7 +95,6 @@ impl TimeoutsMs {
             PROTO_UDP if replied => self.udp,
             PROTO_UDP => self.udp_unreplied,
             PROTO_ICMP => self.icmp,
-            PROTO_CLIENT_PIN => self.client_pin,
             _ => self.other,
         }
     }

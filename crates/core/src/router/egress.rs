@@ -5,7 +5,7 @@ use super::{DropReason, EgressVerdict, ShadowRouter, VmRef, seq_le};
 use crate::events::{ConflictKind, Event, FlowEndReason, FlowOrigin};
 use crate::flow::{Flow, FlowKey, Owner, Phase, Side, flags, marks};
 use crate::fragments::FragmentRoute;
-use crate::shadow::{Affinity, Mode, Shadow, Signal, Strategy};
+use crate::shadow::{Mode, Shadow, Signal, Strategy};
 use crate::time::Instant;
 use crate::wire::{Fragment, Ipv4Info, L4, PROTO_ICMP, PROTO_UDP, Packet, TcpInfo, parse_frame};
 
@@ -84,8 +84,7 @@ impl<S: crate::events::EventSink> ShadowRouter<S> {
 
     /// The egress arbiter: only a flow's owner answers it.
     fn arbitrate(&mut self, slot: u32, side: Side, ip: &Ipv4Info, now: Instant) -> EgressVerdict {
-        let client_pin = self.shadows.at(slot).affinity == Affinity::Client;
-        let Some((key, opens)) = egress_key(ip, client_pin) else {
+        let Some((key, opens)) = egress_key(ip) else {
             // A later fragment follows the verdict on its first fragment.
             return match self.fragments.route(ip, now) {
                 Some(FragmentRoute::Pass) => EgressVerdict::Forward,
@@ -95,7 +94,7 @@ impl<S: crate::events::EventSink> ShadowRouter<S> {
                 }
             };
         };
-        let verdict = self.arbitrate_flow(slot, side, ip, &key, opens, client_pin, now);
+        let verdict = self.arbitrate_flow(slot, side, ip, &key, opens, now);
         if ip.fragment == Fragment::First {
             let route = if verdict == EgressVerdict::Forward { FragmentRoute::Pass } else { FragmentRoute::Drop };
             if !self.fragments.remember(ip, route, now) {
@@ -113,11 +112,10 @@ impl<S: crate::events::EventSink> ShadowRouter<S> {
         ip: &Ipv4Info,
         key: &FlowKey,
         opens: bool,
-        client_pin: bool,
         now: Instant,
     ) -> EgressVerdict {
         let tcp = match ip.l4 {
-            L4::Tcp(t) if !client_pin => Some(t),
+            L4::Tcp(t) => Some(t),
             _ => None,
         };
         let hash = self.flows.hash(key);
@@ -359,10 +357,7 @@ fn conflict_kind(flow: &Flow, tcp: Option<TcpInfo>) -> ConflictKind {
 
 /// The flow key of a packet a VM sends from the shadowed address, and whether such a packet may
 /// open a flow (echo replies and ICMP errors only follow one); `None` for a later fragment.
-fn egress_key(ip: &Ipv4Info, client_pin: bool) -> Option<(FlowKey, bool)> {
-    if client_pin {
-        return Some((FlowKey::client_pin(ip.dst, ip.src), true));
-    }
+fn egress_key(ip: &Ipv4Info) -> Option<(FlowKey, bool)> {
     let flow = |client_port, shadow_port, protocol| FlowKey {
         client_ip: ip.dst,
         client_port,

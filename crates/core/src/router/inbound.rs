@@ -4,7 +4,7 @@ use super::{Deliver, DropReason, InboundVerdict, ShadowRouter, Tables, seq_le};
 use crate::events::{Event, FlowEndReason, FlowOrigin};
 use crate::flow::{Flow, FlowKey, Owner, Phase, flags};
 use crate::fragments::FragmentRoute;
-use crate::shadow::{Affinity, Located, Mode, Shadow, Signal, Strategy};
+use crate::shadow::{Located, Mode, Shadow, Signal, Strategy};
 use crate::time::Instant;
 use crate::wire::{Fragment, Ipv4Info, L4, PROTO_ICMP, Packet, TcpInfo, parse_frame};
 
@@ -109,7 +109,7 @@ impl<S: crate::events::EventSink> ShadowRouter<S> {
             self.shadows.prefetch(shadow.slot);
             let mut flow = None;
             if shadow.strategy == Strategy::Flow
-                && let Some((key, kind)) = inbound_key(ip, shadow.affinity == Affinity::Client)
+                && let Some((key, kind)) = inbound_key(ip)
             {
                 let hash = self.flows.hash(&key);
                 self.flows.prefetch(hash);
@@ -164,9 +164,8 @@ fn flow_inbound<S: crate::events::EventSink>(
     now: Instant,
     prepared: Option<Prepared>,
 ) -> Result<Deliver, DropReason> {
-    let client_pin = shadow.affinity == Affinity::Client;
-    let prepared = prepared
-        .or_else(|| inbound_key(ip, client_pin).map(|(key, kind)| Prepared { key, kind, hash: t.flows.hash(&key) }));
+    let prepared =
+        prepared.or_else(|| inbound_key(ip).map(|(key, kind)| Prepared { key, kind, hash: t.flows.hash(&key) }));
     let Some(Prepared { key, kind, hash }) = prepared else {
         // A later fragment: follow its first fragment, or go to both VMs (the one without
         // fragment zero discards the rest silently, RFC 1122 3.3.2).
@@ -178,7 +177,7 @@ fn flow_inbound<S: crate::events::EventSink>(
             }
         });
     };
-    let deliver = flow_decide(shadow, t, ip, &Prepared { key, kind, hash }, client_pin, now)?;
+    let deliver = flow_decide(shadow, t, ip, &Prepared { key, kind, hash }, now)?;
     if ip.fragment == Fragment::First && !t.fragments.remember(ip, FragmentRoute::Deliver(deliver.bits()), now) {
         t.counters.fragment_table_full += 1;
     }
@@ -190,16 +189,13 @@ fn flow_decide<S: crate::events::EventSink>(
     t: &mut Tables<'_, S>,
     ip: &Ipv4Info,
     prepared: &Prepared,
-    client_pin: bool,
     now: Instant,
 ) -> Result<Deliver, DropReason> {
     let Prepared { ref key, kind, hash } = *prepared;
     let now_ms = now.millis_u32();
     let mut found = t.flows.find(key, hash);
     if let Some(i) = found {
-        let reused = !client_pin
-            && matches!(ip.l4, L4::Tcp(tcp) if tcp.flags.is_syn_only())
-            && t.flows.flow(i).phase == Phase::Closed;
+        let reused = matches!(ip.l4, L4::Tcp(tcp) if tcp.flags.is_syn_only()) && t.flows.flow(i).phase == Phase::Closed;
         if t.flows.is_expired(i, now_ms, t.timeouts) {
             t.counters.flows_expired += 1;
             t.end_flow(i, FlowEndReason::Idle, now);
@@ -237,9 +233,7 @@ fn flow_decide<S: crate::events::EventSink>(
     if replica {
         hand_off(shadow, key, flow, t.sink, now);
     }
-    if let L4::Tcp(tcp) = &ip.l4
-        && !client_pin
-    {
+    if let L4::Tcp(tcp) = &ip.l4 {
         track_client_segment(shadow, flow, tcp, now);
     } else if flow.is_outbound() {
         flow.flags |= flags::REPLIED;
@@ -319,7 +313,7 @@ fn track_client_segment(shadow: &mut Shadow, flow: &mut Flow, tcp: &TcpInfo, now
 }
 
 /// The flow key of an inbound packet and what it may do; `None` for a later fragment.
-fn inbound_key(ip: &Ipv4Info, client_pin: bool) -> Option<(FlowKey, Kind)> {
+fn inbound_key(ip: &Ipv4Info) -> Option<(FlowKey, Kind)> {
     let flow = |client_port, shadow_port, protocol| FlowKey {
         client_ip: ip.src,
         client_port,
@@ -327,15 +321,6 @@ fn inbound_key(ip: &Ipv4Info, client_pin: bool) -> Option<(FlowKey, Kind)> {
         shadow_port,
         protocol,
     };
-    if client_pin {
-        // Every packet of the client follows its pin, fragments and ICMP errors included.
-        let kind = match &ip.l4 {
-            L4::Tcp(t) if t.flags.rst() => Kind::FollowOnly,
-            L4::Tcp(t) if !t.flags.syn() => Kind::Midstream,
-            _ => Kind::Opening,
-        };
-        return Some((FlowKey::client_pin(ip.src, ip.dst), kind));
-    }
     Some(match ip.l4 {
         L4::Tcp(t) => {
             let kind = if t.flags.rst() {

@@ -85,10 +85,17 @@ impl Shadow {
     }
 
     /// The side a new flow with this key goes to at the current split; in replica mode, the
-    /// flow's primary; in a collision, the priority VM.
+    /// flow's primary; in a collision, the priority VM. With client affinity the decision hashes
+    /// the client's address alone, so every new flow of a client goes the same way; it is a pure
+    /// function of the split (no pin is stored), so a rising split only ever moves a client's
+    /// *new* flows to B, while the flows it has open stay with their owners in the flow table.
     #[inline]
     pub fn decide(&self, key: &FlowKey) -> Side {
-        let h = self.split_hasher.hash_one(key.words()) >> 32;
+        let words = match self.affinity {
+            Affinity::Flow => key.words(),
+            Affinity::Client => FlowKey::client_pin(key.client_ip, key.shadow_ip).words(),
+        };
+        let h = self.split_hasher.hash_one(words) >> 32;
         if h < self.threshold { Side::Destination } else { Side::Source }
     }
 
@@ -124,13 +131,12 @@ impl Shadow {
 
 const _: () = assert!(core::mem::offset_of!(Shadow, affinity) < 64, "packet-path fields fit one cache line");
 
-/// Where a shadowed address's [`Shadow`] is, with the two fields that decide a packet's flow key,
-/// so a batch can compute keys and prefetch before touching the entry itself.
+/// Where a shadowed address's [`Shadow`] is, with the strategy that decides whether a packet has
+/// a flow key, so a batch can compute keys and prefetch before touching the entry itself.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Located {
     pub slot: u32,
     pub strategy: Strategy,
-    pub affinity: Affinity,
 }
 
 /// Shadowed address -> [`Shadow`]: a small index (12 bytes an address: 10k addresses stay in
@@ -182,7 +188,7 @@ impl ShadowingTable {
 
     /// Adds or replaces the entry of `ip`.
     pub fn insert(&mut self, ip: Ipv4Addr, shadow: Shadow) {
-        let located = |slot| Located { slot, strategy: shadow.strategy, affinity: shadow.affinity };
+        let located = |slot| Located { slot, strategy: shadow.strategy };
         match self.index.get(&ip.to_bits()) {
             Some(l) => {
                 let slot = l.slot;
