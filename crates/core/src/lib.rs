@@ -16,6 +16,7 @@ pub mod events;
 pub mod flow;
 mod fragments;
 pub mod l2;
+pub mod patterns;
 mod prefetch;
 pub mod router;
 pub mod shadow;

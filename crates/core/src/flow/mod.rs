@@ -104,9 +104,9 @@ pub(crate) mod flags {
     pub const CLIENT_ACK: u8 = 1 << 3;
     /// `owner_seq_max` holds a value.
     pub const OWNER_SEQ: u8 = 1 << 4;
-    /// Pending flow: a RST from VM A was suppressed at `rst_ms`.
+    /// Pending flow: a RST from VM A was suppressed at `stamp_ms`.
     pub const RST_SOURCE: u8 = 1 << 5;
-    /// Pending flow: a RST from VM B was suppressed at `rst_ms`.
+    /// Pending flow: a RST from VM B was suppressed at `stamp_ms`.
     pub const RST_DESTINATION: u8 = 1 << 6;
     /// An unanswered SYN of this flow was already reported to the split controller.
     pub const SYN_SIGNALLED: u8 = 1 << 7;
@@ -114,7 +114,7 @@ pub(crate) mod flags {
 
 /// More flow state bits, in `Flow::marks`.
 pub(crate) mod marks {
-    /// The owner was learned from a reply (the flow was unknown); `rst_ms` holds when.
+    /// The owner was learned from a reply (the flow was unknown); `stamp_ms` holds when.
     pub const LEARNED: u8 = 1 << 0;
 }
 
@@ -134,7 +134,7 @@ pub struct Flow {
     pub owner_seq_max: u32,
     /// Pending flow: when the first RST of one VM was suppressed; learned flow: when the owner
     /// was learned (ms, 32-bit).
-    pub rst_ms: u32,
+    pub stamp_ms: u32,
     /// Who receives the flow's inbound packets and may answer.
     pub owner: Owner,
     /// Life phase.
@@ -154,7 +154,7 @@ impl Flow {
             client_seq_max: 0,
             client_ack: 0,
             owner_seq_max: 0,
-            rst_ms: 0,
+            stamp_ms: 0,
             owner,
             phase,
             flags: 0,

@@ -38,7 +38,7 @@ impl Flow {
             client_seq_max: 0,
             client_ack: 0,
             owner_seq_max: 0,
-            rst_ms: 0,
+            stamp_ms: 0,
             owner: super::Owner::Unknown,
             phase: super::Phase::Embryonic,
             flags: 0,

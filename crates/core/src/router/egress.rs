@@ -201,7 +201,8 @@ impl<S: crate::events::EventSink> ShadowRouter<S> {
             Some(_)
                 if tcp.is_some_and(|t| t.flags.rst())
                     && flow.marks & marks::LEARNED != 0
-                    && now.millis_u32().wrapping_sub(flow.rst_ms) <= self.config.rst_pair_window.as_millis() as u32 =>
+                    && now.millis_u32().wrapping_sub(flow.stamp_ms)
+                        <= self.config.rst_pair_window.as_millis() as u32 =>
             {
                 // The other VM's RST to the segment that taught the router this flow's owner:
                 // the expected answer of a VM without the connection, not trouble.
@@ -241,7 +242,7 @@ impl<S: crate::events::EventSink> ShadowRouter<S> {
                 Side::Source => (flags::RST_SOURCE, flags::RST_DESTINATION),
                 Side::Destination => (flags::RST_DESTINATION, flags::RST_SOURCE),
             };
-            let recent = now_ms.wrapping_sub(flow.rst_ms) <= window_ms;
+            let recent = now_ms.wrapping_sub(flow.stamp_ms) <= window_ms;
             if flow.has(theirs) && recent {
                 self.end_flow(index, FlowEndReason::Reset, now);
                 return EgressVerdict::Forward;
@@ -251,7 +252,7 @@ impl<S: crate::events::EventSink> ShadowRouter<S> {
             }
             if !flow.has(mine) {
                 flow.flags |= mine;
-                flow.rst_ms = now_ms;
+                flow.stamp_ms = now_ms;
             }
             self.counters.resets_suppressed += 1;
             self.shadows.at_mut(slot).entry.counters.resets_suppressed += 1;
@@ -261,7 +262,7 @@ impl<S: crate::events::EventSink> ShadowRouter<S> {
         flow.phase = Phase::Established;
         flow.flags = (flow.flags & !(flags::RST_SOURCE | flags::RST_DESTINATION)) | flags::REPLIED;
         flow.marks |= marks::LEARNED;
-        flow.rst_ms = now_ms;
+        flow.stamp_ms = now_ms;
         flow.last_seen_ms = now_ms;
         let counters = &mut self.shadows.at_mut(slot).entry.counters;
         counters.flows_learned += 1;
