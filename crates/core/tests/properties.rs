@@ -188,6 +188,13 @@ fn run(ops: Vec<Op>, mode: Mode, affinity: Affinity) -> Result<(), TestCaseError
     if mode == Mode::Independent {
         prop_assert!(h.leaks.is_empty(), "non-owner segments left the router: {:?}", h.leaks);
     }
+    // The census the forecast rests on is kept in step with the table by every path that opens,
+    // closes, expires, evicts or hands off a flow.
+    if let Some(p) = h.router.patterns(X, h.now) {
+        let (open, idle) = h.router.scan_open_flows(X);
+        prop_assert_eq!([p.source.open, p.destination.open], open, "census of open flows");
+        prop_assert_eq!([p.source.idle, p.destination.idle], idle, "census of idle flows");
+    }
     Ok(())
 }
 

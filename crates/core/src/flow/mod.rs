@@ -116,6 +116,19 @@ pub(crate) mod flags {
 pub(crate) mod marks {
     /// The owner was learned from a reply (the flow was unknown); `stamp_ms` holds when.
     pub const LEARNED: u8 = 1 << 0;
+    /// First seen mid-stream: its start (and so its age) is unknown.
+    pub const UNKNOWN_START: u8 = 1 << 1;
+    /// Counted open in its entry's census (on the side `COUNTED_DESTINATION` says).
+    pub const COUNTED: u8 = 1 << 2;
+    /// Counted on B's side (else A's).
+    pub const COUNTED_DESTINATION: u8 = 1 << 3;
+    /// Counted idle: everything either side sent was acknowledged.
+    pub const IDLE: u8 = 1 << 4;
+    /// The owner acknowledged everything the client sent.
+    pub const OWNER_ACKED: u8 = 1 << 5;
+    /// The client sent data the owner has not yet answered; `stamp_ms` holds when (flows not
+    /// `LEARNED` only), for the first-byte time.
+    pub const AWAITING_ANSWER: u8 = 1 << 6;
 }
 
 /// What the router remembers of one flow: 32 bytes, so a 48-byte table slot with its key.
@@ -133,7 +146,8 @@ pub struct Flow {
     /// TCP: highest sequence number plus length the owner sent.
     pub owner_seq_max: u32,
     /// Pending flow: when the first RST of one VM was suppressed; learned flow: when the owner
-    /// was learned (ms, 32-bit).
+    /// was learned; any other flow awaiting an answer: when the client's request came (ms,
+    /// 32-bit).
     pub stamp_ms: u32,
     /// Who receives the flow's inbound packets and may answer.
     pub owner: Owner,

@@ -6,7 +6,9 @@
 mod census;
 mod forecast;
 mod histogram;
+mod traffic;
 
 pub use census::AgeCensus;
 pub use forecast::{DrainForecast, OpenGroup, Survival, Tail};
 pub use histogram::{LogHistogram, Quantiles};
+pub use traffic::{PatternsReport, SidePatterns, TrafficPatterns};

@@ -40,7 +40,7 @@ impl<S: crate::events::EventSink> ShadowRouter<S> {
         }
         let source = self.vm_ref(&entry.source_vm_id);
         let destination = self.vm_ref(&entry.destination_vm_id);
-        self.shadows.insert(ip, Shadow::new(entry, source, destination, controller));
+        self.shadows.insert(ip, Shadow::new(entry, source, destination, controller, now));
         self.schedule(ip);
         Ok(())
     }

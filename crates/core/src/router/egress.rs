@@ -1,6 +1,7 @@
 //! Egress: a frame from a VM. Anti-spoofing, then the arbiter for shadowed addresses.
 
 use super::inbound::hand_off;
+use super::observe::observe;
 use super::{DropReason, EgressVerdict, ShadowRouter, VmRef, seq_le};
 use crate::events::{ConflictKind, Event, FlowEndReason, FlowOrigin};
 use crate::flow::{Flow, FlowKey, Owner, Phase, Side, flags, marks};
@@ -176,6 +177,8 @@ impl<S: crate::events::EventSink> ShadowRouter<S> {
                 let mut flow = Flow::new(owner.into(), phase, now);
                 if opening {
                     flow.flags |= flags::OUTBOUND;
+                } else {
+                    flow.marks |= marks::UNKNOWN_START;
                 }
                 let Some(i) = self.admit(key, hash, flow, now) else {
                     return EgressVerdict::Drop(DropReason::TableFull);
@@ -189,13 +192,22 @@ impl<S: crate::events::EventSink> ShadowRouter<S> {
         if replica {
             flow.last_seen_ms = now.millis_u32();
             hand_off(shadow, key, flow, &mut self.sink, now);
-            return self.replica_egress(slot, side, index, tcp);
+            let verdict = self.replica_egress(slot, side, index, tcp);
+            observe(&mut self.shadows.at_mut(slot).patterns, key, self.flows.flow_mut(index), now);
+            return verdict;
         }
         match flow.owner.side() {
-            None => self.learn(slot, side, index, key, tcp, now),
+            None => {
+                let verdict = self.learn(slot, side, index, key, tcp, now);
+                if let Some(i) = self.flows.find(key, hash) {
+                    observe(&mut self.shadows.at_mut(slot).patterns, key, self.flows.flow_mut(i), now);
+                }
+                verdict
+            }
             Some(owner) if owner == side => {
                 flow.last_seen_ms = now.millis_u32();
-                track_owner(shadow, flow, side, tcp);
+                track_owner(shadow, flow, side, tcp, now);
+                observe(&mut shadow.patterns, key, flow, now);
                 EgressVerdict::Forward
             }
             Some(_)
@@ -261,7 +273,7 @@ impl<S: crate::events::EventSink> ShadowRouter<S> {
         flow.owner = side.into();
         flow.phase = Phase::Established;
         flow.flags = (flow.flags & !(flags::RST_SOURCE | flags::RST_DESTINATION)) | flags::REPLIED;
-        flow.marks |= marks::LEARNED;
+        flow.marks |= marks::LEARNED | marks::UNKNOWN_START;
         flow.stamp_ms = now_ms;
         flow.last_seen_ms = now_ms;
         let counters = &mut self.shadows.at_mut(slot).entry.counters;
@@ -303,7 +315,8 @@ impl<S: crate::events::EventSink> ShadowRouter<S> {
 }
 
 /// Follows the owner's half: handshake, FIN/RST, sequence space; B's RSTs are a trouble signal.
-fn track_owner(shadow: &mut Shadow, flow: &mut Flow, side: Side, tcp: Option<TcpInfo>) {
+/// Measures the owner's handshake and first-byte times and its resets.
+fn track_owner(shadow: &mut Shadow, flow: &mut Flow, side: Side, tcp: Option<TcpInfo>, now: Instant) {
     let Some(t) = tcp else {
         // Connectionless: a reply to a client's datagram, or the VM's follow-up on its own flow.
         if flow.is_outbound() {
@@ -318,13 +331,27 @@ fn track_owner(shadow: &mut Shadow, flow: &mut Flow, side: Side, tcp: Option<Tcp
     let f = t.flags;
     if f.rst() {
         flow.phase = Phase::Closed;
+        shadow.patterns.reset(side);
         if side == Side::Destination {
             shadow.signals.record(Signal::Reset);
         }
         return;
     }
     if f.is_syn_ack() {
+        if !flow.has(flags::REPLIED) && !flow.is_outbound() {
+            shadow.patterns.handshake(side, now.saturating_duration_since(flow.created));
+        }
         flow.flags |= flags::REPLIED;
+    }
+    if f.ack() && (!flow.has(flags::CLIENT_SEQ) || seq_le(flow.client_seq_max, t.ack)) {
+        flow.marks |= marks::OWNER_ACKED;
+    }
+    if t.payload_len > 0 && flow.marks & marks::AWAITING_ANSWER != 0 {
+        flow.marks &= !marks::AWAITING_ANSWER;
+        let waited = now.millis_u32().wrapping_sub(flow.stamp_ms);
+        if waited < u32::MAX / 2 {
+            shadow.patterns.first_byte(side, core::time::Duration::from_millis(u64::from(waited)));
+        }
     } else if flow.is_outbound() && flow.phase == Phase::Embryonic && flow.has(flags::REPLIED) && f.ack() {
         flow.phase = Phase::Established; // the VM's ACK of the remote SYN-ACK
     }

@@ -1,12 +1,13 @@
 //! Inbound: a frame from the provider side to a shadowed address.
 
+use super::observe::observe;
 use super::{Deliver, DropReason, InboundVerdict, ShadowRouter, Tables, seq_le};
 use crate::events::{Event, FlowEndReason, FlowOrigin};
-use crate::flow::{Flow, FlowKey, Owner, Phase, flags};
+use crate::flow::{Flow, FlowKey, Owner, Phase, flags, marks};
 use crate::fragments::FragmentRoute;
-use crate::shadow::{Located, Mode, Shadow, Signal, Strategy};
+use crate::shadow::{EntryState, Located, Mode, Shadow, Signal, Strategy};
 use crate::time::Instant;
-use crate::wire::{Fragment, Ipv4Info, L4, PROTO_ICMP, Packet, TcpInfo, parse_frame};
+use crate::wire::{Fragment, Ipv4Info, L4, PROTO_ICMP, PROTO_TCP, Packet, TcpInfo, parse_frame};
 
 /// What the inbound packet is, for the flow logic.
 #[derive(Clone, Copy)]
@@ -149,10 +150,14 @@ impl<S: crate::events::EventSink> ShadowRouter<S> {
             Strategy::Packet => shadow.decide_packet().into(),
             Strategy::Flow => match flow_inbound(shadow, &mut tables, ip, now, prepared) {
                 Ok(d) => d,
-                Err(reason) => return InboundVerdict::Drop(reason),
+                Err(reason) => {
+                    self.settle(now);
+                    return InboundVerdict::Drop(reason);
+                }
             },
         };
         shadow.packets[deliver.bits() as usize - 1] += 1;
+        self.settle(now);
         InboundVerdict::Deliver(deliver)
     }
 }
@@ -214,10 +219,21 @@ fn flow_decide<S: crate::events::EventSink>(
                 Kind::Midstream if replica => {
                     (Owner::from(shadow.decide(key)), Phase::Established, FlowOrigin::Unknown)
                 }
+                // Before the ramp B holds no flow of X: an established flow the router has not
+                // seen yet is A's, open since before the migration was requested. Known now, it
+                // is counted in A's census and never mirrored to B.
+                Kind::Midstream if shadow.entry.state == EntryState::WaitingForLease => {
+                    (Owner::Source, Phase::Established, FlowOrigin::Unknown)
+                }
                 Kind::Midstream => (Owner::Unknown, Phase::Pending, FlowOrigin::Unknown),
                 Kind::Opening => (Owner::from(shadow.decide(key)), Phase::Embryonic, FlowOrigin::Inbound),
             };
-            let flow = Flow::new(owner, phase, now);
+            let mut flow = Flow::new(owner, phase, now);
+            if origin == FlowOrigin::Unknown {
+                flow.marks |= marks::UNKNOWN_START;
+            } else if key.protocol == PROTO_TCP {
+                shadow.patterns.arrival(now);
+            }
             let Some(i) = t.admit(key, hash, flow, now) else { return Err(DropReason::TableFull) };
             match owner {
                 Owner::Source => shadow.entry.counters.flows_to_source += 1,
@@ -235,6 +251,7 @@ fn flow_decide<S: crate::events::EventSink>(
     }
     if let L4::Tcp(tcp) = &ip.l4 {
         track_client_segment(shadow, flow, tcp, now);
+        observe(&mut shadow.patterns, key, flow, now);
     } else if flow.is_outbound() {
         flow.flags |= flags::REPLIED;
     } else if flow.has(flags::REPLIED) && flow.phase == Phase::Embryonic {
@@ -270,6 +287,7 @@ pub(super) fn hand_off(
 /// signals about B (unanswered SYNs, retransmissions) for the split controller.
 fn track_client_segment(shadow: &mut Shadow, flow: &mut Flow, tcp: &TcpInfo, now: Instant) {
     let to_b = flow.owner == Owner::Destination && shadow.mode == Mode::Independent;
+    let owner = flow.owner.side();
     let f = tcp.flags;
     if f.rst() {
         flow.phase = Phase::Closed;
@@ -277,14 +295,17 @@ fn track_client_segment(shadow: &mut Shadow, flow: &mut Flow, tcp: &TcpInfo, now
     }
     if f.is_syn_only() {
         let params = &shadow.entry.congestion_control_parameters;
-        if to_b
+        if let Some(side) = owner
             && flow.phase == Phase::Embryonic
             && !flow.has(flags::REPLIED)
             && !flow.has(flags::SYN_SIGNALLED)
             && now - flow.created >= params.syn_timeout
         {
             flow.flags |= flags::SYN_SIGNALLED;
-            shadow.signals.record(Signal::UnansweredSyn);
+            shadow.patterns.unanswered_syn(side);
+            if to_b {
+                shadow.signals.record(Signal::UnansweredSyn);
+            }
         }
     } else if f.is_syn_ack() && flow.is_outbound() {
         // The remote end answered a connection a VM opened.
@@ -305,7 +326,21 @@ fn track_client_segment(shadow: &mut Shadow, flow: &mut Flow, tcp: &TcpInfo, now
                 shadow.signals.record(Signal::Retransmission);
             }
         }
+        let new_data = !flow.has(flags::CLIENT_SEQ) || !seq_le(end, flow.client_seq_max);
         flow.raise_client_seq(end);
+        if new_data {
+            flow.marks &= !marks::OWNER_ACKED;
+            // A request to answer: its first byte's delay is measured (not on flows being
+            // learned, whose stamp holds the learning).
+            if tcp.payload_len > 0
+                && owner.is_some()
+                && flow.marks & (marks::LEARNED | marks::AWAITING_ANSWER) == 0
+                && !flow.is_outbound()
+            {
+                flow.marks |= marks::AWAITING_ANSWER;
+                flow.stamp_ms = now.millis_u32();
+            }
+        }
     }
     if f.ack() {
         flow.raise_client_ack(tcp.ack);

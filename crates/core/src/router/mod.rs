@@ -9,6 +9,7 @@ mod control;
 mod egress;
 mod end;
 mod inbound;
+mod observe;
 
 use core::time::Duration;
 use std::cmp::Reverse;
@@ -173,6 +174,8 @@ pub struct ShadowRouter<S: EventSink> {
     next_sweep: Instant,
     transmit: VecDeque<Transmit>,
     counters: RouterCounters,
+    /// Flows counted in a census that left the table, to be taken out of it by [`ShadowRouter::settle`].
+    gone: Vec<(FlowKey, Flow)>,
     sink: S,
 }
 
@@ -193,6 +196,7 @@ impl<S: EventSink> ShadowRouter<S> {
             next_sweep: now + config.sweep_period / SWEEP_STEPS,
             transmit: VecDeque::new(),
             counters: RouterCounters::default(),
+            gone: Vec::new(),
             sink,
             config,
         }
@@ -236,6 +240,36 @@ impl<S: EventSink> ShadowRouter<S> {
     /// A snapshot of the shadowing entry of `ip`.
     pub fn entry(&self, ip: Ipv4Addr) -> Option<ShadowingEntry> {
         self.shadows.get(&ip).map(Shadow::snapshot)
+    }
+
+    /// What the router measured for shadowed address `ip` since its entry was installed.
+    pub fn patterns(&self, ip: Ipv4Addr, now: Instant) -> Option<crate::patterns::PatternsReport> {
+        self.shadows.get(&ip).map(|s| s.patterns.report(now))
+    }
+
+    /// The drain forecast of A's open flows on `ip` at `now`, for a cut-over at the entry's
+    /// deadline; `None` before any flow was observed.
+    pub fn forecast(&self, ip: Ipv4Addr, now: Instant) -> Option<crate::patterns::DrainForecast> {
+        let shadow = self.shadows.get(&ip)?;
+        shadow.patterns.forecast(now, shadow.entry.options.deadline)
+    }
+
+    /// Open TCP flows of `ip` on A and B, and of those the idle ones, counted by scanning the
+    /// whole flow table (diagnostics and tests: the census keeps the same figures in step).
+    pub fn scan_open_flows(&self, ip: Ipv4Addr) -> ([u32; 2], [u32; 2]) {
+        let (mut open, mut idle) = ([0u32; 2], [0u32; 2]);
+        for key in self.flows.keys_where(|k, f| {
+            k.shadow_ip == ip
+                && k.protocol == crate::wire::PROTO_TCP
+                && f.owner != crate::flow::Owner::Unknown
+                && matches!(f.phase, Phase::Established | Phase::Closing)
+        }) {
+            let Some(flow) = self.flow(&key) else { continue };
+            let i = usize::from(flow.owner == crate::flow::Owner::Destination);
+            open[i] += 1;
+            idle[i] += u32::from(observe::is_idle(flow));
+        }
+        (open, idle)
     }
 
     /// Snapshots of every shadowing entry (the seed's shadowing table).
@@ -290,11 +324,13 @@ impl<S: EventSink> ShadowRouter<S> {
                 1 + (now - self.next_sweep).as_micros() / (self.config.sweep_period / SWEEP_STEPS).as_micros().max(1);
             let steps = u32::try_from(steps).unwrap_or(SWEEP_STEPS).min(SWEEP_STEPS);
             let budget = (self.flows.capacity() as u64 * u64::from(steps)).div_ceil(u64::from(SWEEP_STEPS)) as usize;
-            let (flows, sink, counters) = (&mut self.flows, &mut self.sink, &mut self.counters);
+            let (flows, sink, counters, gone) = (&mut self.flows, &mut self.sink, &mut self.counters, &mut self.gone);
             flows.sweep(budget, now.millis_u32(), &self.timeouts, |key, flow| {
                 counters.flows_expired += 1;
+                remember_gone(gone, key, flow);
                 sink.event(ended(key, &flow, FlowEndReason::Idle, now));
             });
+            self.settle(now);
             if !self.fragments.is_empty() {
                 self.fragments.expire(now);
             }
@@ -341,11 +377,28 @@ impl<S: EventSink> ShadowRouter<S> {
     /// Removes the flow in `index` and reports its end.
     fn end_flow(&mut self, index: usize, reason: FlowEndReason, now: Instant) {
         self.split_borrow().1.end_flow(index, reason, now);
+        self.settle(now);
+    }
+
+    /// Takes flows that left the table out of their entries' census.
+    #[inline]
+    fn settle(&mut self, now: Instant) {
+        if self.gone.is_empty() {
+            return;
+        }
+        for (key, mut flow) in self.gone.drain(..) {
+            if let Some(shadow) = self.shadows.get_mut(&key.shadow_ip) {
+                let ended = observe::last_packet(&flow, now);
+                observe::leave(&mut shadow.patterns, &mut flow, Some(ended));
+            }
+        }
     }
 
     /// Inserts a new flow, evicting an embryonic one if the table is full.
     fn admit(&mut self, key: &FlowKey, hash: u64, flow: Flow, now: Instant) -> Option<usize> {
-        self.split_borrow().1.admit(key, hash, flow, now)
+        let index = self.split_borrow().1.admit(key, hash, flow, now);
+        self.settle(now);
+        index
     }
 
     /// The shadowing table and everything else, borrowed apart, so the packet path looks an
@@ -357,6 +410,7 @@ impl<S: EventSink> ShadowRouter<S> {
             counters: &mut self.counters,
             sink: &mut self.sink,
             timeouts: &self.timeouts,
+            gone: &mut self.gone,
         };
         (&mut self.shadows, tables)
     }
@@ -369,12 +423,14 @@ pub(crate) struct Tables<'a, S> {
     pub counters: &'a mut RouterCounters,
     pub sink: &'a mut S,
     pub timeouts: &'a crate::flow::TimeoutsMs,
+    pub gone: &'a mut Vec<(FlowKey, Flow)>,
 }
 
 impl<S: EventSink> Tables<'_, S> {
     /// Removes the flow in `index` and reports its end.
     pub fn end_flow(&mut self, index: usize, reason: FlowEndReason, now: Instant) {
         let (key, flow) = self.flows.remove(index);
+        remember_gone(self.gone, key, flow);
         self.sink.event(ended(key, &flow, reason, now));
     }
 
@@ -394,6 +450,7 @@ impl<S: EventSink> Tables<'_, S> {
                         }
                         FlowEndReason::Evicted
                     };
+                    remember_gone(self.gone, e.key, e.flow);
                     self.sink.event(ended(e.key, &e.flow, reason, now));
                 }
                 self.counters.flows_created += 1;
@@ -404,6 +461,14 @@ impl<S: EventSink> Tables<'_, S> {
                 None
             }
         }
+    }
+}
+
+/// Keeps a removed flow that is counted in a census, for [`ShadowRouter::settle`].
+#[inline]
+fn remember_gone(gone: &mut Vec<(FlowKey, Flow)>, key: FlowKey, flow: Flow) {
+    if flow.marks & crate::flow::marks::COUNTED != 0 {
+        gone.push((key, flow));
     }
 }
 

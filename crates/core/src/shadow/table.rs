@@ -10,6 +10,7 @@ use super::entry::{Affinity, Mode, ShadowingEntry, Strategy};
 use super::split::{SignalCounts, SplitChange, SplitController};
 use crate::VmRef;
 use crate::flow::{FlowKey, Side};
+use crate::patterns::TrafficPatterns;
 use crate::time::Instant;
 
 /// One shadowed address as the router holds it. The first cache line holds everything a packet
@@ -37,10 +38,18 @@ pub(crate) struct Shadow {
     pub wake_at: Option<Instant>,
     pub controller: SplitController,
     pub entry: ShadowingEntry,
+    /// What the router measures for this address (boxed: kilobytes, off the packet line).
+    pub patterns: Box<TrafficPatterns>,
 }
 
 impl Shadow {
-    pub fn new(entry: ShadowingEntry, source: VmRef, destination: VmRef, controller: SplitController) -> Self {
+    pub fn new(
+        entry: ShadowingEntry,
+        source: VmRef,
+        destination: VmRef,
+        controller: SplitController,
+        now: Instant,
+    ) -> Self {
         let salt = entry.options.salt;
         let mut shadow = Self {
             threshold: 0,
@@ -56,6 +65,7 @@ impl Shadow {
             wake_at: None,
             controller,
             entry,
+            patterns: Box::new(TrafficPatterns::new(now)),
         };
         shadow.sync_split();
         shadow

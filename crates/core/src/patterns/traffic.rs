@@ -1,0 +1,230 @@
+//! Everything measured for one shadowed address: arrivals, lifetimes, the census of open flows
+//! per VM with their ages and whether each is idle, handshake and first-byte times per VM, resets
+//! and unanswered SYNs per VM. A few kilobytes an address whatever the traffic.
+
+use core::time::Duration;
+
+use serde::Serialize;
+
+use super::census::AgeCensus;
+use super::forecast::{DrainForecast, OpenGroup, Survival};
+use super::histogram::{LogHistogram, Quantiles};
+use crate::flow::Side;
+use crate::time::Instant;
+
+/// Arrival rates are measured over windows of this length.
+const RATE_WINDOW: Duration = Duration::from_secs(10);
+
+/// One VM's half of the measurements.
+#[derive(Clone, Debug, Default)]
+struct SideStats {
+    /// Open TCP flows whose start the router saw.
+    known: AgeCensus,
+    /// Open TCP flows first seen mid-stream (open before the measurement, or relearned).
+    unknown: AgeCensus,
+    idle: u32,
+    handshake: LogHistogram,
+    first_byte: LogHistogram,
+    resets: u64,
+    unanswered_syns: u64,
+}
+
+/// The traffic patterns of one shadowed address.
+#[derive(Clone, Debug)]
+pub struct TrafficPatterns {
+    since: Instant,
+    arrivals: u64,
+    window_start: Instant,
+    window_arrivals: u64,
+    last_rate: Option<f64>,
+    lifetimes: LogHistogram,
+    sides: [SideStats; 2],
+}
+
+fn ix(side: Side) -> usize {
+    match side {
+        Side::Source => 0,
+        Side::Destination => 1,
+    }
+}
+
+fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+impl TrafficPatterns {
+    /// Measurement beginning at `now`.
+    pub fn new(now: Instant) -> Self {
+        Self {
+            since: now,
+            arrivals: 0,
+            window_start: now,
+            window_arrivals: 0,
+            last_rate: None,
+            lifetimes: LogHistogram::default(),
+            sides: Default::default(),
+        }
+    }
+
+    /// A new inbound TCP flow (a client's SYN).
+    pub(crate) fn arrival(&mut self, now: Instant) {
+        let elapsed = now.saturating_duration_since(self.window_start);
+        if elapsed >= RATE_WINDOW {
+            self.last_rate = Some(self.window_arrivals as f64 / elapsed.as_secs_f64());
+            self.window_start = now;
+            self.window_arrivals = 0;
+        }
+        self.arrivals += 1;
+        self.window_arrivals += 1;
+    }
+
+    /// A flow is open on `side` (established, or first seen mid-stream), started at `started`.
+    pub(crate) fn open(&mut self, side: Side, known_start: bool, started: Instant) {
+        let s = &mut self.sides[ix(side)];
+        if known_start { s.known.add(started) } else { s.unknown.add(started) }
+    }
+
+    /// A flow counted open on `side` is no longer; `lifetime` when it ended (not merely moved to
+    /// the other side) and its start was seen.
+    pub(crate) fn close(
+        &mut self,
+        side: Side,
+        known_start: bool,
+        started: Instant,
+        idle: bool,
+        lifetime: Option<Duration>,
+    ) {
+        let s = &mut self.sides[ix(side)];
+        if known_start {
+            s.known.remove(started)
+        } else {
+            s.unknown.remove(started)
+        }
+        if idle {
+            s.idle = s.idle.saturating_sub(1);
+        }
+        if let (true, Some(life)) = (known_start, lifetime) {
+            self.lifetimes.record(ms(life));
+        }
+    }
+
+    /// An open flow on `side` became idle (`true`) or busy.
+    pub(crate) fn idle_changed(&mut self, side: Side, idle: bool) {
+        let n = &mut self.sides[ix(side)].idle;
+        *n = if idle { n.saturating_add(1) } else { n.saturating_sub(1) };
+    }
+
+    /// `side` answered a client's SYN after `took`.
+    pub(crate) fn handshake(&mut self, side: Side, took: Duration) {
+        self.sides[ix(side)].handshake.record(ms(took));
+    }
+
+    /// `side` sent the first byte of an answer `took` after the client's request.
+    pub(crate) fn first_byte(&mut self, side: Side, took: Duration) {
+        self.sides[ix(side)].first_byte.record(ms(took));
+    }
+
+    /// `side` reset one of its own flows.
+    pub(crate) fn reset(&mut self, side: Side) {
+        self.sides[ix(side)].resets += 1;
+    }
+
+    /// A client gave up waiting for `side`'s SYN-ACK and sent its SYN again.
+    pub(crate) fn unanswered_syn(&mut self, side: Side) {
+        self.sides[ix(side)].unanswered_syns += 1;
+    }
+
+    /// TCP flows open on `side`.
+    pub fn open_on(&self, side: Side) -> u32 {
+        let s = &self.sides[ix(side)];
+        s.known.open() + s.unknown.open()
+    }
+
+    /// Of those, idle (nothing in flight either way).
+    pub fn idle_on(&self, side: Side) -> u32 {
+        self.sides[ix(side)].idle
+    }
+
+    /// The report at `now`.
+    pub fn report(&self, now: Instant) -> PatternsReport {
+        let elapsed = now.saturating_duration_since(self.window_start);
+        let current = (elapsed >= Duration::from_secs(1)).then(|| self.window_arrivals as f64 / elapsed.as_secs_f64());
+        let side = |side: Side| {
+            let s = &self.sides[ix(side)];
+            let open = self.open_on(side);
+            SidePatterns {
+                open,
+                open_unknown_start: s.unknown.open(),
+                idle: s.idle.min(open),
+                oldest_open_ms: [s.known.oldest_ms(now), s.unknown.oldest_ms(now)].into_iter().flatten().max(),
+                handshake_ms: s.handshake.summary(),
+                first_byte_ms: s.first_byte.summary(),
+                resets: s.resets,
+                unanswered_syns: s.unanswered_syns,
+            }
+        };
+        PatternsReport {
+            measured_for_ms: ms(now.saturating_duration_since(self.since)),
+            arrivals: self.arrivals,
+            arrival_rate_per_s: current.or(self.last_rate).unwrap_or(0.0),
+            lifetimes_ms: self.lifetimes.summary(),
+            source: side(Side::Source),
+            destination: side(Side::Destination),
+        }
+    }
+
+    /// The drain forecast of A's open flows at `now` for a cut-over at `deadline`, or `None`
+    /// before anything was observed.
+    pub fn forecast(&self, now: Instant, deadline: Option<Instant>) -> Option<DrainForecast> {
+        let censored = self.sides.iter().flat_map(|s| s.known.ages(now));
+        let observations = self.lifetimes.total() + self.sides.iter().map(|s| u64::from(s.known.open())).sum::<u64>();
+        let survival = Survival::estimate(&self.lifetimes, censored)?;
+        let a = &self.sides[0];
+        let groups: Vec<OpenGroup> = a
+            .known
+            .ages(now)
+            .map(|(age_ms, count)| OpenGroup { age_ms, count, known_start: true })
+            .chain(a.unknown.ages(now).map(|(age_ms, count)| OpenGroup { age_ms, count, known_start: false }))
+            .collect();
+        let deadline_in = deadline.map(|d| d.saturating_duration_since(now).as_secs_f64() * 1000.0);
+        Some(DrainForecast::compute(&survival, &groups, deadline_in, observations))
+    }
+}
+
+/// One VM's measurements in a report.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+pub struct SidePatterns {
+    /// TCP flows open now.
+    pub open: u32,
+    /// Of those, first seen mid-stream (their age is at least the one shown).
+    pub open_unknown_start: u32,
+    /// Of those, idle: everything either side sent was acknowledged.
+    pub idle: u32,
+    /// Age of the oldest open flow, ms.
+    pub oldest_open_ms: Option<u64>,
+    /// Client SYN to this VM's SYN-ACK.
+    pub handshake_ms: Quantiles,
+    /// A client's request to this VM's first byte of the answer.
+    pub first_byte_ms: Quantiles,
+    /// RSTs this VM sent on its own flows.
+    pub resets: u64,
+    /// SYNs a client had to send again because this VM did not answer.
+    pub unanswered_syns: u64,
+}
+
+/// What the router measured for a shadowed address since the migration was requested.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+pub struct PatternsReport {
+    /// How long the router has measured, ms.
+    pub measured_for_ms: u64,
+    /// New inbound TCP flows since then.
+    pub arrivals: u64,
+    /// New inbound TCP flows per second, over the last 10 s.
+    pub arrival_rate_per_s: f64,
+    /// Lifetimes of ended flows whose start the router saw (censored ones are in the forecast).
+    pub lifetimes_ms: Quantiles,
+    /// VM A.
+    pub source: SidePatterns,
+    /// VM B.
+    pub destination: SidePatterns,
+}
