@@ -11,7 +11,7 @@ use ipshadow_core::{Event, Instant};
 
 use crate::PacketPort;
 use crate::desired::{Desired, ReconcileError, Reconciler};
-use crate::status::{EndedMigration, ProbeStatus, Status};
+use crate::status::{AddressPatterns, EndedMigration, ProbeStatus, Status};
 
 /// Frames taken from one port before the next port gets its turn.
 pub const BATCH: usize = 256;
@@ -136,6 +136,16 @@ impl<P: PacketPort> Forwarder<P> {
                 .iter()
                 .filter(|(ip, _)| self.node.core.entry(**ip).is_some())
                 .map(|(ip, at)| (*ip, *at))
+                .collect(),
+            patterns: self
+                .node
+                .core
+                .entries()
+                .filter_map(|e| {
+                    let ip = e.ip_address;
+                    let measured = self.node.core.patterns(ip, now)?;
+                    Some((ip, AddressPatterns { measured, forecast: self.node.core.forecast(ip, now) }))
+                })
                 .collect(),
         }
     }

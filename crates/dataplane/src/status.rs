@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
 use ipshadow_core::l2::PortStats;
+use ipshadow_core::patterns::{DrainForecast, PatternsReport};
 use ipshadow_core::{CutOverReport, Instant, Outcome, RouterCounters, ShadowingEntry, VmId};
 use serde::{Deserialize, Serialize};
 
@@ -44,6 +45,19 @@ pub struct Status {
     /// under `ipshadow router` and `serve`).
     #[serde(default)]
     pub installed_at: BTreeMap<Ipv4Addr, Instant>,
+    /// What the router measured for each shadowed address since its entry was installed, and
+    /// the drain forecast of A's open flows made from it.
+    #[serde(default)]
+    pub patterns: BTreeMap<Ipv4Addr, AddressPatterns>,
+}
+
+/// Traffic patterns and drain forecast of one shadowed address.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AddressPatterns {
+    /// Arrivals, lifetimes, open flows per VM, handshake and first-byte times.
+    pub measured: PatternsReport,
+    /// When A's open flows will have ended; absent before any flow was observed.
+    pub forecast: Option<DrainForecast>,
 }
 
 /// A migration that left the shadowing table.

@@ -187,8 +187,14 @@ impl Flow {
     }
 
     /// Records that the client has sent sequence space up to `end` (kept at the highest).
-    pub(crate) fn raise_client_seq(&mut self, end: u32) {
-        raise(&mut self.client_seq_max, &mut self.flags, flags::CLIENT_SEQ, end);
+    /// Returns whether `end` is new sequence space (beyond all the client sent before).
+    pub(crate) fn raise_client_seq(&mut self, end: u32) -> bool {
+        let new = self.flags & flags::CLIENT_SEQ == 0 || !crate::router::seq_le(end, self.client_seq_max);
+        if new {
+            self.client_seq_max = end;
+            self.flags |= flags::CLIENT_SEQ;
+        }
+        new
     }
 
     /// Records the client's acknowledgment number (kept at the highest).

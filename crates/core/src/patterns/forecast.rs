@@ -25,7 +25,7 @@
 //!    90th percentile are the forecast; Σ p_i(deadline - now) is the expected number still open
 //!    at the deadline.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::histogram::{LogHistogram, bucket_count, bucket_of, upper_bound};
 
@@ -33,7 +33,7 @@ use super::histogram::{LogHistogram, bucket_count, bucket_of, upper_bound};
 const HORIZON_MS: f64 = 30.0 * 86_400_000.0;
 
 /// How the lifetimes past the longest observation are extrapolated.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "kind")]
 pub enum Tail {
     /// Nothing ended in the late half of the observed range (or at all): no end in sight.
@@ -211,7 +211,7 @@ pub struct OpenGroup {
 }
 
 /// When A's open flows will have ended.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct DrainForecast {
     /// A's open flows now.
     pub open: u64,

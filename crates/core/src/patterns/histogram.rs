@@ -3,7 +3,7 @@
 //! whatever is recorded, which is what a router measuring remote traffic needs (never a per-flow
 //! log); quantiles are exact to the bucket.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Bits of a value kept below its leading one: 2^SUB buckets per octave.
 const SUB: usize = 3;
@@ -108,7 +108,7 @@ impl LogHistogram {
 }
 
 /// A histogram summed up for a report.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Quantiles {
     /// Values recorded.
     pub count: u64,

@@ -4,7 +4,7 @@
 
 use core::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::census::AgeCensus;
 use super::forecast::{DrainForecast, OpenGroup, Survival};
@@ -192,7 +192,7 @@ impl TrafficPatterns {
 }
 
 /// One VM's measurements in a report.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct SidePatterns {
     /// TCP flows open now.
     pub open: u32,
@@ -213,7 +213,7 @@ pub struct SidePatterns {
 }
 
 /// What the router measured for a shadowed address since the migration was requested.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct PatternsReport {
     /// How long the router has measured, ms.
     pub measured_for_ms: u64,

@@ -326,9 +326,7 @@ fn track_client_segment(shadow: &mut Shadow, flow: &mut Flow, tcp: &TcpInfo, now
                 shadow.signals.record(Signal::Retransmission);
             }
         }
-        let new_data = !flow.has(flags::CLIENT_SEQ) || !seq_le(end, flow.client_seq_max);
-        flow.raise_client_seq(end);
-        if new_data {
+        if flow.raise_client_seq(end) {
             flow.marks &= !marks::OWNER_ACKED;
             // A request to answer: its first byte's delay is measured (not on flows being
             // learned, whose stamp holds the learning).

@@ -381,11 +381,16 @@ impl<S: EventSink> ShadowRouter<S> {
     }
 
     /// Takes flows that left the table out of their entries' census.
-    #[inline]
+    #[inline(always)]
     fn settle(&mut self, now: Instant) {
-        if self.gone.is_empty() {
-            return;
+        if !self.gone.is_empty() {
+            self.settle_gone(now);
         }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn settle_gone(&mut self, now: Instant) {
         for (key, mut flow) in self.gone.drain(..) {
             if let Some(shadow) = self.shadows.get_mut(&key.shadow_ip) {
                 let ended = observe::last_packet(&flow, now);

@@ -26,6 +26,19 @@ pub(crate) fn observe(patterns: &mut TrafficPatterns, key: &FlowKey, flow: &mut 
     if key.protocol != PROTO_TCP {
         return;
     }
+    // The common case, a packet of an open flow already counted on its owner's side: only its
+    // idle state can change.
+    let dest_bit = if flow.owner == Owner::Destination { marks::COUNTED_DESTINATION } else { 0 };
+    if flow.phase == Phase::Established
+        && flow.marks & (marks::COUNTED | marks::COUNTED_DESTINATION) == marks::COUNTED | dest_bit
+    {
+        let idle = is_idle(flow);
+        if idle != (flow.marks & marks::IDLE != 0) {
+            flow.marks ^= marks::IDLE;
+            patterns.idle_changed(if dest_bit == 0 { Side::Source } else { Side::Destination }, idle);
+        }
+        return;
+    }
     let open_on = match (flow.owner, flow.phase) {
         (Owner::Source | Owner::Destination, Phase::Established | Phase::Closing) => flow.owner.side(),
         _ => None,
