@@ -255,6 +255,9 @@ pub enum ErrorCodeSchema {
     Raced,
     /// 422: well-formed but wrong (a bad field value, an unknown or missing field).
     Invalid,
+    /// 422: the requested ramp cannot reach 100 % before the deadline, or never reaches it; the
+    /// message says what would fit (a ramp with shorter holds, a linear rate, a later deadline).
+    RampDoesNotFit,
     /// 422: this `Idempotency-Key` was used for a different request.
     IdempotencyKeyReused,
     /// 503: the server is at a limit (open event streams): retry after `Retry-After` seconds.
@@ -365,8 +368,8 @@ fn describe(status: &str) -> &'static str {
         "404" => "No such record, or one of another tenant",
         "409" => "The request contradicts the current state (`exists`, `conflict`; `raced`: retry)",
         "422" => {
-            "Well-formed but wrong: a bad value, an unknown or missing field, or an Idempotency-Key \
-                  reused for another request"
+            "Well-formed but wrong: a bad value, an unknown or missing field, a ramp that does not fit \
+                  the deadline (`ramp_does_not_fit`), or an Idempotency-Key reused for another request"
         }
         "500" => "The store failed",
         _ => "See the error code",
@@ -530,6 +533,19 @@ mod tests {
             InventoryError::Exists { kind: "vm", id: "x".into() }.into(),
             InventoryError::Conflict("x".into()).into(),
             InventoryError::Invalid("x".into()).into(),
+            InventoryError::RampDoesNotFit(
+                crate::plan::plan(
+                    crate::plan::PlanInput {
+                        requested: Some(&Ramp::default()),
+                        now_ms: 0,
+                        deadline_ms: 30_000,
+                        deadline_source: crate::reassign::DeadlineSource::Requested,
+                    },
+                    &crate::reassign::DeadlinePolicy::default(),
+                )
+                .unwrap_err(),
+            )
+            .into(),
             InventoryError::Raced.into(),
             InventoryError::Corrupt { key: "k".into(), detail: "x".into() }.into(),
         ];
