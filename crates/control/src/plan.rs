@@ -234,8 +234,9 @@ pub fn plan(input: PlanInput<'_>, policy: &DeadlinePolicy) -> Result<Plan, Box<R
                 (default, RampSource::Default, None)
             } else {
                 let scaled = scale_holds(&default, target, to_100, min_hold());
-                // The share of T the scaled ramp was fitted into.
-                let share = if t == 0 { 0.0 } else { target as f64 / t as f64 };
+                // The share of T the scaled ramp was fitted into: the policy's, or less when B's
+                // readiness allowance leaves less (from the ratios, not the rounded target).
+                let share = if t == 0 { 0.0 } else { clamp_share(policy.plan_share).min(available as f64 / t as f64) };
                 (scaled, RampSource::DefaultScaled, Some(share))
             }
         }
@@ -261,10 +262,13 @@ pub fn plan(input: PlanInput<'_>, policy: &DeadlinePolicy) -> Result<Plan, Box<R
 /// The time a suggested or default ramp is fitted into: `plan_share` of T, never after
 /// T - `ready_allowance` (a share of 1 would otherwise end the ramp after the deadline).
 fn fit_target_ms(t: u64, available: u64, plan_share: f64) -> u64 {
-    // A share outside (0, 1] is refused where the configuration is read; here it only must not
-    // stretch the ramp or go negative.
-    let share = if plan_share.is_finite() { plan_share.clamp(0.0, 1.0) } else { 1.0 };
-    ((t as f64 * share) as u64).min(available)
+    ((t as f64 * clamp_share(plan_share)) as u64).min(available)
+}
+
+/// A share outside (0, 1] is refused where the configuration is read
+/// ([`DeadlinePolicy::validate`]); here it only must not stretch the ramp or go negative.
+fn clamp_share(plan_share: f64) -> f64 {
+    if plan_share.is_finite() { plan_share.clamp(0.0, 1.0) } else { 1.0 }
 }
 
 /// The shortest hold a fitted ramp gets: the congestion-control interval (1 s), the shortest

@@ -519,6 +519,47 @@ mod tests {
         );
     }
 
+    /// Issue 12's plan in the document: the request's `dry_run`, the migration's `plan` with
+    /// every field, the two `200` answers of a reassignment, the 422 `ramp_does_not_fit`.
+    #[test]
+    fn the_plan_and_the_dry_run_are_documented() {
+        use utoipa::OpenApi;
+        let json = serde_json::to_value(crate::api::ApiDoc::openapi()).unwrap();
+        let schemas = &json["components"]["schemas"];
+        assert_eq!(
+            schemas["ReassignRequest"]["properties"]["dry_run"]["type"], "boolean",
+            "{}",
+            schemas["ReassignRequest"]
+        );
+        let plan_ref = serde_json::to_string(&schemas["Migration"]["properties"]["plan"]).unwrap();
+        assert!(plan_ref.contains("#/components/schemas/Plan"), "{plan_ref}");
+        let plan = &schemas["Plan"];
+        for field in [
+            "ramp",
+            "ramp_source",
+            "scaled",
+            "share",
+            "ramp_to_100_ms",
+            "ready_allowance_ms",
+            "deadline_ms",
+            "deadline_source",
+            "time_to_deadline_ms",
+            "slack_ms",
+        ] {
+            assert!(plan["properties"][field].is_object(), "Plan.{field} missing: {plan}");
+        }
+        assert_eq!(schemas["RampSource"]["enum"], serde_json::json!(["requested", "default", "default_scaled"]));
+        assert_eq!(schemas["DryRunResult"]["enum"], serde_json::json!(["would_move", "would_migrate"]));
+        let responses = &json["paths"]["/v1/addresses/{ip}/reassign"]["post"]["responses"];
+        assert_eq!(
+            responses["200"]["content"]["application/json"]["schema"]["$ref"],
+            "#/components/schemas/ReassignOk"
+        );
+        assert_eq!(schemas["ReassignOk"]["oneOf"].as_array().map(Vec::len), Some(2), "{}", schemas["ReassignOk"]);
+        assert!(responses["422"]["description"].as_str().unwrap().contains("ramp_does_not_fit"));
+        assert!(schemas["ErrorCode"]["enum"].as_array().unwrap().contains(&serde_json::json!("ramp_does_not_fit")));
+    }
+
     /// Every code the server sends is in the `ErrorCode` enum of the document.
     #[test]
     fn every_error_code_is_documented() {
