@@ -384,6 +384,12 @@ mod tests {
     #[test]
     fn plan_share_and_ready_allowance_are_read_and_checked() -> anyhow::Result<()> {
         assert_eq!(policy("")?, DeadlinePolicy::default());
+        // The lab's shortest deadline is accepted with the default allowance.
+        let min = crate::lab::control::MIN_DEADLINE_SECS;
+        assert_eq!(
+            policy(&format!("[policy]\nmin_deadline_secs = {min}\ndefault_deadline_secs = 60\n"))?.min_ms,
+            min * 1000
+        );
         let p = policy("[policy]\nplan_share = 0.25\nready_allowance_secs = 5\n")?;
         assert_eq!((p.plan_share, p.ready_allowance_ms), (0.25, 5_000));
         for (text, key) in [
