@@ -114,7 +114,8 @@ impl DeadlinePolicy {
         if !(self.plan_share.is_finite() && self.plan_share > 0.0 && self.plan_share <= 1.0) {
             return Err(PolicyError::PlanShare(self.plan_share));
         }
-        // The default ramp at its shortest must fit the shortest deadline's share.
+        // Every allowed deadline is at least `min_ms` away: if the default ramp fits that one
+        // (at 1 s holds if need be), it fits every one.
         let min_ramp = PlanInput {
             requested: None,
             now_ms: 0,
