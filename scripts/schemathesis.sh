@@ -137,8 +137,9 @@ request-timeout = 10
 
 [checks.positive_data_acceptance]
 # A schema-valid request may still break a rule a schema cannot state (the admin must name the
-# tenant, ramp percentages must not decrease, a deadline within policy, an Idempotency-Key reused
-# for another request): the API answers 422 `invalid` then. 400 (unreadable) stays a failure.
+# tenant, ramp percentages must not decrease, a deadline within policy, a ramp that reaches 100 %
+# before the deadline, an Idempotency-Key reused for another request): the API answers 422
+# (`invalid`, `ramp_does_not_fit`, `idempotency_key_reused`) then. 400 (unreadable) stays a failure.
 expected-statuses = ["2xx", "401", "403", "404", "409", "422"]
 EOF
 

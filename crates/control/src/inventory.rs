@@ -65,6 +65,9 @@ pub enum InventoryError {
     /// The request itself is wrong (a bad MAC address, an empty id).
     #[error("{0}")]
     Invalid(String),
+    /// The ramp cannot reach 100 % before the deadline (or never does); says what would fit.
+    #[error("{0}")]
+    RampDoesNotFit(Box<crate::plan::RampMisfit>),
     /// Someone else changed the same keys first: retry.
     #[error("changed concurrently, retry")]
     Raced,

@@ -8,6 +8,7 @@ pub mod inventory;
 pub mod manager;
 pub mod migration;
 pub mod orchestrator;
+pub mod plan;
 pub mod project;
 pub mod reassign;
 pub mod store;

@@ -155,6 +155,7 @@ mod tests {
             ramp: Default::default(),
             deadline_ms: 2_000_000,
             deadline_source: crate::reassign::DeadlineSource::Requested,
+            plan: None,
             created_ms: 1_000_000,
             split_pct: 25.0,
             lifecycle,

@@ -1,6 +1,7 @@
 //! The seed's IP reassignment call: without `migrate` the address moves at once (the classic
 //! behaviour); with it a [`Migration`] is created in the same transaction that marks the address
-//! as migrating, so two racing requests cannot both start one. Every refusal changes nothing.
+//! as migrating, so two racing requests cannot both start one, with the plan that fits its
+//! deadline ([`crate::plan`]). Every refusal changes nothing; a dry run changes nothing either.
 
 use std::net::Ipv4Addr;
 
@@ -9,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::inventory::{Address, Inventory, InventoryError, address_key, decode, encode, vm_key};
 use crate::migration::{Lifecycle, MigrationEvent, MigrationState};
+use crate::plan::{Plan, PlanInput};
 use crate::store::{Compare, Store, Txn, TxnOutcome};
 
 /// `POST /v1/addresses/{ip}/reassign`.
@@ -39,10 +41,15 @@ pub struct ReassignRequest {
     /// Cut-over time, unix milliseconds; default: the end of the source's current lease.
     #[serde(default)]
     pub deadline_ms: Option<u64>,
+    /// Only say what would happen (the plan, with `migrate`): the same checks and refusals,
+    /// nothing created or changed.
+    #[serde(default)]
+    pub dry_run: bool,
 }
 
-/// Limits the operator sets on requested deadlines.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// Limits the operator sets on requested deadlines, and how plans are fitted to them (the
+/// `[policy]` section of `ipshadow serve`'s configuration).
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub struct DeadlinePolicy {
     /// Shortest time from now to the cut-over.
     pub min_ms: u64,
@@ -50,12 +57,79 @@ pub struct DeadlinePolicy {
     pub max_ms: u64,
     /// Used when the source's lease end is unknown and nothing was requested.
     pub default_ms: u64,
+    /// Share of the time to the deadline the default ramp is fitted into, in (0, 1]; the rest
+    /// is left for A's flows to drain before the cut-over.
+    pub plan_share: f64,
+    /// Time B's DHCP client is given to bind the address and answer for it before the ramp
+    /// starts: a ramp fits when it reaches 100 % within the time to the deadline minus this.
+    pub ready_allowance_ms: u64,
 }
 
 impl Default for DeadlinePolicy {
-    /// 30 s to 7 days; 1 hour when nothing else says.
+    /// 30 s to 7 days; 1 hour when nothing else says; the default ramp fitted into half the
+    /// time to the deadline; 10 s for B to be ready.
     fn default() -> Self {
-        Self { min_ms: 30_000, max_ms: 7 * 24 * 3_600_000, default_ms: 3_600_000 }
+        Self {
+            min_ms: 30_000,
+            max_ms: 7 * 24 * 3_600_000,
+            default_ms: 3_600_000,
+            plan_share: 0.5,
+            ready_allowance_ms: 10_000,
+        }
+    }
+}
+
+/// Why a [`DeadlinePolicy`] cannot be used.
+#[derive(Clone, Copy, Debug, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum PolicyError {
+    /// The deadlines' limits are out of order.
+    #[error("need 0 < min_deadline <= default_deadline <= max_deadline")]
+    DeadlineOrder,
+    /// The plan share is not in (0, 1].
+    #[error("plan_share must be within (0, 1], not {0}")]
+    PlanShare(f64),
+    /// The shortest deadline leaves the default ramp no room even at its shortest holds.
+    #[error(
+        "min_deadline ({min_ms} ms) must leave room for ready_allowance ({ready_allowance_ms} ms) and the default \
+         ramp at 1 s per step ({ramp_ms} ms)"
+    )]
+    NoRoomForRamp {
+        /// The shortest deadline, milliseconds.
+        min_ms: u64,
+        /// The readiness allowance, milliseconds.
+        ready_allowance_ms: u64,
+        /// The default ramp's time to 100 % at its shortest holds, milliseconds.
+        ramp_ms: u64,
+    },
+}
+
+impl DeadlinePolicy {
+    /// Checks the policy can be followed: with it, the default ramp fits every deadline the
+    /// policy allows (so a request without a ramp is never refused for its ramp).
+    pub fn validate(&self) -> Result<(), PolicyError> {
+        if self.min_ms == 0 || self.min_ms > self.default_ms || self.default_ms > self.max_ms {
+            return Err(PolicyError::DeadlineOrder);
+        }
+        if !(self.plan_share.is_finite() && self.plan_share > 0.0 && self.plan_share <= 1.0) {
+            return Err(PolicyError::PlanShare(self.plan_share));
+        }
+        // Every allowed deadline is at least `min_ms` away: if the default ramp fits that one
+        // (at 1 s holds if need be), it fits every one.
+        let min_ramp = PlanInput {
+            requested: None,
+            now_ms: 0,
+            deadline_ms: self.min_ms,
+            deadline_source: DeadlineSource::Requested,
+        };
+        match crate::plan::plan(min_ramp, self) {
+            Ok(_) => Ok(()),
+            Err(misfit) => Err(PolicyError::NoRoomForRamp {
+                min_ms: self.min_ms,
+                ready_allowance_ms: self.ready_allowance_ms,
+                ramp_ms: misfit.ramp_to_100_ms.unwrap_or(0),
+            }),
+        }
     }
 }
 
@@ -94,13 +168,17 @@ pub struct Migration {
     /// Affinity.
     #[schema(value_type = crate::api::schema::AffinitySchema)]
     pub affinity: Affinity,
-    /// Ramp.
+    /// The ramp the router follows (the plan's).
     #[schema(value_type = crate::api::schema::RampSchema)]
     pub ramp: Ramp,
     /// Cut-over time, unix milliseconds.
     pub deadline_ms: u64,
     /// Where the deadline came from.
     pub deadline_source: DeadlineSource,
+    /// How the ramp was fitted to the deadline (its `ramp`, `deadline_ms` and
+    /// `deadline_source` are the migration's). Absent on migrations stored before plans existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan: Option<Plan>,
     /// When it was created, unix milliseconds.
     pub created_ms: u64,
     /// The split last reported by the router, percent.
@@ -124,6 +202,10 @@ pub enum Reassigned {
     Moved,
     /// A migration started.
     Migrating(Box<Migration>),
+    /// A dry run without `migrate`: the address would move at once (nothing changed).
+    WouldMove,
+    /// A dry run with `migrate`: a migration would start with this plan (nothing changed).
+    WouldMigrate(Box<Plan>),
 }
 
 impl<S: Store> Inventory<S> {
@@ -147,7 +229,8 @@ impl<S: Store> Inventory<S> {
     }
 
     /// Reassigns `ip` (of `tenant`; `None` is the admin) to `request.to`. `source_lease_end_ms`
-    /// is when the DHCP server says A's current lease ends, if it knows.
+    /// is when the DHCP server says A's current lease ends, if it knows. With
+    /// `request.dry_run`, every check is made and nothing is written (no id is taken either).
     pub fn reassign(
         &self,
         tenant: Option<&str>,
@@ -183,14 +266,18 @@ impl<S: Store> Inventory<S> {
             if request.ramp.is_some() || request.deadline_ms.is_some() {
                 return Err(InventoryError::Invalid("ramp and deadline apply only with migrate=true".into()));
             }
+            if request.dry_run {
+                return Ok(Reassigned::WouldMove);
+            }
             let moved = Address { vm: Some(request.to.clone()), ..address.value };
             return match self.store().txn(base.put(address_key(ip), encode(&moved)))? {
                 TxnOutcome::Committed(_) => Ok(Reassigned::Moved),
                 TxnOutcome::Failed(_) => Err(InventoryError::Raced),
             };
         };
-        let ramp = request.ramp.clone().unwrap_or_default();
-        ramp.validate().map_err(|e| InventoryError::Invalid(format!("ramp: {e}")))?;
+        if let Some(ramp) = &request.ramp {
+            ramp.validate().map_err(|e| InventoryError::Invalid(format!("ramp: {e}")))?;
+        }
         let (deadline_ms, deadline_source) = match (request.deadline_ms, source_lease_end_ms) {
             (Some(d), _) => {
                 let earliest = now_ms + policy.min_ms;
@@ -207,6 +294,11 @@ impl<S: Store> Inventory<S> {
             (None, Some(end)) => (end.max(now_ms + policy.min_ms), DeadlineSource::SourceLeaseEnd),
             (None, None) => (now_ms + policy.default_ms, DeadlineSource::PolicyDefault),
         };
+        let input = PlanInput { requested: request.ramp.as_ref(), now_ms, deadline_ms, deadline_source };
+        let plan = crate::plan::plan(input, &policy).map_err(InventoryError::RampDoesNotFit)?;
+        if request.dry_run {
+            return Ok(Reassigned::WouldMigrate(Box::new(plan)));
+        }
         let (next, next_revision) = match self.store().get(NEXT_ID)? {
             Some(kv) => (decode::<u64>(&kv)?.value, Some(kv.mod_revision)),
             None => (1, None),
@@ -220,9 +312,10 @@ impl<S: Store> Inventory<S> {
             strategy: request.strategy.unwrap_or_default(),
             mode: request.mode.unwrap_or_default(),
             affinity: request.affinity.unwrap_or_default(),
-            ramp,
+            ramp: plan.ramp.clone(),
             deadline_ms,
             deadline_source,
+            plan: Some(plan),
             created_ms: now_ms,
             split_pct: 0.0,
             lifecycle: Lifecycle::new(),

@@ -1,6 +1,7 @@
 //! The REST API against the running server over real TCP, with a real HTTP client: the full
 //! migration flow, every refusal (with the one JSON error shape), tenant isolation, idempotent
-//! retries, the OpenAPI document and the health check. The API runs here without the manager
+//! retries, the plan fitted to the deadline (a ramp that cannot fit is 422 `ramp_does_not_fit`),
+//! dry runs that create nothing, the OpenAPI document and the health check. The API runs here without the manager
 //! (which `ipshadow serve` runs beside it): the tests advance a migration through the store as
 //! the manager would, to reach every state quickly. The manager's own part, through the same
 //! API with a real DHCP client and router, is `crates/ipshadow/tests/lab_demo.rs`.
@@ -12,10 +13,10 @@ mod common;
 use std::sync::Arc;
 
 use common::{ACME, ADMIN, Api, NOW, ZETA};
-use ipshadow_control::RedbStore;
 use ipshadow_control::api::{ApiState, Parts};
 use ipshadow_control::inventory::Inventory;
 use ipshadow_control::migration::MigrationEvent;
+use ipshadow_control::{RedbStore, Store};
 use serde_json::{Value, json};
 
 const X: &str = "10.0.0.10";
@@ -423,4 +424,144 @@ fn health_and_openapi_need_no_token() {
         assert!(schemas.contains_key(name), "{name} missing from the document");
     }
     assert_eq!(r.body["components"]["securitySchemes"]["bearer"]["scheme"], "bearer");
+}
+
+/// The API with A's lease ending 48 s from [`NOW`] (issue 12's case), as a DHCP server in the
+/// process would say.
+fn lease_ends_in_48s(store: RedbStore) -> ApiState<RedbStore> {
+    let parts = Parts { lease_end: Some(Arc::new(|_| Some(NOW + 48_000))), ..Parts::default() };
+    common::tenants_at_now(store).with_parts(parts)
+}
+
+/// `{"kind": "steps", ...}` with one hold for every step.
+fn steps(pcts: &[f64], hold_ms: u64) -> Value {
+    let steps: Vec<Value> = pcts.iter().map(|pct| json!({"pct": pct, "hold_ms": hold_ms})).collect();
+    json!({"kind": "steps", "steps": steps})
+}
+
+/// No ramp requested, A's lease ending in 48 s: the default ramp's holds become 6 s (24 s to
+/// 100 %, half of the 48 s), shown in the plan and given to the router as the migration's ramp.
+/// With a deadline a day away the default is kept.
+#[test]
+fn the_default_ramp_is_fitted_to_the_deadline_and_shown_in_the_plan() {
+    let s = Server::with_inventory_on("plan-default", lease_ends_in_48s);
+    let r = s.post(&format!("/v1/addresses/{X}/reassign"), ACME, json!({"to": "vm-b", "migrate": true}));
+    assert_eq!(r.status, 202, "{}", r.raw);
+    let fitted = steps(&[1.0, 5.0, 25.0, 50.0, 100.0], 6_000);
+    assert_eq!(
+        r.body["plan"],
+        json!({
+            "ramp": fitted,
+            "ramp_source": "default_scaled",
+            "scaled": true,
+            "share": 0.5,
+            "ramp_to_100_ms": 24_000,
+            "ready_allowance_ms": 10_000,
+            "deadline_ms": NOW + 48_000,
+            "deadline_source": "source_lease_end",
+            "time_to_deadline_ms": 48_000,
+            "slack_ms": 14_000,
+        })
+    );
+    assert_eq!(
+        (&r.body["ramp"], &r.body["deadline_ms"], &r.body["deadline_source"]),
+        (&fitted, &json!(NOW + 48_000), &json!("source_lease_end"))
+    );
+    assert_eq!(s.get("/v1/migrations/1", ACME).body, r.body);
+
+    let s = Server::with_inventory("plan-day");
+    let day = json!({"to": "vm-b", "migrate": true, "deadline_ms": NOW + 86_400_000});
+    let r = s.post(&format!("/v1/addresses/{X}/reassign"), ACME, day);
+    assert_eq!(r.status, 202, "{}", r.raw);
+    let plan = &r.body["plan"];
+    assert_eq!(
+        (&plan["ramp"], &plan["ramp_source"], &plan["scaled"]),
+        (&steps(&[1.0, 5.0, 25.0, 50.0, 100.0], 30_000), &json!("default"), &json!(false))
+    );
+    assert_eq!((plan["ramp_to_100_ms"].as_u64(), plan.get("share")), (Some(120_000), None));
+}
+
+/// A requested ramp that reaches 100 % in time is followed as requested; one that does not, or
+/// never reaches 100 %, is 422 `ramp_does_not_fit` in the one error shape, saying what would fit,
+/// and nothing is stored.
+#[test]
+fn a_ramp_that_cannot_fit_is_refused_with_what_would_and_nothing_changes() {
+    let s = Server::with_inventory_on("plan-misfit", lease_ends_in_48s);
+    let path = format!("/v1/addresses/{X}/reassign");
+    let before = s.api.store.range("/").unwrap();
+    let r = s.post(
+        &path,
+        ACME,
+        json!({"to": "vm-b", "migrate": true, "ramp": steps(&[1.0, 5.0, 25.0, 50.0, 100.0], 30_000)}),
+    );
+    assert_error(&r, 422, "ramp_does_not_fit");
+    let message = r.body["message"].as_str().unwrap();
+    for part in [
+        "reaches 100 % after 120 s",
+        "only 38 s are available (48 s to the deadline minus 10 s",
+        "steps 1, 5, 25, 50, 100 % holding 6 s each",
+        "linear at 4.17 %/s",
+        &format!("deadline 130 s or more from now (deadline_ms >= {})", NOW + 130_000),
+    ] {
+        assert!(message.contains(part), "{part:?} missing from {message:?}");
+    }
+    let r = s.post(&path, ACME, json!({"to": "vm-b", "migrate": true, "ramp": steps(&[10.0, 50.0], 1_000)}));
+    assert_error(&r, 422, "ramp_does_not_fit");
+    assert!(r.body["message"].as_str().unwrap().contains("never reaches 100 %: its last step is 50 %"), "{}", r.raw);
+    let r = s.post(&path, ACME, json!({"to": "vm-b", "migrate": true, "ramp": {"kind": "linear", "pct_per_sec": 1.0}}));
+    assert_error(&r, 422, "ramp_does_not_fit");
+    assert_eq!(s.api.store.range("/").unwrap(), before, "a refusal changed the store");
+    assert_eq!(s.get("/v1/migrations", ADMIN).body, json!([]));
+
+    // The suggestion fits, and is followed as requested.
+    let r = s.post(
+        &path,
+        ACME,
+        json!({"to": "vm-b", "migrate": true, "ramp": steps(&[1.0, 5.0, 25.0, 50.0, 100.0], 6_000)}),
+    );
+    assert_eq!(r.status, 202, "{}", r.raw);
+    assert_eq!((&r.body["plan"]["ramp_source"], &r.body["plan"]["scaled"]), (&json!("requested"), &json!(false)));
+    assert_eq!(r.body["ramp"], steps(&[1.0, 5.0, 25.0, 50.0, 100.0], 6_000));
+}
+
+/// A dry run answers 200 with what would happen and creates nothing: no migration, the address
+/// not marked, no id taken (the real request gets id 1), and with an Idempotency-Key nothing is
+/// recorded (the real request with the same key runs, and is then the key's answer).
+#[test]
+fn a_dry_run_answers_the_plan_and_creates_nothing() {
+    let s = Server::with_inventory_on("dry-run", lease_ends_in_48s);
+    let path = format!("/v1/addresses/{X}/reassign");
+    let before = s.api.store.range("/").unwrap();
+    let dry = json!({"to": "vm-b", "migrate": true, "dry_run": true}).to_string();
+    let r = s.call("POST", &path, Some(ACME), Some(&dry), Some("move-x"));
+    assert_eq!((r.status, r.location.as_deref()), (200, None), "{}", r.raw);
+    assert_eq!(
+        (&r.body["result"], &r.body["ip"], &r.body["source"], &r.body["destination"]),
+        (&json!("would_migrate"), &json!(X), &json!("vm-a"), &json!("vm-b"))
+    );
+    assert_eq!(r.body["plan"]["ramp"], steps(&[1.0, 5.0, 25.0, 50.0, 100.0], 6_000));
+    assert_eq!(r.body["plan"]["ramp_source"], "default_scaled");
+    // Without migrate: it would move at once.
+    let r = s.post(&path, ACME, json!({"to": "vm-b", "dry_run": true}));
+    assert_eq!(r.status, 200, "{}", r.raw);
+    assert_eq!(r.body, json!({"result": "would_move", "ip": X, "source": "vm-a", "destination": "vm-b"}));
+    // Refused as the real request would be.
+    assert_error(&s.post(&path, ACME, json!({"to": "vm-a", "migrate": true, "dry_run": true})), 409, "conflict");
+    assert_error(
+        &s.post(&path, ACME, json!({"to": "vm-b", "migrate": true, "dry_run": true, "ramp": steps(&[50.0], 1_000)})),
+        422,
+        "ramp_does_not_fit",
+    );
+    assert_eq!(s.get("/v1/migrations", ADMIN).body, json!([]));
+    assert_eq!(s.get(&format!("/v1/addresses/{X}"), ACME).body["migration"], Value::Null);
+    assert_eq!(s.api.store.range("/").unwrap(), before, "a dry run changed the store");
+
+    // The real request with the dry run's key: not a replay, not "reused"; id 1, the plan shown.
+    let real = json!({"to": "vm-b", "migrate": true}).to_string();
+    let r = s.call("POST", &path, Some(ACME), Some(&real), Some("move-x"));
+    assert_eq!((r.status, r.location.as_deref()), (202, Some("/v1/migrations/1")), "{}", r.raw);
+    assert_eq!(r.body["plan"]["ramp"], steps(&[1.0, 5.0, 25.0, 50.0, 100.0], 6_000));
+    assert_eq!(s.call("POST", &path, Some(ACME), Some(&real), Some("move-x")).raw, r.raw, "the key's answer now");
+    // A dry run after it now meets the address migrating.
+    assert_error(&s.call("POST", &path, Some(ACME), Some(&dry), None), 409, "conflict");
 }

@@ -58,6 +58,7 @@ fn a_migration_from_the_call_to_the_cut_over_survives_a_manager_restart() {
         mode: None,
         strategy: None,
         deadline_ms: Some(T0 + 300_000),
+        dry_run: false,
     };
     let Reassigned::Migrating(m) =
         inv.reassign(Some("acme"), X, &request, T0, None, DeadlinePolicy::default()).unwrap()

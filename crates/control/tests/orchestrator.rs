@@ -33,6 +33,7 @@ fn migration(events: &[E]) -> Migration {
         ramp: Default::default(),
         deadline_ms: T0 + 600_000,
         deadline_source: ipshadow_control::reassign::DeadlineSource::Requested,
+        plan: None,
         created_ms: T0,
         split_pct: 5.0,
         lifecycle,

@@ -1,6 +1,7 @@
 //! Reassignment through the inventory: the immediate move, a migration started with its
 //! deadline chosen by the seed's rule, every refusal (unknown or foreign address or VM, A == B,
-//! already migrating, a deadline outside policy) leaving the store unchanged, tenants isolated,
+//! already migrating, a deadline outside policy, a ramp that does not fit it) leaving the store
+//! unchanged, the plan fitted to the deadline, dry runs that change nothing, tenants isolated,
 //! and two racing requests starting exactly one migration.
 
 #![allow(clippy::unwrap_used)]
@@ -9,8 +10,12 @@ use std::net::Ipv4Addr;
 
 use ipshadow_control::inventory::{Inventory, InventoryError, Vm};
 use ipshadow_control::migration::MigrationState;
+use std::time::Duration;
+
+use ipshadow_control::plan::RampSource;
 use ipshadow_control::reassign::{DeadlinePolicy, DeadlineSource, ReassignRequest, Reassigned};
 use ipshadow_control::{RedbStore, Store};
+use ipshadow_core::{Ramp, RampStep};
 
 const X: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 10);
 const NOW: u64 = 1_800_000_000_000;
@@ -40,6 +45,7 @@ fn request(to: &str, migrate: bool) -> ReassignRequest {
         mode: None,
         strategy: None,
         deadline_ms: None,
+        dry_run: false,
     }
 }
 
@@ -106,6 +112,32 @@ fn every_refusal_is_precise_and_changes_nothing() {
             ReassignRequest { ramp: Some(ipshadow_core::Ramp::Linear { pct_per_sec: -1.0 }), ..request("vm-b", true) },
             "invalid",
         ),
+        // The default ramp asked for explicitly: 120 s to 100 %, a deadline 60 s away.
+        (
+            Some("acme"),
+            X,
+            ReassignRequest { ramp: Some(Ramp::default()), deadline_ms: Some(NOW + 60_000), ..request("vm-b", true) },
+            "ramp_does_not_fit",
+        ),
+        (
+            Some("acme"),
+            X,
+            ReassignRequest { ramp: Some(steps(&[10.0, 50.0], 1_000)), ..request("vm-b", true) },
+            "ramp_does_not_fit",
+        ),
+        // A dry run is refused as the real request is.
+        (Some("acme"), X, ReassignRequest { dry_run: true, ..request("vm-a", true) }, "conflict"),
+        (
+            Some("acme"),
+            X,
+            ReassignRequest {
+                dry_run: true,
+                ramp: Some(Ramp::default()),
+                deadline_ms: Some(NOW + 60_000),
+                ..request("vm-b", true)
+            },
+            "ramp_does_not_fit",
+        ),
     ];
     for (tenant, ip, req, expected) in cases {
         let err = inv.reassign(tenant, ip, &req, NOW, None, policy).unwrap_err();
@@ -113,6 +145,7 @@ fn every_refusal_is_precise_and_changes_nothing() {
             InventoryError::NotFound { kind, .. } => format!("not_found {kind}"),
             InventoryError::Conflict(_) => "conflict".into(),
             InventoryError::Invalid(_) => "invalid".into(),
+            InventoryError::RampDoesNotFit(_) => "ramp_does_not_fit".into(),
             other => format!("{other:?}"),
         };
         assert_eq!(kind, expected, "{tenant:?} {ip} {req:?}: {err}");
@@ -232,4 +265,98 @@ fn the_end_of_a_migration_gives_the_address_to_the_winner() {
             Ok(Reassigned::Migrating(m)) if m.id == 2
         ));
     }
+}
+
+fn steps(pcts: &[f64], hold_ms: u64) -> Ramp {
+    Ramp::Steps { steps: pcts.iter().map(|&pct| RampStep { pct, hold: Duration::from_millis(hold_ms) }).collect() }
+}
+
+fn migrating(r: Result<Reassigned, InventoryError>) -> ipshadow_control::reassign::Migration {
+    match r {
+        Ok(Reassigned::Migrating(m)) => *m,
+        other => panic!("expected a migration, got {other:?}"),
+    }
+}
+
+/// Issue 12's case: A's lease ends 48 s from now, no ramp requested. The default ramp (120 s to
+/// 100 %) is shortened to reach 100 % by half of that: holds of 6 s, 24 s to 100 %; the router
+/// is given that ramp. With a day-long lease the default is kept as it is.
+#[test]
+fn the_default_ramp_is_fitted_to_the_lease_end() {
+    let inv = inventory("plan-48s");
+    let m = migrating(inv.reassign(
+        Some("acme"),
+        X,
+        &request("vm-b", true),
+        NOW,
+        Some(NOW + 48_000),
+        DeadlinePolicy::default(),
+    ));
+    let plan = m.plan.clone().expect("a plan");
+    assert_eq!(plan.ramp, steps(&[1.0, 5.0, 25.0, 50.0, 100.0], 6_000));
+    assert_eq!((plan.ramp_source, plan.scaled, plan.share), (RampSource::DefaultScaled, true, Some(0.5)));
+    assert_eq!((plan.ramp_to_100_ms, plan.ready_allowance_ms, plan.time_to_deadline_ms), (24_000, 10_000, 48_000));
+    assert_eq!((plan.deadline_ms, plan.deadline_source), (NOW + 48_000, DeadlineSource::SourceLeaseEnd));
+    // The top-level fields agree with the plan: the manager and the router read `ramp`.
+    assert_eq!((&m.ramp, m.deadline_ms, m.deadline_source), (&plan.ramp, plan.deadline_ms, plan.deadline_source));
+    let desired =
+        ipshadow_control::project::router_desired(&inv.addresses(None).unwrap(), std::slice::from_ref(&m), NOW);
+    assert_eq!(desired.entries[0].entry.options.ramp, plan.ramp, "the router follows the fitted ramp");
+    assert_eq!(inv.migration(None, 1).unwrap(), m, "stored as answered");
+
+    let inv = inventory("plan-day");
+    let day = NOW + 24 * 3_600_000;
+    let m = migrating(inv.reassign(Some("acme"), X, &request("vm-b", true), NOW, Some(day), DeadlinePolicy::default()));
+    let plan = m.plan.expect("a plan");
+    assert_eq!(
+        (plan.ramp, plan.ramp_source, plan.scaled, plan.share),
+        (Ramp::default(), RampSource::Default, false, None)
+    );
+    assert_eq!(plan.ramp_to_100_ms, 120_000);
+    assert_eq!(m.ramp, Ramp::default());
+}
+
+#[test]
+fn a_requested_ramp_that_fits_is_kept_and_one_that_does_not_is_refused_with_what_would() {
+    let inv = inventory("plan-requested");
+    let before = inv.store().range("/").unwrap();
+    // The default ramp asked for explicitly against A's lease ending in 48 s.
+    let req = ReassignRequest { ramp: Some(Ramp::default()), ..request("vm-b", true) };
+    let err = inv.reassign(Some("acme"), X, &req, NOW, Some(NOW + 48_000), DeadlinePolicy::default()).unwrap_err();
+    let InventoryError::RampDoesNotFit(misfit) = &err else { panic!("{err:?}") };
+    assert_eq!((misfit.ramp_to_100_ms, misfit.available_ms()), (Some(120_000), 38_000));
+    assert_eq!(misfit.fitting_steps, Some(steps(&[1.0, 5.0, 25.0, 50.0, 100.0], 6_000)));
+    assert_eq!(misfit.earliest_deadline_ms, Some(NOW + 130_000));
+    assert!(err.to_string().contains("linear at 4.17 %/s"), "{err}");
+    assert_eq!(inv.store().range("/").unwrap(), before, "a refusal changed the store");
+    // Its suggestion fits, and is followed as requested.
+    let req = ReassignRequest { ramp: misfit.fitting_steps.clone(), ..request("vm-b", true) };
+    let m = migrating(inv.reassign(Some("acme"), X, &req, NOW, Some(NOW + 48_000), DeadlinePolicy::default()));
+    let plan = m.plan.expect("a plan");
+    assert_eq!((plan.ramp_source, plan.scaled, plan.ramp_to_100_ms), (RampSource::Requested, false, 24_000));
+    assert_eq!(Some(m.ramp), misfit.fitting_steps);
+}
+
+/// A dry run says what would happen and changes nothing: no migration, no mark on the address,
+/// no id taken (the real request after it gets id 1, with the plan the dry run showed).
+#[test]
+fn a_dry_run_answers_the_plan_and_changes_nothing() {
+    let inv = inventory("dry-run");
+    let before = inv.store().range("/").unwrap();
+    let dry = ReassignRequest { dry_run: true, ..request("vm-b", true) };
+    let lease_end = Some(NOW + 48_000);
+    let Reassigned::WouldMigrate(plan) =
+        inv.reassign(Some("acme"), X, &dry, NOW, lease_end, DeadlinePolicy::default()).unwrap()
+    else {
+        panic!("expected a plan")
+    };
+    assert_eq!(plan.ramp, steps(&[1.0, 5.0, 25.0, 50.0, 100.0], 6_000));
+    let moved = ReassignRequest { dry_run: true, ..request("vm-b", false) };
+    assert_eq!(
+        inv.reassign(Some("acme"), X, &moved, NOW, None, DeadlinePolicy::default()).unwrap(),
+        Reassigned::WouldMove
+    );
+    assert_eq!(inv.store().range("/").unwrap(), before, "a dry run changed the store");
+    let m = migrating(inv.reassign(Some("acme"), X, &request("vm-b", true), NOW, lease_end, DeadlinePolicy::default()));
+    assert_eq!((m.id, m.plan), (1, Some(*plan)));
 }

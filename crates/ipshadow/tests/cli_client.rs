@@ -278,6 +278,50 @@ fn the_cli_against_ipshadow_serve() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// `reassign --dry-run` prints the plan (the default ramp fitted to a 48 s deadline) and changes
+/// nothing; the real call then starts migration 1, and `migration show` shows its plan.
+#[test]
+fn a_dry_run_prints_the_plan_and_migration_show_shows_it() {
+    let dir = temp_dir("dry-run");
+    let serve = start_serve(&dir);
+    let api = serve.base.as_str();
+    for (id, mac) in [("vm-a", "02:00:00:00:00:0a"), ("vm-b", "02:00:00:00:00:0b")] {
+        ok(&dir, api, Some(ACME), &["vm", "add", id, "--mac", mac, "--segment", id]);
+    }
+    ok(&dir, api, Some(ACME), &["address", "add", X, "--vm", "vm-a"]);
+    let dry = ["reassign", X, "--to", "vm-b", "--migrate", "--deadline-in", "48", "--dry-run"];
+    let plan = ok(&dir, api, Some(ACME), &[&dry[..], &["--json"]].concat()).json();
+    assert_eq!((&plan["result"], &plan["plan"]["ramp_source"]), (&json!("would_migrate"), &json!("default_scaled")));
+    // Half of the ~48 s (the CLI's clock and the server's differ by the call's time) in 4 holds.
+    let holds: Vec<u64> =
+        plan["plan"]["ramp"]["steps"].as_array().unwrap().iter().map(|s| s["hold_ms"].as_u64().unwrap()).collect();
+    assert!(holds.len() == 5 && holds.iter().all(|&h| (5_500..=6_000).contains(&h)), "{plan}");
+    let table = ok(&dir, api, Some(ACME), &dry).stdout;
+    let lines: Vec<&str> = table.lines().collect();
+    assert_eq!(lines[0], "dry run: 10.0.0.10 vm-a -> vm-b would migrate (nothing changed)", "{table}");
+    assert!(lines[1].starts_with("ramp ") && lines[1].contains("1, 5, 25, 50, 100% every "), "{table}");
+    assert!(lines[1].contains("(default, shortened to reach 100% within 50% of the time to the deadline)"), "{table}");
+    assert!(table.contains("100% after") && table.contains("10s allowed") && table.contains("requested"), "{table}");
+    let moved = ok(&dir, api, Some(ACME), &["reassign", X, "--to", "vm-b", "--dry-run"]).stdout;
+    assert_eq!(moved, "dry run: 10.0.0.10 vm-a -> vm-b would move at once (nothing changed)\n");
+    // Nothing changed.
+    assert_eq!(ok(&dir, api, Some(ACME), &["migration", "list", "--json"]).json(), json!([]));
+    assert_eq!(
+        get(api, ACME, &format!("/v1/addresses/{X}")),
+        json!({"ip": X, "tenant": "acme", "vm": "vm-a", "migration": null})
+    );
+
+    let started = ok(&dir, api, Some(ACME), &["reassign", X, "--to", "vm-b", "--migrate", "--deadline-in", "48"]);
+    assert!(started.stdout.starts_with("migration 1 started"), "{}", started.stdout);
+    let shown = ok(&dir, api, Some(ACME), &["migration", "show", "1"]).stdout;
+    for key in ["ramp ", "100% after ", "drain time "] {
+        assert!(shown.lines().any(|l| l.starts_with(key)), "{key:?} missing:\n{shown}");
+    }
+    assert!(shown.contains("1, 5, 25, 50, 100% every ") && shown.contains("shortened"), "{shown}");
+    drop(serve);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// The API served in this process on a free port, and its store (to stand in for the manager).
 struct InProcess {
     base: String,

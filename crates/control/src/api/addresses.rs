@@ -10,8 +10,10 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::error::{ApiJson, ApiPath, ErrorBody};
+use super::idempotency::NotRecorded;
 use super::{ApiError, ApiResult, ApiState, Caller};
 use crate::inventory::Address;
+use crate::plan::Plan;
 use crate::reassign::{Migration, ReassignRequest, Reassigned};
 use crate::store::Store;
 
@@ -60,6 +62,45 @@ pub async fn list_addresses<S: Store>(
     state.blocking(move |inv| Ok(inv.addresses(caller.tenant())?)).await.map(Json)
 }
 
+/// `200` answer of a dry run (`"dry_run": true`): what the call would do. Nothing was created
+/// or changed.
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct DryRun {
+    /// `would_move` (without `migrate`) or `would_migrate`.
+    pub result: DryRunResult,
+    /// The address.
+    #[schema(value_type = String, format = Ipv4)]
+    pub ip: Ipv4Addr,
+    /// The VM holding it now (none: only a move is possible).
+    pub source: Option<String>,
+    /// The VM that would get it.
+    pub destination: String,
+    /// With `would_migrate`: the plan the migration would follow.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan: Option<Plan>,
+}
+
+/// What a dry run says would happen.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum DryRunResult {
+    /// The address would move at once.
+    WouldMove,
+    /// A migration would start, following the plan.
+    WouldMigrate,
+}
+
+/// The two `200` answers of a reassignment, told apart by `result`: moved at once, or a dry
+/// run's.
+#[derive(Serialize, Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum ReassignOk {
+    /// Moved at once.
+    Moved(Moved),
+    /// What a dry run would do.
+    DryRun(DryRun),
+}
+
 /// Adds an address, held by one of the owner's VMs or by none.
 #[utoipa::path(post, path = "/v1/addresses", tag = "addresses", security(("bearer" = [])),
     request_body = CreateAddress,
@@ -96,17 +137,29 @@ pub async fn get_address<S: Store>(
 
 /// The seed's IP reassignment: without `migrate` the address moves at once (200); with it a
 /// migration starts (202, `Location` names it) and the address moves without dropping
-/// connections.
+/// connections, following a plan fitted to the deadline: the default ramp shortened to fit, or
+/// the requested one if it reaches 100 % in time (else 422 `ramp_does_not_fit`, saying what
+/// would fit). With `dry_run` the same checks are made and the answer (200) says what would
+/// happen, with the plan; nothing is created, and the answer is not recorded under an
+/// `Idempotency-Key` (the key stays free for the real request).
 #[utoipa::path(post, path = "/v1/addresses/{ip}/reassign", tag = "addresses", security(("bearer" = [])),
     request_body = ReassignRequest,
     params(("ip" = String, Path, description = "IPv4 address", format = Ipv4)),
-    responses((status = 200, body = Moved, description = "Moved at once"),
+    responses((status = 200, body = ReassignOk,
+            description = "Moved at once (`result: moved`), or a dry run's answer (`would_move`, `would_migrate` \
+                with the plan; nothing changed)"),
         (status = 202, body = Migration, description = "Migration started",
             headers(("Location" = String, description = "The migration (`/v1/migrations/{id}`)"))),
         (status = 404, body = ErrorBody, description = "No such address, or no such VM of its owner"),
         (status = 409, body = ErrorBody,
             description = "Already migrating, already held by that VM, held by no VM with `migrate`, or (with a \
-                DHCP server in the process) A or the target already in another unfinished migration")))]
+                DHCP server in the process) A or the target already in another unfinished migration"),
+        (status = 422, body = ErrorBody,
+            description = "Well-formed but wrong (`invalid`), a ramp that cannot reach 100 % before the deadline \
+                minus the destination's readiness allowance or never reaches it (`ramp_does_not_fit`: the message \
+                gives the ramp's time to 100 %, the time available, a stepped ramp with the same percentages that \
+                fits, the equivalent linear rate and the earliest deadline the ramp fits), or an Idempotency-Key \
+                reused for another request (`idempotency_key_reused`)")))]
 pub async fn reassign<S: Store>(
     State(state): State<ApiState<S>>,
     caller: Caller,
@@ -124,20 +177,39 @@ pub async fn reassign<S: Store>(
             }
             // The seed's default deadline: the end of A's current lease, when a DHCP server
             // runs in this process and A holds one; else the requested one or the policy's.
+            let dry_run = |result, plan| {
+                let source = inv.address(caller.tenant(), ip)?.value.vm;
+                Ok(Done::DryRun(DryRun { result, ip, source, destination: request.to.clone(), plan }))
+            };
             match inv.reassign(caller.tenant(), ip, &request, now, lease_end, policy)? {
-                Reassigned::Moved => Ok(Err(inv.address(caller.tenant(), ip)?.value)),
-                Reassigned::Migrating(m) => Ok(Ok(m)),
+                Reassigned::Moved => Ok(Done::Moved(inv.address(caller.tenant(), ip)?.value)),
+                Reassigned::Migrating(m) => Ok(Done::Migrating(m)),
+                Reassigned::WouldMove => dry_run(DryRunResult::WouldMove, None),
+                Reassigned::WouldMigrate(plan) => dry_run(DryRunResult::WouldMigrate, Some(*plan)),
             }
         })
         .await?;
     Ok(match done {
-        Err(address) => (StatusCode::OK, Json(Moved { result: MoveResult::Moved, address })).into_response(),
-        Ok(m) => {
+        Done::Moved(address) => (StatusCode::OK, Json(Moved { result: MoveResult::Moved, address })).into_response(),
+        Done::DryRun(answer) => {
+            let mut response = (StatusCode::OK, Json(answer)).into_response();
+            // A question, not the operation: its key stays free for the real request.
+            response.extensions_mut().insert(NotRecorded);
+            response
+        }
+        Done::Migrating(m) => {
             let location = HeaderValue::from_str(&format!("/v1/migrations/{}", m.id))
                 .map_err(|e| ApiError::internal(e.to_string()))?;
             (StatusCode::ACCEPTED, [(header::LOCATION, location)], Json(*m)).into_response()
         }
     })
+}
+
+/// What a reassignment did, as the handler answers it.
+enum Done {
+    Moved(Address),
+    Migrating(Box<Migration>),
+    DryRun(DryRun),
 }
 
 /// Removes an address that no migration is moving (the router and the DHCP server let it go).

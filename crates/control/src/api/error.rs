@@ -12,11 +12,14 @@ use serde::de::DeserializeOwned;
 
 use crate::inventory::InventoryError;
 
+/// The error code of a ramp that cannot reach 100 % before the deadline (422).
+pub const RAMP_DOES_NOT_FIT: &str = "ramp_does_not_fit";
+
 /// The body of every error response.
 #[derive(Clone, Debug, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct ErrorBody {
     /// Machine-readable code: `not_found`, `exists`, `conflict`, `raced` (retry), `invalid`,
-    /// `idempotency_key_reused`, `unauthorized`, `forbidden`, `bad_request`,
+    /// `ramp_does_not_fit`, `idempotency_key_reused`, `unauthorized`, `forbidden`, `bad_request`,
     /// `method_not_allowed`, `unavailable` (retry later), `internal` (the document's `ErrorCode`).
     #[schema(value_type = super::schema::ErrorCodeSchema)]
     pub error: String,
@@ -80,6 +83,9 @@ impl From<InventoryError> for ApiError {
             InventoryError::Exists { .. } => Self::new(StatusCode::CONFLICT, "exists", message),
             InventoryError::Conflict(_) => Self::new(StatusCode::CONFLICT, "conflict", message),
             InventoryError::Invalid(_) => Self::invalid(message),
+            InventoryError::RampDoesNotFit(_) => {
+                Self::new(StatusCode::UNPROCESSABLE_ENTITY, RAMP_DOES_NOT_FIT, message)
+            }
             InventoryError::Raced => Self::new(StatusCode::CONFLICT, "raced", message),
             InventoryError::Store(_) | InventoryError::Corrupt { .. } => Self::internal(message),
         }

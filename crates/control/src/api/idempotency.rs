@@ -24,6 +24,13 @@
 //! `advance`, `add_vm`, ...) and the response is made from what they return, so each of them
 //! would have to take the record (with the response it is about to cause) as extra writes.
 //!
+//! A dry run (`"dry_run": true` on the reassign call) is not recorded either, though it
+//! succeeds: it is a question, not the operation, and a client that asks first and then sends
+//! the real request with the same key must get the operation, not the remembered answer to its
+//! question, nor 422 for a key "used" by the question. Its handler marks its response
+//! [`NotRecorded`]; such a key stays vacant (a key already recorded for another request is still
+//! 422: the lookup comes first).
+//!
 //! Only successes (2xx) are recorded: a refusal changes nothing, so running a refused request
 //! again is the same as running it the first time (and lets a client that fixed the state retry
 //! with the same key). The same key with a different request is refused with 422
@@ -62,6 +69,11 @@ pub(crate) const MAX_BODY: usize = 64 * 1024;
 
 /// Most records [`purge_expired`] deletes in one transaction.
 const PURGE_BATCH: usize = 128;
+
+/// A response extension set by a handler whose success must not be recorded under its key (a
+/// dry run: it changed nothing, see the module's documentation). Never sent.
+#[derive(Clone, Copy, Debug)]
+pub struct NotRecorded;
 
 /// What is stored for a key.
 #[derive(Serialize, Deserialize)]
@@ -229,7 +241,9 @@ async fn keyed<S: Store>(state: ApiState<S>, request: Request, next: Next) -> Re
     let (parts, body) = response.into_parts();
     let body: Bytes =
         axum::body::to_bytes(body, usize::MAX).await.map_err(|e| ApiError::internal(format!("response body: {e}")))?;
-    if parts.status.is_success() {
+    if parts.extensions.get::<NotRecorded>().is_some() {
+        // A dry run: answered as it is, the key left vacant.
+    } else if parts.status.is_success() {
         let location = parts.headers.get(header::LOCATION).and_then(|l| l.to_str().ok()).map(str::to_owned);
         let new = Record {
             request_sha256: request_sha256.clone(),

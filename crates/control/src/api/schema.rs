@@ -255,6 +255,9 @@ pub enum ErrorCodeSchema {
     Raced,
     /// 422: well-formed but wrong (a bad field value, an unknown or missing field).
     Invalid,
+    /// 422: the requested ramp cannot reach 100 % before the deadline, or never reaches it; the
+    /// message says what would fit (a ramp with shorter holds, a linear rate, a later deadline).
+    RampDoesNotFit,
     /// 422: this `Idempotency-Key` was used for a different request.
     IdempotencyKeyReused,
     /// 503: the server is at a limit (open event streams): retry after `Retry-After` seconds.
@@ -365,8 +368,8 @@ fn describe(status: &str) -> &'static str {
         "404" => "No such record, or one of another tenant",
         "409" => "The request contradicts the current state (`exists`, `conflict`; `raced`: retry)",
         "422" => {
-            "Well-formed but wrong: a bad value, an unknown or missing field, or an Idempotency-Key \
-                  reused for another request"
+            "Well-formed but wrong: a bad value, an unknown or missing field, a ramp that does not fit \
+                  the deadline (`ramp_does_not_fit`), or an Idempotency-Key reused for another request"
         }
         "500" => "The store failed",
         _ => "See the error code",
@@ -516,6 +519,47 @@ mod tests {
         );
     }
 
+    /// Issue 12's plan in the document: the request's `dry_run`, the migration's `plan` with
+    /// every field, the two `200` answers of a reassignment, the 422 `ramp_does_not_fit`.
+    #[test]
+    fn the_plan_and_the_dry_run_are_documented() {
+        use utoipa::OpenApi;
+        let json = serde_json::to_value(crate::api::ApiDoc::openapi()).unwrap();
+        let schemas = &json["components"]["schemas"];
+        assert_eq!(
+            schemas["ReassignRequest"]["properties"]["dry_run"]["type"], "boolean",
+            "{}",
+            schemas["ReassignRequest"]
+        );
+        let plan_ref = serde_json::to_string(&schemas["Migration"]["properties"]["plan"]).unwrap();
+        assert!(plan_ref.contains("#/components/schemas/Plan"), "{plan_ref}");
+        let plan = &schemas["Plan"];
+        for field in [
+            "ramp",
+            "ramp_source",
+            "scaled",
+            "share",
+            "ramp_to_100_ms",
+            "ready_allowance_ms",
+            "deadline_ms",
+            "deadline_source",
+            "time_to_deadline_ms",
+            "slack_ms",
+        ] {
+            assert!(plan["properties"][field].is_object(), "Plan.{field} missing: {plan}");
+        }
+        assert_eq!(schemas["RampSource"]["enum"], serde_json::json!(["requested", "default", "default_scaled"]));
+        assert_eq!(schemas["DryRunResult"]["enum"], serde_json::json!(["would_move", "would_migrate"]));
+        let responses = &json["paths"]["/v1/addresses/{ip}/reassign"]["post"]["responses"];
+        assert_eq!(
+            responses["200"]["content"]["application/json"]["schema"]["$ref"],
+            "#/components/schemas/ReassignOk"
+        );
+        assert_eq!(schemas["ReassignOk"]["oneOf"].as_array().map(Vec::len), Some(2), "{}", schemas["ReassignOk"]);
+        assert!(responses["422"]["description"].as_str().unwrap().contains("ramp_does_not_fit"));
+        assert!(schemas["ErrorCode"]["enum"].as_array().unwrap().contains(&serde_json::json!("ramp_does_not_fit")));
+    }
+
     /// Every code the server sends is in the `ErrorCode` enum of the document.
     #[test]
     fn every_error_code_is_documented() {
@@ -530,6 +574,19 @@ mod tests {
             InventoryError::Exists { kind: "vm", id: "x".into() }.into(),
             InventoryError::Conflict("x".into()).into(),
             InventoryError::Invalid("x".into()).into(),
+            InventoryError::RampDoesNotFit(
+                crate::plan::plan(
+                    crate::plan::PlanInput {
+                        requested: Some(&Ramp::default()),
+                        now_ms: 0,
+                        deadline_ms: 30_000,
+                        deadline_source: crate::reassign::DeadlineSource::Requested,
+                    },
+                    &crate::reassign::DeadlinePolicy::default(),
+                )
+                .unwrap_err(),
+            )
+            .into(),
             InventoryError::Raced.into(),
             InventoryError::Corrupt { key: "k".into(), detail: "x".into() }.into(),
         ];

@@ -10,7 +10,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::http::Api;
-use super::table::{Table, clean, now_ms, pairs, pct, relative, utc};
+use super::table::{Table, clean, duration, now_ms, pairs, pct, relative, utc};
 use super::{ConnectArgs, parse, print_json, watch};
 
 /// `ipshadow reassign`.
@@ -40,8 +40,12 @@ pub struct ReassignArgs {
     #[arg(long, value_parser = ["flow", "client"], requires = "migrate")]
     affinity: Option<String>,
     /// Follow the migration until it ends (as `ipshadow migration watch`).
-    #[arg(long, requires = "migrate")]
+    #[arg(long, requires = "migrate", conflicts_with = "dry_run")]
     watch: bool,
+    /// Only show what would happen (with `--migrate`: the plan, the ramp fitted to the
+    /// deadline); nothing is created or changed.
+    #[arg(long)]
+    dry_run: bool,
 }
 
 /// `ipshadow migration`.
@@ -119,12 +123,102 @@ pub struct Migration {
     pub deadline_ms: u64,
     /// Where the deadline came from.
     pub deadline_source: String,
+    /// How the ramp was fitted to the deadline (absent on migrations older than plans).
+    #[serde(default)]
+    pub plan: Option<Plan>,
     /// Creation time, unix milliseconds.
     pub created_ms: u64,
     /// The split last reported, percent.
     pub split_pct: f64,
     /// State and history.
     pub lifecycle: Lifecycle,
+}
+
+/// A migration's plan as the server sends it: what the commands print (the rest is ignored).
+#[derive(Clone, Debug, Deserialize)]
+pub struct Plan {
+    /// The ramp the router follows (`{"kind": "steps", ...}` or `{"kind": "linear", ...}`).
+    pub ramp: Value,
+    /// `requested`, `default` or `default_scaled`.
+    pub ramp_source: String,
+    /// The share of the time to the deadline the ramp was fitted into, when scaled.
+    #[serde(default)]
+    pub share: Option<f64>,
+    /// Ramp start to 100 %, milliseconds.
+    pub ramp_to_100_ms: u64,
+    /// B's time to be ready before the ramp starts, milliseconds.
+    pub ready_allowance_ms: u64,
+    /// Cut-over time, unix milliseconds.
+    pub deadline_ms: u64,
+    /// Where the deadline came from.
+    pub deadline_source: String,
+    /// Ramp at 100 % to deadline (at the latest), milliseconds.
+    pub slack_ms: u64,
+}
+
+impl Plan {
+    /// `key  value` pairs: the ramp, when it reaches 100 %, the cut-over and the slack.
+    fn pairs(&self, now_ms: u64) -> Vec<(&'static str, String)> {
+        let source = match (self.ramp_source.as_str(), self.share) {
+            ("default_scaled", Some(share)) => {
+                format!("default, shortened to reach 100% within {} of the time to the deadline", pct(share * 100.0))
+            }
+            (source, _) => clean(source),
+        };
+        vec![
+            ("ramp", format!("{} ({source})", ramp_text(&self.ramp))),
+            (
+                "100% after",
+                format!(
+                    "{} of ramp (which starts once the destination is ready: {} allowed)",
+                    ramp_time(self.ramp_to_100_ms),
+                    ramp_time(self.ready_allowance_ms)
+                ),
+            ),
+            (
+                "cut-over",
+                format!(
+                    "{} ({}, {})",
+                    utc(self.deadline_ms),
+                    relative(self.deadline_ms, now_ms),
+                    clean(&self.deadline_source)
+                ),
+            ),
+            ("drain time", format!("{} at 100% before the cut-over, at least", ramp_time(self.slack_ms))),
+        ]
+    }
+}
+
+/// A ramp's time: tenths of a second below a minute (holds are often a few seconds, and a
+/// fitted one need not be whole), else as [`duration`].
+fn ramp_time(ms: u64) -> String {
+    if ms < 60_000 {
+        let text = format!("{:.1}", ms as f64 / 1000.0);
+        format!("{}s", text.trim_end_matches('0').trim_end_matches('.'))
+    } else {
+        duration(ms)
+    }
+}
+
+/// `1, 5, 25, 50, 100% every 6s`, `1% 2s, 50% 4s, 100% 4s`, `linear 2%/s`.
+fn ramp_text(ramp: &Value) -> String {
+    match ramp["kind"].as_str() {
+        Some("linear") => format!("linear {}/s", pct(ramp["pct_per_sec"].as_f64().unwrap_or(0.0))),
+        Some("steps") => {
+            let steps = ramp["steps"].as_array().map(Vec::as_slice).unwrap_or_default();
+            let step = |s: &Value| (s["pct"].as_f64().unwrap_or(0.0), s["hold_ms"].as_u64().unwrap_or(0));
+            let holds: Vec<u64> = steps.iter().map(|s| step(s).1).collect();
+            if holds.windows(2).all(|w| w[0] == w[1]) {
+                let pcts: Vec<String> = steps.iter().map(|s| pct(step(s).0).trim_end_matches('%').to_owned()).collect();
+                format!("{}% every {}", pcts.join(", "), ramp_time(holds.first().copied().unwrap_or(0)))
+            } else {
+                let each: Vec<String> =
+                    steps.iter().map(|s| format!("{} {}", pct(step(s).0), ramp_time(step(s).1))).collect();
+                each.join(", ")
+            }
+        }
+        _ => clean(&ramp.to_string()),
+    }
 }
 
 /// A migration's state and history.
@@ -170,7 +264,7 @@ impl Migration {
 
     fn details(&self) -> String {
         let now = now_ms();
-        let mut text = pairs(&[
+        let mut items = vec![
             ("id", self.id.to_string()),
             ("address", self.route()),
             ("tenant", self.tenant.clone()),
@@ -180,7 +274,12 @@ impl Migration {
             ("strategy", format!("{} ({}, affinity {})", self.strategy, self.mode, self.affinity)),
             ("cut-over", format!("{} ({}, {})", utc(self.deadline_ms), self.cut_over(now), self.deadline_source)),
             ("created", format!("{} ({})", utc(self.created_ms), relative(self.created_ms, now))),
-        ]);
+        ];
+        if let Some(plan) = &self.plan {
+            // The cut-over is shown above, relative to now while it can still come.
+            items.extend(plan.pairs(now).into_iter().filter(|(k, _)| *k != "cut-over"));
+        }
+        let mut text = pairs(&items);
         let mut history = Table::new(&["AT", "FROM", "TO", "EVENT"]);
         for step in &self.lifecycle.history {
             let name = step.event["event"].as_str().unwrap_or("?");
@@ -207,6 +306,9 @@ pub fn run_reassign(args: &ReassignArgs) -> anyhow::Result<()> {
             body[name] = json!(value);
         }
     }
+    if args.dry_run {
+        body["dry_run"] = json!(true);
+    }
     if let Some(secs) = args.deadline_in {
         let deadline =
             secs.checked_mul(1000).and_then(|ms| ms.checked_add(now_ms())).context("--deadline-in is too far")?;
@@ -215,6 +317,9 @@ pub fn run_reassign(args: &ReassignArgs) -> anyhow::Result<()> {
     let reply = api.post(&format!("/v1/addresses/{}/reassign", args.ip), Some(&body))?;
     if args.connect.json {
         print_json(&reply)?;
+    }
+    if args.dry_run {
+        return if args.connect.json { Ok(()) } else { print_dry_run(&api, reply) };
     }
     // Without migrate: `{"result": "moved", "address": ...}`; with it: the migration.
     if reply.get("result").is_some() {
@@ -237,6 +342,30 @@ pub fn run_reassign(args: &ReassignArgs) -> anyhow::Result<()> {
         }
     }
     if args.watch { watch::run(&api, m.id, args.connect.json) } else { Ok(()) }
+}
+
+/// A dry run's answer as the server sends it.
+#[derive(Deserialize)]
+struct DryRun {
+    result: String,
+    ip: Ipv4Addr,
+    source: Option<String>,
+    destination: String,
+    plan: Option<Plan>,
+}
+
+/// Prints what a dry run says would happen.
+fn print_dry_run(api: &Api, reply: Value) -> anyhow::Result<()> {
+    let dry: DryRun = parse(api, reply)?;
+    let route = clean(&format!("{} {} -> {}", dry.ip, dry.source.as_deref().unwrap_or("(none)"), dry.destination));
+    match (dry.result.as_str(), &dry.plan) {
+        ("would_migrate", Some(plan)) => {
+            println!("dry run: {route} would migrate (nothing changed)");
+            print!("{}", pairs(&plan.pairs(now_ms())));
+        }
+        _ => println!("dry run: {route} would move at once (nothing changed)"),
+    }
+    Ok(())
 }
 
 /// Runs `ipshadow migration ...`.

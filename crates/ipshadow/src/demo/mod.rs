@@ -89,8 +89,9 @@ impl DemoArgs {
         if self.lifetime[1] < self.lifetime[0] || self.lifetime[0] == 0 {
             bail!("--lifetime: MIN must be at least 1 and MAX at least MIN");
         }
-        if self.deadline == 0 || self.deadline > 3600 {
-            bail!("--deadline must be 1 to 3600 seconds");
+        let min = crate::lab::control::MIN_DEADLINE_SECS;
+        if !(min..=3600).contains(&self.deadline) {
+            bail!("--deadline must be {min} to 3600 seconds (the lab's shortest deadline leaves B time to be ready)");
         }
         if self.long_lived > 20_000 || self.churn > 2_000 {
             bail!("--long-lived is at most 20000 and --churn at most 2000 per second in the lab");

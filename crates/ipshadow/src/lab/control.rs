@@ -18,6 +18,10 @@ use super::{GATEWAY, MAC_A, MAC_B, X};
 /// Where the API listens inside the router's namespace.
 pub const API: &str = "127.0.0.1:7480";
 
+/// The shortest deadline the lab's `serve` accepts, seconds: B's readiness allowance (10 s, the
+/// default) and the default ramp at its shortest holds (4 x 1 s), which `serve` checks.
+pub const MIN_DEADLINE_SECS: u64 = 15;
+
 /// The tenant the lab's VMs and address belong to.
 pub const TENANT: &str = "lab";
 
@@ -28,7 +32,7 @@ impl Lab {
         format!(
             "listen = \"{API}\"\ndata_dir = \"{data}\"\n\n\
              # Short deadlines are what the demo shows; production keeps the default 30 s minimum.\n\
-             [policy]\nmin_deadline_secs = 5\ndefault_deadline_secs = 60\nmax_deadline_secs = 86400\n\n\
+             [policy]\nmin_deadline_secs = {MIN_DEADLINE_SECS}\ndefault_deadline_secs = 60\nmax_deadline_secs = 86400\n\n\
              [router]\nprovider = \"prov\"\ngateway = \"{GATEWAY}\"\nstatus_file = \"{status}\"\n\
              vms = [{{ id = \"vm-a\", interface = \"vma\", mac = \"{MAC_A}\" }}, \
              {{ id = \"vm-b\", interface = \"vmb\", mac = \"{MAC_B}\" }}]\n\n\

@@ -27,7 +27,7 @@ use ipshadow_control::api::{ApiState, DhcpStatusSource, LeaseEndSource, Parts, R
 use ipshadow_control::inventory::Inventory;
 use ipshadow_control::manager::Manager;
 use ipshadow_control::orchestrator::Limits;
-use ipshadow_control::reassign::DeadlinePolicy;
+use ipshadow_control::reassign::{DeadlinePolicy, PolicyError};
 use serde::Deserialize;
 
 /// Options of `ipshadow serve`.
@@ -56,7 +56,7 @@ struct ServeConfig {
     /// and `migrations` (the inventory's VMs and the migrations give those); a relative
     /// `lease_store` is inside `data_dir`.
     dhcp: Option<ipshadow_dhcp::DhcpConfig>,
-    /// Limits on the deadlines users may request.
+    /// Limits on the deadlines users may request, and how ramps are fitted to them.
     #[serde(default)]
     policy: PolicyConfig,
 }
@@ -71,6 +71,11 @@ struct PolicyConfig {
     max_deadline_secs: u64,
     /// Deadline when nothing was requested and the source's lease end is unknown, seconds.
     default_deadline_secs: u64,
+    /// Share of the time to the deadline the default ramp is fitted into, in (0, 1].
+    plan_share: f64,
+    /// Time B's DHCP client is given to bind the address before the ramp starts, seconds: a
+    /// requested ramp must reach 100 % within the time to the deadline minus this.
+    ready_allowance_secs: u64,
 }
 
 impl Default for PolicyConfig {
@@ -80,6 +85,8 @@ impl Default for PolicyConfig {
             min_deadline_secs: d.min_ms / 1000,
             max_deadline_secs: d.max_ms / 1000,
             default_deadline_secs: d.default_ms / 1000,
+            plan_share: d.plan_share,
+            ready_allowance_secs: d.ready_allowance_ms / 1000,
         }
     }
 }
@@ -87,17 +94,28 @@ impl Default for PolicyConfig {
 impl PolicyConfig {
     fn policy(&self) -> anyhow::Result<DeadlinePolicy> {
         let p = self;
-        if p.min_deadline_secs == 0
-            || p.min_deadline_secs > p.max_deadline_secs
-            || !(p.min_deadline_secs..=p.max_deadline_secs).contains(&p.default_deadline_secs)
-        {
-            bail!("[policy]: need 0 < min_deadline_secs <= default_deadline_secs <= max_deadline_secs");
-        }
-        Ok(DeadlinePolicy {
-            min_ms: p.min_deadline_secs * 1000,
-            max_ms: p.max_deadline_secs * 1000,
-            default_ms: p.default_deadline_secs * 1000,
-        })
+        let ms = |key: &str, secs: u64| secs.checked_mul(1000).with_context(|| format!("[policy]: {key} is too large"));
+        let policy = DeadlinePolicy {
+            min_ms: ms("min_deadline_secs", p.min_deadline_secs)?,
+            max_ms: ms("max_deadline_secs", p.max_deadline_secs)?,
+            default_ms: ms("default_deadline_secs", p.default_deadline_secs)?,
+            plan_share: p.plan_share,
+            ready_allowance_ms: ms("ready_allowance_secs", p.ready_allowance_secs)?,
+        };
+        // The library names the concepts; the keys are this file's (`_secs`).
+        policy.validate().map_err(|e| match e {
+            PolicyError::DeadlineOrder => {
+                anyhow::anyhow!("[policy]: need 0 < min_deadline_secs <= default_deadline_secs <= max_deadline_secs")
+            }
+            PolicyError::PlanShare(share) => anyhow::anyhow!("[policy]: plan_share must be within (0, 1], not {share}"),
+            PolicyError::NoRoomForRamp { ramp_ms, .. } => anyhow::anyhow!(
+                "[policy]: min_deadline_secs must be at least ready_allowance_secs + {} (the default ramp at its \
+                 shortest holds)",
+                ramp_ms.div_ceil(1000)
+            ),
+            other => anyhow::anyhow!("[policy]: {other}"),
+        })?;
+        Ok(policy)
     }
 }
 
@@ -351,4 +369,40 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
         bail!("{}", failures.join("; "));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(toml_text: &str) -> anyhow::Result<DeadlinePolicy> {
+        let config: ServeConfig = toml::from_str(toml_text)?;
+        config.policy.policy()
+    }
+
+    /// The `[policy]` keys of issue 12: defaults, and each bad value refused naming its key.
+    #[test]
+    fn plan_share_and_ready_allowance_are_read_and_checked() -> anyhow::Result<()> {
+        assert_eq!(policy("")?, DeadlinePolicy::default());
+        // The lab's shortest deadline is accepted with the default allowance.
+        let min = crate::lab::control::MIN_DEADLINE_SECS;
+        assert_eq!(
+            policy(&format!("[policy]\nmin_deadline_secs = {min}\ndefault_deadline_secs = 60\n"))?.min_ms,
+            min * 1000
+        );
+        let p = policy("[policy]\nplan_share = 0.25\nready_allowance_secs = 5\n")?;
+        assert_eq!((p.plan_share, p.ready_allowance_ms), (0.25, 5_000));
+        for (text, key) in [
+            ("[policy]\nplan_share = 0.0\n", "plan_share"),
+            ("[policy]\nplan_share = 1.5\n", "plan_share"),
+            ("[policy]\nplan_share = nan\n", "plan_share"),
+            // 12 s leaves 2 s after B's 10 s: the default ramp needs 4 s at 1 s per step.
+            ("[policy]\nmin_deadline_secs = 12\n", "ready_allowance_secs + 4"),
+            ("[policy]\nready_allowance_secs = 18446744073709551615\n", "ready_allowance_secs is too large"),
+        ] {
+            let e = policy(text).expect_err(text).to_string();
+            assert!(e.contains(key), "{text:?}: {e}");
+        }
+        Ok(())
+    }
 }
