@@ -55,6 +55,7 @@ pub fn router_desired(addresses: &[Address], migrations: &[Migration], now_ms: u
             ramp: m.ramp.clone(),
             deadline: Some(instant(m.deadline_ms)),
             salt: m.id,
+            ..MigrationOptions::default()
         };
         let mut entry = ShadowingEntry::new(
             m.ip,

@@ -68,15 +68,37 @@ pub enum Outcome {
     RolledBack,
 }
 
+/// Why a migration ended when it did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EndCause {
+    /// A's deadline came (or, for a rollback, the rollback was finished).
+    #[default]
+    Deadline,
+    /// Early finish: the split was 100 % and A had no open flow left (or only idle ones, closed
+    /// in order), so the address went to B before the deadline.
+    Drained,
+    /// The manager asked for it now (A failed, or an operator's cut-over).
+    Requested,
+}
+
 /// What the end of a migration did to the flows still on the side that lost the address.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CutOverReport {
-    /// Flows still owned by the losing side (not yet closed) at the end.
+    /// Flows still owned by the losing side when its end began (the closing window before the
+    /// deadline, or the end itself).
     pub flows_open_on_losing_side: u64,
     /// Of those, handed to the winning side (replica mode, or connectionless flows).
     pub handed_over: u64,
-    /// Of those, TCP flows closed with a clean RST to the client.
+    /// Of those, TCP flows closed towards the client with an orderly FIN at an idle moment (in
+    /// A's name, at its next sequence number): the client sees a normal close and reconnects.
+    #[serde(default)]
+    pub closed_gracefully: u64,
+    /// Of those, TCP flows closed with a clean RST to the client (never idle before the end).
     pub reset: u64,
+    /// Why the migration ended when it did.
+    #[serde(default)]
+    pub cause: EndCause,
 }
 
 /// Something the core reports.

@@ -26,7 +26,9 @@ pub mod wire;
 
 pub use counters::{MalformedCounters, RouterCounters};
 pub use error::RouterError;
-pub use events::{ConflictKind, CutOverReport, Event, EventSink, FlowEndReason, FlowOrigin, NullSink, Outcome};
+pub use events::{
+    ConflictKind, CutOverReport, EndCause, Event, EventSink, FlowEndReason, FlowOrigin, NullSink, Outcome,
+};
 pub use flow::{Flow, FlowKey, FlowTimeouts, Owner, Phase, Side};
 pub use router::{Deliver, DropReason, EgressVerdict, InboundVerdict, RouterConfig, ShadowRouter, Transmit, VmRef};
 pub use shadow::{

@@ -1,5 +1,6 @@
 //! `ShadowingEntry`: the seed's data structure, field for field, plus state and counters.
 
+use core::time::Duration;
 use std::net::Ipv4Addr;
 
 use serde::{Deserialize, Serialize};
@@ -100,6 +101,31 @@ pub struct MigrationOptions {
     /// and a restarted router decides exactly as before.
     #[serde(default)]
     pub salt: u64,
+    /// The closing window: this long before the deadline every new flow goes to B and A's
+    /// remaining TCP flows are closed in order, each at its next idle moment (a FIN in A's name);
+    /// only those never idle by the deadline are reset. Zero: all are reset at the deadline.
+    #[serde(default = "default_close_grace", with = "crate::time::duration_ms", rename = "close_grace_ms")]
+    pub close_grace: Duration,
+    /// Cut over before the deadline once the split is 100 % and A has no open flow left (or only
+    /// idle ones expected to outlive `outlive_limit`, closed in order first).
+    #[serde(default = "default_early_finish")]
+    pub early_finish: bool,
+    /// Idle flows on A that the drain forecast expects to outlive this (the operator's longest
+    /// deadline) are not waited for by the early finish.
+    #[serde(default = "default_outlive_limit", with = "crate::time::duration_ms", rename = "outlive_limit_ms")]
+    pub outlive_limit: Duration,
+}
+
+fn default_close_grace() -> Duration {
+    Duration::from_secs(10)
+}
+
+fn default_early_finish() -> bool {
+    true
+}
+
+fn default_outlive_limit() -> Duration {
+    Duration::from_secs(7 * 24 * 3600)
 }
 
 impl Default for MigrationOptions {
@@ -111,6 +137,9 @@ impl Default for MigrationOptions {
             ramp: Ramp::default(),
             deadline: None,
             salt: 0,
+            close_grace: default_close_grace(),
+            early_finish: default_early_finish(),
+            outlive_limit: default_outlive_limit(),
         }
     }
 }

@@ -135,6 +135,7 @@ impl World {
             ramp: self.cfg.ramp.clone(),
             deadline: Some(now + self.cfg.deadline),
             salt: self.cfg.seed,
+            ..MigrationOptions::default()
         };
         let entry = ShadowingEntry::new(X, VmId::from("vm-a"), VmId::from("vm-b"), now, self.cfg.congestion, options);
         if let Err(e) = self.router.core.add_entry(entry.clone(), now) {
