@@ -79,6 +79,16 @@ pub struct RouterCounters {
     pub resets_suppressed: u64,
     /// RSTs the router sent to clients at cut-over or rollback.
     pub resets_sent: u64,
+    /// FINs sent closing A's flows at the cut-over (to clients and to A).
+    #[serde(default)]
+    pub closes_sent: u64,
+    /// Segments of flows the router closed, absorbed (answered by the router or dropped).
+    #[serde(default)]
+    pub closed_absorbed: u64,
+    /// Of those, client data that crossed the router's FIN (a request the client must retry, as
+    /// after any server's close of an idle keep-alive connection).
+    #[serde(default)]
+    pub closed_crossed: u64,
     /// Non-first fragments delivered to both VMs because their first fragment was not seen.
     pub fragments_mirrored: u64,
     /// Non-first fragments from a VM with no first fragment seen, dropped.

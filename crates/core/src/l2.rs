@@ -40,6 +40,9 @@ pub struct PortStats {
     pub dropped: BTreeMap<String, u64>,
     /// RSTs the router sent itself (at the end of a migration).
     pub resets_sent: u64,
+    /// FINs and ACKs the router sent itself to clients closing A's flows in order.
+    #[serde(default)]
+    pub closes_sent: u64,
     /// ARP frames from a VM that were neither for the gateway nor an answer to a probe.
     pub arp_ignored: u64,
     /// DHCP requests from a VM (UDP to port 67): the host's own DHCP server answers them, so
@@ -294,23 +297,32 @@ impl RouterNode {
             self.core.poll(now);
         }
         while let Some(t) = self.core.poll_transmit() {
+            let d = &t.datagram;
+            let mut frame = Vec::with_capacity(14 + d.len());
+            frame.extend_from_slice(&[0; 12]);
+            frame.extend_from_slice(&[8, 0]);
+            frame.extend_from_slice(d);
+            if let Some(vm) = t.vm {
+                // To A, in a client's name: as a forwarded frame, from the gateway's MAC.
+                self.forward_to_vm(vm.0 as usize, frame, out);
+                continue;
+            }
             let Some(mac) = self.neighbours.get(&t.to).copied() else {
                 self.stats.no_route += 1;
                 continue;
             };
-            let d = &t.datagram;
-            if d.len() >= 24 && d[9] == 6 {
+            if t.kind == crate::router::TransmitKind::Reset && d.len() >= 24 && d[9] == 6 {
                 let ihl = usize::from(d[0] & 0x0f) * 4;
                 if d.len() >= ihl + 4 {
                     self.reset_clients.insert((t.to, u16::from_be_bytes([d[ihl + 2], d[ihl + 3]])));
                 }
             }
-            let mut frame = Vec::with_capacity(14 + d.len());
-            frame.extend_from_slice(&mac);
-            frame.extend_from_slice(&self.provider_mac);
-            frame.extend_from_slice(&[8, 0]);
-            frame.extend_from_slice(d);
-            self.stats.resets_sent += 1;
+            frame[0..6].copy_from_slice(&mac);
+            frame[6..12].copy_from_slice(&self.provider_mac);
+            match t.kind {
+                crate::router::TransmitKind::Reset => self.stats.resets_sent += 1,
+                _ => self.stats.closes_sent += 1,
+            }
             out.push(Out::Provider(frame));
         }
     }
@@ -348,6 +360,7 @@ impl RouterNode {
             DropReason::TableFull => "table_full",
             DropReason::SourceReleased => "source_released",
             DropReason::FragmentOrphan => "fragment_orphan",
+            DropReason::ClosedByRouter => "closed_by_router",
         };
         *self.stats.dropped.entry(name.to_owned()).or_default() += 1;
     }

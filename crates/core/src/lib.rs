@@ -30,7 +30,9 @@ pub use events::{
     ConflictKind, CutOverReport, EndCause, Event, EventSink, FlowEndReason, FlowOrigin, NullSink, Outcome,
 };
 pub use flow::{Flow, FlowKey, FlowTimeouts, Owner, Phase, Side};
-pub use router::{Deliver, DropReason, EgressVerdict, InboundVerdict, RouterConfig, ShadowRouter, Transmit, VmRef};
+pub use router::{
+    Deliver, DropReason, EgressVerdict, InboundVerdict, RouterConfig, ShadowRouter, Transmit, TransmitKind, VmRef,
+};
 pub use shadow::{
     Affinity, CongestionControlParameters, EntryCounters, EntryState, MigrationOptions, Mode, Ramp, RampStep,
     ShadowingEntry, Signal, SplitChange, SplitController, SplitReason, Strategy, VmId,

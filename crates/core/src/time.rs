@@ -68,6 +68,16 @@ impl Add<Duration> for Instant {
     }
 }
 
+impl Sub<Duration> for Instant {
+    type Output = Self;
+
+    /// Saturates at the epoch.
+    fn sub(self, rhs: Duration) -> Self {
+        let micros = u64::try_from(rhs.as_micros()).unwrap_or(u64::MAX);
+        Self { micros: self.micros.saturating_sub(micros) }
+    }
+}
+
 impl Sub<Instant> for Instant {
     type Output = Duration;
 

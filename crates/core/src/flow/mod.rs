@@ -83,6 +83,10 @@ pub enum Phase {
     Closing = 3,
     /// A RST was seen, or both FINs: kept briefly to absorb stragglers.
     Closed = 4,
+    /// Closed by the router at the cut-over with a FIN in A's name (and one to A in the
+    /// client's): the client's last segments are answered by the router, A's dropped, nothing
+    /// reaches B.
+    Retired = 5,
 }
 
 impl Phase {
@@ -129,6 +133,10 @@ pub(crate) mod marks {
     /// The client sent data the owner has not yet answered; `stamp_ms` holds when (flows not
     /// `LEARNED` only), for the first-byte time.
     pub const AWAITING_ANSWER: u8 = 1 << 6;
+    /// In the closing window: to be closed by the router at its next idle moment.
+    pub const CLOSE_AT_IDLE: u8 = 1 << 7;
+    /// On a `Retired` flow (the bit's other life): the client has closed its side (FIN or RST).
+    pub const CLIENT_CLOSED: u8 = CLOSE_AT_IDLE;
 }
 
 /// What the router remembers of one flow: 32 bytes, so a 48-byte table slot with its key.
@@ -147,7 +155,8 @@ pub struct Flow {
     pub owner_seq_max: u32,
     /// Pending flow: when the first RST of one VM was suppressed; learned flow: when the owner
     /// was learned; any other flow awaiting an answer: when the client's request came (ms,
-    /// 32-bit).
+    /// 32-bit). A retired flow: the client's sequence number when the router closed it (what A
+    /// was told the client sent).
     pub stamp_ms: u32,
     /// Who receives the flow's inbound packets and may answer.
     pub owner: Owner,

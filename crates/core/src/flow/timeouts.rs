@@ -63,7 +63,7 @@ impl Default for FlowTimeouts {
 /// The same timeouts as 32-bit milliseconds, looked up on the packet path.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct TimeoutsMs {
-    tcp: [u32; 5],
+    tcp: [u32; 6],
     udp_unreplied: u32,
     udp: u32,
     icmp: u32,
@@ -77,7 +77,15 @@ fn ms(d: Duration) -> u32 {
 impl From<&FlowTimeouts> for TimeoutsMs {
     fn from(t: &FlowTimeouts) -> Self {
         Self {
-            tcp: [ms(t.tcp_embryonic), ms(t.pending), ms(t.tcp_established), ms(t.tcp_closing), ms(t.tcp_closed)],
+            tcp: [
+                ms(t.tcp_embryonic),
+                ms(t.pending),
+                ms(t.tcp_established),
+                ms(t.tcp_closing),
+                ms(t.tcp_closed),
+                // A retired flow waits for the client's close like a closing one.
+                ms(t.tcp_closing),
+            ],
             udp_unreplied: ms(t.udp_unreplied),
             udp: ms(t.udp),
             icmp: ms(t.icmp),

@@ -134,6 +134,11 @@ impl TrafficPatterns {
         self.sides[ix(side)].unanswered_syns += 1;
     }
 
+    /// When the measurement began.
+    pub fn since(&self) -> Instant {
+        self.since
+    }
+
     /// TCP flows open on `side`.
     pub fn open_on(&self, side: Side) -> u32 {
         let s = &self.sides[ix(side)];

@@ -4,7 +4,7 @@ use std::net::Ipv4Addr;
 
 use super::ShadowRouter;
 use crate::error::RouterError;
-use crate::events::{Event, Outcome};
+use crate::events::{EndCause, Event, Outcome};
 use crate::shadow::{EntryState, Shadow, ShadowingEntry, SplitChange, SplitController};
 use crate::time::Instant;
 
@@ -106,7 +106,7 @@ impl<S: crate::events::EventSink> ShadowRouter<S> {
         if shadow.entry.state == EntryState::RollingBack {
             return Err(RouterError::InvalidState { ip, state: shadow.entry.state, operation: "cut over" });
         }
-        self.end_migration(ip, Outcome::Completed, now);
+        self.end_migration(ip, Outcome::Completed, EndCause::Requested, now);
         Ok(())
     }
 
@@ -120,7 +120,7 @@ impl<S: crate::events::EventSink> ShadowRouter<S> {
                 operation: "finish the rollback of",
             });
         }
-        self.end_migration(ip, Outcome::RolledBack, now);
+        self.end_migration(ip, Outcome::RolledBack, EndCause::Deadline, now);
         Ok(())
     }
 

@@ -1,5 +1,6 @@
 //! Egress: a frame from a VM. Anti-spoofing, then the arbiter for shadowed addresses.
 
+use super::close::{close_if_idle, retired_egress};
 use super::inbound::hand_off;
 use super::observe::observe;
 use super::{DropReason, EgressVerdict, ShadowRouter, VmRef, seq_le};
@@ -206,8 +207,15 @@ impl<S: crate::events::EventSink> ShadowRouter<S> {
             }
             Some(owner) if owner == side => {
                 flow.last_seen_ms = now.millis_u32();
+                if flow.phase == Phase::Retired {
+                    retired_egress(&mut self.transmit, &mut self.counters, key, flow, tcp, shadow.source);
+                    return EgressVerdict::Drop(DropReason::ClosedByRouter);
+                }
                 track_owner(shadow, flow, side, tcp, now);
                 observe(&mut shadow.patterns, key, flow, now);
+                if flow.marks & marks::CLOSE_AT_IDLE != 0 {
+                    close_if_idle(shadow, &mut self.transmit, &mut self.counters, key, flow, now);
+                }
                 EgressVerdict::Forward
             }
             Some(_)

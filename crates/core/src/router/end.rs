@@ -2,9 +2,9 @@
 
 use std::net::Ipv4Addr;
 
-use super::{ShadowRouter, Transmit, ended};
-use crate::events::{CutOverReport, Event, FlowEndReason, Outcome};
-use crate::flow::{Owner, Phase, Side, flags};
+use super::{ShadowRouter, Transmit, TransmitKind, ended};
+use crate::events::{CutOverReport, EndCause, Event, FlowEndReason, Outcome};
+use crate::flow::{Owner, Phase, Side, flags, marks};
 use crate::shadow::Mode;
 use crate::time::Instant;
 use crate::wire::{PROTO_TCP, RstSpec, build_tcp_rst};
@@ -15,7 +15,7 @@ impl<S: crate::events::EventSink> ShadowRouter<S> {
     /// independent TCP, closed with a clean RST to the client, so no client waits on a dead
     /// socket. Then every flow of `ip` is forgotten, the entry removed, and the address
     /// recorded as the winner's alone.
-    pub(crate) fn end_migration(&mut self, ip: Ipv4Addr, outcome: Outcome, now: Instant) {
+    pub(crate) fn end_migration(&mut self, ip: Ipv4Addr, outcome: Outcome, cause: EndCause, now: Instant) {
         let Some(mut shadow) = self.shadows.remove(&ip) else { return };
         let (winner, loser) = match outcome {
             Outcome::Completed => (Side::Destination, Side::Source),
@@ -27,12 +27,15 @@ impl<S: crate::events::EventSink> ShadowRouter<S> {
                 self.sink.event(Event::SplitChanged { ip, change, at: now });
             }
         }
-        let mut report = CutOverReport::default();
+        // The closing window's flows were counted when it opened (and those closed in order).
+        let mut report = CutOverReport { cause, ..shadow.ending.report };
         for key in self.flows.keys_where(|k, _| k.shadow_ip == ip) {
             let Some(index) = self.flows.find(&key, self.flows.hash(&key)) else { continue };
             let flow = *self.flows.flow(index);
-            if flow.owner == Owner::from(loser) && flow.phase != Phase::Closed {
-                report.flows_open_on_losing_side += 1;
+            if flow.owner == Owner::from(loser) && !matches!(flow.phase, Phase::Closed | Phase::Retired) {
+                if flow.marks & marks::CLOSE_AT_IDLE == 0 {
+                    report.flows_open_on_losing_side += 1;
+                }
                 if shadow.mode == Mode::Replica || key.protocol != PROTO_TCP {
                     report.handed_over += 1;
                     if shadow.mode == Mode::Replica {
@@ -51,7 +54,12 @@ impl<S: crate::events::EventSink> ShadowRouter<S> {
                         seq,
                         ack: flow.client_seq_max,
                     };
-                    self.transmit.push_back(Transmit { to: key.client_ip, datagram: build_tcp_rst(&spec) });
+                    self.transmit.push_back(Transmit {
+                        to: key.client_ip,
+                        vm: None,
+                        kind: TransmitKind::Reset,
+                        datagram: build_tcp_rst(&spec),
+                    });
                     self.counters.resets_sent += 1;
                     report.reset += 1;
                 }

@@ -1,5 +1,6 @@
 //! Inbound: a frame from the provider side to a shadowed address.
 
+use super::close::{close_if_idle, retired_inbound};
 use super::observe::observe;
 use super::{Deliver, DropReason, InboundVerdict, ShadowRouter, Tables, seq_le};
 use crate::events::{Event, FlowEndReason, FlowOrigin};
@@ -246,12 +247,21 @@ fn flow_decide<S: crate::events::EventSink>(
     };
     let flow = t.flows.flow_mut(index);
     flow.last_seen_ms = now_ms;
+    if flow.phase == Phase::Retired {
+        if let L4::Tcp(tcp) = &ip.l4 {
+            retired_inbound(shadow, t.transmit, t.counters, key, flow, tcp);
+        }
+        return Err(DropReason::ClosedByRouter);
+    }
     if replica {
         hand_off(shadow, key, flow, t.sink, now);
     }
     if let L4::Tcp(tcp) = &ip.l4 {
         track_client_segment(shadow, flow, tcp, now);
         observe(&mut shadow.patterns, key, flow, now);
+        if flow.marks & marks::CLOSE_AT_IDLE != 0 {
+            close_if_idle(shadow, t.transmit, t.counters, key, flow, now);
+        }
     } else if flow.is_outbound() {
         flow.flags |= flags::REPLIED;
     } else if flow.has(flags::REPLIED) && flow.phase == Phase::Embryonic {

@@ -5,6 +5,7 @@
 //! - [`ShadowRouter::poll`] / [`ShadowRouter::poll_at`]: ramps, congestion control, deadlines,
 //!   flow expiry. [`ShadowRouter::poll_transmit`]: packets the router itself sends (cut-over RSTs).
 
+mod close;
 mod control;
 mod egress;
 mod end;
@@ -88,6 +89,9 @@ pub enum DropReason {
     SourceReleased,
     /// A non-first fragment from a VM whose first fragment was not seen or was dropped.
     FragmentOrphan,
+    /// A segment of a flow the router closed at the cut-over: answered by the router (the
+    /// client's close) or dropped (A's).
+    ClosedByRouter,
 }
 
 /// Decision for a frame from the provider side.
@@ -112,11 +116,27 @@ pub enum EgressVerdict {
     Drop(DropReason),
 }
 
+/// What a packet the router originates is, for the data plane's counters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TransmitKind {
+    /// A RST to a client whose flow on the losing side could not be closed in order.
+    Reset,
+    /// A FIN closing one of A's flows at the cut-over (to the client in A's name, or to A in the
+    /// client's).
+    Close,
+    /// The ACK of the other end's FIN on a flow the router closed.
+    Ack,
+}
+
 /// A packet the router originates.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Transmit {
-    /// Destination (a client, on the provider side).
+    /// Destination address (a client; or the shadowed address when it goes to a VM).
     pub to: Ipv4Addr,
+    /// The VM it goes to; `None`: a client on the provider side.
+    pub vm: Option<VmRef>,
+    /// What it is.
+    pub kind: TransmitKind,
     /// The IPv4 datagram; the data plane adds the link header.
     pub datagram: Vec<u8>,
 }
@@ -350,9 +370,7 @@ impl<S: EventSink> ShadowRouter<S> {
         if let Some(change) = shadow.apply(change) {
             self.sink.event(Event::SplitChanged { ip, change, at: now });
         }
-        let deadline = shadow.entry.options.deadline;
-        if deadline.is_some_and(|d| d <= now) {
-            self.end_migration(ip, crate::events::Outcome::Completed, now);
+        if self.check_end(ip, now) {
             return;
         }
         self.schedule(ip);
@@ -361,11 +379,13 @@ impl<S: EventSink> ShadowRouter<S> {
     /// Re-computes when `ip` needs `poll` next.
     fn schedule(&mut self, ip: Ipv4Addr) {
         let Some(shadow) = self.shadows.get_mut(&ip) else { return };
-        let deadline = shadow.entry.options.deadline;
-        let wake = match (shadow.controller.next_wakeup(), deadline) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
+        let options = &shadow.entry.options;
+        // The deadline, and before it the closing window's start (once).
+        let end = options.deadline.map(|d| match shadow.ending.closing_since {
+            None if !options.close_grace.is_zero() => d - options.close_grace,
+            _ => d,
+        });
+        let wake = [shadow.controller.next_wakeup(), end, shadow.ending.check_at].into_iter().flatten().min();
         if wake != shadow.wake_at {
             shadow.wake_at = wake;
             if let Some(t) = wake {
@@ -416,6 +436,7 @@ impl<S: EventSink> ShadowRouter<S> {
             sink: &mut self.sink,
             timeouts: &self.timeouts,
             gone: &mut self.gone,
+            transmit: &mut self.transmit,
         };
         (&mut self.shadows, tables)
     }
@@ -429,6 +450,7 @@ pub(crate) struct Tables<'a, S> {
     pub sink: &'a mut S,
     pub timeouts: &'a crate::flow::TimeoutsMs,
     pub gone: &'a mut Vec<(FlowKey, Flow)>,
+    pub transmit: &'a mut VecDeque<Transmit>,
 }
 
 impl<S: EventSink> Tables<'_, S> {

@@ -40,6 +40,24 @@ pub(crate) struct Shadow {
     pub entry: ShadowingEntry,
     /// What the router measures for this address (boxed: kilobytes, off the packet line).
     pub patterns: Box<TrafficPatterns>,
+    /// The end as far as it went: the closing window's flows (see `router/close.rs`).
+    pub ending: Ending,
+}
+
+/// The end of a migration as it goes: the closing window before the deadline, the flows closed
+/// in order so far, when to look again.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Ending {
+    /// When the closing window began.
+    pub closing_since: Option<Instant>,
+    /// The cut-over report so far (flows on A when the window began, closed gracefully).
+    pub report: crate::events::CutOverReport,
+    /// Flows closed by the router whose client has not closed its side yet.
+    pub retired_open: u32,
+    /// When the router last closed a flow.
+    pub last_close: Option<Instant>,
+    /// When `poll` must look at the entry again for the early finish or the window's end.
+    pub check_at: Option<Instant>,
 }
 
 impl Shadow {
@@ -66,6 +84,7 @@ impl Shadow {
             controller,
             entry,
             patterns: Box::new(TrafficPatterns::new(now)),
+            ending: Ending::default(),
         };
         shadow.sync_split();
         shadow

@@ -7,7 +7,7 @@
 mod build;
 mod parse;
 
-pub use build::{RstSpec, build_tcp_rst};
+pub use build::{RstSpec, SegmentSpec, build_tcp_rst, build_tcp_segment};
 pub use parse::{
     ArpInfo, Fragment, Ipv4Info, L4, Layer, Packet, ParseError, QuotedFlow, TcpFlags, TcpInfo, parse_frame,
 };

@@ -1,0 +1,230 @@
+//! The graceful end of A's flows, and the early finish.
+//!
+//! A keep-alive HTTP connection, a connection pool or an SSH session on A may outlive any
+//! deadline. A RST at the cut-over breaks whatever it was doing; an orderly close at a moment
+//! when nothing is in flight is what every such client already handles (a server closing an idle
+//! keep-alive connection, RFC 9112 9.3.1 and 9.6): it reconnects, and its new connection goes to
+//! B. So in the **closing window** (`close_grace` before the deadline) every new flow goes to B
+//! and each of A's TCP flows is closed at its next idle moment:
+//!
+//! - towards the client, a FIN|ACK in A's name at exactly the client's RCV.NXT (its last
+//!   acknowledgment) acknowledging all it sent (RFC 9293 3.10.7: in-window, in order: accepted);
+//! - towards A, a FIN|ACK in the client's name, so A's application sees an orderly end too;
+//! - the flow is then `Retired`: the client's last segments (its ACK of the FIN, its own FIN,
+//!   data that crossed the FIN) are answered by the router with an ACK and never reach B, which
+//!   would answer a connection it does not know with a RST; A's are dropped, its FIN
+//!   acknowledged.
+//!
+//! Flows never idle by the deadline are reset there, as before. **Early finish**: once the split
+//! is 100 %, A has no open flow left (or only idle ones the forecast says will outlive the
+//! operator's longest deadline, closed in order first) and the router has watched the address for
+//! a while, the migration ends before its deadline.
+
+use core::time::Duration;
+use std::collections::VecDeque;
+use std::net::Ipv4Addr;
+
+use super::observe::{is_idle, leave};
+use super::{ShadowRouter, Transmit, TransmitKind, seq_le};
+use crate::counters::RouterCounters;
+use crate::events::{EndCause, Outcome};
+use crate::flow::{Flow, FlowKey, Owner, Phase, flags, marks};
+use crate::shadow::{EntryState, Mode, Shadow};
+use crate::time::Instant;
+use crate::wire::{PROTO_TCP, SegmentSpec, TcpInfo, build_tcp_segment};
+
+/// The early finish waits until the router has watched the address this long: an idle flow on A
+/// is known only once it sends a segment, so a migration requested a moment ago may not know
+/// all of A's flows yet.
+const MIN_OBSERVATION: Duration = Duration::from_secs(30);
+
+/// How long the end waits for clients to finish closing flows the router closed.
+const CLOSE_LINGER: Duration = Duration::from_secs(2);
+
+/// How often an entry is looked at while its end is near.
+const CHECK_EVERY: Duration = Duration::from_secs(1);
+
+fn push(out: &mut VecDeque<Transmit>, to: Ipv4Addr, vm: Option<super::VmRef>, kind: TransmitKind, spec: &SegmentSpec) {
+    out.push_back(Transmit { to, vm, kind, datagram: build_tcp_segment(spec) });
+}
+
+/// Closes `flow` now if it is marked to close at idle and is idle with both sequence spaces known.
+pub(crate) fn close_if_idle(
+    shadow: &mut Shadow,
+    out: &mut VecDeque<Transmit>,
+    counters: &mut RouterCounters,
+    key: &FlowKey,
+    flow: &mut Flow,
+    now: Instant,
+) {
+    if flow.marks & marks::CLOSE_AT_IDLE == 0
+        || !flow.has(flags::CLIENT_SEQ | flags::CLIENT_ACK)
+        || !is_idle(flow)
+        || !matches!(flow.phase, Phase::Established | Phase::Closing)
+    {
+        return;
+    }
+    let (client, server) = ((key.client_ip, key.client_port), (key.shadow_ip, key.shadow_port));
+    let (client_next, a_next) = (flow.client_seq_max, flow.client_ack);
+    let to_client = SegmentSpec { from: server, to: client, seq: a_next, ack: client_next, fin: true };
+    push(out, key.client_ip, None, TransmitKind::Close, &to_client);
+    let to_a = SegmentSpec { from: client, to: server, seq: client_next, ack: a_next, fin: true };
+    push(out, key.shadow_ip, Some(shadow.source), TransmitKind::Close, &to_a);
+    counters.closes_sent += 2;
+    leave(&mut shadow.patterns, flow, None);
+    flow.phase = Phase::Retired;
+    flow.marks &= !marks::CLOSE_AT_IDLE;
+    flow.owner_seq_max = a_next.wrapping_add(1); // the FIN sent in A's name
+    flow.stamp_ms = client_next; // what A was told the client sent
+    let ending = &mut shadow.ending;
+    ending.report.closed_gracefully += 1;
+    ending.retired_open += 1;
+    ending.last_close = Some(now);
+}
+
+/// A client's segment on a flow the router closed: acknowledged by the router, never delivered.
+pub(crate) fn retired_inbound(
+    shadow: &mut Shadow,
+    out: &mut VecDeque<Transmit>,
+    counters: &mut RouterCounters,
+    key: &FlowKey,
+    flow: &mut Flow,
+    tcp: &TcpInfo,
+) {
+    counters.closed_absorbed += 1;
+    // The flow stays retired after the client's close, so that A's own FIN, still to come, is
+    // absorbed too; its idle timeout removes it.
+    let client_closed = |shadow: &mut Shadow, flow: &mut Flow| {
+        if flow.marks & marks::CLIENT_CLOSED == 0 {
+            flow.marks |= marks::CLIENT_CLOSED;
+            shadow.ending.retired_open = shadow.ending.retired_open.saturating_sub(1);
+        }
+    };
+    if tcp.flags.rst() {
+        client_closed(shadow, flow);
+        return;
+    }
+    let end = tcp.seq.wrapping_add(tcp.seq_len());
+    if tcp.payload_len > 0 && !seq_le(end, flow.client_seq_max) {
+        // A request that crossed the FIN: the client reads the FIN before any answer and, as
+        // after any server's close of an idle connection, retries on a new one (to B).
+        counters.closed_crossed += 1;
+    }
+    flow.raise_client_seq(end);
+    if tcp.seq_len() > 0 {
+        let (client, server) = ((key.client_ip, key.client_port), (key.shadow_ip, key.shadow_port));
+        let ack =
+            SegmentSpec { from: server, to: client, seq: flow.owner_seq_max, ack: flow.client_seq_max, fin: false };
+        push(out, key.client_ip, None, TransmitKind::Ack, &ack);
+    }
+    if tcp.flags.fin() {
+        client_closed(shadow, flow);
+    }
+}
+
+/// A's segment on a flow the router closed: dropped; A's FIN acknowledged in the client's name.
+pub(crate) fn retired_egress(
+    out: &mut VecDeque<Transmit>,
+    counters: &mut RouterCounters,
+    key: &FlowKey,
+    flow: &Flow,
+    tcp: Option<TcpInfo>,
+    a: super::VmRef,
+) {
+    counters.closed_absorbed += 1;
+    if let Some(t) = tcp
+        && t.flags.fin()
+        && !t.flags.rst()
+    {
+        let (client, server) = ((key.client_ip, key.client_port), (key.shadow_ip, key.shadow_port));
+        let ack = SegmentSpec {
+            from: client,
+            to: server,
+            seq: flow.stamp_ms.wrapping_add(1),
+            ack: t.seq.wrapping_add(t.seq_len()),
+            fin: false,
+        };
+        push(out, key.shadow_ip, Some(a), TransmitKind::Ack, &ack);
+    }
+}
+
+impl<S: crate::events::EventSink> ShadowRouter<S> {
+    /// Opens the closing window of `ip`: every new flow to B, each of A's TCP flows marked to
+    /// close at its next idle moment (those idle now are closed at once).
+    pub(crate) fn start_closing(&mut self, ip: Ipv4Addr, now: Instant) {
+        let Some(shadow) = self.shadows.get_mut(&ip) else { return };
+        if shadow.ending.closing_since.is_some() {
+            return;
+        }
+        shadow.ending.closing_since = Some(now);
+        let change = shadow.controller.cut_over();
+        if let Some(change) = shadow.apply(change) {
+            self.sink.event(crate::events::Event::SplitChanged { ip, change, at: now });
+        }
+        if shadow.mode == Mode::Replica {
+            return; // B holds a copy of every flow: they are handed over at the deadline
+        }
+        for key in self.flows.keys_where(|k, f| {
+            k.shadow_ip == ip
+                && k.protocol == PROTO_TCP
+                && f.owner == Owner::Source
+                && matches!(f.phase, Phase::Established | Phase::Closing)
+        }) {
+            let Some(index) = self.flows.find(&key, self.flows.hash(&key)) else { continue };
+            let Some(shadow) = self.shadows.get_mut(&ip) else { return };
+            let flow = self.flows.flow_mut(index);
+            shadow.ending.report.flows_open_on_losing_side += 1;
+            flow.marks |= marks::CLOSE_AT_IDLE;
+            close_if_idle(shadow, &mut self.transmit, &mut self.counters, &key, flow, now);
+        }
+    }
+
+    /// Looks at the end of `ip`'s migration: the deadline, the closing window, the early finish.
+    /// Returns whether the migration ended.
+    pub(crate) fn check_end(&mut self, ip: Ipv4Addr, now: Instant) -> bool {
+        let Some(shadow) = self.shadows.get_mut(&ip) else { return true };
+        shadow.ending.check_at = None;
+        let options = &shadow.entry.options;
+        let Some(deadline) = options.deadline else { return false };
+        if deadline <= now {
+            self.end_migration(ip, Outcome::Completed, EndCause::Deadline, now);
+            return true;
+        }
+        let on_a = shadow.patterns.open_on(crate::flow::Side::Source);
+        let ending = &shadow.ending;
+        if ending.closing_since.is_some() {
+            let lingered = ending.retired_open == 0 || ending.last_close.is_none_or(|t| now - t >= CLOSE_LINGER);
+            if on_a == 0 && lingered {
+                self.end_migration(ip, Outcome::Completed, EndCause::Drained, now);
+                return true;
+            }
+            shadow.ending.check_at = Some(now + CHECK_EVERY);
+            return false;
+        }
+        let window_opens = deadline - options.close_grace;
+        if !options.close_grace.is_zero() && window_opens <= now {
+            self.start_closing(ip, now);
+            if let Some(shadow) = self.shadows.get_mut(&ip) {
+                shadow.ending.check_at = Some(now + CHECK_EVERY);
+            }
+            return false;
+        }
+        let ramped = shadow.entry.state == EntryState::Ramping && shadow.entry.traffic_split_percentage >= 100.0;
+        if !(options.early_finish && ramped && now - shadow.patterns.since() >= MIN_OBSERVATION) {
+            return false;
+        }
+        shadow.ending.check_at = Some(now + CHECK_EVERY);
+        if on_a == 0 {
+            self.end_migration(ip, Outcome::Completed, EndCause::Drained, now);
+            return true;
+        }
+        let all_idle = shadow.patterns.idle_on(crate::flow::Side::Source) >= on_a;
+        let outlive = options.outlive_limit.as_secs_f64() * 1000.0;
+        let outlives =
+            || shadow.patterns.forecast(now, Some(deadline)).is_some_and(|f| f.p50_ms.is_none_or(|p50| p50 > outlive));
+        if all_idle && outlives() {
+            self.start_closing(ip, now);
+        }
+        false
+    }
+}

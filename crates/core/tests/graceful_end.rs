@@ -1,0 +1,191 @@
+//! The end of a migration for the flows still on A: the closing window closes each at an idle
+//! moment with a FIN in A's name at exactly the client's next expected sequence number (and one
+//! to A in the client's name), absorbs the client's close, resets only flows never idle; and
+//! the early finish once A is empty.
+
+#![allow(clippy::unwrap_used)]
+
+use core::time::Duration;
+use std::net::Ipv4Addr;
+
+use ipshadow_core::testkit::{Harness, X, tcp};
+use ipshadow_core::wire::{L4, Packet, TcpFlags as F, TcpInfo, parse_frame};
+use ipshadow_core::{
+    Deliver, DropReason, EgressVerdict, EndCause, Event, InboundVerdict, MigrationOptions, Outcome, Ramp, RampStep,
+    RouterConfig, Side, Transmit, TransmitKind,
+};
+
+const SYN: u8 = F::SYN;
+const SYNACK: u8 = F::SYN | F::ACK;
+const ACK: u8 = F::ACK;
+const FINACK: u8 = F::FIN | F::ACK;
+const C: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 7);
+
+/// A harness whose migration has a deadline `deadline` from now, 10 s closing window, ramping.
+fn harness(deadline: Duration, early_finish: bool) -> Harness {
+    let options = MigrationOptions {
+        ramp: Ramp::Steps { steps: vec![RampStep { pct: 50.0, hold: Duration::from_secs(3600) }] },
+        early_finish,
+        ..Default::default()
+    };
+    let mut h = Harness::new(RouterConfig::default(), options, Default::default());
+    let deadline = h.now + deadline;
+    h.router.set_deadline(X, Some(deadline)).unwrap();
+    h
+}
+
+/// Opens a connection from `port` at split 0 (A: the lease is not bound yet), with one exchange;
+/// client ISN 100, A's ISN 900; leaves it idle (everything acknowledged).
+fn open_on_a(h: &mut Harness, port: u16) {
+    assert_eq!(h.inbound(&tcp((C, port), (X, 80), SYN, 100, 0, &[])), InboundVerdict::Deliver(Deliver::Source));
+    h.from_vm(Side::Source, &tcp((X, 80), (C, port), SYNACK, 900, 101, &[]));
+    h.inbound(&tcp((C, port), (X, 80), ACK, 101, 901, b"GET /"));
+    h.from_vm(Side::Source, &tcp((X, 80), (C, port), ACK, 901, 106, b"200 OK"));
+    h.inbound(&tcp((C, port), (X, 80), ACK, 106, 907, &[]));
+}
+
+fn sent(h: &mut Harness) -> Vec<(Transmit, TcpInfo)> {
+    let mut out = Vec::new();
+    while let Some(t) = h.router.poll_transmit() {
+        let mut frame = vec![0u8; 12];
+        frame.extend_from_slice(&[8, 0]);
+        frame.extend_from_slice(&t.datagram);
+        let Ok(Packet::Ipv4(ip)) = parse_frame(&frame) else { panic!("router sent a bad datagram") };
+        let L4::Tcp(info) = ip.l4 else { panic!("not TCP") };
+        out.push((t, info));
+    }
+    out
+}
+
+fn report(h: &mut Harness) -> (ipshadow_core::CutOverReport, ipshadow_core::Instant) {
+    h.events()
+        .into_iter()
+        .find_map(|e| match e {
+            Event::MigrationEnded { outcome: Outcome::Completed, report, at, .. } => Some((report, at)),
+            _ => None,
+        })
+        .expect("the migration ended")
+}
+
+#[test]
+fn an_idle_flow_is_closed_in_order_at_the_window_and_its_close_absorbed() {
+    let mut h = harness(Duration::from_secs(60), false);
+    open_on_a(&mut h, 4000);
+    h.router.lease_bound(X, h.now).unwrap();
+    h.advance(Duration::from_secs(49));
+    assert!(sent(&mut h).is_empty(), "nothing before the window");
+    h.advance(Duration::from_secs(1)); // deadline - 10 s: the window opens
+    let out = sent(&mut h);
+    assert_eq!(out.len(), 2, "{out:?}");
+    let (to_client, fin) = &out[0];
+    assert_eq!((to_client.to, to_client.vm, to_client.kind), (C, None, TransmitKind::Close));
+    assert!(fin.flags.fin() && fin.flags.ack());
+    assert_eq!((fin.src_port, fin.dst_port, fin.seq, fin.ack), (80, 4000, 907, 106), "at the client's RCV.NXT");
+    let (to_a, fin_a) = &out[1];
+    assert_eq!((to_a.vm, to_a.kind), (Some(h.a), TransmitKind::Close));
+    assert_eq!((fin_a.src_port, fin_a.dst_port, fin_a.seq, fin_a.ack), (4000, 80, 106, 907));
+    assert_eq!(h.router.entry(X).unwrap().traffic_split_percentage, 100.0, "new flows to B");
+    // The client acknowledges the FIN and closes: the router answers, nothing reaches A or B.
+    let closed = InboundVerdict::Drop(DropReason::ClosedByRouter);
+    assert_eq!(h.inbound(&tcp((C, 4000), (X, 80), ACK, 106, 908, &[])), closed);
+    assert!(sent(&mut h).is_empty(), "a pure ACK is not answered");
+    assert_eq!(h.inbound(&tcp((C, 4000), (X, 80), FINACK, 106, 908, &[])), closed);
+    let out = sent(&mut h);
+    assert_eq!(out.len(), 1);
+    assert_eq!((out[0].0.kind, out[0].1.seq, out[0].1.ack), (TransmitKind::Ack, 908, 107));
+    // A's own FIN (its application closed) is acknowledged in the client's name and dropped.
+    let a_fin = tcp((X, 80), (C, 4000), FINACK, 907, 107, &[]);
+    assert_eq!(h.from_vm(Side::Source, &a_fin), EgressVerdict::Drop(DropReason::ClosedByRouter));
+    let out = sent(&mut h);
+    assert_eq!((out[0].0.vm, out[0].1.seq, out[0].1.ack), (Some(h.a), 107, 908));
+    // A is empty and the client closed: the migration ends before the deadline.
+    h.advance(Duration::from_secs(1));
+    let (r, at) = report(&mut h);
+    assert_eq!((r.flows_open_on_losing_side, r.closed_gracefully, r.reset), (1, 1, 0), "{r:?}");
+    assert_eq!(r.cause, EndCause::Drained);
+    assert!(at < h.now + Duration::from_secs(9));
+}
+
+#[test]
+fn a_busy_flow_waits_for_its_idle_moment_and_one_never_idle_is_reset() {
+    let mut h = harness(Duration::from_secs(60), false);
+    open_on_a(&mut h, 4001);
+    open_on_a(&mut h, 4002);
+    // Both busy: a request each, not yet answered.
+    h.inbound(&tcp((C, 4001), (X, 80), ACK, 106, 907, b"GET /2"));
+    h.inbound(&tcp((C, 4002), (X, 80), ACK, 106, 907, b"GET /2"));
+    h.router.lease_bound(X, h.now).unwrap();
+    h.advance(Duration::from_secs(50));
+    assert!(sent(&mut h).is_empty(), "busy flows are not closed");
+    // 4001 is answered and acknowledged: closed at that moment.
+    assert_eq!(h.from_vm(Side::Source, &tcp((X, 80), (C, 4001), ACK, 907, 112, b"200 OK")), EgressVerdict::Forward);
+    assert!(sent(&mut h).is_empty(), "the answer is in flight");
+    assert_eq!(h.inbound(&tcp((C, 4001), (X, 80), ACK, 112, 913, &[])), InboundVerdict::Deliver(Deliver::Source));
+    let out = sent(&mut h);
+    assert_eq!(out.len(), 2);
+    assert_eq!((out[0].1.seq, out[0].1.ack), (913, 112));
+    // 4002 never answers: reset at the deadline.
+    h.advance(Duration::from_secs(10));
+    let out = sent(&mut h);
+    assert_eq!(out.iter().map(|(t, _)| t.kind).collect::<Vec<_>>(), [TransmitKind::Reset]);
+    assert_eq!(out[0].1.dst_port, 4002);
+    let (r, _) = report(&mut h);
+    assert_eq!((r.flows_open_on_losing_side, r.closed_gracefully, r.reset), (2, 1, 1), "{r:?}");
+    assert_eq!(r.cause, EndCause::Deadline);
+}
+
+#[test]
+fn a_request_crossing_the_fin_is_acknowledged_not_delivered() {
+    let mut h = harness(Duration::from_secs(60), false);
+    open_on_a(&mut h, 4003);
+    h.router.lease_bound(X, h.now).unwrap();
+    h.advance(Duration::from_secs(50));
+    assert_eq!(sent(&mut h).len(), 2);
+    // The client sent its next request before the FIN reached it.
+    let req = tcp((C, 4003), (X, 80), ACK, 106, 907, b"GET /3");
+    assert_eq!(h.inbound(&req), InboundVerdict::Drop(DropReason::ClosedByRouter));
+    let out = sent(&mut h);
+    assert_eq!((out[0].0.kind, out[0].1.seq, out[0].1.ack), (TransmitKind::Ack, 908, 112));
+    assert_eq!(h.router.counters().closed_crossed, 1);
+}
+
+#[test]
+fn early_finish_when_a_is_empty_at_100_percent() {
+    let options = MigrationOptions {
+        ramp: Ramp::Steps { steps: vec![RampStep { pct: 100.0, hold: Duration::from_secs(1) }] },
+        ..Default::default()
+    };
+    let mut h = Harness::new(RouterConfig::default(), options, Default::default());
+    let deadline = h.now + Duration::from_secs(86_400);
+    h.router.set_deadline(X, Some(deadline)).unwrap();
+    open_on_a(&mut h, 4004);
+    h.router.lease_bound(X, h.now).unwrap();
+    h.advance(Duration::from_secs(40));
+    assert!(h.router.entry(X).is_some(), "A still has an open flow: no early finish");
+    // A's flow ends; the migration finishes within a check period, a day early.
+    h.inbound(&tcp((C, 4004), (X, 80), F::RST, 106, 0, &[]));
+    h.advance(Duration::from_secs(1));
+    h.advance(Duration::from_secs(1));
+    let (r, at) = report(&mut h);
+    assert_eq!(r.cause, EndCause::Drained);
+    assert!(deadline - at > Duration::from_secs(86_000));
+}
+
+#[test]
+fn idle_flows_that_would_outlive_the_longest_deadline_are_closed_early() {
+    let options = MigrationOptions {
+        ramp: Ramp::Steps { steps: vec![RampStep { pct: 100.0, hold: Duration::from_secs(1) }] },
+        ..Default::default()
+    };
+    let mut h = Harness::new(RouterConfig::default(), options, Default::default());
+    h.router.set_deadline(X, Some(h.now + Duration::from_secs(86_400))).unwrap();
+    open_on_a(&mut h, 4005); // idle, and no flow has ever ended: no drain in sight
+    h.router.lease_bound(X, h.now).unwrap();
+    h.advance(Duration::from_secs(31));
+    let out = sent(&mut h);
+    assert_eq!(out.len(), 2, "closed in order: {out:?}");
+    h.inbound(&tcp((C, 4005), (X, 80), FINACK, 106, 908, &[]));
+    h.advance(Duration::from_secs(1));
+    let (r, _) = report(&mut h);
+    assert_eq!((r.closed_gracefully, r.reset, r.cause), (1, 0, EndCause::Drained));
+}
