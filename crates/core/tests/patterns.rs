@@ -107,3 +107,50 @@ fn the_forecast_follows_the_measured_lifetimes() {
     assert!(p50 > 5_000.0 && p50 < 600_000.0, "{f:?}");
     assert!(f.p90_ms.unwrap() >= p50);
 }
+
+/// Application-aware health: B answering requests far slower than A on the same address is
+/// trouble for the split (AIMD), and staying so recommends a rollback.
+#[test]
+fn a_slow_destination_slows_the_ramp_and_then_recommends_rolling_back() {
+    use ipshadow_core::{CongestionControlParameters, Event, Ramp, RampStep, SplitReason};
+    let params = CongestionControlParameters { rollback_after_intervals: 3, ..Default::default() };
+    let options = MigrationOptions {
+        ramp: Ramp::Steps { steps: vec![RampStep { pct: 50.0, hold: Duration::from_secs(3600) }] },
+        ..Default::default()
+    };
+    let mut h = Harness::new(RouterConfig::default(), options, params);
+    h.router.lease_bound(X, h.now).unwrap();
+    let mut port = 1000u16;
+    let mut slow_seen = false;
+    for second in 0..8 {
+        // Per second: new connections until 40 have been answered, each by its owner: A within
+        // 2 ms, B after 400 ms.
+        for _ in 0..40 {
+            port += 1;
+            let c = client(9);
+            let InboundVerdict::Deliver(d) = h.inbound(&tcp((c, port), (X, 80), SYN, 1, 0, &[])) else { panic!() };
+            let (side, delay) = match d {
+                Deliver::Source => (Side::Source, Duration::from_millis(2)),
+                _ => (Side::Destination, Duration::from_millis(400)),
+            };
+            h.from_vm(side, &tcp((X, 80), (c, port), SYNACK, 9, 2, &[]));
+            h.inbound(&tcp((c, port), (X, 80), ACK, 2, 10, b"GET /"));
+            h.now = h.now + delay;
+            h.from_vm(side, &tcp((X, 80), (c, port), ACK, 10, 7, b"200 OK"));
+            h.now = h.now - delay;
+        }
+        h.advance(Duration::from_secs(1));
+        let events = h.events();
+        slow_seen |= events.iter().any(|e| {
+            matches!(e, Event::SplitChanged { change, .. } if change.reason == SplitReason::Decrease(ipshadow_core::Signal::SlowAnswer))
+        });
+        let canary = h.router.patterns(X, h.now).unwrap().canary;
+        if second == 0 {
+            assert!(canary.first_byte_limit_ms.is_some(), "A's median measured: {canary:?}");
+        }
+    }
+    assert!(slow_seen, "B's slow answers decreased the split");
+    let canary = h.router.patterns(X, h.now).unwrap().canary;
+    assert!(canary.slow_answers > 10 && canary.rollback_recommended, "{canary:?}");
+    assert!(h.router.entry(X).unwrap().traffic_split_percentage < 50.0);
+}

@@ -11,4 +11,5 @@ mod traffic;
 pub use census::AgeCensus;
 pub use forecast::{DrainForecast, OpenGroup, Survival, Tail};
 pub use histogram::{LogHistogram, Quantiles};
-pub use traffic::{PatternsReport, SidePatterns, TrafficPatterns};
+pub(crate) use traffic::Answer;
+pub use traffic::{CanaryReport, PatternsReport, SidePatterns, TrafficPatterns};

@@ -39,6 +39,25 @@ pub struct TrafficPatterns {
     last_rate: Option<f64>,
     lifetimes: LogHistogram,
     sides: [SideStats; 2],
+    canary: Canary,
+}
+
+/// What B is compared with: A's answer times on the same address.
+#[derive(Clone, Copy, Debug, Default)]
+struct Canary {
+    /// Limits for B's handshake and first-byte times, ms (A's median x ratio + slack), once A
+    /// has enough samples.
+    limits: [Option<u64>; 2],
+    slow_answers: u64,
+    troubled_intervals: u32,
+    rollback_recommended: bool,
+}
+
+/// Which answer time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Answer {
+    Handshake = 0,
+    FirstByte = 1,
 }
 
 fn ix(side: Side) -> usize {
@@ -63,6 +82,7 @@ impl TrafficPatterns {
             last_rate: None,
             lifetimes: LogHistogram::default(),
             sides: Default::default(),
+            canary: Canary::default(),
         }
     }
 
@@ -124,6 +144,31 @@ impl TrafficPatterns {
         self.sides[ix(side)].first_byte.record(ms(took));
     }
 
+    /// Sets B's limits from A's answer times (each controller interval).
+    pub(crate) fn refresh_limits(&mut self, params: &crate::shadow::CongestionControlParameters) {
+        let a = &self.sides[0];
+        for (i, h) in [&a.handshake, &a.first_byte].into_iter().enumerate() {
+            self.canary.limits[i] = (h.total() >= u64::from(params.min_answer_samples))
+                .then(|| h.quantile(0.5))
+                .flatten()
+                .map(|p50| (p50 * params.max_answer_ratio) as u64 + ms(params.answer_slack));
+        }
+    }
+
+    /// Whether B's answer of `kind` that took `took` is slow compared with A's (counted if so).
+    pub(crate) fn slow_answer(&mut self, kind: Answer, took: Duration) -> bool {
+        let slow = self.canary.limits[kind as usize].is_some_and(|limit| ms(took) > limit);
+        self.canary.slow_answers += u64::from(slow);
+        slow
+    }
+
+    /// Records the controller's judgement: intervals of trouble in a row, and whether that is
+    /// long enough to recommend rolling back.
+    pub(crate) fn set_trouble(&mut self, intervals: u32, rollback_after: u32) {
+        self.canary.troubled_intervals = intervals;
+        self.canary.rollback_recommended |= rollback_after > 0 && intervals >= rollback_after;
+    }
+
     /// `side` reset one of its own flows.
     pub(crate) fn reset(&mut self, side: Side) {
         self.sides[ix(side)].resets += 1;
@@ -175,6 +220,13 @@ impl TrafficPatterns {
             lifetimes_ms: self.lifetimes.summary(),
             source: side(Side::Source),
             destination: side(Side::Destination),
+            canary: CanaryReport {
+                handshake_limit_ms: self.canary.limits[0],
+                first_byte_limit_ms: self.canary.limits[1],
+                slow_answers: self.canary.slow_answers,
+                troubled_intervals: self.canary.troubled_intervals,
+                rollback_recommended: self.canary.rollback_recommended,
+            },
         }
     }
 
@@ -232,4 +284,23 @@ pub struct PatternsReport {
     pub source: SidePatterns,
     /// VM B.
     pub destination: SidePatterns,
+    /// B compared with A (application-aware health).
+    #[serde(default)]
+    pub canary: CanaryReport,
+}
+
+/// B's answers compared with A's on the same address, like a canary analysis.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct CanaryReport {
+    /// B's handshakes slower than this are slow (A's median x ratio + slack), ms; absent until A
+    /// has enough samples.
+    pub handshake_limit_ms: Option<u64>,
+    /// The same for the first byte of an answer, ms.
+    pub first_byte_limit_ms: Option<u64>,
+    /// B's slow answers so far.
+    pub slow_answers: u64,
+    /// Controller intervals in a row judged trouble for B (any signal), as of the last one.
+    pub troubled_intervals: u32,
+    /// B stayed in trouble for `rollback_after_intervals` in a row: the manager should roll back.
+    pub rollback_recommended: bool,
 }

@@ -7,6 +7,7 @@ use super::{DropReason, EgressVerdict, ShadowRouter, VmRef, seq_le};
 use crate::events::{ConflictKind, Event, FlowEndReason, FlowOrigin};
 use crate::flow::{Flow, FlowKey, Owner, Phase, Side, flags, marks};
 use crate::fragments::FragmentRoute;
+use crate::patterns::Answer;
 use crate::shadow::{Mode, Shadow, Signal, Strategy};
 use crate::time::Instant;
 use crate::wire::{Fragment, Ipv4Info, L4, PROTO_ICMP, PROTO_UDP, Packet, TcpInfo, parse_frame};
@@ -347,7 +348,11 @@ fn track_owner(shadow: &mut Shadow, flow: &mut Flow, side: Side, tcp: Option<Tcp
     }
     if f.is_syn_ack() {
         if !flow.has(flags::REPLIED) && !flow.is_outbound() {
-            shadow.patterns.handshake(side, now.saturating_duration_since(flow.created));
+            let took = now.saturating_duration_since(flow.created);
+            shadow.patterns.handshake(side, took);
+            if side == Side::Destination && shadow.patterns.slow_answer(Answer::Handshake, took) {
+                shadow.controller.record(Signal::SlowAnswer);
+            }
         }
         flow.flags |= flags::REPLIED;
     }
@@ -358,7 +363,11 @@ fn track_owner(shadow: &mut Shadow, flow: &mut Flow, side: Side, tcp: Option<Tcp
         flow.marks &= !marks::AWAITING_ANSWER;
         let waited = now.millis_u32().wrapping_sub(flow.stamp_ms);
         if waited < u32::MAX / 2 {
-            shadow.patterns.first_byte(side, core::time::Duration::from_millis(u64::from(waited)));
+            let took = core::time::Duration::from_millis(u64::from(waited));
+            shadow.patterns.first_byte(side, took);
+            if side == Side::Destination && shadow.patterns.slow_answer(Answer::FirstByte, took) {
+                shadow.controller.record(Signal::SlowAnswer);
+            }
         }
     } else if flow.is_outbound() && flow.phase == Phase::Embryonic && flow.has(flags::REPLIED) && f.ack() {
         flow.phase = Phase::Established; // the VM's ACK of the remote SYN-ACK

@@ -370,6 +370,9 @@ impl<S: EventSink> ShadowRouter<S> {
         if let Some(change) = shadow.apply(change) {
             self.sink.event(Event::SplitChanged { ip, change, at: now });
         }
+        let params = shadow.entry.congestion_control_parameters;
+        shadow.patterns.refresh_limits(&params);
+        shadow.patterns.set_trouble(shadow.controller.troubled_intervals(), params.rollback_after_intervals);
         if self.check_end(ip, now) {
             return;
         }

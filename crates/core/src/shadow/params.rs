@@ -157,6 +157,20 @@ pub struct CongestionControlParameters {
     pub max_retransmit_ratio: f64,
     /// Fewest data segments to B in an interval before the retransmission ratio is judged.
     pub min_segments_for_ratio: u32,
+    /// Application-aware health, like a canary analysis: B's answer to a SYN (handshake) or to a
+    /// request (first byte) slower than this multiple of A's median on the same address, plus
+    /// `answer_slack_ms`, counts as a slow answer.
+    pub max_answer_ratio: f64,
+    /// Added to the limit, so that sub-millisecond medians do not make noise trouble.
+    #[serde(with = "duration_ms", rename = "answer_slack_ms")]
+    pub answer_slack: Duration,
+    /// A's answers measured before B is compared with them.
+    pub min_answer_samples: u32,
+    /// Slow answers from B tolerated per interval.
+    pub max_slow_answers_per_interval: u32,
+    /// Intervals of trouble in a row after which rolling back is recommended (B stays much
+    /// worse than A); 0 never recommends it.
+    pub rollback_after_intervals: u32,
 }
 
 impl Default for CongestionControlParameters {
@@ -172,6 +186,11 @@ impl Default for CongestionControlParameters {
             max_unanswered_syns_per_interval: 2,
             max_retransmit_ratio: 0.1,
             min_segments_for_ratio: 50,
+            max_answer_ratio: 3.0,
+            answer_slack: Duration::from_millis(50),
+            min_answer_samples: 20,
+            max_slow_answers_per_interval: 5,
+            rollback_after_intervals: 30,
         }
     }
 }
@@ -197,6 +216,9 @@ impl CongestionControlParameters {
         }
         if !(0.0..=1.0).contains(&p.max_retransmit_ratio) {
             return Err(RouterError::invalid("max_retransmit_ratio", "must be within 0..=1"));
+        }
+        if !(p.max_answer_ratio.is_finite() && p.max_answer_ratio >= 1.0) {
+            return Err(RouterError::invalid("max_answer_ratio", "must be a number of at least 1"));
         }
         Ok(())
     }

@@ -27,6 +27,9 @@ pub enum Signal {
     Retransmission,
     /// A data segment was delivered to B (the retransmission ratio's denominator).
     DataSegment,
+    /// B took much longer than A to answer a SYN or a request (application-aware health, like a
+    /// canary analysis: see [`CongestionControlParameters::max_answer_ratio`]).
+    SlowAnswer,
 }
 
 /// Why the split moved.
@@ -77,6 +80,9 @@ impl SignalCounts {
             Signal::UnansweredSyn => &mut self.unanswered_syns,
             Signal::Retransmission => &mut self.retransmissions,
             Signal::DataSegment => &mut self.data_segments,
+            // Rare (one per answer, not per packet): the controller counts these itself, so the
+            // counts kept beside the packet path stay small.
+            Signal::SlowAnswer => return,
         };
         *n = n.saturating_add(1);
     }
@@ -107,6 +113,9 @@ pub struct SplitController {
     fixed: Option<f64>,
     interval_end: Option<Instant>,
     counts: SignalCounts,
+    slow_answers: u32,
+    /// Intervals judged trouble in a row, up to the last one judged.
+    troubled: u32,
 }
 
 impl SplitController {
@@ -124,6 +133,8 @@ impl SplitController {
             fixed: None,
             interval_end: None,
             counts: SignalCounts::default(),
+            slow_answers: 0,
+            troubled: 0,
         }
     }
 
@@ -165,7 +176,17 @@ impl SplitController {
 
     /// Counts a signal into the current interval.
     pub fn record(&mut self, signal: Signal) {
-        self.counts.record(signal);
+        if signal == Signal::SlowAnswer {
+            self.slow_answers = self.slow_answers.saturating_add(1);
+        } else {
+            self.counts.record(signal);
+        }
+    }
+
+    /// Intervals in a row judged trouble, as of the last one judged: B staying much worse than
+    /// A for long is a reason to roll back, not only to slow down.
+    pub fn troubled_intervals(&self) -> u32 {
+        self.troubled
     }
 
     /// Adds signals counted elsewhere into the current interval.
@@ -236,6 +257,8 @@ impl SplitController {
             && f64::from(c.retransmissions) > p.max_retransmit_ratio * f64::from(c.data_segments)
         {
             Some(Signal::Retransmission)
+        } else if self.slow_answers > p.max_slow_answers_per_interval {
+            Some(Signal::SlowAnswer)
         } else {
             None
         }
@@ -252,10 +275,15 @@ impl SplitController {
             if let Some(signal) = self.trouble() {
                 self.cwnd = (self.split * self.params.multiplicative_decrease).max(self.params.floor_pct);
                 decrease = Some(signal);
-            } else if decrease.is_none() {
-                self.cwnd = (self.cwnd + self.params.additive_increase_pct).min(100.0);
+                self.troubled = self.troubled.saturating_add(1);
+            } else {
+                self.troubled = 0;
+                if decrease.is_none() {
+                    self.cwnd = (self.cwnd + self.params.additive_increase_pct).min(100.0);
+                }
             }
             self.counts = SignalCounts::default();
+            self.slow_answers = 0;
             end = end + self.params.interval;
         }
         self.interval_end = Some(end);
