@@ -81,7 +81,7 @@ impl Ramp {
             Ramp::Steps { steps } => {
                 let mut end = Duration::ZERO;
                 for s in steps {
-                    end += s.hold;
+                    end = end.saturating_add(s.hold);
                     if elapsed < end {
                         return s.pct;
                     }
@@ -96,7 +96,9 @@ impl Ramp {
     pub fn time_to_reach(&self, pct: f64) -> Duration {
         match self {
             Ramp::Linear { pct_per_sec } => {
-                Duration::try_from_secs_f64(pct.clamp(0.0, 100.0) / pct_per_sec).unwrap_or(Duration::ZERO)
+                // A rate so slow that the time overflows never gets there: the longest time, not
+                // zero (which would make it look instant).
+                Duration::try_from_secs_f64(pct.clamp(0.0, 100.0) / pct_per_sec).unwrap_or(Duration::MAX)
             }
             Ramp::Steps { steps } => {
                 let mut start = Duration::ZERO;
@@ -104,7 +106,7 @@ impl Ramp {
                     if s.pct >= pct || i + 1 == steps.len() {
                         return start;
                     }
-                    start += s.hold;
+                    start = start.saturating_add(s.hold);
                 }
                 start
             }
@@ -118,7 +120,7 @@ impl Ramp {
             Ramp::Steps { steps } => {
                 let mut end = Duration::ZERO;
                 for s in steps {
-                    end += s.hold;
+                    end = end.saturating_add(s.hold);
                     if elapsed < end {
                         return Some(end);
                     }
@@ -238,6 +240,16 @@ mod tests {
         assert_eq!(ramp.ceiling(Duration::from_secs(1000)), 100.0);
         assert_eq!(ramp.next_step_after(Duration::from_secs(31)), Some(Duration::from_secs(60)));
         assert_eq!(Ramp::Linear { pct_per_sec: 2.0 }.ceiling(Duration::from_millis(2500)), 5.0);
+    }
+
+    #[test]
+    fn huge_holds_and_slow_rates_saturate_instead_of_overflowing() {
+        let huge = RampStep { pct: 50.0, hold: Duration::MAX };
+        let ramp = Ramp::Steps { steps: vec![huge, huge, RampStep { pct: 100.0, hold: Duration::MAX }] };
+        assert_eq!(ramp.time_to_reach(100.0), Duration::MAX);
+        assert_eq!(ramp.ceiling(Duration::from_secs(1)), 50.0);
+        assert_eq!(ramp.next_step_after(Duration::from_secs(1)), Some(Duration::MAX));
+        assert_eq!(Ramp::Linear { pct_per_sec: 1e-300 }.time_to_reach(100.0), Duration::MAX);
     }
 
     #[test]

@@ -204,7 +204,7 @@ impl SplitController {
     /// Unfreezes; paused time does not count as ramp time.
     pub fn resume(&mut self, now: Instant) {
         if let Some(at) = self.paused_at.take() {
-            self.paused_total += now - at;
+            self.paused_total = self.paused_total.saturating_add(now - at);
             self.interval_end = Some(now + self.params.interval);
             self.counts = SignalCounts::default();
         }
@@ -231,7 +231,8 @@ impl SplitController {
     fn ceiling(&self, now: Instant) -> f64 {
         let Some(started) = self.started else { return 0.0 };
         let paused_now = self.paused_at.map_or(Duration::ZERO, |at| now - at);
-        self.ramp.ceiling((now - started + self.resumed_from).saturating_sub(self.paused_total + paused_now))
+        let ramp_time = (now - started).saturating_add(self.resumed_from);
+        self.ramp.ceiling(ramp_time.saturating_sub(self.paused_total.saturating_add(paused_now)))
     }
 
     fn apply(&mut self, to: f64, reason: SplitReason) -> Option<SplitChange> {
@@ -302,7 +303,7 @@ impl SplitController {
         }
         let interval = self.interval_end?;
         let started = self.started?;
-        let ramp_time = (interval - started + self.resumed_from).saturating_sub(self.paused_total);
+        let ramp_time = (interval - started).saturating_add(self.resumed_from).saturating_sub(self.paused_total);
         let step = self
             .ramp
             .next_step_after(ramp_time)
