@@ -31,11 +31,13 @@ fuzz_target!(|data: &[u8]| {
             3 => h.advance(Duration::from_millis(u64::from(*len) * 50)),
             4 => {
                 let now = h.now;
-                let _ = match len % 5 {
+                let _ = match len % 6 {
                     0 => h.router.promote(X, now),
                     1 => h.router.abort(X, now),
                     2 => h.router.pause(X, now),
                     3 => h.router.resume(X, now),
+                    // A deadline soon: the closing window and the graceful end run too.
+                    4 => h.router.set_deadline(X, Some(now + Duration::from_millis(u64::from(*len) * 100))),
                     _ => h.router.cut_over(X, now),
                 };
             }
