@@ -189,3 +189,30 @@ fn idle_flows_that_would_outlive_the_longest_deadline_are_closed_early() {
     let (r, _) = report(&mut h);
     assert_eq!((r.closed_gracefully, r.reset, r.cause), (1, 0, EndCause::Drained));
 }
+
+#[test]
+fn a_client_that_notices_the_close_after_the_cut_over_is_still_answered_not_reset() {
+    let mut h = harness(Duration::from_secs(60), false);
+    open_on_a(&mut h, 4006);
+    open_on_a(&mut h, 4007);
+    h.inbound(&tcp((C, 4007), (X, 80), ACK, 106, 907, b"GET /2")); // busy: keeps the window open
+    h.router.lease_bound(X, h.now).unwrap();
+    h.advance(Duration::from_secs(50));
+    assert_eq!(sent(&mut h).len(), 2, "4006 closed in order");
+    h.advance(Duration::from_secs(10)); // the deadline: the migration ends
+    report(&mut h);
+    assert!(h.router.entry(X).is_none());
+    sent(&mut h);
+    // 4006's client only now writes its next request (it was not reading while idle), then
+    // closes: the router still answers for A, B never sees it.
+    let closed = InboundVerdict::Drop(DropReason::ClosedByRouter);
+    assert_eq!(h.inbound(&tcp((C, 4006), (X, 80), ACK, 106, 908, b"GET /3")), closed);
+    assert_eq!(h.inbound(&tcp((C, 4006), (X, 80), FINACK, 112, 908, &[])), closed);
+    let acks: Vec<_> = sent(&mut h).into_iter().map(|(t, i)| (t.kind, i.seq, i.ack)).collect();
+    assert_eq!(acks, [(TransmitKind::Ack, 908, 112), (TransmitKind::Ack, 908, 113)]);
+    // A new connection from the same port is B's.
+    assert_eq!(h.inbound(&tcp((C, 4006), (X, 80), SYN, 5000, 0, &[])), InboundVerdict::NotShadowed);
+    // A minute later nothing is kept.
+    h.advance(Duration::from_secs(70));
+    assert_eq!(h.inbound(&tcp((C, 4007), (X, 80), ACK, 112, 907, &[])), InboundVerdict::NotShadowed);
+}

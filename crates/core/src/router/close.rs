@@ -83,8 +83,10 @@ pub(crate) fn close_if_idle(
 }
 
 /// A client's segment on a flow the router closed: acknowledged by the router, never delivered.
+/// `retired_open` is the entry's count of such flows whose client has not closed yet (none once
+/// the migration has ended).
 pub(crate) fn retired_inbound(
-    shadow: &mut Shadow,
+    retired_open: Option<&mut u32>,
     out: &mut VecDeque<Transmit>,
     counters: &mut RouterCounters,
     key: &FlowKey,
@@ -92,33 +94,28 @@ pub(crate) fn retired_inbound(
     tcp: &TcpInfo,
 ) {
     counters.closed_absorbed += 1;
+    let end = tcp.seq.wrapping_add(tcp.seq_len());
+    if !tcp.flags.rst() {
+        if tcp.payload_len > 0 && !seq_le(end, flow.client_seq_max) {
+            // A request that crossed the FIN: the client reads the FIN before any answer and, as
+            // after any server's close of an idle connection, retries on a new one (to B).
+            counters.closed_crossed += 1;
+        }
+        flow.raise_client_seq(end);
+        if tcp.seq_len() > 0 {
+            let (client, server) = ((key.client_ip, key.client_port), (key.shadow_ip, key.shadow_port));
+            let ack =
+                SegmentSpec { from: server, to: client, seq: flow.owner_seq_max, ack: flow.client_seq_max, fin: false };
+            push(out, key.client_ip, None, TransmitKind::Ack, &ack);
+        }
+    }
     // The flow stays retired after the client's close, so that A's own FIN, still to come, is
     // absorbed too; its idle timeout removes it.
-    let client_closed = |shadow: &mut Shadow, flow: &mut Flow| {
-        if flow.marks & marks::CLIENT_CLOSED == 0 {
-            flow.marks |= marks::CLIENT_CLOSED;
-            shadow.ending.retired_open = shadow.ending.retired_open.saturating_sub(1);
+    if (tcp.flags.rst() || tcp.flags.fin()) && flow.marks & marks::CLIENT_CLOSED == 0 {
+        flow.marks |= marks::CLIENT_CLOSED;
+        if let Some(n) = retired_open {
+            *n = n.saturating_sub(1);
         }
-    };
-    if tcp.flags.rst() {
-        client_closed(shadow, flow);
-        return;
-    }
-    let end = tcp.seq.wrapping_add(tcp.seq_len());
-    if tcp.payload_len > 0 && !seq_le(end, flow.client_seq_max) {
-        // A request that crossed the FIN: the client reads the FIN before any answer and, as
-        // after any server's close of an idle connection, retries on a new one (to B).
-        counters.closed_crossed += 1;
-    }
-    flow.raise_client_seq(end);
-    if tcp.seq_len() > 0 {
-        let (client, server) = ((key.client_ip, key.client_port), (key.shadow_ip, key.shadow_port));
-        let ack =
-            SegmentSpec { from: server, to: client, seq: flow.owner_seq_max, ack: flow.client_seq_max, fin: false };
-        push(out, key.client_ip, None, TransmitKind::Ack, &ack);
-    }
-    if tcp.flags.fin() {
-        client_closed(shadow, flow);
     }
 }
 

@@ -1,5 +1,6 @@
 //! The end of a migration: cut-over (the address goes to B) or rollback (it stays with A).
 
+use core::time::Duration;
 use std::net::Ipv4Addr;
 
 use super::{ShadowRouter, Transmit, TransmitKind, ended};
@@ -63,6 +64,14 @@ impl<S: crate::events::EventSink> ShadowRouter<S> {
                     self.counters.resets_sent += 1;
                     report.reset += 1;
                 }
+            }
+            if flow.phase == Phase::Retired && flow.marks & marks::CLIENT_CLOSED == 0 {
+                // Its client has not closed yet (an idle pool connection notices the FIN only at
+                // its next request): kept, so that its late segments are answered, not reset by
+                // B. Its idle timeout removes it.
+                let until = now + Duration::from_millis(u64::from(self.timeouts.idle_ms(PROTO_TCP, Phase::Retired, false)));
+                self.retired_until = Some(self.retired_until.map_or(until, |t| t.max(until)));
+                continue;
             }
             self.flows.remove(index);
             self.sink.event(ended(key, &flow, FlowEndReason::MigrationEnded, now));

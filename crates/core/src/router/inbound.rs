@@ -86,7 +86,7 @@ impl<S: crate::events::EventSink> ShadowRouter<S> {
             self.counters.inbound_frames += 1;
             out.push(match (&slot.parsed, slot.ahead) {
                 (Ok(Packet::Ipv4(ip)), Some(ahead)) => self.inbound_located(ip, ahead.shadow, now, ahead.flow),
-                (Ok(Packet::Ipv4(_)), None) => InboundVerdict::NotShadowed,
+                (Ok(Packet::Ipv4(ip)), None) => self.not_shadowed(ip, now),
                 (Ok(packet), _) => self.inbound_packet(packet, now),
                 (Err(e), _) => {
                     self.counters.malformed.count(*e);
@@ -133,8 +133,33 @@ impl<S: crate::events::EventSink> ShadowRouter<S> {
     fn inbound_ipv4(&mut self, ip: &Ipv4Info, now: Instant, prepared: Option<Prepared>) -> InboundVerdict {
         match self.shadows.locate(&ip.dst) {
             Some(located) => self.inbound_located(ip, located, now, prepared),
-            None => InboundVerdict::NotShadowed,
+            None => self.not_shadowed(ip, now),
         }
+    }
+
+    /// A packet to an address not shadowed (any more): forwarded as without ipshadow, except
+    /// the segments of flows the router closed at a cut-over that ended less than a TCP closing
+    /// timeout ago, which it still answers so their clients' late closes never meet B's RST.
+    #[inline]
+    fn not_shadowed(&mut self, ip: &Ipv4Info, now: Instant) -> InboundVerdict {
+        if self.retired_until.is_none_or(|t| now >= t) {
+            return InboundVerdict::NotShadowed;
+        }
+        let L4::Tcp(tcp) = &ip.l4 else { return InboundVerdict::NotShadowed };
+        let Some((key, _)) = inbound_key(ip) else { return InboundVerdict::NotShadowed };
+        let Some(index) = self.flows.find(&key, self.flows.hash(&key)) else { return InboundVerdict::NotShadowed };
+        if self.flows.flow(index).phase != Phase::Retired {
+            return InboundVerdict::NotShadowed;
+        }
+        if tcp.flags.is_syn_only() {
+            // The client reuses the port for a new connection, which is B's.
+            self.end_flow(index, FlowEndReason::Reused, now);
+            return InboundVerdict::NotShadowed;
+        }
+        let flow = self.flows.flow_mut(index);
+        flow.last_seen_ms = now.millis_u32();
+        retired_inbound(None, &mut self.transmit, &mut self.counters, &key, flow, tcp);
+        InboundVerdict::Drop(DropReason::ClosedByRouter)
     }
 
     fn inbound_located(
@@ -249,7 +274,7 @@ fn flow_decide<S: crate::events::EventSink>(
     flow.last_seen_ms = now_ms;
     if flow.phase == Phase::Retired {
         if let L4::Tcp(tcp) = &ip.l4 {
-            retired_inbound(shadow, t.transmit, t.counters, key, flow, tcp);
+            retired_inbound(Some(&mut shadow.ending.retired_open), t.transmit, t.counters, key, flow, tcp);
         }
         return Err(DropReason::ClosedByRouter);
     }

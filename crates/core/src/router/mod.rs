@@ -196,6 +196,9 @@ pub struct ShadowRouter<S: EventSink> {
     counters: RouterCounters,
     /// Flows counted in a census that left the table, to be taken out of it by [`ShadowRouter::settle`].
     gone: Vec<(FlowKey, Flow)>,
+    /// Until when flows the router closed at a cut-over may still be in the table, kept after
+    /// their migration ended to answer their clients' late closes (see `router/close.rs`).
+    retired_until: Option<Instant>,
     sink: S,
 }
 
@@ -217,6 +220,7 @@ impl<S: EventSink> ShadowRouter<S> {
             transmit: VecDeque::new(),
             counters: RouterCounters::default(),
             gone: Vec::new(),
+            retired_until: None,
             sink,
             config,
         }
