@@ -461,6 +461,7 @@ fn the_default_ramp_is_fitted_to_the_deadline_and_shown_in_the_plan() {
             "deadline_source": "source_lease_end",
             "time_to_deadline_ms": 48_000,
             "slack_ms": 14_000,
+            "close_grace_ms": 10_000,
         })
     );
     assert_eq!(

@@ -511,7 +511,7 @@ mod tests {
         // A closed set a client can switch on.
         assert_eq!(
             schemas["DeadlineSource"]["enum"],
-            serde_json::json!(["requested", "source_lease_end", "policy_default"])
+            serde_json::json!(["requested", "source_lease_end", "policy_default", "drain_forecast"])
         );
         assert_eq!(
             schemas["Migration"]["properties"]["deadline_source"]["$ref"],
