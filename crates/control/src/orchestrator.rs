@@ -166,14 +166,22 @@ fn router_decisions(m: &Migration, status: &Status, now_ms: u64, limits: Limits,
                 // drained (early finish): the manager catches up.
                 if state != MigrationState::CutOver {
                     let event = match (record.cause, record.early_by_ms) {
-                        (EndCause::Drained, Some(early_by_ms)) => MigrationEvent::FinishedEarly {
-                            early_by_ms,
-                            reason: format!(
-                                "{} had no open flow left at a split of 100 % (or only idle ones forecast to outlive                                  the longest deadline, closed first): {} s before the deadline",
-                                m.source,
-                                early_by_ms / 1000
-                            ),
-                        },
+                        // `finished_early` only from where it is legal (B ready); the manager
+                        // behind the router (still waiting for B) catches up with a cut-over.
+                        (EndCause::Drained, Some(early_by_ms))
+                            if matches!(state, MigrationState::Ramping | MigrationState::Paused) =>
+                        {
+                            MigrationEvent::FinishedEarly {
+                                early_by_ms,
+                                reason: format!(
+                                    "{} had no open flow left at a split of 100 % (or only idle ones forecast to outlive \
+                                     the longest deadline, closed first): {} s before the deadline",
+                                    m.source,
+                                    early_by_ms / 1000
+                                ),
+                            }
+                        }
+                        (EndCause::Drained, _) => MigrationEvent::CutOver { reason: "drained".to_owned() },
                         (EndCause::Requested, _) => MigrationEvent::CutOver { reason: "requested".to_owned() },
                         _ => MigrationEvent::CutOver { reason: "deadline".to_owned() },
                     };

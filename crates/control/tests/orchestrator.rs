@@ -208,6 +208,13 @@ fn router_reports_carry_the_split_the_end_and_the_health_of_both_vms() {
         [Decision::Event(E::FinishedEarly { early_by_ms, .. }), Decision::RecordCutOver(r), Decision::Event(E::RouterCompleted)]
             if *early_by_ms == 570_000 && r.early_by_ms == Some(570_000)
     ));
+    // A manager behind the router (it never saw B ready) catches up with a plain cut-over.
+    let waiting = [migration(&[E::PlanWritten, E::DestinationLeaseBound])];
+    assert!(matches!(
+        &events(decide(&waiting, &Input::Router(&ended), now, limits))[..],
+        [Decision::Event(E::CutOver { reason }), Decision::RecordCutOver(_), Decision::Event(E::RouterCompleted)]
+            if reason == "drained"
+    ));
     assert_eq!(cut[0].lifecycle.state, MigrationState::CutOver);
 }
 
