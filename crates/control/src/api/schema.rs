@@ -694,6 +694,20 @@ mod tests {
             assert!(plan["properties"][field].is_object(), "Plan.{field} missing: {plan}");
         }
         assert_eq!(schemas["RampSource"]["enum"], serde_json::json!(["requested", "default", "default_scaled"]));
+        // Issue 12's closing window, observation, cut-over report and early finish.
+        assert!(plan["properties"]["close_grace_ms"].is_object(), "{plan}");
+        let view = serde_json::to_string(&schemas["MigrationView"]).unwrap();
+        assert!(view.contains("#/components/schemas/Migration") && view.contains("observed"), "{view}");
+        let migration = serde_json::to_string(&schemas["Migration"]["properties"]["cut_over"]).unwrap();
+        assert!(migration.contains("#/components/schemas/CutOverRecord"), "{migration}");
+        assert_eq!(schemas["EndCause"]["enum"], serde_json::json!(["deadline", "drained", "requested"]));
+        for field in ["at_ms", "cause", "early_by_ms", "closed_gracefully", "reset", "handed_over"] {
+            assert!(schemas["CutOverRecord"]["properties"][field].is_object(), "CutOverRecord.{field}");
+        }
+        let events = serde_json::to_string(&schemas["MigrationEvent"]).unwrap();
+        assert!(events.contains("finished_early") && events.contains("deadline_extended"), "{events}");
+        let get = &json["paths"]["/v1/migrations/{id}"]["get"]["responses"]["200"]["content"]["application/json"];
+        assert_eq!(get["schema"]["$ref"], "#/components/schemas/MigrationView");
         assert_eq!(schemas["DryRunResult"]["enum"], serde_json::json!(["would_move", "would_migrate"]));
         let responses = &json["paths"]["/v1/addresses/{ip}/reassign"]["post"]["responses"];
         assert_eq!(

@@ -241,7 +241,7 @@ pub struct CutOver {
 
 impl CutOver {
     /// `drained, 3m 0s before the deadline: 3 closed gracefully, 0 reset, 0 handed over (of 3 open on A)`.
-    fn text(&self) -> String {
+    pub fn text(&self) -> String {
         let when = match self.early_by_ms {
             Some(ms) => format!("{}, {} before the deadline", clean(&self.cause), ramp_time(ms)),
             None => clean(&self.cause),

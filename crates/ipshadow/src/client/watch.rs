@@ -207,10 +207,14 @@ impl View {
         self.clear();
         let state = state_name(m.lifecycle.state);
         let reason = m.lifecycle.history.last().and_then(|h| h.event["reason"].as_str()).map(clean);
-        let outcome = match m.lifecycle.state {
+        let mut outcome = match m.lifecycle.state {
             MigrationState::Completed => format!("{} is {}'s", m.ip, clean(&m.destination)),
             _ => format!("{} stays {}'s", m.ip, clean(&m.source)),
         };
+        // What the cut-over did to A's last flows, and the time an early finish saved.
+        if let Some(end) = &m.cut_over {
+            outcome.push_str(&format!(" ({})", end.text()));
+        }
         match &reason {
             _ if self.json => {}
             Some(reason) => println!("migration {}: {state} ({reason}): {outcome}", m.id),
