@@ -4,6 +4,7 @@
 //! front of them ([`api`]).
 
 pub mod api;
+pub mod extend;
 pub mod inventory;
 pub mod manager;
 pub mod migration;

@@ -76,7 +76,7 @@ impl<S: Store> Manager<S> {
         let addresses = self.inventory.addresses(None)?;
         let migrations = self.migrations()?;
         Ok(Projection {
-            router: router_desired(&addresses, &migrations, now_ms),
+            router: router_desired(&addresses, &migrations, now_ms, &self.limits.policy),
             reservations: dhcp_reservations(&vms, &addresses),
             plans: dhcp_plans(&migrations),
         })
@@ -110,6 +110,12 @@ impl<S: Store> Manager<S> {
                         .inventory
                         .record_split(id, *pct)
                         .and_then(|()| self.inventory.migration(None, id).map(|m| m.lifecycle.state)),
+                    Decision::ExtendDeadline(extension) => {
+                        self.inventory.extend_deadline(id, extension, now_ms).map(|m| m.lifecycle.state)
+                    }
+                    Decision::RecordCutOver(record) => {
+                        self.inventory.record_cut_over(id, *record).map(|m| m.lifecycle.state)
+                    }
                 };
                 match result {
                     Ok(state) => applied.push(Applied { id, decision, state }),

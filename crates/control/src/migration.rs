@@ -10,9 +10,12 @@
 //! the shadowing entry are written; B has not bound its lease (a timeout fails the migration), or
 //! has bound it but not yet answered the router's probe for X (its DHCP client is still checking
 //! the address; 30 s without an answer fails the migration).
-//! `ramping`: the split rises. `paused`: frozen by the user. Promote (ramping or paused, once) changes no
+//! `ramping`: the split rises (the manager may move the deadline later, `deadline_extended`, so
+//! that A's forecast drain fits). `paused`: frozen by the user. Promote (ramping or paused, once) changes no
 //! state: it sets [`Lifecycle::promoted`] and the router sends every new flow to B from then on. `cut_over`: A's lease ended (or A
 //! failed, or the user promoted and the deadline came): the router moves everything to B.
+//! `finished_early` also leads to `cut_over`: the router ended the migration before the
+//! deadline, A having no open flow left at 100 %.
 //! `completed`: the router reported the cut-over; X is B's. `rolled_back`: B failed its health
 //! checks; X stays A's. `aborted`: the user aborted; X stays A's. `failed`: B never bound its
 //! lease, or the parts could not be told.
@@ -97,6 +100,26 @@ pub enum MigrationEvent {
         /// Why.
         reason: String,
     },
+    /// Early finish: the router ended the migration before the deadline because A had no open
+    /// flow left at a split of 100 % (or only idle ones forecast to outlive the longest
+    /// deadline, closed first). Moves to `cut_over` like [`MigrationEvent::CutOver`]; A's lease
+    /// ends then.
+    FinishedEarly {
+        /// Time saved: the deadline minus the end, milliseconds.
+        early_by_ms: u64,
+        /// Why.
+        reason: String,
+    },
+    /// The manager moved the deadline (A's lease end) later so that A's forecast drain ends
+    /// before the closing window. The state does not change.
+    DeadlineExtended {
+        /// The deadline before, unix milliseconds.
+        from_ms: u64,
+        /// The deadline after (later), unix milliseconds.
+        to_ms: u64,
+        /// The forecast and the limits that decided it.
+        reason: String,
+    },
     /// The router reported the cut-over done.
     RouterCompleted,
     /// B failed its health checks: roll back.
@@ -147,6 +170,8 @@ impl MigrationEvent {
             Self::Resume => "resume",
             Self::Promote => "promote",
             Self::CutOver { .. } => "cut_over",
+            Self::FinishedEarly { .. } => "finished_early",
+            Self::DeadlineExtended { .. } => "deadline_extended",
             Self::RouterCompleted => "router_completed",
             Self::DestinationFailed { .. } => "destination_failed",
             Self::Abort => "abort",
@@ -170,6 +195,10 @@ pub fn next_state(state: MigrationState, event: &MigrationEvent) -> Result<Migra
         // A's lease may end before B's is bound (the deadline is A's lease end): B then gets the
         // address alone as soon as it binds, which the router's cut-over already allows.
         (S::WaitingForDestinationLease | S::Ramping | S::Paused, E::CutOver { .. }) => S::CutOver,
+        // Early finish needs the split at 100 %, so B is ready: never while waiting for it.
+        (S::Ramping | S::Paused, E::FinishedEarly { .. }) => S::CutOver,
+        // Only while A still holds the address and the cut-over has not begun.
+        (S::WaitingForDestinationLease | S::Ramping | S::Paused, E::DeadlineExtended { .. }) => state,
         (S::CutOver, E::RouterCompleted) => S::Completed,
         (S::WaitingForDestinationLease | S::Ramping | S::Paused, E::DestinationFailed { .. }) => S::RolledBack,
         (S::Pending | S::WaitingForDestinationLease | S::Ramping | S::Paused, E::Abort) => S::Aborted,
@@ -214,11 +243,91 @@ impl Lifecycle {
         if event == MigrationEvent::DestinationLeaseBound && self.destination_lease_bound_at().is_some() {
             return Err(TransitionError { state: self.state, event: "destination_lease_bound (already recorded)" });
         }
+        if let MigrationEvent::DeadlineExtended { from_ms, to_ms, .. } = &event
+            && to_ms <= from_ms
+        {
+            return Err(TransitionError { state: self.state, event: "deadline_extended (never shortened)" });
+        }
         let to = next_state(self.state, &event)?;
         self.history.push(HistoryEntry { at_ms: now_ms, from: self.state, to, event });
         self.state = to;
         self.promoted |= promote;
         Ok(to)
+    }
+}
+
+impl Lifecycle {
+    /// The deadline the migration was created with: the first extension's `from_ms`, or
+    /// `current_ms` (the migration's deadline) when it was never extended.
+    pub fn original_deadline_ms(&self, current_ms: u64) -> u64 {
+        self.extensions().next().map_or(current_ms, |(_, from_ms, _)| from_ms)
+    }
+
+    /// Every deadline extension: (when, from, to), oldest first.
+    pub fn extensions(&self) -> impl Iterator<Item = (u64, u64, u64)> + '_ {
+        self.history.iter().filter_map(|h| match h.event {
+            MigrationEvent::DeadlineExtended { from_ms, to_ms, .. } => Some((h.at_ms, from_ms, to_ms)),
+            _ => None,
+        })
+    }
+}
+
+/// Why a migration ended when it did (the router's cut-over report).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum EndCause {
+    /// A's deadline came.
+    Deadline,
+    /// Early finish: A had no open flow left at a split of 100 %.
+    Drained,
+    /// The manager asked for it (A failed, or an operator's cut-over).
+    Requested,
+}
+
+impl From<ipshadow_core::EndCause> for EndCause {
+    fn from(cause: ipshadow_core::EndCause) -> Self {
+        match cause {
+            ipshadow_core::EndCause::Deadline => Self::Deadline,
+            ipshadow_core::EndCause::Drained => Self::Drained,
+            ipshadow_core::EndCause::Requested => Self::Requested,
+        }
+    }
+}
+
+/// What the router's cut-over did to the flows still on A, as the migration records it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct CutOverRecord {
+    /// When the router ended the migration, unix milliseconds.
+    pub at_ms: u64,
+    /// Why then.
+    pub cause: EndCause,
+    /// Time saved by an early finish: the deadline minus the end, milliseconds (absent when it
+    /// ended at or after the deadline).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub early_by_ms: Option<u64>,
+    /// A's flows still open when the end began (the closing window, or the end itself).
+    pub flows_open_on_losing_side: u64,
+    /// Of those, handed to B (replica mode, connectionless flows).
+    pub handed_over: u64,
+    /// Of those, TCP flows closed towards the client with an orderly FIN at an idle moment.
+    pub closed_gracefully: u64,
+    /// Of those, TCP flows reset (never idle before the deadline).
+    pub reset: u64,
+}
+
+impl CutOverRecord {
+    /// The record of the router's `report` on an end at `at_ms`, for a migration whose deadline
+    /// was `deadline_ms`.
+    pub fn new(report: &ipshadow_core::CutOverReport, at_ms: u64, deadline_ms: u64) -> Self {
+        Self {
+            at_ms,
+            cause: report.cause.into(),
+            early_by_ms: (at_ms < deadline_ms).then(|| deadline_ms - at_ms),
+            flows_open_on_losing_side: report.flows_open_on_losing_side,
+            handed_over: report.handed_over,
+            closed_gracefully: report.closed_gracefully,
+            reset: report.reset,
+        }
     }
 }
 
@@ -242,6 +351,9 @@ mod tests {
             Just(MigrationEvent::Resume),
             Just(MigrationEvent::Promote),
             Just(MigrationEvent::CutOver { reason: "deadline".into() }),
+            Just(MigrationEvent::FinishedEarly { early_by_ms: 5_000, reason: "drained".into() }),
+            Just(MigrationEvent::DeadlineExtended { from_ms: 10, to_ms: 20, reason: "drain".into() }),
+            Just(MigrationEvent::DeadlineExtended { from_ms: 20, to_ms: 20, reason: "no gain".into() }),
             Just(MigrationEvent::RouterCompleted),
             Just(MigrationEvent::DestinationFailed { reason: "probes".into() }),
             Just(MigrationEvent::Abort),
@@ -352,6 +464,8 @@ mod tests {
             // The flag and the history never disagree.
             prop_assert_eq!(m.promoted, m.history.iter().any(|h| h.event == MigrationEvent::Promote));
             prop_assert!(m.history.iter().filter(|h| h.event == MigrationEvent::DestinationLeaseBound).count() <= 1);
+            // A deadline is never shortened.
+            prop_assert!(m.extensions().all(|(_, from, to)| to > from));
             for pair in m.history.windows(2) {
                 prop_assert_eq!(pair[0].to, pair[1].from);
             }

@@ -8,11 +8,12 @@ use ipshadow_dataplane::Status;
 use ipshadow_dhcp::Role;
 use ipshadow_dhcp::server::{LeaseEvent, LeaseEventKind};
 
-use crate::migration::{MigrationEvent, MigrationState};
-use crate::reassign::Migration;
+use crate::extend::{Extension, drain_extension};
+use crate::migration::{CutOverRecord, EndCause, MigrationEvent, MigrationState};
+use crate::reassign::{DeadlinePolicy, Migration};
 
 /// Limits the manager works with.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Limits {
     /// A migration whose destination has no bound lease this long after its plan was written
     /// fails cleanly.
@@ -26,13 +27,22 @@ pub struct Limits {
     /// A router reports to the manager: B is ready for flows when it answers the router's probe
     /// for X. Without one, B's bound lease starts the ramp.
     pub router_reports: bool,
+    /// The operator's policy: the closing window the router gets, the longest deadline and how
+    /// far a deadline may be extended for A's forecast drain ([`crate::extend`]).
+    pub policy: DeadlinePolicy,
 }
 
 impl Default for Limits {
     /// Two minutes for B's lease (a VM that boots), 3 s of silence for a failed VM, 30 s for a
-    /// VM to answer at all; a router reports.
+    /// VM to answer at all; a router reports; the default policy.
     fn default() -> Self {
-        Self { lease_timeout_ms: 120_000, probe_timeout_ms: 3_000, startup_timeout_ms: 30_000, router_reports: true }
+        Self {
+            lease_timeout_ms: 120_000,
+            probe_timeout_ms: 3_000,
+            startup_timeout_ms: 30_000,
+            router_reports: true,
+            policy: DeadlinePolicy::default(),
+        }
     }
 }
 
@@ -54,6 +64,10 @@ pub enum Decision {
     Event(MigrationEvent),
     /// Record the split the router reports.
     Split(f64),
+    /// Move the deadline later for A's forecast drain (recorded as `deadline_extended`).
+    ExtendDeadline(Extension),
+    /// Record what the router's cut-over did (before its `router_completed`).
+    RecordCutOver(CutOverRecord),
 }
 
 /// The decisions `input` calls for, at `now_ms`, over the migrations not yet final.
@@ -138,7 +152,8 @@ fn plan_written(m: &Migration) -> u64 {
 fn router_decisions(m: &Migration, status: &Status, now_ms: u64, limits: Limits, out: &mut Vec<(u64, Decision)>) {
     let start = Instant::from_millis(m.created_ms);
     let state = m.lifecycle.state;
-    if let Some(entry) = status.entries.iter().find(|e| e.ip_address == m.ip && e.migration_start_time == start)
+    let entry = status.entries.iter().find(|e| e.ip_address == m.ip && e.migration_start_time == start);
+    if let Some(entry) = entry
         && entry.traffic_split_percentage != m.split_pct
     {
         out.push((m.id, Decision::Split(entry.traffic_split_percentage)));
@@ -146,15 +161,47 @@ fn router_decisions(m: &Migration, status: &Status, now_ms: u64, limits: Limits,
     if let Some(ended) = status.ended.iter().rev().find(|e| e.ip == m.ip && e.at >= start) {
         match ended.outcome {
             Outcome::Completed => {
-                // The router cuts over by itself at the deadline: the manager catches up.
+                let record = CutOverRecord::new(&ended.report, ended.at.as_millis(), m.deadline_ms);
+                // The router cuts over by itself at the deadline, or before it when A has
+                // drained (early finish): the manager catches up.
                 if state != MigrationState::CutOver {
-                    out.push((m.id, Decision::Event(MigrationEvent::CutOver { reason: "deadline".to_owned() })));
+                    let event = match (record.cause, record.early_by_ms) {
+                        // `finished_early` only from where it is legal (B ready); the manager
+                        // behind the router (still waiting for B) catches up with a cut-over.
+                        (EndCause::Drained, Some(early_by_ms))
+                            if matches!(state, MigrationState::Ramping | MigrationState::Paused) =>
+                        {
+                            MigrationEvent::FinishedEarly {
+                                early_by_ms,
+                                reason: format!(
+                                    "{} had no open flow left at a split of 100 % (or only idle ones forecast to outlive \
+                                     the longest deadline, closed first): {} s before the deadline",
+                                    m.source,
+                                    early_by_ms / 1000
+                                ),
+                            }
+                        }
+                        (EndCause::Drained, _) => MigrationEvent::CutOver { reason: "drained".to_owned() },
+                        (EndCause::Requested, _) => MigrationEvent::CutOver { reason: "requested".to_owned() },
+                        _ => MigrationEvent::CutOver { reason: "deadline".to_owned() },
+                    };
+                    out.push((m.id, Decision::Event(event)));
+                }
+                if m.cut_over.is_none() {
+                    out.push((m.id, Decision::RecordCutOver(record)));
                 }
                 out.push((m.id, Decision::Event(MigrationEvent::RouterCompleted)));
             }
             Outcome::RolledBack => {}
         }
         return;
+    }
+    // The forecast of this migration's entry (not of an earlier one of the same address).
+    if entry.is_some()
+        && let Some(forecast) = status.patterns.get(&m.ip).and_then(|p| p.forecast.as_ref())
+        && let Some(extension) = drain_extension(m, forecast, &limits.policy, now_ms)
+    {
+        out.push((m.id, Decision::ExtendDeadline(extension)));
     }
     if state == MigrationState::WaitingForDestinationLease
         && let Some(bound) = m.lifecycle.destination_lease_bound_at()

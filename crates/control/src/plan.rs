@@ -5,13 +5,21 @@
 //!
 //! Let T be the time from the request to the deadline. The ramp only starts once B's DHCP
 //! client has bound the address and answers for it, which the policy's `ready_allowance`
-//! stands for; so a ramp fits when it reaches 100 % within T - `ready_allowance`.
+//! stands for; so a ramp fits when it reaches 100 % within T - `ready_allowance`. The last
+//! `close_grace` before the deadline is the router's closing window (every new flow to B, A's
+//! last flows closed with a FIN at an idle moment), which the split must reach 100 % before.
 //!
 //! - No ramp requested: the default ramp (1, 5, 25, 50, 100 %, 30 s each) with its holds scaled
-//!   down so it reaches 100 % by `plan_share` x T (never after T - `ready_allowance`), the rest
-//!   of T left for A's flows to drain; never below the congestion-control interval (1 s), never
-//!   stretched above 30 s (a day-long lease keeps a two-minute ramp).
-//! - A requested ramp that does not fit is refused with a [`RampMisfit`] that says what would.
+//!   down so it reaches 100 % by `plan_share` x T, and never after T - `ready_allowance` -
+//!   `close_grace`, the rest of T left for A's flows to drain; never below the
+//!   congestion-control interval (1 s), never stretched above 30 s (a day-long lease keeps a
+//!   two-minute ramp).
+//! - A requested ramp that does not fit T - `ready_allowance` is refused with a [`RampMisfit`]
+//!   that says what would (its suggestions leave the whole closing window).
+//! - The closing window is the policy's `close_grace`, or what remains after the ramp when the
+//!   deadline is too close for all of it (the plan's `close_grace_ms`, which the router gets):
+//!   a short deadline that fitted a ramp before the closing window existed still does, and the
+//!   shortest deadline the policy allows needs no more room than it did.
 //!
 //! Everything here is a pure function of the request, the time and the policy.
 
@@ -62,8 +70,18 @@ pub struct Plan {
     /// Time from the request to the deadline, milliseconds.
     pub time_to_deadline_ms: u64,
     /// Time left between the ramp reaching 100 % (at the latest) and the deadline: what A's
-    /// flows have to end before the cut-over, milliseconds.
+    /// flows have to end before the cut-over, milliseconds. Its last `close_grace_ms` are the
+    /// closing window.
     pub slack_ms: u64,
+    /// The closing window before the deadline, milliseconds: the policy's `close_grace`, or what
+    /// the deadline leaves after the ramp when that is less. The router's `close_grace`.
+    #[serde(default = "default_close_grace_ms")]
+    pub close_grace_ms: u64,
+}
+
+/// The closing window of a plan stored before plans had one: the policy's default.
+fn default_close_grace_ms() -> u64 {
+    DeadlinePolicy::default().close_grace_ms
 }
 
 /// Why a requested ramp was refused, with what would fit (the message of a 422
@@ -224,7 +242,12 @@ pub fn plan(input: PlanInput<'_>, policy: &DeadlinePolicy) -> Result<Plan, Box<R
     let t = input.deadline_ms.saturating_sub(input.now_ms);
     let allowance = policy.ready_allowance_ms;
     let available = t.saturating_sub(allowance);
-    let target = fit_target_ms(t, available, policy.plan_share);
+    // The default ramp and the suggestions leave the whole closing window when the deadline has
+    // room for it, else as much as the default ramp at its shortest holds leaves.
+    let room = available.saturating_sub(policy.close_grace_ms);
+    let shortest = ramp_to_100_ms(&scale_holds(&Ramp::default(), 0, 1, min_hold())).unwrap_or(0);
+    let limit = room.max(shortest).min(available);
+    let target = fit_target_ms(t, limit, policy.plan_share);
     let (ramp, source, share) = match input.requested {
         Some(ramp) => (ramp.clone(), RampSource::Requested, None),
         None => {
@@ -235,8 +258,9 @@ pub fn plan(input: PlanInput<'_>, policy: &DeadlinePolicy) -> Result<Plan, Box<R
             } else {
                 let scaled = scale_holds(&default, target, to_100, min_hold());
                 // The share of T the scaled ramp was fitted into: the policy's, or less when B's
-                // readiness allowance leaves less (from the ratios, not the rounded target).
-                let share = if t == 0 { 0.0 } else { clamp_share(policy.plan_share).min(available as f64 / t as f64) };
+                // readiness allowance and the closing window leave less (from the ratios, not the
+                // rounded target).
+                let share = if t == 0 { 0.0 } else { clamp_share(policy.plan_share).min(limit as f64 / t as f64) };
                 (scaled, RampSource::DefaultScaled, Some(share))
             }
         }
@@ -254,13 +278,15 @@ pub fn plan(input: PlanInput<'_>, policy: &DeadlinePolicy) -> Result<Plan, Box<R
             deadline_source: input.deadline_source,
             time_to_deadline_ms: t,
             slack_ms: available - r,
+            close_grace_ms: policy.close_grace_ms.min(available - r),
         }),
         _ => Err(Box::new(misfit(ramp, to_100, input.now_ms, t, target, policy))),
     }
 }
 
-/// The time a suggested or default ramp is fitted into: `plan_share` of T, never after
-/// T - `ready_allowance` (a share of 1 would otherwise end the ramp after the deadline).
+/// The time a suggested or default ramp is fitted into: `plan_share` of T, never after `limit`
+/// (T - `ready_allowance` - `close_grace` when positive: a share of 1 would otherwise end the
+/// ramp inside the closing window or after the deadline).
 fn fit_target_ms(t: u64, available: u64, plan_share: f64) -> u64 {
     ((t as f64 * clamp_share(plan_share)) as u64).min(available)
 }
@@ -364,18 +390,46 @@ mod tests {
         let p = plan(input(None, 48_000), &policy).unwrap();
         assert_eq!(p.ramp, steps(&[1.0, 5.0, 25.0, 50.0, 100.0], 6_000));
         assert_eq!((p.ramp_source, p.scaled, p.share), (RampSource::DefaultScaled, true, Some(0.5)));
-        assert_eq!((p.ramp_to_100_ms, p.slack_ms), (24_000, 48_000 - 10_000 - 24_000));
+        assert_eq!((p.ramp_to_100_ms, p.slack_ms, p.close_grace_ms), (24_000, 48_000 - 10_000 - 24_000, 10_000));
         // A day: the default as it is.
         let p = plan(input(None, 86_400_000), &policy).unwrap();
         assert_eq!((p.ramp, p.ramp_source, p.scaled, p.share), (Ramp::default(), RampSource::Default, false, None));
         assert_eq!(p.ramp_to_100_ms, 120_000);
-        // A share of 1 still leaves B its readiness allowance: 30 s -> 20 s to 100 %.
+        // A share of 1 still leaves B its readiness allowance and the closing window: 30 s ->
+        // 10 s to 100 %, the last 10 s before the deadline for closing.
         let all = DeadlinePolicy { plan_share: 1.0, ..policy };
         let p = plan(input(None, 30_000), &all).unwrap();
-        assert_eq!(p.ramp_to_100_ms, 20_000);
+        assert_eq!((p.ramp_to_100_ms, p.close_grace_ms, p.share), (10_000, 10_000, Some(10.0 / 30.0)));
         // Never below the congestion-control interval: with no room for 4 s, refused.
         let e = plan(input(None, 12_000), &policy).unwrap_err();
         assert_eq!((e.ramp_to_100_ms, e.earliest_deadline_ms), (Some(4_000), Some(NOW + 14_000)));
+    }
+
+    /// Issue 12: the split reaches 100 % before the closing window whenever the deadline has
+    /// room for the whole window; a deadline too close for it keeps what the ramp leaves.
+    #[test]
+    fn the_ramp_ends_before_the_closing_window() {
+        let policy = DeadlinePolicy::default();
+        for t in [30_000, 36_000, 48_000, 60_000, 300_000, 86_400_000] {
+            let p = plan(input(None, t), &policy).unwrap();
+            assert!(
+                p.ramp_to_100_ms + p.ready_allowance_ms + policy.close_grace_ms <= t,
+                "{t}: {p:?} ends inside the closing window"
+            );
+            assert_eq!(p.close_grace_ms, policy.close_grace_ms, "{t}");
+        }
+        // 15 s (the lab's shortest): 4 s of ramp at 1 s holds after B's 10 s leave 1 s of window.
+        let p = plan(input(None, 15_000), &policy).unwrap();
+        assert_eq!((p.ramp_to_100_ms, p.close_grace_ms), (4_000, 1_000));
+        // A requested ramp that fits before the deadline keeps what it leaves of the window.
+        let p = plan(input(Some(&steps(&[10.0, 100.0], 15_000)), 30_000), &policy).unwrap();
+        assert_eq!((p.slack_ms, p.close_grace_ms), (5_000, 5_000));
+        // Suggestions leave the whole window: 48 s, 120 s asked -> 100 % after 24 s <= 28 s.
+        let e = plan(input(Some(&Ramp::default()), 48_000), &policy).unwrap_err();
+        assert_eq!(e.fitting_steps.as_ref().and_then(ramp_to_100_ms), Some(24_000));
+        let tight = DeadlinePolicy { plan_share: 1.0, ..policy };
+        let e = plan(input(Some(&Ramp::default()), 48_000), &tight).unwrap_err();
+        assert_eq!(e.fitting_steps.as_ref().and_then(ramp_to_100_ms), Some(28_000));
     }
 
     #[test]

@@ -12,7 +12,7 @@ use ipshadow_dhcp::plan::{MigrationPlan, PlanState};
 
 use crate::inventory::Address;
 use crate::migration::MigrationState;
-use crate::reassign::Migration;
+use crate::reassign::{DeadlinePolicy, Migration};
 
 /// How long a rolled-back or aborted migration's entry stays (split 0, B's flows draining): B's
 /// shadow lease, after which B has lost the address.
@@ -30,8 +30,15 @@ fn ended_at(m: &Migration) -> u64 {
 
 /// The router's desired state: every held address with its VM, every migration that shadows
 /// its address (or is about to: pending) as an entry in the matching state (a rolled-back or aborted one for
-/// [`ROLLBACK_DRAIN`] after it ended, then the address is A's again).
-pub fn router_desired(addresses: &[Address], migrations: &[Migration], now_ms: u64) -> Desired {
+/// [`ROLLBACK_DRAIN`] after it ended, then the address is A's again). Each entry's closing
+/// window is its plan's (the policy's for migrations stored before plans had one); the flows
+/// early finish may close first are those forecast to outlive the policy's longest deadline.
+pub fn router_desired(
+    addresses: &[Address],
+    migrations: &[Migration],
+    now_ms: u64,
+    policy: &DeadlinePolicy,
+) -> Desired {
     let mut desired = Desired { addresses: BTreeMap::new(), entries: Vec::new() };
     for a in addresses {
         if let Some(vm) = &a.vm {
@@ -55,6 +62,8 @@ pub fn router_desired(addresses: &[Address], migrations: &[Migration], now_ms: u
             ramp: m.ramp.clone(),
             deadline: Some(instant(m.deadline_ms)),
             salt: m.id,
+            close_grace: Duration::from_millis(m.plan.as_ref().map_or(policy.close_grace_ms, |p| p.close_grace_ms)),
+            outlive_limit: Duration::from_millis(policy.max_ms),
             ..MigrationOptions::default()
         };
         let mut entry = ShadowingEntry::new(
@@ -109,7 +118,13 @@ pub fn dhcp_plans(migrations: &[Migration]) -> Vec<MigrationPlan> {
                 MigrationState::Failed => PlanState::Failed(failure_reason(m)),
                 _ => PlanState::RolledBack,
             };
-            let mut plan = MigrationPlan::new(m.id, m.ip, &m.source, &m.destination, m.deadline_ms / 1000);
+            // A's lease ends at the deadline, or when the router finished early: the plan says
+            // so (a completed plan refuses A's renewal either way).
+            let end_ms = match (m.lifecycle.state, &m.cut_over) {
+                (MigrationState::Completed, Some(c)) => c.at_ms.min(m.deadline_ms),
+                _ => m.deadline_ms,
+            };
+            let mut plan = MigrationPlan::new(m.id, m.ip, &m.source, &m.destination, end_ms / 1000);
             plan.state = state;
             Some(plan)
         })
@@ -160,6 +175,7 @@ mod tests {
             created_ms: 1_000_000,
             split_pct: 25.0,
             lifecycle,
+            cut_over: None,
         }
     }
 
@@ -210,7 +226,7 @@ mod tests {
         ];
         for (events, entry_state, cut_over, plan) in cases {
             let m = migration(events, 1_500_000);
-            let desired = router_desired(&held, std::slice::from_ref(&m), 1_500_000);
+            let desired = router_desired(&held, std::slice::from_ref(&m), 1_500_000, &DeadlinePolicy::default());
             assert_eq!(desired.addresses.get(&X), Some(&VmId::from("vm-a")));
             assert_eq!(desired.entries.first().map(|d| d.entry.state), entry_state, "{events:?}");
             if let Some(d) = desired.entries.first() {
@@ -224,19 +240,21 @@ mod tests {
         // A rolled-back migration drains for B's shadow lease, then leaves the router.
         let rolled = migration(&[E::PlanWritten, E::DestinationFailed { reason: "probes".into() }], 1_500_000);
         let later = 1_500_000 + ROLLBACK_DRAIN.as_millis() as u64;
-        assert!(router_desired(&held, std::slice::from_ref(&rolled), later).entries.is_empty());
+        assert!(
+            router_desired(&held, std::slice::from_ref(&rolled), later, &DeadlinePolicy::default()).entries.is_empty()
+        );
         // Promote: requested of the router while ramping or paused, not once the migration rolls back.
         let promoted = migration(
             &[E::PlanWritten, E::DestinationLeaseBound, E::DestinationReady, E::Pause, E::Promote],
             1_500_000,
         );
-        let desired = router_desired(&held, std::slice::from_ref(&promoted), 1_500_000);
+        let desired = router_desired(&held, std::slice::from_ref(&promoted), 1_500_000, &DeadlinePolicy::default());
         assert_eq!(desired.entries.first().map(|d| (d.promote, d.entry.state)), Some((true, EntryState::Paused)));
         let aborted = migration(
             &[E::PlanWritten, E::DestinationLeaseBound, E::DestinationReady, E::Promote, E::Abort],
             1_500_000,
         );
-        let desired = router_desired(&held, std::slice::from_ref(&aborted), 1_500_000);
+        let desired = router_desired(&held, std::slice::from_ref(&aborted), 1_500_000, &DeadlinePolicy::default());
         assert_eq!(desired.entries.first().map(|d| (d.promote, d.entry.state)), Some((false, EntryState::RollingBack)));
         let failed = migration(&[E::PlanWritten, E::Fail { reason: "no lease for vm-b in 120 s".into() }], 0);
         assert_eq!(dhcp_plans(&[failed])[0].state, PlanState::Failed("no lease for vm-b in 120 s".into()));

@@ -9,7 +9,7 @@ use ipshadow_core::{Affinity, Mode, Ramp, Strategy};
 use serde::{Deserialize, Serialize};
 
 use crate::inventory::{Address, Inventory, InventoryError, address_key, decode, encode, vm_key};
-use crate::migration::{Lifecycle, MigrationEvent, MigrationState};
+use crate::migration::{CutOverRecord, Lifecycle, MigrationEvent, MigrationState};
 use crate::plan::{Plan, PlanInput};
 use crate::store::{Compare, Store, Txn, TxnOutcome};
 
@@ -63,11 +63,20 @@ pub struct DeadlinePolicy {
     /// Time B's DHCP client is given to bind the address and answer for it before the ramp
     /// starts: a ramp fits when it reaches 100 % within the time to the deadline minus this.
     pub ready_allowance_ms: u64,
+    /// The closing window before the deadline: from deadline - this, every new flow goes to B
+    /// and A's last TCP flows are closed with a FIN at an idle moment. The default ramp is fitted
+    /// to leave it; a deadline too close for the whole window leaves what remains after the ramp
+    /// (the plan's `close_grace_ms`).
+    pub close_grace_ms: u64,
+    /// The most the manager may move a migration's deadline past the one it was created with,
+    /// so that A's forecast drain fits (never past the longest deadline either).
+    pub max_extension_ms: u64,
 }
 
 impl Default for DeadlinePolicy {
     /// 30 s to 7 days; 1 hour when nothing else says; the default ramp fitted into half the
-    /// time to the deadline; 10 s for B to be ready.
+    /// time to the deadline; 10 s for B to be ready; a 10 s closing window; extensions of an
+    /// hour at most.
     fn default() -> Self {
         Self {
             min_ms: 30_000,
@@ -75,6 +84,8 @@ impl Default for DeadlinePolicy {
             default_ms: 3_600_000,
             plan_share: 0.5,
             ready_allowance_ms: 10_000,
+            close_grace_ms: 10_000,
+            max_extension_ms: 3_600_000,
         }
     }
 }
@@ -143,6 +154,9 @@ pub enum DeadlineSource {
     SourceLeaseEnd,
     /// The policy's default (no request, no DHCP server to ask).
     PolicyDefault,
+    /// Moved later by the manager so that A's forecast drain ends before the closing window
+    /// (the history's `deadline_extended` says from what, to what and why).
+    DrainForecast,
 }
 
 /// A migration as stored under `/v1/migrations/{id}`.
@@ -185,6 +199,10 @@ pub struct Migration {
     pub split_pct: f64,
     /// State and history, and whether the user promoted B ([`Lifecycle::promoted`]).
     pub lifecycle: Lifecycle,
+    /// What the router's cut-over did to A's last flows and why it came when it did (early
+    /// finish: `cause: drained`, `early_by_ms`); absent until the router reports the end.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cut_over: Option<CutOverRecord>,
 }
 
 /// Key of a migration.
@@ -319,6 +337,7 @@ impl<S: Store> Inventory<S> {
             created_ms: now_ms,
             split_pct: 0.0,
             lifecycle: Lifecycle::new(),
+            cut_over: None,
         };
         let marked = Address { migration: Some(next), ..address.value };
         let counter = match next_revision {
@@ -376,6 +395,68 @@ impl<S: Store> Inventory<S> {
                 .when(Compare::ModRevision(address_key(m.ip), address.revision))
                 .put(address_key(m.ip), encode(&released));
         }
+        match self.store().txn(txn)? {
+            TxnOutcome::Committed(_) => Ok(m),
+            TxnOutcome::Failed(_) => Err(InventoryError::Raced),
+        }
+    }
+
+    /// Moves migration `id`'s deadline as `extension` says (later only), with its
+    /// `deadline_extended` history entry and `deadline_source: drain_forecast`, in one
+    /// transaction: the DHCP server's lease plan and the router's entry follow the store. A
+    /// deadline that changed since the decision was made is a conflict (decided again on the
+    /// next report).
+    pub fn extend_deadline(
+        &self,
+        id: u64,
+        extension: &crate::extend::Extension,
+        now_ms: u64,
+    ) -> Result<Migration, InventoryError> {
+        let kv = self
+            .store()
+            .get(&migration_key(id))?
+            .ok_or(InventoryError::NotFound { kind: "migration", id: id.to_string() })?;
+        let stored = decode::<Migration>(&kv)?;
+        let mut m = stored.value;
+        if m.deadline_ms != extension.from_ms {
+            return Err(InventoryError::Conflict(format!(
+                "migration {id}'s deadline is {} now, not {}",
+                m.deadline_ms, extension.from_ms
+            )));
+        }
+        let event = MigrationEvent::DeadlineExtended {
+            from_ms: extension.from_ms,
+            to_ms: extension.to_ms,
+            reason: extension.reason.clone(),
+        };
+        m.lifecycle.apply(event, now_ms).map_err(|e| InventoryError::Conflict(e.to_string()))?;
+        m.deadline_ms = extension.to_ms;
+        m.deadline_source = DeadlineSource::DrainForecast;
+        let txn = Txn::new()
+            .when(Compare::ModRevision(migration_key(id), stored.revision))
+            .put(migration_key(id), encode(&m));
+        match self.store().txn(txn)? {
+            TxnOutcome::Committed(_) => Ok(m),
+            TxnOutcome::Failed(_) => Err(InventoryError::Raced),
+        }
+    }
+
+    /// Records what the router's cut-over of migration `id` did (once: a record already there
+    /// is kept, the router repeats its report).
+    pub fn record_cut_over(&self, id: u64, record: CutOverRecord) -> Result<Migration, InventoryError> {
+        let kv = self
+            .store()
+            .get(&migration_key(id))?
+            .ok_or(InventoryError::NotFound { kind: "migration", id: id.to_string() })?;
+        let stored = decode::<Migration>(&kv)?;
+        let mut m = stored.value;
+        if m.cut_over.is_some() {
+            return Ok(m);
+        }
+        m.cut_over = Some(record);
+        let txn = Txn::new()
+            .when(Compare::ModRevision(migration_key(id), stored.revision))
+            .put(migration_key(id), encode(&m));
         match self.store().txn(txn)? {
             TxnOutcome::Committed(_) => Ok(m),
             TxnOutcome::Failed(_) => Err(InventoryError::Raced),

@@ -461,6 +461,7 @@ fn the_default_ramp_is_fitted_to_the_deadline_and_shown_in_the_plan() {
             "deadline_source": "source_lease_end",
             "time_to_deadline_ms": 48_000,
             "slack_ms": 14_000,
+            "close_grace_ms": 10_000,
         })
     );
     assert_eq!(
@@ -564,4 +565,86 @@ fn a_dry_run_answers_the_plan_and_creates_nothing() {
     assert_eq!(s.call("POST", &path, Some(ACME), Some(&real), Some("move-x")).raw, r.raw, "the key's answer now");
     // A dry run after it now meets the address migrating.
     assert_error(&s.call("POST", &path, Some(ACME), Some(&dry), None), 409, "conflict");
+}
+
+/// The router's report as `ipshadow serve` would hand it to the API: X shadowed by a migration
+/// created at [`NOW`], reported 400 ms before [`NOW`], with A's drain forecast.
+fn router_report() -> ipshadow_dataplane::Status {
+    use ipshadow_core::patterns::{DrainForecast, PatternsReport, Tail};
+    use ipshadow_core::{CongestionControlParameters, Instant, MigrationOptions, ShadowingEntry};
+    let x = X.parse().unwrap();
+    let entry = ShadowingEntry::new(
+        x,
+        "vm-a".into(),
+        "vm-b".into(),
+        Instant::from_millis(NOW),
+        CongestionControlParameters::default(),
+        MigrationOptions::default(),
+    );
+    let mut measured = PatternsReport { arrivals: 90, arrival_rate_per_s: 2.5, ..PatternsReport::default() };
+    measured.source.open = 12;
+    measured.source.idle = 7;
+    measured.destination.open = 30;
+    let forecast = DrainForecast {
+        open: 12,
+        p50_ms: Some(42_000.0),
+        p90_ms: None,
+        expected_open_at_deadline: Some(3.5),
+        horizon_ms: 60_000.0,
+        tail: Tail::Pareto { alpha: 1.5 },
+        observations: 120,
+    };
+    ipshadow_dataplane::Status {
+        updated: Instant::from_millis(NOW - 400),
+        entries: vec![entry],
+        patterns: [(x, ipshadow_dataplane::status::AddressPatterns { measured, forecast: Some(forecast) })].into(),
+        ..Default::default()
+    }
+}
+
+fn router_reporting(store: RedbStore) -> ApiState<RedbStore> {
+    let parts = Parts { router_status: Some(Arc::new(|| Some(router_report()))), ..Parts::default() };
+    common::tenants_at_now(store).with_parts(parts)
+}
+
+/// Issue 12: a migration's document shows the router's latest measurements and drain forecast
+/// for its address with the report's time and age, and `/metrics` has them per address.
+#[test]
+fn a_shadowing_migration_shows_the_router_s_patterns_and_forecast_and_metrics_have_them() {
+    let s = Server::with_inventory_on("observed", router_reporting);
+    let r = s.post(&format!("/v1/addresses/{X}/reassign"), ACME, json!({"to": "vm-b", "migrate": true}));
+    assert_eq!(r.status, 202, "{}", r.raw);
+    assert!(r.body.get("observed").is_none(), "the reassign call answers the stored migration");
+    let m = s.get("/v1/migrations/1", ACME).body;
+    let observed = &m["observed"];
+    assert_eq!((observed["at_ms"].as_u64(), observed["age_ms"].as_u64()), (Some(NOW - 400), Some(400)), "{m}");
+    assert_eq!(observed["patterns"]["source"]["open"], 12);
+    assert_eq!(observed["patterns"]["source"]["idle"], 7);
+    assert_eq!(observed["patterns"]["destination"]["open"], 30);
+    assert_eq!(observed["patterns"]["arrival_rate_per_s"], 2.5);
+    assert_eq!(observed["forecast"]["p50_ms"], 42_000.0);
+    assert_eq!(observed["forecast"]["p90_ms"], Value::Null, "not foreseeable");
+    assert_eq!(observed["forecast"]["tail"], json!({"kind": "pareto", "alpha": 1.5}));
+    // The stored migration is unchanged underneath.
+    assert_eq!(m["lifecycle"], r.body["lifecycle"]);
+
+    let metrics = s.get("/metrics", ADMIN);
+    assert_eq!(metrics.status, 200);
+    for line in [
+        "ipshadow_flows_open{ip=\"10.0.0.10\",side=\"source\"} 12",
+        "ipshadow_flows_open{ip=\"10.0.0.10\",side=\"destination\"} 30",
+        "ipshadow_flows_idle{ip=\"10.0.0.10\",side=\"source\"} 7",
+        "ipshadow_flow_arrivals_per_second{ip=\"10.0.0.10\"} 2.5",
+        "ipshadow_drain_forecast_seconds{ip=\"10.0.0.10\",quantile=\"0.5\"} 42",
+        "ipshadow_drain_forecast_seconds{ip=\"10.0.0.10\",quantile=\"0.9\"} +Inf",
+        "ipshadow_drain_expected_open_at_deadline{ip=\"10.0.0.10\"} 3.5",
+        "ipshadow_router_report_age_seconds 0.4",
+        "# TYPE ipshadow_drain_forecast_seconds gauge",
+    ] {
+        assert!(metrics.raw.lines().any(|l| l == line), "{line} missing from:\n{}", metrics.raw);
+    }
+
+    // Once the migration no longer shadows the address, nothing is shown for it.
+    s.manager.advance(1, MigrationEvent::Abort, NOW).unwrap();
+    assert!(s.get("/v1/migrations/1", ACME).body.get("observed").is_none());
 }

@@ -14,7 +14,7 @@ mod common;
 
 use common::{ACME, ADMIN, Api, NOW, ZETA};
 use ipshadow_control::RedbStore;
-use ipshadow_control::api::ApiState;
+use ipshadow_control::api::{ApiState, Parts};
 use ipshadow_control::inventory::Inventory;
 use ipshadow_control::migration::MigrationEvent;
 use serde_json::{Value, json};
@@ -327,4 +327,84 @@ fn the_document_describes_promote_and_the_event_stream() {
     assert!(events["responses"]["200"]["content"]["text/event-stream"].is_object(), "{events}");
     assert!(events["responses"]["404"].is_object());
     assert!(events["responses"]["503"].is_object());
+}
+
+/// When the fake router below last reported, unix milliseconds: it reports every 50 ms.
+static REPORTED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(NOW);
+
+/// A router that reports X shadowed by a migration created at [`NOW`], with A's forecast, and a
+/// new report every time it is asked (more often than any watcher needs).
+fn router_reporting(store: RedbStore) -> ApiState<RedbStore> {
+    use ipshadow_core::patterns::{DrainForecast, Tail};
+    use ipshadow_core::{CongestionControlParameters, Instant, MigrationOptions, ShadowingEntry};
+    let report = || {
+        let x = "10.0.0.10".parse().unwrap();
+        let at = REPORTED.fetch_add(50, std::sync::atomic::Ordering::Relaxed);
+        let entry = ShadowingEntry::new(
+            x,
+            "vm-a".into(),
+            "vm-b".into(),
+            Instant::from_millis(NOW),
+            CongestionControlParameters::default(),
+            MigrationOptions::default(),
+        );
+        let forecast = DrainForecast {
+            open: 4,
+            p50_ms: Some(9_000.0),
+            p90_ms: Some(20_000.0),
+            expected_open_at_deadline: None,
+            horizon_ms: 30_000.0,
+            tail: Tail::Exponential { rate_per_s: 0.1 },
+            observations: 50,
+        };
+        let patterns =
+            ipshadow_dataplane::status::AddressPatterns { measured: Default::default(), forecast: Some(forecast) };
+        Some(ipshadow_dataplane::Status {
+            updated: Instant::from_millis(at),
+            entries: vec![entry],
+            patterns: [(x, patterns)].into(),
+            ..Default::default()
+        })
+    };
+    let parts = Parts { router_status: Some(std::sync::Arc::new(report)), ..Parts::default() };
+    common::tenants_at_now(store).with_parts(parts)
+}
+
+/// Issue 12: the stream carries the router's forecast for a shadowing migration, at most once
+/// a second however often the router reports.
+#[test]
+fn the_stream_carries_forecast_updates_at_most_once_a_second() {
+    let (s, id) = Server::with_migration_on("observations", router_reporting);
+    let (status, _, stream) = s.events(id, ACME);
+    assert_eq!(status, 200);
+    let stream = stream.unwrap();
+    assert_eq!(stream.next().event, "migration");
+    let first = stream.next();
+    assert_eq!(first.event, "observation");
+    assert_eq!(first.id, None, "not a store version");
+    assert_eq!(
+        (first.data["forecast"]["p90_ms"].as_f64(), first.data["forecast"]["open"].as_u64()),
+        (Some(20_000.0), Some(4))
+    );
+    let started = Instant::now();
+    let mut observations = 1;
+    while started.elapsed() < Duration::from_millis(2_500) {
+        if let Ok(e) = stream.events.recv_timeout(Duration::from_millis(100))
+            && e.event == "observation"
+        {
+            observations += 1;
+        }
+    }
+    // The router reported dozens of times; the stream sent one a second.
+    assert!((2..=4).contains(&observations), "{observations} observations in 2.5 s");
+    // A change of the migration still arrives as a migration event.
+    s.manager.advance(id, MigrationEvent::Abort, NOW).unwrap();
+    loop {
+        let e = stream.next();
+        if e.event == "migration" {
+            assert_eq!(state(&e), "aborted");
+            break;
+        }
+    }
+    assert!(stream.ends());
 }

@@ -37,6 +37,7 @@ fn migration(events: &[E]) -> Migration {
         created_ms: T0,
         split_pct: 5.0,
         lifecycle,
+        cut_over: None,
     }
 }
 
@@ -185,17 +186,35 @@ fn router_reports_carry_the_split_the_end_and_the_health_of_both_vms() {
         report: Default::default(),
         at: Instant::from_millis(now),
     });
-    assert_eq!(
-        events(decide(&ramping, &Input::Router(&ended), now, limits)),
-        [Decision::Event(E::CutOver { reason: "deadline".into() }), Decision::Event(E::RouterCompleted)]
-    );
+    assert!(matches!(
+        &events(decide(&ramping, &Input::Router(&ended), now, limits))[..],
+        [Decision::Event(E::CutOver { reason }), Decision::RecordCutOver(r), Decision::Event(E::RouterCompleted)]
+            if reason == "deadline" && r.at_ms == now
+    ));
     let cut = [migration(&[
         E::PlanWritten,
         E::DestinationLeaseBound,
         E::DestinationReady,
         E::CutOver { reason: "x".into() },
     ])];
-    assert_eq!(events(decide(&cut, &Input::Router(&ended), now, limits)), [Decision::Event(E::RouterCompleted)]);
+    assert!(matches!(
+        &events(decide(&cut, &Input::Router(&ended), now, limits))[..],
+        [Decision::RecordCutOver(_), Decision::Event(E::RouterCompleted)]
+    ));
+    // An early finish (A drained) before the deadline: `finished_early` with the time saved.
+    ended.ended[0].report.cause = ipshadow_core::EndCause::Drained;
+    assert!(matches!(
+        &events(decide(&ramping, &Input::Router(&ended), now, limits))[..],
+        [Decision::Event(E::FinishedEarly { early_by_ms, .. }), Decision::RecordCutOver(r), Decision::Event(E::RouterCompleted)]
+            if *early_by_ms == 570_000 && r.early_by_ms == Some(570_000)
+    ));
+    // A manager behind the router (it never saw B ready) catches up with a plain cut-over.
+    let waiting = [migration(&[E::PlanWritten, E::DestinationLeaseBound])];
+    assert!(matches!(
+        &events(decide(&waiting, &Input::Router(&ended), now, limits))[..],
+        [Decision::Event(E::CutOver { reason }), Decision::RecordCutOver(_), Decision::Event(E::RouterCompleted)]
+            if reason == "drained"
+    ));
     assert_eq!(cut[0].lifecycle.state, MigrationState::CutOver);
 }
 

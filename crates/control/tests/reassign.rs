@@ -299,9 +299,20 @@ fn the_default_ramp_is_fitted_to_the_lease_end() {
     assert_eq!((plan.deadline_ms, plan.deadline_source), (NOW + 48_000, DeadlineSource::SourceLeaseEnd));
     // The top-level fields agree with the plan: the manager and the router read `ramp`.
     assert_eq!((&m.ramp, m.deadline_ms, m.deadline_source), (&plan.ramp, plan.deadline_ms, plan.deadline_source));
-    let desired =
-        ipshadow_control::project::router_desired(&inv.addresses(None).unwrap(), std::slice::from_ref(&m), NOW);
+    let desired = ipshadow_control::project::router_desired(
+        &inv.addresses(None).unwrap(),
+        std::slice::from_ref(&m),
+        NOW,
+        &DeadlinePolicy::default(),
+    );
     assert_eq!(desired.entries[0].entry.options.ramp, plan.ramp, "the router follows the fitted ramp");
+    // The router closes A's last flows in the plan's closing window, and may close first at an
+    // early finish only flows forecast to outlive the longest deadline.
+    let options = &desired.entries[0].entry.options;
+    assert_eq!(plan.close_grace_ms, 10_000);
+    assert_eq!(options.close_grace, Duration::from_millis(plan.close_grace_ms));
+    assert_eq!(options.outlive_limit, Duration::from_millis(DeadlinePolicy::default().max_ms));
+    assert!(plan.ramp_to_100_ms + plan.ready_allowance_ms + plan.close_grace_ms <= plan.time_to_deadline_ms);
     assert_eq!(inv.migration(None, 1).unwrap(), m, "stored as answered");
 
     let inv = inventory("plan-day");

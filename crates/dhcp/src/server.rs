@@ -336,6 +336,18 @@ impl DhcpServer {
         Ok(())
     }
 
+    /// Moves a plan's deadline (A's lease end): later when the manager extends it for A's
+    /// drain, earlier when the migration finished early. A's next renewal gets a lease to the
+    /// new deadline (or, once the plan is completed, a DHCPNAK).
+    pub fn move_deadline(&mut self, id: u64, deadline: u64) -> Result<(), PlanError> {
+        if u32::try_from(deadline).is_err() {
+            return Err(PlanError::DeadlineOutOfRange(deadline));
+        }
+        let plan = self.plans.get_mut(&id).ok_or(PlanError::NoSuchPlan(id))?;
+        plan.deadline = deadline;
+        Ok(())
+    }
+
     /// Forgets an ended plan. A completed plan's address becomes the destination's reservation
     /// (and no longer the source's), so B keeps it and A stays refused.
     pub fn remove_plan(&mut self, id: u64) -> Option<MigrationPlan> {

@@ -202,7 +202,8 @@ impl Service {
 
     /// Follows the manager: the inventory's reservations and the migrations' lease plans. New
     /// reservations replace the old ones (leases kept); a plan the server does not have is
-    /// added (an ended one restored as it is); an active plan the manager ended is ended. A plan
+    /// added (an ended one restored as it is); an active plan the manager ended is ended; an
+    /// active plan's deadline follows the manager's (a lease extension, an early finish). A plan
     /// the server ended itself (B's DECLINE) stays ended: the manager hears of it through the
     /// lease event. Every change is committed before the next reply. Returns the plans refused
     /// (the rest still apply).
@@ -229,7 +230,14 @@ impl Service {
                     Ok(())
                 }
                 Some(current) if current.is_active() && !plan.is_active() => {
-                    self.server.end_plan(plan.id, plan.state.clone())
+                    let moved = current.deadline != plan.deadline;
+                    self.server
+                        .end_plan(plan.id, plan.state.clone())
+                        .and_then(|()| if moved { self.server.move_deadline(plan.id, plan.deadline) } else { Ok(()) })
+                }
+                // The manager extended A's lease end (or moved it): A's next renewal gets it.
+                Some(current) if current.is_active() && current.deadline != plan.deadline => {
+                    self.server.move_deadline(plan.id, plan.deadline)
                 }
                 Some(_) => continue,
             };

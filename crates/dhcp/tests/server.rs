@@ -161,6 +161,30 @@ fn during_a_migration_both_vms_hold_x_with_the_shadowing_option() {
     assert_eq!(answer(&s.handle(&renew(MAC_A, X), deadline + 30)).kind, MessageType::Nak);
 }
 
+/// Issue 12: the manager extends A's lease end for A's forecast drain, or ends it early when A
+/// drained: A's next renewal follows the plan's deadline.
+#[test]
+fn a_moved_deadline_extends_or_ends_a_s_lease() {
+    let mut s = DhcpServer::new(config(false)).unwrap();
+    bind(&mut s, MAC_A, T0);
+    s.add_plan(MigrationPlan::new(7, X, "vm-a", "vm-b", T0 + 600)).unwrap();
+    let a = answer(&s.handle(&renew(MAC_A, X), T0 + 300));
+    assert_eq!((a.kind, a.lease), (MessageType::Ack, Some(300)));
+    // Extended by 20 minutes: A renews to the new end, the option carries it.
+    s.move_deadline(7, T0 + 1800).unwrap();
+    let a = answer(&s.handle(&renew(MAC_A, X), T0 + 500));
+    assert_eq!((a.kind, a.lease), (MessageType::Ack, Some(1300)));
+    assert_eq!(u64::from(u32::from_be_bytes(a.shadow.unwrap()[10..14].try_into().unwrap())), T0 + 1800);
+    assert_eq!(answer(&s.handle(&renew(MAC_A, X), T0 + 700)).kind, MessageType::Ack, "past the old end");
+    // Finished early: completed with the end moved to now, A is refused from then on.
+    s.end_plan(7, PlanState::Completed).unwrap();
+    s.move_deadline(7, T0 + 800).unwrap();
+    assert_eq!(s.plan(7).map(|p| p.deadline), Some(T0 + 800));
+    assert_eq!(answer(&s.handle(&renew(MAC_A, X), T0 + 801)).kind, MessageType::Nak);
+    assert!(s.move_deadline(7, u64::MAX).is_err(), "out of the option's range");
+    assert!(s.move_deadline(99, T0).is_err(), "no such plan");
+}
+
 #[test]
 fn after_a_rollback_a_keeps_x_and_b_is_refused() {
     let mut s = DhcpServer::new(config(false)).unwrap();

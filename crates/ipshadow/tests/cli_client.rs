@@ -314,9 +314,10 @@ fn a_dry_run_prints_the_plan_and_migration_show_shows_it() {
     let started = ok(&dir, api, Some(ACME), &["reassign", X, "--to", "vm-b", "--migrate", "--deadline-in", "48"]);
     assert!(started.stdout.starts_with("migration 1 started"), "{}", started.stdout);
     let shown = ok(&dir, api, Some(ACME), &["migration", "show", "1"]).stdout;
-    for key in ["ramp ", "100% after ", "drain time "] {
+    for key in ["ramp ", "100% after ", "drain time ", "closing window "] {
         assert!(shown.lines().any(|l| l.starts_with(key)), "{key:?} missing:\n{shown}");
     }
+    assert!(shown.contains("the last 10s before the cut-over"), "{shown}");
     assert!(shown.contains("1, 5, 25, 50, 100% every ") && shown.contains("shortened"), "{shown}");
     drop(serve);
     let _ = std::fs::remove_dir_all(&dir);

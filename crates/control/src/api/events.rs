@@ -3,7 +3,10 @@
 //!
 //! The first event is the migration as it is; then every change to its record (the manager's
 //! steps, a new split, the user's controls) is one `event: migration` with the whole record as
-//! JSON and the store revision as the event id. The stream ends after the event that brings the
+//! JSON and the store revision as the event id. While the migration shadows its address and a
+//! router in the process reports it, an `event: observation` (no id: it is not a store version)
+//! carries the router's newer measurements and drain forecast, at most once every
+//! [`OBSERVATION_EVERY`]: the router reports five times a second, a watcher needs less. The stream ends after the event that brings the
 //! migration to a final state, when the server shuts down, or with one `event: error` if the
 //! record can no longer be read. Comments keep idle connections (and proxies) open.
 //!
@@ -24,6 +27,7 @@ use futures_util::Stream;
 use tokio::sync::mpsc;
 
 use super::error::{ApiPath, ErrorBody};
+use super::observed::{Observation, observe};
 use super::{ApiError, ApiState, Caller};
 use crate::inventory::{InventoryError, decode};
 use crate::reassign::{Migration, migration_key};
@@ -41,6 +45,12 @@ pub const DEFAULT_MAX_STREAMS: usize = 256;
 /// Events the bridge may be ahead of a slow client (then it waits; the store keeps the rest).
 const BUFFER: usize = 16;
 
+/// The shortest time between two `observation` events of one stream.
+pub const OBSERVATION_EVERY: Duration = Duration::from_secs(1);
+
+/// The router's observation of a migration's address now, if there is one.
+type Observer = Box<dyn Fn(&Migration) -> Option<Observation> + Send>;
+
 /// The migration's changes as server-sent events: first the migration as it is, then each new
 /// version of it, until it reaches a final state.
 #[utoipa::path(get, path = "/v1/migrations/{id}/events", tag = "migrations", security(("bearer" = [])),
@@ -48,8 +58,10 @@ const BUFFER: usize = 16;
     responses(
         (status = 200, content_type = "text/event-stream", body = super::schema::MigrationStreamEventSchema,
             description = "`event: migration`, `id:` the store revision, `data:` the whole migration as JSON: \
-                first the current one, then one per change; the stream ends after a final state. An \
-                `event: error` (data: the error shape) ends it when the record cannot be read."),
+                first the current one, then one per change; the stream ends after a final state. While the \
+                migration shadows its address, `event: observation` (no id), `data:` the router's newer \
+                measurements and drain forecast, at most once a second. An `event: error` (data: the error \
+                shape) ends it when the record cannot be read."),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
         (status = 503, body = ErrorBody, description = "Too many event streams are open: retry after `Retry-After` seconds.")))]
 pub async fn migration_events<S: Store>(
@@ -81,10 +93,14 @@ pub async fn migration_events<S: Store>(
     let _ = sender.try_send(migration_event(&current, revision));
     if !current.lifecycle.state.is_final() {
         let key = migration_key(id);
+        let observer = state.parts.router_status.clone().map(|status| {
+            let clock = state.clock.clone();
+            Box::new(move |m: &Migration| status().and_then(|s| observe(&s, m, clock()))) as Observer
+        });
         std::thread::Builder::new()
             .name(format!("events-{id}"))
             .spawn(move || {
-                bridge(&watcher, &key, &sender);
+                bridge(&watcher, &key, &sender, current, observer.as_ref());
                 drop(slot);
             })
             .map_err(|e| ApiError::internal(format!("starting the event stream: {e}")))?;
@@ -124,16 +140,39 @@ impl Drop for StreamSlot {
 }
 
 /// Forwards the changes of `key` from the store's watch to the response until the migration is
-/// final, the client has gone (the receiver is dropped) or the store is closed.
-fn bridge(watcher: &Watcher, key: &str, sender: &mpsc::Sender<Event>) {
+/// final, the client has gone (the receiver is dropped) or the store is closed; between them,
+/// the router's newer observations of the migration (`current`, as last sent) from `observer`.
+fn bridge(
+    watcher: &Watcher,
+    key: &str,
+    sender: &mpsc::Sender<Event>,
+    mut current: Migration,
+    observer: Option<&Observer>,
+) {
+    let mut observed: Option<(Instant, u64)> = None;
     loop {
         if sender.is_closed() {
             return;
         }
+        if let Some(observer) = observer
+            && observed.is_none_or(|(sent, _)| sent.elapsed() >= OBSERVATION_EVERY)
+            && let Some(seen) = observer(&current)
+            && observed.is_none_or(|(_, at_ms)| at_ms != seen.at_ms)
+        {
+            observed = Some((Instant::now(), seen.at_ms));
+            if sender.blocking_send(observation_event(&seen)).is_err() {
+                return;
+            }
+        }
         let asked = Instant::now();
         let (event, last) = match watcher.next_timeout(POLL) {
             Some(WatchEvent::Put(kv)) if kv.key == key => match decode::<Migration>(&kv) {
-                Ok(m) => (migration_event(&m.value, kv.mod_revision), m.value.lifecycle.state.is_final()),
+                Ok(m) => {
+                    let event = migration_event(&m.value, kv.mod_revision);
+                    let last = m.value.lifecycle.state.is_final();
+                    current = m.value;
+                    (event, last)
+                }
                 Err(e) => (error_event(&ApiError::from(e)), true),
             },
             Some(WatchEvent::Delete { key, .. }) => {
@@ -158,6 +197,14 @@ fn migration_event(m: &Migration, revision: u64) -> Event {
     match serde_json::to_string(m) {
         Ok(json) => Event::default().event("migration").id(revision.to_string()).data(json),
         Err(e) => error_event(&ApiError::internal(format!("migration {}: {e}", m.id))),
+    }
+}
+
+/// `event: observation`, the router's observation as JSON (no id: not a store version).
+fn observation_event(seen: &Observation) -> Event {
+    match serde_json::to_string(seen) {
+        Ok(json) => Event::default().event("observation").data(json),
+        Err(e) => error_event(&ApiError::internal(format!("observation: {e}"))),
     }
 }
 

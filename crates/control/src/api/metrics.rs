@@ -1,5 +1,7 @@
 //! `GET /metrics`: the manager's view in the Prometheus text format (version 0.0.4), for the
-//! operator (admin token; Prometheus sends it with `authorization: credentials`).
+//! operator (admin token; Prometheus sends it with `authorization: credentials`), with the
+//! router's measurements and drain forecast per shadowed address (label `ip`) when a router
+//! runs in this process.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -31,7 +33,87 @@ fn state_name(state: MigrationState) -> String {
     serde_json::to_value(state).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default()
 }
 
-/// Counts of VMs, addresses and migrations by state, and each shadowed address's split.
+/// A sample value as the text format spells it (`+Inf`, `NaN`: Rust writes `inf`).
+fn value(x: f64) -> String {
+    if x.is_nan() {
+        "NaN".to_owned()
+    } else if x == f64::INFINITY {
+        "+Inf".to_owned()
+    } else if x == f64::NEG_INFINITY {
+        "-Inf".to_owned()
+    } else {
+        format!("{x}")
+    }
+}
+
+/// The router's measurements and drain forecast per shadowed address (label `ip`), from its
+/// latest report: one family at a time, as the text format wants.
+fn patterns(out: &mut String, status: &ipshadow_dataplane::Status, now_ms: u64) {
+    let updated = status.updated.as_millis();
+    let _ = writeln!(
+        out,
+        "# HELP ipshadow_router_report_age_seconds Age of the router's latest status report.
+         # TYPE ipshadow_router_report_age_seconds gauge
+ipshadow_router_report_age_seconds {}",
+        value(now_ms.saturating_sub(updated) as f64 / 1000.0)
+    );
+    let by_side = |out: &mut String, name: &str, help: &str, get: fn(&ipshadow_core::patterns::SidePatterns) -> u32| {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}
+# TYPE {name} gauge"
+        );
+        for (ip, p) in &status.patterns {
+            for (side, s) in [("source", &p.measured.source), ("destination", &p.measured.destination)] {
+                let _ = writeln!(out, "{name}{{ip=\"{ip}\",side=\"{side}\"}} {}", get(s));
+            }
+        }
+    };
+    by_side(
+        out,
+        "ipshadow_flows_open",
+        "TCP flows open per shadowed address on the source (A) and the destination (B).",
+        |s| s.open,
+    );
+    by_side(out, "ipshadow_flows_idle", "Of the open TCP flows, idle ones (everything sent was acknowledged).", |s| {
+        s.idle
+    });
+    let _ = writeln!(
+        out,
+        "# HELP ipshadow_flow_arrivals_per_second New inbound TCP flows per second over the last 10 s, per shadowed \
+         address.\n# TYPE ipshadow_flow_arrivals_per_second gauge"
+    );
+    for (ip, p) in &status.patterns {
+        let _ =
+            writeln!(out, "ipshadow_flow_arrivals_per_second{{ip=\"{ip}\"}} {}", value(p.measured.arrival_rate_per_s));
+    }
+    let _ = writeln!(
+        out,
+        "# HELP ipshadow_drain_forecast_seconds Forecast time until the last of A's open flows has ended, by \
+         quantile (+Inf: not foreseeable, nothing has been seen to end).\n# TYPE ipshadow_drain_forecast_seconds gauge"
+    );
+    for (ip, f) in status.patterns.iter().filter_map(|(ip, p)| p.forecast.as_ref().map(|f| (ip, f))) {
+        for (q, ms) in [("0.5", f.p50_ms), ("0.9", f.p90_ms)] {
+            let secs = ms.map_or(f64::INFINITY, |ms| ms / 1000.0);
+            let _ = writeln!(out, "ipshadow_drain_forecast_seconds{{ip=\"{ip}\",quantile=\"{q}\"}} {}", value(secs));
+        }
+    }
+    let _ = writeln!(
+        out,
+        "# HELP ipshadow_drain_expected_open_at_deadline A's flows expected still open at the deadline.\n\
+         # TYPE ipshadow_drain_expected_open_at_deadline gauge"
+    );
+    for (ip, f) in status.patterns.iter().filter_map(|(ip, p)| p.forecast.as_ref().map(|f| (ip, f))) {
+        if let Some(n) = f.expected_open_at_deadline {
+            let _ = writeln!(out, "ipshadow_drain_expected_open_at_deadline{{ip=\"{ip}\"}} {}", value(n));
+        }
+    }
+}
+
+/// Counts of VMs, addresses and migrations by state, each shadowed address's split, and from
+/// the router's latest report (when a router runs in this process) each shadowed address's open
+/// and idle flows on A and B, arrival rate, drain forecast (p50, p90) and flows expected open at
+/// the deadline.
 #[utoipa::path(get, path = "/metrics", tag = "meta", security(("bearer" = [])),
     responses((status = 200, description = "Prometheus text format (version 0.0.4)", content_type = "text/plain", body = String),
         (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
@@ -62,6 +144,9 @@ pub async fn metrics<S: Store>(State(state): State<ApiState<S>>, caller: Caller)
     );
     for m in migrations.iter().filter(|m| m.lifecycle.state.is_shadowing()) {
         let _ = writeln!(out, "ipshadow_split_percent{{ip=\"{}\",migration=\"{}\"}} {}", m.ip, m.id, m.split_pct);
+    }
+    if let Some(status) = state.parts.router_status.as_ref().and_then(|f| f()) {
+        patterns(&mut out, &status, (state.clock)());
     }
     let content_type = HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8");
     Ok(([(header::CONTENT_TYPE, content_type)], out).into_response())

@@ -6,6 +6,7 @@ use axum::Json;
 use axum::extract::State;
 
 use super::error::{ApiPath, ErrorBody};
+use super::observed::{MigrationView, observe};
 use super::{ApiError, ApiState, Caller};
 use crate::migration::MigrationEvent;
 use crate::reassign::Migration;
@@ -21,17 +22,22 @@ pub async fn list_migrations<S: Store>(
     state.blocking(move |inv| Ok(inv.migrations(caller.tenant())?)).await.map(Json)
 }
 
-/// One migration, with its state and history.
+/// One migration, with its state and history, and while it shadows its address the router's
+/// latest measurements and drain forecast for it (`observed`, with the report's time and age).
 #[utoipa::path(get, path = "/v1/migrations/{id}", tag = "migrations", security(("bearer" = [])),
     params(("id" = u64, Path, description = "Migration id")),
-    responses((status = 200, body = Migration), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+    responses((status = 200, body = MigrationView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
         (status = 404, body = ErrorBody)))]
 pub async fn get_migration<S: Store>(
     State(state): State<ApiState<S>>,
     caller: Caller,
     ApiPath(id): ApiPath<u64>,
-) -> Result<Json<Migration>, ApiError> {
-    state.blocking(move |inv| Ok(inv.migration(caller.tenant(), id)?)).await.map(Json)
+) -> Result<Json<MigrationView>, ApiError> {
+    let migration = state.blocking(move |inv| Ok(inv.migration(caller.tenant(), id)?)).await?;
+    let now = (state.clock)();
+    let observed =
+        state.parts.router_status.as_ref().and_then(|f| f()).and_then(|status| observe(&status, &migration, now));
+    Ok(Json(MigrationView { migration, observed }))
 }
 
 /// Applies a user's event to a migration the caller may see; a state that refuses it is 409.

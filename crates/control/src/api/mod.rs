@@ -13,6 +13,7 @@ pub mod events;
 pub mod idempotency;
 pub mod metrics;
 pub mod migrations;
+pub mod observed;
 pub mod parts;
 pub mod schema;
 pub mod shadowing;

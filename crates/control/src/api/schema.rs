@@ -182,6 +182,107 @@ pub struct CongestionControlParametersSchema {
     pub min_segments_for_ratio: u32,
 }
 
+/// A histogram summed up: count, median, 90th percentile (`Quantiles` in the document).
+#[derive(Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(as = Quantiles)]
+pub struct QuantilesSchema {
+    /// Values recorded.
+    pub count: u64,
+    /// Median, milliseconds (null: none recorded).
+    pub p50_ms: Option<f64>,
+    /// 90th percentile, milliseconds (null: none recorded).
+    pub p90_ms: Option<f64>,
+}
+
+/// One VM's measurements (`SidePatterns` in the document).
+#[derive(Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(as = SidePatterns)]
+pub struct SidePatternsSchema {
+    /// TCP flows open now.
+    pub open: u32,
+    /// Of those, first seen mid-stream (open before the measurement began, or relearned).
+    pub open_unknown_start: u32,
+    /// Of those, idle: everything either side sent was acknowledged.
+    pub idle: u32,
+    /// Age of the oldest open flow, milliseconds (null: none open).
+    pub oldest_open_ms: Option<u64>,
+    /// Client SYN to this VM's SYN-ACK.
+    pub handshake_ms: QuantilesSchema,
+    /// A client's request to this VM's first byte of the answer.
+    pub first_byte_ms: QuantilesSchema,
+    /// RSTs this VM sent on its own flows.
+    pub resets: u64,
+    /// SYNs a client had to send again because this VM did not answer.
+    pub unanswered_syns: u64,
+}
+
+/// What the router measured for a shadowed address since the migration was requested
+/// (`Patterns` in the document; the router's `PatternsReport`).
+#[derive(Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(as = Patterns)]
+pub struct PatternsSchema {
+    /// How long the router has measured, milliseconds.
+    pub measured_for_ms: u64,
+    /// New inbound TCP flows since then.
+    pub arrivals: u64,
+    /// New inbound TCP flows per second, over the last 10 s.
+    pub arrival_rate_per_s: f64,
+    /// Lifetimes of ended flows whose start the router saw.
+    pub lifetimes_ms: QuantilesSchema,
+    /// VM A.
+    pub source: SidePatternsSchema,
+    /// VM B.
+    pub destination: SidePatternsSchema,
+}
+
+/// How lifetimes past the longest observation are extrapolated (`Tail` in the document):
+/// `none` (nothing ended late: no end in sight), `exponential` (constant hazard) or `pareto`
+/// (power law).
+#[derive(Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case", tag = "kind", deny_unknown_fields)]
+#[schema(as = Tail)]
+pub enum TailSchema {
+    /// No end in sight.
+    None,
+    /// Constant hazard.
+    Exponential {
+        /// Hazard rate per second (null: infinite, every flow ended within the horizon).
+        rate_per_s: Option<f64>,
+    },
+    /// Power law S(t) ∝ t^-alpha.
+    Pareto {
+        /// Tail index.
+        alpha: f64,
+    },
+}
+
+/// When A's open flows will have ended (`DrainForecast` in the document): a life-table
+/// (Kaplan-Meier) estimate of flow lifetimes with censoring, a fitted tail past the longest
+/// observation, and the residual life of each open flow.
+#[derive(Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(as = DrainForecast)]
+pub struct DrainForecastSchema {
+    /// A's open flows now.
+    pub open: u64,
+    /// Median time from the report until the last of them has ended, milliseconds (null: not
+    /// foreseeable within 30 days, nothing has been seen to end).
+    pub p50_ms: Option<f64>,
+    /// 90th percentile of the same, milliseconds (null: not foreseeable).
+    pub p90_ms: Option<f64>,
+    /// Flows expected still open at the deadline.
+    pub expected_open_at_deadline: Option<f64>,
+    /// The longest lifetime or age observed, milliseconds: past it the forecast rests on the tail.
+    pub horizon_ms: f64,
+    /// The tail fitted past the horizon.
+    pub tail: TailSchema,
+    /// Flows whose lifetime (ended) or age (open) the estimate rests on.
+    pub observations: u64,
+}
+
 /// One server-sent event of `GET /v1/migrations/{id}/events` (`MigrationStreamEvent` in the
 /// document): `event: migration` with the store revision as `id` and the whole migration as JSON
 /// `data`, or a last `event: error` with the error shape as JSON `data`. A `text/event-stream`
@@ -209,6 +310,13 @@ impl PartialSchema for MigrationStreamEventSchema {
         };
         OneOfBuilder::new()
             .item(event("migration", "The migration as it is now (first) or after a change.", true, "Migration"))
+            .item(event(
+                "observation",
+                "The router's newer measurements and drain forecast for the migration's address (at most one a \
+                 second, while it is shadowed).",
+                false,
+                "Observation",
+            ))
             .item(event("error", "The record cannot be read any more; the stream ends.", false, "ErrorBody"))
             .description(Some("One server-sent event of a migration's stream."))
             .into()
@@ -218,6 +326,16 @@ impl PartialSchema for MigrationStreamEventSchema {
 impl ToSchema for MigrationStreamEventSchema {
     fn name() -> Cow<'static, str> {
         Cow::Borrowed("MigrationStreamEvent")
+    }
+
+    fn schemas(schemas: &mut Vec<(String, RefOr<Schema>)>) {
+        // The `data` of an `observation` event refers to it: the document must hold it even if
+        // no operation's body names it.
+        schemas.push((
+            crate::api::observed::Observation::name().into_owned(),
+            crate::api::observed::Observation::schema(),
+        ));
+        <crate::api::observed::Observation as ToSchema>::schemas(schemas);
     }
 }
 
@@ -413,6 +531,28 @@ mod tests {
             steps: vec![RampStep { pct: 50.0, hold: core::time::Duration::from_millis(1) }],
         });
         mirrors::<_, CongestionControlParametersSchema>(CongestionControlParameters::default());
+        use ipshadow_core::patterns::{DrainForecast, PatternsReport, Quantiles, SidePatterns, Tail};
+        let q = Quantiles { count: 3, p50_ms: Some(12.5), p90_ms: None };
+        mirrors::<_, QuantilesSchema>(q);
+        let side = SidePatterns { open: 4, idle: 2, oldest_open_ms: Some(9), handshake_ms: q, ..Default::default() };
+        mirrors::<_, PatternsSchema>(PatternsReport { source: side, arrival_rate_per_s: 2.5, ..Default::default() });
+        for tail in [
+            Tail::None,
+            Tail::Exponential { rate_per_s: 0.25 },
+            Tail::Exponential { rate_per_s: f64::INFINITY },
+            Tail::Pareto { alpha: 1.5 },
+        ] {
+            mirrors::<_, TailSchema>(tail);
+            mirrors::<_, DrainForecastSchema>(DrainForecast {
+                open: 7,
+                p50_ms: Some(1_000.0),
+                p90_ms: None,
+                expected_open_at_deadline: Some(0.5),
+                horizon_ms: 60_000.0,
+                tail,
+                observations: 40,
+            });
+        }
     }
 
     /// The closed variants of the hand-written `Ramp` schema refuse what the core type refuses.
@@ -446,7 +586,12 @@ mod tests {
         let data = &json["oneOf"][0]["properties"]["data"];
         assert_eq!(data["contentMediaType"], "application/json", "{json}");
         assert_eq!(data["contentSchema"]["$ref"], "#/components/schemas/Migration", "{json}");
-        assert_eq!(json["oneOf"][1]["properties"]["data"]["contentSchema"]["$ref"], "#/components/schemas/ErrorBody");
+        assert_eq!(json["oneOf"][1]["properties"]["data"]["contentSchema"]["$ref"], "#/components/schemas/Observation");
+        assert_eq!(json["oneOf"][2]["properties"]["data"]["contentSchema"]["$ref"], "#/components/schemas/ErrorBody");
+        // What an observation refers to is in the document.
+        for schema in ["Observation", "Patterns", "SidePatterns", "Quantiles", "DrainForecast", "Tail"] {
+            assert!(doc["components"]["schemas"][schema].is_object(), "{schema} missing: {doc}");
+        }
     }
 
     /// What [`SharedResponses`] adds is in every operation, once; every link leads to an
@@ -511,7 +656,7 @@ mod tests {
         // A closed set a client can switch on.
         assert_eq!(
             schemas["DeadlineSource"]["enum"],
-            serde_json::json!(["requested", "source_lease_end", "policy_default"])
+            serde_json::json!(["requested", "source_lease_end", "policy_default", "drain_forecast"])
         );
         assert_eq!(
             schemas["Migration"]["properties"]["deadline_source"]["$ref"],
@@ -549,6 +694,20 @@ mod tests {
             assert!(plan["properties"][field].is_object(), "Plan.{field} missing: {plan}");
         }
         assert_eq!(schemas["RampSource"]["enum"], serde_json::json!(["requested", "default", "default_scaled"]));
+        // Issue 12's closing window, observation, cut-over report and early finish.
+        assert!(plan["properties"]["close_grace_ms"].is_object(), "{plan}");
+        let view = serde_json::to_string(&schemas["MigrationView"]).unwrap();
+        assert!(view.contains("#/components/schemas/Migration") && view.contains("observed"), "{view}");
+        let migration = serde_json::to_string(&schemas["Migration"]["properties"]["cut_over"]).unwrap();
+        assert!(migration.contains("#/components/schemas/CutOverRecord"), "{migration}");
+        assert_eq!(schemas["EndCause"]["enum"], serde_json::json!(["deadline", "drained", "requested"]));
+        for field in ["at_ms", "cause", "early_by_ms", "closed_gracefully", "reset", "handed_over"] {
+            assert!(schemas["CutOverRecord"]["properties"][field].is_object(), "CutOverRecord.{field}");
+        }
+        let events = serde_json::to_string(&schemas["MigrationEvent"]).unwrap();
+        assert!(events.contains("finished_early") && events.contains("deadline_extended"), "{events}");
+        let get = &json["paths"]["/v1/migrations/{id}"]["get"]["responses"]["200"]["content"]["application/json"];
+        assert_eq!(get["schema"]["$ref"], "#/components/schemas/MigrationView");
         assert_eq!(schemas["DryRunResult"]["enum"], serde_json::json!(["would_move", "would_migrate"]));
         let responses = &json["paths"]["/v1/addresses/{ip}/reassign"]["post"]["responses"];
         assert_eq!(

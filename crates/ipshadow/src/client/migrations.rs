@@ -132,6 +132,131 @@ pub struct Migration {
     pub split_pct: f64,
     /// State and history.
     pub lifecycle: Lifecycle,
+    /// The router's latest measurements and drain forecast (`GET /v1/migrations/{id}` only,
+    /// while the address is shadowed).
+    #[serde(default)]
+    pub observed: Option<Observed>,
+    /// What the router's cut-over did, once it reported it.
+    #[serde(default)]
+    pub cut_over: Option<CutOver>,
+}
+
+/// The router's latest observation of a migration's address (also the `observation` events of
+/// the stream): what the commands print (the rest is ignored).
+#[derive(Clone, Debug, Deserialize)]
+pub struct Observed {
+    /// How old the report was when the server answered, milliseconds.
+    #[serde(default)]
+    pub age_ms: u64,
+    /// The measurements.
+    pub patterns: ObservedPatterns,
+    /// The drain forecast of A's open flows, once any flow was observed.
+    #[serde(default)]
+    pub forecast: Option<Forecast>,
+}
+
+/// What the commands print of the router's measurements.
+#[derive(Clone, Debug, Deserialize)]
+pub struct ObservedPatterns {
+    /// New inbound TCP flows per second.
+    pub arrival_rate_per_s: f64,
+    /// VM A.
+    pub source: ObservedSide,
+    /// VM B.
+    pub destination: ObservedSide,
+}
+
+/// One VM's open flows.
+#[derive(Clone, Debug, Deserialize)]
+pub struct ObservedSide {
+    /// TCP flows open.
+    pub open: u32,
+    /// Of those, idle.
+    pub idle: u32,
+}
+
+/// What the commands print of the drain forecast.
+#[derive(Clone, Debug, Deserialize)]
+pub struct Forecast {
+    /// Median time until A's last open flow has ended, milliseconds (absent: not foreseeable).
+    #[serde(default)]
+    pub p50_ms: Option<f64>,
+    /// 90th percentile of the same.
+    #[serde(default)]
+    pub p90_ms: Option<f64>,
+    /// Flows expected still open at the deadline.
+    #[serde(default)]
+    pub expected_open_at_deadline: Option<f64>,
+}
+
+impl Observed {
+    /// `12 open on A (7 idle), 30 on B, 2.5 new/s`.
+    pub fn flows(&self) -> String {
+        let (a, b) = (&self.patterns.source, &self.patterns.destination);
+        format!(
+            "{} open on A ({} idle), {} on B, {} new/s",
+            a.open,
+            a.idle,
+            b.open,
+            trimmed(self.patterns.arrival_rate_per_s)
+        )
+    }
+
+    /// `A drained in ~42s (p90 1m 10s)`, or why no date can be given.
+    pub fn drain(&self) -> String {
+        match &self.forecast {
+            None => "no flow observed yet".to_owned(),
+            Some(_) if self.patterns.source.open == 0 => "A has no open flow".to_owned(),
+            Some(f) => match (f.p50_ms, f.p90_ms) {
+                (Some(p50), Some(p90)) => {
+                    format!("A drained in ~{} (p90 {})", ramp_time(p50.max(0.0) as u64), ramp_time(p90.max(0.0) as u64))
+                }
+                (Some(p50), None) => format!("A drained in ~{} (p90 not foreseeable)", ramp_time(p50.max(0.0) as u64)),
+                _ => "not foreseeable (no flow has ended yet): the closing window ends them".to_owned(),
+            },
+        }
+    }
+}
+
+/// What the router's cut-over did to A's last flows.
+#[derive(Clone, Debug, Deserialize)]
+pub struct CutOver {
+    /// `deadline`, `drained` (early finish) or `requested`.
+    pub cause: String,
+    /// Time saved by an early finish, milliseconds.
+    #[serde(default)]
+    pub early_by_ms: Option<u64>,
+    /// A's flows open when the end began.
+    pub flows_open_on_losing_side: u64,
+    /// Handed to B.
+    #[serde(default)]
+    pub handed_over: u64,
+    /// Closed with an orderly FIN at an idle moment.
+    #[serde(default)]
+    pub closed_gracefully: u64,
+    /// Reset.
+    #[serde(default)]
+    pub reset: u64,
+}
+
+impl CutOver {
+    /// `drained, 3m 0s before the deadline: 3 closed gracefully, 0 reset, 0 handed over (of 3 open on A)`.
+    pub fn text(&self) -> String {
+        let when = match self.early_by_ms {
+            Some(ms) => format!("{}, {} before the deadline", clean(&self.cause), ramp_time(ms)),
+            None => clean(&self.cause),
+        };
+        format!(
+            "{when}: {} closed gracefully, {} reset, {} handed over (of {} open on A)",
+            self.closed_gracefully, self.reset, self.handed_over, self.flows_open_on_losing_side
+        )
+    }
+}
+
+/// `2.5`, `3`, `0.125`: at most three decimals.
+fn trimmed(x: f64) -> String {
+    let text = format!("{x:.3}");
+    text.trim_end_matches('0').trim_end_matches('.').to_owned()
 }
 
 /// A migration's plan as the server sends it: what the commands print (the rest is ignored).
@@ -154,6 +279,9 @@ pub struct Plan {
     pub deadline_source: String,
     /// Ramp at 100 % to deadline (at the latest), milliseconds.
     pub slack_ms: u64,
+    /// The closing window before the deadline, milliseconds (absent on plans older than it).
+    #[serde(default)]
+    pub close_grace_ms: Option<u64>,
 }
 
 impl Plan {
@@ -186,6 +314,14 @@ impl Plan {
             ),
             ("drain time", format!("{} at 100% before the cut-over, at least", ramp_time(self.slack_ms))),
         ]
+        .into_iter()
+        .chain(self.close_grace_ms.map(|ms| {
+            (
+                "closing window",
+                format!("the last {} before the cut-over: A's remaining flows closed at an idle moment", ramp_time(ms)),
+            )
+        }))
+        .collect()
     }
 }
 
@@ -278,6 +414,17 @@ impl Migration {
         if let Some(plan) = &self.plan {
             // The cut-over is shown above, relative to now while it can still come.
             items.extend(plan.pairs(now).into_iter().filter(|(k, _)| *k != "cut-over"));
+        }
+        if let Some(seen) = &self.observed {
+            items.push(("flows", format!("{} (measured {} ago)", seen.flows(), ramp_time(seen.age_ms))));
+            let mut drain = seen.drain();
+            if let Some(n) = seen.forecast.as_ref().and_then(|f| f.expected_open_at_deadline) {
+                drain.push_str(&format!("; {} expected open at the cut-over", trimmed(n)));
+            }
+            items.push(("drain forecast", drain));
+        }
+        if let Some(end) = &self.cut_over {
+            items.push(("ended", end.text()));
         }
         let mut text = pairs(&items);
         let mut history = Table::new(&["AT", "FROM", "TO", "EVENT"]);
@@ -547,4 +694,50 @@ pub fn run_status(args: &StatusArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    /// Issue 12: `migration show` prints the router's flows and drain forecast while the
+    /// address is shadowed, and what the cut-over did once it ended (early: the time saved).
+    #[test]
+    fn show_prints_the_forecast_and_the_cut_over() {
+        let mut m = json!({
+            "id": 1, "ip": "10.0.0.10", "tenant": "acme", "source": "vm-a", "destination": "vm-b",
+            "strategy": "flow", "mode": "independent", "affinity": "flow", "deadline_ms": 1_800_000_300_000u64,
+            "deadline_source": "drain_forecast", "created_ms": 1_800_000_000_000u64, "split_pct": 100.0,
+            "lifecycle": {"state": "ramping", "history": [{"at_ms": 1_800_000_100_000u64, "from": "ramping",
+                "to": "ramping", "event": {"event": "deadline_extended", "from_ms": 1, "to_ms": 2,
+                "reason": "12 open flows on vm-a forecast to drain in 250 s"}}]},
+            "observed": {"at_ms": 1, "age_ms": 400,
+                "patterns": {"arrival_rate_per_s": 2.5, "source": {"open": 12, "idle": 7},
+                    "destination": {"open": 30, "idle": 1}},
+                "forecast": {"open": 12, "p50_ms": 42_000.0, "p90_ms": 70_000.0, "expected_open_at_deadline": 0.25}}
+        });
+        let shown = serde_json::from_value::<Migration>(m.clone()).unwrap().details();
+        for part in [
+            "12 open on A (7 idle), 30 on B, 2.5 new/s (measured 0.4s ago)",
+            "A drained in ~42s (p90 1m 10s); 0.25 expected open at the cut-over",
+            "deadline_extended: 12 open flows on vm-a forecast to drain in 250 s",
+            "drain_forecast",
+        ] {
+            assert!(shown.contains(part), "{part:?} missing:\n{shown}");
+        }
+        m["observed"] = Value::Null;
+        m["lifecycle"]["state"] = json!("completed");
+        m["cut_over"] = json!({"at_ms": 1, "cause": "drained", "early_by_ms": 180_000, "flows_open_on_losing_side": 3,
+            "handed_over": 0, "closed_gracefully": 3, "reset": 0});
+        let shown = serde_json::from_value::<Migration>(m).unwrap().details();
+        assert!(
+            shown.contains(
+                "drained, 3m 00s before the deadline: 3 closed gracefully, 0 reset, 0 handed over (of 3 open on A)"
+            ),
+            "{shown}"
+        );
+        assert!(!shown.contains("drain forecast"), "{shown}");
+    }
 }

@@ -13,7 +13,7 @@ use ipshadow_control::migration::MigrationState;
 use serde_json::Value;
 
 use super::http::{Api, CallError};
-use super::migrations::{Migration, state_name};
+use super::migrations::{Migration, Observed, state_name};
 use super::table::{clean, now_ms, pct, relative};
 use super::{parse, print_json};
 
@@ -36,7 +36,7 @@ pub fn run(api: &Api, id: u64, json: bool) -> anyhow::Result<()> {
     let (sender, events) = mpsc::channel();
     // Reading blocks; the countdown must go on meanwhile.
     std::thread::Builder::new().name("events".into()).spawn(move || read_events(lines, &sender))?;
-    let view = View::new(id, json);
+    let mut view = View::new(id, json);
     let mut last: Option<Migration> = None;
     loop {
         let event = match events.recv_timeout(TICK) {
@@ -73,6 +73,14 @@ pub fn run(api: &Api, id: u64, json: bool) -> anyhow::Result<()> {
                     return view.finish(&m);
                 }
                 last = Some(m);
+            }
+            // The router's newer measurements: open flows on A and the drain forecast beside the
+            // bar (a line only with the next state or split change: one a second is noise).
+            "observation" => {
+                if let Ok(seen) = serde_json::from_str::<Observed>(&event.data) {
+                    view.observed = Some(seen);
+                    view.tick(last.as_ref());
+                }
             }
             "error" => {
                 view.clear();
@@ -132,6 +140,8 @@ struct View {
     bar: Option<ProgressBar>,
     /// Stdout carries JSON only: no lines of text there.
     json: bool,
+    /// The router's latest observation of the address, while it is shadowed.
+    observed: Option<Observed>,
 }
 
 impl View {
@@ -144,7 +154,7 @@ impl View {
             bar.enable_steady_tick(Duration::from_millis(120));
             bar
         });
-        Self { bar, json }
+        Self { bar, json, observed: None }
     }
 
     /// Shows a new version of the migration: `json` prints it as is; otherwise a line when the
@@ -160,15 +170,15 @@ impl View {
         match &self.bar {
             Some(bar) => {
                 bar.set_position(m.split_pct.clamp(0.0, 100.0).round() as u64);
-                bar.set_message(bar_status(m, now_ms()));
+                bar.set_message(bar_status(m, self.observed(m), now_ms()));
                 if changed && !m.lifecycle.state.is_final() {
-                    bar.suspend(|| println!("migration {}: {}", m.id, status(m, now_ms())));
+                    bar.suspend(|| println!("migration {}: {}", m.id, status(m, self.observed(m), now_ms())));
                 }
             }
             None if !m.lifecycle.state.is_final()
                 && (changed || previous.is_some_and(|p| p.split_pct != m.split_pct)) =>
             {
-                println!("migration {}: {}", m.id, status(m, now_ms()));
+                println!("migration {}: {}", m.id, status(m, self.observed(m), now_ms()));
             }
             None => {}
         }
@@ -177,8 +187,13 @@ impl View {
     /// Redraws the countdown.
     fn tick(&self, last: Option<&Migration>) {
         if let (Some(bar), Some(m)) = (&self.bar, last) {
-            bar.set_message(bar_status(m, now_ms()));
+            bar.set_message(bar_status(m, self.observed(m), now_ms()));
         }
+    }
+
+    /// The latest observation, while `m` still shadows its address.
+    fn observed(&self, m: &Migration) -> Option<&Observed> {
+        self.observed.as_ref().filter(|_| m.lifecycle.state.is_shadowing())
     }
 
     fn clear(&self) {
@@ -192,10 +207,14 @@ impl View {
         self.clear();
         let state = state_name(m.lifecycle.state);
         let reason = m.lifecycle.history.last().and_then(|h| h.event["reason"].as_str()).map(clean);
-        let outcome = match m.lifecycle.state {
+        let mut outcome = match m.lifecycle.state {
             MigrationState::Completed => format!("{} is {}'s", m.ip, clean(&m.destination)),
             _ => format!("{} stays {}'s", m.ip, clean(&m.source)),
         };
+        // What the cut-over did to A's last flows, and the time an early finish saved.
+        if let Some(end) = &m.cut_over {
+            outcome.push_str(&format!(" ({})", end.text()));
+        }
         match &reason {
             _ if self.json => {}
             Some(reason) => println!("migration {}: {state} ({reason}): {outcome}", m.id),
@@ -205,26 +224,54 @@ impl View {
     }
 }
 
-/// Beside the bar, which shows the split: `ramping, cut-over in 4m 12s, promoted`.
-fn bar_status(m: &Migration, now: u64) -> String {
-    let promoted = if m.lifecycle.promoted { ", promoted" } else { "" };
-    format!("{}, cut-over {}{promoted}", state_name(m.lifecycle.state), relative(m.deadline_ms, now))
+/// `, 12 open on A, A drained in ~42s (p90 1m 10s)`, or nothing without an observation.
+fn drain_status(observed: Option<&Observed>) -> String {
+    observed.map_or_else(String::new, |o| format!(", {} open on A, {}", o.patterns.source.open, o.drain()))
 }
 
-/// `ramping, split 25%, cut-over in 4m 12s, promoted`.
-fn status(m: &Migration, now: u64) -> String {
+/// Beside the bar, which shows the split: `ramping, cut-over in 4m 12s, promoted, 12 open on A,
+/// A drained in ~42s (p90 1m 10s)`.
+fn bar_status(m: &Migration, observed: Option<&Observed>, now: u64) -> String {
     let promoted = if m.lifecycle.promoted { ", promoted" } else { "" };
     format!(
-        "{}, split {}, cut-over {}{promoted}",
+        "{}, cut-over {}{promoted}{}",
+        state_name(m.lifecycle.state),
+        relative(m.deadline_ms, now),
+        drain_status(observed)
+    )
+}
+
+/// `ramping, split 25%, cut-over in 4m 12s, promoted, 12 open on A, A drained in ~42s (p90 1m 10s)`.
+fn status(m: &Migration, observed: Option<&Observed>, now: u64) -> String {
+    let promoted = if m.lifecycle.promoted { ", promoted" } else { "" };
+    format!(
+        "{}, split {}, cut-over {}{promoted}{}",
         state_name(m.lifecycle.state),
         pct(m.split_pct),
-        relative(m.deadline_ms, now)
+        relative(m.deadline_ms, now),
+        drain_status(observed)
     )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Issue 12: the progress line shows A's open flows and the drain forecast while shadowing.
+    #[test]
+    fn the_progress_line_shows_open_on_a_and_the_drain_forecast() {
+        let seen: Observed = serde_json::from_value(serde_json::json!({
+            "at_ms": 1, "age_ms": 0,
+            "patterns": {"arrival_rate_per_s": 2.5, "source": {"open": 12, "idle": 7}, "destination": {"open": 30, "idle": 0}},
+            "forecast": {"open": 12, "p50_ms": 42_000.0, "p90_ms": 70_000.0, "expected_open_at_deadline": 1.5}
+        }))
+        .unwrap();
+        assert_eq!(drain_status(Some(&seen)), ", 12 open on A, A drained in ~42s (p90 1m 10s)");
+        let mut never = seen.clone();
+        never.forecast = Some(serde_json::from_value(serde_json::json!({"p50_ms": null, "p90_ms": null})).unwrap());
+        assert!(drain_status(Some(&never)).contains("not foreseeable"), "{}", drain_status(Some(&never)));
+        assert_eq!(drain_status(None), "");
+    }
 
     #[test]
     fn the_event_stream_parses_by_the_standard() {

@@ -76,6 +76,11 @@ struct PolicyConfig {
     /// Time B's DHCP client is given to bind the address before the ramp starts, seconds: a
     /// requested ramp must reach 100 % within the time to the deadline minus this.
     ready_allowance_secs: u64,
+    /// The router's closing window before the deadline, seconds: every new flow to B, A's last
+    /// flows closed with a FIN at an idle moment; the default ramp ends before it.
+    close_grace_secs: u64,
+    /// The most the manager may move a deadline later so that A's forecast drain fits, seconds.
+    max_extension_secs: u64,
 }
 
 impl Default for PolicyConfig {
@@ -87,6 +92,8 @@ impl Default for PolicyConfig {
             default_deadline_secs: d.default_ms / 1000,
             plan_share: d.plan_share,
             ready_allowance_secs: d.ready_allowance_ms / 1000,
+            close_grace_secs: d.close_grace_ms / 1000,
+            max_extension_secs: d.max_extension_ms / 1000,
         }
     }
 }
@@ -101,6 +108,8 @@ impl PolicyConfig {
             default_ms: ms("default_deadline_secs", p.default_deadline_secs)?,
             plan_share: p.plan_share,
             ready_allowance_ms: ms("ready_allowance_secs", p.ready_allowance_secs)?,
+            close_grace_ms: ms("close_grace_secs", p.close_grace_secs)?,
+            max_extension_ms: ms("max_extension_secs", p.max_extension_secs)?,
         };
         // The library names the concepts; the keys are this file's (`_secs`).
         policy.validate().map_err(|e| match e {
@@ -267,7 +276,7 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
     let stop = Arc::new(AtomicBool::new(false));
     let (heard_tx, heard_rx) = std::sync::mpsc::channel();
     // With a router in the process, B takes flows once it answers the router's probe for X.
-    let limits = Limits { router_reports: config.router.is_some(), ..Limits::default() };
+    let limits = Limits { router_reports: config.router.is_some(), policy, ..Limits::default() };
     let manager = Manager::new(Inventory::new(store.clone()), limits);
     let mut threads = Vec::new();
     let mut outputs = manage::Outputs { router: None, dhcp: None, router_status: Default::default() };
@@ -392,6 +401,8 @@ mod tests {
         );
         let p = policy("[policy]\nplan_share = 0.25\nready_allowance_secs = 5\n")?;
         assert_eq!((p.plan_share, p.ready_allowance_ms), (0.25, 5_000));
+        let p = policy("[policy]\nclose_grace_secs = 20\nmax_extension_secs = 600\n")?;
+        assert_eq!((p.close_grace_ms, p.max_extension_ms), (20_000, 600_000));
         for (text, key) in [
             ("[policy]\nplan_share = 0.0\n", "plan_share"),
             ("[policy]\nplan_share = 1.5\n", "plan_share"),
@@ -399,6 +410,8 @@ mod tests {
             // 12 s leaves 2 s after B's 10 s: the default ramp needs 4 s at 1 s per step.
             ("[policy]\nmin_deadline_secs = 12\n", "ready_allowance_secs + 4"),
             ("[policy]\nready_allowance_secs = 18446744073709551615\n", "ready_allowance_secs is too large"),
+            ("[policy]\nclose_grace_secs = 18446744073709551615\n", "close_grace_secs is too large"),
+            ("[policy]\nmax_extension_secs = 18446744073709551615\n", "max_extension_secs is too large"),
         ] {
             let e = policy(text).expect_err(text).to_string();
             assert!(e.contains(key), "{text:?}: {e}");
