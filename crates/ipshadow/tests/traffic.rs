@@ -172,6 +172,46 @@ fn a_peer_that_resets_breaks_connections_and_names_them() {
 }
 
 #[test]
+fn an_orderly_close_by_the_server_at_an_idle_moment_breaks_nothing() {
+    // Answers the first request of each connection, then closes in order (FIN) while the
+    // client thinks, as the router's graceful end does in A's name: the client opens another.
+    use ipshadow_sim::app::proto::{message_len, respond};
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            std::thread::spawn(move || {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 2048];
+                while message_len(&buf).is_none_or(|n| buf.len() < n) {
+                    match stream.read(&mut chunk) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                let Ok(response) = respond(&buf) else { return };
+                let _ = stream.write_all(&response);
+                let _ = stream.shutdown(std::net::Shutdown::Write);
+                // Take in the client's close.
+                while stream.read(&mut chunk).is_ok_and(|n| n > 0) {}
+            });
+        }
+    });
+    let output = ipshadow()
+        .args(["traffic", "run", "--target", &format!("127.0.0.1:{port}"), "--long-lived", "5"])
+        .args(["--lifetime", "30", "30", "--interval-ms", "200", "--churn", "0", "--duration", "2", "--json"])
+        .output()
+        .unwrap();
+    let report = json(&output);
+    let closed = report["connections_closed_by_server"].as_u64().unwrap();
+    assert!(closed >= 5, "every connection was closed by the server at least once: {report}");
+    assert_eq!(report["connections_broken"], 0, "{report}");
+    assert!(report["exchanges"].as_u64().unwrap() >= closed, "each answered once before its close: {report}");
+    assert!(report["connections_completed"].as_u64().unwrap() >= closed, "{report}");
+}
+
+#[test]
 fn the_server_resets_a_bad_request_and_counts_it() {
     let status = temp_path("corrupt-status.json");
     let (mut server, port) = start_server(&status);
