@@ -269,6 +269,11 @@ async fn idle(ctx: &Ctx, conn: &mut Option<Conn>, think: Duration, stop: &mut wa
     if *stop.borrow() {
         return Idle::Stopped;
     }
+    if think.is_zero() {
+        // Closed loop: the next request at once, whatever the socket holds (a FIN shows as EOF
+        // before the response, which the request's retry handles).
+        return Idle::Thought;
+    }
     let until = Instant::now() + think;
     loop {
         let Some(c) = conn.as_mut() else {
