@@ -7,7 +7,7 @@
 //! moment (the client reconnects, to B), not reset.
 //!
 //! The lab's DHCP lease is 60 s (renewed at 30 s), so A's lease ends 30-60 s after the call and
-//! the whole test takes about 75 s. Needs root and nginx; with CI=true it fails rather than
+//! the whole test takes 35-70 s (61 s measured). Needs root and nginx; with CI=true it fails rather than
 //! skips.
 
 #![allow(clippy::unwrap_used)]
@@ -172,10 +172,13 @@ fn keep_alive_http_through_a_migration_with_the_defaults_fails_no_request() {
         (cli(&prefix, &token, &["migration", "show", &id])["lifecycle"]["state"] != "pending").then_some(())
     });
     run(&["lab", "dhcp-client", "b", "--prefix", &prefix]);
-    let limit = Duration::from_secs_f64(deadline_in_s + 30.0);
-    let m = wait_for("the migration's end", limit, || {
+    // Until it ends, at the latest 30 s after its deadline as it stands (the manager may move
+    // it), and within CI's budget for this test.
+    let m = wait_for("the migration's end", Duration::from_secs(240), || {
         let m = cli(&prefix, &token, &["migration", "show", &id]);
         let state = m["lifecycle"]["state"].as_str().unwrap_or("").to_owned();
+        let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+        assert!(now_ms < n(&m, "/deadline_ms") + 30_000, "not ended 30 s after its deadline: {m}");
         matches!(state.as_str(), "completed" | "rolled_back" | "aborted" | "failed").then_some(m)
     });
     let migration_s = started.elapsed().as_secs_f64();
@@ -221,7 +224,8 @@ fn keep_alive_http_through_a_migration_with_the_defaults_fails_no_request() {
     );
 
     assert_eq!(m["lifecycle"]["state"], "completed", "{m}");
-    assert_eq!(m["deadline_source"], "source_lease_end", "the defaults: A's lease end");
+    // No deadline was asked for: A's lease end (or the manager's extension of it).
+    assert_ne!(m["deadline_source"], "requested", "{m}");
     assert!(n(&total, "/requests") > 10_000, "the workload ran: {total}");
     assert!(n(&total, "/served_by/vm-a") > 0 && n(&total, "/served_by/vm-b") > 0, "both VMs served: {total}");
     assert_eq!(n(&total, "/unfinished"), 0, "{total}");
