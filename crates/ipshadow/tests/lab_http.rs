@@ -7,8 +7,8 @@
 //! moment (the client reconnects, to B), not reset.
 //!
 //! The lab's DHCP lease is 60 s (renewed at 30 s), so A's lease ends 30-60 s after the call and
-//! the whole test takes 35-70 s (61 s measured). Needs root and nginx; with CI=true it fails rather than
-//! skips.
+//! the whole test takes 35-70 s (61 s measured). Needs root and nginx; with CI=true it fails
+//! rather than skips.
 
 #![allow(clippy::unwrap_used)]
 
