@@ -15,7 +15,8 @@ source scripts/lib.sh
 need_cargo
 cargo build --release --locked -q -p ipshadow
 if [ "$(id -u)" -eq 0 ]; then
-    apt_install iproute2 procps nftables isc-dhcp-client dhcpcd-base
+    # nginx: `ipshadow lab up --http nginx` (a real keep-alive web server in both VMs).
+    apt_install iproute2 procps nftables isc-dhcp-client dhcpcd-base nginx
     section "demo: a live migration in the lab (real Linux TCP)"
     ./target/release/ipshadow demo "$@"
 else

@@ -95,7 +95,7 @@ fn flow_strategy_moves_the_address_without_breaking_a_connection() {
         ["waiting_for_destination_lease", "waiting_for_destination_lease", "ramping", "cut_over", "completed"],
         "{m}"
     );
-    assert_eq!(m["deadline_source"], "requested");
+    assert_eq!(m["deadline_source"], "source_lease_end", "the demo sends no deadline: A's lease end");
     assert_eq!(m["split_pct"].as_f64(), Some(100.0), "the router's split was recorded: {m}");
 }
 

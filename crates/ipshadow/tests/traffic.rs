@@ -172,6 +172,46 @@ fn a_peer_that_resets_breaks_connections_and_names_them() {
 }
 
 #[test]
+fn an_orderly_close_by_the_server_at_an_idle_moment_breaks_nothing() {
+    // Answers the first request of each connection, then closes in order (FIN) while the
+    // client thinks, as the router's graceful end does in A's name: the client opens another.
+    use ipshadow_sim::app::proto::{message_len, respond};
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            std::thread::spawn(move || {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 2048];
+                while message_len(&buf).is_none_or(|n| buf.len() < n) {
+                    match stream.read(&mut chunk) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                let Ok(response) = respond(&buf) else { return };
+                let _ = stream.write_all(&response);
+                let _ = stream.shutdown(std::net::Shutdown::Write);
+                // Take in the client's close.
+                while stream.read(&mut chunk).is_ok_and(|n| n > 0) {}
+            });
+        }
+    });
+    let output = ipshadow()
+        .args(["traffic", "run", "--target", &format!("127.0.0.1:{port}"), "--long-lived", "5"])
+        .args(["--lifetime", "30", "30", "--interval-ms", "200", "--churn", "0", "--duration", "2", "--json"])
+        .output()
+        .unwrap();
+    let report = json(&output);
+    let closed = report["connections_closed_by_server"].as_u64().unwrap();
+    assert!(closed >= 5, "every connection was closed by the server at least once: {report}");
+    assert_eq!(report["connections_broken"], 0, "{report}");
+    assert!(report["exchanges"].as_u64().unwrap() >= closed, "each answered once before its close: {report}");
+    assert!(report["connections_completed"].as_u64().unwrap() >= closed, "{report}");
+}
+
+#[test]
 fn the_server_resets_a_bad_request_and_counts_it() {
     let status = temp_path("corrupt-status.json");
     let (mut server, port) = start_server(&status);
@@ -229,5 +269,105 @@ fn bad_options_are_refused_in_one_line() {
         let output = ipshadow().args(target).args(bad).output().unwrap();
         assert!(!output.status.success(), "{bad:?} accepted");
         assert!(String::from_utf8_lossy(&output.stderr).contains(bad[0]), "{bad:?}");
+    }
+}
+
+/// A keep-alive HTTP/1.1 server on loopback for `traffic http`: answers every `GET` with
+/// `body`, and after `close_after` responses on a connection closes it in order (FIN), taking
+/// in whatever the client still sends.
+fn http_server(body: &'static [u8], close_after: usize) -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            std::thread::spawn(move || {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 2048];
+                for _ in 0..close_after {
+                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match stream.read(&mut chunk) {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    let end = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+                    buf.drain(..end);
+                    let head = format!("HTTP/1.1 200 OK\r\nServer: test\r\nContent-Length: {}\r\n\r\n", body.len());
+                    // One write, as a web server sends a small file.
+                    if stream.write_all(&[head.as_bytes(), body].concat()).is_err() {
+                        return;
+                    }
+                }
+                let _ = stream.shutdown(std::net::Shutdown::Write);
+                while stream.read(&mut chunk).is_ok_and(|n| n > 0) {}
+            });
+        }
+    });
+    port
+}
+
+fn http_run(port: u16, expect: &std::path::Path, extra: &[&str]) -> Value {
+    let output = ipshadow()
+        .args(["traffic", "http", "--target", &format!("127.0.0.1:{port}"), "--connections", "5"])
+        .args(["--expect", &format!("srv={}", expect.display()), "--duration", "2", "--json"])
+        .args(extra)
+        .output()
+        .unwrap();
+    json(&output)
+}
+
+#[test]
+fn http_reconnects_on_an_orderly_close_and_retries_a_request_that_crossed_it() {
+    let body: &'static [u8] = b"served by srv\n";
+    let expect = temp_path("http-body.txt");
+    std::fs::write(&expect, body).unwrap();
+    let port = http_server(body, 3);
+    // With think time the server's FIN comes while the connection is idle: a reconnect.
+    let r = http_run(port, &expect, &["--think", "50", "100"]);
+    assert!(r["server_closes"].as_u64().unwrap() >= 5, "{r}");
+    assert!(r["connects"].as_u64().unwrap() > 5, "{r}");
+    // Closed loop: the next request crosses the FIN and is retried once on a new connection.
+    let closed = http_run(port, &expect, &["--think", "0"]);
+    assert!(closed["retried"].as_u64().unwrap() > 0, "{closed}");
+    for r in [&r, &closed] {
+        assert_eq!(r["failed"], 0, "{r}");
+        let verified = r["responses_verified"].as_u64().unwrap();
+        assert!(verified > 20, "{r}");
+        assert_eq!(r["served_by"]["srv"].as_u64(), Some(verified), "{r}");
+        assert_eq!(r["requests"].as_u64().unwrap(), verified + r["unfinished"].as_u64().unwrap(), "{r}");
+    }
+    let _ = std::fs::remove_file(&expect);
+}
+
+#[test]
+fn http_counts_a_body_it_does_not_expect_as_a_bad_response() {
+    let expect = temp_path("http-other-body.txt");
+    std::fs::write(&expect, b"served by nobody\n").unwrap();
+    let port = http_server(b"served by srv!\n", 1_000_000);
+    let r = http_run(port, &expect, &["--think", "20", "40"]);
+    let failed = r["requests_failed"].as_u64().unwrap();
+    assert!(failed > 5, "{r}");
+    assert_eq!(r["failures"]["bad_response"].as_u64(), Some(failed), "{r}");
+    assert_eq!(r["responses_verified"], 0, "{r}");
+    let _ = std::fs::remove_file(&expect);
+}
+
+#[test]
+fn http_bad_options_are_refused_in_one_line() {
+    let target = ["traffic", "http", "--target", "127.0.0.1:9"];
+    for (bad, names) in [
+        (&["--expect", "a=/etc/hostname", "--think", "5", "1"][..], "--think"),
+        (&["--expect", "no-equals"], "--expect"),
+        (&["--expect", "a=/nonexistent/ipshadow"], "--expect"),
+        (&["--expect", "a=/etc/hostname", "--path", "no-slash"], "--path"),
+        (&["--expect", "a=/etc/hostname", "--expect", "b=/etc/hostname"], "--expect"),
+    ] {
+        let output = ipshadow().args(target).args(bad).output().unwrap();
+        assert!(!output.status.success(), "{bad:?} accepted");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains(names) && !stderr.contains("panicked"), "{bad:?}: {stderr}");
+        assert_eq!(stderr.trim().lines().count(), 1, "{bad:?}: {stderr}");
+        assert!(output.stdout.is_empty(), "nothing ran");
     }
 }

@@ -163,19 +163,26 @@ impl<'a> Demo<'a> {
     fn migrate(&mut self) -> anyhow::Result<()> {
         let args = self.args;
         std::thread::sleep(Duration::from_secs(args.warmup));
-        // The user's call: reassign X to vm-b with `migrate`, A's deadline requested.
+        // The user's call: reassign X to vm-b with `migrate`, the strategy, mode and affinity
+        // chosen. No ramp and no deadline unless asked for: the control plane's plan takes A's
+        // lease end as the deadline and fits its default ramp to it.
         let start_ms = crate::router::now().as_micros() / 1000;
-        let request = json!({
+        let mut request = json!({
             "to": "vm-b",
             "migrate": true,
             "strategy": args.strategy.to_core(),
             "mode": args.mode.to_core(),
             "affinity": args.affinity.to_core(),
-            "ramp": args.ramp()?,
-            "deadline_ms": start_ms + args.deadline * 1000,
         });
+        if let Some(ramp) = args.ramp()? {
+            request["ramp"] = json!(ramp);
+        }
+        if let Some(deadline) = args.deadline {
+            request["deadline_ms"] = json!(start_ms + deadline * 1000);
+        }
         let migration = self.lab.api_ok("POST", &format!("/v1/addresses/{X}/reassign"), Some(request))?;
         let id = migration["id"].as_u64().context("the reassign answer has no migration id")?;
+        let deadline_ms = migration["deadline_ms"].as_u64().context("the reassign answer has no deadline")?;
         self.migration_id = Some(id);
         self.timeline.started_unix_s = start_ms as f64 / 1e3;
         let clock = Clock::now();
@@ -192,7 +199,7 @@ impl<'a> Demo<'a> {
         restarts.sort_unstable();
         let tty = std::io::stderr().is_terminal();
         let mut last_line = Clock::now();
-        let give_up = Duration::from_secs(args.deadline + 30);
+        let give_up = Duration::from_millis(deadline_ms.saturating_sub(start_ms)) + Duration::from_secs(30);
         loop {
             std::thread::sleep(Duration::from_millis(200));
             let t = clock.elapsed();

@@ -46,15 +46,19 @@ pub struct DemoArgs {
     /// Seconds of traffic before the migration starts.
     #[arg(long, default_value_t = 8)]
     pub warmup: u64,
-    /// Ramp steps in percent, each held `--ramp-hold` seconds.
-    #[arg(long, value_delimiter = ',', default_value = "1,5,25,50,100", action = ArgAction::Set)]
-    pub ramp: Vec<f64>,
-    /// Seconds each ramp step is held.
-    #[arg(long, default_value_t = 5)]
-    pub ramp_hold: u64,
-    /// A's deadline (the end of its lease: cut-over), seconds after the migration starts.
-    #[arg(long, default_value_t = 60)]
-    pub deadline: u64,
+    /// Ramp steps in percent, each held `--ramp-hold` seconds (an override: by default the
+    /// demo sends no ramp and the control plane fits its default ramp to the deadline).
+    #[arg(long, value_delimiter = ',', value_name = "PCTS", action = ArgAction::Set)]
+    pub ramp: Option<Vec<f64>>,
+    /// Seconds each ramp step is held (an override, with `--ramp` or alone for the steps 1, 5,
+    /// 25, 50, 100 %; default with `--ramp`: 5).
+    #[arg(long, value_name = "SECS")]
+    pub ramp_hold: Option<u64>,
+    /// A's deadline (the cut-over), seconds after the migration starts (an override: by default
+    /// the demo sends none and the deadline is the end of A's DHCP lease, 30-60 s away in the
+    /// lab).
+    #[arg(long, value_name = "SECS")]
+    pub deadline: Option<u64>,
     /// Seconds of traffic after the cut-over.
     #[arg(long, default_value_t = 5)]
     pub after: u64,
@@ -76,12 +80,29 @@ pub struct DemoArgs {
     pub prefix: String,
 }
 
+/// The ramp's steps when only `--ramp-hold` is given.
+const DEFAULT_STEPS: [f64; 5] = [1.0, 5.0, 25.0, 50.0, 100.0];
+/// The hold of each step when only `--ramp` is given, seconds.
+const DEFAULT_HOLD_SECS: u64 = 5;
+
 impl DemoArgs {
-    fn ramp(&self) -> anyhow::Result<Ramp> {
-        let hold = Duration::from_secs(self.ramp_hold);
-        let ramp = Ramp::Steps { steps: self.ramp.iter().map(|&pct| RampStep { pct, hold }).collect() };
+    /// The ramp the user asked for, if any (none: the control plane's plan chooses).
+    fn ramp(&self) -> anyhow::Result<Option<Ramp>> {
+        if self.ramp.is_none() && self.ramp_hold.is_none() {
+            return Ok(None);
+        }
+        let hold = Duration::from_secs(self.ramp_hold.unwrap_or(DEFAULT_HOLD_SECS));
+        let pcts = self.ramp.as_deref().unwrap_or(&DEFAULT_STEPS);
+        let ramp = Ramp::Steps { steps: pcts.iter().map(|&pct| RampStep { pct, hold }).collect() };
         ramp.validate().map_err(|e| anyhow::anyhow!("--ramp: {e}"))?;
-        Ok(ramp)
+        Ok(Some(ramp))
+    }
+
+    /// The latest time after the migration's start the deadline may be known to be before it
+    /// is read from the API: the requested one, or the soonest A's lease can end in the lab
+    /// (half its lease, when its DHCP client renews).
+    fn earliest_deadline_secs(&self) -> u64 {
+        self.deadline.unwrap_or(crate::lab::control::LEASE_SECS / 2)
     }
 
     fn check(&self) -> anyhow::Result<()> {
@@ -90,14 +111,17 @@ impl DemoArgs {
             bail!("--lifetime: MIN must be at least 1 and MAX at least MIN");
         }
         let min = crate::lab::control::MIN_DEADLINE_SECS;
-        if !(min..=3600).contains(&self.deadline) {
+        if let Some(deadline) = self.deadline
+            && !(min..=3600).contains(&deadline)
+        {
             bail!("--deadline must be {min} to 3600 seconds (the lab's shortest deadline leaves B time to be ready)");
         }
         if self.long_lived > 20_000 || self.churn > 2_000 {
             bail!("--long-lived is at most 20000 and --churn at most 2000 per second in the lab");
         }
-        if let Some(late) = self.restarts.iter().find(|&&t| t >= self.deadline) {
-            bail!("--restart-at {late} is not before the deadline ({})", self.deadline);
+        let deadline = self.earliest_deadline_secs();
+        if let Some(late) = self.restarts.iter().find(|&&t| t >= deadline) {
+            bail!("--restart-at {late} is not before the deadline ({deadline} s; without --deadline, A's lease end)");
         }
         Ok(())
     }

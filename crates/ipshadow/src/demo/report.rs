@@ -65,6 +65,9 @@ pub struct DemoReport {
     final_split_pct: f64,
     conflicts_suppressed: u64,
     connections_open_at_end: u64,
+    /// Of the completed connections, those closed in order by the server side at an idle
+    /// moment (the router's graceful end in A's name): the client opened another.
+    connections_closed_by_server: u64,
     /// Connections each VM's server accepted.
     served: std::collections::BTreeMap<String, u64>,
     /// The DHCP server's lease events by kind (a `declined` would mean B saw X in use).
@@ -145,6 +148,7 @@ impl DemoReport {
             final_split_pct: split,
             conflicts_suppressed: conflicts,
             connections_open_at_end: traffic.connections_open,
+            connections_closed_by_server: traffic.connections_closed_by_server,
             served,
             dhcp_events,
             long_lived: traffic.by_kind.long_lived,

@@ -22,6 +22,10 @@ pub const API: &str = "127.0.0.1:7480";
 /// default) and the default ramp at its shortest holds (4 x 1 s), which `serve` checks.
 pub const MIN_DEADLINE_SECS: u64 = 15;
 
+/// The lease time of the lab's DHCP server, seconds: a VM's DHCP client renews at half of it,
+/// so A's lease ends 30-60 s after any moment (what a migration's deadline is by default).
+pub const LEASE_SECS: u64 = 60;
+
 /// The tenant the lab's VMs and address belong to.
 pub const TENANT: &str = "lab";
 
@@ -37,7 +41,7 @@ impl Lab {
              vms = [{{ id = \"vm-a\", interface = \"vma\", mac = \"{MAC_A}\" }}, \
              {{ id = \"vm-b\", interface = \"vmb\", mac = \"{MAC_B}\" }}]\n\n\
              [dhcp]\nserver_id = \"{GATEWAY}\"\nlease_store = \"leases.redb\"\n\n\
-             [[dhcp.subnets]]\nnetwork = \"10.0.0.0\"\nprefix = 24\nrouters = [\"{GATEWAY}\"]\nlease_secs = 60\n",
+             [[dhcp.subnets]]\nnetwork = \"10.0.0.0\"\nprefix = 24\nrouters = [\"{GATEWAY}\"]\nlease_secs = {LEASE_SECS}\n",
             data = d("serve"),
             status = d("router/status.json"),
         )

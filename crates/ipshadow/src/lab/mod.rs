@@ -11,16 +11,19 @@
 //! and Shadow Router in one process, API on 127.0.0.1:7480 there); the lab registers both VMs
 //! and X on VM A through its API. VM A gets X by DHCP (ISC dhclient) at `up`; VM B gets it when
 //! a migration starts. Both VMs run the
-//! traffic server. Everything is named with a prefix, lives under `/run/ipshadow/PREFIX/`, and
+//! traffic server; with `up --http nginx` both VMs also run nginx on port 80 (see [`http`]).
+//! Everything is named with a prefix, lives under `/run/ipshadow/PREFIX/`, and
 //! `down` removes it all, also after a crash. iproute2 (`ip`) does every network change.
 
 pub(crate) mod control;
+pub(crate) mod http;
 pub(crate) mod services;
 mod topology;
 
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
+use anyhow::bail;
 use clap::{Args, Subcommand};
 
 pub use services::Lab;
@@ -59,6 +62,20 @@ enum LabCommand {
         /// Client hosts on the provider segment.
         #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u8).range(1..=50))]
         clients: u8,
+        /// Also run a web server in both VMs on port 80, serving a file that names the VM
+        /// (the client: `ipshadow traffic http`).
+        #[arg(long, value_enum, value_name = "SERVER")]
+        http: Option<http::HttpServer>,
+    },
+    /// Start a VM's DHCP client (as the demo does for VM B once a migration is planned); returns
+    /// once the VM holds 10.0.0.10.
+    DhcpClient {
+        /// The VM: `a` or `b`.
+        #[arg(value_parser = ["a", "b"])]
+        vm: String,
+        /// Which DHCP client.
+        #[arg(long, value_enum, default_value = "dhclient")]
+        client: services::DhcpClient,
     },
     /// Stop every process in the lab and remove its namespaces and files.
     Down,
@@ -74,12 +91,24 @@ enum LabCommand {
 pub fn run(args: &LabArgs) -> anyhow::Result<()> {
     let lab = Lab::new(&args.prefix)?;
     match &args.command {
-        LabCommand::Up { clients } => {
+        LabCommand::Up { clients, http } => {
             lab.require_root()?;
             if lab.is_up() {
                 eprintln!("ipshadow lab: {} is already up", args.prefix);
+                if let Some(server) = http
+                    && !lab.http_running()
+                {
+                    lab.start_http(*server)?;
+                }
             } else {
                 lab.up(*clients)?;
+                if let Some(server) = http
+                    && let Err(e) = lab.start_http(*server)
+                {
+                    // Leave nothing half made behind.
+                    let _ = lab.down();
+                    return Err(e);
+                }
                 eprintln!(
                     "ipshadow lab: {p} is up; its API: `ip netns exec {p}-r ipshadow migration list --token $(cat {t})`; \
                      `ipshadow lab down` removes it",
@@ -87,7 +116,20 @@ pub fn run(args: &LabArgs) -> anyhow::Result<()> {
                     t = lab.dir.join("serve/admin-token").display()
                 );
             }
+            if http.is_some() {
+                eprintln!(
+                    "ipshadow lab: nginx serves {X}:80 in both VMs; a keep-alive workload: {}",
+                    lab.http_workload_hint()
+                );
+            }
             Ok(())
+        }
+        LabCommand::DhcpClient { vm, client } => {
+            lab.require_root()?;
+            if !lab.is_up() {
+                bail!("the lab {} is not up (`ipshadow lab up`)", args.prefix);
+            }
+            lab.dhcp_client(vm, *client)
         }
         LabCommand::Down => {
             lab.require_root()?;

@@ -54,6 +54,8 @@ struct ProcessStatus {
 
 /// The processes `up` starts, by pid-file name.
 const SERVICES: [&str; 3] = ["serve", "server-a", "server-b"];
+/// The processes the lab starts on request (`up --http`, DHCP clients), by pid-file name.
+const OPTIONAL: [&str; 6] = ["nginx-a", "nginx-b", "dhclient-a", "dhclient-b", "dhcpcd-a", "dhcpcd-b"];
 
 impl Lab {
     /// The lab named `prefix` (which is checked: it becomes part of namespace names).
@@ -269,7 +271,7 @@ echo "$(date +%s.%N) $reason ${{new_ip_address:-}} ${{new_dhcp_lease_time:-}} ${
 
     /// Stops everything and removes the namespaces and files. Safe to run at any time.
     pub fn down(&self) -> anyhow::Result<()> {
-        for name in SERVICES.iter().chain(&["dhclient-a", "dhclient-b", "dhcpcd-a", "dhcpcd-b"]) {
+        for name in SERVICES.iter().chain(&OPTIONAL) {
             self.stop(name);
         }
         // Whatever else runs inside the lab's namespaces was started by the lab (DHCP clients'
@@ -291,6 +293,7 @@ echo "$(date +%s.%N) $reason ${{new_ip_address:-}} ${{new_dhcp_lease_time:-}} ${
     pub fn status(&self) -> LabStatus {
         let processes = SERVICES
             .iter()
+            .chain(OPTIONAL.iter().filter(|name| name.starts_with("nginx") && self.pid(name).is_some()))
             .map(|name| {
                 let pid = self.pid(name);
                 ProcessStatus { name: (*name).to_owned(), pid, alive: pid.is_some_and(alive) }

@@ -184,7 +184,8 @@ async fn connection(ctx: &Ctx, kind: Kind, stop: &mut watch::Receiver<bool>) -> 
     };
     let outcome = match result {
         None => Outcome::Open,
-        Some(Ok(stream)) => match close(stream).await {
+        Some(Ok(Ended::ByServer)) => Outcome::ClosedByServer,
+        Some(Ok(Ended::Planned(stream))) => match close(stream).await {
             Ok(()) => Outcome::Completed,
             Err(cause) => Outcome::Broken(cause, local, ctx.elapsed_s()),
         },
@@ -194,14 +195,24 @@ async fn connection(ctx: &Ctx, kind: Kind, stop: &mut watch::Receiver<bool>) -> 
     outcome
 }
 
-/// Connects and runs the connection's exchanges; returns the stream for a clean close.
+/// How a connection's exchanges ended without an error.
+enum Ended {
+    /// Its lifetime is over: the stream, for the client's clean close.
+    Planned(TcpStream),
+    /// The server closed it in order at an idle moment: between exchanges, or as the next
+    /// request crossed its FIN (EOF before any byte of the response; RFC 9112 9.3.1 calls
+    /// this a close a client retries on a new connection, and the slot opens one).
+    ByServer,
+}
+
+/// Connects and runs the connection's exchanges.
 async fn exchanges(
     ctx: &Ctx,
     kind: Kind,
     id: u32,
     rng: &mut Pcg64Mcg,
     local: &mut Option<SocketAddr>,
-) -> Result<TcpStream, Cause> {
+) -> Result<Ended, Cause> {
     let mut stream = match timeout(CONNECT_TIMEOUT, TcpStream::connect(ctx.plan.target)).await {
         Err(_) => return Err(Cause::ConnectTimeout),
         Ok(Err(e)) => return Err(connect_cause(&e)),
@@ -213,7 +224,9 @@ async fn exchanges(
     match kind {
         Kind::Churn => {
             for seq in 0..1 + (rng.next_u64() % 3) as u32 {
-                exchange(ctx, &mut stream, id, seq, rng).await?;
+                if !exchange(ctx, &mut stream, id, seq, rng).await? {
+                    return Ok(Ended::ByServer);
+                }
             }
         }
         Kind::LongLived => {
@@ -223,20 +236,40 @@ async fn exchanges(
             let mut next = Instant::now();
             let mut seq = 0u32;
             while next < end {
-                exchange(ctx, &mut stream, id, seq, rng).await?;
+                if !exchange(ctx, &mut stream, id, seq, rng).await? {
+                    return Ok(Ended::ByServer);
+                }
                 seq = seq.wrapping_add(1);
                 // After a slow exchange (retransmits) carry on from now rather than catching
                 // up with a burst.
                 next = (next + ctx.plan.interval).max(Instant::now());
-                sleep_until(next.min(end)).await;
+                if !idle_until(&mut stream, next.min(end)).await? {
+                    return Ok(Ended::ByServer);
+                }
             }
         }
     }
-    Ok(stream)
+    Ok(Ended::Planned(stream))
+}
+
+/// Waits until `until` with no exchange outstanding, watching the connection: `false` when
+/// the server closed it in order (EOF), an error for a reset or bytes nobody asked for.
+async fn idle_until(stream: &mut TcpStream, until: Instant) -> Result<bool, Cause> {
+    let mut byte = [0u8; 1];
+    tokio::select! {
+        _ = sleep_until(until) => Ok(true),
+        read = stream.read(&mut byte) => match read {
+            Ok(0) => Ok(false),
+            Ok(_) => Err(Cause::Corrupt),
+            Err(e) => Err(io_cause(&e)),
+        },
+    }
 }
 
 /// One request and its response, every response byte checked against the one it must be.
-async fn exchange(ctx: &Ctx, stream: &mut TcpStream, id: u32, seq: u32, rng: &mut Pcg64Mcg) -> Result<(), Cause> {
+/// `false` when the server had closed the connection in order before any byte of the response
+/// to a request after the first (the request crossed the server's FIN).
+async fn exchange(ctx: &Ctx, stream: &mut TcpStream, id: u32, seq: u32, rng: &mut Pcg64Mcg) -> Result<bool, Cause> {
     let len = 16 + (rng.next_u64() % 1009) as u16;
     let message = request(id, seq, len);
     // Our own request is always well formed; if not, nothing this run measures can be trusted.
@@ -247,6 +280,10 @@ async fn exchange(ctx: &Ctx, stream: &mut TcpStream, id: u32, seq: u32, rng: &mu
         let mut got = 0;
         while got < expect.len() {
             let n = stream.read(&mut buf[got..]).await.map_err(|e| io_cause(&e))?;
+            if n == 0 && got == 0 && seq > 0 {
+                // An orderly close the request crossed: nothing of the response was lost.
+                return Ok(false);
+            }
             if n == 0 {
                 // The server closed while our response was outstanding.
                 return Err(Cause::Reset);
@@ -257,11 +294,13 @@ async fn exchange(ctx: &Ctx, stream: &mut TcpStream, id: u32, seq: u32, rng: &mu
             }
             got += n;
         }
-        Ok(())
+        Ok(true)
     };
-    timeout(EXCHANGE_TIMEOUT, round_trip).await.map_err(|_| Cause::Timeout)??;
-    ctx.ledger.exchange(expect.len());
-    Ok(())
+    let answered = timeout(EXCHANGE_TIMEOUT, round_trip).await.map_err(|_| Cause::Timeout)??;
+    if answered {
+        ctx.ledger.exchange(expect.len());
+    }
+    Ok(answered)
 }
 
 /// Closes cleanly: our FIN, then the server's. Bytes after the last response are corrupt; a

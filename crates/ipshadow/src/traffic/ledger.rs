@@ -26,6 +26,8 @@ pub struct Progress {
 pub enum Outcome {
     /// Ended as planned.
     Completed,
+    /// Closed by the server in order at an idle moment (counted completed: nothing was lost).
+    ClosedByServer,
     /// Ended by an error: the cause, the local address if the connect succeeded, and when
     /// (seconds since the run started).
     Broken(Cause, Option<SocketAddr>, f64),
@@ -83,6 +85,11 @@ impl Ledger {
             match outcome {
                 Outcome::Completed => {
                     r.connections_completed += 1;
+                    r.by_kind.get_mut(kind).completed += 1;
+                }
+                Outcome::ClosedByServer => {
+                    r.connections_completed += 1;
+                    r.connections_closed_by_server += 1;
                     r.by_kind.get_mut(kind).completed += 1;
                 }
                 Outcome::Open => {

@@ -4,8 +4,11 @@
 //! [`ipshadow_sim::app::proto`]; `run` runs in each client namespace, keeps long-lived
 //! connections open and opens short ones, and reports what happened to every connection.
 //! Every byte is verified at both ends: the server checks each request, the client each response.
+//! `http` is a keep-alive HTTP/1.1 client for a real web server in the VMs (the lab's nginx),
+//! every response verified, reconnecting on an orderly close as a connection pool does.
 
 mod client;
+pub mod http;
 mod ledger;
 pub mod report;
 mod server;
@@ -33,6 +36,9 @@ enum TrafficCommand {
     /// Open long-lived and short connections to a server (in a client) and report what
     /// happened to each of them.
     Run(RunArgs),
+    /// Keep persistent HTTP/1.1 connections to a web server (in a client) and send GET requests
+    /// with a think time between them, verifying every response; reconnect on an orderly close.
+    Http(http::HttpArgs),
 }
 
 /// Options of `ipshadow traffic serve`.
@@ -152,6 +158,7 @@ pub fn run(args: &TrafficArgs) -> anyhow::Result<()> {
             let plan = Plan::from_args(a)?;
             block_on(client::run(plan))
         }
+        TrafficCommand::Http(a) => http::run(a),
     }
 }
 

@@ -144,6 +144,10 @@ pub struct Report {
     pub connections_broken: u64,
     /// Connections alive when the run stopped.
     pub connections_open: u64,
+    /// Of the completed connections, those the server closed in order at an idle moment (a
+    /// FIN between exchanges, or one the next request crossed): nothing was lost, the client
+    /// opened another (as at a graceful cut-over).
+    pub connections_closed_by_server: u64,
     /// The same counters per kind.
     pub by_kind: ByKind,
     /// Broken connections per cause; every cause is listed, zero or not.
@@ -173,6 +177,7 @@ impl Report {
         self.connections_completed += other.connections_completed;
         self.connections_broken += other.connections_broken;
         self.connections_open += other.connections_open;
+        self.connections_closed_by_server += other.connections_closed_by_server;
         self.by_kind.long_lived.add(&other.by_kind.long_lived);
         self.by_kind.churn.add(&other.by_kind.churn);
         for (cause, n) in &other.causes {
@@ -206,6 +211,10 @@ impl Report {
         line(&mut s, "all", &total);
         line(&mut s, "long-lived", &self.by_kind.long_lived);
         line(&mut s, "churn", &self.by_kind.churn);
+        if self.connections_closed_by_server > 0 {
+            let _ =
+                writeln!(s, "closed by the server in order (counted completed): {}", self.connections_closed_by_server);
+        }
         let _ = writeln!(s, "exchanges: {}, response bytes verified: {}", self.exchanges, self.bytes_verified);
         let causes: Vec<String> =
             self.causes.iter().filter(|(_, n)| **n > 0).map(|(c, n)| format!("{c} {n}")).collect();
