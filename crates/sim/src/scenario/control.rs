@@ -296,7 +296,8 @@ impl World {
                     }
                     if change.to_pct >= 100.0 && self.control.split_100.is_none() {
                         self.control.split_100 = Some(*at);
-                        reached_100 = true;
+                        // At a cut-over A's flows are gone with the entry: nothing to forecast.
+                        reached_100 = change.reason != ipshadow_core::SplitReason::CutOver;
                     }
                 }
                 Event::StateChanged { to, .. } => {

@@ -168,7 +168,8 @@ pub struct Report {
     pub cut_over: Option<CutOverReport>,
     /// When things happened.
     pub timeline: Timeline,
-    /// The drain forecast when the split first reached 100 %, and how it came out.
+    /// The drain forecast when the split first reached 100 % on the ramp (not by a cut-over),
+    /// and how it came out.
     pub forecast: Option<ForecastCheck>,
     /// A VM failure detected by the health checks.
     pub failure: Option<FailureReport>,
