@@ -6,8 +6,10 @@ use std::path::PathBuf;
 
 use anyhow::{Context, bail};
 use clap::{ArgAction, Args, ValueEnum};
+use ipshadow_control::plan::{PlanInput, plan};
+use ipshadow_control::reassign::{DeadlinePolicy, DeadlineSource};
 use ipshadow_core::{Affinity, Mode, Ramp, RampStep, Strategy};
-use ipshadow_sim::scenario::{self, Fault, ScenarioConfig};
+use ipshadow_sim::scenario::{self, Fault, Lifetime, ScenarioConfig};
 
 /// Options of `ipshadow simulate`. Every default is the default scenario's.
 #[derive(Args, Debug)]
@@ -37,12 +39,36 @@ pub struct SimulateArgs {
     /// New UDP sessions per second.
     #[arg(long, default_value_t = 10)]
     udp: u32,
-    /// Shortest and longest lifetime of a long-lived connection, seconds (uniform between).
-    #[arg(long, num_args = 2, value_names = ["MIN", "MAX"], default_values_t = [30.0, 150.0], action = ArgAction::Set)]
-    lifetime: Vec<f64>,
+    /// How long-lived connections' lifetimes are distributed; each takes its own parameters
+    /// (`--lifetime`, `--lifetime-mean`, `--lifetime-scale`/`--lifetime-alpha`,
+    /// `--lifetime-median`/`--lifetime-sigma`).
+    #[arg(long, value_enum, default_value = "uniform")]
+    lifetime_dist: LifetimeDistArg,
+    /// uniform: shortest and longest lifetime of a long-lived connection, seconds [default: 30 150].
+    #[arg(long, num_args = 2, value_names = ["MIN", "MAX"], action = ArgAction::Set)]
+    lifetime: Option<Vec<f64>>,
+    /// exponential: mean lifetime, seconds [default: 60].
+    #[arg(long, value_name = "SECS")]
+    lifetime_mean: Option<f64>,
+    /// pareto: the shortest lifetime (the scale), seconds [default: 20].
+    #[arg(long, value_name = "SECS")]
+    lifetime_scale: Option<f64>,
+    /// pareto: the tail index alpha (heavier below 2; the mean is infinite at 1 or below) [default: 1.5].
+    #[arg(long, value_name = "ALPHA")]
+    lifetime_alpha: Option<f64>,
+    /// lognormal: median lifetime, seconds [default: 40].
+    #[arg(long, value_name = "SECS")]
+    lifetime_median: Option<f64>,
+    /// lognormal: standard deviation of the lifetime's logarithm [default: 1].
+    #[arg(long, value_name = "SIGMA")]
+    lifetime_sigma: Option<f64>,
     /// Length of the run, seconds.
     #[arg(long, default_value_t = 300.0)]
     duration: f64,
+    /// End the run this many seconds after the migration ended, if that is before `--duration`
+    /// (a day-long `--deadline` then costs no wall time once the migration finished early).
+    #[arg(long, value_name = "SECS")]
+    end_after_migration: Option<f64>,
     /// When the migration starts, seconds.
     #[arg(long, default_value_t = 20.0)]
     migration_start: f64,
@@ -61,11 +87,18 @@ pub struct SimulateArgs {
     /// A linear ramp instead of steps: percentage points per second.
     #[arg(long)]
     ramp_linear: Option<f64>,
+    /// The ramp a migration requested with no ramp gets from the control plane instead of
+    /// `--ramp`: `fixed` is the default ramp as it is (1, 5, 25, 50, 100 % every 30 s), `planned`
+    /// the plan derived from it and `--deadline` (its holds scaled so it reaches 100 % by half
+    /// the time to the deadline, at most 30 s each; the default `[policy]`).
+    #[arg(long, value_enum, conflicts_with_all = ["ramp", "ramp_linear", "ramp_hold"])]
+    ramp_plan: Option<RampPlanArg>,
     /// Frame loss on each client cable, in [0, 1).
     #[arg(long, default_value_t = 0.001)]
     loss: f64,
     /// A fault to inject (repeatable): b-dies@SECS, a-dies@SECS, router-restart@SECS,
-    /// non-owner@FROM-TO (A's frames also reach B), loss@SHARE.
+    /// non-owner@FROM-TO (A's frames also reach B), loss@SHARE, server-closes-idle@SECS (from
+    /// then on A's server closes connections idle for 0.3 s with a FIN, like a keep-alive timeout).
     #[arg(long = "fault")]
     faults: Vec<Fault>,
     /// Print the report as one JSON object.
@@ -74,6 +107,24 @@ pub struct SimulateArgs {
     /// Draw the split and the live connections on A and B over time into an SVG file.
     #[arg(long, value_name = "FILE.svg")]
     plot: Option<PathBuf>,
+}
+
+/// `--lifetime-dist` on the command line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub(crate) enum LifetimeDistArg {
+    Uniform,
+    Exponential,
+    Pareto,
+    Lognormal,
+}
+
+/// `--ramp-plan` on the command line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub(crate) enum RampPlanArg {
+    /// The control plane's default ramp, unfitted.
+    Fixed,
+    /// The control plane's plan for `--deadline`.
+    Planned,
 }
 
 /// `--strategy` on the command line.
@@ -156,13 +207,9 @@ impl SimulateArgs {
         if self.churn > scenario::MAX_RATE || self.udp > scenario::MAX_RATE {
             bail!("--churn and --udp must be at most {} per second", scenario::MAX_RATE);
         }
-        let [min, max] = [self.lifetime[0], self.lifetime[1]];
-        c.lifetime_min = seconds("lifetime", min)?;
-        c.lifetime_max = seconds("lifetime", max)?;
-        if c.lifetime_max < c.lifetime_min {
-            bail!("--lifetime: MAX ({max}) is below MIN ({min})");
-        }
+        c.lifetime = self.lifetime()?;
         c.duration = seconds("duration", self.duration)?;
+        c.end_after_migration = self.end_after_migration.map(|s| seconds("end-after-migration", s)).transpose()?;
         c.migration_start = seconds("migration-start", self.migration_start)?;
         c.lease_delay = seconds("lease-delay", self.lease_delay)?;
         c.deadline = seconds("deadline", self.deadline)?;
@@ -174,15 +221,78 @@ impl SimulateArgs {
         if self.ramp_linear.is_some() && self.ramp_hold != 10.0 {
             bail!("--ramp-hold applies to --ramp steps, not to --ramp-linear");
         }
-        c.ramp = match self.ramp_linear {
-            Some(pct_per_sec) => Ramp::Linear { pct_per_sec },
-            None => {
+        c.ramp = match (self.ramp_plan, self.ramp_linear) {
+            (Some(RampPlanArg::Fixed), _) => Ramp::default(),
+            (Some(RampPlanArg::Planned), _) => planned_ramp(c.deadline)?,
+            (None, Some(pct_per_sec)) => Ramp::Linear { pct_per_sec },
+            (None, None) => {
                 let hold = seconds("ramp-hold", self.ramp_hold)?;
                 Ramp::Steps { steps: self.ramp.iter().map(|&pct| RampStep { pct, hold }).collect() }
             }
         };
         c.ramp.validate().context("--ramp")?;
         Ok(c)
+    }
+
+    /// The lifetime distribution and its parameters; a parameter of another distribution is
+    /// refused rather than ignored.
+    fn lifetime(&self) -> anyhow::Result<Lifetime> {
+        use LifetimeDistArg as D;
+        let dist = self.lifetime_dist;
+        for (given, name, of) in [
+            (self.lifetime.is_some(), "--lifetime", D::Uniform),
+            (self.lifetime_mean.is_some(), "--lifetime-mean", D::Exponential),
+            (self.lifetime_scale.is_some(), "--lifetime-scale", D::Pareto),
+            (self.lifetime_alpha.is_some(), "--lifetime-alpha", D::Pareto),
+            (self.lifetime_median.is_some(), "--lifetime-median", D::Lognormal),
+            (self.lifetime_sigma.is_some(), "--lifetime-sigma", D::Lognormal),
+        ] {
+            if given && of != dist {
+                bail!("{name} applies to --lifetime-dist {}, not {}", value_name(of), value_name(dist));
+            }
+        }
+        let lifetime = match dist {
+            D::Uniform => {
+                let (min_s, max_s) = match self.lifetime.as_deref() {
+                    Some(&[min, max]) => (min, max),
+                    Some(_) => bail!("--lifetime takes two values: MIN MAX"),
+                    None => (30.0, 150.0),
+                };
+                seconds("lifetime", min_s)?;
+                seconds("lifetime", max_s)?;
+                if max_s < min_s {
+                    bail!("--lifetime: MAX ({max_s}) is below MIN ({min_s})");
+                }
+                Lifetime::Uniform { min_s, max_s }
+            }
+            D::Exponential => Lifetime::Exponential { mean_s: self.lifetime_mean.unwrap_or(60.0) },
+            D::Pareto => Lifetime::Pareto {
+                scale_s: self.lifetime_scale.unwrap_or(20.0),
+                alpha: self.lifetime_alpha.unwrap_or(1.5),
+            },
+            D::Lognormal => Lifetime::LogNormal {
+                median_s: self.lifetime_median.unwrap_or(40.0),
+                sigma: self.lifetime_sigma.unwrap_or(1.0),
+            },
+        };
+        lifetime.validate().map_err(|e| anyhow::anyhow!("--lifetime-dist {}: {}", value_name(dist), e.why))?;
+        Ok(lifetime)
+    }
+}
+
+/// The name clap shows for a value.
+fn value_name(v: impl ValueEnum) -> String {
+    v.to_possible_value().map_or_else(String::new, |p| p.get_name().to_owned())
+}
+
+/// The ramp the control plane plans for a migration requested with no ramp and this deadline
+/// (counted from the request, which is the scenario's migration start), under the default policy.
+fn planned_ramp(deadline: Duration) -> anyhow::Result<Ramp> {
+    let deadline_ms = u64::try_from(deadline.as_millis()).unwrap_or(u64::MAX);
+    let input = PlanInput { requested: None, now_ms: 0, deadline_ms, deadline_source: DeadlineSource::Requested };
+    match plan(input, &DeadlinePolicy::default()) {
+        Ok(plan) => Ok(plan.ramp),
+        Err(misfit) => bail!("--ramp-plan planned: {misfit}"),
     }
 }
 

@@ -35,6 +35,14 @@ fn ipshadow(extra: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_ipshadow")).args(SMALL).args(extra).output().unwrap()
 }
 
+/// SMALL without option `drop` (and its values), then `extra`.
+fn ipshadow_without(drop: &str, extra: &[&str]) -> Output {
+    let at = SMALL.iter().position(|a| *a == drop).unwrap();
+    let values = SMALL[at + 1..].iter().take_while(|a| !a.starts_with("--")).count();
+    let args = SMALL[..at].iter().chain(&SMALL[at + 1 + values..]);
+    Command::new(env!("CARGO_BIN_EXE_ipshadow")).args(args).args(extra).output().unwrap()
+}
+
 #[test]
 fn same_seed_same_output_byte_for_byte() {
     let first = ipshadow(&["--json", "--seed", "7"]);
@@ -92,6 +100,17 @@ fn bad_options_get_clear_errors() {
         (&["--fault", "b-dies@1e20"][..], "from 0 to 1e9"),
         (&["--churn", "2000000000"][..], "at most 100000 per second"),
         (&["--ramp-linear", "2", "--ramp-hold", "5"][..], "--ramp-hold applies to --ramp steps"),
+        (
+            &["--lifetime-dist", "pareto", "--lifetime-mean", "5"][..],
+            "--lifetime-mean applies to --lifetime-dist exponential, not pareto",
+        ),
+        (&["--lifetime-dist", "pareto", "--lifetime-alpha", "0"][..], "alpha must be above 0"),
+        (&["--lifetime-dist", "exponential", "--lifetime-mean=-1"][..], "--lifetime-dist exponential: the mean"),
+        (&["--lifetime-dist", "lognormal", "--lifetime-sigma", "nan"][..], "sigma must be within"),
+        (&["--lifetime-dist", "weibull"][..], "invalid value 'weibull'"),
+        (&["--ramp-plan", "planned", "--ramp", "1,100"][..], "cannot be used with"),
+        (&["--end-after-migration=-3"][..], "--end-after-migration must be a number of seconds"),
+        (&["--fault", "server-closes-idle@x"][..], "not a number"),
     ] {
         // Refused before anything runs, so the default scenario's size does not matter.
         let out = Command::new(env!("CARGO_BIN_EXE_ipshadow")).arg("simulate").args(args).output().unwrap();
@@ -100,4 +119,60 @@ fn bad_options_get_clear_errors() {
         assert!(stderr.contains(expect), "{args:?}: {stderr}");
         assert!(!stderr.contains("panicked") && !stderr.contains("backtrace"), "{args:?}: {stderr}");
     }
+}
+
+/// The forecast block, the orderly closes and the lifetime distributions, as a user asks for them.
+#[test]
+fn forecast_and_graceful_closes_in_the_json() {
+    let pareto = ["--json", "--lifetime-dist", "pareto", "--lifetime-scale", "8", "--lifetime-alpha", "1.5"];
+    let out = ipshadow_without("--lifetime", &pareto);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let forecast = &report["forecast"];
+    for key in ["at_s", "open_on_a", "p50_s", "p90_s", "expected_open_at_deadline", "actual_drain_s", "p50_error_pct"] {
+        assert!(forecast.get(key).is_some(), "missing forecast.{key} in {forecast}");
+    }
+    assert!(forecast["open_on_a"].as_u64().unwrap() > 0, "{forecast}");
+    assert_eq!(report["closed_gracefully"], 0, "no orderly close without a cause");
+    let out = ipshadow(&["--json", "--loss", "0", "--fault", "server-closes-idle@20"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(report["closed_gracefully"].as_u64().unwrap() > 0, "{report}");
+    assert_eq!(report["connections_broken"], 0, "{report}");
+}
+
+/// `--ramp-plan planned` is the control plane's plan for the deadline: 1, 5, 25, 50, 100 % with
+/// holds of a quarter of half the time to the deadline (48 s: 6 s each, 100 % after 24 s), and
+/// the migration ends at the deadline.
+#[test]
+fn the_planned_ramp_reaches_100_percent_by_half_the_deadline() {
+    let out = ipshadow_without("--ramp-hold", &["--json", "--ramp-plan", "planned"]);
+    let out = if out.status.success() { out } else { panic!("{}", String::from_utf8_lossy(&out.stderr)) };
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    // SMALL's deadline is 70 s: holds of 70 x 0.5 / 4 = 8.75 s, 100 % after 35 s.
+    let t = &report["timeline"];
+    let to_100 = t["split_100_s"].as_f64().unwrap() - t["lease_bound_s"].as_f64().unwrap();
+    assert!((to_100 - 35.0).abs() < 0.5, "100 % after {to_100} s: {t}");
+    let out = Command::new(env!("CARGO_BIN_EXE_ipshadow"))
+        .args(["simulate", "--clients", "5", "--long-lived", "20", "--churn", "5", "--udp", "1", "--duration", "60"])
+        .args([
+            "--migration-start",
+            "5",
+            "--lifetime",
+            "5",
+            "20",
+            "--json",
+            "--ramp-plan",
+            "planned",
+            "--deadline",
+            "48",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let t = &report["timeline"];
+    let to_100 = t["split_100_s"].as_f64().unwrap() - t["lease_bound_s"].as_f64().unwrap();
+    assert!((to_100 - 24.0).abs() < 0.5, "100 % after {to_100} s: {t}");
+    assert_eq!(t["migration_end_s"].as_f64().unwrap() - t["migration_start_s"].as_f64().unwrap(), 48.0, "{t}");
 }

@@ -8,7 +8,7 @@
 use core::time::Duration;
 
 use ipshadow_core::{Mode, Strategy};
-use ipshadow_sim::scenario::{Fault, Report, ScenarioConfig, run};
+use ipshadow_sim::scenario::{Fault, Lifetime, Report, ScenarioConfig, run};
 
 fn run_ok(config: &ScenarioConfig) -> Report {
     run(config).unwrap()
@@ -57,7 +57,11 @@ fn flow_strategy_breaks_nothing_independent() {
     assert!(r.requests_served[0] > 0 && r.requests_served[1] > 0, "both VMs served: {:?}", r.requests_served);
     assert_eq!(
         r.connections_total,
-        r.connections_completed + r.connections_broken + r.cut_at_deadline + r.connections_open_at_end,
+        r.connections_completed
+            + r.closed_gracefully
+            + r.connections_broken
+            + r.cut_at_deadline
+            + r.connections_open_at_end,
         "every connection is counted once"
     );
 }
@@ -226,4 +230,103 @@ fn client_affinity_breaks_nothing_over_seeds_and_modes() {
         assert_eq!((r.connections_broken, r.cut_at_deadline), (0, 0), "seed {seed}: {}", summary(r));
         assert!(r.requests_served[0] > 0 && r.requests_served[1] > 0, "both VMs served: {:?}", r.requests_served);
     }
+}
+
+/// A small scenario (about a second of wall time): 10 clients, 100 long-lived connections of
+/// 10-40 s, the migration at 10 s, 100 % at 35 s.
+fn small() -> ScenarioConfig {
+    let step = |pct| ipshadow_core::RampStep { pct, hold: Duration::from_secs(5) };
+    ScenarioConfig {
+        clients: 10,
+        long_lived: 100,
+        churn_per_sec: 10,
+        udp_per_sec: 2,
+        lifetime: Lifetime::Uniform { min_s: 10.0, max_s: 40.0 },
+        duration: Duration::from_secs(60),
+        workload_stop: Duration::from_secs(55),
+        migration_start: Duration::from_secs(10),
+        deadline: Duration::from_secs(40),
+        ramp: ipshadow_core::Ramp::Steps { steps: vec![step(1.0), step(5.0), step(25.0), step(50.0), step(100.0)] },
+        ..ScenarioConfig::default()
+    }
+}
+
+/// A server that closes idle keep-alive connections (nginx's `keepalive_timeout`) ends them
+/// with a FIN while the client has no request outstanding: the clients reconnect and lose
+/// nothing. The cables lose no frame here: with loss, a request retransmitted after a lost
+/// segment can cross the server's FIN, the keep-alive race every HTTP client knows, and that
+/// request is rightly counted as broken.
+#[test]
+fn a_server_closing_idle_connections_breaks_nothing() {
+    let mut config = ScenarioConfig { faults: vec!["server-closes-idle@12".parse().unwrap()], ..small() };
+    config.client_link.loss = 0.0;
+    let r = run_ok(&config);
+    println!("{}", summary(&r));
+    assert!(r.long_lived.closed_gracefully > 100, "A's idle connections were closed: {:?}", r.long_lived);
+    assert_eq!(r.closed_gracefully, r.long_lived.closed_gracefully + r.churn.closed_gracefully);
+    assert_eq!((r.connections_broken, r.cut_at_deadline, r.udp.broken), (0, 0, 0), "{}", summary(&r));
+    assert!(r.requests_served[0] > 0 && r.requests_served[1] > 0, "{:?}", r.requests_served);
+    assert_eq!(
+        r.connections_total,
+        r.connections_completed
+            + r.closed_gracefully
+            + r.connections_broken
+            + r.cut_at_deadline
+            + r.connections_open_at_end,
+        "every connection is counted once"
+    );
+    // Without the fault nothing is closed at idle.
+    let r = run_ok(&small());
+    assert_eq!(r.closed_gracefully, 0, "{}", summary(&r));
+}
+
+/// The report carries the router's drain forecast at the moment the split reached 100 %, and
+/// the truth it is judged by.
+#[test]
+fn the_report_sets_the_drain_forecast_against_the_actual_drain() {
+    let r = run_ok(&small());
+    let f = r.forecast.clone().unwrap();
+    println!("{f:?}");
+    assert_eq!(Some(f.at_s), r.timeline.split_100_s);
+    assert!(f.connections_on_a > 20, "long-lived connections were still on A: {f:?}");
+    assert!(f.open_on_a.abs_diff(f.connections_on_a) <= 5, "the router and the clients agree: {f:?}");
+    let (p50, p90, actual) = (f.p50_s.unwrap(), f.p90_s.unwrap(), f.actual_drain_s.unwrap());
+    assert!(0.0 < p50 && p50 <= p90, "{f:?}");
+    // Lifetimes of at most 40 s: the last connection on A ended within 40 s of the split reaching 100 %.
+    assert!(actual > 0.0 && actual <= 40.0, "{f:?}");
+    assert!(f.p50_error_pct.is_some() && f.expected_open_at_deadline.is_some(), "{f:?}");
+}
+
+/// The run ends `end_after_migration` after the migration ended, not at `duration`: a deadline
+/// far away costs no wall time once the migration is over.
+#[test]
+fn the_run_ends_soon_after_the_migration_when_asked() {
+    let config = ScenarioConfig {
+        duration: Duration::from_secs(86_400),
+        workload_stop: Duration::from_secs(86_400),
+        deadline: Duration::from_secs(30),
+        end_after_migration: Some(Duration::from_secs(5)),
+        ..small()
+    };
+    let r = run_ok(&config);
+    let end = r.timeline.migration_end_s.unwrap();
+    assert_eq!(end, 40.0, "{}", summary(&r));
+    assert_eq!(r.simulated_seconds, end + 5.0);
+}
+
+/// Churn-only traffic (no long-lived connection) against a deadline a day away: the virtual
+/// clock jumps, so a run covering part of that day takes seconds.
+#[test]
+fn churn_only_traffic_against_a_day_long_deadline() {
+    let config = ScenarioConfig {
+        long_lived: 0,
+        deadline: Duration::from_secs(86_400),
+        end_after_migration: Some(Duration::from_secs(5)),
+        ..small()
+    };
+    let r = run_ok(&config);
+    println!("{}", summary(&r));
+    assert_eq!(r.long_lived.total, 0);
+    assert!(r.churn.total > 400 && r.connections_broken == 0, "{}", summary(&r));
+    assert_eq!(r.final_split_pct, 100.0, "the ramp went through: {}", summary(&r));
 }

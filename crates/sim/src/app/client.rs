@@ -1,6 +1,14 @@
 //! The client side of the workload: TCP connections that exchange verified request/response
 //! messages (long-lived ones at an interval, short "churn" ones back to back) and UDP sessions
-//! with retries. Each ends as completed, broken (with its cause) or still open.
+//! with retries. Each ends as completed, closed gracefully by the server, broken (with its
+//! cause) or still open.
+//!
+//! The TCP clients behave like a keep-alive HTTP client or a connection pool: an orderly close
+//! (FIN) from the server while no request is outstanding is how such servers end idle
+//! connections (nginx's `keepalive_timeout`, a graceful reload, the router's close at the
+//! cut-over), so it is no failure: the connection ends as [`Outcome::ClosedGracefully`] and the
+//! scenario opens a replacement for the rest of its plan. A FIN while a request is outstanding
+//! leaves the request unanswered, and a RST loses whatever was in flight: both are broken.
 
 use core::time::Duration;
 use std::net::Ipv4Addr;
@@ -49,6 +57,9 @@ pub enum Outcome {
     Open,
     /// Every exchange verified and the connection closed cleanly.
     Completed,
+    /// The server closed it with a FIN while no request was outstanding: every exchange so far
+    /// verified, nothing lost; the client reconnects for the rest of its plan.
+    ClosedGracefully,
     /// Broken.
     Broken(BreakCause),
 }
@@ -62,6 +73,8 @@ pub struct Ended {
     pub outcome: Outcome,
     /// When.
     pub at: Instant,
+    /// Exchanges verified before it ended.
+    pub exchanges: u32,
 }
 
 /// What a new connection does.
@@ -75,6 +88,9 @@ pub struct ConnPlan {
     pub exchanges: u32,
     /// Mean pause between exchanges (each pause is drawn within +-20 % of it).
     pub interval: Duration,
+    /// When it is meant to end: the client closes it then, between exchanges (a long-lived
+    /// connection's planned lifetime). `None`: after `exchanges`.
+    pub ends_at: Option<Instant>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -210,7 +226,7 @@ impl ClientApp {
         let mut tcp = core::mem::take(&mut self.tcp);
         tcp.retain_mut(|conn| match self.step_tcp(host, conn, now, &mut wrote) {
             Some(outcome) => {
-                ended.push(Ended { id: conn.plan.id, outcome, at: now });
+                ended.push(Ended { id: conn.plan.id, outcome, at: now, exchanges: conn.seq });
                 self.lingering.push((conn.handle, false));
                 false
             }
@@ -220,7 +236,7 @@ impl ClientApp {
         let mut udp = core::mem::take(&mut self.udp);
         udp.retain_mut(|session| match self.step_udp(host, session, now, &mut wrote) {
             Some(outcome) => {
-                ended.push(Ended { id: session.plan.id, outcome, at: now });
+                ended.push(Ended { id: session.plan.id, outcome, at: now, exchanges: session.seq });
                 host.sockets.remove(session.handle);
                 false
             }
@@ -289,16 +305,44 @@ impl ClientApp {
                 if conn.seq >= conn.plan.exchanges {
                     socket.close();
                     *wrote = true;
+                    if state == tcp::State::CloseWait {
+                        // The server's FIN came with the last response: both sides are done.
+                        return Some(Outcome::Completed);
+                    }
                     conn.phase = Phase::Closing;
                     conn.deadline = now + timeout;
                 } else {
                     conn.phase = Phase::Idle;
-                    conn.next_at = now + self.pause(conn.plan.interval);
+                    let next = now + self.pause(conn.plan.interval);
+                    conn.next_at = conn.plan.ends_at.map_or(next, |end| next.min(end));
                 }
             }
-            Phase::Closing if state == tcp::State::TimeWait => return Some(Outcome::Completed),
+            Phase::Waiting if state == tcp::State::CloseWait => {
+                // The server closed with the response incomplete: it will never come.
+                socket.abort();
+                *wrote = true;
+                return Some(Outcome::Broken(BreakCause::Corrupt));
+            }
+            // LAST-ACK: the server had closed too (after our last exchange): nothing is pending.
+            Phase::Closing if matches!(state, tcp::State::TimeWait | tcp::State::LastAck) => {
+                return Some(Outcome::Completed);
+            }
             Phase::Closing if now >= conn.deadline => return give_up(socket, wrote),
             _ => {}
+        }
+        if conn.phase == Phase::Idle && state == tcp::State::CloseWait {
+            // An orderly close at idle: what a keep-alive server does to an idle connection.
+            socket.close();
+            *wrote = true;
+            return Some(Outcome::ClosedGracefully);
+        }
+        if conn.phase == Phase::Idle && conn.plan.ends_at.is_some_and(|end| now >= end) {
+            // The planned lifetime is over: close between exchanges, as the application would.
+            socket.close();
+            *wrote = true;
+            conn.phase = Phase::Closing;
+            conn.deadline = now + timeout;
+            return None;
         }
         if conn.phase == Phase::Idle && now >= conn.next_at {
             if state != tcp::State::Established {

@@ -1,7 +1,9 @@
 //! The service in each VM: a TCP and a UDP request/response server that checks every request
 //! byte and answers with a response derived from it. It reacts to input only (no timers), so a
-//! replica that receives the same frames at the same instants answers byte for byte the same.
+//! replica that receives the same frames at the same instants answers byte for byte the same;
+//! the one exception is the keep-alive timeout a fault may switch on ([`ServerApp::close_idle_after`]).
 
+use ipshadow_core::Instant;
 use smoltcp::iface::SocketHandle;
 use smoltcp::socket::{tcp, udp};
 use smoltcp::time::Duration;
@@ -15,6 +17,12 @@ const TCP_BUFFER: usize = 4096;
 /// Without a packet from the client for this long a connection is given up (as a kernel gives
 /// up a SYN-RECEIVED connection after its SYN-ACK retries).
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How long a connection may stay idle before a server with the `server-closes-idle` fault
+/// closes it. Shorter than the long-lived clients' pause between requests (0.8 s at least), so
+/// the FIN always reaches a client with no request outstanding, as a keep-alive timeout is
+/// meant to (nginx's default is 75 s; the simulator's clients talk every second).
+pub const KEEPALIVE_TIMEOUT: core::time::Duration = core::time::Duration::from_millis(300);
 
 /// A fresh listening socket.
 fn listener() -> tcp::Socket<'static> {
@@ -33,6 +41,9 @@ struct ServerConn {
     active: bool,
     inbox: Vec<u8>,
     outbox: Vec<u8>,
+    /// The last byte received or sent (the start of the connection's idle time); `None` until
+    /// the first exchange after the keep-alive timeout was switched on.
+    last_activity: Option<Instant>,
 }
 
 /// The server application of one host.
@@ -44,6 +55,11 @@ pub struct ServerApp {
     pub requests: u64,
     /// Requests refused as corrupt (the connection was reset).
     pub corrupt: u64,
+    /// When set, connections idle (everything answered and acknowledged) for this long are
+    /// closed with a FIN, like a keep-alive timeout. `None` (the default): never.
+    pub close_idle_after: Option<core::time::Duration>,
+    /// Connections closed by the keep-alive timeout.
+    pub closed_idle: u64,
 }
 
 impl ServerApp {
@@ -55,8 +71,16 @@ impl ServerApp {
         // Binding a fresh socket to a non-zero port cannot fail.
         let _ = socket.bind(UDP_PORT);
         let udp = host.sockets.add(socket);
-        let mut app = Self { backlog: backlog.max(1), conns: Vec::new(), udp, requests: 0, corrupt: 0 };
-        app.top_up_listeners(host);
+        let mut app = Self {
+            backlog: backlog.max(1),
+            conns: Vec::new(),
+            udp,
+            requests: 0,
+            corrupt: 0,
+            close_idle_after: None,
+            closed_idle: 0,
+        };
+        app.top_up_listeners(host, Instant::ZERO);
         app.listeners_last(host);
         app
     }
@@ -72,10 +96,33 @@ impl ServerApp {
             .count()
     }
 
-    /// Serves whatever arrived. Returns whether anything was written (the host should poll again).
-    pub fn run(&mut self, host: &mut Host) -> bool {
+    /// From now on, closes connections idle for `after`. A connection open now starts its idle
+    /// time at its next exchange, not now: its client may be about to send a request, which the
+    /// FIN would cross; after an answer the client's pause is longer than `after`.
+    pub fn close_idle_from(&mut self, after: core::time::Duration) {
+        self.close_idle_after = Some(after);
+        for conn in &mut self.conns {
+            conn.last_activity = None;
+        }
+    }
+
+    /// When the keep-alive timeout next needs the application to run without input.
+    pub fn next_wake(&self, host: &Host) -> Option<Instant> {
+        let after = self.close_idle_after?;
+        self.conns
+            .iter()
+            .filter(|c| c.active && c.inbox.is_empty() && c.outbox.is_empty())
+            .filter(|c| host.sockets.get::<tcp::Socket<'_>>(c.handle).state() == tcp::State::Established)
+            .filter_map(|c| c.last_activity.map(|t| t + after))
+            .min()
+    }
+
+    /// Serves whatever arrived at `now`. Returns whether anything was written (the host should
+    /// poll again).
+    pub fn run(&mut self, host: &mut Host, now: Instant) -> bool {
         let mut wrote = self.serve_udp(host);
-        let (requests, corrupt) = (&mut self.requests, &mut self.corrupt);
+        let (requests, corrupt, closed_idle) = (&mut self.requests, &mut self.corrupt, &mut self.closed_idle);
+        let close_idle_after = self.close_idle_after;
         self.conns.retain_mut(|conn| {
             let socket = host.sockets.get_mut::<tcp::Socket<'static>>(conn.handle);
             match socket.state() {
@@ -92,12 +139,19 @@ impl ServerApp {
                     return true;
                 }
                 tcp::State::Listen => return true,
-                _ => conn.active = true,
+                _ if !conn.active => {
+                    conn.active = true;
+                    conn.last_activity = Some(now);
+                }
+                _ => {}
             }
             while socket.can_recv() {
                 let mut chunk = [0u8; TCP_BUFFER];
                 match socket.recv_slice(&mut chunk) {
-                    Ok(n) if n > 0 => conn.inbox.extend_from_slice(&chunk[..n]),
+                    Ok(n) if n > 0 => {
+                        conn.inbox.extend_from_slice(&chunk[..n]);
+                        conn.last_activity = Some(now);
+                    }
                     _ => break,
                 }
             }
@@ -122,7 +176,22 @@ impl ServerApp {
             if !conn.outbox.is_empty() && socket.can_send() {
                 let n = socket.send_slice(&conn.outbox).unwrap_or(0);
                 conn.outbox.drain(..n);
-                wrote |= n > 0;
+                if n > 0 {
+                    conn.last_activity = Some(now);
+                    wrote = true;
+                }
+            }
+            // Idle: nothing unanswered, nothing unsent or unacknowledged, for the whole timeout.
+            if let Some(after) = close_idle_after
+                && socket.state() == tcp::State::Established
+                && conn.inbox.is_empty()
+                && conn.outbox.is_empty()
+                && socket.send_queue() == 0
+                && conn.last_activity.is_some_and(|t| now >= t + after)
+            {
+                socket.close();
+                *closed_idle += 1;
+                wrote = true;
             }
             if socket.state() == tcp::State::CloseWait && conn.outbox.is_empty() {
                 socket.close();
@@ -130,7 +199,7 @@ impl ServerApp {
             }
             true
         });
-        self.top_up_listeners(host);
+        self.top_up_listeners(host, now);
         self.listeners_last(host);
         wrote
     }
@@ -184,7 +253,7 @@ impl ServerApp {
     }
 
     /// Keeps `backlog` sockets listening: smoltcp turns a listening socket into the connection.
-    fn top_up_listeners(&mut self, host: &mut Host) {
+    fn top_up_listeners(&mut self, host: &mut Host, now: Instant) {
         let listening = self
             .conns
             .iter()
@@ -192,7 +261,13 @@ impl ServerApp {
             .count();
         for _ in listening..self.backlog {
             let handle = host.sockets.add(listener());
-            self.conns.push(ServerConn { handle, active: false, inbox: Vec::new(), outbox: Vec::new() });
+            self.conns.push(ServerConn {
+                handle,
+                active: false,
+                inbox: Vec::new(),
+                outbox: Vec::new(),
+                last_activity: Some(now),
+            });
         }
     }
 }

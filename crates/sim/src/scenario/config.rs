@@ -7,6 +7,7 @@ use core::time::Duration;
 use ipshadow_core::{Affinity, CongestionControlParameters, Mode, Ramp, RampStep, Strategy};
 use serde::Serialize;
 
+use super::lifetime::Lifetime;
 use crate::link::LinkConfig;
 
 /// Something that goes wrong during a run. Times are from the start of the run.
@@ -42,12 +43,20 @@ pub enum Fault {
         /// In [0, 1).
         share: f64,
     },
+    /// From `at_s` on, A's server closes every TCP connection that has been idle (everything
+    /// answered and acknowledged) for [`crate::app::server::KEEPALIVE_TIMEOUT`], with an orderly
+    /// FIN, as nginx's `keepalive_timeout` or a graceful reload does. A keep-alive client sees
+    /// the close while it has no request outstanding and reconnects: nothing is lost.
+    ServerClosesIdle {
+        /// Seconds from the start.
+        at_s: f64,
+    },
 }
 
 /// A fault description that could not be read.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error(
-    "bad fault {given:?}: {why} (expected b-dies@SECS, a-dies@SECS, router-restart@SECS, non-owner@FROM-TO, loss@SHARE)"
+    "bad fault {given:?}: {why} (expected b-dies@SECS, a-dies@SECS, router-restart@SECS, non-owner@FROM-TO, loss@SHARE, server-closes-idle@SECS)"
 )]
 pub struct FaultParseError {
     given: String,
@@ -72,6 +81,7 @@ impl FromStr for Fault {
             "b-dies" => Ok(Fault::BDies { at_s: secs(arg)? }),
             "a-dies" => Ok(Fault::ADies { at_s: secs(arg)? }),
             "router-restart" => Ok(Fault::RouterRestart { at_s: secs(arg)? }),
+            "server-closes-idle" => Ok(Fault::ServerClosesIdle { at_s: secs(arg)? }),
             "non-owner" => {
                 let (a, b) = arg.split_once('-').ok_or_else(|| err("needs FROM-TO"))?;
                 let (from_s, to_s) = (secs(a)?, secs(b)?);
@@ -100,6 +110,7 @@ impl fmt::Display for Fault {
             Fault::RouterRestart { at_s } => write!(f, "router-restart@{at_s}"),
             Fault::NonOwnerReplies { from_s, to_s } => write!(f, "non-owner@{from_s}-{to_s}"),
             Fault::Loss { share } => write!(f, "loss@{share}"),
+            Fault::ServerClosesIdle { at_s } => write!(f, "server-closes-idle@{at_s}"),
         }
     }
 }
@@ -138,12 +149,9 @@ pub struct ScenarioConfig {
     /// The first long-lived connections open evenly over this period.
     #[serde(with = "secs")]
     pub long_lived_ramp_up: Duration,
-    /// Lifetime of a long-lived connection: uniform in [min, max].
-    #[serde(with = "secs")]
-    pub lifetime_min: Duration,
-    /// See `lifetime_min`.
-    #[serde(with = "secs")]
-    pub lifetime_max: Duration,
+    /// How long a long-lived connection is meant to last (drawn once per connection; the
+    /// client closes it at that moment).
+    pub lifetime: Lifetime,
     /// Mean pause between a long-lived connection's exchanges (+-20 %).
     #[serde(with = "secs")]
     pub interval: Duration,
@@ -157,6 +165,11 @@ pub struct ScenarioConfig {
     /// Length of the run.
     #[serde(with = "secs")]
     pub duration: Duration,
+    /// The run ends this long after the migration ended (cut-over, or a rollback finished),
+    /// when that comes before `duration`: a deadline a day away costs no wall time once the
+    /// migration has finished early. `None`: the run lasts `duration`.
+    #[serde(with = "opt_secs")]
+    pub end_after_migration: Option<Duration>,
     /// When the migration starts (the entry is installed; B has been offered X).
     #[serde(with = "secs")]
     pub migration_start: Duration,
@@ -210,13 +223,13 @@ impl Default for ScenarioConfig {
             clients: 50,
             long_lived: 1000,
             long_lived_ramp_up: Duration::from_secs(10),
-            lifetime_min: Duration::from_secs(30),
-            lifetime_max: Duration::from_secs(150),
+            lifetime: Lifetime::Uniform { min_s: 30.0, max_s: 150.0 },
             interval: Duration::from_secs(1),
             churn_per_sec: 50,
             udp_per_sec: 10,
             workload_stop: Duration::from_secs(270),
             duration: Duration::from_secs(300),
+            end_after_migration: None,
             migration_start: Duration::from_secs(20),
             lease_delay: Duration::from_secs(5),
             deadline: Duration::from_secs(220),
@@ -248,8 +261,11 @@ impl ScenarioConfig {
         if self.churn_per_sec > MAX_RATE || self.udp_per_sec > MAX_RATE {
             return bad("churn/udp", "at most 100000 per second");
         }
-        if self.lifetime_max < self.lifetime_min {
-            return bad("lifetime", "the longest is below the shortest");
+        self.lifetime.validate()?;
+        if let Some(linger) = self.end_after_migration
+            && linger.as_secs_f64() > MAX_SECONDS
+        {
+            return bad("end_after_migration", "must be at most 1e9 seconds");
         }
         if self.vm_stacks == 0 || self.vm_stacks > 1024 {
             return bad("vm_stacks", "must be within 1..=1024");
@@ -259,7 +275,6 @@ impl ScenarioConfig {
             ("migration_start", self.migration_start),
             ("deadline", self.deadline),
             ("lease_delay", self.lease_delay),
-            ("lifetime", self.lifetime_max),
             ("interval", self.interval),
         ] {
             if d.as_secs_f64() > MAX_SECONDS {
@@ -285,5 +300,17 @@ mod secs {
 
     pub fn serialize<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_f64(d.as_secs_f64())
+    }
+}
+
+/// Optional durations as seconds (a float, or null) in the JSON report.
+mod opt_secs {
+    use core::time::Duration;
+
+    pub fn serialize<S: serde::Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => s.serialize_some(&d.as_secs_f64()),
+            None => s.serialize_none(),
+        }
     }
 }

@@ -4,12 +4,14 @@
 
 use core::time::Duration;
 
+use ipshadow_core::patterns::DrainForecast;
 use ipshadow_core::{
-    CutOverReport, EntryState, Event, Instant, MigrationOptions, Outcome, RouterCounters, ShadowingEntry, VmId, VmRef,
+    CutOverReport, EntryState, Event, FlowKey, Instant, MigrationOptions, Outcome, Owner, RouterCounters,
+    ShadowingEntry, VmId, VmRef,
 };
 
 use super::config::Fault;
-use super::world::{A, Action, B, World, X};
+use super::world::{A, Action, B, World, X, client_ip};
 
 /// A VM the health checks found dead (and acted on: B rolls back, A fast-forwards).
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -18,6 +20,18 @@ pub(crate) struct Failure {
     pub vm: usize,
     /// When the probes gave up on it.
     pub detected: Instant,
+}
+
+/// The router's drain forecast at the moment the split first reached 100 %, and the
+/// connections it was about: the report sets it against when they actually ended.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct ForecastProbe {
+    /// When.
+    pub at: Instant,
+    /// The router's forecast (`None`: it had observed no flow).
+    pub forecast: Option<DrainForecast>,
+    /// Ledger ids of the client TCP connections whose flow the router had on A then.
+    pub on_a: Vec<u32>,
 }
 
 /// What the manager knows and remembers.
@@ -32,6 +46,8 @@ pub(crate) struct Control {
     pub lease_bound: Option<Instant>,
     /// When the split first reached 100 %.
     pub split_100: Option<Instant>,
+    /// The drain forecast taken then.
+    pub forecast_probe: Option<ForecastProbe>,
     /// The VM failure acted on, if any.
     pub failure: Option<Failure>,
     /// When the router restarted.
@@ -55,6 +71,7 @@ impl Control {
             started: None,
             lease_bound: None,
             split_100: None,
+            forecast_probe: None,
             failure: None,
             restarts: Vec::new(),
             handoffs: 0,
@@ -88,6 +105,12 @@ impl Control {
             },
             (None, None) => "not_started",
         }
+    }
+
+    /// When the migration ended for good: the cut-over, or the rollback's end (B's shadow lease
+    /// lapsed). A rollback not yet finished has not ended.
+    pub fn ended_at(&self) -> Option<Instant> {
+        self.outcome.map(|(.., at)| at)
     }
 
     fn active(&self) -> bool {
@@ -207,6 +230,12 @@ impl World {
                 self.router.flood = Some((A, B));
             }
             Fault::Loss { .. } => {}
+            Fault::ServerClosesIdle { .. } => {
+                for shard in &mut self.vms[A].shards {
+                    shard.app.close_idle_from(crate::app::server::KEEPALIVE_TIMEOUT);
+                    shard.wake = Some(now);
+                }
+            }
             Fault::RouterRestart { .. } => {
                 self.control.carried.push(*self.router.core.counters());
                 self.control.restarts.push(now);
@@ -228,9 +257,34 @@ impl World {
         }
     }
 
+    /// Takes the router's forecast and the connections it has on A, for the report to check
+    /// against their ends.
+    fn probe_forecast(&mut self) {
+        let now = self.now;
+        let forecast = self.router.core.forecast(X, now);
+        let mut on_a = Vec::new();
+        for (i, c) in self.clients.iter().enumerate() {
+            for (port, id) in c.app.tcp_ports() {
+                let key = FlowKey {
+                    client_ip: client_ip(i as u16),
+                    client_port: port,
+                    shadow_ip: X,
+                    shadow_port: crate::app::proto::TCP_PORT,
+                    protocol: 6,
+                };
+                if self.router.core.flow(&key).is_some_and(|f| f.owner == Owner::Source) {
+                    on_a.push(id);
+                }
+            }
+        }
+        on_a.sort_unstable();
+        self.control.forecast_probe = Some(ForecastProbe { at: now, forecast, on_a });
+    }
+
     /// Takes the router's events into the store and the report.
     pub(crate) fn control_after_router(&mut self) {
         let events = core::mem::take(self.router.core.sink_mut());
+        let mut reached_100 = false;
         for event in &events {
             match event {
                 Event::SplitChanged { change, at, .. } => {
@@ -242,6 +296,8 @@ impl World {
                     }
                     if change.to_pct >= 100.0 && self.control.split_100.is_none() {
                         self.control.split_100 = Some(*at);
+                        // At a cut-over A's flows are gone with the entry: nothing to forecast.
+                        reached_100 = change.reason != ipshadow_core::SplitReason::CutOver;
                     }
                 }
                 Event::StateChanged { to, .. } => {
@@ -265,5 +321,8 @@ impl World {
         let mut events = events;
         events.clear();
         *self.router.core.sink_mut() = events;
+        if reached_100 {
+            self.probe_forecast();
+        }
     }
 }

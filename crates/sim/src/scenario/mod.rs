@@ -3,11 +3,13 @@
 
 mod config;
 mod control;
+mod lifetime;
 mod report;
 mod world;
 
 pub use config::{ConfigError, Fault, FaultParseError, MAX_RATE, MAX_SECONDS, ScenarioConfig};
-pub use report::{Breaks, FailureReport, Report, RouterSummary, Sample, Tally, Timeline};
+pub use lifetime::Lifetime;
+pub use report::{Breaks, FailureReport, ForecastCheck, Report, RouterSummary, Sample, Tally, Timeline};
 
 /// Runs a scenario to its end and reports; refuses a scenario that cannot run.
 pub fn run(config: &ScenarioConfig) -> Result<Report, ConfigError> {

@@ -2,6 +2,7 @@
 
 use std::fmt::Write as _;
 
+use ipshadow_core::patterns::Tail;
 use ipshadow_core::{Affinity, CutOverReport, Mode, Outcome as MigrationOutcome, RouterCounters, Strategy};
 use serde::Serialize;
 
@@ -17,6 +18,9 @@ pub struct Tally {
     pub total: u64,
     /// Every exchange verified, closed cleanly.
     pub completed: u64,
+    /// Closed by the server with a FIN while no request was outstanding (a keep-alive close at
+    /// idle): nothing lost, the client reconnected for the rest of its plan.
+    pub closed_gracefully: u64,
     /// Broken (RST, timeout, wrong data), not counting `cut_at_deadline`.
     pub broken: u64,
     /// Still open when the run ended.
@@ -68,6 +72,38 @@ pub struct FailureReport {
     pub broken_started_before_detection: u64,
 }
 
+/// The router's drain forecast at the moment the split first reached 100 %, against the truth:
+/// when the last connection it had on A then actually ended. A long-lived connection's end is
+/// its planned end (the client knows it), so the truth exists even when the cut-over, a fault
+/// or the end of the run came first; a short one's is when it ended.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ForecastCheck {
+    /// When the split reached 100 %, seconds from the start.
+    pub at_s: f64,
+    /// A's open TCP flows by the router's count.
+    pub open_on_a: u64,
+    /// Client connections whose flow the router had on A (the ones the truth is about).
+    pub connections_on_a: u64,
+    /// Forecast median time until the last of A's flows has ended, seconds (`None`: the
+    /// router saw nothing end, or no forecast at all).
+    pub p50_s: Option<f64>,
+    /// Forecast 90th percentile of the same, seconds.
+    pub p90_s: Option<f64>,
+    /// Flows the forecast expects still open on A at the deadline.
+    pub expected_open_at_deadline: Option<f64>,
+    /// The tail the forecast fitted past its longest observation.
+    pub tail: Option<Tail>,
+    /// Flows (ended and open) the forecast rests on.
+    pub observations: u64,
+    /// The truth: seconds from `at_s` until the last connection on A ended (0 with none);
+    /// `None` when a short connection was still open when the run ended.
+    pub actual_drain_s: Option<f64>,
+    /// (p50 - actual) / actual, percent: positive means the forecast said later.
+    pub p50_error_pct: Option<f64>,
+    /// The actual drain fell at or below the forecast p90.
+    pub within_p90: Option<bool>,
+}
+
 /// One point of the plot.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize)]
 pub struct Sample {
@@ -96,6 +132,10 @@ pub struct Report {
     pub connections_completed: u64,
     /// Of those, still on A at the deadline and reset by the router at cut-over.
     pub cut_at_deadline: u64,
+    /// Of those, closed by the server side with a FIN while the client had no request
+    /// outstanding (a keep-alive close at idle, e.g. the router's close at the cut-over); the
+    /// client reconnected and lost nothing.
+    pub closed_gracefully: u64,
     /// `completed`, `rolled_back`, or the state the run ended in.
     pub migration_state: &'static str,
     /// The split at the end of the run.
@@ -128,6 +168,9 @@ pub struct Report {
     pub cut_over: Option<CutOverReport>,
     /// When things happened.
     pub timeline: Timeline,
+    /// The drain forecast when the split first reached 100 % on the ramp (not by a cut-over),
+    /// and how it came out.
+    pub forecast: Option<ForecastCheck>,
     /// A VM failure detected by the health checks.
     pub failure: Option<FailureReport>,
     /// Flow affinity.
@@ -192,14 +235,14 @@ impl Report {
         );
         let _ = writeln!(
             s,
-            "\n{:<12} {:>8} {:>10} {:>8} {:>12} {:>16}",
-            "", "total", "completed", "broken", "open at end", "cut at deadline"
+            "\n{:<12} {:>8} {:>10} {:>13} {:>8} {:>12} {:>16}",
+            "", "total", "completed", "closed at idle", "broken", "open at end", "cut at deadline"
         );
         for (name, t) in [("long-lived", self.long_lived), ("churn", self.churn), ("udp", self.udp)] {
             let _ = writeln!(
                 s,
-                "{name:<12} {:>8} {:>10} {:>8} {:>12} {:>16}",
-                t.total, t.completed, t.broken, t.open_at_end, t.cut_at_deadline
+                "{name:<12} {:>8} {:>10} {:>13} {:>8} {:>12} {:>16}",
+                t.total, t.completed, t.closed_gracefully, t.broken, t.open_at_end, t.cut_at_deadline
             );
         }
         let b = self.broken_by;
@@ -224,8 +267,24 @@ impl Report {
         if let Some(c) = self.cut_over {
             let _ = writeln!(
                 s,
-                "End of migration: {} flows open on the losing side, {} handed over, {} reset",
-                c.flows_open_on_losing_side, c.handed_over, c.reset
+                "End of migration ({:?}): {} flows open on the losing side, {} handed over, {} closed gracefully, {} reset",
+                c.cause, c.flows_open_on_losing_side, c.handed_over, c.closed_gracefully, c.reset
+            );
+        }
+        if let Some(f) = &self.forecast {
+            let s_or = |x: Option<f64>| x.map_or("-".to_owned(), |v| format!("{v:.1} s"));
+            let _ = writeln!(
+                s,
+                "Drain forecast at split 100 % ({:.1} s): {} flows open on A ({} client connections), p50 {}, p90 {}, \
+                 expected open at deadline {}; actual drain {}{}",
+                f.at_s,
+                f.open_on_a,
+                f.connections_on_a,
+                s_or(f.p50_s),
+                s_or(f.p90_s),
+                f.expected_open_at_deadline.map_or("-".to_owned(), |v| format!("{v:.1}")),
+                s_or(f.actual_drain_s),
+                f.p50_error_pct.map_or(String::new(), |e| format!(" (p50 error {e:+.0} %)"))
             );
         }
         if let Some(f) = &self.failure {
@@ -293,6 +352,7 @@ impl World {
             match r.outcome {
                 Outcome::Open => tally.open_at_end += 1,
                 Outcome::Completed => tally.completed += 1,
+                Outcome::ClosedGracefully => tally.closed_gracefully += 1,
                 Outcome::Broken(_) if cut => tally.cut_at_deadline += 1,
                 Outcome::Broken(cause) => {
                     tally.broken += 1;
@@ -341,6 +401,7 @@ impl World {
             connections_broken: tcp(|t| t.broken),
             connections_completed: tcp(|t| t.completed),
             cut_at_deadline: tcp(|t| t.cut_at_deadline),
+            closed_gracefully: tcp(|t| t.closed_gracefully),
             migration_state: c.state(),
             final_split_pct: c.split_pct(),
             conflicts_suppressed: sum(|c| c.conflicts.total()),
@@ -364,10 +425,11 @@ impl World {
                 router_restarts_s: c.restarts.iter().map(|t| secs(*t)).collect(),
             },
             failure,
+            forecast: self.forecast_check(),
             affinity: self.cfg.affinity,
             seed: self.cfg.seed,
             faults: self.cfg.faults.clone(),
-            simulated_seconds: self.cfg.duration.as_secs_f64(),
+            simulated_seconds: secs(self.now),
             requests_served: [self.vms[A].requests(), self.vms[B].requests()],
             router: RouterSummary {
                 inbound_frames: sum(|c| c.inbound_frames),
@@ -381,6 +443,40 @@ impl World {
             link_frames: self.link_frames(),
             samples: self.samples.clone(),
         }
+    }
+
+    fn forecast_check(&self) -> Option<ForecastCheck> {
+        let probe = self.control.forecast_probe.as_ref()?;
+        let ends: Option<Vec<_>> = probe
+            .on_a
+            .iter()
+            .map(|&id| {
+                let r = &self.ledger[id as usize];
+                r.planned_end.or(r.ended_at)
+            })
+            .collect();
+        let actual_drain_s =
+            ends.map(|ends| ends.into_iter().max().map_or(0.0, |last| secs(last).max(secs(probe.at)) - secs(probe.at)));
+        let f = probe.forecast.as_ref();
+        let ms = |x: Option<f64>| x.map(|ms| ms / 1000.0);
+        let (p50_s, p90_s) = (ms(f.and_then(|f| f.p50_ms)), ms(f.and_then(|f| f.p90_ms)));
+        let p50_error_pct = match (p50_s, actual_drain_s) {
+            (Some(p50), Some(actual)) if actual > 0.0 => Some((p50 - actual) / actual * 100.0),
+            _ => None,
+        };
+        Some(ForecastCheck {
+            at_s: secs(probe.at),
+            open_on_a: f.map_or(0, |f| f.open),
+            connections_on_a: probe.on_a.len() as u64,
+            p50_s,
+            p90_s,
+            expected_open_at_deadline: f.and_then(|f| f.expected_open_at_deadline),
+            tail: f.map(|f| f.tail),
+            observations: f.map_or(0, |f| f.observations),
+            actual_drain_s,
+            p50_error_pct,
+            within_p90: p90_s.zip(actual_drain_s).map(|(p90, actual)| actual <= p90),
+        })
     }
 
     fn link_frames(&self) -> [u64; 2] {

@@ -61,6 +61,13 @@ pub(crate) struct ConnRecord {
     pub started: Instant,
     pub outcome: Outcome,
     pub open_at_start: bool,
+    /// A long-lived connection's planned end (a replacement after an orderly close keeps its
+    /// predecessor's).
+    pub planned_end: Option<Instant>,
+    /// When it ended.
+    pub ended_at: Option<Instant>,
+    /// Exchanges it was to make (`u32::MAX`: until its planned end).
+    pub exchanges: u32,
 }
 
 pub(crate) struct World {
@@ -191,6 +198,7 @@ impl World {
                     self.schedule(at(from_s), Action::Fault(i));
                     self.schedule(at(to_s), Action::FaultEnd(i));
                 }
+                Fault::ServerClosesIdle { at_s } => self.schedule(at(at_s), Action::Fault(i)),
                 Fault::Loss { .. } => {}
             }
         }
@@ -203,15 +211,24 @@ impl World {
 
     /// Runs to the end of the scenario.
     pub fn run(&mut self) {
-        let end = Instant::ZERO + self.cfg.duration;
         let tick = self.cfg.tick.as_micros().max(1) as u64;
-        while self.now <= end {
+        while self.now <= self.end() {
             self.step();
-            let next = self.next_event().unwrap_or(end);
+            let next = self.next_event().unwrap_or(self.end());
             let next = next.max(self.now + Duration::from_micros(1));
             self.now = Instant::from_micros(next.as_micros().div_ceil(tick) * tick);
         }
-        self.now = end;
+        self.now = self.end();
+    }
+
+    /// The end of the run: `duration`, or `end_after_migration` after the migration ended
+    /// when that is sooner.
+    fn end(&self) -> Instant {
+        let end = Instant::ZERO + self.cfg.duration;
+        match (self.cfg.end_after_migration, self.control.ended_at()) {
+            (Some(linger), Some(ended)) => end.min(ended + linger),
+            _ => end,
+        }
     }
 
     fn step(&mut self) {
@@ -275,13 +292,13 @@ impl World {
                     continue;
                 }
                 shard.host.poll(now);
-                if shard.app.run(&mut shard.host) {
+                if shard.app.run(&mut shard.host, now) {
                     shard.host.poll(now);
                 }
                 while let Some(frame) = shard.host.device.tx.pop_front() {
                     self.vm_up[v].send(frame, now);
                 }
-                shard.wake = shard.host.poll_at(now);
+                shard.wake = [shard.host.poll_at(now), shard.app.next_wake(&shard.host)].into_iter().flatten().min();
             }
         }
     }
@@ -359,14 +376,20 @@ impl World {
     }
 
     fn open_long_lived(&mut self) {
-        let (min, max) = (self.cfg.lifetime_min.as_micros() as u64, self.cfg.lifetime_max.as_micros() as u64);
-        let lifetime = min + self.rng.next_u64() % (max.saturating_sub(min) + 1);
-        let interval = self.cfg.interval.as_micros().max(1) as u64;
-        let exchanges = (lifetime / interval).max(1) as u32;
-        self.open(ConnKind::LongLived, exchanges, self.cfg.interval);
+        let lifetime = self.cfg.lifetime.sample(&mut self.rng);
+        self.open_long_lived_until(self.now + lifetime);
+    }
+
+    /// A long-lived connection that exchanges messages until `end` (at least one exchange).
+    fn open_long_lived_until(&mut self, end: Instant) {
+        self.open_planned(ConnKind::LongLived, u32::MAX, self.cfg.interval, Some(end));
     }
 
     fn open(&mut self, kind: ConnKind, exchanges: u32, interval: Duration) {
+        self.open_planned(kind, exchanges, interval, None);
+    }
+
+    fn open_planned(&mut self, kind: ConnKind, exchanges: u32, interval: Duration, ends_at: Option<Instant>) {
         if self.clients.is_empty() {
             return;
         }
@@ -374,7 +397,7 @@ impl World {
         self.next_client = (self.next_client + 1) % self.clients.len();
         let id = self.ledger.len() as u32;
         let c = &mut self.clients[index];
-        let port = c.app.start(&mut c.host, ConnPlan { id, kind, exchanges, interval }, self.now);
+        let port = c.app.start(&mut c.host, ConnPlan { id, kind, exchanges, interval, ends_at }, self.now);
         c.wake = Some(self.now);
         self.ledger.push(ConnRecord {
             kind,
@@ -383,6 +406,9 @@ impl World {
             started: self.now,
             outcome: Outcome::Open,
             open_at_start: false,
+            planned_end: ends_at,
+            ended_at: None,
+            exchanges,
         });
     }
 
@@ -392,7 +418,24 @@ impl World {
         for e in &ended {
             let record = &mut self.ledger[e.id as usize];
             record.outcome = e.outcome;
-            if record.kind == ConnKind::LongLived && self.now < stop {
+            record.ended_at = Some(e.at);
+            let (kind, planned_end) = (record.kind, record.planned_end);
+            if e.outcome == Outcome::ClosedGracefully {
+                // A keep-alive client reconnects at once for the rest of its plan, to whichever
+                // VM the split now sends new flows: nothing is lost.
+                match (kind, planned_end) {
+                    (ConnKind::LongLived, Some(end)) if self.now < end => self.open_long_lived_until(end),
+                    (ConnKind::Churn, _) => {
+                        let left = self.ledger[e.id as usize].exchanges.saturating_sub(e.exchanges);
+                        if left > 0 {
+                            self.open(ConnKind::Churn, left, Duration::ZERO);
+                        }
+                    }
+                    _ => {}
+                }
+                continue;
+            }
+            if kind == ConnKind::LongLived && self.now < stop {
                 if e.outcome == Outcome::Completed {
                     self.open_long_lived();
                 } else {
