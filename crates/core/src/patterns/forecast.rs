@@ -16,11 +16,16 @@
 //!    log-log slope of the late half, because heavy-tailed lifetimes (Pareto, log-normal) are
 //!    common for connections and an exponential tail would promise a drain that never comes. No
 //!    flow ended at all (keep-alive connections): S stays 1, and the forecast says "never".
-//! 3. **Flows of unknown age** (open before the measurement began, seen first mid-stream): in a
-//!    stationary system the remaining life of a flow found open at an arbitrary instant follows
-//!    the equilibrium distribution S_e(r) = ∫_r^∞ S(u) du / E[lifetime] (renewal theory's
-//!    inspection paradox; Cox, Renewal Theory, 1962, ch. 5). Having survived `e` since it was
-//!    first seen, its residual is S_e(e + r) / S_e(e); a flow of known age `a`: S(a + r) / S(a).
+//! 3. **Flows of unknown age** (open before the measurement began, seen first mid-stream): their
+//!    remaining life from when they were first seen is measured directly, as a cohort: the same
+//!    life-table estimate over the time from first seen to the end of those that ended, the
+//!    others censored, with the same tail fit. It is used once 10 of them have ended: with the
+//!    migration requested moments before the ramp, these are most of A's flows and the best
+//!    evidence of how A drains. Before that, renewal theory stands in: in a stationary system the
+//!    remaining life of a flow found open at an arbitrary instant follows the equilibrium
+//!    distribution S_e(r) = ∫_r^∞ S(u) du / E[lifetime] (the inspection paradox; Cox, Renewal
+//!    Theory, 1962, ch. 5). Having survived `e` since first seen, its residual is
+//!    R(e + r) / R(e) (R the cohort's survival, or S_e); a flow of known age `a`: S(a + r) / S(a).
 //! 4. **Drain.** Flows end independently: P(all ended within r) = Π (1 - p_i(r)). Its median and
 //!    90th percentile are the forecast; Σ p_i(deadline - now) is the expected number still open
 //!    at the deadline.
@@ -231,14 +236,24 @@ pub struct DrainForecast {
 }
 
 impl DrainForecast {
-    /// The forecast for `open` groups of A's flows with `survival`, and the deadline `deadline_in_ms` from now.
-    pub fn compute(survival: &Survival, open: &[OpenGroup], deadline_in_ms: Option<f64>, observations: u64) -> Self {
-        let p_open = |g: &OpenGroup, r: f64| {
-            if g.known_start {
-                survival.residual(g.age_ms as f64, r)
-            } else {
-                survival.residual_unknown_age(g.age_ms as f64, r)
-            }
+    /// The forecast for `open` groups of A's flows at `deadline_in_ms` from now, from the
+    /// survival of lifetimes (flows whose start was seen) and of the unknown-start cohort's
+    /// remaining life since first seen; `None` when neither has an observation.
+    pub fn compute(
+        lifetimes: Option<&Survival>,
+        cohort: Option<&Survival>,
+        open: &[OpenGroup],
+        deadline_in_ms: Option<f64>,
+        observations: u64,
+    ) -> Option<Self> {
+        let main = lifetimes.or(cohort)?;
+        let p_open = |g: &OpenGroup, r: f64| match (g.known_start, cohort, lifetimes) {
+            (true, _, Some(s)) => s.residual(g.age_ms as f64, r),
+            (false, Some(c), _) => c.residual(g.age_ms as f64, r),
+            (false, None, Some(s)) => s.residual_unknown_age(g.age_ms as f64, r),
+            // A known-start flow with only the cohort measured: the best evidence there is.
+            (true, Some(c), None) => c.residual(g.age_ms as f64, r),
+            (_, None, None) => 1.0,
         };
         // log P(all ended within r), from the groups' counts.
         let log_all_ended =
@@ -265,16 +280,16 @@ impl DrainForecast {
             }
             Some(hi)
         };
-        Self {
+        Some(Self {
             open: open.iter().map(|g| u64::from(g.count)).sum(),
             p50_ms: quantile(0.5),
             p90_ms: quantile(0.9),
             expected_open_at_deadline: deadline_in_ms
                 .map(|d| open.iter().map(|g| f64::from(g.count) * p_open(g, d.max(0.0))).sum()),
-            horizon_ms: survival.horizon_ms(),
-            tail: survival.tail(),
+            horizon_ms: lifetimes.into_iter().chain(cohort).map(Survival::horizon_ms).fold(0.0, f64::max),
+            tail: main.tail(),
             observations,
-        }
+        })
     }
 }
 
@@ -326,11 +341,13 @@ mod tests {
     fn nothing_ended_means_no_drain_in_sight() {
         let s = Survival::estimate(&LogHistogram::default(), [(30_000, 200)]).unwrap();
         let f = DrainForecast::compute(
-            &s,
+            Some(&s),
+            None,
             &[OpenGroup { age_ms: 30_000, count: 200, known_start: true }],
             Some(60_000.0),
             200,
-        );
+        )
+        .unwrap();
         assert_eq!((f.p50_ms, f.p90_ms), (None, None));
         assert_eq!(f.expected_open_at_deadline, Some(200.0));
     }
@@ -338,14 +355,23 @@ mod tests {
     #[test]
     fn drain_of_many_flows_is_later_than_of_one_and_p90_after_p50() {
         let s = Survival::estimate(&hist((1..=1000).map(|i| i * 100)), []).unwrap();
-        let one = DrainForecast::compute(&s, &[OpenGroup { age_ms: 0, count: 1, known_start: true }], None, 1000);
-        let many = DrainForecast::compute(&s, &[OpenGroup { age_ms: 0, count: 100, known_start: true }], None, 1000);
+        let one =
+            DrainForecast::compute(Some(&s), None, &[OpenGroup { age_ms: 0, count: 1, known_start: true }], None, 1000)
+                .unwrap();
+        let many = DrainForecast::compute(
+            Some(&s),
+            None,
+            &[OpenGroup { age_ms: 0, count: 100, known_start: true }],
+            None,
+            1000,
+        )
+        .unwrap();
         let (p50, p90) = (many.p50_ms.unwrap(), many.p90_ms.unwrap());
         assert!((one.p50_ms.unwrap() - 50_000.0).abs() < 3_000.0, "{one:?}");
         // The last of 100 uniform(0, 100 s) lifetimes: median 99.3 s, 90th percentile 99.9 s,
         // within the histogram's resolution (12.5 %).
         assert!((p50 / 99_300.0 - 1.0).abs() < 0.1 && p90 >= p50 && p90 / 99_900.0 < 1.1, "{many:?}");
-        let none = DrainForecast::compute(&s, &[], Some(1.0), 0);
+        let none = DrainForecast::compute(Some(&s), None, &[], Some(1.0), 0).unwrap();
         assert_eq!((none.p50_ms, none.expected_open_at_deadline), (Some(0.0), Some(0.0)));
     }
 
@@ -357,6 +383,25 @@ mod tests {
         let p = s.residual_unknown_age(0.0, 50_000.0);
         assert!((p - 0.5).abs() < 0.06, "{p}");
         assert!(s.residual_unknown_age(0.0, 120_000.0) < 0.01);
+    }
+
+    #[test]
+    fn the_unknown_start_cohort_is_told_by_its_own_remaining_lives() {
+        // 1,000 flows open before the measurement, remaining lives uniform on (0, 100 s),
+        // watched for 40 s: 400 ended, 600 open. The last really ends 60 s from now; past the
+        // 40 s watched, the constant-hazard tail can only be conservative for a bounded
+        // distribution (minutes, not never, and not sooner than the flows' own pace).
+        let (mut ended, mut open) = (LogHistogram::default(), Vec::new());
+        for i in 0..1000u64 {
+            let life = 100 * i + 50;
+            if life <= 40_000 { ended.record(life) } else { open.push((40_000, 1)) }
+        }
+        let cohort = Survival::estimate(&ended, open).unwrap();
+        let groups = [OpenGroup { age_ms: 40_000, count: 600, known_start: false }];
+        let f = DrainForecast::compute(None, Some(&cohort), &groups, None, 1000).unwrap();
+        let p50 = f.p50_ms.unwrap();
+        assert!(p50 > 40_000.0, "not before the flows' own pace: {f:?}");
+        assert!(p50 < 600_000.0, "{f:?}");
     }
 
     #[test]

@@ -38,6 +38,9 @@ pub struct TrafficPatterns {
     window_arrivals: u64,
     last_rate: Option<f64>,
     lifetimes: LogHistogram,
+    /// Flows of unknown start (open before the measurement) that ended: time from first seen to
+    /// their end, their residual life as measured.
+    residuals: LogHistogram,
     sides: [SideStats; 2],
     canary: Canary,
 }
@@ -81,6 +84,7 @@ impl TrafficPatterns {
             window_arrivals: 0,
             last_rate: None,
             lifetimes: LogHistogram::default(),
+            residuals: LogHistogram::default(),
             sides: Default::default(),
             canary: Canary::default(),
         }
@@ -123,8 +127,10 @@ impl TrafficPatterns {
         if idle {
             s.idle = s.idle.saturating_sub(1);
         }
-        if let (true, Some(life)) = (known_start, lifetime) {
-            self.lifetimes.record(ms(life));
+        match (known_start, lifetime) {
+            (true, Some(life)) => self.lifetimes.record(ms(life)),
+            (false, Some(seen_for)) => self.residuals.record(ms(seen_for)),
+            _ => {}
         }
     }
 
@@ -233,9 +239,13 @@ impl TrafficPatterns {
     /// The drain forecast of A's open flows at `now` for a cut-over at `deadline`, or `None`
     /// before anything was observed.
     pub fn forecast(&self, now: Instant, deadline: Option<Instant>) -> Option<DrainForecast> {
-        let censored = self.sides.iter().flat_map(|s| s.known.ages(now));
-        let observations = self.lifetimes.total() + self.sides.iter().map(|s| u64::from(s.known.open())).sum::<u64>();
-        let survival = Survival::estimate(&self.lifetimes, censored)?;
+        let open = |f: fn(&SideStats) -> &AgeCensus| self.sides.iter().map(move |s| f(s).open()).sum::<u32>();
+        let lifetimes = Survival::estimate(&self.lifetimes, self.sides.iter().flat_map(|s| s.known.ages(now)));
+        let residuals = Survival::estimate(&self.residuals, self.sides.iter().flat_map(|s| s.unknown.ages(now)));
+        let observations = self.lifetimes.total()
+            + self.residuals.total()
+            + u64::from(open(|s| &s.known))
+            + u64::from(open(|s| &s.unknown));
         let a = &self.sides[0];
         let groups: Vec<OpenGroup> = a
             .known
@@ -244,9 +254,15 @@ impl TrafficPatterns {
             .chain(a.unknown.ages(now).map(|(age_ms, count)| OpenGroup { age_ms, count, known_start: false }))
             .collect();
         let deadline_in = deadline.map(|d| d.saturating_duration_since(now).as_secs_f64() * 1000.0);
-        Some(DrainForecast::compute(&survival, &groups, deadline_in, observations))
+        // The flows open before the measurement are best told by their own cohort once some of
+        // them have been seen to end; until then, by the equilibrium residual of the lifetimes.
+        let residuals = residuals.filter(|_| self.residuals.total() >= MIN_COHORT_ENDS);
+        DrainForecast::compute(lifetimes.as_ref(), residuals.as_ref(), &groups, deadline_in, observations)
     }
 }
+
+/// Ended flows of the unknown-start cohort needed before its own residual estimate is used.
+const MIN_COHORT_ENDS: u64 = 10;
 
 /// One VM's measurements in a report.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]

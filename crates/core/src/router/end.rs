@@ -69,7 +69,8 @@ impl<S: crate::events::EventSink> ShadowRouter<S> {
                 // Its client has not closed yet (an idle pool connection notices the FIN only at
                 // its next request): kept, so that its late segments are answered, not reset by
                 // B. Its idle timeout removes it.
-                let until = now + Duration::from_millis(u64::from(self.timeouts.idle_ms(PROTO_TCP, Phase::Retired, false)));
+                let until =
+                    now + Duration::from_millis(u64::from(self.timeouts.idle_ms(PROTO_TCP, Phase::Retired, false)));
                 self.retired_until = Some(self.retired_until.map_or(until, |t| t.max(until)));
                 continue;
             }

@@ -7,8 +7,10 @@
 //! (FIN) from the server while no request is outstanding is how such servers end idle
 //! connections (nginx's `keepalive_timeout`, a graceful reload, the router's close at the
 //! cut-over), so it is no failure: the connection ends as [`Outcome::ClosedGracefully`] and the
-//! scenario opens a replacement for the rest of its plan. A FIN while a request is outstanding
-//! leaves the request unanswered, and a RST loses whatever was in flight: both are broken.
+//! scenario opens a replacement for the rest of its plan. A request on a reused connection that
+//! crossed that FIN (no byte of its answer came) is retried on the replacement, as RFC 9112
+//! 9.3.1 lets a client do. A FIN in the middle of an answer, or on a fresh connection, and a RST
+//! lose what was in flight: broken.
 
 use core::time::Duration;
 use std::net::Ipv4Addr;
@@ -316,6 +318,14 @@ impl ClientApp {
                     let next = now + self.pause(conn.plan.interval);
                     conn.next_at = conn.plan.ends_at.map_or(next, |end| next.min(end));
                 }
+            }
+            Phase::Waiting if state == tcp::State::CloseWait && conn.got == 0 && conn.seq > 0 => {
+                // The request crossed the server's close of the idle connection (no byte of its
+                // answer came): a keep-alive client retries it on a new connection (RFC 9112
+                // 9.3.1), which the replacement does; nothing is lost.
+                socket.close();
+                *wrote = true;
+                return Some(Outcome::ClosedGracefully);
             }
             Phase::Waiting if state == tcp::State::CloseWait => {
                 // The server closed with the response incomplete: it will never come.
