@@ -154,3 +154,19 @@ fn a_slow_destination_slows_the_ramp_and_then_recommends_rolling_back() {
     assert!(canary.slow_answers > 10 && canary.rollback_recommended, "{canary:?}");
     assert!(h.router.entry(X).unwrap().traffic_split_percentage < 50.0);
 }
+
+/// A flow the router learns while it is closing (after a restart, the client's FIN mid-stream
+/// and A's FIN in reply) is closed, not left open on A for hours, where it would hold back the
+/// early finish.
+#[test]
+fn a_flow_learned_while_closing_is_not_counted_open() {
+    let mut h = Harness::new(RouterConfig::default(), MigrationOptions::default(), Default::default());
+    h.router.lease_bound(X, h.now).unwrap(); // ramping: unknown flows are learned
+    let c = client(4);
+    assert_eq!(h.inbound(&tcp((c, 6000), (X, 80), FINACK, 50, 70, &[])), InboundVerdict::Deliver(Deliver::Both));
+    assert_eq!(h.from_vm(Side::Source, &tcp((X, 80), (c, 6000), FINACK, 70, 51, &[])), EgressVerdict::Forward);
+    h.inbound(&tcp((c, 6000), (X, 80), ACK, 51, 71, &[]));
+    let p = h.router.patterns(X, h.now).unwrap();
+    assert_eq!(p.source.open, 0, "{:?}", p.source);
+    assert_eq!(h.router.scan_open_flows(X).0, [0, 0]);
+}

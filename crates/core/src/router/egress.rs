@@ -280,7 +280,15 @@ impl<S: crate::events::EventSink> ShadowRouter<S> {
             return EgressVerdict::Drop(DropReason::ResetSuppressed);
         }
         flow.owner = side.into();
-        flow.phase = Phase::Established;
+        // A FIN the client sent while the flow was being learned, and the owner's own FIN in
+        // the reply that taught it, are kept: a flow learned while closing must close, or it
+        // would count as open on A for hours and hold back the early finish.
+        if flow.phase == Phase::Pending {
+            flow.phase = Phase::Established;
+        }
+        if tcp.is_some_and(|t| t.flags.fin()) {
+            flow.phase = if flow.phase == Phase::Closing { Phase::Closed } else { Phase::Closing };
+        }
         flow.flags = (flow.flags & !(flags::RST_SOURCE | flags::RST_DESTINATION)) | flags::REPLIED;
         flow.marks |= marks::LEARNED | marks::UNKNOWN_START;
         flow.stamp_ms = now_ms;

@@ -199,7 +199,7 @@ impl<'a> Demo<'a> {
         restarts.sort_unstable();
         let tty = std::io::stderr().is_terminal();
         let mut last_line = Clock::now();
-        let give_up = Duration::from_millis(deadline_ms.saturating_sub(start_ms)) + Duration::from_secs(30);
+        let mut give_up = Duration::from_millis(deadline_ms.saturating_sub(start_ms)) + Duration::from_secs(30);
         loop {
             std::thread::sleep(Duration::from_millis(200));
             let t = clock.elapsed();
@@ -208,6 +208,11 @@ impl<'a> Demo<'a> {
                 self.restart_serve(id, t)?;
             }
             let m = self.migration(id)?;
+            // The manager may extend the deadline for A's forecast drain.
+            if let Some(deadline) = m["deadline_ms"].as_u64() {
+                give_up =
+                    give_up.max(Duration::from_millis(deadline.saturating_sub(start_ms)) + Duration::from_secs(30));
+            }
             self.follow(&m, start_ms, t);
             if tty || last_line.elapsed() >= Duration::from_secs(5) {
                 last_line = Clock::now();
