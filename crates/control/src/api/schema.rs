@@ -180,6 +180,18 @@ pub struct CongestionControlParametersSchema {
     pub max_retransmit_ratio: f64,
     /// Fewest data segments to B in an interval before the retransmission ratio is judged.
     pub min_segments_for_ratio: u32,
+    /// B's handshake or first-byte time above this multiple of A's median (plus the slack) is a
+    /// slow answer (application-aware health).
+    #[schema(minimum = 1)]
+    pub max_answer_ratio: f64,
+    /// Added to that limit, milliseconds.
+    pub answer_slack_ms: u64,
+    /// A's answers measured before B is compared with them.
+    pub min_answer_samples: u32,
+    /// Slow answers from B tolerated per interval.
+    pub max_slow_answers_per_interval: u32,
+    /// Intervals of trouble in a row after which a rollback is recommended; 0 never.
+    pub rollback_after_intervals: u32,
 }
 
 /// A histogram summed up: count, median, 90th percentile (`Quantiles` in the document).
@@ -236,6 +248,27 @@ pub struct PatternsSchema {
     pub source: SidePatternsSchema,
     /// VM B.
     pub destination: SidePatternsSchema,
+    /// B compared with A (application-aware health).
+    pub canary: CanarySchema,
+}
+
+/// B's answers compared with A's on the same address, like a canary analysis (`Canary` in the
+/// document; the router's `CanaryReport`).
+#[derive(Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(as = Canary)]
+pub struct CanarySchema {
+    /// B's handshakes slower than this are slow (A's median x ratio + slack), milliseconds;
+    /// absent until A has enough samples.
+    pub handshake_limit_ms: Option<u64>,
+    /// The same for the first byte of an answer, milliseconds.
+    pub first_byte_limit_ms: Option<u64>,
+    /// B's slow answers so far.
+    pub slow_answers: u64,
+    /// Intervals in a row judged trouble for B, as of the last one.
+    pub troubled_intervals: u32,
+    /// B stayed in trouble long enough that a rollback is recommended.
+    pub rollback_recommended: bool,
 }
 
 /// How lifetimes past the longest observation are extrapolated (`Tail` in the document):
