@@ -329,4 +329,15 @@ fn churn_only_traffic_against_a_day_long_deadline() {
     assert_eq!(r.long_lived.total, 0);
     assert!(r.churn.total > 400 && r.connections_broken == 0, "{}", summary(&r));
     assert_eq!(r.final_split_pct, 100.0, "the ramp went through: {}", summary(&r));
+    // Early finish: the migration ends within the ramp + the forecast's p90 drain + a few
+    // seconds (the router's 30 s of watching and 1 s checks), not at the lease end a day away.
+    assert_eq!(r.migration_state, "completed", "{}", summary(&r));
+    let cut = r.cut_over.unwrap();
+    assert_eq!(cut.cause, ipshadow_core::EndCause::Drained, "{cut:?}");
+    let t = &r.timeline;
+    let (start, at_100, end) = (t.migration_start_s.unwrap(), t.split_100_s.unwrap(), t.migration_end_s.unwrap());
+    let p90 = r.forecast.as_ref().and_then(|f| f.p90_s).unwrap_or(0.0);
+    let bound = (at_100 + p90 + 5.0).max(start + 30.0 + 5.0);
+    println!("ramp done at {at_100:.1} s, p90 drain {p90:.1} s, ended at {end:.1} s (bound {bound:.1} s)");
+    assert!(end <= bound, "ended at {end} s, bound {bound} s: {}", summary(&r));
 }
