@@ -133,7 +133,9 @@ fn forecast_and_graceful_closes_in_the_json() {
         assert!(forecast.get(key).is_some(), "missing forecast.{key} in {forecast}");
     }
     assert!(forecast["open_on_a"].as_u64().unwrap() > 0, "{forecast}");
-    assert_eq!(report["closed_gracefully"], 0, "no orderly close without a cause");
+    // Without the fault, the only orderly closes are the router's, in the closing window.
+    let by_router = report["cut_over"]["closed_gracefully"].as_u64().unwrap_or(0);
+    assert!(report["closed_gracefully"].as_u64().unwrap() <= by_router, "{report}");
     let out = ipshadow(&["--json", "--loss", "0", "--fault", "server-closes-idle@20"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -174,5 +176,6 @@ fn the_planned_ramp_reaches_100_percent_by_half_the_deadline() {
     let t = &report["timeline"];
     let to_100 = t["split_100_s"].as_f64().unwrap() - t["lease_bound_s"].as_f64().unwrap();
     assert!((to_100 - 24.0).abs() < 0.5, "100 % after {to_100} s: {t}");
-    assert_eq!(t["migration_end_s"].as_f64().unwrap() - t["migration_start_s"].as_f64().unwrap(), 48.0, "{t}");
+    // Ended by the deadline at the latest (earlier when A drained: the early finish).
+    assert!(t["migration_end_s"].as_f64().unwrap() - t["migration_start_s"].as_f64().unwrap() <= 48.0, "{t}");
 }

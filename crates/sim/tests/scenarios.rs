@@ -103,13 +103,17 @@ fn short_deadline(mode: Mode) -> ScenarioConfig {
     ScenarioConfig { mode, deadline: Duration::from_secs(60), ..ScenarioConfig::default() }
 }
 
+/// A's connections still open when the deadline comes are closed in order in the closing window
+/// (each at an idle moment, the keep-alive client reconnecting to B), not reset; what is cut is
+/// counted apart from what broke.
 #[test]
-fn independent_mode_counts_connections_cut_at_the_deadline_separately() {
+fn independent_mode_closes_connections_open_at_the_deadline_in_order() {
     let r = run_ok(&short_deadline(Mode::Independent));
     println!("{}", summary(&r));
     let cut = r.cut_over.unwrap();
-    assert!(r.cut_at_deadline > 100, "{}", summary(&r));
-    assert_eq!(r.connections_broken, 0, "cut connections are not mixed into broken: {}", summary(&r));
+    assert!(cut.closed_gracefully > 100, "long-lived connections were still on A at the deadline: {cut:?}");
+    assert!(r.closed_gracefully > 100, "and their clients saw an orderly close: {}", summary(&r));
+    assert_eq!(r.connections_broken, 0, "{}", summary(&r));
     assert_eq!(cut.reset, r.cut_at_deadline, "each RST the router sent ended one connection: {cut:?}");
 }
 
@@ -275,9 +279,10 @@ fn a_server_closing_idle_connections_breaks_nothing() {
             + r.connections_open_at_end,
         "every connection is counted once"
     );
-    // Without the fault nothing is closed at idle.
+    // Without the fault, the only orderly closes are the router's, in the closing window.
     let r = run_ok(&small());
-    assert_eq!(r.closed_gracefully, 0, "{}", summary(&r));
+    let by_router = r.cut_over.map_or(0, |c| c.closed_gracefully);
+    assert!(r.closed_gracefully <= by_router, "{} (router closed {by_router})", summary(&r));
 }
 
 /// The report carries the router's drain forecast at the moment the split reached 100 %, and
@@ -310,7 +315,7 @@ fn the_run_ends_soon_after_the_migration_when_asked() {
     };
     let r = run_ok(&config);
     let end = r.timeline.migration_end_s.unwrap();
-    assert_eq!(end, 40.0, "{}", summary(&r));
+    assert!(end <= 40.0, "by the deadline at the latest (earlier: the early finish): {}", summary(&r));
     assert_eq!(r.simulated_seconds, end + 5.0);
 }
 

@@ -226,7 +226,9 @@ fn flow_decide<S: crate::events::EventSink>(
     let now_ms = now.millis_u32();
     let mut found = t.flows.find(key, hash);
     if let Some(i) = found {
-        let reused = matches!(ip.l4, L4::Tcp(tcp) if tcp.flags.is_syn_only()) && t.flows.flow(i).phase == Phase::Closed;
+        // A SYN on a closed tuple, or on one the router closed at the cut-over, is a new connection.
+        let reused = matches!(ip.l4, L4::Tcp(tcp) if tcp.flags.is_syn_only())
+            && matches!(t.flows.flow(i).phase, Phase::Closed | Phase::Retired);
         if t.flows.is_expired(i, now_ms, t.timeouts) {
             t.counters.flows_expired += 1;
             t.end_flow(i, FlowEndReason::Idle, now);

@@ -32,6 +32,8 @@ pub(crate) const B: usize = 1;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) enum Action {
     OpenLongLived,
+    /// A keep-alive client's new connection after an orderly close, for the rest of its plan.
+    ReopenLongLived(Instant),
     Churn,
     Udp,
     StartMigration,
@@ -352,6 +354,8 @@ impl World {
         match action {
             Action::OpenLongLived if now < stop => self.open_long_lived(),
             Action::OpenLongLived => {}
+            Action::ReopenLongLived(end) if now < end => self.open_long_lived_until(end),
+            Action::ReopenLongLived(_) => {}
             Action::Churn => {
                 if now < stop {
                     let exchanges = 1 + (self.rng.next_u64() % 3) as u32;
@@ -421,10 +425,16 @@ impl World {
             record.ended_at = Some(e.at);
             let (kind, planned_end) = (record.kind, record.planned_end);
             if e.outcome == Outcome::ClosedGracefully {
-                // A keep-alive client reconnects at once for the rest of its plan, to whichever
-                // VM the split now sends new flows: nothing is lost.
+                // A keep-alive client reconnects for the rest of its plan, to whichever VM the
+                // split now sends new flows: nothing is lost. A long-lived one (a pool) does so
+                // when it next needs the connection, within its exchange interval, not all at
+                // the same instant (the VM's listen backlog is a handful of sockets).
                 match (kind, planned_end) {
-                    (ConnKind::LongLived, Some(end)) if self.now < end => self.open_long_lived_until(end),
+                    (ConnKind::LongLived, Some(end)) if self.now < end => {
+                        let interval_ms = u64::try_from(self.cfg.interval.as_millis()).unwrap_or(1000).max(1);
+                        let at = self.now + Duration::from_millis(self.rng.next_u64() % interval_ms);
+                        self.schedule(at.min(end), Action::ReopenLongLived(end));
+                    }
                     (ConnKind::Churn, _) => {
                         let left = self.ledger[e.id as usize].exchanges.saturating_sub(e.exchanges);
                         if left > 0 {
