@@ -210,6 +210,20 @@ impl StopSignals {
 
 /// Writes `bytes` to `path` so that a reader sees the old or the new content, never a mix:
 /// write `path.tmp`, then rename it over `path`.
+/// Prints a run's report (JSON, or the summary) and writes the JSON to `file` if asked.
+fn emit_report(report: &impl serde::Serialize, summary: &str, json: bool, file: Option<&Path>) -> anyhow::Result<()> {
+    let encoded = serde_json::to_string(report).context("encoding the report")?;
+    if json {
+        println!("{encoded}");
+    } else {
+        print!("{summary}");
+    }
+    if let Some(path) = file {
+        write_atomic(path, format!("{encoded}\n").as_bytes()).with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}
+
 fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");

@@ -204,16 +204,7 @@ async fn run_plan(plan: Plan) -> anyhow::Result<()> {
     if let Some(path) = &progress {
         write_progress(&ctx, path).with_context(|| format!("writing {}", path.display()))?;
     }
-    let json = serde_json::to_string(&report).context("encoding the report")?;
-    if ctx.plan.json {
-        println!("{json}");
-    } else {
-        print!("{}", report.summary());
-    }
-    if let Some(path) = &ctx.plan.report {
-        write_atomic(path, format!("{json}\n").as_bytes()).with_context(|| format!("writing {}", path.display()))?;
-    }
-    Ok(())
+    super::emit_report(&report, &report.summary(), ctx.plan.json, ctx.plan.report.as_deref())
 }
 
 fn write_progress(ctx: &Ctx, path: &std::path::Path) -> std::io::Result<()> {
