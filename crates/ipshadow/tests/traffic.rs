@@ -126,6 +126,8 @@ fn serve_and_run_verify_every_exchange_without_breaking_any() {
     assert_eq!(from_file, report);
     let p: Value = serde_json::from_str(&std::fs::read_to_string(&progress).unwrap()).unwrap();
     assert_eq!(p["completed"], report["connections_completed"]);
+    assert_eq!(p["exchanges"], report["exchanges"]);
+    assert_eq!(p["closed_by_server"], report["connections_closed_by_server"]);
     assert!(p["elapsed_s"].as_f64().unwrap() > 3.0);
     // The server saw them all, and SIGTERM ends it with 0 and a last status.
     assert!(server.terminate().success());

@@ -17,6 +17,10 @@ pub struct Progress {
     pub completed: u64,
     /// Connections broken so far.
     pub broken: u64,
+    /// Of the completed connections, those the server closed in order at an idle moment.
+    pub closed_by_server: u64,
+    /// Exchanges verified so far: a reader polling the file sees traffic go on (or stop).
+    pub exchanges: u64,
     /// Seconds since the run started.
     pub elapsed_s: f64,
 }
@@ -124,6 +128,8 @@ impl Ledger {
             open: l.in_flight.iter().sum(),
             completed: l.report.connections_completed,
             broken: l.report.connections_broken,
+            closed_by_server: l.report.connections_closed_by_server,
+            exchanges: l.report.exchanges,
             elapsed_s,
         })
     }
@@ -141,5 +147,28 @@ impl Ledger {
             r.duration_s = duration_s;
             r
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_progress_snapshot_follows_closes_and_exchanges_as_they_happen() {
+        let ledger = Ledger::new();
+        for _ in 0..3 {
+            ledger.started(Kind::LongLived);
+        }
+        ledger.exchange(40);
+        ledger.exchange(40);
+        ledger.ended(Kind::LongLived, 0.0, Outcome::ClosedByServer);
+        let local = SocketAddr::from(([10, 0, 1, 11], 40_000));
+        ledger.ended(Kind::LongLived, 0.0, Outcome::Broken(Cause::Reset, Some(local), 1.0));
+        let p = ledger.progress(2.0);
+        assert_eq!((p.open, p.completed, p.broken, p.closed_by_server, p.exchanges), (1, 1, 1, 1, 2));
+        let json = serde_json::to_value(p).unwrap_or_default();
+        assert_eq!(json["closed_by_server"], 1, "{json}");
+        assert_eq!(json["exchanges"], 2, "{json}");
     }
 }
