@@ -221,6 +221,30 @@ fn router_decisions(m: &Migration, status: &Status, now_ms: u64, limits: Limits,
     if state != MigrationState::Ramping && state != MigrationState::Paused {
         return;
     }
+    // The canary analysis: B answered much worse than A on the same address for
+    // `rollback_after_intervals` intervals in a row (this entry's patterns, not an earlier one's).
+    if entry.is_some()
+        && let Some(canary) = status.patterns.get(&m.ip).map(|p| p.measured.canary)
+        && canary.rollback_recommended
+    {
+        let limits = [("handshakes", canary.handshake_limit_ms), ("first answer bytes", canary.first_byte_limit_ms)]
+            .into_iter()
+            .filter_map(|(what, ms)| ms.map(|ms| format!("{what} over {ms} ms")))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let reason = format!(
+            "{} answered much worse than {} on {} for {} intervals in a row ({} slow answers{}{}): canary analysis",
+            m.destination,
+            m.source,
+            m.ip,
+            canary.troubled_intervals,
+            canary.slow_answers,
+            if limits.is_empty() { "" } else { ": " },
+            limits
+        );
+        out.push((m.id, Decision::Event(MigrationEvent::DestinationFailed { reason })));
+        return;
+    }
     // Silence counts from the later of the router's start and B's bound lease: the router
     // probes a VM only while it shadows an address with it, and B answers for X only once its
     // DHCP client has configured it.

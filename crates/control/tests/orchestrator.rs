@@ -219,6 +219,34 @@ fn router_reports_carry_the_split_the_end_and_the_health_of_both_vms() {
 }
 
 #[test]
+fn a_canary_that_recommends_rollback_rolls_the_migration_back() {
+    let limits = Limits::default();
+    let ramping = [migration(&[E::PlanWritten, E::DestinationLeaseBound, E::DestinationReady])];
+    let now = T0 + 60_000;
+    let mut troubled = status(5.0, [(100, 0); 2], now);
+    let mut patterns = ipshadow_dataplane::status::AddressPatterns { measured: Default::default(), forecast: None };
+    patterns.measured.canary.slow_answers = 170;
+    patterns.measured.canary.troubled_intervals = 29;
+    patterns.measured.canary.first_byte_limit_ms = Some(62);
+    troubled.patterns.insert(X, patterns.clone());
+    // Trouble, but not yet for long enough: the ramp goes on (the router slows it).
+    assert!(events(decide(&ramping, &Input::Router(&troubled), now, limits)).is_empty());
+    patterns.measured.canary.troubled_intervals = 30;
+    patterns.measured.canary.rollback_recommended = true;
+    troubled.patterns.insert(X, patterns.clone());
+    let decided = events(decide(&ramping, &Input::Router(&troubled), now, limits));
+    let [Decision::Event(E::DestinationFailed { reason })] = &decided[..] else { panic!("{decided:?}") };
+    assert!(
+        reason.contains("30 intervals") && reason.contains("170 slow answers") && reason.contains("62 ms"),
+        "{reason}"
+    );
+    // A recommendation left from an earlier migration of the address (no entry of this one)
+    // is not this migration's.
+    troubled.entries[0].migration_start_time = Instant::from_millis(T0 - 1);
+    assert!(events(decide(&ramping, &Input::Router(&troubled), now, limits)).is_empty());
+}
+
+#[test]
 fn b_takes_flows_once_it_answers_for_x_after_its_lease_was_bound_or_the_migration_fails() {
     let limits = Limits::default();
     // Bound at T0 + 1 (the helper applies every event then); still waiting.

@@ -1,7 +1,8 @@
-//! The end of a migration for the flows still on A: the closing window closes each at an idle
-//! moment with a FIN in A's name at exactly the client's next expected sequence number (and one
-//! to A in the client's name), absorbs the client's close, resets only flows never idle; and
-//! the early finish once A is empty.
+//! The end of a migration for the flows still on A: the closing window closes each at a quiet
+//! moment (idle, no request waiting for its answer, no segment for 250 ms) with a FIN in A's name
+//! at exactly the client's next expected sequence number (and one to A in the client's name),
+//! spread over the window's first half, absorbs the client's close, resets only flows never
+//! quiet; and the early finish once A is empty.
 
 #![allow(clippy::unwrap_used)]
 
@@ -117,15 +118,18 @@ fn a_busy_flow_waits_for_its_idle_moment_and_one_never_idle_is_reset() {
     h.router.lease_bound(X, h.now).unwrap();
     h.advance(Duration::from_secs(50));
     assert!(sent(&mut h).is_empty(), "busy flows are not closed");
-    // 4001 is answered and acknowledged: closed at that moment.
+    // 4001 is answered and acknowledged: closed once it has been quiet for 250 ms.
     assert_eq!(h.from_vm(Side::Source, &tcp((X, 80), (C, 4001), ACK, 907, 112, b"200 OK")), EgressVerdict::Forward);
     assert!(sent(&mut h).is_empty(), "the answer is in flight");
     assert_eq!(h.inbound(&tcp((C, 4001), (X, 80), ACK, 112, 913, &[])), InboundVerdict::Deliver(Deliver::Source));
+    h.advance(Duration::from_millis(200));
+    assert!(sent(&mut h).is_empty(), "idle, but not quiet for long enough yet");
+    h.advance(Duration::from_millis(300));
     let out = sent(&mut h);
     assert_eq!(out.len(), 2);
     assert_eq!((out[0].1.seq, out[0].1.ack), (913, 112));
     // 4002 never answers: reset at the deadline.
-    h.advance(Duration::from_secs(10));
+    h.advance(Duration::from_millis(9500));
     let out = sent(&mut h);
     assert_eq!(out.iter().map(|(t, _)| t.kind).collect::<Vec<_>>(), [TransmitKind::Reset]);
     assert_eq!(out[0].1.dst_port, 4002);
@@ -145,8 +149,15 @@ fn a_request_crossing_the_fin_is_acknowledged_not_delivered() {
     let req = tcp((C, 4003), (X, 80), ACK, 106, 907, b"GET /3");
     assert_eq!(h.inbound(&req), InboundVerdict::Drop(DropReason::ClosedByRouter));
     let out = sent(&mut h);
-    assert_eq!((out[0].0.kind, out[0].1.seq, out[0].1.ack), (TransmitKind::Ack, 908, 112));
+    // Acknowledged with the FIN again (the request does not show the FIN arrived).
+    assert_eq!((out[0].0.kind, out[0].1.seq, out[0].1.ack), (TransmitKind::Close, 907, 112));
     assert_eq!(h.router.counters().closed_crossed, 1);
+    // Sent after the FIN arrived: a plain acknowledgment.
+    let req = tcp((C, 4003), (X, 80), ACK, 112, 908, b"GET /4");
+    assert_eq!(h.inbound(&req), InboundVerdict::Drop(DropReason::ClosedByRouter));
+    let out = sent(&mut h);
+    assert_eq!((out[0].0.kind, out[0].1.seq, out[0].1.ack), (TransmitKind::Ack, 908, 118));
+    assert_eq!(h.router.counters().closed_crossed, 2);
 }
 
 #[test]
@@ -215,4 +226,91 @@ fn a_client_that_notices_the_close_after_the_cut_over_is_still_answered_not_rese
     // A minute later nothing is kept.
     h.advance(Duration::from_secs(70));
     assert_eq!(h.inbound(&tcp((C, 4007), (X, 80), ACK, 112, 907, &[])), InboundVerdict::NotShadowed);
+}
+
+/// One request/response exchange on a flow opened by `open_on_a` whose client has sent
+/// `c` bytes and A `a` bytes so far (sequence numbers relative to the ISNs 100 and 900).
+fn exchange(h: &mut Harness, port: u16, c: &mut u32, a: &mut u32) {
+    h.inbound(&tcp((C, port), (X, 80), ACK, 101 + *c, 901 + *a, b"GET /"));
+    *c += 5;
+    h.from_vm(Side::Source, &tcp((X, 80), (C, port), ACK, 901 + *a, 101 + *c, b"200 OK"));
+    *a += 6;
+    h.inbound(&tcp((C, port), (X, 80), ACK, 101 + *c, 901 + *a, &[]));
+}
+
+#[test]
+fn a_flow_never_quiet_for_250_ms_is_reset_though_idle_between_its_exchanges() {
+    let mut h = harness(Duration::from_secs(60), false);
+    open_on_a(&mut h, 4010);
+    h.router.lease_bound(X, h.now).unwrap();
+    h.advance(Duration::from_secs(49));
+    // An exchange every 100 ms through the window: everything acknowledged after each, never
+    // quiet for 250 ms.
+    let (mut c, mut a) = (5, 6);
+    for _ in 0..110 {
+        exchange(&mut h, 4010, &mut c, &mut a);
+        assert!(sent(&mut h).iter().all(|(t, _)| t.kind != TransmitKind::Close), "closed mid-stream");
+        h.advance(Duration::from_millis(100));
+    }
+    let out = sent(&mut h);
+    assert_eq!(out.iter().map(|(t, _)| t.kind).collect::<Vec<_>>(), [TransmitKind::Reset], "{out:?}");
+    let (r, _) = report(&mut h);
+    assert_eq!((r.flows_open_on_losing_side, r.closed_gracefully, r.reset), (1, 0, 1), "{r:?}");
+}
+
+#[test]
+fn a_request_acknowledged_but_not_yet_answered_is_not_closed_until_its_answer() {
+    let mut h = harness(Duration::from_secs(60), false);
+    open_on_a(&mut h, 4011);
+    h.router.lease_bound(X, h.now).unwrap();
+    h.advance(Duration::from_secs(48));
+    // A slow request: A acknowledges it at once and computes the answer for 5 s.
+    h.inbound(&tcp((C, 4011), (X, 80), ACK, 106, 907, b"POST /"));
+    h.from_vm(Side::Source, &tcp((X, 80), (C, 4011), ACK, 907, 112, &[]));
+    for _ in 0..20 {
+        h.advance(Duration::from_millis(250));
+        assert!(sent(&mut h).is_empty(), "closed while the answer is being computed");
+    }
+    h.from_vm(Side::Source, &tcp((X, 80), (C, 4011), ACK, 907, 112, b"201 Created"));
+    h.inbound(&tcp((C, 4011), (X, 80), ACK, 112, 918, &[]));
+    h.advance(Duration::from_millis(500));
+    let out = sent(&mut h);
+    assert_eq!(out.iter().map(|(t, _)| t.kind).collect::<Vec<_>>(), [TransmitKind::Close; 2]);
+    assert_eq!((out[0].1.seq, out[0].1.ack), (918, 112));
+}
+
+#[test]
+fn closes_are_spread_over_the_first_half_of_the_window() {
+    let mut h = harness(Duration::from_secs(60), false);
+    for port in 5000..5100 {
+        open_on_a(&mut h, port);
+    }
+    h.router.lease_bound(X, h.now).unwrap();
+    h.advance(Duration::from_secs(50)); // the window opens: 100 idle flows, 10 s
+    let mut per_look = vec![sent(&mut h).len() / 2];
+    while per_look.iter().sum::<usize>() < 100 && per_look.len() < 40 {
+        h.advance(Duration::from_millis(250));
+        per_look.push(sent(&mut h).len() / 2);
+    }
+    // 5 s in 250 ms looks: 20 of them, 5 flows each.
+    assert_eq!(per_look.iter().sum::<usize>(), 100, "{per_look:?}");
+    assert_eq!(per_look.len(), 20, "{per_look:?}");
+    assert!(per_look.iter().all(|&n| n == 5), "{per_look:?}");
+}
+
+#[test]
+fn a_lost_fin_is_sent_again_when_the_client_shows_it_did_not_get_it() {
+    let mut h = harness(Duration::from_secs(60), false);
+    open_on_a(&mut h, 4012);
+    h.router.lease_bound(X, h.now).unwrap();
+    h.advance(Duration::from_secs(50));
+    assert_eq!(sent(&mut h).len(), 2, "closed in order");
+    // The FIN was lost: the client's next request still acknowledges only 907.
+    let closed = InboundVerdict::Drop(DropReason::ClosedByRouter);
+    assert_eq!(h.inbound(&tcp((C, 4012), (X, 80), ACK, 106, 907, b"GET /4")), closed);
+    let out: Vec<_> = sent(&mut h).into_iter().map(|(t, i)| (t.kind, i.flags.fin(), i.seq, i.ack)).collect();
+    assert_eq!(out, [(TransmitKind::Close, true, 907, 112)], "the FIN again, acknowledging the request");
+    // Its acknowledgment of the FIN needs no answer.
+    assert_eq!(h.inbound(&tcp((C, 4012), (X, 80), ACK, 112, 908, &[])), closed);
+    assert!(sent(&mut h).is_empty());
 }

@@ -5,7 +5,11 @@
 //! when nothing is in flight is what every such client already handles (a server closing an idle
 //! keep-alive connection, RFC 9112 9.3.1 and 9.6): it reconnects, and its new connection goes to
 //! B. So in the **closing window** (`close_grace` before the deadline) every new flow goes to B
-//! and each of A's TCP flows is closed at its next idle moment:
+//! and each of A's TCP flows is closed at its next **quiet moment**: everything either side sent
+//! acknowledged, no request of the client's waiting for its answer, and no segment either way
+//! for [`QUIET`]. The last two keep the close out of work in progress: an answer being computed
+//! (the request acknowledged, its answer not yet begun) and a transfer whose sender is only
+//! momentarily caught up, which a FIN would cut short. Then
 //!
 //! - towards the client, a FIN|ACK in A's name at exactly the client's RCV.NXT (its last
 //!   acknowledgment) acknowledging all it sent (RFC 9293 3.10.7: in-window, in order: accepted);
@@ -15,10 +19,12 @@
 //!   would answer a connection it does not know with a RST; A's are dropped, its FIN
 //!   acknowledged.
 //!
-//! Flows never idle by the deadline are reset there, as before. **Early finish**: once the split
-//! is 100 %, A has no open flow left (or only idle ones the forecast says will outlive the
-//! operator's longest deadline, closed in order first) and the router has watched the address for
-//! a while, the migration ends before its deadline.
+//! The closes are spread over the window's first half (at most `close_per_scan` per look, every
+//! [`CLOSE_SCAN_EVERY`]), so that hundreds of clients do not reconnect to B in the same instant.
+//! Flows never quiet by the deadline (a bulk transfer, a stream) are reset there, as before.
+//! **Early finish**: once the split is 100 %, A has no open flow left (or only idle ones the
+//! forecast says will outlive the operator's longest deadline, closed in order first) and the
+//! router has watched the address for a while, the migration ends before its deadline.
 
 use core::time::Duration;
 use std::collections::VecDeque;
@@ -44,12 +50,31 @@ const CLOSE_LINGER: Duration = Duration::from_secs(2);
 /// How often an entry is looked at while its end is near.
 const CHECK_EVERY: Duration = Duration::from_secs(1);
 
+/// How long a flow must have been without a segment either way, besides idle, to be closed.
+/// Above the delayed-ACK timers (40 ms in Linux, 200 ms at most by RFC 9293 3.8.6.3) that keep an
+/// exchange's last acknowledgment back, and below the think time of an interactive or keep-alive
+/// client (a person, a pool's idle period), which is when a server would close it too.
+pub(crate) const QUIET: Duration = Duration::from_millis(250);
+
+/// How often the closing window looks for quiet flows to close.
+const CLOSE_SCAN_EVERY: Duration = Duration::from_millis(250);
+
 fn push(out: &mut VecDeque<Transmit>, to: Ipv4Addr, vm: Option<super::VmRef>, kind: TransmitKind, spec: &SegmentSpec) {
     out.push_back(Transmit { to, vm, kind, datagram: build_tcp_segment(spec) });
 }
 
-/// Closes `flow` now if it is marked to close at idle and is idle with both sequence spaces known.
-pub(crate) fn close_if_idle(
+/// Whether `flow`, marked to close, may be closed at `now`: both sequence spaces known, idle,
+/// no request waiting for its answer (on a flow a client opened to A) and quiet for [`QUIET`].
+fn quiet(flow: &Flow, now: Instant) -> bool {
+    let quiet_ms = u32::try_from(QUIET.as_millis()).unwrap_or(u32::MAX);
+    flow.has(flags::CLIENT_SEQ | flags::CLIENT_ACK)
+        && is_idle(flow)
+        && (flow.is_outbound() || flow.marks & marks::AWAITING_ANSWER == 0)
+        && now.millis_u32().wrapping_sub(flow.last_seen_ms) >= quiet_ms
+}
+
+/// Closes `flow` in order: a FIN in A's name to the client and one in the client's name to A.
+fn close(
     shadow: &mut Shadow,
     out: &mut VecDeque<Transmit>,
     counters: &mut RouterCounters,
@@ -57,13 +82,6 @@ pub(crate) fn close_if_idle(
     flow: &mut Flow,
     now: Instant,
 ) {
-    if flow.marks & marks::CLOSE_AT_IDLE == 0
-        || !flow.has(flags::CLIENT_SEQ | flags::CLIENT_ACK)
-        || !is_idle(flow)
-        || !matches!(flow.phase, Phase::Established | Phase::Closing)
-    {
-        return;
-    }
     let (client, server) = ((key.client_ip, key.client_port), (key.shadow_ip, key.shadow_port));
     let (client_next, a_next) = (flow.client_seq_max, flow.client_ack);
     let to_client = SegmentSpec { from: server, to: client, seq: a_next, ack: client_next, fin: true };
@@ -102,11 +120,16 @@ pub(crate) fn retired_inbound(
             counters.closed_crossed += 1;
         }
         flow.raise_client_seq(end);
-        if tcp.seq_len() > 0 {
+        // A segment that does not acknowledge the FIN: it was lost, or is still on its way. It
+        // is sent again (the router keeps no retransmission timer; the client's next segment
+        // is its clock), or the client would wait for an answer forever.
+        let fin_unacked = !tcp.flags.ack() || !seq_le(flow.owner_seq_max, tcp.ack);
+        if tcp.seq_len() > 0 || fin_unacked {
             let (client, server) = ((key.client_ip, key.client_port), (key.shadow_ip, key.shadow_port));
-            let ack =
-                SegmentSpec { from: server, to: client, seq: flow.owner_seq_max, ack: flow.client_seq_max, fin: false };
-            push(out, key.client_ip, None, TransmitKind::Ack, &ack);
+            let seq = flow.owner_seq_max.wrapping_sub(u32::from(fin_unacked));
+            let spec = SegmentSpec { from: server, to: client, seq, ack: flow.client_seq_max, fin: fin_unacked };
+            push(out, key.client_ip, None, if fin_unacked { TransmitKind::Close } else { TransmitKind::Ack }, &spec);
+            counters.closes_sent += u64::from(fin_unacked);
         }
     }
     // The flow stays retired after the client's close, so that A's own FIN, still to come, is
@@ -161,19 +184,55 @@ impl<S: crate::events::EventSink> ShadowRouter<S> {
         if shadow.mode == Mode::Replica {
             return; // B holds a copy of every flow: they are handed over at the deadline
         }
-        for key in self.flows.keys_where(|k, f| {
+        let keys = self.flows.keys_where(|k, f| {
             k.shadow_ip == ip
                 && k.protocol == PROTO_TCP
                 && f.owner == Owner::Source
                 && matches!(f.phase, Phase::Established | Phase::Closing)
-        }) {
-            let Some(index) = self.flows.find(&key, self.flows.hash(&key)) else { continue };
-            let Some(shadow) = self.shadows.get_mut(&ip) else { return };
-            let flow = self.flows.flow_mut(index);
-            shadow.ending.report.flows_open_on_losing_side += 1;
-            flow.marks |= marks::CLOSE_AT_IDLE;
-            close_if_idle(shadow, &mut self.transmit, &mut self.counters, &key, flow, now);
+        });
+        for key in &keys {
+            if let Some(index) = self.flows.find(key, self.flows.hash(key)) {
+                self.flows.flow_mut(index).marks |= marks::CLOSE_AT_IDLE;
+            }
         }
+        let Some(shadow) = self.shadows.get_mut(&ip) else { return };
+        let ending = &mut shadow.ending;
+        ending.report.flows_open_on_losing_side += keys.len() as u64;
+        // Spread over the window's first half; all at once without a window (early finish with
+        // `close_grace` 0).
+        let scans = (shadow.entry.options.close_grace / 2).as_millis() / CLOSE_SCAN_EVERY.as_millis();
+        let scans = u32::try_from(scans).unwrap_or(u32::MAX).max(1);
+        ending.close_per_scan = u32::try_from(keys.len()).unwrap_or(u32::MAX).div_ceil(scans).max(1);
+        ending.to_close = keys;
+        self.close_quiet(ip, now);
+    }
+
+    /// Closes the quiet ones among `ip`'s flows marked to close, at most `close_per_scan`, and
+    /// forgets those that ended by themselves. Returns whether any remain to close.
+    fn close_quiet(&mut self, ip: Ipv4Addr, now: Instant) -> bool {
+        let Some(shadow) = self.shadows.get_mut(&ip) else { return false };
+        let mut budget = shadow.ending.close_per_scan;
+        let mut keys = core::mem::take(&mut shadow.ending.to_close);
+        let (flows, out, counters) = (&mut self.flows, &mut self.transmit, &mut self.counters);
+        keys.retain(|key| {
+            let Some(index) = flows.find(key, flows.hash(key)) else { return false };
+            let flow = flows.flow_mut(index);
+            let marked = flow.marks & marks::CLOSE_AT_IDLE != 0
+                && flow.owner == Owner::Source
+                && matches!(flow.phase, Phase::Established | Phase::Closing);
+            if !marked {
+                return false; // ended by itself, or a new flow on the same ports
+            }
+            if budget == 0 || !quiet(flow, now) {
+                return true;
+            }
+            budget -= 1;
+            close(shadow, out, counters, key, flow, now);
+            false
+        });
+        let left = !keys.is_empty();
+        shadow.ending.to_close = keys;
+        left
     }
 
     /// Looks at the end of `ip`'s migration: the deadline, the closing window, the early finish.
@@ -195,14 +254,17 @@ impl<S: crate::events::EventSink> ShadowRouter<S> {
                 self.end_migration(ip, Outcome::Completed, EndCause::Drained, now);
                 return true;
             }
-            shadow.ending.check_at = Some(now + CHECK_EVERY);
+            let more = self.close_quiet(ip, now);
+            if let Some(shadow) = self.shadows.get_mut(&ip) {
+                shadow.ending.check_at = Some(now + if more { CLOSE_SCAN_EVERY } else { CHECK_EVERY });
+            }
             return false;
         }
         let window_opens = deadline - options.close_grace;
         if !options.close_grace.is_zero() && window_opens <= now {
             self.start_closing(ip, now);
             if let Some(shadow) = self.shadows.get_mut(&ip) {
-                shadow.ending.check_at = Some(now + CHECK_EVERY);
+                shadow.ending.check_at = Some(now + CLOSE_SCAN_EVERY);
             }
             return false;
         }
@@ -221,6 +283,9 @@ impl<S: crate::events::EventSink> ShadowRouter<S> {
             || shadow.patterns.forecast(now, Some(deadline)).is_some_and(|f| f.p50_ms.is_none_or(|p50| p50 > outlive));
         if all_idle && outlives() {
             self.start_closing(ip, now);
+            if let Some(shadow) = self.shadows.get_mut(&ip) {
+                shadow.ending.check_at = Some(now + CLOSE_SCAN_EVERY);
+            }
         }
         false
     }

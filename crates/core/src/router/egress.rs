@@ -1,6 +1,6 @@
 //! Egress: a frame from a VM. Anti-spoofing, then the arbiter for shadowed addresses.
 
-use super::close::{close_if_idle, retired_egress};
+use super::close::retired_egress;
 use super::inbound::hand_off;
 use super::observe::observe;
 use super::{DropReason, EgressVerdict, ShadowRouter, VmRef, seq_le};
@@ -214,9 +214,6 @@ impl<S: crate::events::EventSink> ShadowRouter<S> {
                 }
                 track_owner(shadow, flow, side, tcp, now);
                 observe(&mut shadow.patterns, key, flow, now);
-                if flow.marks & marks::CLOSE_AT_IDLE != 0 {
-                    close_if_idle(shadow, &mut self.transmit, &mut self.counters, key, flow, now);
-                }
                 EgressVerdict::Forward
             }
             Some(_)
@@ -369,8 +366,9 @@ fn track_owner(shadow: &mut Shadow, flow: &mut Flow, side: Side, tcp: Option<Tcp
     }
     if t.payload_len > 0 && flow.marks & marks::AWAITING_ANSWER != 0 {
         flow.marks &= !marks::AWAITING_ANSWER;
+        // A learned flow's stamp holds the learning, not the request.
         let waited = now.millis_u32().wrapping_sub(flow.stamp_ms);
-        if waited < u32::MAX / 2 {
+        if flow.marks & marks::LEARNED == 0 && waited < u32::MAX / 2 {
             let took = core::time::Duration::from_millis(u64::from(waited));
             shadow.patterns.first_byte(side, took);
             if side == Side::Destination && shadow.patterns.slow_answer(Answer::FirstByte, took) {

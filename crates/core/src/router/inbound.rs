@@ -1,6 +1,6 @@
 //! Inbound: a frame from the provider side to a shadowed address.
 
-use super::close::{close_if_idle, retired_inbound};
+use super::close::retired_inbound;
 use super::observe::observe;
 use super::{Deliver, DropReason, InboundVerdict, ShadowRouter, Tables, seq_le};
 use crate::events::{Event, FlowEndReason, FlowOrigin};
@@ -286,9 +286,6 @@ fn flow_decide<S: crate::events::EventSink>(
     if let L4::Tcp(tcp) = &ip.l4 {
         track_client_segment(shadow, flow, tcp, now);
         observe(&mut shadow.patterns, key, flow, now);
-        if flow.marks & marks::CLOSE_AT_IDLE != 0 {
-            close_if_idle(shadow, t.transmit, t.counters, key, flow, now);
-        }
     } else if flow.is_outbound() {
         flow.flags |= flags::REPLIED;
     } else if flow.has(flags::REPLIED) && flow.phase == Phase::Embryonic {
@@ -365,15 +362,14 @@ fn track_client_segment(shadow: &mut Shadow, flow: &mut Flow, tcp: &TcpInfo, now
         }
         if flow.raise_client_seq(end) {
             flow.marks &= !marks::OWNER_ACKED;
-            // A request to answer: its first byte's delay is measured (not on flows being
-            // learned, whose stamp holds the learning).
-            if tcp.payload_len > 0
-                && owner.is_some()
-                && flow.marks & (marks::LEARNED | marks::AWAITING_ANSWER) == 0
-                && !flow.is_outbound()
+            // A request to answer (the closing window waits for its answer); its first byte's
+            // delay is measured, except on flows being learned, whose stamp holds the learning.
+            if tcp.payload_len > 0 && owner.is_some() && flow.marks & marks::AWAITING_ANSWER == 0 && !flow.is_outbound()
             {
                 flow.marks |= marks::AWAITING_ANSWER;
-                flow.stamp_ms = now.millis_u32();
+                if flow.marks & marks::LEARNED == 0 {
+                    flow.stamp_ms = now.millis_u32();
+                }
             }
         }
     }

@@ -58,6 +58,12 @@ pub(crate) struct Ending {
     pub last_close: Option<Instant>,
     /// When `poll` must look at the entry again for the early finish or the window's end.
     pub check_at: Option<Instant>,
+    /// A's flows marked to close at a quiet moment and not closed yet (the window's work list:
+    /// bounded by the flow table, emptied as they close or end).
+    pub to_close: Vec<FlowKey>,
+    /// Most flows closed per look (the closes spread over the window's first half, so that the
+    /// clients' reconnections do not all reach B at once).
+    pub close_per_scan: u32,
 }
 
 impl Shadow {
