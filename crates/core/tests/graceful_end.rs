@@ -131,8 +131,10 @@ fn a_busy_flow_waits_for_its_idle_moment_and_one_never_idle_is_reset() {
     // 4002 never answers: reset at the deadline.
     h.advance(Duration::from_millis(9500));
     let out = sent(&mut h);
-    assert_eq!(out.iter().map(|(t, _)| t.kind).collect::<Vec<_>>(), [TransmitKind::Reset]);
-    assert_eq!(out[0].1.dst_port, 4002);
+    assert_eq!(out.iter().map(|(t, _)| t.kind).collect::<Vec<_>>(), [TransmitKind::Reset; 2]);
+    assert_eq!((out[0].0.vm, out[0].1.dst_port, out[0].1.seq), (None, 4002, 907), "at the client's RCV.NXT");
+    // A is reset too, in the client's name, so its application lets the connection go.
+    assert_eq!((out[1].0.vm, out[1].1.src_port, out[1].1.seq), (Some(h.a), 4002, 112), "at A's RCV.NXT");
     let (r, _) = report(&mut h);
     assert_eq!((r.flows_open_on_losing_side, r.closed_gracefully, r.reset), (2, 1, 1), "{r:?}");
     assert_eq!(r.cause, EndCause::Deadline);
@@ -253,7 +255,11 @@ fn a_flow_never_quiet_for_250_ms_is_reset_though_idle_between_its_exchanges() {
         h.advance(Duration::from_millis(100));
     }
     let out = sent(&mut h);
-    assert_eq!(out.iter().map(|(t, _)| t.kind).collect::<Vec<_>>(), [TransmitKind::Reset], "{out:?}");
+    assert_eq!(
+        out.iter().map(|(t, _)| (t.kind, t.vm)).collect::<Vec<_>>(),
+        [(TransmitKind::Reset, None), (TransmitKind::Reset, Some(h.a))],
+        "{out:?}"
+    );
     let (r, _) = report(&mut h);
     assert_eq!((r.flows_open_on_losing_side, r.closed_gracefully, r.reset), (1, 0, 1), "{r:?}");
 }

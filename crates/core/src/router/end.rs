@@ -61,6 +61,23 @@ impl<S: crate::events::EventSink> ShadowRouter<S> {
                         kind: TransmitKind::Reset,
                         datagram: build_tcp_rst(&spec),
                     });
+                    // And to the VM, in the client's name, so that its application does not
+                    // keep a connection nobody will use (at A's RCV.NXT when A acknowledged all
+                    // the client sent; else in-window, answered with a challenge ACK at worst).
+                    let to_vm = RstSpec {
+                        shadow_ip: key.client_ip,
+                        shadow_port: key.client_port,
+                        client_ip: ip,
+                        client_port: key.shadow_port,
+                        seq: flow.client_seq_max,
+                        ack: flow.owner_seq_max,
+                    };
+                    self.transmit.push_back(Transmit {
+                        to: ip,
+                        vm: Some(shadow.vm(loser)),
+                        kind: TransmitKind::Reset,
+                        datagram: build_tcp_rst(&to_vm),
+                    });
                     self.counters.resets_sent += 1;
                     report.reset += 1;
                 }
