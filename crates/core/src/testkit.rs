@@ -198,6 +198,10 @@ impl Harness {
             && let Ok(Packet::Ipv4(ip)) = parse_frame(frame)
             && let L4::Tcp(t) = ip.l4
             && (t.flags.rst() || t.payload_len > 0)
+            // A flow the router closed is kept past the end of its migration only to absorb its
+            // client's close; the address's holder then answers for the tuple.
+            && (self.router.entry(key.shadow_ip).is_some()
+                || self.router.flow(&key).is_none_or(|f| f.phase != crate::flow::Phase::Retired))
         {
             let after = self.router.flow(&key).map(|f| f.owner).or(before);
             if let Some(owner) = after.and_then(Owner::side)

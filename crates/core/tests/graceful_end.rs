@@ -320,3 +320,49 @@ fn a_lost_fin_is_sent_again_when_the_client_shows_it_did_not_get_it() {
     assert_eq!(h.inbound(&tcp((C, 4012), (X, 80), ACK, 112, 908, &[])), closed);
     assert!(sent(&mut h).is_empty());
 }
+
+#[test]
+fn a_phantom_flow_seen_by_one_last_ack_is_closed_as_overdue_and_the_migration_finishes_early() {
+    let options = MigrationOptions {
+        ramp: Ramp::Steps { steps: vec![RampStep { pct: 100.0, hold: Duration::from_secs(1) }] },
+        ..Default::default()
+    };
+    let mut h = Harness::new(RouterConfig::default(), options, Default::default());
+    let start = h.now;
+    let deadline = h.now + Duration::from_secs(86_400);
+    h.router.set_deadline(X, Some(deadline)).unwrap();
+    // The last ACK of a connection that closed as the router began to watch: never another
+    // segment, so the router cannot tell it from an idle connection.
+    h.inbound(&tcp((C, 4020), (X, 80), ACK, 5000, 7000, &[]));
+    h.router.lease_bound(X, h.now).unwrap();
+    // Short connections that open and close at once: the forecast expects a drain in moments.
+    for port in 6000..6030 {
+        h.inbound(&tcp((C, port), (X, 80), SYN, 100, 0, &[]));
+        let owner =
+            if h.router.entry(X).unwrap().traffic_split_percentage >= 100.0 { Side::Destination } else { Side::Source };
+        h.from_vm(owner, &tcp((X, 80), (C, port), SYNACK, 900, 101, &[]));
+        h.inbound(&tcp((C, port), (X, 80), FINACK, 101, 901, &[]));
+        h.from_vm(owner, &tcp((X, 80), (C, port), FINACK, 901, 102, &[]));
+        h.inbound(&tcp((C, port), (X, 80), ACK, 102, 902, &[]));
+        h.advance(Duration::from_millis(500));
+    }
+    assert!(sent(&mut h).is_empty());
+    let mut closed_at = None;
+    for _ in 0..80 {
+        h.advance(Duration::from_millis(250));
+        if let Some((t, fin)) = sent(&mut h).into_iter().find(|(_, i)| i.dst_port == 4020) {
+            assert_eq!((t.kind, fin.flags.fin(), fin.seq, fin.ack), (TransmitKind::Close, true, 7000, 5000));
+            closed_at = Some(h.now);
+            break;
+        }
+    }
+    let closed_at = closed_at.expect("the phantom flow was closed");
+    // Watched for 30 s (15 of them above), then all idle for at least 5 s past its forecast.
+    assert!(closed_at - start >= Duration::from_secs(35), "{:?}", closed_at - start);
+    // Its client is gone: its stack answers the FIN with a RST. The migration ends, drained.
+    h.inbound(&tcp((C, 4020), (X, 80), F::RST, 5000, 0, &[]));
+    h.advance(Duration::from_secs(1));
+    let (r, at) = report(&mut h);
+    assert_eq!((r.closed_gracefully, r.reset, r.cause), (1, 0, EndCause::Drained), "{r:?}");
+    assert!(deadline - at > Duration::from_secs(86_000));
+}

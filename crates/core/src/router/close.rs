@@ -44,6 +44,10 @@ use crate::wire::{PROTO_TCP, SegmentSpec, TcpInfo, build_tcp_segment};
 /// all of A's flows yet.
 const MIN_OBSERVATION: Duration = Duration::from_secs(30);
 
+/// The shortest time A's flows must stay all idle, past their forecast drain, before the early
+/// finish closes them as overdue.
+const OVERDUE_FLOOR: Duration = Duration::from_secs(5);
+
 /// How long the end waits for clients to finish closing flows the router closed.
 const CLOSE_LINGER: Duration = Duration::from_secs(2);
 
@@ -277,11 +281,25 @@ impl<S: crate::events::EventSink> ShadowRouter<S> {
             self.end_migration(ip, Outcome::Completed, EndCause::Drained, now);
             return true;
         }
-        let all_idle = shadow.patterns.idle_on(crate::flow::Side::Source) >= on_a;
+        if shadow.patterns.idle_on(crate::flow::Side::Source) < on_a {
+            shadow.ending.overdue_at = None;
+            return false;
+        }
+        // All idle: closed in order now if the forecast says they will outlive the longest
+        // deadline, or once they are overdue: all idle still, twice the p90 drain forecast when
+        // they were first all idle (at least `OVERDUE_FLOOR`) later. Flows the forecast says end
+        // soon but that never do are clients that went away without a FIN or RST (a crash, a
+        // lost last segment) or the last ACK of a connection that closed as the router began to
+        // watch: nothing else would end them before the TCP idle timeout, hours away. A live
+        // one among them only sees an orderly close, as it would at the deadline, and
+        // reconnects, to B.
+        let forecast = shadow.patterns.forecast(now, Some(deadline));
         let outlive = options.outlive_limit.as_secs_f64() * 1000.0;
-        let outlives =
-            || shadow.patterns.forecast(now, Some(deadline)).is_some_and(|f| f.p50_ms.is_none_or(|p50| p50 > outlive));
-        if all_idle && outlives() {
+        let outlives = forecast.as_ref().is_some_and(|f| f.p50_ms.is_none_or(|p50| p50 > outlive));
+        let p90 = forecast.and_then(|f| f.p90_ms).and_then(|ms| Duration::try_from_secs_f64(ms / 1000.0).ok());
+        let p90 = p90.unwrap_or(Duration::ZERO).min(Duration::from_secs(86_400 * 365));
+        let overdue_at = *shadow.ending.overdue_at.get_or_insert(now + (p90 * 2).max(OVERDUE_FLOOR));
+        if outlives || now >= overdue_at {
             self.start_closing(ip, now);
             if let Some(shadow) = self.shadows.get_mut(&ip) {
                 shadow.ending.check_at = Some(now + CLOSE_SCAN_EVERY);

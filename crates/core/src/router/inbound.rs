@@ -352,6 +352,16 @@ fn track_client_segment(shadow: &mut Shadow, flow: &mut Flow, tcp: &TcpInfo, now
         flow.phase = if flow.phase == Phase::Closing { Phase::Closed } else { Phase::Closing };
     }
     let seq_len = tcp.seq_len();
+    if seq_len == 0 && !flow.has(flags::CLIENT_SEQ) && f.ack() && !f.rst() {
+        // A flow first seen by a pure ACK (one picked up mid-stream, or the last ACK of a
+        // connection that closed as the router began to watch): its sequence number is the
+        // client's SND.NXT, and nothing of the client's is known to wait for acknowledgment. So
+        // the closing window can close it in order; otherwise a phantom flow that never sends
+        // again would hold the early finish until the TCP idle timeout, hours away.
+        flow.client_seq_max = tcp.seq;
+        flow.flags |= flags::CLIENT_SEQ;
+        flow.marks |= marks::OWNER_ACKED;
+    }
     if seq_len > 0 {
         let end = tcp.seq.wrapping_add(seq_len);
         if tcp.payload_len > 0 && to_b {

@@ -64,6 +64,9 @@ pub(crate) struct Ending {
     /// Most flows closed per look (the closes spread over the window's first half, so that the
     /// clients' reconnections do not all reach B at once).
     pub close_per_scan: u32,
+    /// Since A's flows were last seen all idle (at 100 %, watched long enough): when they are
+    /// overdue, i.e. still there well past the drain the forecast gave then.
+    pub overdue_at: Option<Instant>,
 }
 
 impl Shadow {
