@@ -14,71 +14,17 @@
 
 mod common;
 
-use std::process::{Child, Command, Output, Stdio};
+use common::lab::{EXE, Guard, cli, run, wait_for};
+
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-const EXE: &str = env!("CARGO_BIN_EXE_ipshadow");
 /// Client hosts of the lab, each running one workload process.
 const CLIENTS: u32 = 4;
 /// Persistent connections over all clients.
 const CONNECTIONS: u32 = 200;
-
-/// The workload processes this test started and the lab, removed when the test ends, passed
-/// or failed: the processes by their ids, then everything of the lab (`lab down`).
-struct Guard {
-    prefix: String,
-    workloads: Vec<Child>,
-}
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        for child in &mut self.workloads {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        let _ = Command::new(EXE).args(["lab", "down", "--prefix", &self.prefix]).output();
-    }
-}
-
-fn run(args: &[&str]) -> Output {
-    let out = Command::new(EXE).args(args).output().unwrap();
-    assert!(
-        out.status.success(),
-        "ipshadow {} failed: {}{}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
-/// `ipshadow ARGS` inside the router's namespace, where the lab's API listens (as the README
-/// tells a user), with the lab's admin token.
-fn cli(prefix: &str, token: &str, args: &[&str]) -> Value {
-    let out = Command::new("ip")
-        .args(["netns", "exec", &format!("{prefix}-r"), EXE])
-        .args(args)
-        .args(["--json", "--token", token])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "ipshadow {}: {stdout}{}", args.join(" "), String::from_utf8_lossy(&out.stderr));
-    serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("ipshadow {}: {e}: {stdout}", args.join(" ")))
-}
-
-/// Waits for `cond` (polled every 100 ms) at most `limit`; panics with `what` if it never holds.
-fn wait_for<T>(what: &str, limit: Duration, mut cond: impl FnMut() -> Option<T>) -> T {
-    let until = Instant::now() + limit;
-    loop {
-        if let Some(v) = cond() {
-            return v;
-        }
-        assert!(Instant::now() < until, "timed out after {limit:?} waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
 
 fn read_json(path: &str) -> Option<Value> {
     serde_json::from_str(&std::fs::read_to_string(path).ok()?).ok()
@@ -152,7 +98,7 @@ fn keep_alive_http_through_a_migration_with_the_defaults_fails_no_request() {
         guard.workloads.push(child);
     }
     // The observer sees traffic first: every client has verified responses from VM A.
-    wait_for("verified responses from vm-a at every client", Duration::from_secs(20), || {
+    wait_for("verified responses from vm-a at every client", Duration::from_secs(20), |_| {
         (1..=CLIENTS)
             .all(|i| {
                 read_json(&file(&format!("http-progress-c{i}.json")))
@@ -168,13 +114,13 @@ fn keep_alive_http_through_a_migration_with_the_defaults_fails_no_request() {
     let deadline_in_s = (n(&m, "/deadline_ms") as f64 - n(&m, "/created_ms") as f64) / 1e3;
     eprintln!("migration {id}: deadline {deadline_in_s:.1} s away ({}), plan {}", m["deadline_source"], m["plan"]);
     // VM B boots its DHCP client once the manager has planned the leases (as the demo does).
-    wait_for("the lease plan", Duration::from_secs(5), || {
+    wait_for("the lease plan", Duration::from_secs(5), |_| {
         (cli(&prefix, &token, &["migration", "show", &id])["lifecycle"]["state"] != "pending").then_some(())
     });
     run(&["lab", "dhcp-client", "b", "--prefix", &prefix]);
     // Until it ends, at the latest 30 s after its deadline as it stands (the manager may move
     // it), and within CI's budget for this test.
-    let m = wait_for("the migration's end", Duration::from_secs(240), || {
+    let m = wait_for("the migration's end", Duration::from_secs(240), |_| {
         let m = cli(&prefix, &token, &["migration", "show", &id]);
         let state = m["lifecycle"]["state"].as_str().unwrap_or("").to_owned();
         let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
@@ -183,7 +129,7 @@ fn keep_alive_http_through_a_migration_with_the_defaults_fails_no_request() {
     });
     let migration_s = started.elapsed().as_secs_f64();
     // The router's cut-over report (`lab status` shows the router's last report).
-    let cut_over = wait_for("the router's cut-over report", Duration::from_secs(5), || {
+    let cut_over = wait_for("the router's cut-over report", Duration::from_secs(5), |_| {
         let status: Value =
             serde_json::from_slice(&run(&["lab", "status", "--prefix", &prefix, "--json"]).stdout).ok()?;
         status["router"]["ended"].as_array()?.iter().find(|e| e["ip"] == "10.0.0.10").map(|e| e["report"].clone())

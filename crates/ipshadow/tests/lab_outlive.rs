@@ -21,12 +21,13 @@
 
 mod common;
 
-use std::process::{Child, Command, Output, Stdio};
+use common::lab::{EXE, Guard, cli, run, wait_for};
+
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
 
-const EXE: &str = env!("CARGO_BIN_EXE_ipshadow");
 /// Client hosts with idle-gap connections: c1..c3. The busy connection runs on c4.
 const IDLE_CLIENTS: u32 = 3;
 /// Idle-gap connections per client host.
@@ -41,63 +42,6 @@ const LIFETIME_S: &str = "3600";
 const IDLE_INTERVAL_MS: &str = "1000";
 /// The busy connection's time between exchanges: it is never quiet long enough to be idle.
 const BUSY_INTERVAL_MS: &str = "20";
-
-/// The workload processes this test started and the lab, removed when the test ends, passed
-/// or failed: the processes by their ids, then everything of the lab (`lab down`).
-struct Guard {
-    prefix: String,
-    workloads: Vec<Child>,
-}
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        for child in &mut self.workloads {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        let _ = Command::new(EXE).args(["lab", "down", "--prefix", &self.prefix]).output();
-    }
-}
-
-fn run(args: &[&str]) -> Output {
-    let out = Command::new(EXE).args(args).output().unwrap();
-    assert!(
-        out.status.success(),
-        "ipshadow {} failed: {}{}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
-/// `ipshadow ARGS` inside the router's namespace, where the lab's API listens (as the README
-/// tells a user), with the lab's admin token.
-fn cli(prefix: &str, token: &str, args: &[&str]) -> Value {
-    let out = Command::new("ip")
-        .args(["netns", "exec", &format!("{prefix}-r"), EXE])
-        .args(args)
-        .args(["--json", "--token", token])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "ipshadow {}: {stdout}{}", args.join(" "), String::from_utf8_lossy(&out.stderr));
-    serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("ipshadow {}: {e}: {stdout}", args.join(" ")))
-}
-
-/// Waits for `cond` (polled every 100 ms) at most `limit`; panics with `what` and the last
-/// thing `cond` saw if it never holds.
-fn wait_for<T>(what: &str, limit: Duration, mut cond: impl FnMut(&mut String) -> Option<T>) -> T {
-    let until = Instant::now() + limit;
-    let mut seen = String::new();
-    loop {
-        if let Some(v) = cond(&mut seen) {
-            return v;
-        }
-        assert!(Instant::now() < until, "timed out after {limit:?} waiting for {what}; last seen: {seen}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
 
 fn read_json(path: &str) -> Option<Value> {
     serde_json::from_str(&std::fs::read_to_string(path).ok()?).ok()
