@@ -145,17 +145,8 @@ fn keep_alive_http_through_a_migration_with_the_defaults_fails_no_request() {
         std::thread::sleep(Duration::from_millis(100));
     }
 
-    // Stop the workload (SIGTERM: outstanding requests finish, reports are written).
-    for child in &guard.workloads {
-        let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).output();
-    }
-    for child in &mut guard.workloads {
-        let until = Instant::now() + Duration::from_secs(20);
-        while child.try_wait().unwrap().is_none() {
-            assert!(Instant::now() < until, "a workload process did not stop");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
+    // Stop the workload (outstanding requests finish, reports are written).
+    guard.stop_workloads();
     let reports: Vec<Value> = (1..=CLIENTS)
         .map(|i| read_json(&file(&format!("http-c{i}.json"))).unwrap_or_else(|| panic!("client c{i} wrote no report")))
         .collect();

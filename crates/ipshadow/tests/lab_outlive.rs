@@ -209,17 +209,8 @@ fn connections_that_outlive_the_deadline_are_closed_in_order_and_a_busy_one_is_r
         (n(&p, "/exchanges") >= busy_at_end + 10).then_some(())
     });
 
-    // Stop the workload (SIGTERM: reports are written).
-    for child in &guard.workloads {
-        let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).output();
-    }
-    for child in &mut guard.workloads {
-        let until = Instant::now() + Duration::from_secs(20);
-        while child.try_wait().unwrap().is_none() {
-            assert!(Instant::now() < until, "a workload process did not stop");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
+    // Stop the workload (reports are written).
+    guard.stop_workloads();
     let report = |host: u32| read_json(&files.report(host)).unwrap_or_else(|| panic!("client c{host} wrote no report"));
     let idle: Vec<Value> = (1..=IDLE_CLIENTS).map(report).collect();
     let busy = report(BUSY_HOST);

@@ -21,6 +21,23 @@ pub struct Guard {
     pub workloads: Vec<Child>,
 }
 
+impl Guard {
+    /// Stops the workload processes with SIGTERM (they finish what is outstanding and write
+    /// their reports) and waits for each, at most 20 s.
+    pub fn stop_workloads(&mut self) {
+        for child in &self.workloads {
+            let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).output();
+        }
+        for child in &mut self.workloads {
+            let until = Instant::now() + Duration::from_secs(20);
+            while child.try_wait().unwrap().is_none() {
+                assert!(Instant::now() < until, "a workload process did not stop");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+}
+
 impl Drop for Guard {
     fn drop(&mut self) {
         for child in &mut self.workloads {
