@@ -8,6 +8,13 @@
 #    The default scenario (1,000 long-lived connections, 50 short and 10 UDP per second, the
 #    split at 100 % 65 s in), run for 90 s instead of 300 s to save wall time: the forecast is
 #    taken at 65 s and the truth does not need the rest of the run.
+#    Beside it the ideal forecast: the p50 a forecast would give that knew the distribution and
+#    every connection's age (the simulator computes it). The drain is the maximum of ~900
+#    residual lives, so with a heavy tail even the ideal misses the actual drain of a given run
+#    by tens of percent; "vs ideal" is the router's own estimation error. The router's forecast
+#    extrapolates 45 s of observation (the migration's start to 100 %) to minutes or hours:
+#    life table + a constant-hazard, Weibull or Lomax tail by Akaike's criterion
+#    (crates/core/src/patterns/forecast.rs). A row without a forecast counts as a miss.
 # 2. Planned vs fixed: a deadline 48 s after the migration starts (issue 12's lease end), with
 #    the control plane's plan for that deadline (default ramp scaled to reach 100 % by half of
 #    it: 6 s holds) and with the old fixed default ramp (1, 5, 25, 50, 100 % every 30 s):
