@@ -274,7 +274,8 @@ pub struct CanarySchema {
 /// How lifetimes past the longest observation are extrapolated (`Tail` in the document):
 /// `none` (too few long flows ended: no end in sight), `exponential` (every flow observed ended:
 /// an infinite rate), or the best fit by Akaike's criterion of `weibull` (shape 1: a constant
-/// hazard), `log_normal` and `lomax` (a power-law tail), each after a delay.
+/// hazard), `log_normal` and `lomax` (a power-law tail), each after a delay, and `pareto` (a
+/// power law from the delay on: Pareto I).
 #[derive(Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case", tag = "kind", deny_unknown_fields)]
 #[schema(as = Tail)]
@@ -285,6 +286,11 @@ pub enum TailSchema {
     Exponential {
         /// Hazard rate per second (null: infinite, every flow ended within the horizon).
         rate_per_s: Option<f64>,
+    },
+    /// Power law S(t) ∝ t^-alpha (a Pareto I fit).
+    Pareto {
+        /// Tail index.
+        alpha: f64,
     },
     /// S(t) = exp(-((t - delay)/scale)^shape) past the delay.
     Weibull {
@@ -597,6 +603,7 @@ mod tests {
             Tail::None,
             Tail::Exponential { rate_per_s: 0.25 },
             Tail::Exponential { rate_per_s: f64::INFINITY },
+            Tail::Pareto { alpha: 1.5 },
             Tail::Weibull { shape: 1.2, scale_s: 80.0, delay_s: 0.0 },
             Tail::Lomax { alpha: 1.5, scale_s: 20.0, delay_s: 20.0 },
             Tail::LogNormal { median_s: 40.0, sigma: 1.0, delay_s: 5.0 },

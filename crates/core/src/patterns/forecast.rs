@@ -9,24 +9,30 @@
 //!    moment of a forecast most long flows are still open, and dropping them (or counting them as
 //!    ended) would bias every figure short.
 //! 2. **Beyond the longest observation** τ nothing is measured: the drain of hundreds of flows
-//!    is where S falls to about 1/n, far past τ, so the tail is a model's extrapolation. Three
+//!    is where S falls to about 1/n, far past τ, so the tail is a model's extrapolation. Five
 //!    parametric models, each after a delay d before which nothing ends, are fitted by maximum
 //!    likelihood to the whole censored life table from `fit_from` on (left-truncated there, so
 //!    that the short request/response flows of the lifetimes histogram do not dictate the shape
-//!    of the long ones; Klein & Moeschberger, Survival Analysis, 2003, 3.4-3.5): a constant
-//!    hazard; a Weibull S(t) = exp(-((t-d)/λ)^k), whose hazard rises for k > 1 (lifetimes
-//!    concentrated around a typical length) and falls for k < 1; and a Lomax (Pareto type II)
-//!    S(t) = (1 + (t-d)/σ)^-α, whose hazard falls with age (a power-law tail; Pareto I is
-//!    σ = d). Akaike's criterion picks one (Akaike, IEEE TAC 19, 1974): the two-parameter
-//!    constant hazard unless a shape fits clearly better, because a shape fitted to noise and
-//!    extrapolated a hundredfold is the largest error there is. The tail is then
-//!    S(t) = S(τ) M(t) / M(τ) past τ, the life table up to τ. This replaced a threshold switch
-//!    between an exponential and a Pareto tail fitted to the late half only, whose tail index
-//!    from a factor-2 window was too noisy (bench/forecast-accuracy.sh has the figures). The
-//!    fit is a Nelder–Mead simplex search (Nelder & Mead, Comput. J. 7, 1965) from a few
-//!    starting points: about 3,000 likelihood evaluations over at most ~100 bins, 3-5 ms per
-//!    estimate in a release build (two estimates per forecast). Fewer than [`MIN_TAIL_EVENTS`]
-//!    ends past `fit_from`: no tail (S stays at S(τ), "never").
+//!    of the long ones; Klein & Moeschberger, Survival Analysis, 2003, 3.4-3.5). With two
+//!    parameters: a constant hazard, and a Pareto I power law S(t) = (d/t)^α. With three: a
+//!    Weibull S(t) = exp(-((t-d)/λ)^k), whose hazard rises for k > 1 (lifetimes concentrated
+//!    around a typical length) and falls for k < 1; a log-normal (a hazard that rises, then
+//!    falls slowly); and a Lomax (Pareto type II) S(t) = (1 + (t-d)/σ)^-α (a power-law tail
+//!    reached gradually, as the residual lives of flows of mixed ages are). Akaike's criterion
+//!    picks one (Akaike, IEEE TAC 19, 1974): a shape of three parameters must fit clearly
+//!    better than one of two, because a shape fitted to noise and extrapolated a hundredfold is
+//!    the largest error there is (a Lomax fitted to exponential lifetimes promised hour-long
+//!    drains; the Lomax's α and σ fitted to a Pareto I over a factor-2 window drifted to α < 1).
+//!    The tail is then S(t) = S(τ) M(t) / M(τ) past τ, the life table up to τ. This replaced a
+//!    threshold switch between an exponential and a Pareto tail fitted to the late half only,
+//!    whose index from a factor-2 window was too noisy (bench/forecast-accuracy.sh has the
+//!    figures). What no fit can see: a hazard that turns only after the window (a log-normal
+//!    of median 40 s has a flat hazard, 0.017-0.021 per second, over the first 45 s, and it
+//!    halves only by 200 s), and a bounded support beyond it (uniform lifetimes up to 150 s
+//!    watched for 45 s). The fit is a Nelder–Mead simplex search (Nelder & Mead, Comput. J. 7,
+//!    1965) from a few starting points: a few thousand likelihood evaluations over at most
+//!    ~100 bins, about 5 ms per estimate in a release build, two estimates per forecast. Fewer
+//!    than [`MIN_TAIL_EVENTS`] ends past `fit_from`: no tail (S stays at S(τ), "never").
 //! 3. **Flows of unknown age** (open before the measurement began, seen first mid-stream): their
 //!    remaining life from when they were first seen is measured directly, as a cohort: the same
 //!    life-table estimate and tail fit over the time from first seen to the end of those that
@@ -82,6 +88,12 @@ pub enum Tail {
         /// Delay d before which nothing ends, seconds.
         delay_s: f64,
     },
+    /// Power law S(t) ∝ t^-alpha (Pareto I: nothing ends before its scale, which the fit finds
+    /// within the observed range; past it only the index matters).
+    Pareto {
+        /// Tail index.
+        alpha: f64,
+    },
     /// Log-normal after a delay: ln(t - delay) normal with median ln(median) and deviation
     /// sigma; a hazard that rises, then falls slowly.
     LogNormal {
@@ -111,6 +123,7 @@ impl Tail {
         match *self {
             Tail::None => 1.0,
             Tail::Exponential { rate_per_s } => (-rate_per_s * t).exp(),
+            Tail::Pareto { alpha } => t.max(1e-9).powf(-alpha),
             Tail::Weibull { delay_s, .. } | Tail::LogNormal { delay_s, .. } | Tail::Lomax { delay_s, .. }
                 if t <= delay_s =>
             {
@@ -220,7 +233,11 @@ impl LifeTable {
         ]
         .into_iter()
         .min_by(|((_, a), ka), ((_, b), kb)| (a + ka).total_cmp(&(b + kb)))
-        .map_or(Tail::None, |((tail, _), _)| tail)
+        .map_or(Tail::None, |((tail, _), _)| match tail {
+            // Past τ a Pareto I is its power law (its scale, the delay, lies within the window).
+            Tail::Lomax { alpha, scale_s, delay_s } if scale_s == delay_s && delay_s <= tau_s => Tail::Pareto { alpha },
+            other => other,
+        })
     }
 }
 
@@ -386,7 +403,9 @@ impl Survival {
         match self.tail {
             Tail::None => f64::INFINITY,
             Tail::Exponential { rate_per_s } => s / (rate_per_s / 1000.0),
-            Tail::Lomax { alpha, .. } if alpha <= 1.0 => f64::INFINITY,
+            Tail::Lomax { alpha, .. } | Tail::Pareto { alpha } if alpha <= 1.0 => f64::INFINITY,
+            // ∫_t^∞ (u/t)^-α du = t/(α - 1) x S(t).
+            Tail::Pareto { alpha } => s * t_ms / (alpha - 1.0),
             Tail::Lomax { alpha, scale_s, delay_s } => {
                 // ∫_t^∞ (1 + (u-d)/σ)^-α du = (σ + t - d)/(α - 1) x S(t) (t past the delay).
                 let (sigma, d) = (scale_s * 1000.0, delay_s * 1000.0);
@@ -614,9 +633,9 @@ mod tests {
         // Pareto lifetimes (alpha 1.5, from 1 s), observed up to 60 s.
         let (ended, open) = censored_sample(20_000, 60_000.0, |u| 1000.0 * (1.0 - u).powf(-1.0 / 1.5));
         let s = Survival::estimate(&ended, open).unwrap();
-        // A Lomax of index near 1.5, or a Weibull of shape near 0 (a power law too).
+        // A power law of index near 1.5 (Pareto I or Lomax), or a Weibull of shape near 0.
         let heavy = match s.tail() {
-            Tail::Lomax { alpha, .. } => (1.0..2.2).contains(&alpha),
+            Tail::Pareto { alpha } | Tail::Lomax { alpha, .. } => (1.0..2.2).contains(&alpha),
             Tail::Weibull { shape, .. } => shape < 0.3,
             _ => false,
         };
