@@ -20,7 +20,7 @@ fn censored(n: u32, window: f64, inverse: impl Fn(f64) -> f64) -> (LogHistogram,
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
 
     /// Exponential lifetimes watched for half to twice their mean: the drain of `open` fresh
     /// flows (median mean x (ln n + 0.367), the Gumbel law of the maximum) within 25 %.
@@ -40,14 +40,15 @@ proptest! {
         prop_assert!((p50 / truth - 1.0).abs() < 0.25, "p50 {p50} vs {truth}, {:?}", s.tail());
     }
 
-    /// Pareto lifetimes (index 1.2..2.5, from 1..30 s) watched for 3..10 times the scale: S
+    /// Pareto lifetimes (index 1.2..2.5, from 1..30 s) watched for 5..12 times the scale: S
     /// a hundred times the scale out, where a drain of hundreds of flows lies, within a factor
-    /// of 2.5 (the tail index from a short window is the limit).
+    /// of 2.5. Watched for 3 times the scale only, a stretched exponential (Weibull of shape
+    /// 0.7 after a delay) fits as well and is 10^16 times too light there: this test found it.
     #[test]
     fn a_pareto_tail_is_extrapolated_within_a_factor(
         alpha in 1.2f64..2.5,
         scale_s in 1.0f64..30.0,
-        watched in 3.0f64..10.0,
+        watched in 5.0f64..12.0,
     ) {
         let scale = scale_s * 1000.0;
         let (ended, ages) = censored(4000, watched * scale, |u| scale * (1.0 - u).powf(-1.0 / alpha));

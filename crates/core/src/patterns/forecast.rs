@@ -63,6 +63,9 @@ const HORIZON_MS: f64 = 30.0 * 86_400_000.0;
 /// Ends past the start of the fit needed before a tail is fitted.
 pub const MIN_TAIL_EVENTS: u64 = 10;
 
+/// Flows at risk below which the life table gives way to the fitted tail.
+const MIN_AT_RISK: f64 = 30.0;
+
 /// The share of the longest observation below which the lifetimes' tail is not fitted: short
 /// request/response flows end there by the thousand and say nothing of the long ones.
 pub const LIFETIME_FIT_FROM: f64 = 1.0 / 8.0;
@@ -332,8 +335,11 @@ impl Survival {
         }
         let last = (0..bucket_count()).rev().find(|&i| ended.count(i) > 0 || censored[i] > 0)?;
         let mut points = vec![(0.0, 1.0)];
+        // Flows at risk at the start of each point's bin.
+        let mut risk = vec![total as f64];
         let (mut at_risk, mut s) = (total as f64, 1.0);
         for (i, &c) in censored.iter().enumerate().take(last + 1) {
+            risk.push(at_risk);
             let (d, c) = (f64::from(ended.count(i)), c as f64);
             let exposed = at_risk - c / 2.0;
             if exposed > 0.0 {
@@ -365,9 +371,17 @@ impl Survival {
         } else {
             table.fit(tau)
         };
+        if matches!(tail, Tail::Weibull { .. } | Tail::LogNormal { .. } | Tail::Lomax { .. } | Tail::Pareto { .. }) {
+            // The life table's last bins rest on the few flows watched that long: one end more
+            // or less there moves S(τ), and the whole tail with it, by a factor of two or three.
+            // The fitted model, which rests on every bin, takes over where fewer than
+            // MIN_AT_RISK flows are at risk.
+            let keep = risk.iter().rposition(|&r| r >= MIN_AT_RISK).unwrap_or(0);
+            points.truncate(keep + 1);
+        }
         let mut survival = Self { points, tail, integral: Vec::new(), tail_integral: 0.0 };
         survival.integral = survival.points_integral();
-        survival.tail_integral = survival.tail_integral_from(tau);
+        survival.tail_integral = survival.tail_integral_from(survival.horizon_ms());
         Some(survival)
     }
 
