@@ -13,7 +13,7 @@
 #    residual lives, so with a heavy tail even the ideal misses the actual drain of a given run
 #    by tens of percent; "vs ideal" is the router's own estimation error. The router's forecast
 #    extrapolates 45 s of observation (the migration's start to 100 %) to minutes or hours:
-#    life table + a constant-hazard, Weibull or Lomax tail by Akaike's criterion
+#    life table + a constant-hazard, Pareto I, Weibull, log-normal or Lomax tail by Schwarz's criterion
 #    (crates/core/src/patterns/forecast.rs). A row without a forecast counts as a miss.
 # 2. Planned vs fixed: a deadline 48 s after the migration starts (issue 12's lease end), with
 #    the control plane's plan for that deadline (default ramp scaled to reach 100 % by half of

@@ -273,7 +273,7 @@ pub struct CanarySchema {
 
 /// How lifetimes past the longest observation are extrapolated (`Tail` in the document):
 /// `none` (too few long flows ended: no end in sight), `exponential` (every flow observed ended:
-/// an infinite rate), or the best fit by Akaike's criterion of `weibull` (shape 1: a constant
+/// an infinite rate), or the best fit by Schwarz's criterion of `weibull` (shape 1: a constant
 /// hazard), `log_normal` and `lomax` (a power-law tail), each after a delay, and `pareto` (a
 /// power law from the delay on: Pareto I).
 #[derive(Serialize, Deserialize, ToSchema)]
