@@ -272,8 +272,10 @@ pub struct CanarySchema {
 }
 
 /// How lifetimes past the longest observation are extrapolated (`Tail` in the document):
-/// `none` (nothing ended late: no end in sight), `exponential` (constant hazard) or `pareto`
-/// (power law).
+/// `none` (too few long flows ended: no end in sight), `exponential` (every flow observed ended:
+/// an infinite rate), or the best fit by Schwarz's criterion of `weibull` (shape 1: a constant
+/// hazard), `log_normal` and `lomax` (a power-law tail), each after a delay, and `pareto` (a
+/// power law from the delay on: Pareto I).
 #[derive(Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case", tag = "kind", deny_unknown_fields)]
 #[schema(as = Tail)]
@@ -285,10 +287,38 @@ pub enum TailSchema {
         /// Hazard rate per second (null: infinite, every flow ended within the horizon).
         rate_per_s: Option<f64>,
     },
-    /// Power law S(t) ∝ t^-alpha.
+    /// Power law S(t) ∝ t^-alpha (a Pareto I fit).
     Pareto {
         /// Tail index.
         alpha: f64,
+    },
+    /// S(t) = exp(-((t - delay)/scale)^shape) past the delay.
+    Weibull {
+        /// Shape k (above 1: a rising hazard).
+        shape: f64,
+        /// Scale, seconds.
+        scale_s: f64,
+        /// Delay before which nothing ends, seconds.
+        delay_s: f64,
+    },
+    /// ln(t - delay) normal past the delay.
+    LogNormal {
+        /// Median of t - delay, seconds.
+        median_s: f64,
+        /// Deviation of its logarithm.
+        sigma: f64,
+        /// Delay before which nothing ends, seconds.
+        delay_s: f64,
+    },
+    /// S(t) = (1 + (t - delay)/scale)^-alpha past the delay (Pareto type II; Pareto I when the
+    /// scale is the delay).
+    Lomax {
+        /// Tail index.
+        alpha: f64,
+        /// Scale, seconds.
+        scale_s: f64,
+        /// Delay before which nothing ends, seconds.
+        delay_s: f64,
     },
 }
 
@@ -310,7 +340,7 @@ pub struct DrainForecastSchema {
     pub expected_open_at_deadline: Option<f64>,
     /// The longest lifetime or age observed, milliseconds: past it the forecast rests on the tail.
     pub horizon_ms: f64,
-    /// The tail fitted past the horizon.
+    /// The tail fitted past the horizon (the lifetimes', or the cohort's when they have none).
     pub tail: TailSchema,
     /// Flows whose lifetime (ended) or age (open) the estimate rests on.
     pub observations: u64,
@@ -574,6 +604,9 @@ mod tests {
             Tail::Exponential { rate_per_s: 0.25 },
             Tail::Exponential { rate_per_s: f64::INFINITY },
             Tail::Pareto { alpha: 1.5 },
+            Tail::Weibull { shape: 1.2, scale_s: 80.0, delay_s: 0.0 },
+            Tail::Lomax { alpha: 1.5, scale_s: 20.0, delay_s: 20.0 },
+            Tail::LogNormal { median_s: 40.0, sigma: 1.0, delay_s: 5.0 },
         ] {
             mirrors::<_, TailSchema>(tail);
             mirrors::<_, DrainForecastSchema>(DrainForecast {

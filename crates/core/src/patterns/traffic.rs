@@ -241,6 +241,9 @@ impl TrafficPatterns {
     pub fn forecast(&self, now: Instant, deadline: Option<Instant>) -> Option<DrainForecast> {
         let open = |f: fn(&SideStats) -> &AgeCensus| self.sides.iter().map(move |s| f(s).open()).sum::<u32>();
         let lifetimes = Survival::estimate(&self.lifetimes, self.sides.iter().flat_map(|s| s.known.ages(now)));
+        // The cohort's tail is fitted past its first eighth too: the short requests in flight when
+        // the measurement began are in it, and their ends within moments would read as a hazard
+        // falling with age (a heavy tail).
         let residuals = Survival::estimate(&self.residuals, self.sides.iter().flat_map(|s| s.unknown.ages(now)));
         let observations = self.lifetimes.total()
             + self.residuals.total()

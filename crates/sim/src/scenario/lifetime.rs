@@ -113,6 +113,26 @@ impl Lifetime {
         }
     }
 
+    /// P(lifetime > `t_s`): the survival function, for the ideal drain forecast (what a forecast
+    /// that knew the distribution and every connection's age would say).
+    pub fn survival(&self, t_s: f64) -> f64 {
+        if t_s <= 0.0 {
+            return 1.0;
+        }
+        match *self {
+            Lifetime::Uniform { min_s, .. } if t_s < min_s => 1.0,
+            Lifetime::Uniform { max_s, .. } if t_s >= max_s => 0.0,
+            Lifetime::Uniform { min_s, max_s } => (max_s - t_s) / (max_s - min_s),
+            Lifetime::Exponential { mean_s } => (-t_s / mean_s).exp(),
+            Lifetime::Pareto { scale_s, .. } if t_s < scale_s => 1.0,
+            Lifetime::Pareto { scale_s, alpha } => (scale_s / t_s).powf(alpha),
+            Lifetime::LogNormal { median_s, sigma } if sigma <= 0.0 => f64::from(u8::from(t_s < median_s)),
+            Lifetime::LogNormal { median_s, sigma } => {
+                0.5 * erfc((t_s / median_s).ln() / (sigma * core::f64::consts::SQRT_2))
+            }
+        }
+    }
+
     /// The distribution's median, seconds.
     pub fn median_s(&self) -> f64 {
         match *self {
@@ -138,6 +158,22 @@ impl fmt::Display for Lifetime {
 fn micros(s: f64) -> u64 {
     // `validate` bounds `s` to 0..=1e9: the product fits a u64 (`as` saturates anyway).
     (s * 1e6) as u64
+}
+
+/// The complementary error function, to a relative error below 1.2e-7 (the Chebyshev fit of
+/// Press et al., Numerical Recipes in C, 2nd ed., 6.2 `erfcc`).
+fn erfc(x: f64) -> f64 {
+    let z = x.abs();
+    let t = 1.0 / (1.0 + 0.5 * z);
+    let poly = -z * z - 1.265_512_23
+        + t * (1.000_023_68
+            + t * (0.374_091_96
+                + t * (0.096_784_18
+                    + t * (-0.186_288_06
+                        + t * (0.278_868_07
+                            + t * (-1.135_203_98 + t * (1.488_515_87 + t * (-0.822_152_23 + t * 0.170_872_77))))))));
+    let r = t * poly.exp();
+    if x >= 0.0 { r } else { 2.0 - r }
 }
 
 /// Uniform in (0, 1]: never 0, so its logarithm and negative powers are finite.
@@ -209,6 +245,21 @@ mod tests {
         assert!(x.iter().all(|&v| v >= 20.0), "nothing below the Pareto scale");
         let x = draws(Lifetime::Uniform { min_s: 30.0, max_s: 150.0 }, 2, 1000);
         assert!(x.iter().all(|&v| (30.0..=150.0).contains(&v)), "uniform stays in its range");
+    }
+
+    #[test]
+    fn the_survival_function_matches_the_draws() {
+        const N: usize = 100_000;
+        for dist in ALL {
+            let x = draws(dist, 3, N);
+            for t in [dist.median_s() / 2.0, dist.median_s(), dist.median_s() * 2.0, dist.mean_s() * 3.0] {
+                let share = x.iter().filter(|&&v| v > t).count() as f64 / N as f64;
+                assert!((dist.survival(t) - share).abs() < 0.006, "{dist}: S({t}) = {} vs {share}", dist.survival(t));
+            }
+            assert_eq!(dist.survival(0.0), 1.0);
+        }
+        assert!((erfc(0.0) - 1.0).abs() < 1e-7 && (erfc(1.0) - 0.157_299_207).abs() < 1e-7);
+        assert!((erfc(-1.0) - 1.842_700_793).abs() < 1e-7 && erfc(6.0) < 1e-15);
     }
 
     #[test]

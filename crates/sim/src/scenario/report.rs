@@ -102,6 +102,17 @@ pub struct ForecastCheck {
     pub p50_error_pct: Option<f64>,
     /// The actual drain fell at or below the forecast p90.
     pub within_p90: Option<bool>,
+    /// The ideal forecast's median: what a forecast that knew the lifetime distribution and the
+    /// age of every long-lived connection on A would say, seconds (`None`: beyond 30 days). The
+    /// drain is the maximum of many residual lives, so even this misses the actual drain by its
+    /// spread; the router's forecast is judged against it to tell estimation error from luck.
+    pub ideal_p50_s: Option<f64>,
+    /// The ideal forecast's 90th percentile, seconds.
+    pub ideal_p90_s: Option<f64>,
+    /// (ideal p50 - actual) / actual, percent: the error no forecast can avoid in this run.
+    pub ideal_error_pct: Option<f64>,
+    /// (p50 - ideal p50) / ideal p50, percent: the forecast's own estimation error.
+    pub p50_vs_ideal_pct: Option<f64>,
 }
 
 /// One point of the plot.
@@ -276,7 +287,7 @@ impl Report {
             let _ = writeln!(
                 s,
                 "Drain forecast at split 100 % ({:.1} s): {} flows open on A ({} client connections), p50 {}, p90 {}, \
-                 expected open at deadline {}; actual drain {}{}",
+                 expected open at deadline {}; actual drain {}{}; ideal forecast p50 {}{}",
                 f.at_s,
                 f.open_on_a,
                 f.connections_on_a,
@@ -284,7 +295,9 @@ impl Report {
                 s_or(f.p90_s),
                 f.expected_open_at_deadline.map_or("-".to_owned(), |v| format!("{v:.1}")),
                 s_or(f.actual_drain_s),
-                f.p50_error_pct.map_or(String::new(), |e| format!(" (p50 error {e:+.0} %)"))
+                f.p50_error_pct.map_or(String::new(), |e| format!(" (p50 error {e:+.0} %)")),
+                s_or(f.ideal_p50_s),
+                f.ideal_error_pct.map_or(String::new(), |e| format!(" (error {e:+.0} %)"))
             );
         }
         if let Some(f) = &self.failure {
@@ -318,6 +331,38 @@ impl Report {
         );
         s
     }
+}
+
+/// The `q`-quantile of the time until the last of connections aged `ages_s` has ended, when
+/// each lives independently by `lifetime`: P(all ended within r) = Π (1 - S(a + r) / S(a)).
+/// `None` beyond 30 days.
+fn ideal_drain_s(lifetime: &super::Lifetime, ages_s: &[f64], q: f64) -> Option<f64> {
+    const HORIZON_S: f64 = 30.0 * 86_400.0;
+    let log_all_ended = |r: f64| -> f64 {
+        ages_s
+            .iter()
+            .map(|&a| {
+                let s = lifetime.survival(a);
+                let open = if s > 0.0 { (lifetime.survival(a + r) / s).min(1.0) } else { 0.0 };
+                (1.0 - open).max(1e-300).ln()
+            })
+            .sum()
+    };
+    if ages_s.is_empty() {
+        return Some(0.0);
+    }
+    if log_all_ended(HORIZON_S) < q.ln() {
+        return None;
+    }
+    let (mut lo, mut hi) = (0.0f64, HORIZON_S);
+    for _ in 0..100 {
+        if hi - lo <= 0.01 {
+            break;
+        }
+        let mid = if lo < 1.0 { (lo + hi) / 2.0 } else { (lo * hi).sqrt() };
+        if log_all_ended(mid) >= q.ln() { hi = mid } else { lo = mid }
+    }
+    Some(hi)
 }
 
 fn secs(t: ipshadow_core::Instant) -> f64 {
@@ -460,10 +505,21 @@ impl World {
         let f = probe.forecast.as_ref();
         let ms = |x: Option<f64>| x.map(|ms| ms / 1000.0);
         let (p50_s, p90_s) = (ms(f.and_then(|f| f.p50_ms)), ms(f.and_then(|f| f.p90_ms)));
-        let p50_error_pct = match (p50_s, actual_drain_s) {
-            (Some(p50), Some(actual)) if actual > 0.0 => Some((p50 - actual) / actual * 100.0),
+        let error_pct = |x: Option<f64>, truth: Option<f64>| match (x, truth) {
+            (Some(x), Some(truth)) if truth > 0.0 => Some((x - truth) / truth * 100.0),
             _ => None,
         };
+        let p50_error_pct = error_pct(p50_s, actual_drain_s);
+        // The long-lived connections' ages; a short one ends within moments.
+        let ages: Vec<f64> = probe
+            .on_a
+            .iter()
+            .map(|&id| &self.ledger[id as usize])
+            .filter(|r| r.planned_end.is_some())
+            .map(|r| secs(probe.at) - secs(r.started))
+            .collect();
+        let ideal = |q| ideal_drain_s(&self.cfg.lifetime, &ages, q);
+        let (ideal_p50_s, ideal_p90_s) = (ideal(0.5), ideal(0.9));
         Some(ForecastCheck {
             at_s: secs(probe.at),
             open_on_a: f.map_or(0, |f| f.open),
@@ -476,6 +532,10 @@ impl World {
             actual_drain_s,
             p50_error_pct,
             within_p90: p90_s.zip(actual_drain_s).map(|(p90, actual)| actual <= p90),
+            ideal_p50_s,
+            ideal_p90_s,
+            ideal_error_pct: error_pct(ideal_p50_s, actual_drain_s),
+            p50_vs_ideal_pct: error_pct(p50_s, ideal_p50_s),
         })
     }
 
