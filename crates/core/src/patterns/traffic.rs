@@ -2,6 +2,7 @@
 //! per VM with their ages and whether each is idle, handshake and first-byte times per VM, resets
 //! and unanswered SYNs per VM. A few kilobytes an address whatever the traffic.
 
+use core::cell::RefCell;
 use core::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -43,7 +44,23 @@ pub struct TrafficPatterns {
     residuals: LogHistogram,
     sides: [SideStats; 2],
     canary: Canary,
+    /// The last survival fits (milliseconds of work each, see `benches/forecast.rs`), reused by
+    /// the forecasts of the next `REFIT_EVERY` (a status report asks five times a second).
+    fits: RefCell<Option<Fits>>,
 }
+
+/// Survival fits kept between forecasts.
+#[derive(Clone, Debug)]
+struct Fits {
+    at: Instant,
+    lifetimes: Option<Survival>,
+    residuals: Option<Survival>,
+}
+
+/// How long survival fits are reused: their inputs (ended flows, the open flows' ages) move by
+/// a few per cent in that time on a drain of minutes, and the drain's own quantiles are still
+/// computed afresh from them for every forecast.
+const REFIT_EVERY: Duration = Duration::from_secs(5);
 
 /// What B is compared with: A's answer times on the same address.
 #[derive(Clone, Copy, Debug, Default)]
@@ -87,6 +104,7 @@ impl TrafficPatterns {
             residuals: LogHistogram::default(),
             sides: Default::default(),
             canary: Canary::default(),
+            fits: RefCell::new(None),
         }
     }
 
@@ -236,15 +254,30 @@ impl TrafficPatterns {
         }
     }
 
-    /// The drain forecast of A's open flows at `now` for a cut-over at `deadline`, or `None`
-    /// before anything was observed.
-    pub fn forecast(&self, now: Instant, deadline: Option<Instant>) -> Option<DrainForecast> {
-        let open = |f: fn(&SideStats) -> &AgeCensus| self.sides.iter().map(move |s| f(s).open()).sum::<u32>();
+    /// The survival fits of the lifetimes and of the unknown-start cohort, from the last
+    /// `REFIT_EVERY` or made now.
+    fn fits(&self, now: Instant) -> (Option<Survival>, Option<Survival>) {
+        let mut fits = self.fits.borrow_mut();
+        if let Some(f) = fits.as_ref()
+            && now.saturating_duration_since(f.at) < REFIT_EVERY
+            && f.at <= now
+        {
+            return (f.lifetimes.clone(), f.residuals.clone());
+        }
         let lifetimes = Survival::estimate(&self.lifetimes, self.sides.iter().flat_map(|s| s.known.ages(now)));
         // The cohort's tail is fitted past its first eighth too: the short requests in flight when
         // the measurement began are in it, and their ends within moments would read as a hazard
         // falling with age (a heavy tail).
         let residuals = Survival::estimate(&self.residuals, self.sides.iter().flat_map(|s| s.unknown.ages(now)));
+        *fits = Some(Fits { at: now, lifetimes: lifetimes.clone(), residuals: residuals.clone() });
+        (lifetimes, residuals)
+    }
+
+    /// The drain forecast of A's open flows at `now` for a cut-over at `deadline`, or `None`
+    /// before anything was observed.
+    pub fn forecast(&self, now: Instant, deadline: Option<Instant>) -> Option<DrainForecast> {
+        let open = |f: fn(&SideStats) -> &AgeCensus| self.sides.iter().map(move |s| f(s).open()).sum::<u32>();
+        let (lifetimes, residuals) = self.fits(now);
         let observations = self.lifetimes.total()
             + self.residuals.total()
             + u64::from(open(|s| &s.known))
@@ -322,4 +355,44 @@ pub struct CanaryReport {
     pub troubled_intervals: u32,
     /// B stayed in trouble for `rollback_after_intervals` in a row: the manager should roll back.
     pub rollback_recommended: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    /// Flows of 10-40 s lifetimes ended, 50 open: enough for a forecast.
+    fn patterns(t0: Instant) -> TrafficPatterns {
+        let mut p = TrafficPatterns::new(t0);
+        for i in 0..200u64 {
+            let started = t0 + Duration::from_millis(i * 100);
+            p.open(Side::Source, true, started);
+            p.close(Side::Source, true, started, false, Some(Duration::from_millis(10_000 + i * 150)));
+        }
+        for i in 0..50u64 {
+            p.open(Side::Source, true, t0 + Duration::from_millis(i * 300));
+        }
+        p
+    }
+
+    #[test]
+    fn forecasts_reuse_the_fits_until_they_are_refit_after_five_seconds() {
+        let t0 = Instant::from_secs(100);
+        let mut p = patterns(t0);
+        let now = t0 + Duration::from_secs(45);
+        let first = p.forecast(now, None).unwrap();
+        // Flows that lived far longer end now: a fresh fit would see a longer tail.
+        for i in 0..100u64 {
+            let started = t0 + Duration::from_millis(i);
+            p.open(Side::Source, true, started);
+            p.close(Side::Source, true, started, false, Some(Duration::from_secs(600 + i)));
+        }
+        let soon = p.forecast(now + Duration::from_secs(1), None).unwrap();
+        assert_eq!(soon.tail, first.tail, "the fits of a second ago are reused");
+        let later = p.forecast(now + REFIT_EVERY, None).unwrap();
+        assert_ne!(later.tail, first.tail, "refit after {REFIT_EVERY:?}");
+        assert!(later.p50_ms.unwrap() > first.p50_ms.unwrap(), "{later:?} vs {first:?}");
+    }
 }
