@@ -2,7 +2,7 @@
 //! carry no ports) follow it. RFC 791: fragments of one datagram share source, destination,
 //! protocol and identification.
 
-use foldhash::fast::FixedState;
+use foldhash::fast::SeedableRandomState;
 use std::collections::HashMap;
 
 use crate::time::Instant;
@@ -27,15 +27,17 @@ fn id(ip: &Ipv4Info) -> FragmentId {
 
 /// Bounded table of datagrams in flight; entries live as long as Linux keeps a reassembly queue.
 pub(crate) struct FragmentTable {
-    routes: HashMap<FragmentId, (FragmentRoute, Instant), FixedState>,
+    routes: HashMap<FragmentId, (FragmentRoute, Instant), SeedableRandomState>,
     max: usize,
     lifetime: core::time::Duration,
 }
 
 impl FragmentTable {
-    pub fn new(max: usize) -> Self {
+    /// A table of at most `max` datagrams, its hash keyed like the flow table's (remote clients
+    /// choose the addresses and identifications).
+    pub fn new(max: usize, key: Option<u64>) -> Self {
         Self {
-            routes: HashMap::with_capacity_and_hasher(max.min(4096), FixedState::with_seed(0x5eed)),
+            routes: HashMap::with_capacity_and_hasher(max.min(4096), crate::keyed::hasher(key)),
             max,
             lifetime: core::time::Duration::from_secs(30),
         }

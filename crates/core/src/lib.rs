@@ -15,6 +15,7 @@ pub mod error;
 pub mod events;
 pub mod flow;
 mod fragments;
+mod keyed;
 pub mod l2;
 pub mod patterns;
 mod prefetch;

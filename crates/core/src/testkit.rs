@@ -322,6 +322,30 @@ pub fn scenario(flows: u32, addresses: u32, packets: usize) -> Scenario {
     Scenario { router, ring, frame_len }
 }
 
+/// The hash key the flow table used before it was keyed at random per process: a constant in the
+/// source, so anyone could compute where a flow key lands.
+pub const OLD_FLOW_HASH_KEY: u64 = 0x1b5d_ad0e;
+
+/// `n` TCP flow keys from clients to `shadow` whose probes, in a flow table of `max_flows`
+/// hashed with `key`, all start within `n / 8` slots of slot 0: what a remote host that knows the
+/// key sends so that every lookup of its flows walks one run of `n` slots. Brute force over
+/// client addresses (100.64.0.0/10) and ports, about `8 * 1.6 * max_flows` hashes.
+pub fn colliding_flow_keys(max_flows: usize, key: u64, n: usize, shadow: (Ipv4Addr, u16)) -> Vec<FlowKey> {
+    let table = crate::flow::FlowTable::new(max_flows, Some(key));
+    let window = (n / 8).max(1);
+    (0u32..)
+        .map(|i| FlowKey {
+            client_ip: Ipv4Addr::from_bits(0x6440_0000 | (i >> 16)),
+            client_port: i as u16,
+            shadow_ip: shadow.0,
+            shadow_port: shadow.1,
+            protocol: crate::wire::PROTO_TCP,
+        })
+        .filter(|k| table.home_slot(k) < window)
+        .take(n)
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

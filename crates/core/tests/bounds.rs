@@ -147,3 +147,45 @@ fn a_table_full_of_established_flows_refuses_new_ones_with_a_count() {
     assert_eq!(h.inbound(&tcp(client(500), (X, 22), F::SYN, 1, 0, &[])), InboundVerdict::Drop(DropReason::TableFull));
     assert_eq!(h.router.counters().table_full, 1);
 }
+
+/// Mean and longest probe distance after `keys` open through a router whose flow hash is keyed
+/// with `key` (`None`: the product's random key).
+fn probes_after_syns(keys: &[ipshadow_core::FlowKey], max_flows: usize, key: Option<u64>) -> (f64, usize) {
+    let config = RouterConfig { max_flows, hash_key: key, ..Default::default() };
+    let mut h = Harness::new(config, MigrationOptions::default(), CongestionControlParameters::default());
+    for k in keys {
+        let verdict = h.inbound(&tcp((k.client_ip, k.client_port), (k.shadow_ip, k.shadow_port), F::SYN, 1, 0, &[]));
+        assert!(matches!(verdict, InboundVerdict::Deliver(_)), "{verdict:?}");
+    }
+    assert_eq!(h.router.flow_count(), keys.len());
+    h.router.flow_probe_lengths()
+}
+
+/// Issue 13 item 4: with the flow table's key a constant in the source, a remote host could
+/// choose flow keys that share one probe run (every lookup walks it); under the product's key,
+/// drawn at random per process, the same flows spread like any others.
+#[test]
+fn flow_keys_built_to_collide_under_the_old_constant_key_spread_under_the_random_one() {
+    use ipshadow_core::testkit::{OLD_FLOW_HASH_KEY, colliding_flow_keys};
+    const MAX_FLOWS: usize = 4096;
+    const N: usize = 2000;
+    let keys = colliding_flow_keys(MAX_FLOWS, OLD_FLOW_HASH_KEY, N, (X, 80));
+    let (old_mean, old_longest) = probes_after_syns(&keys, MAX_FLOWS, Some(OLD_FLOW_HASH_KEY));
+    // Another per-table seed under foldhash's published shared seed: the seed enters by XOR
+    // before the multiply, so keys near each other stay near. Why `keyed` draws both halves.
+    let (near_mean, near_longest) = probes_after_syns(&keys, MAX_FLOWS, Some(OLD_FLOW_HASH_KEY ^ 1));
+    let (random_mean, random_longest) = probes_after_syns(&keys, MAX_FLOWS, None);
+    println!(
+        "{N} keys built for the old key, table of {MAX_FLOWS} flows: probe distance mean/longest \
+         {old_mean:.1}/{old_longest} under the old key, {near_mean:.1}/{near_longest} under the old key ^ 1, \
+         {random_mean:.2}/{random_longest} under the random key"
+    );
+    // The keys' homes fall within N/8 slots: the run is N long, a key N/2 from its home on average.
+    assert!(old_mean > (N / 3) as f64, "{old_mean}");
+    assert!(old_longest >= N - N / 8, "{old_longest}");
+    assert!(near_mean > (N / 4) as f64, "{near_mean}");
+    // Load 2000/6554 = 0.31: linear probing's mean distance is about 0.2 there, and a run of 64
+    // has a probability far below 1e-20 for uniformly hashed keys.
+    assert!(random_mean < 1.0, "{random_mean}");
+    assert!(random_longest < 64, "{random_longest}");
+}

@@ -6,10 +6,13 @@
 //! maps (std, hashbrown) offer none of the three. A slot is 48 bytes (16 of key, 32 of
 //! [`Flow`]); the capacity is `max_flows * 8 / 5` slots, so the load never exceeds 0.625 and a
 //! lookup touches one or two cache lines.
+//!
+//! Remote clients choose the keys, so the hash is keyed at random per process (`crate::keyed`):
+//! with a key known in advance they could pile their flows into one probe run.
 
 use core::hash::BuildHasher;
 
-use foldhash::fast::FixedState;
+use foldhash::fast::SeedableRandomState;
 
 use super::TimeoutsMs;
 use super::{Flow, FlowKey};
@@ -71,21 +74,22 @@ pub struct FlowTable {
     slots: Box<[Slot]>,
     len: usize,
     max_flows: usize,
-    hasher: FixedState,
+    hasher: SeedableRandomState,
     evict_hand: usize,
     sweep_hand: usize,
 }
 
 impl FlowTable {
-    /// A table for at most `max_flows` flows, hashing with `seed`. Allocates all its memory now.
-    pub fn new(max_flows: usize, seed: u64) -> Self {
+    /// A table for at most `max_flows` flows. Its hash is keyed with `key`, or at random for this
+    /// process when `None` (see [`crate::RouterConfig::hash_key`]). Allocates all its memory now.
+    pub fn new(max_flows: usize, key: Option<u64>) -> Self {
         let max_flows = max_flows.max(1);
         let capacity = max_flows.saturating_mul(8) / 5 + 1;
         Self {
             slots: vec![EMPTY; capacity].into_boxed_slice(),
             len: 0,
             max_flows,
-            hasher: FixedState::with_seed(seed),
+            hasher: crate::keyed::hasher(key),
             evict_hand: 0,
             sweep_hand: 0,
         }
@@ -115,6 +119,12 @@ impl FlowTable {
     #[inline]
     pub fn hash(&self, key: &FlowKey) -> u64 {
         self.hasher.hash_one(key.words())
+    }
+
+    /// The slot where the key's probe starts (diagnostics and tests: keys with nearby home
+    /// slots share one probe run).
+    pub fn home_slot(&self, key: &FlowKey) -> usize {
+        self.home(self.hash(key))
     }
 
     #[inline]
@@ -323,7 +333,7 @@ mod tests {
 
     #[test]
     fn insert_find_remove_keep_every_other_key_reachable() {
-        let mut t = FlowTable::new(1000, 7);
+        let mut t = FlowTable::new(1000, Some(7));
         let to = timeouts();
         for n in 0..1000 {
             let k = key(n);
@@ -344,7 +354,7 @@ mod tests {
 
     #[test]
     fn full_table_evicts_embryonic_never_established() {
-        let mut t = FlowTable::new(100, 1);
+        let mut t = FlowTable::new(100, Some(1));
         let to = timeouts();
         for n in 0..50 {
             let k = key(n);
@@ -370,7 +380,7 @@ mod tests {
 
     #[test]
     fn full_table_of_established_flows_refuses() {
-        let mut t = FlowTable::new(10, 1);
+        let mut t = FlowTable::new(10, Some(1));
         let to = timeouts();
         for n in 0..10 {
             let k = key(n);
@@ -387,7 +397,7 @@ mod tests {
 
     #[test]
     fn sweep_removes_idle_flows_only() {
-        let mut t = FlowTable::new(100, 3);
+        let mut t = FlowTable::new(100, Some(3));
         let to = timeouts();
         for n in 0..40 {
             let k = key(n);

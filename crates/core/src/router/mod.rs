@@ -149,8 +149,11 @@ pub struct RouterConfig {
     pub max_flows: usize,
     /// Idle timeouts.
     pub timeouts: FlowTimeouts,
-    /// Seed of the flow table's hash (not of the split: that is each entry's salt).
-    pub hash_seed: u64,
+    /// Key of the hash of the tables remote input fills (flows, fragments). `None`, the default:
+    /// drawn at random once per process, so that remote clients cannot choose keys that collide.
+    /// Fixed only by the simulator and tests, whose runs must repeat for a seed. Not the split's
+    /// hash: that is seeded by each entry's salt, so restarted routers agree on the split.
+    pub hash_key: Option<u64>,
     /// Every flow slot is visited for expiry once per this period.
     #[serde(with = "crate::time::duration_ms", rename = "sweep_period_ms")]
     pub sweep_period: Duration,
@@ -168,7 +171,7 @@ impl Default for RouterConfig {
         Self {
             max_flows: 1 << 20,
             timeouts: FlowTimeouts::default(),
-            hash_seed: 0x1b5d_ad0e,
+            hash_key: None,
             sweep_period: Duration::from_secs(10),
             rst_pair_window: Duration::from_secs(3),
             max_fragmented_datagrams: 8192,
@@ -206,14 +209,15 @@ impl<S: EventSink> ShadowRouter<S> {
     /// A router with no shadowed address, starting at `now`.
     pub fn new(config: RouterConfig, sink: S, now: Instant) -> Self {
         let timeouts = (&config.timeouts).into();
-        let flows = FlowTable::new(config.max_flows, config.hash_seed);
-        let fragments = FragmentTable::new(config.max_fragmented_datagrams);
+        let flows = FlowTable::new(config.max_flows, config.hash_key);
+        let fragments = FragmentTable::new(config.max_fragmented_datagrams, config.hash_key);
         Self {
             timeouts,
             flows,
             fragments,
-            shadows: ShadowingTable::new(config.hash_seed),
-            addresses: HashMap::with_hasher(FixedState::with_seed(config.hash_seed)),
+            // Keyed by addresses the operator installs, not by remote input: a fixed hash.
+            shadows: ShadowingTable::new(),
+            addresses: HashMap::with_hasher(FixedState::default()),
             vm_refs: HashMap::new(),
             wakeups: BinaryHeap::new(),
             next_sweep: now + config.sweep_period / SWEEP_STEPS,

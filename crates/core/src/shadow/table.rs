@@ -185,8 +185,8 @@ pub(crate) struct ShadowingTable {
 }
 
 impl ShadowingTable {
-    pub fn new(seed: u64) -> Self {
-        Self { index: HashMap::with_hasher(FixedState::with_seed(seed)), arena: Vec::new() }
+    pub fn new() -> Self {
+        Self { index: HashMap::with_hasher(FixedState::default()), arena: Vec::new() }
     }
 
     #[inline]

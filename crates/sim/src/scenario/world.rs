@@ -145,7 +145,10 @@ impl World {
         let vm_link_seed = |side: u64| sub_seed(seed, 6, if replica { 0 } else { side });
         let vm_up = [Link::new(cfg.vm_link, vm_link_seed(0)), Link::new(cfg.vm_link, vm_link_seed(1))];
         let vm_down = [Link::new(cfg.vm_link, vm_link_seed(2) ^ 1), Link::new(cfg.vm_link, vm_link_seed(3) ^ 1)];
-        let router_config = RouterConfig { max_flows: 1 << 16, ..RouterConfig::default() };
+        // The product keys the flow table's hash at random; a run must repeat for its seed (slot
+        // order decides evictions and the order flows expire in), so the simulator fixes the key.
+        let router_config =
+            RouterConfig { max_flows: 1 << 16, hash_key: Some(sub_seed(seed, 8, 0)), ..RouterConfig::default() };
         let ports = vec![(VmId::from("vm-a"), vms[A].mac), (VmId::from("vm-b"), vms[B].mac)];
         let mut router = RouterNode::new(router_config, PROVIDER_MAC, VM_SIDE_MAC, GATEWAY, ports, now);
         router.core.assign_address(X, VmRef(A as u32));
