@@ -1,8 +1,8 @@
 //! The Shadow Router at layer 2, sans-IO: the core's decisions plus what a router does with
 //! Ethernet frames. It answers ARP for the addresses it routes on the provider side and for the
 //! gateway on the VM side, rewrites MAC addresses (both VMs hold X; there is no NAT), learns
-//! client MACs from their frames, sends the core's own packets (cut-over RSTs), and probes the
-//! VMs with ARP for health checks. Frames in; frames out, each for a port. The simulator and the
+//! client MACs from the frames it accepts and asks for the others (ARP), sends the core's own
+//! packets (cut-over RSTs), and probes the VMs with ARP for health checks. Frames in; frames out, each for a port. The simulator and the
 //! Linux data plane drive the same code.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -11,6 +11,7 @@ use std::net::Ipv4Addr;
 use etherparse::{ArpHardwareId, ArpOperation, ArpPacket, EtherType, Ethernet2Header};
 
 use crate::events::Event;
+use crate::neighbours::NeighbourTable;
 use crate::router::{Deliver, DropReason, EgressVerdict, InboundVerdict, RouterConfig, ShadowRouter, VmRef};
 use crate::shadow::VmId;
 use crate::time::Instant;
@@ -36,6 +37,18 @@ pub struct PortStats {
     pub arp_answered: u64,
     /// Frames with no route (unknown destination, or a client MAC not yet learned).
     pub no_route: u64,
+    /// ARP requests the router sent on the provider side for a client whose MAC it did not know.
+    #[serde(default)]
+    pub arp_requests: u64,
+    /// Client addresses in the neighbour table.
+    #[serde(default)]
+    pub neighbours: u64,
+    /// Neighbour entries evicted at the table's cap to make room for a new address.
+    #[serde(default)]
+    pub neighbours_evicted: u64,
+    /// Neighbour entries forgotten after their age without a confirmation.
+    #[serde(default)]
+    pub neighbours_aged: u64,
     /// Frames the core dropped, by reason.
     pub dropped: BTreeMap<String, u64>,
     /// RSTs the router sent itself (at the end of a migration).
@@ -64,7 +77,11 @@ pub struct RouterNode {
     ports: Vec<(VmId, [u8; 6])>,
     /// Shadowed addresses and the ports of their source and destination.
     shadows: BTreeMap<Ipv4Addr, (usize, usize)>,
-    neighbours: BTreeMap<Ipv4Addr, [u8; 6]>,
+    /// Where clients are on the provider side: bounded and aged (remote hosts fill it).
+    neighbours: NeighbourTable,
+    /// Addresses the router asked for (ARP) and when, so that a VM sending to an unknown client
+    /// makes one request a second, not one a frame. Bounded by [`MAX_PENDING_ARP`].
+    arp_pending: BTreeMap<Ipv4Addr, Instant>,
     /// Replica state sync: frames for the first port are copied to the second while the
     /// address is not shadowed (the replica receives A's inbound traffic from the start).
     pub mirror: Option<(usize, usize)>,
@@ -97,6 +114,7 @@ impl RouterNode {
     ) -> Self {
         let core = Self::fresh_core(&config, &ports, now);
         let probe_replies = vec![None; ports.len()];
+        let neighbours = NeighbourTable::new(config.neighbours.clone());
         Self {
             core,
             config,
@@ -105,7 +123,8 @@ impl RouterNode {
             gateway,
             ports,
             shadows: BTreeMap::new(),
-            neighbours: BTreeMap::new(),
+            neighbours,
+            arp_pending: BTreeMap::new(),
             mirror: None,
             flood: None,
             probe_replies,
@@ -129,6 +148,7 @@ impl RouterNode {
         self.core = Self::fresh_core(&self.config, &self.ports, now);
         self.shadows.clear();
         self.neighbours.clear();
+        self.arp_pending.clear();
         self.probe_answers.clear();
     }
 
@@ -167,25 +187,34 @@ impl RouterNode {
         let parsed = parse_frame(&frame);
         let verdict = self.core.inbound_parsed(&parsed, now);
         let dst = ipv4_dst(&parsed);
-        // Learn where clients are from what they send. A dropped frame still shows where its
-        // sender is.
-        if let Ok(Packet::Ipv4(ip)) = &parsed {
-            let mac: [u8; 6] = frame[6..12].try_into().unwrap_or_default();
-            self.neighbours.insert(ip.src, mac);
-        }
+        // Where clients are is learned from the frames the router accepts (forwards to a VM), and
+        // from ARP about the addresses it routes: a dropped frame teaches nothing, so a flood of
+        // frames the router refuses cannot fill the table (issue 13 item 4).
+        let src = match &parsed {
+            Ok(Packet::Ipv4(ip)) => Some((ip.src, frame[6..12].try_into().unwrap_or_default())),
+            _ => None,
+        };
         match verdict {
             InboundVerdict::Arp(arp) => {
                 let routed =
                     self.shadows.contains_key(&arp.target_ip) || self.core.address_holder(arp.target_ip).is_some();
                 if arp.operation == ARP_REQUEST && routed {
-                    self.neighbours.insert(arp.sender_ip, arp.sender_mac);
+                    self.learn(arp.sender_ip, arp.sender_mac, now);
                     self.stats.arp_answered += 1;
                     out.push(Out::Provider(arp_reply(self.provider_mac, &arp)));
+                } else if arp.operation == ARP_REPLY && routed && frame[0..6] == self.provider_mac {
+                    // RFC 826: the answer to a request of the router's own (or a gratuitous one
+                    // sent to it) for a client.
+                    self.arp_pending.remove(&arp.sender_ip);
+                    self.learn(arp.sender_ip, arp.sender_mac, now);
                 }
             }
             InboundVerdict::NotShadowed => match dst.and_then(|d| self.core.address_holder(d)) {
                 Some(VmRef(port)) => {
                     let port = port as usize;
+                    if let Some((ip, mac)) = src {
+                        self.learn(ip, mac, now);
+                    }
                     if let Some((from, to)) = self.mirror
                         && from == port
                     {
@@ -200,6 +229,9 @@ impl RouterNode {
                     self.stats.no_route += 1;
                     return;
                 };
+                if let Some((ip, mac)) = src {
+                    self.learn(ip, mac, now);
+                }
                 match deliver {
                     Deliver::Source => {
                         if let Some((from, to)) = self.flood
@@ -275,8 +307,11 @@ impl RouterNode {
     ) {
         match self.core.egress_parsed(VmRef(port as u32), parsed, now) {
             EgressVerdict::Forward => {
-                let mac = ipv4_dst(parsed).and_then(|d| self.neighbours.get(&d).copied());
-                match mac {
+                let Ok(Packet::Ipv4(ip)) = parsed else {
+                    self.stats.no_route += 1;
+                    return;
+                };
+                match self.neighbours.get(ip.dst, now) {
                     Some(mac) => {
                         let mut frame = frame;
                         frame[0..6].copy_from_slice(&mac);
@@ -284,7 +319,12 @@ impl RouterNode {
                         self.stats.to_provider += 1;
                         out.push(Out::Provider(frame));
                     }
-                    None => self.stats.no_route += 1,
+                    // Dropped like a kernel with no queue for unresolved neighbours: the VM's
+                    // stack sends it again, by then the client has answered.
+                    None => {
+                        self.stats.no_route += 1;
+                        self.resolve(ip.dst, ip.src, now, out);
+                    }
                 }
             }
             EgressVerdict::Drop(reason) => self.count_drop(reason),
@@ -296,6 +336,8 @@ impl RouterNode {
         if self.core.poll_at().is_some_and(|t| t <= now) {
             self.core.poll(now);
         }
+        self.neighbours.expire(now);
+        self.sync_neighbour_stats();
         while let Some(t) = self.core.poll_transmit() {
             let d = &t.datagram;
             let mut frame = Vec::with_capacity(14 + d.len());
@@ -307,7 +349,7 @@ impl RouterNode {
                 self.forward_to_vm(vm.0 as usize, frame, out);
                 continue;
             }
-            let Some(mac) = self.neighbours.get(&t.to).copied() else {
+            let Some(mac) = self.neighbours.get(t.to, now) else {
                 self.stats.no_route += 1;
                 continue;
             };
@@ -325,6 +367,45 @@ impl RouterNode {
             }
             out.push(Out::Provider(frame));
         }
+    }
+
+    /// The provider-side neighbour table.
+    pub fn neighbours(&self) -> &NeighbourTable {
+        &self.neighbours
+    }
+
+    /// Records where a client is (an accepted frame or ARP from it).
+    fn learn(&mut self, ip: Ipv4Addr, mac: [u8; 6], now: Instant) {
+        // A multicast or broadcast source MAC is no host's: never a next hop.
+        if mac[0] & 1 == 1 || mac == [0; 6] {
+            return;
+        }
+        self.neighbours.confirm(ip, mac, now);
+        self.sync_neighbour_stats();
+    }
+
+    /// Asks the provider segment where `ip` is (RFC 826), in the name of `sender`, the address the
+    /// VM sent from: at most once a second per address, and for at most [`MAX_PENDING_ARP`]
+    /// addresses at a time.
+    fn resolve(&mut self, ip: Ipv4Addr, sender: Ipv4Addr, now: Instant, out: &mut Vec<Out>) {
+        if self.arp_pending.get(&ip).is_some_and(|&at| now.saturating_duration_since(at) < ARP_RETRY) {
+            return;
+        }
+        if self.arp_pending.len() >= MAX_PENDING_ARP {
+            self.arp_pending.retain(|_, at| now.saturating_duration_since(*at) < ARP_RETRY);
+            if self.arp_pending.len() >= MAX_PENDING_ARP {
+                return;
+            }
+        }
+        self.arp_pending.insert(ip, now);
+        self.stats.arp_requests += 1;
+        out.push(Out::Provider(arp_frame(ArpOperation::REQUEST, (self.provider_mac, sender), ([0; 6], ip), [0xff; 6])));
+    }
+
+    fn sync_neighbour_stats(&mut self) {
+        self.stats.neighbours = self.neighbours.len() as u64;
+        self.stats.neighbours_evicted = self.neighbours.evicted();
+        self.stats.neighbours_aged = self.neighbours.aged();
     }
 
     /// Sends a health probe (an ARP request for `ip`) to the VM on `port`.
@@ -383,6 +464,12 @@ fn arp_reply(mac: [u8; 6], request: &crate::wire::ArpInfo) -> Vec<u8> {
         request.sender_mac,
     )
 }
+
+/// Addresses the router may be resolving at once: a VM sending to many unknown addresses makes
+/// at most this many requests a second.
+const MAX_PENDING_ARP: usize = 256;
+/// The least time between two requests for one address.
+const ARP_RETRY: core::time::Duration = core::time::Duration::from_secs(1);
 
 /// ARP operation code of a request.
 const ARP_REQUEST: u16 = 1;

@@ -17,6 +17,7 @@ pub mod flow;
 mod fragments;
 mod keyed;
 pub mod l2;
+pub mod neighbours;
 pub mod patterns;
 mod prefetch;
 pub mod router;

@@ -1,4 +1,6 @@
-//! State bounds: 1M tracked flows fit in 128 MiB; a SYN flood never evicts an established flow.
+//! State bounds: 1M tracked flows fit in 128 MiB; a SYN flood never evicts an established flow;
+//! 1M random client addresses leave the neighbour table at its cap; colliding flow keys built for
+//! an old hash key do not collide under the random one.
 
 #![allow(clippy::unwrap_used)] // test helpers outside #[test] fns
 
@@ -47,6 +49,13 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static ALLOC: Counting = Counting;
 
+/// The tests of this file run one at a time: the heap counter sees every thread's allocations.
+static MEASURING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn measuring() -> std::sync::MutexGuard<'static, ()> {
+    MEASURING.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 fn client(n: u32) -> (Ipv4Addr, u16) {
     (Ipv4Addr::from_bits(0x6400_0000 | (n >> 12)), 1024 + (n & 0xfff) as u16)
 }
@@ -54,6 +63,7 @@ fn client(n: u32) -> (Ipv4Addr, u16) {
 #[test]
 fn a_million_established_flows_fit_in_128_mib() {
     const FLOWS: u32 = 1_000_000;
+    let _serial = measuring();
     let before = LIVE.load(Ordering::Relaxed);
     let now = ipshadow_core::Instant::from_secs(1);
     let mut router = ShadowRouter::new(RouterConfig { max_flows: FLOWS as usize, ..Default::default() }, NullSink, now);
@@ -96,6 +106,7 @@ fn a_million_established_flows_fit_in_128_mib() {
 
 #[test]
 fn syn_flood_evicts_embryonic_flows_never_established_ones() {
+    let _serial = measuring();
     let options = MigrationOptions {
         ramp: Ramp::Steps { steps: vec![RampStep { pct: 50.0, hold: core::time::Duration::from_secs(9999) }] },
         ..Default::default()
@@ -135,6 +146,7 @@ fn syn_flood_evicts_embryonic_flows_never_established_ones() {
 
 #[test]
 fn a_table_full_of_established_flows_refuses_new_ones_with_a_count() {
+    let _serial = measuring();
     let options = MigrationOptions::default();
     let config = RouterConfig { max_flows: 100, ..Default::default() };
     let mut h = Harness::new(config, options, CongestionControlParameters::default());
@@ -166,6 +178,7 @@ fn probes_after_syns(keys: &[ipshadow_core::FlowKey], max_flows: usize, key: Opt
 /// drawn at random per process, the same flows spread like any others.
 #[test]
 fn flow_keys_built_to_collide_under_the_old_constant_key_spread_under_the_random_one() {
+    let _serial = measuring();
     use ipshadow_core::testkit::{OLD_FLOW_HASH_KEY, colliding_flow_keys};
     const MAX_FLOWS: usize = 4096;
     const N: usize = 2000;
@@ -188,4 +201,61 @@ fn flow_keys_built_to_collide_under_the_old_constant_key_spread_under_the_random
     // has a probability far below 1e-20 for uniformly hashed keys.
     assert!(random_mean < 1.0, "{random_mean}");
     assert!(random_longest < 64, "{random_longest}");
+}
+
+/// Issue 13 item 4: a million frames from random source addresses, all accepted (to an address a
+/// VM holds), leave the provider-side neighbour table at its cap and its heap within the stated
+/// bound; the entries confirmed longest ago made room.
+#[test]
+fn a_million_random_client_addresses_leave_the_neighbour_table_at_its_cap() {
+    use ipshadow_core::l2::RouterNode;
+    use ipshadow_core::neighbours::NeighbourTable;
+    const FRAMES: u64 = 1_000_000;
+    let _serial = measuring();
+    let now = ipshadow_core::Instant::from_secs(1);
+    let router_mac = ipshadow_core::testkit::ROUTER_MAC;
+    let ports = vec![("vm-a".into(), [2, 0xa, 0, 0, 0, 1])];
+    let mut node = RouterNode::new(
+        RouterConfig::default(),
+        router_mac,
+        [2, 0, 0, 0, 0, 9],
+        Ipv4Addr::new(10, 0, 0, 1),
+        ports,
+        now,
+    );
+    node.core.assign_address(X, ipshadow_core::VmRef(0));
+    let cap = node.neighbours().config().max_entries;
+    let mut out = Vec::new();
+    let before = LIVE.load(Ordering::Relaxed);
+    let mut peak = 0;
+    for n in 0..FRAMES {
+        // splitmix64: a random source address per frame.
+        let mut z = n.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        let client = Ipv4Addr::from_bits((z >> 32) as u32);
+        let frame = tcp((client, 40_000), (X, 80), F::SYN, 1, 0, &[]);
+        node.from_provider(frame, now + core::time::Duration::from_micros(n), &mut out);
+        out.clear();
+        // The data plane drains the core's events as it goes.
+        node.core.sink_mut().clear();
+        if n % 4096 == 0 {
+            peak = peak.max(LIVE.load(Ordering::Relaxed).saturating_sub(before));
+        }
+    }
+    let bytes = LIVE.load(Ordering::Relaxed).saturating_sub(before).max(peak);
+    let table = node.neighbours();
+    println!(
+        "{FRAMES} frames from random addresses: {} neighbours (cap {cap}), {} evicted, {bytes} bytes of heap \
+         ({:.1} bytes/entry, bound {} bytes/entry = {:.1} MiB)",
+        table.len(),
+        table.evicted(),
+        bytes as f64 / cap as f64,
+        NeighbourTable::BYTES_PER_ENTRY,
+        (cap * NeighbourTable::BYTES_PER_ENTRY) as f64 / 1048576.0
+    );
+    assert_eq!(node.stats.to_vms, FRAMES, "every frame was accepted (so the observer saw the flood)");
+    assert_eq!(table.len(), cap);
+    assert!(table.evicted() >= FRAMES - cap as u64 - 200, "{} (a few random addresses repeat)", table.evicted());
+    assert!(bytes <= cap * NeighbourTable::BYTES_PER_ENTRY, "{bytes} bytes");
 }

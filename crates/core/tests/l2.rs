@@ -112,7 +112,64 @@ fn rewrites_macs_both_ways_and_counts_frames_without_a_route() {
         Instant::ZERO,
         &mut out,
     );
-    assert!(out.is_empty());
+    // The router asks where the unknown client is instead (next test).
+    let [Out::Provider(request)] = &out[..] else { panic!("{out:?}") };
+    assert!(matches!(parse_frame(request), Ok(Packet::Arp(a)) if a.target_ip == Ipv4Addr::new(198, 51, 100, 1)));
     assert_eq!(n.stats.dropped.get("spoofed"), Some(&1));
     assert_eq!(n.stats.no_route, 1);
+}
+
+/// A frame from VM A to `client`.
+fn from_a(client: Ipv4Addr) -> Vec<u8> {
+    with_macs(tcp((X, 80), (client, 4000), 0x10, 9, 2, &[]), VM_SIDE_MAC, MAC_A)
+}
+
+/// Issue 13 item 4 (and issue 5's note): a VM can reach a client the router has not heard from.
+/// RFC 826: the router asks, once a second, in the name of the address the VM sent from.
+#[test]
+fn a_client_never_heard_from_is_asked_for_and_reached_once_it_answers() {
+    let mut n = node();
+    let mut out = Vec::new();
+    n.from_vm(0, from_a(CLIENT), Instant::ZERO, &mut out);
+    let [Out::Provider(request)] = &out[..] else { panic!("{out:?}") };
+    assert_eq!((&request[..6], &request[6..12]), (&[0xff; 6][..], &PROVIDER_MAC[..]), "broadcast");
+    let Ok(Packet::Arp(a)) = parse_frame(request) else { panic!() };
+    assert_eq!((a.operation, a.sender_mac, a.sender_ip, a.target_ip), (1, PROVIDER_MAC, X, CLIENT));
+    // The VM's stack sends again at once: no second request within the second.
+    out.clear();
+    n.from_vm(0, from_a(CLIENT), Instant::from_millis(200), &mut out);
+    assert!(out.is_empty(), "{out:?}");
+    assert_eq!((n.stats.arp_requests, n.stats.no_route), (1, 2));
+    // The client answers; the VM's next frame reaches it.
+    let answer = with_macs(arp(2, (CLIENT_MAC, CLIENT), X), PROVIDER_MAC, CLIENT_MAC);
+    n.from_provider(answer, Instant::from_millis(300), &mut out);
+    assert!(out.is_empty(), "an answer is not answered");
+    n.from_vm(0, from_a(CLIENT), Instant::from_millis(400), &mut out);
+    let [Out::Provider(to_client)] = &out[..] else { panic!("{out:?}") };
+    assert_eq!(&to_client[..6], &CLIENT_MAC);
+    assert_eq!((n.stats.to_provider, n.stats.neighbours), (1, 1));
+}
+
+#[test]
+fn frames_the_router_refuses_teach_it_nothing_and_entries_age() {
+    let mut n = node();
+    let mut out = Vec::new();
+    // To an address the router does not route: no route, nothing learned.
+    let stray =
+        with_macs(tcp((CLIENT, 4000), (Ipv4Addr::new(10, 0, 0, 99), 80), 0x02, 1, 0, &[]), PROVIDER_MAC, CLIENT_MAC);
+    n.from_provider(stray, Instant::ZERO, &mut out);
+    assert!(out.is_empty());
+    assert_eq!((n.stats.no_route, n.neighbours().len()), (1, 0));
+    // Accepted: learned.
+    let syn = with_macs(tcp((CLIENT, 4000), (X, 80), 0x02, 1, 0, &[]), PROVIDER_MAC, CLIENT_MAC);
+    n.from_provider(syn, Instant::ZERO, &mut out);
+    assert_eq!(n.neighbours().len(), 1);
+    // Silent past the age: forgotten, and asked for again when A next sends to it.
+    let age = n.neighbours().config().max_age;
+    let later = Instant::ZERO + age + core::time::Duration::from_secs(1);
+    n.poll(later, &mut out);
+    assert_eq!((n.stats.neighbours, n.stats.neighbours_aged), (0, 1));
+    out.clear();
+    n.from_vm(0, from_a(CLIENT), later, &mut out);
+    assert!(matches!(&out[..], [Out::Provider(f)] if matches!(parse_frame(f), Ok(Packet::Arp(_)))), "{out:?}");
 }

@@ -164,6 +164,8 @@ pub struct RouterConfig {
     pub max_fragmented_datagrams: usize,
     /// Drop frames from a VM whose source address it does not hold.
     pub anti_spoofing: bool,
+    /// Bounds of the layer-2 router's provider-side neighbour table (`crate::l2`).
+    pub neighbours: crate::neighbours::NeighbourConfig,
 }
 
 impl Default for RouterConfig {
@@ -176,6 +178,7 @@ impl Default for RouterConfig {
             rst_pair_window: Duration::from_secs(3),
             max_fragmented_datagrams: 8192,
             anti_spoofing: true,
+            neighbours: crate::neighbours::NeighbourConfig::default(),
         }
     }
 }
