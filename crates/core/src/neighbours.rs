@@ -18,6 +18,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::time::Instant;
 
+/// The least time between two moves of an entry in the age order.
+const REFRESH: Duration = Duration::from_secs(1);
+
 /// Bounds of the neighbour table.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -68,7 +71,9 @@ impl NeighbourTable {
         match self.entries.get_mut(&ip) {
             Some((old_mac, at)) => {
                 *old_mac = mac;
-                if *at != now {
+                // Re-ordered at most once a second: every accepted frame confirms its sender, and
+                // the age is minutes, so finer times would only cost two B-tree updates a packet.
+                if now.saturating_duration_since(*at) >= REFRESH {
                     self.by_age.remove(&(*at, ip));
                     self.by_age.insert((now, ip));
                     *at = now;
@@ -160,6 +165,17 @@ mod tests {
         assert_eq!(t.get(ip(0), now), Some([9; 6]));
         assert_eq!(t.get(ip(2), now), Some([2; 6]));
         assert_eq!(t.get(ip(7), now), Some([7; 6]));
+    }
+
+    #[test]
+    fn a_confirmation_within_the_second_keeps_the_place_in_the_age_order() {
+        let mut t = NeighbourTable::new(NeighbourConfig { max_entries: 2, max_age: Duration::from_secs(60) });
+        t.confirm(ip(1), [1; 6], Instant::from_millis(0));
+        t.confirm(ip(2), [2; 6], Instant::from_millis(100));
+        t.confirm(ip(1), [1; 6], Instant::from_millis(500));
+        t.confirm(ip(3), [3; 6], Instant::from_millis(600));
+        assert_eq!(t.get(ip(1), Instant::from_millis(600)), None, "still the oldest");
+        assert_eq!(t.get(ip(2), Instant::from_millis(600)), Some([2; 6]));
     }
 
     #[test]
