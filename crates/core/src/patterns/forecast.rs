@@ -147,8 +147,9 @@ impl Tail {
 }
 
 /// The complementary error function, to a relative error below 1.2e-7 (the Chebyshev fit of
-/// Press et al., Numerical Recipes in C, 2nd ed., 6.2 `erfcc`).
-fn erfc(x: f64) -> f64 {
+/// Press et al., Numerical Recipes in C, 2nd ed., 6.2 `erfcc`). Public for the simulator's
+/// log-normal lifetimes.
+pub fn erfc(x: f64) -> f64 {
     let z = x.abs();
     let t = 1.0 / (1.0 + 0.5 * z);
     let poly = -z * z - 1.265_512_23

@@ -9,7 +9,7 @@ mod histogram;
 mod traffic;
 
 pub use census::AgeCensus;
-pub use forecast::{DrainForecast, OpenGroup, Survival, Tail};
+pub use forecast::{DrainForecast, OpenGroup, Survival, Tail, erfc};
 pub use histogram::{LogHistogram, Quantiles};
 pub(crate) use traffic::Answer;
 pub use traffic::{CanaryReport, PatternsReport, SidePatterns, TrafficPatterns};

@@ -9,6 +9,7 @@
 use core::fmt;
 use core::time::Duration;
 
+use ipshadow_core::patterns::erfc;
 use rand_core::Rng;
 use serde::Serialize;
 
@@ -158,22 +159,6 @@ impl fmt::Display for Lifetime {
 fn micros(s: f64) -> u64 {
     // `validate` bounds `s` to 0..=1e9: the product fits a u64 (`as` saturates anyway).
     (s * 1e6) as u64
-}
-
-/// The complementary error function, to a relative error below 1.2e-7 (the Chebyshev fit of
-/// Press et al., Numerical Recipes in C, 2nd ed., 6.2 `erfcc`).
-fn erfc(x: f64) -> f64 {
-    let z = x.abs();
-    let t = 1.0 / (1.0 + 0.5 * z);
-    let poly = -z * z - 1.265_512_23
-        + t * (1.000_023_68
-            + t * (0.374_091_96
-                + t * (0.096_784_18
-                    + t * (-0.186_288_06
-                        + t * (0.278_868_07
-                            + t * (-1.135_203_98 + t * (1.488_515_87 + t * (-0.822_152_23 + t * 0.170_872_77))))))));
-    let r = t * poly.exp();
-    if x >= 0.0 { r } else { 2.0 - r }
 }
 
 /// Uniform in (0, 1]: never 0, so its logarithm and negative powers are finite.
