@@ -380,8 +380,11 @@ impl RouterNode {
         if mac[0] & 1 == 1 || mac == [0; 6] {
             return;
         }
-        self.neighbours.confirm(ip, mac, now);
-        self.sync_neighbour_stats();
+        // The counters change only with a new entry (an eviction, too, comes with one): the
+        // common case, a known sender, costs no update.
+        if self.neighbours.confirm(ip, mac, now) {
+            self.sync_neighbour_stats();
+        }
     }
 
     /// Asks the provider segment where `ip` is (RFC 826), in the name of `sender`, the address the

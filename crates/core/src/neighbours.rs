@@ -66,8 +66,8 @@ impl NeighbourTable {
     }
 
     /// Records that `ip` is at `mac`, confirmed at `now`. At the cap, the entry confirmed longest
-    /// ago is evicted first.
-    pub fn confirm(&mut self, ip: Ipv4Addr, mac: [u8; 6], now: Instant) {
+    /// ago is evicted first. Returns whether `ip` is new to the table.
+    pub fn confirm(&mut self, ip: Ipv4Addr, mac: [u8; 6], now: Instant) -> bool {
         match self.entries.get_mut(&ip) {
             Some((old_mac, at)) => {
                 *old_mac = mac;
@@ -78,6 +78,7 @@ impl NeighbourTable {
                     self.by_age.insert((now, ip));
                     *at = now;
                 }
+                false
             }
             None => {
                 if self.entries.len() >= self.config.max_entries.max(1)
@@ -88,6 +89,7 @@ impl NeighbourTable {
                 }
                 self.entries.insert(ip, (mac, now));
                 self.by_age.insert((now, ip));
+                true
             }
         }
     }

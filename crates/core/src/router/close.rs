@@ -67,6 +67,11 @@ fn push(out: &mut VecDeque<Transmit>, to: Ipv4Addr, vm: Option<super::VmRef>, ki
     out.push_back(Transmit { to, vm, kind, datagram: build_tcp_segment(spec) });
 }
 
+/// Whether `flow` is one of A's open flows, the ones the closing window closes.
+fn open_on_a(flow: &Flow) -> bool {
+    flow.owner == Owner::Source && matches!(flow.phase, Phase::Established | Phase::Closing)
+}
+
 /// Whether `flow`, marked to close, may be closed at `now`: both sequence spaces known, idle,
 /// no request waiting for its answer (on a flow a client opened to A) and quiet for [`QUIET`].
 fn quiet(flow: &Flow, now: Instant) -> bool {
@@ -181,6 +186,7 @@ impl<S: crate::events::EventSink> ShadowRouter<S> {
             return;
         }
         shadow.ending.closing_since = Some(now);
+        shadow.ending.check_at = Some(now + CLOSE_SCAN_EVERY);
         let change = shadow.controller.cut_over();
         if let Some(change) = shadow.apply(change) {
             self.sink.event(crate::events::Event::SplitChanged { ip, change, at: now });
@@ -188,12 +194,7 @@ impl<S: crate::events::EventSink> ShadowRouter<S> {
         if shadow.mode == Mode::Replica {
             return; // B holds a copy of every flow: they are handed over at the deadline
         }
-        let keys = self.flows.keys_where(|k, f| {
-            k.shadow_ip == ip
-                && k.protocol == PROTO_TCP
-                && f.owner == Owner::Source
-                && matches!(f.phase, Phase::Established | Phase::Closing)
-        });
+        let keys = self.flows.keys_where(|k, f| k.shadow_ip == ip && k.protocol == PROTO_TCP && open_on_a(f));
         for key in &keys {
             if let Some(index) = self.flows.find(key, self.flows.hash(key)) {
                 self.flows.flow_mut(index).marks |= marks::CLOSE_AT_IDLE;
@@ -221,10 +222,7 @@ impl<S: crate::events::EventSink> ShadowRouter<S> {
         keys.retain(|key| {
             let Some(index) = flows.find(key, flows.hash(key)) else { return false };
             let flow = flows.flow_mut(index);
-            let marked = flow.marks & marks::CLOSE_AT_IDLE != 0
-                && flow.owner == Owner::Source
-                && matches!(flow.phase, Phase::Established | Phase::Closing);
-            if !marked {
+            if flow.marks & marks::CLOSE_AT_IDLE == 0 || !open_on_a(flow) {
                 return false; // ended by itself, or a new flow on the same ports
             }
             if budget == 0 || !quiet(flow, now) {
@@ -267,9 +265,6 @@ impl<S: crate::events::EventSink> ShadowRouter<S> {
         let window_opens = deadline - options.close_grace;
         if !options.close_grace.is_zero() && window_opens <= now {
             self.start_closing(ip, now);
-            if let Some(shadow) = self.shadows.get_mut(&ip) {
-                shadow.ending.check_at = Some(now + CLOSE_SCAN_EVERY);
-            }
             return false;
         }
         let ramped = shadow.entry.state == EntryState::Ramping && shadow.entry.traffic_split_percentage >= 100.0;
@@ -301,9 +296,6 @@ impl<S: crate::events::EventSink> ShadowRouter<S> {
         let overdue_at = *shadow.ending.overdue_at.get_or_insert(now + (p90 * 2).max(OVERDUE_FLOOR));
         if outlives || now >= overdue_at {
             self.start_closing(ip, now);
-            if let Some(shadow) = self.shadows.get_mut(&ip) {
-                shadow.ending.check_at = Some(now + CLOSE_SCAN_EVERY);
-            }
         }
         false
     }
