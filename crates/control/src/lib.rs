@@ -12,6 +12,7 @@ pub mod orchestrator;
 pub mod plan;
 pub mod project;
 pub mod reassign;
+pub mod retention;
 pub mod store;
 
 pub use store::redb::RedbStore;

@@ -208,6 +208,11 @@ pub fn next_state(state: MigrationState, event: &MigrationEvent) -> Result<Migra
     Ok(next)
 }
 
+/// The most steps a migration's history holds before a user's pause or resume is refused: a
+/// tenant looping over pause and resume would otherwise grow the record (and every read of it)
+/// without bound. The manager's own events are bounded by the lifecycle and always recorded.
+pub const MAX_HISTORY: usize = 256;
+
 /// A state with its history: every accepted event is recorded with its time.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Lifecycle {
@@ -248,12 +253,22 @@ impl Lifecycle {
         {
             return Err(TransitionError { state: self.state, event: "deadline_extended (never shortened)" });
         }
+        if matches!(event, MigrationEvent::Pause | MigrationEvent::Resume) && self.history.len() >= MAX_HISTORY {
+            let event = if event == MigrationEvent::Pause { "pause" } else { "resume" };
+            return Err(TransitionError { state: self.state, event: event_full(event) });
+        }
         let to = next_state(self.state, &event)?;
         self.history.push(HistoryEntry { at_ms: now_ms, from: self.state, to, event });
         self.state = to;
         self.promoted |= promote;
         Ok(to)
     }
+}
+
+/// The event's name when the history is full (a static string: the error carries names).
+fn event_full(event: &str) -> &'static str {
+    const _: () = assert!(MAX_HISTORY == 256, "the messages below name the limit");
+    if event == "pause" { "pause (history full: 256 steps)" } else { "resume (history full: 256 steps)" }
 }
 
 impl Lifecycle {
@@ -359,6 +374,30 @@ mod tests {
             Just(MigrationEvent::Abort),
             Just(MigrationEvent::Fail { reason: "timeout".into() }),
         ]
+    }
+
+    #[test]
+    fn pause_and_resume_stop_at_a_full_history_while_the_lifecycle_goes_on() {
+        let mut m = Lifecycle::new();
+        for e in [MigrationEvent::PlanWritten, MigrationEvent::DestinationLeaseBound, MigrationEvent::DestinationReady]
+        {
+            m.apply(e, 1).expect("accepted");
+        }
+        let mut accepted = 0;
+        for i in 0..1_000 {
+            let e = if i % 2 == 0 { MigrationEvent::Pause } else { MigrationEvent::Resume };
+            if m.apply(e, 2 + i).is_ok() {
+                accepted += 1;
+            }
+        }
+        assert_eq!(m.history.len(), MAX_HISTORY);
+        assert_eq!(accepted, MAX_HISTORY - 3);
+        let refused = m.apply(MigrationEvent::Pause, 5_000).expect_err("full");
+        assert!(refused.to_string().contains("history full"), "{refused}");
+        // The manager's events are still recorded: the migration can end.
+        m.apply(MigrationEvent::CutOver { reason: "deadline".into() }, 6_000).expect("cut over");
+        m.apply(MigrationEvent::RouterCompleted, 7_000).expect("completed");
+        assert_eq!(m.state, MigrationState::Completed);
     }
 
     #[test]

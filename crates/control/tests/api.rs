@@ -648,3 +648,29 @@ fn a_shadowing_migration_shows_the_router_s_patterns_and_forecast_and_metrics_ha
     s.manager.advance(1, MigrationEvent::Abort, NOW).unwrap();
     assert!(s.get("/v1/migrations/1", ACME).body.get("observed").is_none());
 }
+
+/// The migration list comes a page at a time: `after` and `limit` walk it in id order, a short
+/// page is the last, and a limit out of range is a precise 400.
+#[test]
+fn the_migration_list_is_paged() {
+    let s = Server::with_inventory("paged");
+    for _ in 0..5 {
+        assert_eq!(
+            s.post(&format!("/v1/addresses/{X}/reassign"), ACME, json!({"to": "vm-b", "migrate": true})).status,
+            202
+        );
+        let id = s.get("/v1/migrations", ACME).body.as_array().unwrap().last().unwrap()["id"].as_u64().unwrap();
+        assert_eq!(s.post(&format!("/v1/migrations/{id}/abort"), ACME, json!({})).status, 200);
+    }
+    let ids = |path: &str| -> Vec<u64> {
+        s.get(path, ACME).body.as_array().unwrap().iter().map(|m| m["id"].as_u64().unwrap()).collect()
+    };
+    assert_eq!(ids("/v1/migrations"), [1, 2, 3, 4, 5]);
+    assert_eq!(ids("/v1/migrations?limit=2"), [1, 2]);
+    assert_eq!(ids("/v1/migrations?after=2&limit=2"), [3, 4]);
+    assert_eq!(ids("/v1/migrations?after=4&limit=2"), [5], "a short page is the last");
+    assert_eq!(ids("/v1/migrations?after=5"), Vec::<u64>::new());
+    assert_error(&s.get("/v1/migrations?limit=0", ACME), 400, "bad_request");
+    assert_error(&s.get("/v1/migrations?limit=1001", ACME), 400, "bad_request");
+    assert_error(&s.get("/v1/migrations?limit=many", ACME), 400, "bad_request");
+}

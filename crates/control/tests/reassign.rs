@@ -371,3 +371,34 @@ fn a_dry_run_answers_the_plan_and_changes_nothing() {
     let m = migrating(inv.reassign(Some("acme"), X, &request("vm-b", true), NOW, lease_end, DeadlinePolicy::default()));
     assert_eq!((m.id, m.plan), (1, Some(*plan)));
 }
+
+/// Ended migrations go after their age or beyond the count, newest kept; a migration that has
+/// not ended is never removed, however old.
+#[test]
+fn retention_removes_ended_migrations_by_age_and_count_and_never_a_live_one() {
+    use ipshadow_control::migration::MigrationEvent as E;
+    use ipshadow_control::retention::{Retention, purge_ended};
+    let inv = inventory("retention");
+    // Five migrations to B, each aborted (X stays A's) a minute after the previous one.
+    for i in 0..5u64 {
+        let at = NOW + i * 60_000;
+        inv.reassign(Some("acme"), X, &request("vm-b", true), at, None, DeadlinePolicy::default()).unwrap();
+        inv.advance(i + 1, E::Abort, at + 1).unwrap();
+    }
+    // A sixth, still running.
+    let live_at = NOW + 5 * 60_000;
+    inv.reassign(Some("acme"), X, &request("vm-b", true), live_at, None, DeadlinePolicy::default()).unwrap();
+    let ids = |inv: &Inventory<RedbStore>| inv.migrations(None).unwrap().iter().map(|m| m.id).collect::<Vec<_>>();
+    assert_eq!(ids(&inv), [1, 2, 3, 4, 5, 6]);
+
+    // At most three ended kept: the two oldest go.
+    let keep3 = Retention { max_age: Duration::from_secs(3600), max_ended: 3 };
+    assert_eq!(purge_ended(inv.store(), &keep3, live_at).unwrap(), 2);
+    assert_eq!(ids(&inv), [3, 4, 5, 6]);
+    assert_eq!(purge_ended(inv.store(), &keep3, live_at).unwrap(), 0, "nothing more to remove");
+
+    // A day later every ended one is past its age; the live one stays.
+    let day = Retention { max_age: Duration::from_secs(3600), max_ended: 10_000 };
+    assert_eq!(purge_ended(inv.store(), &day, live_at + 86_400_000).unwrap(), 3);
+    assert_eq!(ids(&inv), [6]);
+}

@@ -5,7 +5,7 @@
 //! packets (cut-over RSTs), and probes the VMs with ARP for health checks. Frames in; frames out, each for a port. The simulator and the
 //! Linux data plane drive the same code.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, VecDeque};
 use std::net::Ipv4Addr;
 
 use etherparse::{ArpHardwareId, ArpOperation, ArpPacket, EtherType, Ethernet2Header};
@@ -25,6 +25,10 @@ pub enum Out {
     /// To a VM's port (index into the router's VM ports).
     Vm(usize, Vec<u8>),
 }
+
+/// Reset client endpoints a router lists (for telling a client that was cut over from one broken
+/// by accident): enough for the last migrations' flows between two reports, a few hundred KB.
+pub const RESET_CLIENTS_KEPT: usize = 16_384;
 
 /// Frames the router handled, by fate.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -53,6 +57,9 @@ pub struct PortStats {
     pub dropped: BTreeMap<String, u64>,
     /// RSTs the router sent itself (at the end of a migration).
     pub resets_sent: u64,
+    /// Reset client endpoints no longer listed (more than [`RESET_CLIENTS_KEPT`] since).
+    #[serde(default)]
+    pub reset_clients_forgotten: u64,
     /// FINs and ACKs the router sent itself to clients closing A's flows in order.
     #[serde(default)]
     pub closes_sent: u64,
@@ -96,8 +103,9 @@ pub struct RouterNode {
     /// it for seconds, RFC 5227), which is when it can take flows. Kept only for the ports of
     /// addresses shadowed now, so a VM cannot grow it with answers for other addresses.
     pub probe_answers: BTreeMap<(usize, Ipv4Addr), Instant>,
-    /// Client TCP endpoints the router reset at the end of a migration.
-    pub reset_clients: BTreeSet<(Ipv4Addr, u16)>,
+    /// Client TCP endpoints the router reset at the end of a migration, the last
+    /// [`RESET_CLIENTS_KEPT`] of them (older ones counted in `reset_clients_forgotten`).
+    pub reset_clients: VecDeque<(Ipv4Addr, u16)>,
     /// Counters of this node.
     pub stats: PortStats,
 }
@@ -129,7 +137,7 @@ impl RouterNode {
             flood: None,
             probe_replies,
             probe_answers: BTreeMap::new(),
-            reset_clients: BTreeSet::new(),
+            reset_clients: VecDeque::new(),
             stats: PortStats::default(),
         }
     }
@@ -356,7 +364,11 @@ impl RouterNode {
             if t.kind == crate::router::TransmitKind::Reset && d.len() >= 24 && d[9] == 6 {
                 let ihl = usize::from(d[0] & 0x0f) * 4;
                 if d.len() >= ihl + 4 {
-                    self.reset_clients.insert((t.to, u16::from_be_bytes([d[ihl + 2], d[ihl + 3]])));
+                    if self.reset_clients.len() == RESET_CLIENTS_KEPT {
+                        self.reset_clients.pop_front();
+                        self.stats.reset_clients_forgotten += 1;
+                    }
+                    self.reset_clients.push_back((t.to, u16::from_be_bytes([d[ihl + 2], d[ihl + 3]])));
                 }
             }
             frame[0..6].copy_from_slice(&mac);

@@ -39,4 +39,4 @@ pub use shadow::{
     Affinity, CongestionControlParameters, EntryCounters, EntryState, MigrationOptions, Mode, Ramp, RampStep,
     ShadowingEntry, Signal, SplitChange, SplitController, SplitReason, Strategy, VmId,
 };
-pub use time::Instant;
+pub use time::{Clocks, Instant, WallOffset};

@@ -3,6 +3,13 @@
 //! The core never reads a clock: every call takes `now`. [`Instant`] is a point on the caller's
 //! monotonic clock in microseconds since an epoch the caller chooses (process start, or 0 in a
 //! simulation). Durations are `core::time::Duration`.
+//!
+//! Two clocks meet at the edges. Flow timers, probes and ramps run on the monotonic clock, which
+//! an NTP step or an operator's `date -s` never moves. Deadlines and lease ends are agreed with
+//! other processes (the manager, the DHCP server) on the wall clock. [`Clocks`] is one reading of
+//! both; its [`WallOffset`] turns a wall-clock deadline into a monotonic one when it is first
+//! heard of, and that conversion is kept: a later step of the wall clock moves no deadline
+//! already installed.
 
 use core::ops::{Add, Sub};
 use core::time::Duration;
@@ -92,6 +99,62 @@ impl core::fmt::Display for Instant {
     }
 }
 
+/// One reading of both clocks, taken together by the driver.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Clocks {
+    /// The monotonic clock: the core's time.
+    pub now: Instant,
+    /// The wall clock, in unix microseconds: the time deadlines and lease ends are written in.
+    pub wall: Instant,
+}
+
+impl Clocks {
+    /// Both clocks read at the same moment.
+    pub const fn new(now: Instant, wall: Instant) -> Self {
+        Self { now, wall }
+    }
+
+    /// The same clock for both (a simulation, or a driver whose monotonic epoch is the unix one
+    /// and whose wall clock has not stepped).
+    pub const fn single(now: Instant) -> Self {
+        Self { now, wall: now }
+    }
+
+    /// How far the monotonic clock is from the wall clock at this reading.
+    pub fn offset(self) -> WallOffset {
+        WallOffset { micros: i128::from(self.now.as_micros()) - i128::from(self.wall.as_micros()) }
+    }
+}
+
+/// The difference between the monotonic clock and the wall clock at one reading: converts a
+/// wall-clock time into monotonic time and back. Kept per deadline from when it was heard of, so
+/// that a step of the wall clock does not move it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct WallOffset {
+    /// Monotonic minus wall, in microseconds.
+    micros: i128,
+}
+
+impl WallOffset {
+    /// No difference (both clocks the same).
+    pub const ZERO: Self = Self { micros: 0 };
+
+    /// The monotonic time of the wall-clock time `wall` (saturating at the ends of time).
+    pub fn to_monotonic(self, wall: Instant) -> Instant {
+        Self::shift(wall, self.micros)
+    }
+
+    /// The wall-clock time of the monotonic time `now` (saturating at the ends of time).
+    pub fn to_wall(self, now: Instant) -> Instant {
+        Self::shift(now, -self.micros)
+    }
+
+    fn shift(t: Instant, by: i128) -> Instant {
+        let micros = (i128::from(t.as_micros()) + by).clamp(0, i128::from(u64::MAX));
+        Instant::from_micros(micros as u64)
+    }
+}
+
 /// Serde helper: durations as whole milliseconds, the unit operators write in config and API.
 pub mod duration_ms {
     use core::time::Duration;
@@ -121,5 +184,21 @@ mod tests {
         assert_eq!(t - Instant::from_secs(1), Duration::from_secs(1));
         assert_eq!(Instant::from_micros(u64::MAX) + Duration::from_secs(1), Instant::from_micros(u64::MAX));
         assert_eq!(Instant::from_millis(1_234).to_string(), "1.234000s");
+    }
+
+    #[test]
+    fn a_wall_time_converts_to_monotonic_and_back() {
+        // The monotonic clock started at 0 when the wall clock read 10,000 s.
+        let clocks = Clocks::new(Instant::from_secs(5), Instant::from_secs(10_005));
+        let offset = clocks.offset();
+        assert_eq!(offset.to_monotonic(Instant::from_secs(10_300)), Instant::from_secs(300));
+        assert_eq!(offset.to_wall(Instant::from_secs(300)), Instant::from_secs(10_300));
+        // A deadline before the monotonic epoch saturates rather than wrapping.
+        assert_eq!(offset.to_monotonic(Instant::from_secs(10)), Instant::ZERO);
+        assert_eq!(Clocks::single(Instant::from_secs(9)).offset(), WallOffset::ZERO);
+        // After a step of the wall clock one hour back, the same deadline seen anew would move:
+        // that is why a conversion is kept from when the deadline was first heard of.
+        let stepped = Clocks::new(Instant::from_secs(6), Instant::from_secs(10_006 - 3_600)).offset();
+        assert_eq!(stepped.to_monotonic(Instant::from_secs(10_300)), Instant::from_secs(3_900));
     }
 }

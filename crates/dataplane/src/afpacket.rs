@@ -113,14 +113,13 @@ impl AfPacketPort {
             return Err(io::Error::new(io::ErrorKind::NotFound, format!("no interface {interface}")));
         }
         let protocol = (libc::ETH_P_ALL as u16).to_be();
+        // Protocol 0: the socket takes no frame at all until `bind` below names the interface
+        // and the protocol. Opened with ETH_P_ALL it would take every interface's frames into
+        // its ring from this moment (a port set up while another interface is busy would then
+        // forward, or learn a VM's MAC from, frames that never crossed its interface).
         // SAFETY: plain system call; a negative result is an error, anything else a new descriptor.
-        let raw = unsafe {
-            libc::socket(
-                libc::AF_PACKET,
-                libc::SOCK_RAW | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
-                i32::from(protocol),
-            )
-        };
+        let raw =
+            unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK, 0) };
         check(raw)?;
         // SAFETY: `raw` is a descriptor we just opened and own alone.
         let fd = unsafe { OwnedFd::from_raw_fd(raw) };

@@ -7,12 +7,17 @@
 //! document changes, and once at start, [`Reconciler::apply`] makes the router match it. A router
 //! that restarts reads the same document and resumes every migration at its recorded split,
 //! which is what lets it be killed at any moment.
+//!
+//! The document's deadlines are wall-clock times (the manager's and the DHCP server's clock);
+//! the router runs on its monotonic clock. Each entry's deadline is converted when the entry is
+//! installed and with that entry's conversion from then on, so a step of the wall clock neither
+//! moves a cut-over nor, since flows live on the monotonic clock, expires a flow.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
 use ipshadow_core::l2::RouterNode;
-use ipshadow_core::{EntryState, Instant, RouterError, ShadowingEntry, VmId, VmRef};
+use ipshadow_core::{Clocks, EntryState, Instant, RouterError, ShadowingEntry, VmId, VmRef, WallOffset};
 use serde::{Deserialize, Serialize};
 
 /// What the manager wants the router to do.
@@ -81,9 +86,11 @@ pub struct Reconciler {
     promoted: BTreeSet<(Ipv4Addr, Instant)>,
     /// Start time of the migration installed for each address.
     installed: BTreeMap<Ipv4Addr, Instant>,
-    /// When each installed entry was installed, by the router's clock (what the manager's
-    /// latency from API call to active entry is measured against).
+    /// When each installed entry was installed, by the wall clock (what the manager's latency
+    /// from API call to active entry is measured against).
     installed_at: BTreeMap<Ipv4Addr, Instant>,
+    /// The wall-to-monotonic conversion of each installed entry's deadline, fixed at install.
+    offsets: BTreeMap<Ipv4Addr, WallOffset>,
 }
 
 impl Reconciler {
@@ -96,19 +103,27 @@ impl Reconciler {
     /// the document may still list it until the manager catches up.
     pub fn migration_ended(&mut self, ip: Ipv4Addr) {
         self.installed_at.remove(&ip);
+        self.offsets.remove(&ip);
         if let Some(start) = self.installed.remove(&ip) {
             self.ended.insert((ip, start));
         }
     }
 
-    /// When each shadowed address's current entry was installed in this router.
+    /// When each shadowed address's current entry was installed in this router (wall clock).
     pub fn installed_at(&self) -> &BTreeMap<Ipv4Addr, Instant> {
         &self.installed_at
     }
 
+    /// The conversion between the wall clock and the router's monotonic clock fixed when the
+    /// entry of `ip` was installed (none if it is not installed).
+    pub fn offset(&self, ip: Ipv4Addr) -> Option<WallOffset> {
+        self.offsets.get(&ip).copied()
+    }
+
     /// Makes `node` match `desired`. Every part that can be applied is; the errors say what could
     /// not (a bad entry does not stop the others).
-    pub fn apply(&mut self, node: &mut RouterNode, desired: &Desired, now: Instant) -> Vec<ReconcileError> {
+    pub fn apply(&mut self, node: &mut RouterNode, desired: &Desired, clocks: Clocks) -> Vec<ReconcileError> {
+        let now = clocks.now;
         let mut errors = Vec::new();
         let wanted: BTreeSet<Ipv4Addr> = desired.entries.iter().map(|d| d.entry.ip_address).collect();
         // Entries the manager removed while the router still shadows them: the address goes to
@@ -124,13 +139,20 @@ impl Reconciler {
                 node.core.cut_over(ip, now)
             };
             self.ended.insert((ip, entry.migration_start_time));
+            self.offsets.remove(&ip);
             node.unshadow(ip);
             if let Err(source) = result {
                 errors.push(ReconcileError::Refused { ip, source });
             }
         }
+        // Migrations the document no longer lists cannot come back with the same start: what is
+        // remembered of them goes (the lists would otherwise grow with every migration).
+        let listed: BTreeSet<(Ipv4Addr, Instant)> =
+            desired.entries.iter().map(|d| (d.entry.ip_address, d.entry.migration_start_time)).collect();
+        self.ended.retain(|key| listed.contains(key));
+        self.promoted.retain(|key| listed.contains(key));
         for d in &desired.entries {
-            if let Err(e) = self.apply_entry(node, d, now) {
+            if let Err(e) = self.apply_entry(node, d, clocks) {
                 errors.push(e);
             }
         }
@@ -168,7 +190,8 @@ impl Reconciler {
         }
     }
 
-    fn apply_entry(&mut self, node: &mut RouterNode, d: &DesiredEntry, now: Instant) -> Result<(), ReconcileError> {
+    fn apply_entry(&mut self, node: &mut RouterNode, d: &DesiredEntry, clocks: Clocks) -> Result<(), ReconcileError> {
+        let now = clocks.now;
         let wanted = &d.entry;
         let ip = wanted.ip_address;
         let key = (ip, wanted.migration_start_time);
@@ -181,9 +204,9 @@ impl Reconciler {
             Some(_) => {
                 // Another migration of the same address: the old one is over for the manager.
                 node.core.cut_over(ip, now).map_err(refused)?;
-                self.install(node, wanted, now)?
+                self.install(node, wanted, clocks)?
             }
-            None => self.install(node, wanted, now)?,
+            None => self.install(node, wanted, clocks)?,
         };
         if d.lease_bound && current.state == EntryState::WaitingForLease {
             node.core.lease_bound(ip, now).map_err(refused)?;
@@ -197,8 +220,10 @@ impl Reconciler {
             }
             _ => {}
         }
-        if current.options.deadline != wanted.options.deadline {
-            node.core.set_deadline(ip, wanted.options.deadline).map_err(refused)?;
+        let offset = self.offsets.get(&ip).copied().unwrap_or(clocks.offset());
+        let deadline = wanted.options.deadline.map(|d| offset.to_monotonic(d));
+        if current.options.deadline != deadline {
+            node.core.set_deadline(ip, deadline).map_err(refused)?;
         }
         if d.promote && self.promoted.insert(key) {
             node.core.promote(ip, now).map_err(refused)?;
@@ -222,15 +247,19 @@ impl Reconciler {
         &mut self,
         node: &mut RouterNode,
         entry: &ShadowingEntry,
-        now: Instant,
+        clocks: Clocks,
     ) -> Result<ShadowingEntry, ReconcileError> {
         let ip = entry.ip_address;
         let port = |vm: &VmId| node.port_of(vm).ok_or_else(|| ReconcileError::UnknownVm { ip, vm: vm.clone() });
         let (source, destination) = (port(&entry.source_vm_id)?, port(&entry.destination_vm_id)?);
-        node.core.add_entry(entry.clone(), now).map_err(|source| ReconcileError::Refused { ip, source })?;
+        let offset = clocks.offset();
+        let mut installed = entry.clone();
+        installed.options.deadline = entry.options.deadline.map(|d| offset.to_monotonic(d));
+        node.core.add_entry(installed.clone(), clocks.now).map_err(|source| ReconcileError::Refused { ip, source })?;
         node.shadow_ports(ip, source, destination);
         self.installed.insert(ip, entry.migration_start_time);
-        self.installed_at.insert(ip, now);
-        Ok(node.core.entry(ip).unwrap_or_else(|| entry.clone()))
+        self.installed_at.insert(ip, clocks.wall);
+        self.offsets.insert(ip, offset);
+        Ok(node.core.entry(ip).unwrap_or(installed))
     }
 }

@@ -7,7 +7,9 @@ use std::io;
 use std::net::Ipv4Addr;
 
 use ipshadow_core::l2::{Out, RouterNode};
-use ipshadow_core::{Event, Instant};
+use std::collections::VecDeque;
+
+use ipshadow_core::{Clocks, Event, Instant};
 
 use crate::PacketPort;
 use crate::desired::{Desired, ReconcileError, Reconciler};
@@ -15,6 +17,10 @@ use crate::status::{AddressPatterns, EndedMigration, ProbeStatus, Status};
 
 /// Frames taken from one port before the next port gets its turn.
 pub const BATCH: usize = 256;
+
+/// Ended migrations kept for the status report: the manager reads a report a few times a second
+/// and records what it finds, so the last ones are all it needs; older ones are counted.
+pub const ENDED_KEPT: usize = 256;
 
 /// A router node with its ports.
 pub struct Forwarder<P: PacketPort> {
@@ -26,7 +32,9 @@ pub struct Forwarder<P: PacketPort> {
     pub node: RouterNode,
     reconciler: Reconciler,
     out: Vec<Out>,
-    ended: Vec<EndedMigration>,
+    ended: VecDeque<EndedMigration>,
+    /// Ended migrations no longer in the report (more than [`ENDED_KEPT`] ended since).
+    ended_forgotten: u64,
     errors: Vec<String>,
     /// Frames handed to the node so far.
     pub frames: u64,
@@ -44,7 +52,8 @@ impl<P: PacketPort> Forwarder<P> {
             node,
             reconciler: Reconciler::new(),
             out: Vec::with_capacity(2 * BATCH),
-            ended: Vec::new(),
+            ended: VecDeque::new(),
+            ended_forgotten: 0,
             errors: Vec::new(),
             frames: 0,
             flush_errors: 0,
@@ -87,8 +96,9 @@ impl<P: PacketPort> Forwarder<P> {
 
     /// Brings the router in line with the manager's desired state; returns what could not be
     /// applied (also kept for the status report).
-    pub fn apply(&mut self, desired: &Desired, now: Instant) -> &[String] {
-        let errors: Vec<ReconcileError> = self.reconciler.apply(&mut self.node, desired, now);
+    pub fn apply(&mut self, desired: &Desired, clocks: Clocks) -> &[String] {
+        let now = clocks.now;
+        let errors: Vec<ReconcileError> = self.reconciler.apply(&mut self.node, desired, clocks);
         // The reconciler may have cut over or rolled back: RSTs to send, events to record.
         self.node.poll(now, &mut self.out);
         self.transmit();
@@ -97,8 +107,12 @@ impl<P: PacketPort> Forwarder<P> {
         &self.errors
     }
 
-    /// The status report, without the interface counters (the caller knows its ports).
-    pub fn status(&self, started: Instant, now: Instant) -> Status {
+    /// The status report, without the interface counters (the caller knows its ports). Its
+    /// times are wall-clock times, the manager's: `started` is one already; the router's
+    /// monotonic times are converted at `clocks`, each entry's deadline as it was installed.
+    pub fn status(&self, started: Instant, clocks: Clocks) -> Status {
+        let now = clocks.now;
+        let wall = |t: Instant| clocks.offset().to_wall(t);
         let probes = self
             .node
             .ports()
@@ -107,28 +121,38 @@ impl<P: PacketPort> Forwarder<P> {
             .enumerate()
             .map(|(port, ((vm, _), last))| ProbeStatus {
                 vm: vm.clone(),
-                last_reply: *last,
+                last_reply: last.map(wall),
                 answered: self
                     .node
                     .probe_answers
                     .range((port, Ipv4Addr::UNSPECIFIED)..=(port, Ipv4Addr::BROADCAST))
-                    .map(|(&(_, ip), &at)| (ip, at))
+                    .map(|(&(_, ip), &at)| (ip, wall(at)))
                     .collect(),
             })
             .collect();
         Status {
             pid: std::process::id(),
             started,
-            updated: now,
-            entries: self.node.core.entries().collect(),
-            ended: self.ended.clone(),
+            updated: clocks.wall,
+            entries: self
+                .node
+                .core
+                .entries()
+                .map(|mut e| {
+                    let offset = self.reconciler.offset(e.ip_address).unwrap_or(clocks.offset());
+                    e.options.deadline = e.options.deadline.map(|d| offset.to_wall(d));
+                    e
+                })
+                .collect(),
+            ended: self.ended.iter().map(|m| EndedMigration { at: wall(m.at), ..m.clone() }).collect(),
+            ended_forgotten: self.ended_forgotten,
             flows: self.node.core.flow_count(),
             counters: *self.node.core.counters(),
             l2: self.node.stats.clone(),
             ports: Vec::new(),
             flush_errors: self.flush_errors,
             probes,
-            reset_clients: self.node.reset_clients.clone(),
+            reset_clients: self.node.reset_clients.iter().copied().collect(),
             errors: self.errors.clone(),
             installed_at: self
                 .reconciler
@@ -177,7 +201,11 @@ impl<P: PacketPort> Forwarder<P> {
             if let Event::MigrationEnded { ip, outcome, report, at } = event {
                 self.reconciler.migration_ended(ip);
                 self.node.unshadow(ip);
-                self.ended.push(EndedMigration { ip, outcome, report, at });
+                if self.ended.len() == ENDED_KEPT {
+                    self.ended.pop_front();
+                    self.ended_forgotten += 1;
+                }
+                self.ended.push_back(EndedMigration { ip, outcome, report, at });
             }
         }
         *self.node.core.sink_mut() = events;

@@ -21,8 +21,12 @@ pub struct Status {
     pub updated: Instant,
     /// The shadowing table: one entry per shadowed address, with its state, split and counters.
     pub entries: Vec<ShadowingEntry>,
-    /// Migrations that ended in this router process (deadline reached, cut over, rolled back).
+    /// Migrations that ended in this router process (deadline reached, cut over, rolled back),
+    /// the last [`ENDED_KEPT`](crate::forward::ENDED_KEPT) of them.
     pub ended: Vec<EndedMigration>,
+    /// Migrations that ended longer ago than the last kept ones.
+    #[serde(default)]
+    pub ended_forgotten: u64,
     /// Flows tracked.
     pub flows: usize,
     /// The core's counters (every dropped packet is in exactly one).

@@ -90,3 +90,75 @@ fn frames_cross_a_veth_through_the_receive_ring_in_order_and_intact() {
     assert_eq!(got.len(), sent.len(), "every frame arrived ({stats:?})");
     assert!(got == sent, "in order and byte for byte");
 }
+
+/// A port takes only its own interface's frames from its first moment: while another veth pair
+/// of the same namespace is flooded, ports opened again and again on the first pair never find
+/// a flood frame in their rings (an unbound packet socket takes every interface's frames until
+/// `bind`). The port's own traffic arriving proves each ring was read, and the flood's counter
+/// proves it ran while the ports opened.
+#[test]
+fn a_port_never_holds_another_interfaces_frames() {
+    let name = format!("ipdb{}", std::process::id() % 100_000);
+    if !sh(&format!("ip netns add {name}")) {
+        assert!(std::env::var("CI").as_deref() != Ok("true"), "needs root and network namespaces (CI=true)");
+        eprintln!("SKIPPED: needs root and network namespaces");
+        return;
+    }
+    let ns = Namespace(name);
+    for pair in ["ipdb0 type veth peer name ipdb1", "ipdf0 type veth peer name ipdf1"] {
+        assert!(sh(&format!("ip -n {n} link add {pair}", n = ns.0)));
+    }
+    assert!(sh(&format!("for l in ipdb0 ipdb1 ipdf0 ipdf1; do ip -n {n} link set $l up || exit 1; done", n = ns.0)));
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let name = ns.0.clone();
+    let flood_stop = stop.clone();
+    // The flood: frames of another EtherType (0x88b6) into ipdf1, as fast as a ring sends them.
+    let flood = std::thread::spawn(move || {
+        netns::enter(&name).unwrap();
+        let mut tx = AfPacketPort::open("ipdf0", RingConfig::default()).unwrap();
+        let mut f = frame(0, 60);
+        f[12..14].copy_from_slice(&[0x88, 0xb6]);
+        while !flood_stop.load(std::sync::atomic::Ordering::Relaxed) {
+            for _ in 0..64 {
+                if tx.send(&f).is_err() {
+                    break;
+                }
+            }
+            let _ = tx.flush();
+        }
+        tx.stats().sent
+    });
+    let name = ns.0.clone();
+    let (foreign, own, opened) = std::thread::spawn(move || {
+        netns::enter(&name).unwrap();
+        let mut tx = AfPacketPort::open("ipdb0", RingConfig::default()).unwrap();
+        let (mut foreign, mut own) = (0u64, 0u64);
+        for n in 0..30u32 {
+            let mut rx = AfPacketPort::open("ipdb1", RingConfig::default()).unwrap();
+            tx.send(&frame(n, 60)).unwrap();
+            tx.flush().unwrap();
+            let start = Instant::now();
+            let mut arrived = false;
+            while !arrived && start.elapsed() < Duration::from_secs(5) {
+                rx.wait(50).unwrap();
+                rx.receive(usize::MAX, &mut |f| match f.get(12..14) {
+                    Some([0x88, 0xb6]) => foreign += 1,
+                    Some([0x88, 0xb5]) if f[14..18] == n.to_be_bytes() => {
+                        own += 1;
+                        arrived = true;
+                    }
+                    _ => {}
+                })
+                .unwrap();
+            }
+        }
+        (foreign, own, 30u64)
+    })
+    .join()
+    .unwrap();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let flooded = flood.join().unwrap();
+    assert_eq!(own, opened, "each port received its own interface's frame");
+    assert!(flooded > 10_000, "the flood ran while the ports opened ({flooded} frames)");
+    assert_eq!(foreign, 0, "frames of another interface in a port's ring ({flooded} flooded)");
+}

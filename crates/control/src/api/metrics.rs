@@ -110,6 +110,52 @@ ipshadow_router_report_age_seconds {}",
     }
 }
 
+/// The router's frame counters, neighbour table and drops by reason, from its latest report:
+/// what shows a flood of remote input (random sources filling the neighbour table, frames
+/// dropped) before it hurts.
+fn router_counters(out: &mut String, status: &ipshadow_dataplane::Status) {
+    let l2 = &status.l2;
+    let series: [(&str, &str, &str, u64); 12] = [
+        ("router_frames_to_vms_total", "counter", "Frames forwarded from the provider side to VMs.", l2.to_vms),
+        (
+            "router_frames_to_provider_total",
+            "counter",
+            "Frames forwarded from VMs to the provider side.",
+            l2.to_provider,
+        ),
+        ("router_no_route_total", "counter", "Frames with no route (unknown destination or client MAC).", l2.no_route),
+        ("router_arp_answered_total", "counter", "ARP requests the router answered.", l2.arp_answered),
+        ("router_arp_requests_total", "counter", "ARP requests the router sent for unknown clients.", l2.arp_requests),
+        ("router_neighbours", "gauge", "Client addresses in the provider-side neighbour table.", l2.neighbours),
+        (
+            "router_neighbours_evicted_total",
+            "counter",
+            "Neighbour entries evicted at the table's cap.",
+            l2.neighbours_evicted,
+        ),
+        ("router_neighbours_aged_total", "counter", "Neighbour entries forgotten after their age.", l2.neighbours_aged),
+        ("router_resets_sent_total", "counter", "RSTs the router sent at the end of migrations.", l2.resets_sent),
+        ("router_closes_sent_total", "counter", "FINs and ACKs the router sent closing A's flows.", l2.closes_sent),
+        ("router_flows", "gauge", "Flows the router tracks.", status.flows as u64),
+        (
+            "router_ended_forgotten_total",
+            "counter",
+            "Ended migrations older than the router's report keeps.",
+            status.ended_forgotten,
+        ),
+    ];
+    for (name, kind, help, v) in series {
+        let _ = writeln!(out, "# HELP ipshadow_{name} {help}\n# TYPE ipshadow_{name} {kind}\nipshadow_{name} {v}");
+    }
+    let _ = writeln!(
+        out,
+        "# HELP ipshadow_router_dropped_total Frames the router dropped, by reason.\n# TYPE ipshadow_router_dropped_total counter"
+    );
+    for (reason, n) in &l2.dropped {
+        let _ = writeln!(out, "ipshadow_router_dropped_total{{reason=\"{reason}\"}} {n}");
+    }
+}
+
 /// Counts of VMs, addresses and migrations by state, each shadowed address's split, and from
 /// the router's latest report (when a router runs in this process) each shadowed address's open
 /// and idle flows on A and B, arrival rate, drain forecast (p50, p90) and flows expected open at
@@ -147,6 +193,7 @@ pub async fn metrics<S: Store>(State(state): State<ApiState<S>>, caller: Caller)
     }
     if let Some(status) = state.parts.router_status.as_ref().and_then(|f| f()) {
         patterns(&mut out, &status, (state.clock)());
+        router_counters(&mut out, &status);
     }
     let content_type = HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8");
     Ok(([(header::CONTENT_TYPE, content_type)], out).into_response())

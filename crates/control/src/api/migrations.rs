@@ -5,21 +5,47 @@
 use axum::Json;
 use axum::extract::State;
 
-use super::error::{ApiPath, ErrorBody};
+use serde::Deserialize;
+
+use super::error::{ApiPath, ApiQuery, ErrorBody};
 use super::observed::{MigrationView, observe};
 use super::{ApiError, ApiState, Caller};
 use crate::migration::MigrationEvent;
 use crate::reassign::Migration;
 use crate::store::Store;
 
-/// The migrations the caller may see, oldest first.
-#[utoipa::path(get, path = "/v1/migrations", tag = "migrations", security(("bearer" = [])),
-    responses((status = 200, body = [Migration]), (status = 401, body = ErrorBody)))]
+/// Most migrations in one page of the list.
+pub const MAX_PAGE: u32 = 1000;
+
+/// A page of the migration list.
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct Page {
+    /// Only migrations with an id above this one (the last id of the previous page).
+    pub after: Option<u64>,
+    /// Most migrations returned, 1 to 1000 (default 1000).
+    pub limit: Option<u32>,
+}
+
+/// The migrations the caller may see, oldest first, a page at a time: a page shorter than its
+/// `limit` is the last. Ended migrations stay for the server's retention (by default 30 days,
+/// at most 10,000).
+#[utoipa::path(get, path = "/v1/migrations", tag = "migrations", security(("bearer" = [])), params(Page),
+    responses((status = 200, body = [Migration]), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
 pub async fn list_migrations<S: Store>(
     State(state): State<ApiState<S>>,
     caller: Caller,
+    ApiQuery(page): ApiQuery<Page>,
 ) -> Result<Json<Vec<Migration>>, ApiError> {
-    state.blocking(move |inv| Ok(inv.migrations(caller.tenant())?)).await.map(Json)
+    let limit = page.limit.unwrap_or(MAX_PAGE);
+    if !(1..=MAX_PAGE).contains(&limit) {
+        return Err(ApiError::bad_request(format!("limit must be within 1..={MAX_PAGE}, not {limit}")));
+    }
+    let after = page.after.unwrap_or(0);
+    let all = state.blocking(move |inv| Ok(inv.migrations(caller.tenant())?)).await?;
+    // Ids grow with creation, so id order is the list's order.
+    Ok(Json(all.into_iter().filter(|m| m.id > after).take(limit as usize).collect()))
 }
 
 /// One migration, with its state and history, and while it shadows its address the router's

@@ -548,8 +548,28 @@ pub fn run_migration(args: &MigrationArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Every migration the caller may see, page after page (the server sends at most 1000 at a time).
+fn all_migrations(api: &Api) -> anyhow::Result<serde_json::Value> {
+    const PAGE: usize = 1000;
+    let mut all = Vec::new();
+    let mut after = 0u64;
+    loop {
+        let reply = api.get(&format!("/v1/migrations?after={after}&limit={PAGE}"))?;
+        let serde_json::Value::Array(page) = reply else {
+            anyhow::bail!("the server's migration list is not a JSON array");
+        };
+        let n = page.len();
+        let last = page.last().and_then(|m| m.get("id")).and_then(serde_json::Value::as_u64);
+        all.extend(page);
+        match last {
+            Some(id) if n == PAGE && id > after => after = id,
+            _ => return Ok(serde_json::Value::Array(all)),
+        }
+    }
+}
+
 fn list(api: &Api, json: bool) -> anyhow::Result<()> {
-    let reply = api.get("/v1/migrations")?;
+    let reply = all_migrations(api)?;
     if json {
         return print_json(&reply);
     }

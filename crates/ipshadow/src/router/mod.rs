@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
 use clap::Args;
-use ipshadow_core::{CongestionControlParameters, EntryState, Instant, MigrationOptions, ShadowingEntry, VmId};
+use ipshadow_core::{Clocks, CongestionControlParameters, EntryState, Instant, MigrationOptions, ShadowingEntry, VmId};
 use ipshadow_dataplane::{Desired, DesiredEntry, Status};
 
 pub mod runtime;
@@ -93,11 +93,33 @@ fn parse_fixed(s: &str) -> Result<(Ipv4Addr, VmId, VmId, f64), String> {
     Ok((ip, VmId::from(source), VmId::from(destination), pct))
 }
 
-/// The router's clock: unix time in microseconds, the same epoch as the manager's deadlines and
-/// the DHCP server's, and the same for a restarted process.
-pub(crate) fn now() -> Instant {
+/// The wall clock: unix time in microseconds, the time of the manager's deadlines and the DHCP
+/// server's lease ends.
+pub(crate) fn wall_now() -> Instant {
     let since = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
     Instant::from_micros(since.as_micros() as u64)
+}
+
+/// The router's clocks. Its own time (flow timers, probes, ramps) is monotonic: it counts from
+/// the wall clock's reading at start, so it reads as unix time until the wall clock steps, and a
+/// step (NTP, `date -s`) moves neither a flow's expiry nor an installed deadline. The wall clock
+/// is read beside it, for deadlines first heard of and for the status report.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct RouterClock {
+    start: std::time::Instant,
+    wall_at_start: Instant,
+}
+
+impl RouterClock {
+    /// A clock whose monotonic time starts at the wall clock's now.
+    pub(crate) fn start() -> Self {
+        Self { start: std::time::Instant::now(), wall_at_start: wall_now() }
+    }
+
+    /// Both clocks, now.
+    pub(crate) fn read(&self) -> Clocks {
+        Clocks::new(self.wall_at_start + self.start.elapsed(), wall_now())
+    }
 }
 
 /// The desired state: the command line's addresses and fixed entries, plus the document.
@@ -203,17 +225,20 @@ pub fn run(args: &RouterArgs) -> anyhow::Result<()> {
     for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         signal_hook::flag::register(signal, Arc::clone(&stop)).context("installing signal handlers")?;
     }
-    let started = now();
+    let clock = RouterClock::start();
+    let clocks = clock.read();
+    let started = clocks.wall;
     let setup = RouterSetup {
         provider: args.provider.clone(),
         vms: args.vms.clone(),
         gateway: args.gateway,
         max_flows: args.max_flows,
+        neighbours: ipshadow_core::neighbours::NeighbourConfig::default(),
         kernel_sees_frames: args.kernel_sees_frames,
         busy_poll: args.busy_poll,
         status_period: Duration::from_millis(args.status_ms),
     };
-    let mut router = Router::open(setup, started)?;
+    let mut router = Router::open(setup, clocks)?;
     if let Some(dir) = &args.state_dir {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
@@ -225,10 +250,10 @@ pub fn run(args: &RouterArgs) -> anyhow::Result<()> {
     if let Err(e) = watched.refresh() {
         eprintln!("ipshadow router: {e:#}; starting without it");
     }
-    router.apply(&desired(args, &watched.document, started), started);
+    router.apply(&desired(args, &watched.document, started), clocks);
     eprintln!("ipshadow router: {} ({} shadowed)", router.describe(), router.forwarder.node.core.entries().count());
-    let mut control = FileControl { args, watched, started, next_check: started };
-    router.run(&stop, &mut control, now)?;
+    let mut control = FileControl { args, watched, started, next_check: clocks.now };
+    router.run(&stop, &mut control, || clock.read())?;
     eprintln!("ipshadow router: stopped after {} frames", router.forwarder.frames);
     Ok(())
 }

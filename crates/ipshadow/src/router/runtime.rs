@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use ipshadow_core::l2::RouterNode;
-use ipshadow_core::{Instant, RouterConfig, VmId};
+use ipshadow_core::{Clocks, Instant, RouterConfig, VmId};
 use ipshadow_dataplane::status::PortIo;
 use ipshadow_dataplane::{AfPacketPort, Desired, Forwarder, RingConfig, Status, wait_any};
 
@@ -36,6 +36,8 @@ pub struct RouterSetup {
     pub gateway: Ipv4Addr,
     /// Most flows tracked.
     pub max_flows: usize,
+    /// Bounds of the provider-side neighbour table (client addresses and their MACs).
+    pub neighbours: ipshadow_core::neighbours::NeighbourConfig,
     /// Leave the host kernel's processing of the router's frames on.
     pub kernel_sees_frames: bool,
     /// Poll the rings in a loop instead of sleeping.
@@ -83,7 +85,8 @@ pub struct Router {
 
 impl Router {
     /// Opens every port and (unless told otherwise) keeps the host kernel off the interfaces.
-    pub fn open(setup: RouterSetup, now: Instant) -> anyhow::Result<Self> {
+    pub fn open(setup: RouterSetup, clocks: Clocks) -> anyhow::Result<Self> {
+        let now = clocks.now;
         let mut seen = std::collections::BTreeSet::new();
         for vm in &setup.vms {
             if !seen.insert(&vm.id) {
@@ -102,14 +105,18 @@ impl Router {
         let provider_mac = interface_mac(&setup.provider)?;
         let vm_side_mac = interface_mac(&setup.vms[0].interface)?;
         let ports = setup.vms.iter().map(|vm| (vm.id.clone(), vm.mac.unwrap_or([0; 6]))).collect();
-        let config = RouterConfig { max_flows: setup.max_flows, ..RouterConfig::default() };
+        let config = RouterConfig {
+            max_flows: setup.max_flows,
+            neighbours: setup.neighbours.clone(),
+            ..RouterConfig::default()
+        };
         let node = RouterNode::new(config, provider_mac, vm_side_mac, setup.gateway, ports, now);
         let forwarder = Forwarder::new(provider, vms, node);
         if !setup.kernel_sees_frames {
             keep_kernel_off(&setup)
                 .context("keeping the kernel off the router's interfaces (or let the kernel see frames)")?;
         }
-        Ok(Self { setup, forwarder, started: now })
+        Ok(Self { setup, forwarder, started: clocks.wall })
     }
 
     /// One line naming the ports, for the log.
@@ -119,30 +126,32 @@ impl Router {
     }
 
     /// Applies `desired`, logging what could not be applied.
-    pub fn apply(&mut self, desired: &Desired, now: Instant) {
-        for e in self.forwarder.apply(desired, now) {
+    pub fn apply(&mut self, desired: &Desired, clocks: Clocks) {
+        for e in self.forwarder.apply(desired, clocks) {
             eprintln!("ipshadow router: not applied: {e}");
         }
     }
 
     /// The status report with the interfaces' counters.
-    pub fn status(&self, now: Instant) -> Status {
-        let mut status = self.forwarder.status(self.started, now);
+    pub fn status(&self, clocks: Clocks) -> Status {
+        let mut status = self.forwarder.status(self.started, clocks);
         status.ports = self.port_io();
         status
     }
 
-    /// Forwards until `stop` is set, following `control`. `clock` is the router's time.
+    /// Forwards until `stop` is set, following `control`. `clock` reads the router's clocks
+    /// (its monotonic time and the wall clock).
     pub fn run(
         &mut self,
         stop: &AtomicBool,
         control: &mut dyn RouterControl,
-        clock: impl Fn() -> Instant,
+        clock: impl Fn() -> Clocks,
     ) -> anyhow::Result<()> {
-        let mut next_report = clock();
+        let mut next_report = clock().now;
         let mut next_probe = next_report;
         while !stop.load(Ordering::Relaxed) {
-            let now = clock();
+            let clocks = clock();
+            let now = clocks.now;
             let received = self.forwarder.step(now).context("forwarding")?;
             if let Some(desired) = control.desired(now) {
                 // The clock read again: the step may have taken a while, and the installation
@@ -151,7 +160,7 @@ impl Router {
             }
             if now >= next_report {
                 next_report = now + self.setup.status_period;
-                control.report(self.status(now));
+                control.report(self.status(clocks));
             }
             if now >= next_probe {
                 next_probe = now + Duration::from_secs(1);

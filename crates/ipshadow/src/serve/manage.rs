@@ -19,8 +19,9 @@ use super::parts::{DhcpFeed, Heard, RouterFeed};
 
 /// How often time-based decisions are taken (deadlines, timeouts) when nothing else happens.
 const TICK: Duration = Duration::from_millis(200);
-/// How often expired idempotency records are removed (they expire after 24 h; a replay after
-/// that is a new request whether or not the record is still there).
+/// How often expired idempotency records and ended migrations past their retention are removed
+/// (records expire after 24 h; a replay after that is a new request whether or not the record
+/// is still there).
 const PURGE: Duration = Duration::from_secs(60);
 
 /// Where the manager's projections go.
@@ -56,6 +57,7 @@ pub fn manage(
     manager: &Manager<RedbStore>,
     heard: &Receiver<Heard>,
     outputs: &Outputs,
+    retention: &ipshadow_control::retention::Retention,
     stop: &AtomicBool,
     clock: impl Fn() -> u64,
 ) {
@@ -111,6 +113,11 @@ pub fn manage(
                 Ok(0) => {}
                 Ok(n) => eprintln!("ipshadow serve: {n} expired idempotency records removed"),
                 Err(e) => eprintln!("ipshadow serve: removing expired idempotency records: {e}"),
+            }
+            match ipshadow_control::retention::purge_ended(manager.inventory().store(), retention, now) {
+                Ok(0) => {}
+                Ok(n) => eprintln!("ipshadow serve: {n} ended migrations past their retention removed"),
+                Err(e) => eprintln!("ipshadow serve: removing ended migrations: {e}"),
             }
         }
         // The router first: a new migration's entry reaches it before the manager's own

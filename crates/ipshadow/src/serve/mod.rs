@@ -59,6 +59,36 @@ struct ServeConfig {
     /// Limits on the deadlines users may request, and how ramps are fitted to them.
     #[serde(default)]
     policy: PolicyConfig,
+    /// How long ended migrations are kept.
+    #[serde(default)]
+    retention: RetentionConfig,
+}
+
+/// The `[retention]` section: an ended migration is removed `ended_migration_days` after it
+/// ended, and only the newest `max_ended_migrations` are kept; running ones are never removed.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RetentionConfig {
+    ended_migration_days: u64,
+    max_ended_migrations: usize,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        let r = ipshadow_control::retention::Retention::default();
+        Self { ended_migration_days: r.max_age.as_secs() / 86_400, max_ended_migrations: r.max_ended }
+    }
+}
+
+impl RetentionConfig {
+    fn retention(&self) -> anyhow::Result<ipshadow_control::retention::Retention> {
+        let secs =
+            self.ended_migration_days.checked_mul(86_400).context("[retention]: ended_migration_days is too large")?;
+        Ok(ipshadow_control::retention::Retention {
+            max_age: Duration::from_secs(secs),
+            max_ended: self.max_ended_migrations,
+        })
+    }
 }
 
 /// The `[policy]` section.
@@ -141,6 +171,14 @@ struct RouterConfig {
     /// Most flows tracked.
     #[serde(default = "default_max_flows")]
     max_flows: usize,
+    /// Most client addresses in the provider-side neighbour table (the one heard from longest
+    /// ago is forgotten for a new one).
+    #[serde(default = "default_max_neighbours")]
+    max_neighbours: usize,
+    /// A client not heard from for this long is forgotten (asked for again by ARP when a VM
+    /// sends to it), seconds.
+    #[serde(default = "default_neighbour_age_secs")]
+    neighbour_age_secs: u64,
     /// Leave the host kernel's processing of the router's frames on.
     #[serde(default)]
     kernel_sees_frames: bool,
@@ -163,8 +201,19 @@ fn default_max_flows() -> usize {
     1 << 20
 }
 
+fn default_max_neighbours() -> usize {
+    ipshadow_core::neighbours::NeighbourConfig::default().max_entries
+}
+
+fn default_neighbour_age_secs() -> u64 {
+    ipshadow_core::neighbours::NeighbourConfig::default().max_age.as_secs()
+}
+
 impl RouterConfig {
     fn setup(&self) -> anyhow::Result<crate::router::RouterSetup> {
+        if self.max_neighbours == 0 || self.neighbour_age_secs == 0 {
+            bail!("[router]: max_neighbours and neighbour_age_secs must be at least 1");
+        }
         let vms = self
             .vms
             .iter()
@@ -179,6 +228,10 @@ impl RouterConfig {
             vms,
             gateway: self.gateway,
             max_flows: self.max_flows,
+            neighbours: ipshadow_core::neighbours::NeighbourConfig {
+                max_entries: self.max_neighbours,
+                max_age: Duration::from_secs(self.neighbour_age_secs),
+            },
             kernel_sees_frames: self.kernel_sees_frames,
             busy_poll: self.busy_poll,
             status_period: Duration::from_millis(200),
@@ -272,6 +325,7 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
     }
 
     let policy = config.policy.policy()?;
+    let retention = config.retention.retention()?;
     let store = open_store(&data_dir.join("store.redb"))?;
     let stop = Arc::new(AtomicBool::new(false));
     let (heard_tx, heard_rx) = std::sync::mpsc::channel();
@@ -337,7 +391,7 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
     let manager_thread = {
         let stop = Arc::clone(&stop);
         std::thread::Builder::new().name("manager".into()).spawn(move || {
-            manage::manage(&manager, &heard_rx, &outputs, &stop, unix_ms);
+            manage::manage(&manager, &heard_rx, &outputs, &retention, &stop, unix_ms);
         })?
     };
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;

@@ -107,8 +107,8 @@ pub fn start_router(
     wake_tx.set_nonblocking(true)?;
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<String, String>>();
     let thread = std::thread::Builder::new().name("router".into()).spawn(move || {
-        let now = crate::router::now();
-        let mut router = match Router::open(setup, now) {
+        let clock = crate::router::RouterClock::start();
+        let mut router = match Router::open(setup, clock.read()) {
             Ok(router) => router,
             Err(e) => {
                 let _ = ready_tx.send(Err(format!("{e:#}")));
@@ -117,7 +117,7 @@ pub fn start_router(
         };
         let _ = ready_tx.send(Ok(router.describe()));
         let mut control = FeedControl { desired: rx, wake: wake_rx, heard, status_file };
-        let result = router.run(&stop, &mut control, crate::router::now);
+        let result = router.run(&stop, &mut control, || clock.read());
         eprintln!("ipshadow serve: router stopped after {} frames", router.forwarder.frames);
         result
     })?;
