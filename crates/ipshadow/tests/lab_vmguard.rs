@@ -207,8 +207,8 @@ fn a_hostile_vm_cannot_release_decline_or_answer_for_x_in_another_s_name() {
     let a_client = a_lease["client"].as_str().unwrap().to_owned();
 
     // 3. B forges A's RELEASE and DECLINE of X, and answers for X again.
-    let server_id = (54, GATEWAY.octets().to_vec());
-    let mut in_a_s_name = vec![server_id.clone()];
+    // Option 54: to this server (a DECLINE for another server is not ours to act on).
+    let mut in_a_s_name = vec![(54, GATEWAY.octets().to_vec())];
     if let Some(id) = client_id(&a_client) {
         in_a_s_name.push((61, id));
     }
