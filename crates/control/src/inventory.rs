@@ -18,7 +18,9 @@ pub struct Vm {
     pub tenant: String,
     /// Its interface's MAC address (`02:00:00:00:00:0a`): the DHCP server's reservation.
     pub mac: String,
-    /// Where the router reaches it (the router port, by VM id, or a segment name).
+    /// Where the router reaches it: the interface of the router's host its segment is on. The
+    /// DHCP server in `serve` takes a message naming the VM only from this interface (DHCP
+    /// snooping).
     pub segment: String,
 }
 

@@ -132,8 +132,9 @@ pub fn dhcp_plans(migrations: &[Migration]) -> Vec<MigrationPlan> {
 }
 
 /// The DHCP server's reservations: every VM by its MAC, with the address it holds (the lowest,
-/// if it holds several: a DHCP client asks for one address per interface). A migration's
-/// destination holds nothing until the end; the plan leases it the address meanwhile.
+/// if it holds several: a DHCP client asks for one address per interface), bound to its
+/// segment's interface (DHCP snooping: a message in its name from elsewhere is dropped). A
+/// migration's destination holds nothing until the end; the plan leases it the address meanwhile.
 pub fn dhcp_reservations(vms: &[crate::inventory::Vm], addresses: &[Address]) -> Vec<ipshadow_dhcp::Reservation> {
     vms.iter()
         .map(|vm| ipshadow_dhcp::Reservation {
@@ -141,6 +142,7 @@ pub fn dhcp_reservations(vms: &[crate::inventory::Vm], addresses: &[Address]) ->
             mac: Some(vm.mac.clone()),
             client_id: None,
             ip: addresses.iter().filter(|a| a.vm.as_deref() == Some(vm.id.as_str())).map(|a| a.ip).min(),
+            interface: Some(vm.segment.clone()),
         })
         .collect()
 }

@@ -65,6 +65,10 @@ pub struct PortStats {
     pub closes_sent: u64,
     /// ARP frames from a VM that were neither for the gateway nor an answer to a probe.
     pub arp_ignored: u64,
+    /// ARP answers to the gateway from a VM port with a MAC other than the VM's (as the frame's
+    /// source or the ARP sender): not taken as answers to the router's health probes.
+    #[serde(default)]
+    pub probe_answers_refused: u64,
     /// DHCP requests from a VM (UDP to port 67): the host's own DHCP server answers them, so
     /// they do not cross to the provider side.
     #[serde(default)]
@@ -291,10 +295,19 @@ impl RouterNode {
         if arp.operation == ARP_REQUEST && arp.target_ip == self.gateway {
             self.stats.arp_answered += 1;
             out.push(Out::Vm(port, arp_reply(self.vm_side_mac, arp)));
-        } else if arp.operation == ARP_REPLY
-            && arp.target_ip == self.gateway
-            && let Some(last) = self.probe_replies.get_mut(port)
-        {
+        } else if arp.operation == ARP_REPLY && arp.target_ip == self.gateway {
+            // Source guard (Neutron's port security): an answer to a health probe counts only
+            // with the VM's own MAC, as the frame's source and the ARP sender. A forged answer
+            // for X would otherwise tell the manager B is ready and start the ramp.
+            let own = self.ports.get(port).map(|(_, mac)| *mac);
+            let Some(last) = self
+                .probe_replies
+                .get_mut(port)
+                .filter(|_| own.is_some_and(|mac| frame.get(6..12) == Some(&mac[..]) && arp.sender_mac == mac))
+            else {
+                self.stats.probe_answers_refused += 1;
+                return;
+            };
             *last = Some(now);
             if self.shadows.get(&arp.sender_ip).is_some_and(|&(a, b)| a == port || b == port) {
                 self.probe_answers.insert((port, arp.sender_ip), now);

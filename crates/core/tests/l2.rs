@@ -89,6 +89,37 @@ fn answers_for_a_shadowed_address_are_kept_per_port_and_forgotten_with_the_shado
     assert!(out.is_empty(), "answers to probes are not forwarded anywhere");
 }
 
+/// Issue 13 item 3: an answer for X on B's port starts B's ramp only with B's MAC, as the frame's
+/// source and as the ARP sender; any other is refused and counted.
+#[test]
+fn a_probe_answer_with_another_mac_is_refused_and_counted() {
+    let mut n = node();
+    let mut out = Vec::new();
+    n.shadow_ports(X, 0, 1);
+    let forged_mac = [2, 0x66, 0, 0, 0, 1];
+    let forged = [
+        // Both MACs forged.
+        arp(2, (forged_mac, X), GATEWAY),
+        // B's frame source, another ARP sender.
+        with_macs(arp(2, (forged_mac, X), GATEWAY), VM_SIDE_MAC, MAC_B),
+        // B's ARP sender in a frame from another MAC.
+        with_macs(arp(2, (MAC_B, X), GATEWAY), VM_SIDE_MAC, forged_mac),
+        // A's MAC on B's port.
+        arp(2, (MAC_A, X), GATEWAY),
+    ];
+    for (i, frame) in forged.into_iter().enumerate() {
+        n.from_vm(1, frame, Instant::from_millis(5), &mut out);
+        assert_eq!(n.stats.probe_answers_refused, i as u64 + 1, "forged answer {i} counted");
+    }
+    assert!(n.probe_answers.is_empty(), "no forged answer for X kept");
+    assert_eq!(n.probe_replies[1], None, "no forged answer counts as B answering");
+    // B's own answer counts.
+    n.from_vm(1, with_macs(arp(2, (MAC_B, X), GATEWAY), VM_SIDE_MAC, MAC_B), Instant::from_millis(6), &mut out);
+    assert_eq!(n.probe_answers.iter().collect::<Vec<_>>(), [(&(1, X), &Instant::from_millis(6))]);
+    assert_eq!(n.stats.probe_answers_refused, 4);
+    assert!(out.is_empty());
+}
+
 #[test]
 fn rewrites_macs_both_ways_and_counts_frames_without_a_route() {
     let mut n = node();

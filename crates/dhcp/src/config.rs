@@ -130,6 +130,13 @@ pub struct Reservation {
     /// Its address; none for a VM that has no address yet (a migration's destination).
     #[serde(default)]
     pub ip: Option<Ipv4Addr>,
+    /// The interface of this host the VM's segment is on. When set, a message naming the VM (by
+    /// its MAC or client identifier, or by a lease it holds) counts only when it arrives on this
+    /// interface; from any other it is dropped and counted (DHCP snooping). A name that is no
+    /// interface of the host matches no arrival. None: from any interface (one segment, or
+    /// requests through a relay).
+    #[serde(default)]
+    pub interface: Option<String>,
 }
 
 fn default_shadow_option_code() -> u8 {

@@ -106,6 +106,9 @@ pub struct DhcpCounters {
     pub pool_exhausted: u64,
     /// REQUESTs that chose another server.
     pub other_server: u64,
+    /// Messages naming a VM that arrived on an interface other than its segment's (a VM
+    /// releasing, declining or asking in another's name): dropped, no lease event.
+    pub wrong_segment_dropped: u64,
 }
 
 impl DhcpCounters {
@@ -383,8 +386,15 @@ impl DhcpServer {
         changes
     }
 
-    /// Handles one datagram received on port 67.
+    /// Handles one datagram received on port 67, on an interface the caller does not know: a
+    /// message naming a VM bound to an interface is dropped (see [`DhcpServer::handle_on`]).
     pub fn handle(&mut self, datagram: &[u8], now: u64) -> Handled {
+        self.handle_on(datagram, None, now)
+    }
+
+    /// Handles one datagram received on port 67 on `interface` (its name, as the kernel
+    /// reported the arrival; `None` when it did not).
+    pub fn handle_on(&mut self, datagram: &[u8], interface: Option<&str>, now: u64) -> Handled {
         self.counters.received += 1;
         let request = match wire::decode(datagram) {
             Ok(r) => r,
@@ -394,6 +404,10 @@ impl DhcpServer {
             }
         };
         let client = client_key(&request.message);
+        if self.off_segment(&client, &request.message, interface) {
+            self.counters.wrong_segment_dropped += 1;
+            return Handled::default();
+        }
         let vm = self.vm_of(&client, &request.message);
         match request.message_type {
             MessageType::Discover => self.discover(&request, &client, vm, now),
@@ -415,6 +429,25 @@ impl DhcpServer {
             (message.hlen() == 6).then_some(())?;
             self.reservations.get(&ClientKey::Mac(mac)).copied()
         })
+    }
+
+    /// DHCP snooping (what RFC 7513's SAVI-DHCP binds to a binding anchor, the attachment
+    /// point): whether the message names a VM bound to an interface other than `interface`. A
+    /// message names every VM it could act for: the one reserved for its client key, the one
+    /// reserved for its chaddr, and the one holding a lease under its client key. All three,
+    /// since a forged message may mix one VM's chaddr with another's client identifier, and the
+    /// lease it then releases is found by the client key alone.
+    fn off_segment(&self, client: &ClientKey, message: &Message, interface: Option<&str>) -> bool {
+        let by_chaddr = <[u8; 6]>::try_from(message.chaddr().get(..6).unwrap_or_default())
+            .ok()
+            .filter(|_| message.hlen() == 6)
+            .and_then(|mac| self.reservations.get(&ClientKey::Mac(mac)).copied());
+        let by_lease = self.leases.of(client).and_then(|l| l.vm.as_deref()).and_then(|vm| self.vms.get(vm).copied());
+        [self.reservations.get(client).copied(), by_chaddr, by_lease]
+            .into_iter()
+            .flatten()
+            .filter_map(|v| self.config.reservations.get(v)?.interface.as_deref())
+            .any(|bound| interface != Some(bound))
     }
 
     fn subnet_for(&self, ip: Ipv4Addr) -> Option<usize> {

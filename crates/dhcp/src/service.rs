@@ -11,7 +11,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use crate::config::{DhcpConfig, MigrationConfigState};
 use crate::plan::{MigrationPlan, PlanState};
 use crate::server::{DhcpServer, Handled, LeaseEvent, Reply};
-use crate::socket::{Arrival, DhcpSocket, routes};
+use crate::socket::{Arrival, DhcpSocket, interface_name, routes};
 use crate::store::{LeaseStore, StoreError};
 use crate::{ConfigError, PlanError};
 
@@ -159,7 +159,7 @@ impl Service {
         // Each request with where it arrived: its reply leaves through the same interface.
         let mut batch: Vec<(Handled, Option<Arrival>)> = Vec::new();
         match self.socket.recv(buf, true) {
-            Ok((n, arrival)) => batch.push((self.server.handle(&buf[..n], unix_now()), arrival)),
+            Ok((n, arrival)) => batch.push((self.handle(&buf[..n], arrival), arrival)),
             Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted) => {}
             Err(e) => return Err(socket_error("receive")(e)),
         }
@@ -167,7 +167,7 @@ impl Service {
             // Take whatever else is waiting, so one commit serves them all.
             while batch.len() < BATCH {
                 match self.socket.recv(buf, false) {
-                    Ok((n, arrival)) => batch.push((self.server.handle(&buf[..n], unix_now()), arrival)),
+                    Ok((n, arrival)) => batch.push((self.handle(&buf[..n], arrival), arrival)),
                     Err(e) if e.kind() == ErrorKind::WouldBlock => break,
                     Err(e) if e.kind() == ErrorKind::Interrupted => {}
                     Err(e) => return Err(socket_error("receive")(e)),
@@ -257,6 +257,12 @@ impl Service {
 }
 
 impl Service {
+    /// Decides one request, knowing the interface it came in on (DHCP snooping needs its name).
+    fn handle(&mut self, datagram: &[u8], arrival: Option<Arrival>) -> Handled {
+        let interface = interface_name(arrival);
+        self.server.handle_on(datagram, interface.as_deref(), unix_now())
+    }
+
     fn send(&self, reply: &Reply, arrival: Option<Arrival>) {
         // A reply that cannot be sent is like a lost datagram: the client retries.
         let _ = self.socket.send(&reply.bytes, &routes(reply.to, arrival, self.server_id));

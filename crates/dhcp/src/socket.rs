@@ -32,6 +32,13 @@ pub(crate) struct Arrival {
     pub(crate) local: Ipv4Addr,
 }
 
+/// The name of the interface a request arrived on. Looked up for each request, not kept: an
+/// interface may be renamed, or removed and its index given to another, and at DHCP's rates
+/// one ioctl per request costs nothing.
+pub(crate) fn interface_name(arrival: Option<Arrival>) -> Option<String> {
+    nix::net::if_::if_indextoname(arrival?.ifindex).ok()?.into_string().ok()
+}
+
 /// One way to send a reply: to an address, either by the routing table or pinned to an interface.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Route {
@@ -264,6 +271,8 @@ mod tests {
         let arrival = arrival.expect("IP_PKTINFO reported");
         // Loopback is interface 1 in every namespace.
         assert_eq!(arrival, Arrival { ifindex: 1, local: Ipv4Addr::LOCALHOST });
+        assert_eq!(interface_name(Some(arrival)).as_deref(), Some("lo"));
+        assert_eq!(interface_name(None), None);
         assert!(matches!(server.recv(&mut buf, false), Err(e) if e.kind() == ErrorKind::WouldBlock));
         let Ok(SocketAddr::V4(back)) = client.local_addr() else { panic!("client not bound") };
         let pinned = Route { to: back, via: via(arrival.ifindex, Ipv4Addr::LOCALHOST) };

@@ -143,6 +143,10 @@ pub type SharedDhcp = Arc<Mutex<DhcpShared>>;
 /// How late a new lease plan may reach the DHCP server at most.
 const DHCP_FOLLOW: Duration = Duration::from_millis(50);
 
+/// How stale the published counters may be at most (plus one [`DHCP_FOLLOW`]) when requests
+/// made no lease event: a flood of them does not publish every lease for every batch.
+const COUNTERS_EVERY: Duration = Duration::from_millis(200);
+
 /// Starts the DHCP server on its own thread, following `feed` (the first feed is applied before
 /// the first request is answered); returns once it serves.
 pub fn start_dhcp(
@@ -171,13 +175,23 @@ pub fn start_dhcp(
         let at = service.local_addr().map_or_else(|| "?".to_owned(), |a| a.to_string());
         let _ = ready_tx.send(Ok(format!("serving on {at}")));
         publish(&service, &shared);
+        // Requests that made no lease event still move the counters (drops among them): they
+        // are published too, at most every COUNTERS_EVERY.
+        let (mut published, mut counted) = (std::time::Instant::now(), false);
         while !stop.load(Ordering::Relaxed) {
             if let Some(latest) = feed.try_iter().last() {
                 follow(&mut service, latest, &heard)?;
                 publish(&service, &shared);
             }
+            let received = service.server().counters().received;
             let events = service.step()?;
+            counted |= service.server().counters().received != received;
+            if counted && events.is_empty() && published.elapsed() >= COUNTERS_EVERY {
+                publish(&service, &shared);
+                (published, counted) = (std::time::Instant::now(), false);
+            }
             if !events.is_empty() {
+                (published, counted) = (std::time::Instant::now(), false);
                 if let Ok(mut shared) = shared.lock() {
                     for event in &events {
                         if let Ok(serde_json::Value::String(kind)) = serde_json::to_value(event.kind) {
