@@ -88,10 +88,16 @@ fn the_cli_talks_to_serve_over_https_with_the_ca_file_only() {
     assert!(server.base.starts_with("https://127.0.0.1:"), "{}", server.base);
     let api = server.base.as_str();
 
+    // A client that connects and never says a word holds up nobody's handshake.
+    let _silent = std::net::TcpStream::connect(api.trim_start_matches("https://")).unwrap();
+
     // With the CA: a write and a read, the token found in ./ipshadow-data as over http.
     let vm = ["vm", "add", "vm-a", "--mac", "02:00:00:00:00:0a", "--segment", "vm-a", "--tenant", "acme"];
+    let asked = std::time::Instant::now();
     let added = cli(&dir, &[&vm[..], &["--api", api, "--ca-file", "ca.pem"]].concat());
     assert!(added.status.success(), "{}", String::from_utf8_lossy(&added.stderr));
+    // Not after the silent client's handshake timed out (10 s): handshakes run side by side.
+    assert!(asked.elapsed() < std::time::Duration::from_secs(9), "{:?}", asked.elapsed());
     // The CA file from the environment works the same.
     let listed = Command::new(env!("CARGO_BIN_EXE_ipshadow"))
         .args(["vm", "list", "--json"])
@@ -186,4 +192,16 @@ fn plain_http_off_loopback_is_refused_at_start() {
     assert!(stderr.contains("tls_cert") && stderr.contains("allow_plain_http = true"), "{stderr}");
     // Refused before anything was created.
     assert!(!dir.join("ipshadow-data").exists());
+    // Half a TLS configuration is refused too, naming the missing key.
+    let stderr = serve_refused(&dir, &format!("listen = \"0.0.0.0:{port}\"\ntls_cert = \"cert.pem\"\n"));
+    assert!(stderr.contains("tls_key is not"), "{stderr}");
+
+    // Said explicitly, plain HTTP there is served (reached here on loopback only).
+    std::fs::write(dir.join("serve.toml"), format!("listen = \"0.0.0.0:{port}\"\nallow_plain_http = true\n")).unwrap();
+    let server = Serve::start(&dir, &["--config", "serve.toml"]);
+    assert_eq!(server.base, format!("http://0.0.0.0:{port}"));
+    let listed = cli(&dir, &["vm", "list", "--api", &format!("http://127.0.0.1:{port}")]);
+    assert!(listed.status.success(), "{}", String::from_utf8_lossy(&listed.stderr));
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
 }
