@@ -37,6 +37,8 @@
 //! with the same key). The same key with a different request is refused with 422
 //! `idempotency_key_reused` until the record expires.
 
+use std::sync::{Arc, Mutex};
+
 use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
@@ -48,8 +50,6 @@ use sha2::{Digest, Sha256};
 use super::ApiState;
 use super::auth::authenticate;
 use super::error::ApiError;
-use std::sync::{Arc, Mutex};
-
 use crate::store::{Compare, KeyValue, Rider, Store, StoreError, Txn, TxnOutcome};
 
 /// The request header (lower case, as looked up).
