@@ -3,10 +3,11 @@
 //! transaction: two requests racing for the same address cannot both win.
 
 use std::net::Ipv4Addr;
+use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 
-use crate::store::{Compare, KeyValue, Store, StoreError, Txn, TxnOutcome};
+use crate::store::{Compare, KeyValue, Rider, Store, StoreError, Txn, TxnOutcome};
 
 /// A VM of a tenant.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -138,12 +139,24 @@ fn check_mac(mac: &str) -> Result<(), InventoryError> {
 /// every tenant).
 pub struct Inventory<S: Store> {
     store: S,
+    /// Writes to join the next transaction committed (an API request's idempotency record).
+    rider: Option<Arc<Mutex<Rider>>>,
 }
 
 impl<S: Store> Inventory<S> {
     /// The inventory kept in `store`.
     pub fn new(store: S) -> Self {
-        Self { store }
+        Self { store, rider: None }
+    }
+
+    /// The same inventory whose next committed transaction also carries `rider`'s writes.
+    pub fn with_rider(&self, rider: Arc<Mutex<Rider>>) -> Self {
+        Self { store: self.store.clone(), rider: Some(rider) }
+    }
+
+    /// Commits `txn` (with the rider's writes, if they have not been written yet).
+    pub(crate) fn commit(&self, txn: Txn) -> Result<TxnOutcome, StoreError> {
+        Rider::commit(self.rider.as_deref(), &self.store, txn)
     }
 
     /// The store underneath.
@@ -194,7 +207,7 @@ impl<S: Store> Inventory<S> {
         check_mac(&vm.mac)?;
         let key = vm_key(&vm.id);
         let txn = Txn::new().when(Compare::Absent(key.clone())).put(key, encode(vm));
-        match self.store.txn(txn)? {
+        match self.commit(txn)? {
             TxnOutcome::Committed(_) => Ok(()),
             TxnOutcome::Failed(_) => Err(InventoryError::Exists { kind: "vm", id: vm.id.clone() }),
         }
@@ -215,7 +228,7 @@ impl<S: Store> Inventory<S> {
             )));
         }
         let txn = Txn::new().when(Compare::ModRevision(vm_key(id), vm.revision)).delete(vm_key(id));
-        match self.store.txn(txn)? {
+        match self.commit(txn)? {
             TxnOutcome::Committed(_) => Ok(()),
             TxnOutcome::Failed(_) => Err(InventoryError::Raced),
         }
@@ -240,7 +253,7 @@ impl<S: Store> Inventory<S> {
         }
         let key = address_key(ip);
         let txn = Txn::new().when(Compare::ModRevision(key.clone(), address.revision)).delete(key);
-        match self.store.txn(txn)? {
+        match self.commit(txn)? {
             TxnOutcome::Committed(_) => Ok(()),
             TxnOutcome::Failed(_) => Err(InventoryError::Raced),
         }
@@ -263,7 +276,7 @@ impl<S: Store> Inventory<S> {
             txn = txn.when(Compare::ModRevision(vm_key(id), held.revision)).put(vm_key(id), encode(&held.value));
         }
         let record = Address { ip, tenant: tenant.to_owned(), vm: vm.map(str::to_owned), migration: None };
-        match self.store.txn(txn.put(address_key(ip), encode(&record)))? {
+        match self.commit(txn.put(address_key(ip), encode(&record)))? {
             TxnOutcome::Committed(_) => Ok(()),
             TxnOutcome::Failed(_) if self.store.get(&address_key(ip))?.is_some() => {
                 Err(InventoryError::Exists { kind: "address", id: ip.to_string() })

@@ -288,7 +288,7 @@ impl<S: Store> Inventory<S> {
                 return Ok(Reassigned::WouldMove);
             }
             let moved = Address { vm: Some(request.to.clone()), ..address.value };
-            return match self.store().txn(base.put(address_key(ip), encode(&moved)))? {
+            return match self.commit(base.put(address_key(ip), encode(&moved)))? {
                 TxnOutcome::Committed(_) => Ok(Reassigned::Moved),
                 TxnOutcome::Failed(_) => Err(InventoryError::Raced),
             };
@@ -349,7 +349,7 @@ impl<S: Store> Inventory<S> {
             .put(address_key(ip), encode(&marked))
             .put(migration_key(next), encode(&migration))
             .put(NEXT_ID, encode(&(next + 1)));
-        match self.store().txn(txn)? {
+        match self.commit(txn)? {
             TxnOutcome::Committed(_) => Ok(Reassigned::Migrating(Box::new(migration))),
             TxnOutcome::Failed(_) => Err(InventoryError::Raced),
         }
@@ -395,7 +395,7 @@ impl<S: Store> Inventory<S> {
                 .when(Compare::ModRevision(address_key(m.ip), address.revision))
                 .put(address_key(m.ip), encode(&released));
         }
-        match self.store().txn(txn)? {
+        match self.commit(txn)? {
             TxnOutcome::Committed(_) => Ok(m),
             TxnOutcome::Failed(_) => Err(InventoryError::Raced),
         }
@@ -435,7 +435,7 @@ impl<S: Store> Inventory<S> {
         let txn = Txn::new()
             .when(Compare::ModRevision(migration_key(id), stored.revision))
             .put(migration_key(id), encode(&m));
-        match self.store().txn(txn)? {
+        match self.commit(txn)? {
             TxnOutcome::Committed(_) => Ok(m),
             TxnOutcome::Failed(_) => Err(InventoryError::Raced),
         }
@@ -457,7 +457,7 @@ impl<S: Store> Inventory<S> {
         let txn = Txn::new()
             .when(Compare::ModRevision(migration_key(id), stored.revision))
             .put(migration_key(id), encode(&m));
-        match self.store().txn(txn)? {
+        match self.commit(txn)? {
             TxnOutcome::Committed(_) => Ok(m),
             TxnOutcome::Failed(_) => Err(InventoryError::Raced),
         }
@@ -476,7 +476,7 @@ impl<S: Store> Inventory<S> {
         let txn = Txn::new()
             .when(Compare::ModRevision(migration_key(id), stored.revision))
             .put(migration_key(id), encode(&m));
-        match self.store().txn(txn)? {
+        match self.commit(txn)? {
             TxnOutcome::Committed(_) => Ok(()),
             TxnOutcome::Failed(_) => Err(InventoryError::Raced),
         }

@@ -314,6 +314,64 @@ fn streams_beyond_the_limit_are_503_until_one_ends() {
     assert_eq!(s.events(next, ACME).0, 503, "the limit holds");
 }
 
+/// One tenant at its own limit is refused, naming that limit, while another tenant (and the
+/// admin) still open streams: one tenant cannot take every stream.
+#[test]
+fn each_tenant_has_its_own_stream_limit() {
+    let (s, acme_id) = Server::with_migration_on("per-tenant", |store| {
+        common::tenants_at_now(store).with_max_event_streams(4).with_max_event_streams_per_tenant(2)
+    });
+    for (id, mac) in [("zeta-a", "02:00:00:00:01:0a"), ("zeta-b", "02:00:00:00:01:0b")] {
+        let vm = json!({"id": id, "mac": mac, "segment": id, "tenant": "zeta"});
+        assert_eq!(s.post("/v1/vms", ADMIN, Some(vm)).0, 201);
+    }
+    let address = json!({"ip": "10.0.0.20", "vm": "zeta-a", "tenant": "zeta"});
+    assert_eq!(s.post("/v1/addresses", ADMIN, Some(address)).0, 201);
+    let (status, m) = s.post("/v1/addresses/10.0.0.20/reassign", ZETA, Some(json!({"to": "zeta-b", "migrate": true})));
+    assert_eq!(status, 202, "{m}");
+    let zeta_id = m["id"].as_u64().unwrap();
+
+    let mut open = Vec::new();
+    for _ in 0..2 {
+        let (status, _, stream) = s.events(acme_id, ACME);
+        assert_eq!(status, 200);
+        let stream = stream.unwrap();
+        assert_eq!(state(&stream.next()), "pending");
+        open.push(stream);
+    }
+    let response = s.events_response(acme_id, ACME);
+    assert_eq!(response.status().as_u16(), 503);
+    let body: Value = serde_json::from_str(&response.into_body().read_to_string().unwrap()).unwrap();
+    assert_eq!(body["error"], "unavailable", "{body}");
+    assert!(body["message"].as_str().unwrap().contains("your tenant has 2 event streams open"), "{body}");
+    // Another tenant and the admin are not held back by acme's streams.
+    let (status, _, zeta) = s.events(zeta_id, ZETA);
+    assert_eq!(status, 200, "zeta is under its own limit");
+    assert_eq!(state(&zeta.unwrap().next()), "pending");
+    let (status, _, admin) = s.events(acme_id, ADMIN);
+    assert_eq!(status, 200, "the admin has only the overall limit");
+    let _admin = admin.unwrap();
+    // Now the overall limit (4) is reached: zeta, under its own, is refused by it.
+    let response = s.events_response(zeta_id, ZETA);
+    assert_eq!(response.status().as_u16(), 503);
+    // An acme stream's client goes (its reader notices at the next event, and closes the
+    // connection): acme may open one again.
+    drop(open.pop());
+    s.manager.advance(acme_id, MigrationEvent::PlanWritten, NOW).unwrap();
+    assert_eq!(state(&open[0].next()), "waiting_for_destination_lease");
+    let started = Instant::now();
+    loop {
+        match s.events(acme_id, ACME) {
+            (200, _, Some(_)) => break,
+            (503, _, _) => {
+                assert!(started.elapsed() < WAIT, "the closed stream's slot was not freed");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            (status, _, _) => panic!("{status}"),
+        }
+    }
+}
+
 #[test]
 fn the_document_describes_promote_and_the_event_stream() {
     let (s, _) = Server::with_migration("openapi");

@@ -117,6 +117,23 @@ fn a_retry_before_expiry_is_answered_again_and_after_it_is_a_new_request() {
     assert_eq!(s.records().len(), 1);
 }
 
+/// Issue 6's note: the record is created by the operation's own transaction (the revision that
+/// started the migration), then completed with the response; a retry gets that response.
+#[test]
+fn the_record_is_created_in_the_operations_transaction() {
+    let s = Server::start("same-txn", |state| state);
+    let path = format!("/v1/addresses/{X}/reassign");
+    let migrate = json!({"to": "vm-b", "migrate": true});
+    let first = s.post(&path, ACME, &migrate, Some("k"));
+    assert_eq!(first.status, 202, "{}", first.raw);
+    let record = s.api.store.get(&format!("{PREFIX}acme/k")).unwrap().unwrap();
+    let migration = s.api.store.get(&ipshadow_control::reassign::migration_key(1)).unwrap().unwrap();
+    assert_eq!(record.create_revision, migration.create_revision, "written together");
+    assert!(record.mod_revision > record.create_revision, "then completed with the response");
+    let again = s.post(&path, ACME, &migrate, Some("k"));
+    assert_eq!((again.status, &again.raw, again.replayed), (202, &first.raw, true));
+}
+
 #[test]
 fn the_purge_removes_exactly_the_expired_records() {
     let s = Server::start("purge", |state| state);

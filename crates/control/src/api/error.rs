@@ -1,6 +1,10 @@
 //! The API's one error shape, `{"error": "<code>", "message": "..."}`, the status each code
 //! maps to, and extractors that turn axum's plain-text rejections (bad JSON, a bad path
 //! parameter) into that shape: a client parses one format whatever went wrong.
+//!
+//! A 500 reveals nothing of the server (store paths, file errors, internal keys): its detail is
+//! logged (tracing, at error level) under a fresh random id, and the body says only that id, so
+//! an operator can find the one in the log from the one a user reports.
 
 use axum::extract::rejection::{JsonRejection, PathRejection};
 use axum::extract::{FromRequest, FromRequestParts, Request};
@@ -69,10 +73,35 @@ impl ApiError {
         Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
     }
 
-    /// 500: the store failed (never used for a refusal).
-    pub fn internal(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
+    /// 500: the store failed (never used for a refusal). `detail` is logged, never sent.
+    pub fn internal(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", detail)
     }
+
+    /// What the client is sent. For a 500 the message is replaced by a generic one naming a new
+    /// id, and the detail is logged under that id; every other status's message is the API's
+    /// own words about the request, and is sent as it is.
+    pub fn public_body(&self) -> ErrorBody {
+        let message = if self.status == StatusCode::INTERNAL_SERVER_ERROR {
+            let id = incident_id();
+            tracing::error!(incident = %id, detail = %self.message, "internal error answered with 500");
+            format!("internal error (incident {id}); the server's log has the detail")
+        } else {
+            self.message.clone()
+        };
+        ErrorBody { error: self.code.to_owned(), message }
+    }
+}
+
+/// A fresh id for one internal error: 64 bits that no client can predict (the standard
+/// library's per-process random hash keys over a counter), in hex.
+fn incident_id() -> String {
+    use std::hash::BuildHasher as _;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    static KEYS: std::sync::OnceLock<std::collections::hash_map::RandomState> = std::sync::OnceLock::new();
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    format!("{:016x}", KEYS.get_or_init(Default::default).hash_one(n))
 }
 
 impl From<InventoryError> for ApiError {
@@ -94,7 +123,7 @@ impl From<InventoryError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = ErrorBody { error: self.code.to_owned(), message: self.message };
+        let body = self.public_body();
         let mut response = (self.status, axum::Json(body)).into_response();
         if self.status == StatusCode::UNAUTHORIZED {
             // RFC 6750 3: a 401 names the scheme the client should use.
@@ -162,4 +191,35 @@ pub async fn not_found() -> ApiError {
 /// A known path with a method it does not serve: 405 in the API's shape.
 pub async fn method_not_allowed() -> ApiError {
     ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed on this endpoint")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn body_of(response: Response) -> ErrorBody {
+        let bytes = axum::body::to_bytes(response.into_body(), 4096).await.expect("a body");
+        serde_json::from_slice(&bytes).expect("the error shape")
+    }
+
+    /// A 500's body names an incident, never the detail (a path, a store error); two incidents
+    /// have two ids; other statuses keep their message.
+    #[test]
+    fn a_500_body_reveals_no_internals() {
+        let runtime = tokio::runtime::Builder::new_current_thread().build().expect("a runtime");
+        let detail = "store /var/lib/ipshadow/store.redb: writing: No space left on device";
+        let response = ApiError::internal(detail).into_response();
+        assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        let first = runtime.block_on(body_of(response));
+        assert_eq!(first.error, "internal");
+        assert!(!first.message.contains("store") && !first.message.contains("/var"), "{}", first.message);
+        assert!(first.message.starts_with("internal error (incident "), "{}", first.message);
+        let second = runtime.block_on(body_of(ApiError::internal(detail).into_response()));
+        assert_ne!(first.message, second.message, "each incident has its own id");
+
+        let refusal = runtime.block_on(body_of(ApiError::invalid("deadline too short").into_response()));
+        assert_eq!(refusal.message, "deadline too short");
+        let unavailable = ApiError::unavailable("256 event streams are open").public_body();
+        assert_eq!(unavailable.message, "256 event streams are open");
+    }
 }

@@ -13,12 +13,14 @@
 //! The store's watch is synchronous (std channels), so each stream has a small thread that
 //! waits on it and hands events to the response through a tokio channel; the thread ends within
 //! [`POLL`] once the client has gone. Streams of unfinished migrations open at once are capped
-//! ([`super::ApiState::max_event_streams`], [`DEFAULT_MAX_STREAMS`]): one more is a 503 with
-//! `Retry-After`, so clients cannot exhaust the server's threads.
+//! ([`super::ApiState::max_event_streams`], [`DEFAULT_MAX_STREAMS`]), and so are each tenant's
+//! ([`super::ApiState::max_event_streams_per_tenant`], [`DEFAULT_MAX_STREAMS_PER_TENANT`]): one
+//! more is a 503 with `Retry-After`, so clients cannot exhaust the server's threads, and one
+//! tenant cannot take every stream from the others (the admin has only the overall cap).
 
+use std::collections::HashMap;
 use std::convert::Infallible;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::extract::State;
@@ -42,6 +44,9 @@ pub const POLL: Duration = Duration::from_millis(250);
 /// Event streams open at once by default.
 pub const DEFAULT_MAX_STREAMS: usize = 256;
 
+/// Event streams one tenant may have open at once by default: a quarter of all.
+pub const DEFAULT_MAX_STREAMS_PER_TENANT: usize = DEFAULT_MAX_STREAMS / 4;
+
 /// Events the bridge may be ahead of a slow client (then it waits; the store keeps the rest).
 const BUFFER: usize = 16;
 
@@ -63,7 +68,7 @@ type Observer = Box<dyn Fn(&Migration) -> Option<Observation> + Send>;
                 measurements and drain forecast, at most once a second. An `event: error` (data: the error \
                 shape) ends it when the record cannot be read."),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
-        (status = 503, body = ErrorBody, description = "Too many event streams are open: retry after `Retry-After` seconds.")))]
+        (status = 503, body = ErrorBody, description = "Too many event streams are open, in all or of the caller's tenant: retry after `Retry-After` seconds.")))]
 pub async fn migration_events<S: Store>(
     State(state): State<ApiState<S>>,
     caller: Caller,
@@ -71,7 +76,7 @@ pub async fn migration_events<S: Store>(
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     let key = migration_key(id);
     // Taken before the store's watch is: a refused stream leaves nothing behind.
-    let slot = StreamSlot::take(&state)?;
+    let slot = StreamSlot::take(&state, caller.tenant())?;
     let (current, revision, watcher) = state
         .blocking(move |inv| {
             // Visibility first: another tenant's migration is 404 before any stream starts.
@@ -118,24 +123,61 @@ pub async fn migration_events<S: Store>(
     Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(KEEP_ALIVE).text("keep-alive")))
 }
 
+/// The event streams open now: in all, and by tenant (a tenant with none has no entry, so the
+/// map holds at most one entry per open stream).
+#[derive(Debug, Default)]
+pub(crate) struct OpenStreams {
+    total: usize,
+    by_tenant: HashMap<String, usize>,
+}
+
 /// One of the open streams the server allows: freed when dropped (the bridge thread ends, or the
 /// migration was already final and no thread started).
-struct StreamSlot(Arc<AtomicUsize>);
+struct StreamSlot {
+    open: Arc<Mutex<OpenStreams>>,
+    tenant: Option<String>,
+}
 
 impl StreamSlot {
-    fn take<S: Store>(state: &ApiState<S>) -> Result<Self, ApiError> {
-        let open = &state.event_streams;
-        let max = state.max_event_streams;
-        open.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1)).map_err(|_| {
-            ApiError::unavailable(format!("{max} event streams are open, the most this server allows: retry later"))
-        })?;
-        Ok(Self(Arc::clone(open)))
+    fn take<S: Store>(state: &ApiState<S>, tenant: Option<&str>) -> Result<Self, ApiError> {
+        let (max, per_tenant) = (state.max_event_streams, state.max_event_streams_per_tenant);
+        let mut open = lock(&state.event_streams);
+        if open.total >= max {
+            return Err(ApiError::unavailable(format!(
+                "{max} event streams are open, the most this server allows: retry later"
+            )));
+        }
+        if let Some(tenant) = tenant {
+            let mine = open.by_tenant.entry(tenant.to_owned()).or_default();
+            if *mine >= per_tenant {
+                return Err(ApiError::unavailable(format!(
+                    "your tenant has {per_tenant} event streams open, the most one tenant may: close one or retry later"
+                )));
+            }
+            *mine += 1;
+        }
+        open.total += 1;
+        Ok(Self { open: Arc::clone(&state.event_streams), tenant: tenant.map(str::to_owned) })
     }
+}
+
+/// The counts, whatever a panicking holder left (they are plain numbers, updated in one place).
+fn lock(open: &Mutex<OpenStreams>) -> std::sync::MutexGuard<'_, OpenStreams> {
+    open.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl Drop for StreamSlot {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
+        let mut open = lock(&self.open);
+        open.total = open.total.saturating_sub(1);
+        if let Some(tenant) = &self.tenant
+            && let Some(mine) = open.by_tenant.get_mut(tenant)
+        {
+            *mine = mine.saturating_sub(1);
+            if *mine == 0 {
+                open.by_tenant.remove(tenant);
+            }
+        }
     }
 }
 
@@ -210,7 +252,7 @@ fn observation_event(seen: &Observation) -> Event {
 
 /// `event: error` with the API's error shape.
 fn error_event(e: &ApiError) -> Event {
-    let body = ErrorBody { error: e.code.to_owned(), message: e.message.clone() };
+    let body = e.public_body();
     // Two strings always serialise.
     Event::default().event("error").data(serde_json::to_string(&body).unwrap_or_default())
 }

@@ -9,20 +9,21 @@
 //! another body), whose success replaces the record. [`purge_expired`] deletes expired records
 //! so the store does not grow without bound (the manager's loop calls it).
 //!
-//! The record is written with a compare-and-swap (on the key being absent, or on the expired
-//! record it replaces) right after the operation succeeded, so there is a small window between
-//! the two writes:
-//! - a crash in it leaves the operation done and no record: a retry runs again and gets the
-//!   operation's own refusal (e.g. 409 "already migrating"), never a second migration, because
-//!   every operation is itself a compare-and-swap;
-//! - two identical requests racing: both run, the store lets exactly one succeed, and the loser,
-//!   if the winner's record is already written, answers with it; otherwise it answers with its
-//!   own refusal and the next retry gets the recorded success.
+//! The record is written in the operation's own transaction: the middleware hands the handler
+//! (through a task-local, [`RIDER`]) a [`Rider`] that joins the first transaction the inventory
+//! commits for the request, with a compare-and-swap on the key being absent (or on the expired
+//! record it replaces). The response is not known then, so that record is *pending* (status 0);
+//! the response replaces it right after (a compare-and-swap on the pending record's revision).
+//! So the operation and its key are durable together or not at all:
+//! - a crash after the operation leaves a pending record: a retry is not run again; it gets 409
+//!   `raced` saying the request was carried out and its answer was not recorded (read the
+//!   resource), until the record expires;
+//! - two identical requests racing: only one transaction can take the key, so only one runs the
+//!   operation; the loser fails its compare, and answers with the winner's record (409 `raced`,
+//!   retry, while that is still pending).
 //!
-//! Closing the window would take the record into the operation's own transaction; the
-//! operations build and commit their transactions inside the inventory (`Inventory::reassign`,
-//! `advance`, `add_vm`, ...) and the response is made from what they return, so each of them
-//! would have to take the record (with the response it is about to cause) as extra writes.
+//! An operation that succeeds without writing anything (none does today, a dry run aside) gets
+//! its record written after it, as a write of its own.
 //!
 //! A dry run (`"dry_run": true` on the reassign call) is not recorded either, though it
 //! succeeds: it is a question, not the operation, and a client that asks first and then sends
@@ -36,6 +37,8 @@
 //! with the same key). The same key with a different request is refused with 422
 //! `idempotency_key_reused` until the record expires.
 
+use std::sync::{Arc, Mutex};
+
 use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
@@ -47,7 +50,7 @@ use sha2::{Digest, Sha256};
 use super::ApiState;
 use super::auth::authenticate;
 use super::error::ApiError;
-use crate::store::{Compare, KeyValue, Store, StoreError, Txn, TxnOutcome};
+use crate::store::{Compare, KeyValue, Rider, Store, StoreError, Txn, TxnOutcome};
 
 /// The request header (lower case, as looked up).
 pub const HEADER: &str = "idempotency-key";
@@ -74,6 +77,15 @@ const PURGE_BATCH: usize = 128;
 /// dry run: it changed nothing, see the module's documentation). Never sent.
 #[derive(Clone, Copy, Debug)]
 pub struct NotRecorded;
+
+tokio::task_local! {
+    /// The idempotency record that joins the transaction of the keyed request being handled
+    /// (see [`super::ApiState::blocking`]).
+    pub(crate) static RIDER: Arc<Mutex<Rider>>;
+}
+
+/// The status of a record whose operation is done and whose response is not recorded yet.
+const PENDING: u16 = 0;
 
 /// What is stored for a key.
 #[derive(Serialize, Deserialize)]
@@ -144,6 +156,14 @@ async fn lookup<S: Store>(
             StatusCode::UNPROCESSABLE_ENTITY,
             KEY_REUSED,
             "this Idempotency-Key was used for a different request",
+        ));
+    }
+    if record.status == PENDING {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "raced",
+            "the request with this Idempotency-Key was carried out and its answer is not recorded yet: retry in \
+             a moment; if this persists, the server stopped before recording it: read the resource instead",
         ));
     }
     let status = StatusCode::from_u16(record.status).map_err(|e| ApiError::internal(e.to_string()))?;
@@ -237,7 +257,17 @@ async fn keyed<S: Store>(state: ApiState<S>, request: Request, next: Next) -> Re
         Lookup::Replay(stored) => return Ok(stored),
         Lookup::Vacant(vacant) => vacant,
     };
-    let response = next.run(Request::from_parts(parts, Body::from(body))).await;
+    let pending = Record {
+        request_sha256: request_sha256.clone(),
+        status: PENDING,
+        location: None,
+        body: String::new(),
+        expires_ms: (state.clock)().saturating_add(state.idempotency_ttl_ms),
+    };
+    let pending = serde_json::to_vec(&pending).map_err(|e| ApiError::internal(e.to_string()))?;
+    let rider = Arc::new(Mutex::new(Rider::new(Txn::new().when(vacant.clone()).put(record_key.clone(), pending))));
+    let response = RIDER.scope(rider.clone(), next.run(Request::from_parts(parts, Body::from(body)))).await;
+    let committed = rider.lock().unwrap_or_else(std::sync::PoisonError::into_inner).committed();
     let (parts, body) = response.into_parts();
     let body: Bytes =
         axum::body::to_bytes(body, usize::MAX).await.map_err(|e| ApiError::internal(format!("response body: {e}")))?;
@@ -252,6 +282,8 @@ async fn keyed<S: Store>(state: ApiState<S>, request: Request, next: Next) -> Re
             body: String::from_utf8_lossy(&body).into_owned(),
             expires_ms: (state.clock)().saturating_add(state.idempotency_ttl_ms),
         };
+        // The pending record the operation wrote, else (it wrote nothing) what was vacant.
+        let vacant = committed.map_or(vacant, |revision| Compare::ModRevision(record_key.clone(), revision));
         record(&state, &record_key, vacant, &new).await?;
     } else if let Lookup::Replay(stored) = lookup(&state, &record_key, &request_sha256, (state.clock)()).await? {
         // A racing twin with the same key succeeded and recorded it: that is the answer.
@@ -354,5 +386,84 @@ mod tests {
         let racing = Racing { inner: inner.clone(), key: key.clone(), fired: Default::default() };
         assert_eq!(purge_expired(&racing, 2_000).expect("purged"), 4);
         assert_eq!(keys(&inner), [key]);
+    }
+
+    fn vm(id: &str) -> crate::inventory::Vm {
+        crate::inventory::Vm {
+            tenant: "acme".into(),
+            id: id.into(),
+            mac: "02:00:00:00:00:0a".into(),
+            segment: id.into(),
+        }
+    }
+
+    /// A pending record for `key`, riding on the next transaction if `key` is absent.
+    fn rider_for(key: &str) -> Arc<Mutex<Rider>> {
+        let pending = Record {
+            request_sha256: "ab".into(),
+            status: PENDING,
+            location: None,
+            body: String::new(),
+            expires_ms: 9_000,
+        };
+        let value = serde_json::to_vec(&pending).expect("a record");
+        Arc::new(Mutex::new(Rider::new(Txn::new().when(Compare::Absent(key.into())).put(key, value))))
+    }
+
+    fn revision_of(store: &impl Store, key: &str) -> Option<u64> {
+        store.get(key).expect("a read").map(|kv| kv.mod_revision)
+    }
+
+    /// Issue 6's note: the record is written by the operation's own transaction (the same
+    /// revision), once; an operation that fails writes none; a key another request took stops
+    /// the operation (nothing of it is written).
+    #[test]
+    fn the_record_is_written_in_the_operations_transaction() {
+        let store = store("rider");
+        let key = format!("{PREFIX}acme/k1");
+        let rider = rider_for(&key);
+        let inventory = crate::inventory::Inventory::new(store.clone()).with_rider(rider.clone());
+        inventory.add_vm(&vm("vm-a")).expect("added");
+        let revision = revision_of(&store, "/v1/vms/vm-a").expect("the vm");
+        assert_eq!(revision_of(&store, &key), Some(revision), "the same transaction");
+        assert_eq!(rider.lock().expect("a lock").committed(), Some(revision));
+        // A second write of the same request does not write the record again.
+        inventory.add_vm(&vm("vm-b")).expect("added");
+        assert_eq!(revision_of(&store, &key), Some(revision));
+
+        // An operation refused by the store (the vm exists) writes no record.
+        let other = format!("{PREFIX}acme/k2");
+        let refused = crate::inventory::Inventory::new(store.clone()).with_rider(rider_for(&other));
+        assert!(refused.add_vm(&vm("vm-a")).is_err());
+        assert_eq!(revision_of(&store, &other), None);
+
+        // The key is taken (a twin request's record): the operation is not done.
+        let twin = crate::inventory::Inventory::new(store.clone()).with_rider(rider_for(&key));
+        assert!(twin.add_vm(&vm("vm-c")).is_err());
+        assert_eq!(revision_of(&store, "/v1/vms/vm-c"), None, "not done without its key");
+    }
+
+    /// After a crash between the operation and its response, the retry finds the pending record:
+    /// it is answered 409 `raced` (the operation is not run again); another request with the key
+    /// is still 422.
+    #[test]
+    fn a_pending_record_is_not_run_again() {
+        let store = store("pending");
+        let key = format!("{PREFIX}acme/k1");
+        let inventory = crate::inventory::Inventory::new(store.clone()).with_rider(rider_for(&key));
+        inventory.add_vm(&vm("vm-a")).expect("added");
+        let state = super::super::ApiState::new(store, super::super::TokenTable::new("admin-token-0123456789"));
+        let runtime = tokio::runtime::Builder::new_current_thread().build().expect("a runtime");
+        match runtime.block_on(lookup(&state, &key, "ab", 1_000)) {
+            Err(e) => {
+                assert_eq!((e.status, e.code), (StatusCode::CONFLICT, "raced"));
+                assert!(e.message.contains("carried out"), "{}", e.message);
+            }
+            Ok(_) => panic!("a pending record answered as a replay or as vacant"),
+        }
+        match runtime.block_on(lookup(&state, &key, "cd", 1_000)) {
+            Err(e) => assert_eq!(e.code, KEY_REUSED),
+            Ok(_) => panic!("another request's key answered"),
+        }
     }
 }

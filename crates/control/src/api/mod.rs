@@ -17,6 +17,7 @@ pub mod observed;
 pub mod parts;
 pub mod schema;
 pub mod shadowing;
+pub mod tls;
 pub mod vms;
 
 use std::future::Future;
@@ -60,8 +61,11 @@ pub struct ApiState<S: Store> {
     /// Event streams of unfinished migrations open at once, at most (each holds a thread on the
     /// store's watch); one more is refused with 503 until one ends.
     pub max_event_streams: usize,
+    /// Event streams one tenant may have open at once (within `max_event_streams`), so that one
+    /// tenant cannot take them all; the admin has only the overall limit.
+    pub max_event_streams_per_tenant: usize,
     /// Event streams open now.
-    pub(crate) event_streams: Arc<std::sync::atomic::AtomicUsize>,
+    pub(crate) event_streams: Arc<std::sync::Mutex<events::OpenStreams>>,
     /// Set once [`serve`] begins to shut down: long-lived responses (event streams) end then,
     /// or the graceful shutdown would wait for them forever.
     pub(crate) stopping: Arc<tokio::sync::watch::Sender<bool>>,
@@ -100,6 +104,7 @@ impl<S: Store> Clone for ApiState<S> {
             idempotency_ttl_ms: self.idempotency_ttl_ms,
             parts: self.parts.clone(),
             max_event_streams: self.max_event_streams,
+            max_event_streams_per_tenant: self.max_event_streams_per_tenant,
             event_streams: self.event_streams.clone(),
             stopping: self.stopping.clone(),
         }
@@ -117,6 +122,7 @@ impl<S: Store> ApiState<S> {
             idempotency_ttl_ms: idempotency::DEFAULT_TTL_MS,
             parts: Parts::default(),
             max_event_streams: events::DEFAULT_MAX_STREAMS,
+            max_event_streams_per_tenant: events::DEFAULT_MAX_STREAMS_PER_TENANT,
             event_streams: Arc::default(),
             stopping: Arc::new(tokio::sync::watch::Sender::new(false)),
         }
@@ -146,18 +152,29 @@ impl<S: Store> ApiState<S> {
         self
     }
 
+    /// Replaces the limit on event streams one tenant may have open at once.
+    pub fn with_max_event_streams_per_tenant(mut self, max: usize) -> Self {
+        self.max_event_streams_per_tenant = max;
+        self
+    }
+
     /// Replaces the deadline policy.
     pub fn with_policy(mut self, policy: DeadlinePolicy) -> Self {
         self.policy = policy;
         self
     }
 
-    /// Runs `f` on the inventory on the blocking pool (store calls wait for the disk).
+    /// Runs `f` on the inventory on the blocking pool (store calls wait for the disk); within a
+    /// keyed POST, its first committed transaction also writes the request's idempotency record.
     pub(crate) async fn blocking<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Inventory<S>) -> Result<T, ApiError> + Send + 'static,
     ) -> Result<T, ApiError> {
-        let inventory = self.inventory.clone();
+        // In a keyed POST, the operation's transaction carries the idempotency record.
+        let inventory = match idempotency::RIDER.try_with(Arc::clone) {
+            Ok(rider) => Arc::new(self.inventory.with_rider(rider)),
+            Err(_) => self.inventory.clone(),
+        };
         tokio::task::spawn_blocking(move || f(&inventory))
             .await
             .map_err(|e| ApiError::internal(format!("store task: {e}")))?
@@ -284,13 +301,18 @@ async fn read_whole_body(request: axum::extract::Request, next: axum::middleware
     }
 }
 
-/// Serves the API on `listener` until `shutdown` completes, then stops accepting and lets the
+/// Serves the API on `listener` (a [`tokio::net::TcpListener`] for plain HTTP, a
+/// [`tls::TlsListener`] for HTTPS) until `shutdown` completes, then stops accepting and lets the
 /// requests under way finish.
-pub async fn serve<S: Store>(
-    listener: tokio::net::TcpListener,
+pub async fn serve<S: Store, L>(
+    listener: L,
     state: ApiState<S>,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
+) -> std::io::Result<()>
+where
+    L: axum::serve::Listener,
+    L::Addr: std::fmt::Debug,
+{
     let stopping = state.stopping.clone();
     let shutdown = async move {
         shutdown.await;

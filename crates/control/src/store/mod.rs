@@ -107,6 +107,50 @@ impl Txn {
     }
 }
 
+/// Writes that join the first transaction committed through [`Rider::commit`], under that
+/// transaction's conditions and their own: how an idempotency record is written in the same
+/// transaction as the operation it records, whichever of the inventory's operations that is.
+#[derive(Debug)]
+pub struct Rider {
+    extra: Txn,
+    committed: Option<u64>,
+}
+
+impl Rider {
+    /// A rider of `extra`'s conditions and writes.
+    pub fn new(extra: Txn) -> Self {
+        Self { extra, committed: None }
+    }
+
+    /// The revision of the transaction it joined, once it has.
+    pub fn committed(&self) -> Option<u64> {
+        self.committed
+    }
+
+    /// Applies `txn` to `store`, joined by `rider`'s conditions and writes unless they already
+    /// joined an earlier one; a transaction that fails (its conditions or the rider's) writes
+    /// nothing, and the rider waits for the next.
+    pub fn commit<S: Store>(
+        rider: Option<&std::sync::Mutex<Rider>>,
+        store: &S,
+        mut txn: Txn,
+    ) -> Result<TxnOutcome, StoreError> {
+        let Some(rider) = rider else { return store.txn(txn) };
+        // Held across the commit: two transactions of one operation must not both take it.
+        let mut rider = rider.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if rider.committed.is_some() {
+            return store.txn(txn);
+        }
+        txn.compare.extend(rider.extra.compare.iter().cloned());
+        txn.ops.extend(rider.extra.ops.iter().cloned());
+        let outcome = store.txn(txn)?;
+        if let TxnOutcome::Committed(revision) = outcome {
+            rider.committed = Some(revision);
+        }
+        Ok(outcome)
+    }
+}
+
 /// What a transaction did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TxnOutcome {

@@ -3,9 +3,13 @@
 //! event stream of a migration as lines to read.
 
 use std::io::{BufRead, BufReader, Read as _};
+use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
+use anyhow::Context as _;
 use serde_json::Value;
+use ureq::tls::{Certificate, PemItem, RootCerts, TlsConfig};
 
 /// Where `ipshadow serve` listens by default.
 pub const DEFAULT_API: &str = "http://127.0.0.1:7480";
@@ -43,6 +47,17 @@ pub enum CallError {
         /// What the connection said.
         cause: String,
     },
+    /// The TLS handshake failed: most often a certificate the client does not trust.
+    #[error(
+        "TLS with the API at {base} failed ({cause}): if a CA of your own signed its certificate, pass \
+         --ca-file FILE or set IPSHADOW_CA_FILE"
+    )]
+    Tls {
+        /// The API's base URL.
+        base: String,
+        /// What TLS said.
+        cause: String,
+    },
     /// The server answered something that is not the API's JSON.
     #[error("unexpected answer from {base}: {detail}")]
     Unexpected {
@@ -62,16 +77,26 @@ pub struct Api {
 }
 
 impl Api {
-    /// A client of the API at `base` (`http://host:port`) sending `token`, if any.
-    pub fn new(base: &str, token: Option<String>) -> anyhow::Result<Self> {
+    /// A client of the API at `base` (`http://host:port` or `https://host:port`) sending
+    /// `token`, if any. Over https, the server's certificate must chain to a CA in `ca_file` (PEM)
+    /// when one is given, else to one of the public roots built in (Mozilla's).
+    pub fn new(base: &str, token: Option<String>, ca_file: Option<&Path>) -> anyhow::Result<Self> {
         let base = base.trim_end_matches('/').to_owned();
-        if base.starts_with("https://") {
-            anyhow::bail!("{base}: this client speaks plain HTTP only; put the API behind a local http:// address");
+        if !base.starts_with("http://") && !base.starts_with("https://") {
+            anyhow::bail!("{base}: the API's URL must start with http:// or https:// (e.g. {DEFAULT_API})");
         }
-        if !base.starts_with("http://") {
-            anyhow::bail!("{base}: the API's URL must start with http:// (e.g. {DEFAULT_API})");
-        }
-        let config = || ureq::Agent::config_builder().http_status_as_error(false).user_agent("ipshadow-cli");
+        let tls = match ca_file {
+            Some(path) => TlsConfig::builder().root_certs(RootCerts::Specific(Arc::new(read_cas(path)?))).build(),
+            None => TlsConfig::default(),
+        };
+        let config = || {
+            ureq::Agent::config_builder()
+                .http_status_as_error(false)
+                .user_agent("ipshadow-cli")
+                .tls_config(tls.clone())
+                // A token must never be sent in clear because the server redirected.
+                .https_only(base.starts_with("https://"))
+        };
         let agent = config().timeout_global(Some(CALL_TIMEOUT)).build().new_agent();
         // A stream is open as long as the migration runs: only silence is limited.
         let stream_agent = config().timeout_per_read(Some(STREAM_SILENCE)).build().new_agent();
@@ -181,13 +206,37 @@ impl Api {
         CallError::Refused { status, message: message.replace(['\n', '\r'], " ") }
     }
 
-    fn unreachable(&self, e: &dyn std::fmt::Display) -> CallError {
-        CallError::Unreachable { base: self.base.clone(), cause: e.to_string() }
+    fn unreachable(&self, e: &ureq::Error) -> CallError {
+        // rustls' refusals come as Rustls/Tls errors, or as I/O errors of kind InvalidData from
+        // the handshake; on plain HTTP the latter is a garbled answer, not TLS.
+        let tls = matches!(e, ureq::Error::Rustls(_) | ureq::Error::Tls(_))
+            || (self.base.starts_with("https://")
+                && matches!(e, ureq::Error::Io(io) if io.kind() == std::io::ErrorKind::InvalidData));
+        if tls {
+            CallError::Tls { base: self.base.clone(), cause: e.to_string() }
+        } else {
+            CallError::Unreachable { base: self.base.clone(), cause: e.to_string() }
+        }
     }
 
     fn unexpected(&self, detail: String) -> CallError {
         CallError::Unexpected { base: self.base.clone(), detail }
     }
+}
+
+/// The CA certificates in the PEM file at `path` (at least one).
+fn read_cas(path: &Path) -> anyhow::Result<Vec<Certificate<'static>>> {
+    let pem = std::fs::read(path).with_context(|| format!("reading the CA file {}", path.display()))?;
+    let mut cas = Vec::new();
+    for item in ureq::tls::parse_pem(&pem) {
+        if let PemItem::Certificate(cert) = item.with_context(|| format!("the CA file {}", path.display()))? {
+            cas.push(cert);
+        }
+    }
+    if cas.is_empty() {
+        anyhow::bail!("the CA file {} holds no PEM certificate", path.display());
+    }
+    Ok(cas)
 }
 
 /// Whether `e` means the request may not have reached the server, or its answer was lost.
@@ -227,14 +276,15 @@ mod tests {
 
     #[test]
     fn errors_are_one_line_with_status_and_message() {
-        let api = Api::new("http://127.0.0.1:1/", None).expect("a valid URL");
+        let api = Api::new("http://127.0.0.1:1/", None, None).expect("a valid URL");
         assert_eq!(api.base(), "http://127.0.0.1:1");
         let e = api.refused(404, r#"{"error":"not_found","message":"vm x not found"}"#);
         assert_eq!(e.to_string(), "404 vm x not found");
         let e = api.refused(502, "<html>\nbad gateway</html>");
         assert_eq!(e.to_string(), "502 <html>");
         assert!(api.refused(401, "{}").to_string().contains("IPSHADOW_TOKEN"));
-        assert!(Api::new("https://x", None).is_err() && Api::new("x:1", None).is_err());
+        assert!(Api::new("https://x", None, None).is_ok() && Api::new("x:1", None, None).is_err());
+        assert!(Api::new("https://x", None, Some(Path::new("/nonexistent/ca.pem"))).is_err());
     }
 
     #[test]
@@ -247,7 +297,7 @@ mod tests {
     #[test]
     fn nothing_listening_is_unreachable_and_names_the_url() {
         // Port 1 on loopback: nothing listens there on a test machine.
-        let api = Api::new("http://127.0.0.1:1", Some("t".into())).expect("a valid URL");
+        let api = Api::new("http://127.0.0.1:1", Some("t".into()), None).expect("a valid URL");
         let e = api.get("/v1/vms").expect_err("nothing listens");
         assert!(matches!(e, CallError::Unreachable { .. }), "{e}");
         assert!(e.to_string().contains("http://127.0.0.1:1") && e.to_string().contains("ipshadow serve"), "{e}");

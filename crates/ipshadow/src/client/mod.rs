@@ -1,8 +1,10 @@
 //! The CLI client of the REST API: `ipshadow vm|address|reassign|migration|shadowing ...`.
 //!
 //! Every command finds the server through `--api URL` / `IPSHADOW_API` (default
-//! `http://127.0.0.1:7480`, where `ipshadow serve` listens) and its token through `--token` /
-//! `IPSHADOW_TOKEN`, else `./ipshadow-data/admin-token` (the one `ipshadow serve` generates).
+//! `http://127.0.0.1:7480`, where `ipshadow serve` listens; `https://` for a `serve` with
+//! `tls_cert`, whose CA `--ca-file` / `IPSHADOW_CA_FILE` names when it is not a public one) and
+//! its token through `--token` / `IPSHADOW_TOKEN`, else `./ipshadow-data/admin-token` (the one
+//! `ipshadow serve` generates).
 //! Output is an aligned table or a `key  value` list; `--json` prints the server's JSON instead.
 //! A refusal is one line, `error: <status> <message>`, and exit code 1.
 //!
@@ -38,6 +40,10 @@ pub struct ConnectArgs {
     /// Bearer token (default: ./ipshadow-data/admin-token when it exists).
     #[arg(long, global = true, value_name = "TOKEN", env = "IPSHADOW_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// CA certificates (PEM) that an https:// API's certificate must chain to (default: the
+    /// public roots built in).
+    #[arg(long, global = true, value_name = "FILE", env = "IPSHADOW_CA_FILE")]
+    pub ca_file: Option<std::path::PathBuf>,
     /// Print the server's JSON (pretty) instead of tables.
     #[arg(long, global = true)]
     pub json: bool,
@@ -50,7 +56,7 @@ impl ConnectArgs {
             Some(token) => Some(token.trim().to_owned()),
             None => read_token(Path::new(ADMIN_TOKEN_FILE)),
         };
-        Api::new(&self.api, token)
+        Api::new(&self.api, token, self.ca_file.as_deref())
     }
 }
 

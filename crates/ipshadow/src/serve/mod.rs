@@ -9,12 +9,13 @@
 //! channel. Everything durable is in the store and the DHCP lease store, so a process killed
 //! at any moment resumes every migration where it was recorded.
 
+mod files;
 mod manage;
 mod parts;
+mod transport;
 
 use std::io::Write as _;
 use std::net::SocketAddr;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -33,8 +34,8 @@ use serde::Deserialize;
 /// Options of `ipshadow serve`.
 #[derive(Args, Debug)]
 pub struct ServeArgs {
-    /// Configuration file (TOML: `listen`, `data_dir`, `[[tenants]] name, token`); without it
-    /// every default applies.
+    /// Configuration file (TOML: `listen`, `data_dir`, `tls_cert`, `tls_key`,
+    /// `allow_plain_http`, `[[tenants]] name, token`); without it every default applies.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
 }
@@ -47,6 +48,13 @@ struct ServeConfig {
     listen: Option<SocketAddr>,
     /// Where the store and the generated admin token live.
     data_dir: Option<PathBuf>,
+    /// The API's certificate chain (PEM): with `tls_key`, the API is served over HTTPS.
+    tls_cert: Option<PathBuf>,
+    /// The private key of `tls_cert` (PEM).
+    tls_key: Option<PathBuf>,
+    /// Serve plain HTTP on a `listen` address that is not loopback (refused without it).
+    #[serde(default)]
+    allow_plain_http: bool,
     /// Tenants and their bearer tokens.
     #[serde(default)]
     tenants: Vec<TenantConfig>,
@@ -253,35 +261,6 @@ fn unix_ms() -> u64 {
     SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_millis() as u64
 }
 
-/// The admin token: from the environment, else from the data folder, else a new one written
-/// there readable by its owner only.
-fn admin_token(data_dir: &Path) -> anyhow::Result<String> {
-    if let Ok(token) = std::env::var("IPSHADOW_ADMIN_TOKEN") {
-        if token.len() < 16 {
-            bail!("IPSHADOW_ADMIN_TOKEN is shorter than 16 characters");
-        }
-        return Ok(token);
-    }
-    let path = data_dir.join("admin-token");
-    if let Ok(token) = std::fs::read_to_string(&path) {
-        return Ok(token.trim().to_owned());
-    }
-    let mut bytes = [0u8; 32];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes))
-        .context("reading /dev/urandom")?;
-    let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&path)
-        .with_context(|| format!("creating {}", path.display()))?;
-    writeln!(file, "{token}")?;
-    eprintln!("ipshadow serve: generated an admin token in {} (mode 0600)", path.display());
-    Ok(token)
-}
-
 /// Opens the store. A process killed a moment ago may still hold its lock while its last
 /// threads exit (a supervisor restarting `serve` at once meets this): wait a little for it.
 fn open_store(path: &Path) -> anyhow::Result<RedbStore> {
@@ -314,9 +293,15 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
         Some(addr) => addr,
         None => DEFAULT_LISTEN.parse()?,
     };
+    let transport = transport::TransportConfig {
+        tls_cert: config.tls_cert.clone(),
+        tls_key: config.tls_key.clone(),
+        allow_plain_http: config.allow_plain_http,
+    }
+    .transport(listen)?;
     let data_dir = config.data_dir.clone().unwrap_or_else(|| PathBuf::from("ipshadow-data"));
-    std::fs::create_dir_all(&data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
-    let mut tokens = TokenTable::new(admin_token(&data_dir)?);
+    files::data_dir(&data_dir)?;
+    let mut tokens = TokenTable::new(files::admin_token(&data_dir)?);
     for t in &config.tenants {
         if t.token.len() < 16 {
             bail!("tenant {}: token shorter than 16 characters", t.name);
@@ -326,7 +311,10 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
 
     let policy = config.policy.policy()?;
     let retention = config.retention.retention()?;
-    let store = open_store(&data_dir.join("store.redb"))?;
+    let store_path = data_dir.join("store.redb");
+    let store = open_store(&store_path)?;
+    // redb creates the file with the umask's mode.
+    files::private_file(&store_path)?;
     let stop = Arc::new(AtomicBool::new(false));
     let (heard_tx, heard_rx) = std::sync::mpsc::channel();
     // With a router in the process, B takes flows once it answers the router's probe for X.
@@ -354,11 +342,7 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
             let (tx, rx) = std::sync::mpsc::channel();
             let first = manager.dhcp()?;
             let log_path = data_dir.join("dhcp-events.jsonl");
-            let log = std::fs::File::options()
-                .create(true)
-                .append(true)
-                .open(&log_path)
-                .with_context(|| format!("opening {}", log_path.display()))?;
+            let log = files::append_private(&log_path)?;
             let thread =
                 parts::start_dhcp(dhcp, first, rx, heard_tx.clone(), shared_dhcp.clone(), log, Arc::clone(&stop))?;
             outputs.dhcp = Some(tx);
@@ -396,12 +380,6 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
     };
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let result = runtime.block_on(async {
-        let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("listening on {listen}"))?;
-        eprintln!(
-            "ipshadow serve: API on http://{}, data in {}",
-            listener.local_addr()?,
-            data_dir.display()
-        );
         let shutdown = async {
             let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
             tokio::select! {
@@ -410,8 +388,7 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
             }
         };
         let state = ApiState::new(store, tokens).with_parts(api_parts).with_policy(policy);
-        ipshadow_control::api::serve(listener, state, shutdown).await?;
-        anyhow::Ok(())
+        transport::serve_api(listen, transport, &data_dir, state, shutdown).await
     });
     stop.store(true, Ordering::Relaxed);
     let mut failures = Vec::new();
