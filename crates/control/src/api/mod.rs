@@ -33,6 +33,7 @@ pub use auth::{Caller, TokenTable};
 pub use error::{ApiError, ErrorBody};
 use schema::SharedResponses;
 
+use crate::admission::Admission;
 use crate::inventory::Inventory;
 use crate::reassign::DeadlinePolicy;
 use crate::store::Store;
@@ -53,6 +54,8 @@ pub struct ApiState<S: Store> {
     pub clock: Clock,
     /// Limits on requested deadlines.
     pub policy: DeadlinePolicy,
+    /// What tenants may claim and what the parts of this process can take.
+    pub admission: Arc<Admission>,
     /// How long an idempotency record answers retries, milliseconds (24 h by default).
     pub idempotency_ttl_ms: u64,
     /// The other parts running in this process, when there are.
@@ -97,6 +100,7 @@ impl<S: Store> Clone for ApiState<S> {
             tokens: self.tokens.clone(),
             clock: self.clock.clone(),
             policy: self.policy,
+            admission: self.admission.clone(),
             idempotency_ttl_ms: self.idempotency_ttl_ms,
             parts: self.parts.clone(),
             max_event_streams: self.max_event_streams,
@@ -107,13 +111,15 @@ impl<S: Store> Clone for ApiState<S> {
 }
 
 impl<S: Store> ApiState<S> {
-    /// State over `store` with `tokens`, the system clock and the default deadline policy.
+    /// State over `store` with `tokens`, the system clock, the default deadline policy, and the
+    /// default [`Admission`] (tenants claim no address until given prefixes).
     pub fn new(store: S, tokens: TokenTable) -> Self {
         Self {
             inventory: Arc::new(Inventory::new(store)),
             tokens: Arc::new(tokens),
             clock: Arc::new(system_clock_ms),
             policy: DeadlinePolicy::default(),
+            admission: Arc::default(),
             idempotency_ttl_ms: idempotency::DEFAULT_TTL_MS,
             parts: Parts::default(),
             max_event_streams: events::DEFAULT_MAX_STREAMS,
@@ -125,6 +131,12 @@ impl<S: Store> ApiState<S> {
     /// Connects the API to the DHCP server and the router of this process.
     pub fn with_parts(mut self, parts: Parts) -> Self {
         self.parts = parts;
+        self
+    }
+
+    /// Replaces what tenants may claim and what the parts can take.
+    pub fn with_admission(mut self, admission: Admission) -> Self {
+        self.admission = Arc::new(admission);
         self
     }
 

@@ -9,6 +9,7 @@
 //! channel. Everything durable is in the store and the DHCP lease store, so a process killed
 //! at any moment resumes every migration where it was recorded.
 
+mod admit;
 mod manage;
 mod parts;
 
@@ -33,7 +34,7 @@ use serde::Deserialize;
 /// Options of `ipshadow serve`.
 #[derive(Args, Debug)]
 pub struct ServeArgs {
-    /// Configuration file (TOML: `listen`, `data_dir`, `[[tenants]] name, token`); without it
+    /// Configuration file (TOML: `listen`, `data_dir`, `[[tenants]] name, token, prefixes`); without it
     /// every default applies.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
@@ -191,6 +192,9 @@ impl RouterConfig {
 struct TenantConfig {
     name: String,
     token: String,
+    /// The prefixes the tenant may claim addresses in (none: no address; see [`admit`]).
+    #[serde(default)]
+    prefixes: Vec<ipshadow_control::admission::Ipv4Net>,
 }
 
 /// The default API address.
@@ -272,6 +276,7 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
     }
 
     let policy = config.policy.policy()?;
+    let admission = admit::admission(&config)?;
     let store = open_store(&data_dir.join("store.redb"))?;
     let stop = Arc::new(AtomicBool::new(false));
     let (heard_tx, heard_rx) = std::sync::mpsc::channel();
@@ -355,7 +360,7 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
                 _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
             }
         };
-        let state = ApiState::new(store, tokens).with_parts(api_parts).with_policy(policy);
+        let state = ApiState::new(store, tokens).with_parts(api_parts).with_policy(policy).with_admission(admission);
         ipshadow_control::api::serve(listener, state, shutdown).await?;
         anyhow::Ok(())
     });
