@@ -89,6 +89,8 @@ pub struct Parts {
     pub router_status: Option<RouterStatusSource>,
     /// The DHCP server's status.
     pub dhcp_status: Option<DhcpStatusSource>,
+    /// The health of each part (`/healthz`, `/metrics`, the status endpoints).
+    pub health: Option<parts::HealthSource>,
 }
 
 // Derived `Clone` would require `S: Clone` on the struct's users for no reason; every field is a
@@ -208,7 +210,7 @@ fn system_clock_ms() -> u64 {
         parts::dhcp_status,
         metrics::metrics,
     ),
-    components(schemas(ErrorBody, Health)),
+    components(schemas(ErrorBody, Health, parts::PartHealth)),
     modifiers(&BearerScheme, &SharedResponses),
 )]
 pub struct ApiDoc;
@@ -229,14 +231,27 @@ impl utoipa::Modify for BearerScheme {
 /// `GET /healthz`.
 #[derive(serde::Serialize, utoipa::ToSchema)]
 pub struct Health {
-    /// Always `ok` while the process serves requests.
+    /// `ok` while the process serves requests and every part in it runs; `degraded` when one
+    /// does not (it is being restarted, or stuck).
     pub status: &'static str,
+    /// The parts running in this process (none: only the API and the manager), each with its
+    /// health.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub parts: Vec<parts::PartHealth>,
 }
 
-/// The process is up (no token needed: load balancers and probes call it).
-#[utoipa::path(get, path = "/healthz", tag = "meta", responses((status = 200, body = Health)))]
-async fn health() -> axum::Json<Health> {
-    axum::Json(Health { status: "ok" })
+/// The process is up (no token needed: load balancers and probes call it); 503 names a part of
+/// it that is down (restarting after a failure) or stuck.
+#[utoipa::path(get, path = "/healthz", tag = "meta",
+    responses((status = 200, body = Health), (status = 503, body = Health,
+        description = "A part is down or stuck (`status: degraded`; `parts` says which, with its last failure)")))]
+async fn health<S: Store>(axum::extract::State(state): axum::extract::State<ApiState<S>>) -> Response {
+    let parts = state.parts.health.as_ref().map(|f| f()).unwrap_or_default();
+    if parts.iter().all(parts::PartHealth::ok) {
+        axum::Json(Health { status: "ok", parts }).into_response()
+    } else {
+        (axum::http::StatusCode::SERVICE_UNAVAILABLE, axum::Json(Health { status: "degraded", parts })).into_response()
+    }
 }
 
 /// The API's routes over `state`.
@@ -272,7 +287,7 @@ pub fn router<S: Store>(state: ApiState<S>) -> Router {
         .route("/metrics", get(metrics::metrics::<S>))
         .route("/v1/router/status", get(parts::router_status::<S>))
         .route("/v1/dhcp/status", get(parts::dhcp_status::<S>))
-        .route("/healthz", get(health))
+        .route("/healthz", get(health::<S>))
         .route("/openapi.json", get(openapi))
         .fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)

@@ -12,6 +12,7 @@
 mod admit;
 mod manage;
 mod parts;
+mod supervise;
 
 use std::io::Write as _;
 use std::net::SocketAddr;
@@ -286,12 +287,18 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
     let mut threads = Vec::new();
     let mut outputs = manage::Outputs { router: None, dhcp: None, router_status: Default::default() };
     let shared_dhcp: parts::SharedDhcp = Default::default();
+    let (router_health, dhcp_health) = (supervise::PartState::new("router"), supervise::PartState::new("dhcp"));
     let started = (|| -> anyhow::Result<()> {
         manage::watch_store(&store, heard_tx.clone(), Arc::clone(&stop))?;
         if let Some(router) = &config.router {
             let status_file = router.status_file.clone();
-            let (feed, thread) =
-                parts::start_router(router.setup()?, status_file, heard_tx.clone(), Arc::clone(&stop))?;
+            let (feed, thread) = parts::start_router(
+                router.setup()?,
+                status_file,
+                heard_tx.clone(),
+                router_health.clone(),
+                Arc::clone(&stop),
+            )?;
             outputs.router = Some(feed);
             threads.push(thread);
         }
@@ -310,8 +317,16 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
                 .append(true)
                 .open(&log_path)
                 .with_context(|| format!("opening {}", log_path.display()))?;
-            let thread =
-                parts::start_dhcp(dhcp, first, rx, heard_tx.clone(), shared_dhcp.clone(), log, Arc::clone(&stop))?;
+            let thread = parts::start_dhcp(
+                dhcp,
+                first,
+                rx,
+                heard_tx.clone(),
+                shared_dhcp.clone(),
+                dhcp_health.clone(),
+                log,
+                Arc::clone(&stop),
+            )?;
             outputs.dhcp = Some(tx);
             threads.push(thread);
         }
@@ -337,6 +352,13 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
         router_status: config.router.is_some().then(|| {
             let status = outputs.router_status.clone();
             Arc::new(move || status.lock().ok().and_then(|s| s.clone())) as RouterStatusSource
+        }),
+        health: Some({
+            let running: Vec<_> = [(config.router.is_some(), router_health), (config.dhcp.is_some(), dhcp_health)]
+                .into_iter()
+                .filter_map(|(runs, health)| runs.then_some(health))
+                .collect();
+            Arc::new(move || running.iter().map(|p| p.health()).collect())
         }),
     };
     let manager_thread = {

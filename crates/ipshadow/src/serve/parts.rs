@@ -20,6 +20,9 @@ use ipshadow_dhcp::server::LeaseEvent;
 use ipshadow_dhcp::service::Service;
 use ipshadow_dhcp::{DhcpConfig, MigrationPlan, Reservation};
 
+use ipshadow_control::admission::sift_reservations;
+
+use super::supervise::{PartState, supervise};
 use crate::router::{Router, RouterControl, RouterSetup};
 
 /// What the manager hears.
@@ -66,6 +69,11 @@ struct FeedControl {
     wake: UnixDatagram,
     heard: Sender<Heard>,
     status_file: Option<std::path::PathBuf>,
+    /// The newest document, for a restarted router.
+    last: Option<Desired>,
+    /// Hand [`FeedControl::last`] again (the router was restarted and has applied nothing).
+    replay: bool,
+    health: Arc<PartState>,
 }
 
 impl RouterControl for FeedControl {
@@ -74,13 +82,21 @@ impl RouterControl for FeedControl {
     }
 
     fn desired(&mut self, _now: Instant) -> Option<Desired> {
+        // Asked on every turn of the router's loop: it is alive.
+        self.health.alive();
         // Only the newest document matters.
         let latest = self.desired.try_iter().last();
         if latest.is_some() {
             let mut buf = [0u8; 64];
             while self.wake.recv(&mut buf).is_ok() {}
+            self.last.clone_from(&latest);
+            self.replay = false;
+            return latest;
         }
-        latest
+        if std::mem::take(&mut self.replay) {
+            return self.last.clone();
+        }
+        None
     }
 
     fn report(&mut self, status: Status) {
@@ -94,11 +110,13 @@ impl RouterControl for FeedControl {
 }
 
 /// Starts the router on its own thread (its ports are opened there and stay there); returns
-/// once it forwards, or with the reason it could not start.
+/// once it forwards, or with the reason it could not start. A router that fails later is opened
+/// again with back-off ([`supervise`]) and given the newest desired state again.
 pub fn start_router(
     setup: RouterSetup,
     status_file: Option<std::path::PathBuf>,
     heard: Sender<Heard>,
+    health: Arc<PartState>,
     stop: Arc<AtomicBool>,
 ) -> anyhow::Result<(RouterFeed, JoinHandle<anyhow::Result<()>>)> {
     let (tx, rx) = std::sync::mpsc::channel();
@@ -107,8 +125,7 @@ pub fn start_router(
     wake_tx.set_nonblocking(true)?;
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<String, String>>();
     let thread = std::thread::Builder::new().name("router".into()).spawn(move || {
-        let now = crate::router::now();
-        let mut router = match Router::open(setup, now) {
+        let router = match Router::open(setup.clone(), crate::router::now()) {
             Ok(router) => router,
             Err(e) => {
                 let _ = ready_tx.send(Err(format!("{e:#}")));
@@ -116,10 +133,26 @@ pub fn start_router(
             }
         };
         let _ = ready_tx.send(Ok(router.describe()));
-        let mut control = FeedControl { desired: rx, wake: wake_rx, heard, status_file };
-        let result = router.run(&stop, &mut control, crate::router::now);
-        eprintln!("ipshadow serve: router stopped after {} frames", router.forwarder.frames);
-        result
+        let mut control = FeedControl {
+            desired: rx,
+            wake: wake_rx,
+            heard,
+            status_file,
+            last: None,
+            replay: false,
+            health: Arc::clone(&health),
+        };
+        let run = |router: &mut Router| {
+            let result = router.run(&stop, &mut control, crate::router::now);
+            eprintln!("ipshadow serve: router stopped after {} frames", router.forwarder.frames);
+            // The next life starts from nothing applied.
+            control.replay = true;
+            result
+        };
+        // The old router's ports are closed before the new one opens its own.
+        let restart = || Router::open(setup.clone(), crate::router::now());
+        supervise(&health, &stop, router, run, restart);
+        Ok(())
     })?;
     let thread = started(ready_rx, thread, "router")?;
     Ok((RouterFeed { desired: tx, wake: wake_tx }, thread))
@@ -144,24 +177,27 @@ pub type SharedDhcp = Arc<Mutex<DhcpShared>>;
 const DHCP_FOLLOW: Duration = Duration::from_millis(50);
 
 /// Starts the DHCP server on its own thread, following `feed` (the first feed is applied before
-/// the first request is answered); returns once it serves.
+/// the first request is answered); returns once it serves. A server that fails later (its
+/// socket, its lease store) is started again with back-off ([`supervise`]) on the newest feed.
 pub fn start_dhcp(
     config: DhcpConfig,
     first: DhcpFeed,
     feed: Receiver<DhcpFeed>,
     heard: Sender<Heard>,
     shared: SharedDhcp,
+    health: Arc<PartState>,
     mut log: std::fs::File,
     stop: Arc<AtomicBool>,
 ) -> anyhow::Result<JoinHandle<anyhow::Result<()>>> {
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<String, String>>();
     let thread = std::thread::Builder::new().name("dhcp".into()).spawn(move || {
-        let started = Service::start(config).and_then(|mut s| {
+        let open = |latest: &DhcpFeed| -> anyhow::Result<Service> {
+            let mut s = Service::start(config.clone())?;
             s.set_wait(DHCP_FOLLOW)?;
-            follow(&mut s, first, &heard)?;
+            follow(&mut s, latest.clone(), &heard, &health)?;
             Ok(s)
-        });
-        let mut service = match started {
+        };
+        let service = match open(&first) {
             Ok(service) => service,
             Err(e) => {
                 let _ = ready_tx.send(Err(e.to_string()));
@@ -170,31 +206,41 @@ pub fn start_dhcp(
         };
         let at = service.local_addr().map_or_else(|| "?".to_owned(), |a| a.to_string());
         let _ = ready_tx.send(Ok(format!("serving on {at}")));
-        publish(&service, &shared);
-        while !stop.load(Ordering::Relaxed) {
-            if let Some(latest) = feed.try_iter().last() {
-                follow(&mut service, latest, &heard)?;
-                publish(&service, &shared);
-            }
-            let events = service.step()?;
-            if !events.is_empty() {
-                if let Ok(mut shared) = shared.lock() {
-                    for event in &events {
-                        if let Ok(serde_json::Value::String(kind)) = serde_json::to_value(event.kind) {
-                            *shared.events.entry(kind).or_default() += 1;
+        // The newest feed: a restarted server follows it from the start.
+        let latest_cell = std::cell::RefCell::new(first);
+        let run = |service: &mut Service| -> anyhow::Result<()> {
+            publish(service, &shared);
+            while !stop.load(Ordering::Relaxed) {
+                health.alive();
+                if let Some(newest) = feed.try_iter().last() {
+                    latest_cell.replace(newest.clone());
+                    follow(service, newest, &heard, &health)?;
+                    publish(service, &shared);
+                }
+                let events = service.step()?;
+                if !events.is_empty() {
+                    if let Ok(mut shared) = shared.lock() {
+                        for event in &events {
+                            if let Ok(serde_json::Value::String(kind)) = serde_json::to_value(event.kind) {
+                                *shared.events.entry(kind).or_default() += 1;
+                            }
                         }
                     }
+                    publish(service, &shared);
                 }
-                publish(&service, &shared);
-            }
-            for event in events {
-                // The lease event log: one JSON line each, for the operator's audit.
-                if let Ok(line) = serde_json::to_string(&event) {
-                    let _ = writeln!(log, "{line}");
+                for event in events {
+                    // The lease event log: one JSON line each, for the operator's audit.
+                    if let Ok(line) = serde_json::to_string(&event) {
+                        let _ = writeln!(log, "{line}");
+                    }
+                    let _ = heard.send(Heard::Lease(event));
                 }
-                let _ = heard.send(Heard::Lease(event));
             }
-        }
+            Ok(())
+        };
+        // The failed service (its socket, its lease store) is dropped before a new one opens them.
+        let restart = || open(&latest_cell.borrow());
+        supervise(&health, &stop, service, run, restart);
         Ok(())
     })?;
     started(ready_rx, thread, "DHCP server")
@@ -219,11 +265,17 @@ fn started(
     }
 }
 
+/// Hands the server the reservations it can take, and the plans. Reservations its own rules
+/// refuse (a record stored before the API checked them, or behind its back) are left out and
+/// reported in its health: one bad record never stops the server for everyone.
 fn follow(
     service: &mut Service,
     (reservations, plans): DhcpFeed,
     heard: &Sender<Heard>,
+    health: &PartState,
 ) -> Result<(), ipshadow_dhcp::service::ServiceError> {
+    let (reservations, skipped) = sift_reservations(service.server().config(), reservations);
+    health.skipped(skipped);
     for (id, why) in service.follow(reservations, &plans)? {
         let _ = heard.send(Heard::PlanRefused { id, reason: format!("the DHCP server refused its lease plan: {why}") });
     }
