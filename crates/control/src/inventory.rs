@@ -226,6 +226,15 @@ impl<S: Store> Inventory<S> {
         self.visible_records("/v1/vms/", tenant, |vm: &Vm| &vm.tenant)
     }
 
+    /// Every VM, the oldest first (by the revision that created it): the order in which the DHCP
+    /// server is given their reservations, so that of two records that clash (a MAC stored twice
+    /// before MACs were unique) the one that was there first keeps its reservation.
+    pub fn vms_oldest_first(&self) -> Result<Vec<Vm>, InventoryError> {
+        let (mut kvs, _) = self.store.range("/v1/vms/")?;
+        kvs.sort_by_key(|kv| kv.create_revision);
+        kvs.iter().map(|kv| Ok(decode::<Vm>(kv)?.value)).collect()
+    }
+
     /// Every record under `prefix` whose owner (`owner` of it) `tenant` may see, in key order.
     pub(crate) fn visible_records<T: for<'de> Deserialize<'de>>(
         &self,

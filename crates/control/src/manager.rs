@@ -65,14 +65,14 @@ impl<S: Store> Manager<S> {
 
     /// What the DHCP server should know: the reservations and the lease plans.
     pub fn dhcp(&self) -> Result<(Vec<ipshadow_dhcp::Reservation>, Vec<MigrationPlan>), InventoryError> {
-        let vms = self.inventory.vms(None)?;
+        let vms = self.inventory.vms_oldest_first()?;
         let addresses = self.inventory.addresses(None)?;
         Ok((dhcp_reservations(&vms, &addresses), dhcp_plans(&self.migrations()?)))
     }
 
     /// Everything the parts should do now, from one read of the VMs, addresses and migrations.
     pub fn projection(&self, now_ms: u64) -> Result<Projection, InventoryError> {
-        let vms = self.inventory.vms(None)?;
+        let vms = self.inventory.vms_oldest_first()?;
         let addresses = self.inventory.addresses(None)?;
         let migrations = self.migrations()?;
         Ok(Projection {

@@ -322,8 +322,7 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
                 first,
                 rx,
                 heard_tx.clone(),
-                shared_dhcp.clone(),
-                dhcp_health.clone(),
+                parts::DhcpReports { shared: shared_dhcp.clone(), health: dhcp_health.clone() },
                 log,
                 Arc::clone(&stop),
             )?;

@@ -173,6 +173,14 @@ pub struct DhcpShared {
 /// [`DhcpShared`] between the DHCP thread and the API.
 pub type SharedDhcp = Arc<Mutex<DhcpShared>>;
 
+/// Where the DHCP thread says how it is: its status for the API, its health.
+pub struct DhcpReports {
+    /// Leases and counters.
+    pub shared: SharedDhcp,
+    /// Up, restarts, records skipped.
+    pub health: Arc<PartState>,
+}
+
 /// How late a new lease plan may reach the DHCP server at most.
 const DHCP_FOLLOW: Duration = Duration::from_millis(50);
 
@@ -184,8 +192,7 @@ pub fn start_dhcp(
     first: DhcpFeed,
     feed: Receiver<DhcpFeed>,
     heard: Sender<Heard>,
-    shared: SharedDhcp,
-    health: Arc<PartState>,
+    DhcpReports { shared, health }: DhcpReports,
     mut log: std::fs::File,
     stop: Arc<AtomicBool>,
 ) -> anyhow::Result<JoinHandle<anyhow::Result<()>>> {
@@ -317,5 +324,63 @@ fn publish(service: &Service, shared: &SharedDhcp) {
             "counters": service.server().counters(),
             "events": shared.events,
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use ipshadow_control::inventory::{Address, Inventory, Vm, address_key, vm_key};
+    use ipshadow_control::manager::Manager;
+    use ipshadow_control::{RedbStore, Store, Txn};
+
+    use super::*;
+
+    /// A record the API would refuse, written into the store directly (as before the API
+    /// checked it): the DHCP server starts all the same and reports the bad one in its health (issue 13's `reservations.evil.ip: is in no configured
+    /// subnet`, which used to stop `serve` from starting).
+    #[test]
+    fn a_bad_record_in_the_store_is_skipped_at_start() -> anyhow::Result<()> {
+        let dir = std::env::temp_dir().join(format!("ipshadow-parts-skip-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)?;
+        let store = RedbStore::open(&dir.join("store.redb"))?;
+        let inventory = Inventory::new(store.clone());
+        let vm = |id: &str, mac: &str| Vm { id: id.into(), tenant: "acme".into(), mac: mac.into(), segment: id.into() };
+        inventory.add_vm(&vm("vm-a", "02:00:00:00:00:0a"))?;
+        inventory.add_address("acme", Ipv4Addr::new(10, 0, 0, 10), Some("vm-a"))?;
+        // Behind the API's back: a VM whose address is in no DHCP subnet.
+        let evil = vm("evil", "02:00:00:00:00:ee");
+        let bad = Address {
+            ip: Ipv4Addr::new(192, 168, 77, 7),
+            tenant: "other".into(),
+            vm: Some("evil".into()),
+            migration: None,
+        };
+        store.txn(
+            Txn::new()
+                .put(vm_key("evil"), serde_json::to_vec(&evil)?)
+                .put(address_key(bad.ip), serde_json::to_vec(&bad)?),
+        )?;
+        let manager = Manager::new(inventory, Default::default());
+        let config = ipshadow_dhcp::DhcpConfig::from_toml(&format!(
+            "server_id = \"127.0.0.1\"\nlisten = \"127.0.0.1:0\"\nlease_store = \"{}\"\n\
+             [[subnets]]\nnetwork = \"10.0.0.0\"\nprefix = 24\n",
+            dir.join("leases.redb").display()
+        ))?;
+        let (heard, _heard_rx) = std::sync::mpsc::channel();
+        let (_feed_tx, feed) = std::sync::mpsc::channel();
+        let log = std::fs::File::create(dir.join("dhcp-events.jsonl"))?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let health = PartState::new("dhcp");
+        let shared = SharedDhcp::default();
+        let reports = DhcpReports { shared, health: health.clone() };
+        let thread = start_dhcp(config, manager.dhcp()?, feed, heard, reports, log, Arc::clone(&stop))?;
+        let h = health.health();
+        assert!(h.ok(), "{h:?}");
+        assert_eq!(h.skipped, vec!["configuration key reservations.evil.ip: is in no configured subnet".to_owned()]);
+        stop.store(true, Ordering::Relaxed);
+        thread.join().map_err(|_| anyhow!("the DHCP thread panicked"))??;
+        let _ = std::fs::remove_dir_all(&dir);
+        Ok(())
     }
 }
