@@ -11,6 +11,7 @@ use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 
 use super::error::ErrorBody;
+use super::parts::PartHealth;
 use super::{ApiError, ApiState, Caller};
 use crate::migration::MigrationState;
 use crate::store::Store;
@@ -46,9 +47,12 @@ fn value(x: f64) -> String {
     }
 }
 
+/// A metric family of the parts' health: name, type, help, the value of one part.
+type PartFamily = (&'static str, &'static str, &'static str, fn(&PartHealth) -> f64);
+
 /// Each part's health (label `part`): up, restarts, how stale, records skipped.
-fn part_health(out: &mut String, parts: &[super::parts::PartHealth]) {
-    let families: [(&str, &str, &str, fn(&super::parts::PartHealth) -> f64); 4] = [
+fn part_health(out: &mut String, parts: &[PartHealth]) {
+    let families: [PartFamily; 4] = [
         ("ipshadow_part_up", "gauge", "1 while the part runs and is not stuck.", |h| f64::from(u8::from(h.ok()))),
         ("ipshadow_part_restarts_total", "counter", "Restarts of the part after a failure.", |h| h.restarts as f64),
         ("ipshadow_part_age_seconds", "gauge", "Time since the part last went round its loop.", |h| {
