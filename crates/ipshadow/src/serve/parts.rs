@@ -142,14 +142,14 @@ pub fn start_router(
             replay: false,
             health: Arc::clone(&health),
         };
-        let run = |router: &mut Router| {
+        let run = |mut router: Router| {
             let result = router.run(&stop, &mut control, crate::router::now);
             eprintln!("ipshadow serve: router stopped after {} frames", router.forwarder.frames);
             // The next life starts from nothing applied.
             control.replay = true;
             result
         };
-        // The old router's ports are closed before the new one opens its own.
+        // The failed router (its ports) is dropped before a new one opens them again.
         let restart = || Router::open(setup.clone(), crate::router::now());
         supervise(&health, &stop, router, run, restart);
         Ok(())
@@ -207,7 +207,7 @@ pub fn start_dhcp(
         let service = match open(&first) {
             Ok(service) => service,
             Err(e) => {
-                let _ = ready_tx.send(Err(e.to_string()));
+                let _ = ready_tx.send(Err(format!("{e:#}")));
                 return Ok(());
             }
         };
@@ -215,7 +215,8 @@ pub fn start_dhcp(
         let _ = ready_tx.send(Ok(format!("serving on {at}")));
         // The newest feed: a restarted server follows it from the start.
         let latest_cell = std::cell::RefCell::new(first);
-        let run = |service: &mut Service| -> anyhow::Result<()> {
+        let run = |mut service: Service| -> anyhow::Result<()> {
+            let service = &mut service;
             publish(service, &shared);
             while !stop.load(Ordering::Relaxed) {
                 health.alive();

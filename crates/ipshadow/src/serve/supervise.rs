@@ -82,18 +82,19 @@ impl PartState {
 /// Runs `run` (one life of the part: it returns when the part fails or `stop` is set) until
 /// `stop`; after a failure, marks the part down, waits (100 ms, doubling to 10 s; back to 100 ms
 /// after a minute of running) and calls `restart`, then `run` again. `restart` failing is a
-/// failure too.
+/// failure too. `run` takes the part: a failed part is dropped (its sockets, its store closed)
+/// before `restart` opens them again.
 pub fn supervise<P>(
     state: &PartState,
     stop: &AtomicBool,
     mut part: P,
-    mut run: impl FnMut(&mut P) -> anyhow::Result<()>,
+    mut run: impl FnMut(P) -> anyhow::Result<()>,
     mut restart: impl FnMut() -> anyhow::Result<P>,
 ) {
     let mut backoff = FIRST_BACKOFF;
     loop {
         let started = Instant::now();
-        let result = run(&mut part);
+        let result = run(part);
         if stop.load(Ordering::Relaxed) {
             return;
         }
@@ -165,8 +166,8 @@ mod tests {
                     &stop,
                     0u32,
                     |life| {
-                        lives.lock().unwrap().push(*life);
-                        if *life < 2 {
+                        lives.lock().unwrap().push(life);
+                        if life < 2 {
                             anyhow::bail!("life {life} failed");
                         }
                         // The third life runs until stopped.
