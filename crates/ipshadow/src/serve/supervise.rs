@@ -205,6 +205,39 @@ mod tests {
         thread.join().unwrap();
     }
 
+    /// A failed part is dropped before its restart: a socket it held can be bound again (the
+    /// DHCP server's port, its lease store's lock, the router's ports).
+    #[test]
+    fn a_failed_part_releases_what_it_held_before_the_restart() {
+        let state = PartState::new("dhcp");
+        let stop = AtomicBool::new(false);
+        let first = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let at = first.local_addr().unwrap();
+        let mut lives = 0;
+        supervise(
+            &state,
+            &stop,
+            first,
+            |_socket| {
+                lives += 1;
+                if lives == 2 {
+                    // The restarted part runs; the test ends it.
+                    stop.store(true, Ordering::Relaxed);
+                    return Ok(());
+                }
+                anyhow::bail!("socket error")
+            },
+            || {
+                // Still held: the test ends (and fails below) instead of retrying for ever.
+                let socket = std::net::UdpSocket::bind(at);
+                stop.store(socket.is_err(), Ordering::Relaxed);
+                Ok(socket?)
+            },
+        );
+        let health = state.health();
+        assert_eq!((lives, health.restarts, health.up), (2, 1, true), "{health:?}");
+    }
+
     #[test]
     fn skipped_records_are_kept_for_the_status() {
         let state = PartState::new("dhcp");
