@@ -226,13 +226,26 @@ impl<S: Store> Inventory<S> {
         self.visible_records("/v1/vms/", tenant, |vm: &Vm| &vm.tenant)
     }
 
-    /// Every VM, the oldest first (by the revision that created it): the order in which the DHCP
-    /// server is given their reservations, so that of two records that clash (a MAC stored twice
-    /// before MACs were unique) the one that was there first keeps its reservation.
-    pub fn vms_oldest_first(&self) -> Result<Vec<Vm>, InventoryError> {
-        let (mut kvs, _) = self.store.range("/v1/vms/")?;
+    /// Every record under `prefix` that reads back, the oldest first (by the revision that created
+    /// it), and the ones that do not, each as `key: why`. What the parts are given comes from here:
+    /// a record written behind the API's back is skipped, never the reason a part gets nothing.
+    /// (VMs oldest first: of two that clash, a MAC stored twice before MACs were unique, the one
+    /// that was there first keeps its DHCP reservation.)
+    pub fn readable_records<T: for<'de> Deserialize<'de>>(
+        &self,
+        prefix: &str,
+    ) -> Result<(Vec<T>, Vec<String>), InventoryError> {
+        let (mut kvs, _) = self.store.range(prefix)?;
         kvs.sort_by_key(|kv| kv.create_revision);
-        kvs.iter().map(|kv| Ok(decode::<Vm>(kv)?.value)).collect()
+        let mut records = Vec::new();
+        let mut unreadable = Vec::new();
+        for kv in &kvs {
+            match decode::<T>(kv) {
+                Ok(record) => records.push(record.value),
+                Err(e) => unreadable.push(e.to_string()),
+            }
+        }
+        Ok((records, unreadable))
     }
 
     /// Every record under `prefix` whose owner (`owner` of it) `tenant` may see, in key order.
