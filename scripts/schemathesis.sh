@@ -73,9 +73,11 @@ data_dir = "$tmp/data"
 [[tenants]]
 name = "acme"
 token = "$acme"
+prefixes = ["10.0.0.0/24"]
 [[tenants]]
 name = "zeta"
 token = "$zeta"
+prefixes = ["10.0.1.0/24"]
 EOF
 
 section "ipshadow serve"

@@ -56,7 +56,29 @@ pub enum InventoryError {
     /// It exists already.
     #[error("{kind} {id} already exists")]
     Exists {
-        /// `vm` or `address`.
+        /// `vm`, `mac` or `address`.
+        kind: &'static str,
+        /// Its id.
+        id: String,
+    },
+    /// It exists already, as a record of `owner`: [`InventoryError::seen_by`] tells the caller
+    /// [`InventoryError::Exists`] if it may see that record, else only
+    /// [`InventoryError::NotAvailable`] (the API does the same if nobody asked).
+    #[error("{kind} {id} is not available to this tenant")]
+    Taken {
+        /// `vm`, `mac` or `address`.
+        kind: &'static str,
+        /// Its id.
+        id: String,
+        /// The tenant whose record it is.
+        owner: String,
+    },
+    /// Not this tenant's to claim: an address outside the prefixes the admin gave it, or an id,
+    /// MAC or address that another tenant's record has. The two are not told apart: a tenant
+    /// learns nothing of another's inventory.
+    #[error("{kind} {id} is not available to this tenant")]
+    NotAvailable {
+        /// `vm`, `mac` or `address`.
         kind: &'static str,
         /// Its id.
         id: String,
@@ -87,6 +109,19 @@ pub enum InventoryError {
     },
 }
 
+impl InventoryError {
+    /// The error as `caller` (`None`: the admin) may see it: a [`InventoryError::Taken`] record
+    /// it may not see becomes [`InventoryError::NotAvailable`], one it may see
+    /// [`InventoryError::Exists`].
+    pub fn seen_by(self, caller: Option<&str>) -> Self {
+        match self {
+            Self::Taken { kind, id, owner } if caller.is_none_or(|c| c == owner) => Self::Exists { kind, id },
+            Self::Taken { kind, id, .. } => Self::NotAvailable { kind, id },
+            other => other,
+        }
+    }
+}
+
 /// Key of a VM.
 pub fn vm_key(id: &str) -> String {
     format!("/v1/vms/{id}")
@@ -95,6 +130,12 @@ pub fn vm_key(id: &str) -> String {
 /// Key of an address.
 pub fn address_key(ip: Ipv4Addr) -> String {
     format!("/v1/addresses/{ip}")
+}
+
+/// Key of the VM that has a MAC address (normalised): what makes MACs unique across tenants
+/// even when two requests race.
+pub fn mac_key(mac: &str) -> String {
+    format!("/v1/macs/{mac}")
 }
 
 /// A stored record with the revision it was read at (for compare-and-swap).
@@ -128,11 +169,30 @@ fn check_id(what: &str, id: &str) -> Result<(), InventoryError> {
     }
 }
 
-fn check_mac(mac: &str) -> Result<(), InventoryError> {
-    let parts: Vec<&str> = mac.split(':').collect();
+/// A MAC address in the one form the inventory keeps (`02:00:00:00:00:0a`: lowercase, colons),
+/// from six hex pairs separated by `:` or `-`, or twelve hex digits, in either case. The DHCP
+/// server and the router compare MACs as bytes: two spellings of one MAC are one MAC.
+pub fn normalise_mac(mac: &str) -> Result<String, InventoryError> {
+    let bad = || InventoryError::Invalid(format!("bad MAC address {mac:?}: expected six hex pairs"));
+    let digits: String = match mac.len() {
+        12 => mac.to_owned(),
+        17 => {
+            let separator = mac.as_bytes().get(2).copied().filter(|b| *b == b':' || *b == b'-').ok_or_else(bad)?;
+            let pairs: Vec<&str> = mac.split(char::from(separator)).collect();
+            if pairs.len() != 6 || pairs.iter().any(|p| p.len() != 2) {
+                return Err(bad());
+            }
+            pairs.concat()
+        }
+        _ => return Err(bad()),
+    };
     // Hex digits only: `u8::from_str_radix` alone would take a sign (`+f`).
-    let ok = parts.len() == 6 && parts.iter().all(|p| p.len() == 2 && p.bytes().all(|b| b.is_ascii_hexdigit()));
-    if ok { Ok(()) } else { Err(InventoryError::Invalid(format!("bad MAC address {mac:?}: expected six hex pairs"))) }
+    if digits.len() != 12 || !digits.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(bad());
+    }
+    let lower = digits.to_ascii_lowercase();
+    let pairs: Vec<&str> = (0..6).filter_map(|i| lower.get(2 * i..2 * i + 2)).collect();
+    Ok(pairs.join(":"))
 }
 
 /// Typed access to the inventory in a store, as seen by one tenant (`None`: the admin, who sees
@@ -181,6 +241,28 @@ impl<S: Store> Inventory<S> {
         self.visible_records("/v1/vms/", tenant, |vm: &Vm| &vm.tenant)
     }
 
+    /// Every record under `prefix` that reads back, the oldest first (by the revision that created
+    /// it), and the ones that do not, each as `key: why`. What the parts are given comes from here:
+    /// a record written behind the API's back is skipped, never the reason a part gets nothing.
+    /// (VMs oldest first: of two that clash, a MAC stored twice before MACs were unique, the one
+    /// that was there first keeps its DHCP reservation.)
+    pub fn readable_records<T: for<'de> Deserialize<'de>>(
+        &self,
+        prefix: &str,
+    ) -> Result<(Vec<T>, Vec<String>), InventoryError> {
+        let (mut kvs, _) = self.store.range(prefix)?;
+        kvs.sort_by_key(|kv| kv.create_revision);
+        let mut records = Vec::new();
+        let mut unreadable = Vec::new();
+        for kv in &kvs {
+            match decode::<T>(kv) {
+                Ok(record) => records.push(record.value),
+                Err(e) => unreadable.push(e.to_string()),
+            }
+        }
+        Ok((records, unreadable))
+    }
+
     /// Every record under `prefix` whose owner (`owner` of it) `tenant` may see, in key order.
     pub(crate) fn visible_records<T: for<'de> Deserialize<'de>>(
         &self,
@@ -199,17 +281,48 @@ impl<S: Store> Inventory<S> {
         Ok(out)
     }
 
-    /// Adds a VM.
-    pub fn add_vm(&self, vm: &Vm) -> Result<(), InventoryError> {
+    /// Adds a VM, its MAC normalised ([`normalise_mac`]); returns the record stored. Its id and
+    /// its MAC must be no other VM's, of any tenant ([`InventoryError::Taken`]).
+    pub fn add_vm(&self, vm: &Vm) -> Result<Vm, InventoryError> {
         check_id("vm id", &vm.id)?;
         check_id("tenant", &vm.tenant)?;
         check_id("segment", &vm.segment)?;
-        check_mac(&vm.mac)?;
+        let vm = Vm { mac: normalise_mac(&vm.mac)?, ..vm.clone() };
+        if let Some(owner) = self.vm_owner(&vm.id)? {
+            return Err(InventoryError::Taken { kind: "vm", id: vm.id, owner });
+        }
+        // VMs stored before MACs were indexed have no index key: they are found by their record.
+        let same_mac = self.vms(None)?.into_iter().find(|v| normalise_mac(&v.mac).is_ok_and(|m| m == vm.mac));
+        if let Some(other) = same_mac {
+            return Err(InventoryError::Taken { kind: "mac", id: vm.mac, owner: other.tenant });
+        }
         let key = vm_key(&vm.id);
-        let txn = Txn::new().when(Compare::Absent(key.clone())).put(key, encode(vm));
+        let txn = Txn::new()
+            .when(Compare::Absent(key.clone()))
+            .when(Compare::Absent(mac_key(&vm.mac)))
+            .put(key, encode(&vm))
+            .put(mac_key(&vm.mac), vm.id.clone().into_bytes());
         match self.commit(txn)? {
-            TxnOutcome::Committed(_) => Ok(()),
-            TxnOutcome::Failed(_) => Err(InventoryError::Exists { kind: "vm", id: vm.id.clone() }),
+            TxnOutcome::Committed(_) => Ok(vm),
+            TxnOutcome::Failed(_) => {
+                if let Some(owner) = self.vm_owner(&vm.id)? {
+                    return Err(InventoryError::Taken { kind: "vm", id: vm.id, owner });
+                }
+                let holder =
+                    self.store.get(&mac_key(&vm.mac))?.map(|kv| String::from_utf8_lossy(&kv.value).into_owned());
+                match holder.map(|id| self.vm_owner(&id)).transpose()?.flatten() {
+                    Some(owner) => Err(InventoryError::Taken { kind: "mac", id: vm.mac, owner }),
+                    None => Err(InventoryError::Raced),
+                }
+            }
+        }
+    }
+
+    /// The tenant of VM `id`, if it exists.
+    fn vm_owner(&self, id: &str) -> Result<Option<String>, InventoryError> {
+        match self.store.get(&vm_key(id))? {
+            Some(kv) => Ok(Some(decode::<Vm>(&kv)?.value.tenant)),
+            None => Ok(None),
         }
     }
 
@@ -227,7 +340,13 @@ impl<S: Store> Inventory<S> {
                 m.id, m.ip
             )));
         }
-        let txn = Txn::new().when(Compare::ModRevision(vm_key(id), vm.revision)).delete(vm_key(id));
+        let mut txn = Txn::new().when(Compare::ModRevision(vm_key(id), vm.revision)).delete(vm_key(id));
+        // Its MAC is free again (a VM stored before MACs were indexed has no index key).
+        if let Ok(mac) = normalise_mac(&vm.value.mac)
+            && self.store.get(&mac_key(&mac))?.is_some_and(|kv| kv.value == id.as_bytes())
+        {
+            txn = txn.delete(mac_key(&mac));
+        }
         match self.commit(txn)? {
             TxnOutcome::Committed(_) => Ok(()),
             TxnOutcome::Failed(_) => Err(InventoryError::Raced),
@@ -278,10 +397,13 @@ impl<S: Store> Inventory<S> {
         let record = Address { ip, tenant: tenant.to_owned(), vm: vm.map(str::to_owned), migration: None };
         match self.commit(txn.put(address_key(ip), encode(&record)))? {
             TxnOutcome::Committed(_) => Ok(()),
-            TxnOutcome::Failed(_) if self.store.get(&address_key(ip))?.is_some() => {
-                Err(InventoryError::Exists { kind: "address", id: ip.to_string() })
-            }
-            TxnOutcome::Failed(_) => Err(InventoryError::Raced),
+            TxnOutcome::Failed(_) => match self.store.get(&address_key(ip))? {
+                Some(kv) => {
+                    let owner = decode::<Address>(&kv)?.value.tenant;
+                    Err(InventoryError::Taken { kind: "address", id: ip.to_string(), owner })
+                }
+                None => Err(InventoryError::Raced),
+            },
         }
     }
 }

@@ -3,6 +3,7 @@
 //! later), the migration's state machine with its history, and the versioned REST API in
 //! front of them ([`api`]).
 
+pub mod admission;
 pub mod api;
 pub mod extend;
 pub mod inventory;

@@ -6,7 +6,7 @@
 use ipshadow_dataplane::Desired;
 use ipshadow_dhcp::plan::MigrationPlan;
 
-use crate::inventory::{Inventory, InventoryError};
+use crate::inventory::{Address, Inventory, InventoryError, Vm};
 use crate::migration::{MigrationEvent, MigrationState};
 use crate::orchestrator::{Decision, Input, Limits, decide};
 use crate::project::{dhcp_plans, dhcp_reservations, router_desired};
@@ -33,6 +33,8 @@ pub struct Projection {
     pub reservations: Vec<ipshadow_dhcp::Reservation>,
     /// The DHCP server's lease plans.
     pub plans: Vec<MigrationPlan>,
+    /// Records of the store that could not be read back and were left out (`key: why`).
+    pub unreadable: Vec<String>,
 }
 
 /// The manager.
@@ -65,20 +67,22 @@ impl<S: Store> Manager<S> {
 
     /// What the DHCP server should know: the reservations and the lease plans.
     pub fn dhcp(&self) -> Result<(Vec<ipshadow_dhcp::Reservation>, Vec<MigrationPlan>), InventoryError> {
-        let vms = self.inventory.vms(None)?;
-        let addresses = self.inventory.addresses(None)?;
-        Ok((dhcp_reservations(&vms, &addresses), dhcp_plans(&self.migrations()?)))
+        // The time only matters to the router's part of the projection.
+        let p = self.projection(0)?;
+        Ok((p.reservations, p.plans))
     }
 
     /// Everything the parts should do now, from one read of the VMs, addresses and migrations.
     pub fn projection(&self, now_ms: u64) -> Result<Projection, InventoryError> {
-        let vms = self.inventory.vms(None)?;
-        let addresses = self.inventory.addresses(None)?;
+        let (vms, mut unreadable) = self.inventory.readable_records::<Vm>("/v1/vms/")?;
+        let (addresses, unreadable_addresses) = self.inventory.readable_records::<Address>("/v1/addresses/")?;
+        unreadable.extend(unreadable_addresses);
         let migrations = self.migrations()?;
         Ok(Projection {
             router: router_desired(&addresses, &migrations, now_ms, &self.limits.policy),
             reservations: dhcp_reservations(&vms, &addresses),
             plans: dhcp_plans(&migrations),
+            unreadable,
         })
     }
 

@@ -137,14 +137,24 @@ pub fn dhcp_plans(migrations: &[Migration]) -> Vec<MigrationPlan> {
 /// migration's destination holds nothing until the end; the plan leases it the address meanwhile.
 pub fn dhcp_reservations(vms: &[crate::inventory::Vm], addresses: &[Address]) -> Vec<ipshadow_dhcp::Reservation> {
     vms.iter()
-        .map(|vm| ipshadow_dhcp::Reservation {
-            vm: vm.id.clone(),
-            mac: Some(vm.mac.clone()),
-            client_id: None,
-            ip: addresses.iter().filter(|a| a.vm.as_deref() == Some(vm.id.as_str())).map(|a| a.ip).min(),
-            interface: Some(vm.segment.clone()),
+        .map(|vm| {
+            dhcp_reservation(
+                vm,
+                addresses.iter().filter(|a| a.vm.as_deref() == Some(vm.id.as_str())).map(|a| a.ip).min(),
+            )
         })
         .collect()
+}
+
+/// The DHCP server's reservation of one VM holding `ip` (its lowest address, if any).
+pub fn dhcp_reservation(vm: &crate::inventory::Vm, ip: Option<std::net::Ipv4Addr>) -> ipshadow_dhcp::Reservation {
+    ipshadow_dhcp::Reservation {
+        vm: vm.id.clone(),
+        mac: Some(vm.mac.clone()),
+        client_id: None,
+        ip,
+        interface: Some(vm.segment.clone()),
+    }
 }
 
 #[cfg(test)]

@@ -674,3 +674,45 @@ fn the_migration_list_is_paged() {
     assert_error(&s.get("/v1/migrations?limit=1001", ACME), 400, "bad_request");
     assert_error(&s.get("/v1/migrations?limit=many", ACME), 400, "bad_request");
 }
+
+/// A DHCP server that is down (waiting to be restarted) and has skipped a record.
+fn dhcp_down(store: RedbStore) -> ApiState<RedbStore> {
+    let health = || {
+        vec![ipshadow_control::api::parts::PartHealth {
+            part: "dhcp".into(),
+            up: false,
+            restarts: 3,
+            last_error: Some("lease store: disk full".into()),
+            age_ms: 1_200,
+            skipped: vec!["configuration key reservations.evil.ip: is in no configured subnet".into()],
+        }]
+    };
+    let status = || Some(json!({"leases": [], "counters": {}, "events": {}}));
+    let parts = Parts { health: Some(Arc::new(health)), dhcp_status: Some(Arc::new(status)), ..Parts::default() };
+    common::tenants_at_now(store).with_parts(parts)
+}
+
+/// Issue 13: a part that is down shows in `/healthz` (503 naming it), `/metrics` (up, restarts,
+/// age, skipped records) and its status endpoint (`health`, with how stale it is).
+#[test]
+fn a_part_that_is_down_shows_in_healthz_metrics_and_its_status() {
+    let s = Server::with_inventory_on("part-down", dhcp_down);
+    let r = s.call("GET", "/healthz", None, None, None);
+    assert_eq!(r.status, 503, "{}", r.raw);
+    assert_eq!(r.body["status"], "degraded");
+    assert_eq!((r.body["parts"][0]["part"].as_str(), r.body["parts"][0]["up"].as_bool()), (Some("dhcp"), Some(false)));
+    assert_eq!(r.body["parts"][0]["last_error"], "lease store: disk full");
+    let metrics = s.get("/metrics", ADMIN);
+    for line in [
+        "ipshadow_part_up{part=\"dhcp\"} 0",
+        "ipshadow_part_restarts_total{part=\"dhcp\"} 3",
+        "ipshadow_part_age_seconds{part=\"dhcp\"} 1.2",
+        "ipshadow_part_skipped_records{part=\"dhcp\"} 1",
+    ] {
+        assert!(metrics.raw.contains(line), "{line} missing from {}", metrics.raw);
+    }
+    let status = s.get("/v1/dhcp/status", ADMIN);
+    assert_eq!(status.status, 200, "{}", status.raw);
+    assert_eq!(status.body["health"]["age_ms"], 1_200);
+    assert_eq!(status.body["health"]["skipped"].as_array().map(Vec::len), Some(1));
+}

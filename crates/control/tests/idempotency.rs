@@ -47,7 +47,8 @@ impl Server {
         let now = Arc::clone(&clock);
         let api = Api::start("idempotency", name, |store| {
             let tokens = TokenTable::new(ADMIN).with_tenant(ACME, "acme");
-            configure(ApiState::new(store, tokens).with_clock(move || now.load(Ordering::SeqCst)))
+            let state = ApiState::new(store, tokens).with_admission(common::tenant_prefixes());
+            configure(state.with_clock(move || now.load(Ordering::SeqCst)))
         });
         let s = Self { api, clock };
         // acme's VMs vm-a and vm-b, and X held by vm-a.

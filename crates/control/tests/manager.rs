@@ -300,3 +300,26 @@ fn an_early_finish_records_the_time_saved_and_ends_a_s_lease() {
     // The same report again changes nothing.
     assert!(manager.handle(&Input::Router(&ended), end + 3).unwrap().is_empty());
 }
+
+/// Issue 13: a record written behind the API's back that does not even read back is left out of
+/// what the parts are given (and named), instead of leaving them with nothing.
+#[test]
+fn an_unreadable_record_is_skipped_by_the_projection() {
+    let dir = tempfile::tempdir().unwrap();
+    let manager = manager(&dir.path().join("store.redb"));
+    let inv = manager.inventory();
+    inv.add_vm(&Vm { id: "vm-a".into(), tenant: "acme".into(), mac: "02:00:00:00:00:0a".into(), segment: "a".into() })
+        .unwrap();
+    inv.add_address("acme", Ipv4Addr::new(10, 0, 0, 10), Some("vm-a")).unwrap();
+    let txn = ipshadow_control::Txn::new()
+        .put("/v1/vms/broken", b"{not json".to_vec())
+        .put("/v1/addresses/10.0.0.99", b"[]".to_vec());
+    ipshadow_control::Store::txn(inv.store(), txn).unwrap();
+    let p = manager.projection(0).unwrap();
+    assert_eq!(p.reservations.len(), 1);
+    assert_eq!((p.reservations[0].vm.as_str(), p.reservations[0].ip), ("vm-a", Some(Ipv4Addr::new(10, 0, 0, 10))));
+    assert_eq!(p.unreadable.len(), 2, "{:?}", p.unreadable);
+    assert!(p.unreadable[0].contains("/v1/vms/broken"), "{:?}", p.unreadable);
+    assert!(p.unreadable[1].contains("/v1/addresses/10.0.0.99"), "{:?}", p.unreadable);
+    assert_eq!(manager.dhcp().unwrap().0, p.reservations);
+}

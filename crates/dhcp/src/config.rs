@@ -275,33 +275,71 @@ impl DhcpConfig {
                 }
             }
         }
+        if let Some((_, e)) = self.refused_reservations(&self.reservations).into_iter().next() {
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Checks `ip` as an address the server may lease: inside a configured subnet. `key` names
+    /// it in the error.
+    pub fn check_address(&self, key: &str, ip: Ipv4Addr) -> Result<(), ConfigError> {
+        if self.subnets.iter().any(|s| s.contains(ip)) {
+            Ok(())
+        } else {
+            Err(invalid(key, "is in no configured subnet"))
+        }
+    }
+
+    /// Checks one reservation on its own: a client key that parses, an address the server may
+    /// lease. (Whether it clashes with others is [`DhcpConfig::refused_reservations`]'s.)
+    pub fn check_reservation(&self, r: &Reservation) -> Result<(), ConfigError> {
+        if r.keys()?.is_empty() {
+            return Err(invalid(format!("reservations.{}.mac", r.vm), "a reservation needs a mac or a client_id"));
+        }
+        match r.ip {
+            Some(ip) => self.check_address(&format!("reservations.{}.ip", r.vm), ip),
+            None => Ok(()),
+        }
+    }
+
+    /// The reservations of `reservations` this configuration cannot take, each with why: bad on
+    /// its own, or clashing with one before it (a VM listed twice, a MAC or client id or an
+    /// address given to two VMs: the first keeps it). [`DhcpConfig::validate`] refuses a
+    /// configuration with any; `ipshadow serve` leaves them out of what the server follows and
+    /// reports them, and its API refuses a request that would make one.
+    pub fn refused_reservations<'a>(&self, reservations: &'a [Reservation]) -> Vec<(&'a Reservation, ConfigError)> {
+        let mut refused = Vec::new();
         let mut ips = BTreeSet::new();
         let mut keys = BTreeSet::new();
         let mut vms = BTreeSet::new();
-        for r in &self.reservations {
+        for r in reservations {
             let key = |k: &str| format!("reservations.{}.{k}", r.vm);
-            if !vms.insert(r.vm.as_str()) {
-                return Err(invalid(key("vm"), "listed twice"));
+            if let Err(e) = self.check_reservation(r) {
+                refused.push((r, e));
+                continue;
             }
-            let client_keys = r.keys()?;
-            if client_keys.is_empty() {
-                return Err(invalid(key("mac"), "a reservation needs a mac or a client_id"));
+            if vms.contains(r.vm.as_str()) {
+                refused.push((r, invalid(key("vm"), "listed twice")));
+                continue;
             }
-            for k in client_keys {
-                if !keys.insert(k) {
-                    return Err(invalid(key("mac"), "another VM has the same mac or client_id"));
-                }
+            // Checked before any is taken: a refused reservation holds nothing.
+            let client_keys = r.keys().unwrap_or_default();
+            if client_keys.iter().any(|k| keys.contains(k)) {
+                refused.push((r, invalid(key("mac"), "another VM has the same mac or client_id")));
+                continue;
             }
-            if let Some(ip) = r.ip {
-                if !self.subnets.iter().any(|s| s.contains(ip)) {
-                    return Err(invalid(key("ip"), "is in no configured subnet"));
-                }
-                if !ips.insert(ip) {
-                    return Err(invalid(key("ip"), "reserved for another VM too"));
-                }
+            if let Some(ip) = r.ip
+                && ips.contains(&ip)
+            {
+                refused.push((r, invalid(key("ip"), "reserved for another VM too")));
+                continue;
             }
+            vms.insert(r.vm.as_str());
+            keys.extend(client_keys);
+            ips.extend(r.ip);
         }
-        Ok(())
+        refused
     }
 }
 

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use common::serve::Serve;
 use ipshadow_control::RedbStore;
+use ipshadow_control::admission::Admission;
 use ipshadow_control::api::{ApiState, TokenTable};
 use ipshadow_control::inventory::Inventory;
 use ipshadow_control::migration::MigrationEvent as E;
@@ -38,8 +39,8 @@ fn temp_dir(name: &str) -> PathBuf {
 fn start_serve(dir: &Path) -> Serve {
     let config = format!(
         "listen = \"127.0.0.1:0\"\n\
-         [[tenants]]\nname = \"acme\"\ntoken = \"{ACME}\"\n\
-         [[tenants]]\nname = \"zeta\"\ntoken = \"{ZETA}\"\n"
+         [[tenants]]\nname = \"acme\"\ntoken = \"{ACME}\"\nprefixes = [\"10.0.0.0/24\"]\n\
+         [[tenants]]\nname = \"zeta\"\ntoken = \"{ZETA}\"\nprefixes = [\"10.0.1.0/24\"]\n"
     );
     std::fs::write(dir.join("serve.toml"), config).unwrap();
     Serve::start(dir, &["--config", "serve.toml"])
@@ -334,7 +335,9 @@ struct InProcess {
 impl InProcess {
     fn start(dir: &Path) -> Self {
         let store = RedbStore::open(&dir.join("store.redb")).unwrap();
-        let state = ApiState::new(store.clone(), TokenTable::new("admin-token-0123456789").with_tenant(ACME, "acme"));
+        let prefix = "10.0.0.0/24".parse().unwrap();
+        let state = ApiState::new(store.clone(), TokenTable::new("admin-token-0123456789").with_tenant(ACME, "acme"))
+            .with_admission(Admission::new().with_prefixes("acme", [prefix]));
         let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
         let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());

@@ -105,18 +105,24 @@ pub enum ReassignOk {
 #[utoipa::path(post, path = "/v1/addresses", tag = "addresses", security(("bearer" = [])),
     request_body = CreateAddress,
     responses((status = 201, body = Address, description = "Added"),
-        (status = 403, body = ErrorBody),
+        (status = 403, body = ErrorBody, description = "A tenant naming another (`forbidden`), or an address outside \
+            the prefixes the admin gave the tenant or held by another tenant (`not_available`: the same answer for \
+            both, the other record not shown)"),
         (status = 404, body = ErrorBody, description = "No such VM of the owner"),
-        (status = 409, body = ErrorBody, description = "The address exists (`exists`)")))]
+        (status = 409, body = ErrorBody, description = "The address exists, the caller's (`exists`)"),
+        (status = 422, body = ErrorBody, description = "With a DHCP server in the process, an address in none of its \
+            subnets or a reservation it would refuse; with a router, a VM it has no port for (`invalid`)")))]
 pub async fn create_address<S: Store>(
     State(state): State<ApiState<S>>,
     caller: Caller,
     ApiJson(body): ApiJson<CreateAddress>,
 ) -> Result<(StatusCode, Json<Address>), ApiError> {
     let tenant = caller.owner(body.tenant.as_deref())?;
+    let admission = state.admission.clone();
     let address = state
         .blocking(move |inv| {
-            inv.add_address(&tenant, body.ip, body.vm.as_deref())?;
+            admission.admit_address(inv, caller.tenant(), &tenant, body.ip, body.vm.as_deref())?;
+            inv.add_address(&tenant, body.ip, body.vm.as_deref()).map_err(|e| e.seen_by(caller.tenant()))?;
             Ok(inv.address(None, body.ip)?.value)
         })
         .await?;
@@ -155,7 +161,8 @@ pub async fn get_address<S: Store>(
             description = "Already migrating, already held by that VM, held by no VM with `migrate`, or (with a \
                 DHCP server in the process) A or the target already in another unfinished migration"),
         (status = 422, body = ErrorBody,
-            description = "Well-formed but wrong (`invalid`), a ramp that cannot reach 100 % before the deadline \
+            description = "Well-formed but wrong (`invalid`; also a target the DHCP server or the router of the \
+                process could not serve the address on), a ramp that cannot reach 100 % before the deadline \
                 minus the destination's readiness allowance or never reaches it (`ramp_does_not_fit`: the message \
                 gives the ramp's time to 100 %, the time available, a stepped ramp with the same percentages that \
                 fits, the equivalent linear rate and the earliest deadline the ramp fits), or an Idempotency-Key \
@@ -170,8 +177,12 @@ pub async fn reassign<S: Store>(
     let policy = state.policy;
     let lease_end = state.parts.lease_end.as_ref().and_then(|f| f(ip));
     let dhcp_in_process = state.parts.dhcp_status.is_some();
+    let admission = state.admission.clone();
     let done = state
         .blocking(move |inv| {
+            // The parts must be able to take the address on its new holder (the owner's VM).
+            let owner = inv.address(caller.tenant(), ip)?.value.tenant;
+            admission.admit_holder(inv, &owner, ip, &request.to)?;
             if dhcp_in_process && request.migrate {
                 inv.refuse_busy_vms(caller.tenant(), ip, &request.to)?;
             }

@@ -19,11 +19,16 @@ use crate::inventory::InventoryError;
 /// The error code of a ramp that cannot reach 100 % before the deadline (422).
 pub const RAMP_DOES_NOT_FIT: &str = "ramp_does_not_fit";
 
+/// The error code of an id, MAC or address that is not the tenant's to claim (403): outside its
+/// prefixes, or another tenant's record; the two are not told apart.
+pub const NOT_AVAILABLE: &str = "not_available";
+
 /// The body of every error response.
 #[derive(Clone, Debug, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct ErrorBody {
     /// Machine-readable code: `not_found`, `exists`, `conflict`, `raced` (retry), `invalid`,
-    /// `ramp_does_not_fit`, `idempotency_key_reused`, `unauthorized`, `forbidden`, `bad_request`,
+    /// `ramp_does_not_fit`, `idempotency_key_reused`, `unauthorized`, `forbidden`, `not_available`,
+    /// `bad_request`,
     /// `method_not_allowed`, `unavailable` (retry later), `internal` (the document's `ErrorCode`).
     #[schema(value_type = super::schema::ErrorCodeSchema)]
     pub error: String,
@@ -110,6 +115,11 @@ impl From<InventoryError> for ApiError {
         match e {
             InventoryError::NotFound { .. } => Self::new(StatusCode::NOT_FOUND, "not_found", message),
             InventoryError::Exists { .. } => Self::new(StatusCode::CONFLICT, "exists", message),
+            // One answer whether it is outside the tenant's prefixes or another tenant's: a
+            // `Taken` nobody converted with `seen_by` is treated as not the caller's to see.
+            InventoryError::NotAvailable { .. } | InventoryError::Taken { .. } => {
+                Self::new(StatusCode::FORBIDDEN, NOT_AVAILABLE, message)
+            }
             InventoryError::Conflict(_) => Self::new(StatusCode::CONFLICT, "conflict", message),
             InventoryError::Invalid(_) => Self::invalid(message),
             InventoryError::RampDoesNotFit(_) => {

@@ -11,6 +11,7 @@ use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 
 use super::error::ErrorBody;
+use super::parts::PartHealth;
 use super::{ApiError, ApiState, Caller};
 use crate::migration::MigrationState;
 use crate::store::Store;
@@ -43,6 +44,29 @@ fn value(x: f64) -> String {
         "-Inf".to_owned()
     } else {
         format!("{x}")
+    }
+}
+
+/// A metric family of the parts' health: name, type, help, the value of one part.
+type PartFamily = (&'static str, &'static str, &'static str, fn(&PartHealth) -> f64);
+
+/// Each part's health (label `part`): up, restarts, how stale, records skipped.
+fn part_health(out: &mut String, parts: &[PartHealth]) {
+    let families: [PartFamily; 4] = [
+        ("ipshadow_part_up", "gauge", "1 while the part runs and is not stuck.", |h| f64::from(u8::from(h.ok()))),
+        ("ipshadow_part_restarts_total", "counter", "Restarts of the part after a failure.", |h| h.restarts as f64),
+        ("ipshadow_part_age_seconds", "gauge", "Time since the part last went round its loop.", |h| {
+            h.age_ms as f64 / 1000.0
+        }),
+        ("ipshadow_part_skipped_records", "gauge", "Store records the part could not take, left out.", |h| {
+            h.skipped.len() as f64
+        }),
+    ];
+    for (name, kind, help, get) in families {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for h in parts {
+            let _ = writeln!(out, "{name}{{part=\"{}\"}} {}", h.part, value(get(h)));
+        }
     }
 }
 
@@ -194,6 +218,9 @@ pub async fn metrics<S: Store>(State(state): State<ApiState<S>>, caller: Caller)
     if let Some(status) = state.parts.router_status.as_ref().and_then(|f| f()) {
         patterns(&mut out, &status, (state.clock)());
         router_counters(&mut out, &status);
+    }
+    if let Some(health) = state.parts.health.as_ref().map(|f| f()) {
+        part_health(&mut out, &health);
     }
     let content_type = HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8");
     Ok(([(header::CONTENT_TYPE, content_type)], out).into_response())

@@ -34,6 +34,7 @@ pub use auth::{Caller, TokenTable};
 pub use error::{ApiError, ErrorBody};
 use schema::SharedResponses;
 
+use crate::admission::Admission;
 use crate::inventory::Inventory;
 use crate::reassign::DeadlinePolicy;
 use crate::store::Store;
@@ -54,6 +55,8 @@ pub struct ApiState<S: Store> {
     pub clock: Clock,
     /// Limits on requested deadlines.
     pub policy: DeadlinePolicy,
+    /// What tenants may claim and what the parts of this process can take.
+    pub admission: Arc<Admission>,
     /// How long an idempotency record answers retries, milliseconds (24 h by default).
     pub idempotency_ttl_ms: u64,
     /// The other parts running in this process, when there are.
@@ -90,6 +93,8 @@ pub struct Parts {
     pub router_status: Option<RouterStatusSource>,
     /// The DHCP server's status.
     pub dhcp_status: Option<DhcpStatusSource>,
+    /// The health of each part (`/healthz`, `/metrics`, the status endpoints).
+    pub health: Option<parts::HealthSource>,
 }
 
 // Derived `Clone` would require `S: Clone` on the struct's users for no reason; every field is a
@@ -101,6 +106,7 @@ impl<S: Store> Clone for ApiState<S> {
             tokens: self.tokens.clone(),
             clock: self.clock.clone(),
             policy: self.policy,
+            admission: self.admission.clone(),
             idempotency_ttl_ms: self.idempotency_ttl_ms,
             parts: self.parts.clone(),
             max_event_streams: self.max_event_streams,
@@ -112,13 +118,15 @@ impl<S: Store> Clone for ApiState<S> {
 }
 
 impl<S: Store> ApiState<S> {
-    /// State over `store` with `tokens`, the system clock and the default deadline policy.
+    /// State over `store` with `tokens`, the system clock, the default deadline policy, and the
+    /// default [`Admission`] (tenants claim no address until given prefixes).
     pub fn new(store: S, tokens: TokenTable) -> Self {
         Self {
             inventory: Arc::new(Inventory::new(store)),
             tokens: Arc::new(tokens),
             clock: Arc::new(system_clock_ms),
             policy: DeadlinePolicy::default(),
+            admission: Arc::default(),
             idempotency_ttl_ms: idempotency::DEFAULT_TTL_MS,
             parts: Parts::default(),
             max_event_streams: events::DEFAULT_MAX_STREAMS,
@@ -131,6 +139,12 @@ impl<S: Store> ApiState<S> {
     /// Connects the API to the DHCP server and the router of this process.
     pub fn with_parts(mut self, parts: Parts) -> Self {
         self.parts = parts;
+        self
+    }
+
+    /// Replaces what tenants may claim and what the parts can take.
+    pub fn with_admission(mut self, admission: Admission) -> Self {
+        self.admission = Arc::new(admission);
         self
     }
 
@@ -213,7 +227,7 @@ fn system_clock_ms() -> u64 {
         parts::dhcp_status,
         metrics::metrics,
     ),
-    components(schemas(ErrorBody, Health)),
+    components(schemas(ErrorBody, Health, parts::PartHealth)),
     modifiers(&BearerScheme, &SharedResponses),
 )]
 pub struct ApiDoc;
@@ -234,14 +248,27 @@ impl utoipa::Modify for BearerScheme {
 /// `GET /healthz`.
 #[derive(serde::Serialize, utoipa::ToSchema)]
 pub struct Health {
-    /// Always `ok` while the process serves requests.
+    /// `ok` while the process serves requests and every part in it runs; `degraded` when one
+    /// does not (it is being restarted, or stuck).
     pub status: &'static str,
+    /// The parts running in this process (none: only the API and the manager), each with its
+    /// health.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub parts: Vec<parts::PartHealth>,
 }
 
-/// The process is up (no token needed: load balancers and probes call it).
-#[utoipa::path(get, path = "/healthz", tag = "meta", responses((status = 200, body = Health)))]
-async fn health() -> axum::Json<Health> {
-    axum::Json(Health { status: "ok" })
+/// The process is up (no token needed: load balancers and probes call it); 503 names a part of
+/// it that is down (restarting after a failure) or stuck.
+#[utoipa::path(get, path = "/healthz", tag = "meta",
+    responses((status = 200, body = Health), (status = 503, body = Health,
+        description = "A part is down or stuck (`status: degraded`; `parts` says which, with its last failure)")))]
+async fn health<S: Store>(axum::extract::State(state): axum::extract::State<ApiState<S>>) -> Response {
+    let parts = state.parts.health.as_ref().map(|f| f()).unwrap_or_default();
+    if parts.iter().all(parts::PartHealth::ok) {
+        axum::Json(Health { status: "ok", parts }).into_response()
+    } else {
+        (axum::http::StatusCode::SERVICE_UNAVAILABLE, axum::Json(Health { status: "degraded", parts })).into_response()
+    }
 }
 
 /// The API's routes over `state`.
@@ -277,7 +304,7 @@ pub fn router<S: Store>(state: ApiState<S>) -> Router {
         .route("/metrics", get(metrics::metrics::<S>))
         .route("/v1/router/status", get(parts::router_status::<S>))
         .route("/v1/dhcp/status", get(parts::dhcp_status::<S>))
-        .route("/healthz", get(health))
+        .route("/healthz", get(health::<S>))
         .route("/openapi.json", get(openapi))
         .fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)

@@ -26,8 +26,10 @@ use utoipa::{PartialSchema, ToSchema};
 /// digits, `-`, `_`, `.`.
 pub const ID_PATTERN: &str = "^[A-Za-z0-9._-]{1,64}$";
 
-/// What the inventory accepts as a MAC address: six pairs of hex digits separated by `:`.
-pub const MAC_PATTERN: &str = "^[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}$";
+/// What the inventory accepts as a MAC address (`normalise_mac`): six pairs of hex digits
+/// separated by `:` or by `-`, or twelve hex digits, in either case.
+pub const MAC_PATTERN: &str =
+    "^([0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}|[0-9A-Fa-f]{2}(-[0-9A-Fa-f]{2}){5}|[0-9A-Fa-f]{12})$";
 
 /// What the idempotency layer accepts as a key: 1-128 visible ASCII characters.
 pub const IDEMPOTENCY_KEY_PATTERN: &str = "^[!-~]{1,128}$";
@@ -424,6 +426,10 @@ pub enum ErrorCodeSchema {
     Unauthorized,
     /// 403: the caller may not do this.
     Forbidden,
+    /// 403: the id, MAC or address is not this tenant's to claim: an address outside the
+    /// prefixes the admin gave it, or an id, MAC or address another tenant's record has (the two
+    /// are not told apart, and the record is not shown).
+    NotAvailable,
     /// 404: no such record (or another tenant's), or no such endpoint.
     NotFound,
     /// 405: the endpoint does not serve this method.
@@ -797,6 +803,8 @@ mod tests {
             ApiError::unavailable("x"),
             InventoryError::NotFound { kind: "vm", id: "x".into() }.into(),
             InventoryError::Exists { kind: "vm", id: "x".into() }.into(),
+            InventoryError::NotAvailable { kind: "vm", id: "x".into() }.into(),
+            InventoryError::Taken { kind: "vm", id: "x".into(), owner: "t".into() }.into(),
             InventoryError::Conflict("x".into()).into(),
             InventoryError::Invalid("x".into()).into(),
             InventoryError::RampDoesNotFit(

@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 use ipshadow_control::RedbStore;
+use ipshadow_control::admission::{Admission, Ipv4Net};
 use ipshadow_control::api::{ApiState, TokenTable, serve};
 
 /// The clock of the tests that do not move it (ms since the epoch).
@@ -65,8 +66,19 @@ impl Drop for Api {
     }
 }
 
-/// The admin, acme and zeta with their tokens, on a clock stopped at [`NOW`].
+/// The admin, acme and zeta with their tokens, on a clock stopped at [`NOW`]; acme and zeta may
+/// claim addresses in [`TENANT_PREFIX`].
 pub fn tenants_at_now(store: RedbStore) -> ApiState<RedbStore> {
     let tokens = TokenTable::new(ADMIN).with_tenant(ACME, "acme").with_tenant(ZETA, "zeta");
-    ApiState::new(store, tokens).with_clock(|| NOW)
+    ApiState::new(store, tokens).with_clock(|| NOW).with_admission(tenant_prefixes())
+}
+
+/// The prefix the tests' tenants may claim addresses in (both of them: which tenant holds an
+/// address is the inventory's to say).
+pub const TENANT_PREFIX: &str = "10.0.0.0/8";
+
+/// acme and zeta may claim [`TENANT_PREFIX`].
+pub fn tenant_prefixes() -> Admission {
+    let net: Ipv4Net = TENANT_PREFIX.parse().unwrap();
+    Admission::new().with_prefixes("acme", [net]).with_prefixes("zeta", [net])
 }

@@ -63,6 +63,7 @@ pub fn manage(
 ) {
     let mut last_desired: Option<Desired> = None;
     let mut last_dhcp: Option<DhcpFeed> = None;
+    let mut unreadable = Vec::new();
     let mut next_tick = Clock::now();
     let mut next_purge = Clock::now();
     while !stop.load(Ordering::Relaxed) {
@@ -122,9 +123,11 @@ pub fn manage(
         }
         // The router first: a new migration's entry reaches it before the manager's own
         // transaction (plan written) and its fsync.
-        project(manager, outputs, now, &mut last_desired, &mut last_dhcp);
+        project(manager, outputs, now, &mut last_desired, &mut last_dhcp, &mut unreadable);
         match manager.start_pending(now) {
-            Ok(started) if !started.is_empty() => project(manager, outputs, now, &mut last_desired, &mut last_dhcp),
+            Ok(started) if !started.is_empty() => {
+                project(manager, outputs, now, &mut last_desired, &mut last_dhcp, &mut unreadable)
+            }
             Ok(_) => {}
             Err(e) => eprintln!("ipshadow serve: manager: {e}"),
         }
@@ -139,11 +142,19 @@ fn project(
     now_ms: u64,
     last_desired: &mut Option<Desired>,
     last_dhcp: &mut Option<DhcpFeed>,
+    last_unreadable: &mut Vec<String>,
 ) {
     let projection = match manager.projection(now_ms) {
         Ok(p) => p,
         Err(e) => return eprintln!("ipshadow serve: manager: {e}"),
     };
+    // Said once, not on every projection.
+    if projection.unreadable != *last_unreadable {
+        for why in &projection.unreadable {
+            eprintln!("ipshadow serve: manager: skipped a record of the store: {why}");
+        }
+        last_unreadable.clone_from(&projection.unreadable);
+    }
     if let Some(router) = &outputs.router
         && last_desired.as_ref() != Some(&projection.router)
     {

@@ -9,9 +9,11 @@
 //! channel. Everything durable is in the store and the DHCP lease store, so a process killed
 //! at any moment resumes every migration where it was recorded.
 
+mod admit;
 mod files;
 mod manage;
 mod parts;
+mod supervise;
 mod transport;
 
 use std::io::Write as _;
@@ -35,7 +37,7 @@ use serde::Deserialize;
 #[derive(Args, Debug)]
 pub struct ServeArgs {
     /// Configuration file (TOML: `listen`, `data_dir`, `tls_cert`, `tls_key`,
-    /// `allow_plain_http`, `[[tenants]] name, token`); without it every default applies.
+    /// `allow_plain_http`, `[[tenants]] name, token, prefixes`); without it every default applies.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
 }
@@ -252,6 +254,9 @@ impl RouterConfig {
 struct TenantConfig {
     name: String,
     token: String,
+    /// The prefixes the tenant may claim addresses in (none: no address; see [`admit`]).
+    #[serde(default)]
+    prefixes: Vec<ipshadow_control::admission::Ipv4Net>,
 }
 
 /// The default API address.
@@ -311,6 +316,7 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
 
     let policy = config.policy.policy()?;
     let retention = config.retention.retention()?;
+    let admission = admit::admission(&config)?;
     let store_path = data_dir.join("store.redb");
     let store = open_store(&store_path)?;
     // redb creates the file with the umask's mode.
@@ -323,12 +329,18 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
     let mut threads = Vec::new();
     let mut outputs = manage::Outputs { router: None, dhcp: None, router_status: Default::default() };
     let shared_dhcp: parts::SharedDhcp = Default::default();
+    let (router_health, dhcp_health) = (supervise::PartState::new("router"), supervise::PartState::new("dhcp"));
     let started = (|| -> anyhow::Result<()> {
         manage::watch_store(&store, heard_tx.clone(), Arc::clone(&stop))?;
         if let Some(router) = &config.router {
             let status_file = router.status_file.clone();
-            let (feed, thread) =
-                parts::start_router(router.setup()?, status_file, heard_tx.clone(), Arc::clone(&stop))?;
+            let (feed, thread) = parts::start_router(
+                router.setup()?,
+                status_file,
+                heard_tx.clone(),
+                router_health.clone(),
+                Arc::clone(&stop),
+            )?;
             outputs.router = Some(feed);
             threads.push(thread);
         }
@@ -343,8 +355,15 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
             let first = manager.dhcp()?;
             let log_path = data_dir.join("dhcp-events.jsonl");
             let log = files::append_private(&log_path)?;
-            let thread =
-                parts::start_dhcp(dhcp, first, rx, heard_tx.clone(), shared_dhcp.clone(), log, Arc::clone(&stop))?;
+            let thread = parts::start_dhcp(
+                dhcp,
+                first,
+                rx,
+                heard_tx.clone(),
+                parts::DhcpReports { shared: shared_dhcp.clone(), health: dhcp_health.clone() },
+                log,
+                Arc::clone(&stop),
+            )?;
             outputs.dhcp = Some(tx);
             threads.push(thread);
         }
@@ -371,6 +390,13 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
             let status = outputs.router_status.clone();
             Arc::new(move || status.lock().ok().and_then(|s| s.clone())) as RouterStatusSource
         }),
+        health: Some({
+            let running: Vec<_> = [(config.router.is_some(), router_health), (config.dhcp.is_some(), dhcp_health)]
+                .into_iter()
+                .filter_map(|(runs, health)| runs.then_some(health))
+                .collect();
+            Arc::new(move || running.iter().map(|p| p.health()).collect())
+        }),
     };
     let manager_thread = {
         let stop = Arc::clone(&stop);
@@ -387,7 +413,7 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
                 _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
             }
         };
-        let state = ApiState::new(store, tokens).with_parts(api_parts).with_policy(policy);
+        let state = ApiState::new(store, tokens).with_parts(api_parts).with_policy(policy).with_admission(admission);
         transport::serve_api(listen, transport, &data_dir, state, shutdown).await
     });
     stop.store(true, Ordering::Relaxed);

@@ -20,6 +20,9 @@ use ipshadow_dhcp::server::LeaseEvent;
 use ipshadow_dhcp::service::Service;
 use ipshadow_dhcp::{DhcpConfig, MigrationPlan, Reservation};
 
+use ipshadow_control::admission::sift_reservations;
+
+use super::supervise::{PartState, supervise};
 use crate::router::{Router, RouterControl, RouterSetup};
 
 /// What the manager hears.
@@ -66,6 +69,11 @@ struct FeedControl {
     wake: UnixDatagram,
     heard: Sender<Heard>,
     status_file: Option<std::path::PathBuf>,
+    /// The newest document, for a restarted router.
+    last: Option<Desired>,
+    /// Hand [`FeedControl::last`] again (the router was restarted and has applied nothing).
+    replay: bool,
+    health: Arc<PartState>,
 }
 
 impl RouterControl for FeedControl {
@@ -74,13 +82,21 @@ impl RouterControl for FeedControl {
     }
 
     fn desired(&mut self, _now: Instant) -> Option<Desired> {
+        // Asked on every turn of the router's loop: it is alive.
+        self.health.alive();
         // Only the newest document matters.
         let latest = self.desired.try_iter().last();
         if latest.is_some() {
             let mut buf = [0u8; 64];
             while self.wake.recv(&mut buf).is_ok() {}
+            self.last.clone_from(&latest);
+            self.replay = false;
+            return latest;
         }
-        latest
+        if std::mem::take(&mut self.replay) {
+            return self.last.clone();
+        }
+        None
     }
 
     fn report(&mut self, status: Status) {
@@ -94,11 +110,13 @@ impl RouterControl for FeedControl {
 }
 
 /// Starts the router on its own thread (its ports are opened there and stay there); returns
-/// once it forwards, or with the reason it could not start.
+/// once it forwards, or with the reason it could not start. A router that fails later is opened
+/// again with back-off ([`supervise`]) and given the newest desired state again.
 pub fn start_router(
     setup: RouterSetup,
     status_file: Option<std::path::PathBuf>,
     heard: Sender<Heard>,
+    health: Arc<PartState>,
     stop: Arc<AtomicBool>,
 ) -> anyhow::Result<(RouterFeed, JoinHandle<anyhow::Result<()>>)> {
     let (tx, rx) = std::sync::mpsc::channel();
@@ -108,7 +126,7 @@ pub fn start_router(
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<String, String>>();
     let thread = std::thread::Builder::new().name("router".into()).spawn(move || {
         let clock = crate::router::RouterClock::start();
-        let mut router = match Router::open(setup, clock.read()) {
+        let router = match Router::open(setup.clone(), clock.read()) {
             Ok(router) => router,
             Err(e) => {
                 let _ = ready_tx.send(Err(format!("{e:#}")));
@@ -116,10 +134,26 @@ pub fn start_router(
             }
         };
         let _ = ready_tx.send(Ok(router.describe()));
-        let mut control = FeedControl { desired: rx, wake: wake_rx, heard, status_file };
-        let result = router.run(&stop, &mut control, || clock.read());
-        eprintln!("ipshadow serve: router stopped after {} frames", router.forwarder.frames);
-        result
+        let mut control = FeedControl {
+            desired: rx,
+            wake: wake_rx,
+            heard,
+            status_file,
+            last: None,
+            replay: false,
+            health: Arc::clone(&health),
+        };
+        let run = |mut router: Router| {
+            let result = router.run(&stop, &mut control, || clock.read());
+            eprintln!("ipshadow serve: router stopped after {} frames", router.forwarder.frames);
+            // The next life starts from nothing applied.
+            control.replay = true;
+            result
+        };
+        // The failed router (its ports) is dropped before a new one opens them again.
+        let restart = || Router::open(setup.clone(), clock.read());
+        supervise(&health, &stop, router, run, restart);
+        Ok(())
     })?;
     let thread = started(ready_rx, thread, "router")?;
     Ok((RouterFeed { desired: tx, wake: wake_tx }, thread))
@@ -140,6 +174,14 @@ pub struct DhcpShared {
 /// [`DhcpShared`] between the DHCP thread and the API.
 pub type SharedDhcp = Arc<Mutex<DhcpShared>>;
 
+/// Where the DHCP thread says how it is: its status for the API, its health.
+pub struct DhcpReports {
+    /// Leases and counters.
+    pub shared: SharedDhcp,
+    /// Up, restarts, records skipped.
+    pub health: Arc<PartState>,
+}
+
 /// How late a new lease plan may reach the DHCP server at most.
 const DHCP_FOLLOW: Duration = Duration::from_millis(50);
 
@@ -148,67 +190,80 @@ const DHCP_FOLLOW: Duration = Duration::from_millis(50);
 const COUNTERS_EVERY: Duration = Duration::from_millis(200);
 
 /// Starts the DHCP server on its own thread, following `feed` (the first feed is applied before
-/// the first request is answered); returns once it serves.
+/// the first request is answered); returns once it serves. A server that fails later (its
+/// socket, its lease store) is started again with back-off ([`supervise`]) on the newest feed.
 pub fn start_dhcp(
     config: DhcpConfig,
     first: DhcpFeed,
     feed: Receiver<DhcpFeed>,
     heard: Sender<Heard>,
-    shared: SharedDhcp,
+    DhcpReports { shared, health }: DhcpReports,
     mut log: std::fs::File,
     stop: Arc<AtomicBool>,
 ) -> anyhow::Result<JoinHandle<anyhow::Result<()>>> {
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<String, String>>();
     let thread = std::thread::Builder::new().name("dhcp".into()).spawn(move || {
-        let started = Service::start(config).and_then(|mut s| {
+        let open = |latest: &DhcpFeed| -> anyhow::Result<Service> {
+            let mut s = Service::start(config.clone())?;
             s.set_wait(DHCP_FOLLOW)?;
-            follow(&mut s, first, &heard)?;
+            follow(&mut s, latest.clone(), &heard, &health)?;
             Ok(s)
-        });
-        let mut service = match started {
+        };
+        let service = match open(&first) {
             Ok(service) => service,
             Err(e) => {
-                let _ = ready_tx.send(Err(e.to_string()));
+                let _ = ready_tx.send(Err(format!("{e:#}")));
                 return Ok(());
             }
         };
         let at = service.local_addr().map_or_else(|| "?".to_owned(), |a| a.to_string());
         let _ = ready_tx.send(Ok(format!("serving on {at}")));
-        publish(&service, &shared);
-        // Requests that made no lease event still move the counters (drops among them): they
-        // are published too, at most every COUNTERS_EVERY.
-        let (mut published, mut counted) = (std::time::Instant::now(), false);
-        while !stop.load(Ordering::Relaxed) {
-            if let Some(latest) = feed.try_iter().last() {
-                follow(&mut service, latest, &heard)?;
-                publish(&service, &shared);
-            }
-            let received = service.server().counters().received;
-            let events = service.step()?;
-            counted |= service.server().counters().received != received;
-            if counted && events.is_empty() && published.elapsed() >= COUNTERS_EVERY {
-                publish(&service, &shared);
-                (published, counted) = (std::time::Instant::now(), false);
-            }
-            if !events.is_empty() {
-                (published, counted) = (std::time::Instant::now(), false);
-                if let Ok(mut shared) = shared.lock() {
-                    for event in &events {
-                        if let Ok(serde_json::Value::String(kind)) = serde_json::to_value(event.kind) {
-                            *shared.events.entry(kind).or_default() += 1;
+        // The newest feed: a restarted server follows it from the start.
+        let latest_cell = std::cell::RefCell::new(first);
+        let run = |mut service: Service| -> anyhow::Result<()> {
+            let service = &mut service;
+            publish(service, &shared);
+            // Requests that made no lease event still move the counters (drops among them):
+            // they are published too, at most every COUNTERS_EVERY.
+            let (mut published, mut counted) = (std::time::Instant::now(), false);
+            while !stop.load(Ordering::Relaxed) {
+                health.alive();
+                if let Some(newest) = feed.try_iter().last() {
+                    latest_cell.replace(newest.clone());
+                    follow(service, newest, &heard, &health)?;
+                    publish(service, &shared);
+                }
+                let received = service.server().counters().received;
+                let events = service.step()?;
+                counted |= service.server().counters().received != received;
+                if counted && events.is_empty() && published.elapsed() >= COUNTERS_EVERY {
+                    publish(service, &shared);
+                    (published, counted) = (std::time::Instant::now(), false);
+                }
+                if !events.is_empty() {
+                    (published, counted) = (std::time::Instant::now(), false);
+                    if let Ok(mut shared) = shared.lock() {
+                        for event in &events {
+                            if let Ok(serde_json::Value::String(kind)) = serde_json::to_value(event.kind) {
+                                *shared.events.entry(kind).or_default() += 1;
+                            }
                         }
                     }
+                    publish(service, &shared);
                 }
-                publish(&service, &shared);
-            }
-            for event in events {
-                // The lease event log: one JSON line each, for the operator's audit.
-                if let Ok(line) = serde_json::to_string(&event) {
-                    let _ = writeln!(log, "{line}");
+                for event in events {
+                    // The lease event log: one JSON line each, for the operator's audit.
+                    if let Ok(line) = serde_json::to_string(&event) {
+                        let _ = writeln!(log, "{line}");
+                    }
+                    let _ = heard.send(Heard::Lease(event));
                 }
-                let _ = heard.send(Heard::Lease(event));
             }
-        }
+            Ok(())
+        };
+        // The failed service (its socket, its lease store) is dropped before a new one opens them.
+        let restart = || open(&latest_cell.borrow());
+        supervise(&health, &stop, service, run, restart);
         Ok(())
     })?;
     started(ready_rx, thread, "DHCP server")
@@ -233,11 +288,17 @@ fn started(
     }
 }
 
+/// Hands the server the reservations it can take, and the plans. Reservations its own rules
+/// refuse (a record stored before the API checked them, or behind its back) are left out and
+/// reported in its health: one bad record never stops the server for everyone.
 fn follow(
     service: &mut Service,
     (reservations, plans): DhcpFeed,
     heard: &Sender<Heard>,
+    health: &PartState,
 ) -> Result<(), ipshadow_dhcp::service::ServiceError> {
+    let (reservations, skipped) = sift_reservations(service.server().config(), reservations);
+    health.skipped(skipped);
     for (id, why) in service.follow(reservations, &plans)? {
         let _ = heard.send(Heard::PlanRefused { id, reason: format!("the DHCP server refused its lease plan: {why}") });
     }
@@ -279,5 +340,63 @@ fn publish(service: &Service, shared: &SharedDhcp) {
             "counters": service.server().counters(),
             "events": shared.events,
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use ipshadow_control::inventory::{Address, Inventory, Vm, address_key, vm_key};
+    use ipshadow_control::manager::Manager;
+    use ipshadow_control::{RedbStore, Store, Txn};
+
+    use super::*;
+
+    /// A record the API would refuse, written into the store directly (as before the API
+    /// checked it): the DHCP server starts all the same and reports the bad one in its health (issue 13's `reservations.evil.ip: is in no configured
+    /// subnet`, which used to stop `serve` from starting).
+    #[test]
+    fn a_bad_record_in_the_store_is_skipped_at_start() -> anyhow::Result<()> {
+        let dir = std::env::temp_dir().join(format!("ipshadow-parts-skip-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)?;
+        let store = RedbStore::open(&dir.join("store.redb"))?;
+        let inventory = Inventory::new(store.clone());
+        let vm = |id: &str, mac: &str| Vm { id: id.into(), tenant: "acme".into(), mac: mac.into(), segment: id.into() };
+        inventory.add_vm(&vm("vm-a", "02:00:00:00:00:0a"))?;
+        inventory.add_address("acme", Ipv4Addr::new(10, 0, 0, 10), Some("vm-a"))?;
+        // Behind the API's back: a VM whose address is in no DHCP subnet.
+        let evil = vm("evil", "02:00:00:00:00:ee");
+        let bad = Address {
+            ip: Ipv4Addr::new(192, 168, 77, 7),
+            tenant: "other".into(),
+            vm: Some("evil".into()),
+            migration: None,
+        };
+        store.txn(
+            Txn::new()
+                .put(vm_key("evil"), serde_json::to_vec(&evil)?)
+                .put(address_key(bad.ip), serde_json::to_vec(&bad)?),
+        )?;
+        let manager = Manager::new(inventory, Default::default());
+        let config = ipshadow_dhcp::DhcpConfig::from_toml(&format!(
+            "server_id = \"127.0.0.1\"\nlisten = \"127.0.0.1:0\"\nlease_store = \"{}\"\n\
+             [[subnets]]\nnetwork = \"10.0.0.0\"\nprefix = 24\n",
+            dir.join("leases.redb").display()
+        ))?;
+        let (heard, _heard_rx) = std::sync::mpsc::channel();
+        let (_feed_tx, feed) = std::sync::mpsc::channel();
+        let log = std::fs::File::create(dir.join("dhcp-events.jsonl"))?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let health = PartState::new("dhcp");
+        let shared = SharedDhcp::default();
+        let reports = DhcpReports { shared, health: health.clone() };
+        let thread = start_dhcp(config, manager.dhcp()?, feed, heard, reports, log, Arc::clone(&stop))?;
+        let h = health.health();
+        assert!(h.ok(), "{h:?}");
+        assert_eq!(h.skipped, vec!["configuration key reservations.evil.ip: is in no configured subnet".to_owned()]);
+        stop.store(true, Ordering::Relaxed);
+        thread.join().map_err(|_| anyhow!("the DHCP thread panicked"))??;
+        let _ = std::fs::remove_dir_all(&dir);
+        Ok(())
     }
 }
