@@ -157,7 +157,13 @@ mod tests {
     }
 
     fn reservation(vm: &str, mac: &str, ip: Option<[u8; 4]>) -> Reservation {
-        Reservation { vm: vm.into(), mac: Some(mac.into()), client_id: None, ip: ip.map(Ipv4Addr::from) }
+        Reservation {
+            vm: vm.into(),
+            mac: Some(mac.into()),
+            client_id: None,
+            ip: ip.map(Ipv4Addr::from),
+            interface: None,
+        }
     }
 
     #[test]
