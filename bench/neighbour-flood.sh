@@ -143,17 +143,18 @@ for _ in $(seq 100); do
   sleep 0.1
 done
 pktgen --count "$WARMUP" >/dev/null
-read -r RX0 TO0 N0 E0 _ < <(settle)
+read -r RX0 TO0 N0 _ < <(settle)
 RSS0=$(rss_kib)
 echo "after warm-up: frames received $RX0, to vm-a $TO0, neighbours $N0; VmRSS $(mib "$RSS0") MiB"
 
 section "flood: $FRAMES frames, random sources in $SOURCES and random MACs, $RATE frames/s"
 SENT=$(pktgen --count "$FRAMES" --random-sources "$SOURCES" --seed "$$" | python3 -c 'import json,sys; print(json.load(sys.stdin)["sent"])')
-read -r RX1 TO1 N1 E1 _ < <(settle)
+read -r RX1 TO1 _ < <(settle)
 RSS1=$(rss_kib)
 METRICS=$(api GET /metrics)
 metric() { echo "$METRICS" | awk -v n="$1" '$1 == n {print $2}'; }
 NEIGHBOURS=$(metric ipshadow_router_neighbours)
+NEIGHBOURS=${NEIGHBOURS:-0}
 EVICTED=$(metric ipshadow_router_neighbours_evicted_total)
 RECEIVED=$((RX1 - RX0))
 GROWTH=$((RSS1 - RSS0))
@@ -162,7 +163,7 @@ echo "frames received (router): $RECEIVED (forwarded to vm-a: $((TO1 - TO0)))"
 echo "neighbours:               $NEIGHBOURS (cap $CAP)"
 echo "evicted:                  $EVICTED"
 echo "serve VmRSS:              before $(mib "$RSS0") MiB, after $(mib "$RSS1") MiB, growth $(mib "$GROWTH") MiB"
-echo "bound:                    growth <= $BOUND_MIB MiB (cap $CAP x at most 128 bytes = 8 MiB, doubled)"
+echo "bound:                    growth <= $BOUND_MIB MiB (the table at its cap: $CAP x at most 128 bytes = 8 MiB; default bound 16)"
 echo "RESULT frames_sent=$SENT frames_received=$RECEIVED neighbours=$NEIGHBOURS evicted=$EVICTED" \
   "rss_before_mib=$(mib "$RSS0") rss_after_mib=$(mib "$RSS1") growth_mib=$(mib "$GROWTH") bound_mib=$BOUND_MIB"
 status=0
