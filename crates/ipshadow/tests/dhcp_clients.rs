@@ -308,6 +308,14 @@ fn client_story(tag: &str, client: Client) {
     if !namespaces_available(&format!("{client:?}")) {
         return;
     }
+    let (tool, package) = match client {
+        Client::Dhclient => ("dhclient", "isc-dhcp-client"),
+        Client::Udhcpc => ("busybox", "busybox"),
+        Client::Dhcpcd => ("dhcpcd", "dhcpcd-base"),
+    };
+    if !common::tools::require_tool(&format!("{client:?}"), tool, package) {
+        return;
+    }
     let mut lab = Lab::new(tag, client);
     lab.forget_dhcpcd_leases();
     lab.start_server(None);

@@ -298,6 +298,9 @@ fn two_segments_story(tag: &str, default_route: bool) {
     if !namespaces_available(&format!("dhcp interfaces {tag}")) {
         return;
     }
+    if !common::tools::require_tool(&format!("dhcp interfaces {tag}"), "dhclient", "isc-dhcp-client") {
+        return;
+    }
     let mut lab = Lab::new(tag, default_route);
     lab.start_server();
     lab.listen(0);

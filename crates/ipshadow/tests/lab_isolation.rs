@@ -164,7 +164,9 @@ fn no_frame_of_one_vm_segment_reaches_the_other() {
 
 #[test]
 fn dhcpcd_in_b_binds_x_without_declining_it_while_a_holds_it() {
-    if !common::netns::namespaces_available("dhcpcd_in_b") {
+    if !common::netns::namespaces_available("dhcpcd_in_b")
+        || !common::tools::require_tool("dhcpcd_in_b", "dhcpcd", "dhcpcd-base")
+    {
         return;
     }
     let prefix = format!("ib{}", std::process::id() % 10_000);

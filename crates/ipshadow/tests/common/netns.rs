@@ -28,6 +28,9 @@ pub fn sh_any(cmd: &str) -> String {
 /// Whether this process can create network namespaces. Without: a skip message, or under
 /// `CI=true` a failure.
 pub fn namespaces_available(test: &str) -> bool {
+    if !super::tools::require_tool(test, "ip", "iproute2") {
+        return false;
+    }
     // Tests run in parallel: each probes with its own name.
     let unique: u32 = test.bytes().fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(u32::from(b))) % 100_000;
     let probe = format!("ipsdprobe{}-{unique}", std::process::id());
