@@ -269,9 +269,11 @@ impl<'a> Demo<'a> {
         let before = self.migration(id)?;
         let leases_before = self.leases_on_x()?;
         // The TCP flows of X the old router had open: the ones the new one must learn.
-        let open_flows_before = self.lab.router_status().and_then(|s| s.patterns.get(&X).cloned()).map_or(0, |p| {
-            u64::from(p.measured.source.open) + u64::from(p.measured.destination.open)
-        });
+        let open_flows_before = self
+            .lab
+            .router_status()
+            .and_then(|s| s.patterns.get(&X).cloned())
+            .map_or(0, |p| u64::from(p.measured.source.open) + u64::from(p.measured.destination.open));
         if let Some(pid) = self.lab.pid("serve") {
             crate::lab::services::kill(pid, "KILL");
             while crate::lab::services::alive(pid) {

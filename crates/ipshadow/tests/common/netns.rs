@@ -87,7 +87,16 @@ impl Drop for Netns {
                 }
             }
         }
-        std::thread::sleep(std::time::Duration::from_millis(100));
+        // A namespace deleted while a killed process still holds it lingers: wait (at most 2 s)
+        // until none of ours has a process left.
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        while std::time::Instant::now() < until
+            && self.names.iter().any(|ns| {
+                Command::new("ip").args(["netns", "pids", ns]).output().is_ok_and(|o| !o.stdout.trim_ascii().is_empty())
+            })
+        {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
         for ns in &self.names {
             let _ = Command::new("ip").args(["netns", "del", ns]).output();
         }
