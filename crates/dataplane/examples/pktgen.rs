@@ -6,7 +6,10 @@
 //! correct (updated per frame from a precomputed sum). Without `--rate` it sends as fast as it
 //! can; with `--rate PPS` it paces frames (a busy wait) and hands each to the kernel at once. A
 //! kick the kernel refuses (ENOBUFS: the receiver's backlog is full and drops the frame) is
-//! counted and sending goes on. It prints one JSON object (frames sent, rate).
+//! counted and sending goes on. It stops after `--seconds` or `--count` frames, whichever comes
+//! first. With `--random-sources PREFIX` each frame has a random source address in PREFIX and a
+//! random (locally administered, unicast) source MAC, from a generator seeded by `--seed`, for
+//! `bench/neighbour-flood.sh`. It prints one JSON object (frames sent, rate).
 //!
 //! `pktgen sink` counts the generator's frames, either from the receive rings of one or more
 //! ports (`--port NS:IFACE`, repeat; one thread reads them all, sleeping 200 us when they are
@@ -20,7 +23,7 @@
 //! ```text
 //! pktgen send --iface IF [--netns NS] --src-mac MAC --dst-mac MAC --src-ip IP --dst-ip IP
 //!             [--dst-port 9] [--src-port 10000] [--flows 1024] [--size 64] [--rate PPS] [--seconds 5]
-//!             [--send-buffer BYTES (default 64 MiB)]
+//!             [--send-buffer BYTES (default 64 MiB)] [--count N] [--random-sources PREFIX [--seed N]]
 //! pktgen sink --port [NS:]IFACE ... | --udp PORT [--netns NS ...]   [--idle-ms 500] [--timeout 60]
 //! ```
 
@@ -174,7 +177,7 @@ fn fold(mut sum: u64) -> u16 {
 struct Template {
     frame: Vec<u8>,
     /// Checksum sum of the UDP pseudo-header, header and payload with the source port, the
-    /// sequence number and the send time all zero (RFC 768).
+    /// sequence number and the send time all zero, and without the source address (RFC 768).
     udp_base: u64,
 }
 
@@ -211,8 +214,18 @@ impl Template {
         f[36..38].copy_from_slice(&dst_port.to_be_bytes());
         f[38..40].copy_from_slice(&udp_len.to_be_bytes());
         f[HEADERS..HEADERS + 4].copy_from_slice(&MAGIC);
-        let udp_base = sum_words(&f[26..34]) + 17 + u64::from(udp_len) + sum_words(&f[34..]);
+        let udp_base = sum_words(&f[30..34]) + 17 + u64::from(udp_len) + sum_words(&f[34..]);
         Ok(Self { frame: f, udp_base })
+    }
+
+    /// Sets the source MAC and address, and the IPv4 header checksum that covers the address.
+    fn set_source(&mut self, mac: [u8; 6], ip: Ipv4Addr) {
+        let f = &mut self.frame;
+        f[6..12].copy_from_slice(&mac);
+        f[26..30].copy_from_slice(&ip.octets());
+        f[24..26].fill(0);
+        let ip_sum = !fold(sum_words(&f[14..34]));
+        f[24..26].copy_from_slice(&ip_sum.to_be_bytes());
     }
 
     /// Writes the per-frame fields and the UDP checksum.
@@ -221,7 +234,7 @@ impl Template {
         f[34..36].copy_from_slice(&src_port.to_be_bytes());
         f[SEQ_AT..SEQ_AT + 8].copy_from_slice(&seq.to_be_bytes());
         f[TIME_AT..TIME_AT + 8].copy_from_slice(&time.to_be_bytes());
-        let mut sum = self.udp_base + u64::from(src_port);
+        let mut sum = self.udp_base + sum_words(&f[26..30]) + u64::from(src_port);
         for word in [seq, time] {
             sum += (word >> 48) + ((word >> 32) & 0xffff) + ((word >> 16) & 0xffff) + (word & 0xffff);
         }
@@ -231,6 +244,43 @@ impl Template {
             c => c,
         };
         f[40..42].copy_from_slice(&checksum.to_be_bytes());
+    }
+}
+
+/// Random sources (`--random-sources`): addresses in a prefix, MACs locally administered.
+struct RandomSources {
+    network: u32,
+    host_mask: u32,
+    /// xorshift64* state (never zero): fast, and the same seed gives the same frames.
+    state: u64,
+}
+
+impl RandomSources {
+    fn new(prefix: &str, seed: u64) -> Result<Self, String> {
+        let bad = || format!("--random-sources: {prefix:?} is not an IPv4 prefix (A.B.C.D/LEN)");
+        let (ip, len) = prefix.split_once('/').ok_or_else(bad)?;
+        let ip: Ipv4Addr = ip.parse().map_err(|_| bad())?;
+        let len: u32 = len.parse().map_err(|_| bad())?;
+        if len > 32 {
+            return Err(bad());
+        }
+        let host_mask = u32::MAX.checked_shr(len).unwrap_or(0);
+        Ok(Self { network: u32::from(ip) & !host_mask, host_mask, state: seed.max(1) })
+    }
+
+    fn next(&mut self) -> u64 {
+        self.state ^= self.state >> 12;
+        self.state ^= self.state << 25;
+        self.state ^= self.state >> 27;
+        self.state.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    /// A source MAC (unicast, locally administered) and address.
+    fn source(&mut self) -> ([u8; 6], Ipv4Addr) {
+        let r = self.next().to_be_bytes();
+        let mac = [0x02, r[0], r[1], r[2], r[3], r[4]];
+        let ip = Ipv4Addr::from(self.network | (self.next() as u32 & self.host_mask));
+        (mac, ip)
     }
 }
 
@@ -247,6 +297,11 @@ fn send(options: &Options) -> Result<String, String> {
     }
     let rate: f64 = options.parsed("rate", 0.0)?;
     let seconds: f64 = options.parsed("seconds", 5.0)?;
+    let count: u64 = options.parsed("count", u64::MAX)?;
+    let mut random = match options.get("random-sources") {
+        Some(prefix) => Some(RandomSources::new(prefix, options.parsed("seed", 1)?)?),
+        None => None,
+    };
     let mut port =
         AfPacketPort::open(iface, RingConfig::default()).map_err(|e| format!("opening a port on {iface}: {e}"))?;
     let send_buffer: libc::c_int = options.parsed("send-buffer", 64 << 20)?;
@@ -265,7 +320,7 @@ fn send(options: &Options) -> Result<String, String> {
         _ => {}
     };
     let mut now = start;
-    while now < end {
+    while now < end && seq < count {
         if interval > 0.0 {
             let due = start + (seq as f64 * interval) as u64;
             if now < due {
@@ -277,6 +332,10 @@ fn send(options: &Options) -> Result<String, String> {
             }
         }
         now = monotonic_ns();
+        if let Some(random) = random.as_mut() {
+            let (mac, ip) = random.source();
+            template.set_source(mac, ip);
+        }
         template.stamp(src_port + (seq % u64::from(flows)) as u16, seq, now);
         match port.send(&template.frame) {
             Ok(()) => seq += 1,
@@ -300,6 +359,7 @@ fn send(options: &Options) -> Result<String, String> {
         "frame_bytes": template.frame.len(),
         "flows": flows,
         "rate_limit_pps": rate,
+        "random_sources": options.get("random-sources"),
         "sent": seq,
         "seconds": secs,
         "pps": seq as f64 / secs,

@@ -13,7 +13,7 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::netns::{Netns, namespaces_available, sh, sh_any};
@@ -116,11 +116,14 @@ esac
             .args(["netns", "exec", &self.srv, env!("CARGO_BIN_EXE_ipshadow"), "dhcp", "--config"])
             .arg(self.ns.path("dhcp.toml"))
             .stdout(events)
-            .stderr(Stdio::null())
+            .stderr(std::fs::File::create(self.ns.path("server.log")).unwrap())
             .spawn()
             .unwrap();
         self.server = Some(child);
-        std::thread::sleep(Duration::from_millis(300));
+        common::lab::wait_for("the DHCP server to listen", Duration::from_secs(10), |seen| {
+            *seen = std::fs::read_to_string(self.ns.path("server.log")).unwrap_or_default();
+            seen.contains("serving on").then_some(())
+        });
     }
 
     fn events(&self) -> Vec<serde_json::Value> {
@@ -306,6 +309,14 @@ fn address(line: &BTreeMap<String, String>) -> &str {
 
 fn client_story(tag: &str, client: Client) {
     if !namespaces_available(&format!("{client:?}")) {
+        return;
+    }
+    let (tool, package) = match client {
+        Client::Dhclient => ("dhclient", "isc-dhcp-client"),
+        Client::Udhcpc => ("busybox", "busybox"),
+        Client::Dhcpcd => ("dhcpcd", "dhcpcd-base"),
+    };
+    if !common::tools::require_tool(&format!("{client:?}"), tool, package) {
         return;
     }
     let mut lab = Lab::new(tag, client);

@@ -27,6 +27,8 @@ const VMS: [Vm; 2] = [
 /// Tells the test binary, started again inside a VM's namespace, to be a helper (see
 /// [`helper_in_a_vm_namespace`]).
 const HELPER: &str = "IPSHADOW_DHCP_TEST_HELPER";
+/// Not a DHCP message: the positive control of a listener that must see no reply.
+const CONTROL: &[u8] = b"ipshadow-dhcp-control";
 
 struct Vm {
     side: &'static str,
@@ -146,6 +148,27 @@ impl Lab {
             assert!(start.elapsed() < Duration::from_secs(10), "listener in VM {vm} did not start");
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// Everything the listener in VM `vm` saw, one hex line a datagram.
+    fn raw(&self, vm: usize) -> String {
+        std::fs::read_to_string(self.ns.path(&format!("seen-{}.hex", VMS[vm].side))).unwrap()
+    }
+
+    /// Sends a datagram carrying [`CONTROL`] from the server's namespace, broadcast to UDP port
+    /// 68 through the interface leading to `vm`.
+    fn control_into(&self, vm: &Vm) {
+        let (srv, iface) = (self.srv.clone(), vm.iface);
+        std::thread::spawn(move || {
+            ipshadow_dataplane::netns::enter(&srv).unwrap();
+            let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None).unwrap();
+            s.set_broadcast(true).unwrap();
+            s.bind_device(Some(iface.as_bytes())).unwrap();
+            let to = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::BROADCAST, 68));
+            s.send_to(CONTROL, &to.into()).unwrap();
+        })
+        .join()
+        .unwrap();
     }
 
     /// The DHCP replies the listener in VM `vm` saw.
@@ -298,6 +321,9 @@ fn two_segments_story(tag: &str, default_route: bool) {
     if !namespaces_available(&format!("dhcp interfaces {tag}")) {
         return;
     }
+    if !common::tools::require_tool(&format!("dhcp interfaces {tag}"), "dhclient", "isc-dhcp-client") {
+        return;
+    }
     let mut lab = Lab::new(tag, default_route);
     lab.start_server();
     lab.listen(0);
@@ -315,12 +341,15 @@ fn two_segments_story(tag: &str, default_route: bool) {
     lab.wait_events("bound", "vm-a");
     lab.wait_events("bound", "vm-b");
 
-    // What reached each segment: its own OFFER and ACK, nothing meant for the other VM.
-    std::thread::sleep(Duration::from_millis(300));
+    // What reached each segment: its own OFFER and ACK (the capture saw its segment's
+    // replies), nothing meant for the other VM.
     for (i, vm) in VMS.iter().enumerate() {
-        let seen = lab.seen(i);
-        let kinds: Vec<u8> = seen.iter().map(|r| r.kind).collect();
-        assert!(kinds.contains(&2) && kinds.contains(&5), "VM {}: no OFFER and ACK seen: {seen:?}", vm.side);
+        let seen = common::lab::wait_for(&format!("VM {}'s OFFER and ACK", vm.side), Duration::from_secs(5), |last| {
+            let seen = lab.seen(i);
+            *last = format!("{seen:?}");
+            let kinds: Vec<u8> = seen.iter().map(|r| r.kind).collect();
+            (kinds.contains(&2) && kinds.contains(&5)).then_some(seen)
+        });
         let foreign: Vec<_> = seen.iter().filter(|r| r.chaddr != vm.mac).collect();
         assert!(foreign.is_empty(), "VM {}'s segment got replies for another VM: {foreign:?}", vm.side);
         assert!(seen.iter().all(|r| r.yiaddr == vm.ip), "VM {}: {seen:?}", vm.side);
@@ -338,6 +367,13 @@ fn two_segments_story(tag: &str, default_route: bool) {
     let reply = reply.unwrap_or_else(|| panic!("no reply to A's unicast renewal: {}", lab.server_log()));
     assert_eq!((reply.kind, reply.chaddr, reply.yiaddr), (5, VMS[0].mac, VMS[0].ip));
     lab.wait_events("renewed", "vm-a");
+    // After A's reply went out, a broadcast into B's segment: once B's listener has it, anything
+    // of A's renewal that took B's segment would have reached it before.
+    lab.control_into(&VMS[1]);
+    common::lab::wait_for("the control datagram in B's segment", Duration::from_secs(5), |last| {
+        *last = lab.raw(1);
+        last.contains(&hex(CONTROL)).then_some(())
+    });
     assert_eq!(lab.seen(1).len(), before, "B's segment saw A's renewal: {:?}", lab.seen(1));
 }
 

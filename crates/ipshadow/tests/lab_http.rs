@@ -65,9 +65,7 @@ fn keep_alive_http_through_a_migration_with_the_defaults_fails_no_request() {
     if !common::netns::namespaces_available("lab_http") {
         return;
     }
-    if Command::new("nginx").arg("-v").output().is_err() {
-        assert!(std::env::var("CI").as_deref() != Ok("true"), "lab_http: needs nginx (Debian package nginx; CI=true)");
-        eprintln!("SKIPPED lab_http: needs nginx (Debian package nginx)");
+    if !common::tools::require_tool("lab_http", "nginx", "nginx") {
         return;
     }
     let prefix = format!("h{}", std::process::id() % 10_000);

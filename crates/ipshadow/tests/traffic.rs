@@ -246,7 +246,9 @@ fn sigterm_stops_a_run_and_it_still_reports() {
         .spawn()
         .unwrap();
     let mut run = Guard(child);
-    sleep(Duration::from_millis(2500));
+    // Stopped once its ten long-lived connections are open on the server.
+    let s = status_when(&status, |s| s["open"] == 10);
+    assert_eq!(s["open"], 10, "{s}");
     assert!(run.terminate().success());
     let mut stdout = String::new();
     run.0.stdout.take().unwrap().read_to_string(&mut stdout).unwrap();

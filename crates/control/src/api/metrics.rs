@@ -1,7 +1,7 @@
 //! `GET /metrics`: the manager's view in the Prometheus text format (version 0.0.4), for the
 //! operator (admin token; Prometheus sends it with `authorization: credentials`), with the
 //! router's measurements and drain forecast per shadowed address (label `ip`) when a router
-//! runs in this process.
+//! runs in this process, and the DHCP server's counters when one does.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -180,10 +180,59 @@ fn router_counters(out: &mut String, status: &ipshadow_dataplane::Status) {
     }
 }
 
+/// The DHCP server's counters (`counters` of its status, as `GET /v1/dhcp/status` shows it):
+/// field and help, each a counter `ipshadow_dhcp_FIELD_total`. The fields are those of
+/// `ipshadow_dhcp::DhcpCounters` (the test serializes that struct, so a renamed one fails it).
+const DHCP_COUNTERS: [(&str, &str); 10] = [
+    ("received", "Datagrams the DHCP server handled."),
+    ("offers", "DHCPOFFERs sent."),
+    ("acks", "DHCPACKs sent (INFORM answers included)."),
+    ("naks", "DHCPNAKs sent."),
+    ("declines", "DHCPDECLINEs received."),
+    ("releases", "DHCPRELEASEs received."),
+    ("unknown_clients", "Requests from clients no reservation or pool serves (left unanswered)."),
+    ("pool_exhausted", "DISCOVERs left unanswered because the pool had no free address."),
+    ("other_server", "REQUESTs that chose another server."),
+    (
+        "wrong_segment_dropped",
+        "Messages naming a VM that arrived on another segment than the VM's (dropped, no lease event).",
+    ),
+];
+
+/// The DHCP server's counters, leases and lease events by kind, from its status: what shows a
+/// VM speaking in another's name (`wrong_segment_dropped`) or a pool running dry.
+fn dhcp_counters(out: &mut String, status: &serde_json::Value) {
+    let counters = &status["counters"];
+    for (field, help) in DHCP_COUNTERS {
+        if let Some(n) = counters[field].as_u64() {
+            let name = format!("ipshadow_dhcp_{field}_total");
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {n}");
+        }
+    }
+    let labelled = [
+        (counters["dropped"].as_object(), "reason", "dropped_total", "Datagrams the DHCP server dropped, by reason."),
+        (status["events"].as_object(), "kind", "lease_events_total", "Lease events since the server started, by kind."),
+    ];
+    for (map, label, name, help) in labelled {
+        let _ = writeln!(out, "# HELP ipshadow_dhcp_{name} {help}\n# TYPE ipshadow_dhcp_{name} counter");
+        for (k, n) in map.into_iter().flatten().filter_map(|(k, v)| v.as_u64().map(|n| (k, n))) {
+            let _ = writeln!(out, "ipshadow_dhcp_{name}{{{label}=\"{k}\"}} {n}");
+        }
+    }
+    if let Some(leases) = status["leases"].as_array() {
+        let _ = writeln!(
+            out,
+            "# HELP ipshadow_dhcp_leases Leases the DHCP server holds.\n# TYPE ipshadow_dhcp_leases gauge\nipshadow_dhcp_leases {}",
+            leases.len()
+        );
+    }
+}
+
 /// Counts of VMs, addresses and migrations by state, each shadowed address's split, and from
 /// the router's latest report (when a router runs in this process) each shadowed address's open
 /// and idle flows on A and B, arrival rate, drain forecast (p50, p90) and flows expected open at
-/// the deadline.
+/// the deadline; from the DHCP server's status (when one runs here) its counters, drops by
+/// reason, leases and lease events by kind.
 #[utoipa::path(get, path = "/metrics", tag = "meta", security(("bearer" = [])),
     responses((status = 200, description = "Prometheus text format (version 0.0.4)", content_type = "text/plain", body = String),
         (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
@@ -218,6 +267,9 @@ pub async fn metrics<S: Store>(State(state): State<ApiState<S>>, caller: Caller)
     if let Some(status) = state.parts.router_status.as_ref().and_then(|f| f()) {
         patterns(&mut out, &status, (state.clock)());
         router_counters(&mut out, &status);
+    }
+    if let Some(status) = state.parts.dhcp_status.as_ref().and_then(|f| f()) {
+        dhcp_counters(&mut out, &status);
     }
     if let Some(health) = state.parts.health.as_ref().map(|f| f()) {
         part_health(&mut out, &health);

@@ -268,6 +268,12 @@ impl<'a> Demo<'a> {
         );
         let before = self.migration(id)?;
         let leases_before = self.leases_on_x()?;
+        // The TCP flows of X the old router had open: the ones the new one must learn.
+        let open_flows_before = self
+            .lab
+            .router_status()
+            .and_then(|s| s.patterns.get(&X).cloned())
+            .map_or(0, |p| u64::from(p.measured.source.open) + u64::from(p.measured.destination.open));
         if let Some(pid) = self.lab.pid("serve") {
             crate::lab::services::kill(pid, "KILL");
             while crate::lab::services::alive(pid) {
@@ -301,6 +307,9 @@ impl<'a> Demo<'a> {
             resumed_deadline_ms: entry.and_then(|e| e.options.deadline).map(|d| d.as_micros() / 1000),
             leases_before,
             leases_after: self.leases_on_x()?,
+            open_flows_before,
+            flows_learned_after: 0,
+            pid_after: pid,
         });
         Ok(())
     }
@@ -323,6 +332,11 @@ impl<'a> Demo<'a> {
         let Some(status) = self.lab.router_status() else { return };
         if let Some(current) = status.entries.iter().find(|e| e.ip_address == X) {
             let total = current.counters.conflicts.total();
+            // The entry leaves the table when the migration ends: keep what the restarted router
+            // had learned by its last report.
+            for r in self.restarts.iter_mut().filter(|r| r.pid_after == status.pid) {
+                r.flows_learned_after = r.flows_learned_after.max(current.counters.flows_learned);
+            }
             match self.conflicts_by_router.iter_mut().find(|(pid, _)| *pid == status.pid) {
                 Some((_, c)) => *c = total,
                 None => self.conflicts_by_router.push((status.pid, total)),

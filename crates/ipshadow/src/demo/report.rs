@@ -50,6 +50,14 @@ pub struct Restart {
     pub leases_before: Vec<(String, Option<u64>, u64)>,
     /// And after the restart.
     pub leases_after: Vec<(String, Option<u64>, u64)>,
+    /// TCP flows of X open in the old router's last report before the kill.
+    pub open_flows_before: u64,
+    /// Flows of X the new router learned from the VMs' replies (its entry's `flows_learned`
+    /// in its last report before the migration ended).
+    pub flows_learned_after: u64,
+    /// The new `serve`'s process id (its router reports under it).
+    #[serde(skip)]
+    pub pid_after: u32,
 }
 
 /// The whole report.

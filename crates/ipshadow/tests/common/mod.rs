@@ -3,6 +3,7 @@
 pub mod lab;
 pub mod netns;
 pub mod serve;
+pub mod tools;
 
 /// The report keys MISSION.md promises for `simulate --json` and `demo --json`.
 #[allow(dead_code)]

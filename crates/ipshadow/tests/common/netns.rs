@@ -28,6 +28,9 @@ pub fn sh_any(cmd: &str) -> String {
 /// Whether this process can create network namespaces. Without: a skip message, or under
 /// `CI=true` a failure.
 pub fn namespaces_available(test: &str) -> bool {
+    if !super::tools::require_tool(test, "ip", "iproute2") {
+        return false;
+    }
     // Tests run in parallel: each probes with its own name.
     let unique: u32 = test.bytes().fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(u32::from(b))) % 100_000;
     let probe = format!("ipsdprobe{}-{unique}", std::process::id());
@@ -84,7 +87,16 @@ impl Drop for Netns {
                 }
             }
         }
-        std::thread::sleep(std::time::Duration::from_millis(100));
+        // A namespace deleted while a killed process still holds it lingers: wait (at most 2 s)
+        // until none of ours has a process left.
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        while std::time::Instant::now() < until
+            && self.names.iter().any(|ns| {
+                Command::new("ip").args(["netns", "pids", ns]).output().is_ok_and(|o| !o.stdout.trim_ascii().is_empty())
+            })
+        {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
         for ns in &self.names {
             let _ = Command::new("ip").args(["netns", "del", ns]).output();
         }
