@@ -133,8 +133,10 @@ pub struct Reservation {
     /// The interface of this host the VM's segment is on. When set, a message naming the VM (by
     /// its MAC or client identifier, or by a lease it holds) counts only when it arrives on this
     /// interface; from any other it is dropped and counted (DHCP snooping). A name that is no
-    /// interface of the host matches no arrival. None: from any interface (one segment, or
-    /// requests through a relay).
+    /// interface of the host matches no arrival. A message a subnet's configured relay agent
+    /// forwards (giaddr in `relays`) is exempt when it arrives on an interface that is no VM's
+    /// segment: the relay agent is then the attachment point, and binding the VM to its port
+    /// is the relay's job. None: from any interface.
     #[serde(default)]
     pub interface: Option<String>,
 }

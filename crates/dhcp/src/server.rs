@@ -178,6 +178,9 @@ pub struct DhcpServer {
     reservations: BTreeMap<ClientKey, usize>,
     vms: BTreeMap<String, usize>,
     reserved_ips: BTreeSet<Ipv4Addr>,
+    /// The interfaces VMs are bound to (their segments): a relayed message arriving on one of
+    /// them is a VM's forgery, not a relay agent's.
+    segment_interfaces: BTreeSet<String>,
     leases: LeaseTable,
     offers: BTreeMap<ClientKey, (Ipv4Addr, u64)>,
     offered_ips: BTreeMap<Ipv4Addr, ClientKey>,
@@ -197,6 +200,7 @@ impl DhcpServer {
         let mut reservations = BTreeMap::new();
         let mut vms = BTreeMap::new();
         let mut reserved_ips = BTreeSet::new();
+        let segment_interfaces = config.reservations.iter().filter_map(|r| r.interface.clone()).collect();
         for (i, r) in config.reservations.iter().enumerate() {
             for key in r.keys()? {
                 reservations.insert(key, i);
@@ -213,6 +217,7 @@ impl DhcpServer {
             reservations,
             vms,
             reserved_ips,
+            segment_interfaces,
             leases: LeaseTable::default(),
             offers: BTreeMap::new(),
             offered_ips: BTreeMap::new(),
@@ -437,7 +442,19 @@ impl DhcpServer {
     /// reserved for its chaddr, and the one holding a lease under its client key. All three,
     /// since a forged message may mix one VM's chaddr with another's client identifier, and the
     /// lease it then releases is found by the client key alone.
+    ///
+    /// A message relayed by one of a subnet's configured relay agents, arriving on an interface
+    /// that is no VM's segment, is not checked here: it came in on the relay's link, so its
+    /// arrival says nothing of the VM's; binding it to the attachment point is the relay
+    /// agent's job (snooping on the switch or router that relays, as RFC 7513 places it).
     fn off_segment(&self, client: &ClientKey, message: &Message, interface: Option<&str>) -> bool {
+        let giaddr = message.giaddr();
+        let relayed = !giaddr.is_unspecified()
+            && self.config.subnets.iter().any(|s| s.relays.contains(&giaddr))
+            && interface.is_some_and(|i| !self.segment_interfaces.contains(i));
+        if relayed {
+            return false;
+        }
         let by_chaddr = <[u8; 6]>::try_from(message.chaddr().get(..6).unwrap_or_default())
             .ok()
             .filter(|_| message.hlen() == 6)

@@ -26,6 +26,7 @@ fn config() -> DhcpConfig {
         network = "10.0.0.0"
         prefix = 24
         pool = { start = "10.0.0.100", end = "10.0.0.102" }
+        relays = ["10.0.0.254"]
         [[reservations]]
         vm = "vm-a"
         mac = "02:00:00:00:00:0a"
@@ -165,4 +166,34 @@ fn clients_not_bound_to_an_interface_keep_today_s_behaviour() {
         s.handle_on(&message(stranger, None, MessageType::Discover, Ipv4Addr::UNSPECIFIED, &[]), Some("eth9"), T0);
     assert!(offer.reply.is_some());
     assert_eq!(s.counters().wrong_segment_dropped, 0);
+}
+
+/// `message` as relay agent `giaddr` forwards it (hops 1).
+fn relayed(datagram: &[u8], giaddr: Ipv4Addr) -> Vec<u8> {
+    use dhcproto::{Decodable, Decoder};
+    let mut m = Message::decode(&mut Decoder::new(datagram)).unwrap();
+    m.set_giaddr(giaddr).set_hops(1);
+    let mut buf = Vec::new();
+    m.encode(&mut Encoder::new(&mut buf)).unwrap();
+    buf
+}
+
+#[test]
+fn a_configured_relay_speaks_for_its_vms_but_not_from_a_vm_segment() {
+    let relay = Ipv4Addr::new(10, 0, 0, 254);
+    let mut s = DhcpServer::new(config()).unwrap();
+    // A's request relayed by the subnet's relay agent, arriving on the uplink: answered (the
+    // relay agent is the attachment point; snooping is its job).
+    let h = s.handle_on(&relayed(&select(MAC_A, None), relay), Some("uplink"), T0);
+    assert!(h.reply.is_some(), "a relayed request for a bound VM is served");
+    assert_eq!(s.counters().wrong_segment_dropped, 0);
+    // The same relayed message, forged on B's segment (B set giaddr itself): dropped.
+    let forged = relayed(&release(MAC_A, None), relay);
+    assert_eq!(s.handle_on(&forged, Some("vmb"), T0 + 1), Handled::default());
+    // From an address no subnet lists as its relay, on the uplink: dropped too.
+    let stranger = relayed(&release(MAC_A, None), Ipv4Addr::new(10, 0, 0, 253));
+    assert_eq!(s.handle_on(&stranger, Some("uplink"), T0 + 1), Handled::default());
+    assert_eq!(s.counters().wrong_segment_dropped, 2);
+    assert!(s.take_events().iter().all(|e| e.kind == LeaseEventKind::Bound), "no release became an event");
+    assert_eq!(s.leases().on(X).len(), 1, "A still holds X");
 }

@@ -388,11 +388,13 @@ mod tests {
         assert_eq!(keys(&inner), [key]);
     }
 
+    /// A VM of tenant acme; MACs are unique across the store, so each id gets its own.
     fn vm(id: &str) -> crate::inventory::Vm {
+        let last = id.bytes().last().unwrap_or(0);
         crate::inventory::Vm {
             tenant: "acme".into(),
             id: id.into(),
-            mac: "02:00:00:00:00:0a".into(),
+            mac: format!("02:00:00:00:00:{last:02x}"),
             segment: id.into(),
         }
     }
