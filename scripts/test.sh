@@ -10,7 +10,7 @@ need_cargo
 # Real DHCP clients, perfdhcp (kea-admin), nginx (the lab's keep-alive HTTP test) and namespace
 # tools for the DHCP and lab tests (root); Python's venv and pip for schemathesis (PyPI,
 # installed under target/), curl for its seeding.
-apt_install iproute2 procps nftables isc-dhcp-client busybox dhcpcd-base kea-admin nginx python3-venv python3-pip curl
+apt_install iproute2 procps nftables isc-dhcp-client busybox dhcpcd-base kea-admin nginx python3-venv python3-pip curl libfaketime
 section "format"
 cargo fmt --all -- --check
 section "lints"

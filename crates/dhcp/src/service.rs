@@ -65,12 +65,20 @@ pub struct Service {
     failed: bool,
     /// The receive buffer.
     buf: Vec<u8>,
+    /// Unix seconds: the system clock, or the embedding process's own (one that does not step).
+    clock: fn() -> u64,
 }
 
 impl Service {
     /// Opens the store, restores its leases, applies the configured migrations, binds the socket.
     pub fn start(config: DhcpConfig) -> Result<Self, ServiceError> {
-        let now = unix_now();
+        Self::start_with_clock(config, unix_now)
+    }
+
+    /// [`Service::start`] on `clock` (unix seconds) instead of the system clock: a process
+    /// whose parts must agree on every deadline gives them all one clock.
+    pub fn start_with_clock(config: DhcpConfig, clock: fn() -> u64) -> Result<Self, ServiceError> {
+        let now = clock();
         let store = LeaseStore::open(&config.lease_store)?;
         let socket = DhcpSocket::bind(&config).map_err(|(what, source)| ServiceError::Socket { what, source })?;
         let migrations = config.migrations.clone();
@@ -96,7 +104,7 @@ impl Service {
             }
         }
         store.commit(&changes)?;
-        Ok(Self { server, store, socket, server_id, last_expiry: now, failed: false, buf: vec![0; 2048] })
+        Ok(Self { server, store, socket, server_id, last_expiry: now, failed: false, buf: vec![0; 2048], clock })
     }
 
     /// The address the socket is bound to.
@@ -183,7 +191,7 @@ impl Service {
                 self.send(&reply, *arrival);
             }
         }
-        let now = unix_now();
+        let now = (self.clock)();
         let mut changes: Vec<_> = batch.iter_mut().flat_map(|(h, _)| h.changes.drain(..)).collect();
         if now != self.last_expiry {
             self.last_expiry = now;
@@ -215,7 +223,7 @@ impl Service {
         if self.failed {
             return Err(ServiceError::Failed);
         }
-        let now = unix_now();
+        let now = (self.clock)();
         let mut changes = Vec::new();
         if reservations != self.server.config().reservations {
             let config = DhcpConfig { reservations, ..self.server.config().clone() };
@@ -260,7 +268,7 @@ impl Service {
     /// Decides one request, knowing the interface it came in on (DHCP snooping needs its name).
     fn handle(&mut self, datagram: &[u8], arrival: Option<Arrival>) -> Handled {
         let interface = interface_name(arrival);
-        self.server.handle_on(datagram, interface.as_deref(), unix_now())
+        self.server.handle_on(datagram, interface.as_deref(), (self.clock)())
     }
 
     fn send(&self, reply: &Reply, arrival: Option<Arrival>) {

@@ -108,17 +108,25 @@ pub(crate) fn wall_now() -> Instant {
 pub(crate) struct RouterClock {
     start: std::time::Instant,
     wall_at_start: Instant,
+    /// The wall clock read beside: the system's, or the process's own (`serve`'s, which does
+    /// not step, so its parts agree on every deadline).
+    wall: fn() -> Instant,
 }
 
 impl RouterClock {
-    /// A clock whose monotonic time starts at the wall clock's now.
+    /// A clock whose monotonic time starts at the system clock's now.
     pub(crate) fn start() -> Self {
-        Self { start: std::time::Instant::now(), wall_at_start: wall_now() }
+        Self::start_with(wall_now)
+    }
+
+    /// A clock whose monotonic time starts at `wall`'s now, and that reads `wall` beside.
+    pub(crate) fn start_with(wall: fn() -> Instant) -> Self {
+        Self { start: std::time::Instant::now(), wall_at_start: wall(), wall }
     }
 
     /// Both clocks, now.
     pub(crate) fn read(&self) -> Clocks {
-        Clocks::new(self.wall_at_start + self.start.elapsed(), wall_now())
+        Clocks::new(self.wall_at_start + self.start.elapsed(), (self.wall)())
     }
 }
 

@@ -10,6 +10,7 @@
 //! at any moment resumes every migration where it was recorded.
 
 mod admit;
+mod clock;
 mod files;
 mod manage;
 mod parts;
@@ -21,7 +22,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::Args;
@@ -262,10 +263,6 @@ struct TenantConfig {
 /// The default API address.
 const DEFAULT_LISTEN: &str = "127.0.0.1:7480";
 
-fn unix_ms() -> u64 {
-    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_millis() as u64
-}
-
 /// Opens the store. A process killed a moment ago may still hold its lock while its last
 /// threads exit (a supervisor restarting `serve` at once meets this): wait a little for it.
 fn open_store(path: &Path) -> anyhow::Result<RedbStore> {
@@ -401,7 +398,7 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
     let manager_thread = {
         let stop = Arc::clone(&stop);
         std::thread::Builder::new().name("manager".into()).spawn(move || {
-            manage::manage(&manager, &heard_rx, &outputs, &retention, &stop, unix_ms);
+            manage::manage(&manager, &heard_rx, &outputs, &retention, &stop, clock::unix_ms);
         })?
     };
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
@@ -413,7 +410,7 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
                 _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
             }
         };
-        let state = ApiState::new(store, tokens).with_parts(api_parts).with_policy(policy).with_admission(admission);
+        let state = ApiState::new(store, tokens).with_clock(clock::unix_ms).with_parts(api_parts).with_policy(policy).with_admission(admission);
         transport::serve_api(listen, transport, &data_dir, state, shutdown).await
     });
     stop.store(true, Ordering::Relaxed);

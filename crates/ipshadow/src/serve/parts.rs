@@ -125,7 +125,7 @@ pub fn start_router(
     wake_tx.set_nonblocking(true)?;
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<String, String>>();
     let thread = std::thread::Builder::new().name("router".into()).spawn(move || {
-        let clock = crate::router::RouterClock::start();
+        let clock = crate::router::RouterClock::start_with(super::clock::wall);
         let router = match Router::open(setup.clone(), clock.read()) {
             Ok(router) => router,
             Err(e) => {
@@ -204,7 +204,7 @@ pub fn start_dhcp(
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<String, String>>();
     let thread = std::thread::Builder::new().name("dhcp".into()).spawn(move || {
         let open = |latest: &DhcpFeed| -> anyhow::Result<Service> {
-            let mut s = Service::start(config.clone())?;
+            let mut s = Service::start_with_clock(config.clone(), super::clock::unix_secs)?;
             s.set_wait(DHCP_FOLLOW)?;
             follow(&mut s, latest.clone(), &heard, &health)?;
             Ok(s)
