@@ -12,13 +12,14 @@
 //! server counts each forged message as dropped (`wrong_segment_dropped`, which proves it saw
 //! them) and makes no lease event of them; the migration's history gets no event from them (no
 //! early cut-over, no failure), A keeps its lease, and no connection breaks. Needs root; with
-//! CI=true it fails rather than skips.
+//! CI=true it fails rather than skips. First, the router's rule at the call: an address for a VM
+//! the running router has no port for is refused, nothing stored.
 
 #![allow(clippy::unwrap_used)]
 
 mod common;
 
-use common::lab::{EXE, Guard, cli, run, wait_for};
+use common::lab::{EXE, Guard, cli, cli_refused, run, wait_for};
 
 use std::net::Ipv4Addr;
 use std::process::{Command, Stdio};
@@ -136,6 +137,14 @@ fn a_hostile_vm_cannot_release_decline_or_answer_for_x_in_another_s_name() {
     run(&["lab", "up", "--prefix", &prefix, "--clients", "1"]);
     let dir = format!("/run/ipshadow/{prefix}");
     let token = std::fs::read_to_string(format!("{dir}/serve/admin-token")).unwrap().trim().to_owned();
+
+    // 0. The router's rule at the call (issue 13 item 2): an address for a VM the running router
+    // has no port for is refused with nothing stored, and every part goes on.
+    cli(&prefix, &token, &["vm", "add", "vm-z", "--mac", "02:00:00:00:00:7a", "--segment", "vmz", "--tenant", "lab"]);
+    let refusal = cli_refused(&prefix, &token, &["address", "add", "10.0.0.20", "--vm", "vm-z", "--tenant", "lab"]);
+    assert!(refusal.contains("vm-z"), "{refusal}");
+    let addresses = cli(&prefix, &token, &["address", "list"]).to_string();
+    assert!(addresses.contains("10.0.0.10") && !addresses.contains("10.0.0.20"), "{addresses}");
     let b_ns = format!("{prefix}-b");
     let progress = format!("{dir}/vmguard-progress.json");
     let report = format!("{dir}/vmguard-report.json");

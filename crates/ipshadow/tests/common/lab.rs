@@ -75,6 +75,24 @@ pub fn cli(prefix: &str, token: &str, args: &[&str]) -> Value {
     serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("ipshadow {}: {e}: {stdout}", args.join(" ")))
 }
 
+/// `ipshadow ARGS` as [`cli`], for a call that must be refused: its error line.
+pub fn cli_refused(prefix: &str, token: &str, args: &[&str]) -> String {
+    let out = Command::new("ip")
+        .args(["netns", "exec", &format!("{prefix}-r"), EXE])
+        .args(args)
+        .args(["--token", token])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        !out.status.success(),
+        "ipshadow {} was not refused: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    stderr
+}
+
 /// Waits for `cond` (polled every 100 ms) at most `limit`; panics with `what` and the last
 /// thing `cond` wrote into its `seen` if it never holds.
 pub fn wait_for<T>(what: &str, limit: Duration, mut cond: impl FnMut(&mut String) -> Option<T>) -> T {
