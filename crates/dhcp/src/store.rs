@@ -4,6 +4,7 @@
 //! back an ACKed lease. The driver commits every change of a batch of requests together: one
 //! fsync for many ACKs (group commit).
 
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
@@ -66,6 +67,14 @@ impl LeaseStore {
     /// a caller that must not start empty checks for the file first.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         let open_error = |e: redb::DatabaseError| StoreError::Open { path: path.to_owned(), source: Box::new(e) };
+        // Owner-only from its first byte (it names every client and its address): created 0600
+        // here, before redb opens it, rather than with the umask's mode and tightened later.
+        let created = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path);
+        if let Err(e) = created
+            && e.kind() != std::io::ErrorKind::AlreadyExists
+        {
+            return Err(open_error(redb::DatabaseError::Storage(redb::StorageError::Io(e))));
+        }
         let db = Database::create(path).map_err(open_error)?;
         let store = Self { db, path: path.to_owned() };
         // Make sure the table exists, so a fresh store loads as empty.

@@ -64,3 +64,18 @@ fn a_missing_directory_or_a_foreign_file_is_a_clear_error() {
     assert!(err.to_string().contains("not-a-store.redb"), "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// The store names every client and its address: owner-only from creation, whatever the umask.
+#[test]
+fn a_new_store_is_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = temp("mode");
+    let path = dir.join("leases.redb");
+    let store = LeaseStore::open(&path).unwrap();
+    store.commit(&[LeaseChange::Put(lease(10, 2_000))]).unwrap();
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "mode {mode:o}");
+    drop(store);
+    assert_eq!(LeaseStore::open(&path).unwrap().load().unwrap().len(), 1, "reopened with its lease");
+    let _ = std::fs::remove_dir_all(&dir);
+}
