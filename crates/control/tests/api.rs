@@ -673,6 +673,7 @@ fn the_migration_list_is_paged() {
     assert_error(&s.get("/v1/migrations?limit=0", ACME), 400, "bad_request");
     assert_error(&s.get("/v1/migrations?limit=1001", ACME), 400, "bad_request");
     assert_error(&s.get("/v1/migrations?limit=many", ACME), 400, "bad_request");
+    assert_error(&s.get("/v1/migrations?after=9223372036854775808", ACME), 400, "bad_request");
 }
 
 /// A DHCP server that is down (waiting to be restarted) and has skipped a record.

@@ -22,9 +22,12 @@ pub const MAX_PAGE: u32 = 1000;
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct Page {
-    /// Only migrations with an id above this one (the last id of the previous page).
+    /// Only migrations with an id above this one (the last id of the previous page). An id, so
+    /// at most 2^63 - 1 (the document's int64).
+    #[param(minimum = 0)]
     pub after: Option<u64>,
     /// Most migrations returned, 1 to 1000 (default 1000).
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<u32>,
 }
 
@@ -43,6 +46,9 @@ pub async fn list_migrations<S: Store>(
         return Err(ApiError::bad_request(format!("limit must be within 1..={MAX_PAGE}, not {limit}")));
     }
     let after = page.after.unwrap_or(0);
+    if after > i64::MAX as u64 {
+        return Err(ApiError::bad_request(format!("after must be a migration id, at most {}, not {after}", i64::MAX)));
+    }
     let all = state.blocking(move |inv| Ok(inv.migrations(caller.tenant())?)).await?;
     // Ids grow with creation, so id order is the list's order.
     Ok(Json(all.into_iter().filter(|m| m.id > after).take(limit as usize).collect()))
