@@ -63,3 +63,28 @@ pub enum Role {
     /// VM B, the new holder.
     Destination,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The store's records and the API carry these shapes: a change here is a format change.
+    #[test]
+    fn plans_keep_their_serialized_shape() {
+        let mut plan = MigrationPlan::new(7, Ipv4Addr::new(10, 0, 0, 10), "vm-a", "vm-b", 1_700_000_000);
+        assert!(plan.is_active());
+        plan.state = PlanState::Failed("B declined".into());
+        let json = serde_json::to_value(&plan).expect("serializes");
+        assert_eq!(
+            json,
+            serde_json::json!({"id": 7, "ip": "10.0.0.10", "source": "vm-a", "destination": "vm-b",
+                "deadline": 1_700_000_000u64, "state": {"state": "failed", "reason": "B declined"}})
+        );
+        assert_eq!(serde_json::from_value::<MigrationPlan>(json).expect("reads back"), plan);
+        assert_eq!(
+            serde_json::to_value(PlanState::RolledBack).expect("serializes"),
+            serde_json::json!({"state": "rolled_back"})
+        );
+        assert_eq!(serde_json::to_value(Role::Destination).expect("serializes"), serde_json::json!("destination"));
+    }
+}

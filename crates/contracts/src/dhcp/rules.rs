@@ -173,3 +173,54 @@ pub fn refused_reservations<'a>(
     }
     refused
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rules() -> DhcpRules {
+        let subnet: SubnetConfig =
+            serde_json::from_str(r#"{"network": "10.0.0.0", "prefix": 24}"#).expect("a subnet with defaults");
+        assert_eq!(subnet.lease_secs, 3600);
+        DhcpRules { subnets: vec![subnet] }
+    }
+
+    fn reservation(vm: &str, mac: &str, ip: Option<[u8; 4]>) -> Reservation {
+        Reservation {
+            vm: vm.into(),
+            mac: Some(mac.into()),
+            client_id: None,
+            ip: ip.map(Ipv4Addr::from),
+            interface: None,
+        }
+    }
+
+    #[test]
+    fn an_address_outside_every_subnet_is_refused_by_key() {
+        let rules = rules();
+        assert_eq!(rules.check_address("ip", Ipv4Addr::new(10, 0, 0, 7)), Ok(()));
+        let e = rules.check_address("ip", Ipv4Addr::new(10, 0, 1, 7)).expect_err("outside");
+        assert_eq!(e.to_string(), "configuration key ip: is in no configured subnet");
+    }
+
+    /// The first holder of a MAC or an address keeps it; a refused reservation holds nothing.
+    #[test]
+    fn clashing_reservations_are_refused_after_the_first() {
+        let a = reservation("vm-a", "02:00:00:00:00:0a", Some([10, 0, 0, 10]));
+        let same_mac = reservation("vm-b", "02:00:00:00:00:0a", Some([10, 0, 0, 11]));
+        let same_ip = reservation("vm-c", "02:00:00:00:00:0c", Some([10, 0, 0, 10]));
+        let takes_freed = reservation("vm-d", "02:00:00:00:00:0d", Some([10, 0, 0, 11]));
+        let no_key = Reservation { mac: None, ..reservation("vm-e", "", None) };
+        let all = [a, same_mac, same_ip, takes_freed, no_key];
+        let refused: Vec<String> =
+            rules().refused_reservations(&all).into_iter().map(|(r, e)| format!("{}: {e}", r.vm)).collect();
+        assert_eq!(
+            refused,
+            [
+                "vm-b: configuration key reservations.vm-b.mac: another VM has the same mac or client_id",
+                "vm-c: configuration key reservations.vm-c.ip: reserved for another VM too",
+                "vm-e: configuration key reservations.vm-e.mac: a reservation needs a mac or a client_id",
+            ]
+        );
+    }
+}

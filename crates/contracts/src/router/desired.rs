@@ -67,3 +67,18 @@ pub enum ReconcileError {
         source: RouterError,
     },
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An empty document is an empty desired state; a key the router does not know is refused
+    /// rather than ignored (a newer manager's request must not pass unnoticed).
+    #[test]
+    fn the_document_defaults_and_refuses_unknown_keys() {
+        assert_eq!(serde_json::from_str::<Desired>("{}").expect("empty"), Desired::default());
+        assert!(serde_json::from_str::<Desired>(r#"{"adresses": {}}"#).is_err());
+        let e = ReconcileError::UnknownVm { ip: Ipv4Addr::new(10, 0, 0, 10), vm: "vm-x".into() };
+        assert_eq!(e.to_string(), "10.0.0.10: no port for VM vm-x");
+    }
+}
