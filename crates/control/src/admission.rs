@@ -6,8 +6,8 @@
 //!   across tenants ([`crate::inventory`]); a clash with another tenant's record answers the same
 //!   as an address outside the prefixes ([`InventoryError::NotAvailable`]).
 //! - The parts' own rules: what the store projects to the DHCP server (a VM's reservation: its
-//!   MAC and the address it holds) is checked with the DHCP server's own
-//!   [`DhcpConfig::check_reservation`] / [`DhcpConfig::refused_reservations`]; what it projects
+//!   MAC and the address it holds) is checked by the DHCP server's own rules,
+//!   [`DhcpRules::check_reservation`] / [`DhcpRules::refused_reservations`]; what it projects
 //!   to the router (an address held by a VM) needs a port for that VM, the rule behind the
 //!   router's [`ReconcileError::UnknownVm`].
 
@@ -15,8 +15,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
 pub use ipnet::Ipv4Net;
-use ipshadow_dataplane::desired::ReconcileError;
-use ipshadow_dhcp::{DhcpConfig, Reservation};
+use ipshadow_contracts::dhcp::{DhcpRules, Reservation};
+use ipshadow_contracts::router::ReconcileError;
 
 use crate::inventory::{Inventory, InventoryError, Vm};
 use crate::project::dhcp_reservation;
@@ -28,9 +28,9 @@ use crate::store::Store;
 pub struct Admission {
     /// The prefixes each tenant may claim addresses in.
     prefixes: BTreeMap<String, Vec<Ipv4Net>>,
-    /// The DHCP server's configuration, when one runs in this process (its subnets; the
-    /// reservations come from the store).
-    dhcp: Option<DhcpConfig>,
+    /// The DHCP server's rules (its subnets), when one runs in this process; the reservations
+    /// come from the store.
+    dhcp: Option<DhcpRules>,
     /// The VMs the router has a port for, when a router runs in this process.
     router_ports: Option<BTreeSet<String>>,
 }
@@ -47,9 +47,9 @@ impl Admission {
         self
     }
 
-    /// A DHCP server with `config` runs in this process: what it would refuse is refused.
-    pub fn with_dhcp(mut self, config: DhcpConfig) -> Self {
-        self.dhcp = Some(config);
+    /// A DHCP server with `rules` runs in this process: what it would refuse is refused.
+    pub fn with_dhcp(mut self, rules: DhcpRules) -> Self {
+        self.dhcp = Some(rules);
         self
     }
 
@@ -129,12 +129,12 @@ impl Admission {
     }
 }
 
-/// Sifts the reservations the store projects for a DHCP server with `config`: the ones it can
+/// Sifts the reservations the store projects for a DHCP server with `rules`: the ones it can
 /// take, and the ones it would refuse (each with why, for the log and the status), by the
-/// server's own [`DhcpConfig::refused_reservations`]. A record stored before a rule existed, or
+/// server's own [`DhcpRules::refused_reservations`]. A record stored before a rule existed, or
 /// behind the API's back, is left out instead of stopping the server.
-pub fn sift_reservations(config: &DhcpConfig, reservations: Vec<Reservation>) -> (Vec<Reservation>, Vec<String>) {
-    let refused: BTreeMap<usize, String> = config
+pub fn sift_reservations(rules: &DhcpRules, reservations: Vec<Reservation>) -> (Vec<Reservation>, Vec<String>) {
+    let refused: BTreeMap<usize, String> = rules
         .refused_reservations(&reservations)
         .into_iter()
         .filter_map(|(r, e)| {
@@ -150,10 +150,21 @@ pub fn sift_reservations(config: &DhcpConfig, reservations: Vec<Reservation>) ->
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ipshadow_contracts::dhcp::SubnetConfig;
 
-    fn dhcp() -> DhcpConfig {
-        DhcpConfig::from_toml("server_id = \"10.0.0.1\"\n[[subnets]]\nnetwork = \"10.0.0.0\"\nprefix = 24\n")
-            .expect("a good configuration")
+    /// The rules of a server on 10.0.0.0/24 (as `ipshadow serve` hands them from its DHCP
+    /// configuration).
+    fn dhcp() -> DhcpRules {
+        let subnet = SubnetConfig {
+            network: Ipv4Addr::new(10, 0, 0, 0),
+            prefix: 24,
+            routers: vec![],
+            dns: vec![],
+            lease_secs: 3600,
+            pool: None,
+            relays: vec![],
+        };
+        DhcpRules { subnets: vec![subnet] }
     }
 
     fn reservation(vm: &str, mac: &str, ip: Option<[u8; 4]>) -> Reservation {
@@ -192,9 +203,8 @@ mod tests {
         assert!(skipped[0].contains("reservations.evil.ip: is in no configured subnet"), "{skipped:?}");
         assert!(skipped[1].contains("reservations.twin.mac"), "{skipped:?}");
         assert!(skipped[2].contains("reservations.garbled.mac"), "{skipped:?}");
-        // What is kept is a configuration the server takes.
-        let config = DhcpConfig { reservations: kept, ..dhcp() };
-        assert_eq!(config.validate(), Ok(()));
+        // What is kept is what the server takes.
+        assert_eq!(dhcp().refused_reservations(&kept), vec![]);
     }
 
     #[test]

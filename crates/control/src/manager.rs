@@ -3,8 +3,8 @@
 //! the store onto what the router and the DHCP server should do. It keeps nothing of its own in
 //! memory: a manager started again on the same store carries on where the last one stopped.
 
-use ipshadow_dataplane::Desired;
-use ipshadow_dhcp::plan::MigrationPlan;
+use ipshadow_contracts::dhcp::MigrationPlan;
+use ipshadow_contracts::router::Desired;
 
 use crate::inventory::{Address, Inventory, InventoryError, Vm};
 use crate::migration::{MigrationEvent, MigrationState};
@@ -30,7 +30,7 @@ pub struct Projection {
     /// The router's desired state.
     pub router: Desired,
     /// The DHCP server's reservations.
-    pub reservations: Vec<ipshadow_dhcp::Reservation>,
+    pub reservations: Vec<ipshadow_contracts::dhcp::Reservation>,
     /// The DHCP server's lease plans.
     pub plans: Vec<MigrationPlan>,
     /// Records of the store that could not be read back and were left out (`key: why`).
@@ -66,7 +66,7 @@ impl<S: Store> Manager<S> {
     }
 
     /// What the DHCP server should know: the reservations and the lease plans.
-    pub fn dhcp(&self) -> Result<(Vec<ipshadow_dhcp::Reservation>, Vec<MigrationPlan>), InventoryError> {
+    pub fn dhcp(&self) -> Result<(Vec<ipshadow_contracts::dhcp::Reservation>, Vec<MigrationPlan>), InventoryError> {
         // The time only matters to the router's part of the projection.
         let p = self.projection(0)?;
         Ok((p.reservations, p.plans))

@@ -3,10 +3,10 @@
 //! inputs and applies the decisions with [`crate::inventory::Inventory::advance`] and
 //! `record_split`; the parts then follow the store through [`crate::project`].
 
+use ipshadow_contracts::dhcp::Role;
+use ipshadow_contracts::dhcp::{LeaseEvent, LeaseEventKind};
+use ipshadow_contracts::router::Status;
 use ipshadow_core::{Instant, Outcome};
-use ipshadow_dataplane::Status;
-use ipshadow_dhcp::Role;
-use ipshadow_dhcp::server::{LeaseEvent, LeaseEventKind};
 
 use crate::extend::{Extension, drain_extension};
 use crate::migration::{CutOverRecord, EndCause, MigrationEvent, MigrationState};

@@ -6,9 +6,9 @@
 use core::time::Duration;
 use std::collections::BTreeMap;
 
+use ipshadow_contracts::dhcp::{MigrationPlan, PlanState};
+use ipshadow_contracts::router::{Desired, DesiredEntry};
 use ipshadow_core::{CongestionControlParameters, EntryState, Instant, MigrationOptions, ShadowingEntry, VmId};
-use ipshadow_dataplane::{Desired, DesiredEntry};
-use ipshadow_dhcp::plan::{MigrationPlan, PlanState};
 
 use crate::inventory::Address;
 use crate::migration::MigrationState;
@@ -135,7 +135,10 @@ pub fn dhcp_plans(migrations: &[Migration]) -> Vec<MigrationPlan> {
 /// if it holds several: a DHCP client asks for one address per interface), bound to its
 /// segment's interface (DHCP snooping: a message in its name from elsewhere is dropped). A
 /// migration's destination holds nothing until the end; the plan leases it the address meanwhile.
-pub fn dhcp_reservations(vms: &[crate::inventory::Vm], addresses: &[Address]) -> Vec<ipshadow_dhcp::Reservation> {
+pub fn dhcp_reservations(
+    vms: &[crate::inventory::Vm],
+    addresses: &[Address],
+) -> Vec<ipshadow_contracts::dhcp::Reservation> {
     vms.iter()
         .map(|vm| {
             dhcp_reservation(
@@ -147,8 +150,11 @@ pub fn dhcp_reservations(vms: &[crate::inventory::Vm], addresses: &[Address]) ->
 }
 
 /// The DHCP server's reservation of one VM holding `ip` (its lowest address, if any).
-pub fn dhcp_reservation(vm: &crate::inventory::Vm, ip: Option<std::net::Ipv4Addr>) -> ipshadow_dhcp::Reservation {
-    ipshadow_dhcp::Reservation {
+pub fn dhcp_reservation(
+    vm: &crate::inventory::Vm,
+    ip: Option<std::net::Ipv4Addr>,
+) -> ipshadow_contracts::dhcp::Reservation {
+    ipshadow_contracts::dhcp::Reservation {
         vm: vm.id.clone(),
         mac: Some(vm.mac.clone()),
         client_id: None,

@@ -569,7 +569,7 @@ fn a_dry_run_answers_the_plan_and_creates_nothing() {
 
 /// The router's report as `ipshadow serve` would hand it to the API: X shadowed by a migration
 /// created at [`NOW`], reported 400 ms before [`NOW`], with A's drain forecast.
-fn router_report() -> ipshadow_dataplane::Status {
+fn router_report() -> ipshadow_contracts::router::Status {
     use ipshadow_core::patterns::{DrainForecast, PatternsReport, Tail};
     use ipshadow_core::{CongestionControlParameters, Instant, MigrationOptions, ShadowingEntry};
     let x = X.parse().unwrap();
@@ -594,10 +594,10 @@ fn router_report() -> ipshadow_dataplane::Status {
         tail: Tail::Pareto { alpha: 1.5 },
         observations: 120,
     };
-    ipshadow_dataplane::Status {
+    ipshadow_contracts::router::Status {
         updated: Instant::from_millis(NOW - 400),
         entries: vec![entry],
-        patterns: [(x, ipshadow_dataplane::status::AddressPatterns { measured, forecast: Some(forecast) })].into(),
+        patterns: [(x, ipshadow_contracts::router::AddressPatterns { measured, forecast: Some(forecast) })].into(),
         ..Default::default()
     }
 }

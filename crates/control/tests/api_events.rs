@@ -416,8 +416,8 @@ fn router_reporting(store: RedbStore) -> ApiState<RedbStore> {
             observations: 50,
         };
         let patterns =
-            ipshadow_dataplane::status::AddressPatterns { measured: Default::default(), forecast: Some(forecast) };
-        Some(ipshadow_dataplane::Status {
+            ipshadow_contracts::router::AddressPatterns { measured: Default::default(), forecast: Some(forecast) };
+        Some(ipshadow_contracts::router::Status {
             updated: Instant::from_millis(at),
             entries: vec![entry],
             patterns: [(x, patterns)].into(),

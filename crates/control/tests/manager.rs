@@ -6,6 +6,11 @@
 
 use std::net::Ipv4Addr;
 
+use ipshadow_contracts::dhcp::PlanState;
+use ipshadow_contracts::dhcp::Role;
+use ipshadow_contracts::dhcp::{LeaseEvent, LeaseEventKind};
+use ipshadow_contracts::router::Status;
+use ipshadow_contracts::router::{AddressPatterns, EndedMigration, ProbeStatus};
 use ipshadow_control::RedbStore;
 use ipshadow_control::extend::EXTENSION_INTERVAL_MS;
 use ipshadow_control::inventory::{Inventory, Vm};
@@ -18,11 +23,6 @@ use ipshadow_core::{
     CongestionControlParameters, CutOverReport, EndCause, EntryState, Instant, MigrationOptions, Outcome,
     ShadowingEntry,
 };
-use ipshadow_dataplane::Status;
-use ipshadow_dataplane::status::{AddressPatterns, EndedMigration, ProbeStatus};
-use ipshadow_dhcp::Role;
-use ipshadow_dhcp::plan::PlanState;
-use ipshadow_dhcp::server::{LeaseEvent, LeaseEventKind};
 
 const X: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 10);
 const T0: u64 = 1_800_000_000_000;

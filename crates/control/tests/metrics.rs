@@ -9,9 +9,9 @@ mod common;
 use std::sync::Arc;
 
 use common::{ACME, ADMIN, Api};
+use ipshadow_contracts::dhcp::DhcpCounters;
 use ipshadow_control::RedbStore;
 use ipshadow_control::api::{ApiState, Parts};
-use ipshadow_dhcp::DhcpCounters;
 use serde_json::json;
 
 /// The DHCP status as `ipshadow serve` publishes it: the server's own counters serialized, so a

@@ -4,14 +4,14 @@
 
 use std::net::Ipv4Addr;
 
+use ipshadow_contracts::dhcp::Role;
+use ipshadow_contracts::dhcp::{LeaseEvent, LeaseEventKind};
+use ipshadow_contracts::router::Status;
+use ipshadow_contracts::router::{EndedMigration, ProbeStatus};
 use ipshadow_control::migration::{Lifecycle, MigrationEvent as E, MigrationState};
 use ipshadow_control::orchestrator::{Decision, Input, Limits, decide};
 use ipshadow_control::reassign::Migration;
 use ipshadow_core::{CongestionControlParameters, Instant, MigrationOptions, Outcome, ShadowingEntry};
-use ipshadow_dataplane::Status;
-use ipshadow_dataplane::status::{EndedMigration, ProbeStatus};
-use ipshadow_dhcp::Role;
-use ipshadow_dhcp::server::{LeaseEvent, LeaseEventKind};
 
 const X: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 10);
 const T0: u64 = 1_800_000_000_000;
@@ -224,7 +224,7 @@ fn a_canary_that_recommends_rollback_rolls_the_migration_back() {
     let ramping = [migration(&[E::PlanWritten, E::DestinationLeaseBound, E::DestinationReady])];
     let now = T0 + 60_000;
     let mut troubled = status(5.0, [(100, 0); 2], now);
-    let mut patterns = ipshadow_dataplane::status::AddressPatterns { measured: Default::default(), forecast: None };
+    let mut patterns = ipshadow_contracts::router::AddressPatterns { measured: Default::default(), forecast: None };
     patterns.measured.canary.slow_answers = 170;
     patterns.measured.canary.troubled_intervals = 29;
     patterns.measured.canary.first_byte_limit_ms = Some(62);

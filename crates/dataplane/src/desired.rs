@@ -1,5 +1,5 @@
-//! The router's desired state, as the manager stores it, and the reconciler that brings a
-//! running router in line with it.
+//! The reconciler that brings a running router in line with its desired state (the document
+//! itself, [`Desired`], is a contract between the manager and the router: `ipshadow_contracts`).
 //!
 //! The router does not take commands: it watches a document (today a JSON file in its state
 //! directory, later a key in etcd) that says which VM holds which address and which addresses are
@@ -16,63 +16,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
+pub use ipshadow_contracts::router::{Desired, DesiredEntry, ReconcileError};
 use ipshadow_core::l2::RouterNode;
-use ipshadow_core::{Clocks, EntryState, Instant, RouterError, ShadowingEntry, VmId, VmRef, WallOffset};
-use serde::{Deserialize, Serialize};
-
-/// What the manager wants the router to do.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Desired {
-    /// Plain addresses and the VM that holds each (not shadowed ones).
-    #[serde(default)]
-    pub addresses: BTreeMap<Ipv4Addr, VmId>,
-    /// Shadowed addresses.
-    #[serde(default)]
-    pub entries: Vec<DesiredEntry>,
-}
-
-/// One shadowed address as the manager records it, and what it has asked for.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DesiredEntry {
-    /// The entry as last recorded: its state (waiting, ramping, paused, rolling back), split and
-    /// deadline are where a (re)started router resumes.
-    pub entry: ShadowingEntry,
-    /// B's lease on the address is bound: the ramp may start.
-    #[serde(default)]
-    pub lease_bound: bool,
-    /// Send every new flow to B from now on.
-    #[serde(default)]
-    pub promote: bool,
-    /// Cut over now (A's lease ended early, or A failed).
-    #[serde(default)]
-    pub cut_over: bool,
-    /// Finish the rollback now (B's lease has lapsed).
-    #[serde(default)]
-    pub finish_rollback: bool,
-}
-
-/// Why a part of the desired state could not be applied (the rest still is).
-#[derive(Debug, thiserror::Error)]
-pub enum ReconcileError {
-    /// The document names a VM the router has no port for.
-    #[error("{ip}: no port for VM {vm}")]
-    UnknownVm {
-        /// The address concerned.
-        ip: Ipv4Addr,
-        /// The VM without a port.
-        vm: VmId,
-    },
-    /// The core refused an operation.
-    #[error("{ip}: {source}")]
-    Refused {
-        /// The address concerned.
-        ip: Ipv4Addr,
-        /// The core's reason.
-        source: RouterError,
-    },
-}
+use ipshadow_core::{Clocks, EntryState, Instant, ShadowingEntry, VmId, VmRef, WallOffset};
 
 /// Applies desired states to a router, remembering what it applied.
 #[derive(Debug, Default)]

@@ -1,13 +1,14 @@
 //! The server's configuration (TOML): its identity, subnets, the inventory's reservations, and
 //! the shadowing option. Unknown keys are refused, every value is checked, errors name the key.
 
-use std::collections::BTreeSet;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::PathBuf;
 
 use serde::Deserialize;
 
-use crate::lease::ClientKey;
+use ipshadow_contracts::dhcp::rules;
+use ipshadow_contracts::dhcp::rules::invalid;
+pub use ipshadow_contracts::dhcp::{ConfigError, DhcpRules, Pool, Reservation, SubnetConfig, parse_mac};
 
 /// The configuration of one DHCP server.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
@@ -79,68 +80,6 @@ pub enum MigrationConfigState {
     RolledBack,
 }
 
-/// One subnet.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SubnetConfig {
-    /// Network address.
-    pub network: Ipv4Addr,
-    /// Prefix length (1..=30).
-    pub prefix: u8,
-    /// Default routers (option 3).
-    #[serde(default)]
-    pub routers: Vec<Ipv4Addr>,
-    /// DNS servers (option 6).
-    #[serde(default)]
-    pub dns: Vec<Ipv4Addr>,
-    /// Normal lease time, seconds.
-    #[serde(default = "default_lease_secs")]
-    pub lease_secs: u32,
-    /// Dynamic pool for clients the inventory does not know (none: they are ignored).
-    #[serde(default)]
-    pub pool: Option<Pool>,
-    /// Relay agents (giaddr) serving this subnet from outside it; a relayed request is served
-    /// by the subnet listing its relay, else by the subnet containing the relay's address.
-    #[serde(default)]
-    pub relays: Vec<Ipv4Addr>,
-}
-
-/// A dynamic address range, both ends included.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Pool {
-    /// First address.
-    pub start: Ipv4Addr,
-    /// Last address.
-    pub end: Ipv4Addr,
-}
-
-/// A VM known to the inventory: how its DHCP client identifies itself, and its address.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Reservation {
-    /// The VM's id in the inventory.
-    pub vm: String,
-    /// Its MAC address, `aa:bb:cc:dd:ee:ff`.
-    #[serde(default)]
-    pub mac: Option<String>,
-    /// Its client identifier (option 61) in hex, type byte first; preferred over the MAC.
-    #[serde(default)]
-    pub client_id: Option<String>,
-    /// Its address; none for a VM that has no address yet (a migration's destination).
-    #[serde(default)]
-    pub ip: Option<Ipv4Addr>,
-    /// The interface of this host the VM's segment is on. When set, a message naming the VM (by
-    /// its MAC or client identifier, or by a lease it holds) counts only when it arrives on this
-    /// interface; from any other it is dropped and counted (DHCP snooping). A name that is no
-    /// interface of the host matches no arrival. A message a subnet's configured relay agent
-    /// forwards (giaddr in `relays`) is exempt when it arrives on an interface that is no VM's
-    /// segment: the relay agent is then the attachment point, and binding the VM to its port
-    /// is the relay's job. None: from any interface.
-    #[serde(default)]
-    pub interface: Option<String>,
-}
-
 fn default_shadow_option_code() -> u8 {
     224
 }
@@ -150,92 +89,11 @@ fn default_shadow_lease_secs() -> u32 {
 fn default_decline_hold_secs() -> u32 {
     600
 }
-fn default_lease_secs() -> u32 {
-    3600
-}
 fn default_listen() -> SocketAddrV4 {
     SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 67)
 }
 fn default_lease_store() -> PathBuf {
     PathBuf::from("ipshadow-dhcp.redb")
-}
-
-/// A configuration that cannot be used.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum ConfigError {
-    /// Not valid TOML, or a key that does not exist or has the wrong type.
-    #[error("configuration: {0}")]
-    Toml(String),
-    /// A value out of range or inconsistent with another.
-    #[error("configuration key {key}: {why}")]
-    Invalid {
-        /// The key at fault.
-        key: String,
-        /// What is wrong.
-        why: String,
-    },
-}
-
-fn invalid(key: impl Into<String>, why: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid { key: key.into(), why: why.into() }
-}
-
-impl SubnetConfig {
-    /// The subnet mask.
-    pub fn mask(&self) -> Ipv4Addr {
-        Ipv4Addr::from(u32::MAX.checked_shl(32 - u32::from(self.prefix)).unwrap_or(0))
-    }
-
-    /// Whether `ip` is inside the subnet.
-    pub fn contains(&self, ip: Ipv4Addr) -> bool {
-        let mask = u32::from(self.mask());
-        u32::from(ip) & mask == u32::from(self.network) & mask
-    }
-
-    /// The broadcast address.
-    pub fn broadcast(&self) -> Ipv4Addr {
-        Ipv4Addr::from(u32::from(self.network) | !u32::from(self.mask()))
-    }
-}
-
-impl Reservation {
-    /// The keys a DHCP client of this VM may present.
-    pub fn keys(&self) -> Result<Vec<ClientKey>, ConfigError> {
-        let mut keys = Vec::new();
-        if let Some(id) = &self.client_id {
-            keys.push(ClientKey::ClientId(parse_hex(id).ok_or_else(|| {
-                invalid(format!("reservations.{}.client_id", self.vm), "must be hex bytes, e.g. 01aabbccddeeff")
-            })?));
-        }
-        if let Some(mac) = &self.mac {
-            keys.push(ClientKey::Mac(parse_mac(mac).ok_or_else(|| {
-                invalid(format!("reservations.{}.mac", self.vm), "must be six hex bytes, e.g. 02:00:00:00:00:01")
-            })?));
-        }
-        Ok(keys)
-    }
-}
-
-/// `aa:bb:cc:dd:ee:ff` (or with `-`).
-pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
-    let mut mac = [0u8; 6];
-    let mut parts = s.split([':', '-']);
-    for b in &mut mac {
-        let part = parts.next()?;
-        if part.len() != 2 {
-            return None;
-        }
-        *b = u8::from_str_radix(part, 16).ok()?;
-    }
-    parts.next().is_none().then_some(mac)
-}
-
-fn parse_hex(s: &str) -> Option<Vec<u8>> {
-    let s: String = s.chars().filter(|c| *c != ':').collect();
-    if s.is_empty() || !s.len().is_multiple_of(2) || s.len() > 2 * 255 {
-        return None;
-    }
-    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok()).collect()
 }
 
 impl DhcpConfig {
@@ -283,71 +141,34 @@ impl DhcpConfig {
         Ok(())
     }
 
+    /// The rules on what this server takes (its subnets), for the manager's admission.
+    pub fn rules(&self) -> DhcpRules {
+        DhcpRules { subnets: self.subnets.clone() }
+    }
+
     /// Checks `ip` as an address the server may lease: inside a configured subnet. `key` names
     /// it in the error.
     pub fn check_address(&self, key: &str, ip: Ipv4Addr) -> Result<(), ConfigError> {
-        if self.subnets.iter().any(|s| s.contains(ip)) {
-            Ok(())
-        } else {
-            Err(invalid(key, "is in no configured subnet"))
-        }
+        rules::check_address(&self.subnets, key, ip)
     }
 
     /// Checks one reservation on its own: a client key that parses, an address the server may
     /// lease. (Whether it clashes with others is [`DhcpConfig::refused_reservations`]'s.)
     pub fn check_reservation(&self, r: &Reservation) -> Result<(), ConfigError> {
-        if r.keys()?.is_empty() {
-            return Err(invalid(format!("reservations.{}.mac", r.vm), "a reservation needs a mac or a client_id"));
-        }
-        match r.ip {
-            Some(ip) => self.check_address(&format!("reservations.{}.ip", r.vm), ip),
-            None => Ok(()),
-        }
+        rules::check_reservation(&self.subnets, r)
     }
 
-    /// The reservations of `reservations` this configuration cannot take, each with why: bad on
-    /// its own, or clashing with one before it (a VM listed twice, a MAC or client id or an
-    /// address given to two VMs: the first keeps it). [`DhcpConfig::validate`] refuses a
-    /// configuration with any; `ipshadow serve` leaves them out of what the server follows and
-    /// reports them, and its API refuses a request that would make one.
+    /// The reservations of `reservations` this configuration cannot take, each with why (see
+    /// [`rules::refused_reservations`]); [`DhcpConfig::validate`] refuses a configuration with any.
     pub fn refused_reservations<'a>(&self, reservations: &'a [Reservation]) -> Vec<(&'a Reservation, ConfigError)> {
-        let mut refused = Vec::new();
-        let mut ips = BTreeSet::new();
-        let mut keys = BTreeSet::new();
-        let mut vms = BTreeSet::new();
-        for r in reservations {
-            let key = |k: &str| format!("reservations.{}.{k}", r.vm);
-            if let Err(e) = self.check_reservation(r) {
-                refused.push((r, e));
-                continue;
-            }
-            if vms.contains(r.vm.as_str()) {
-                refused.push((r, invalid(key("vm"), "listed twice")));
-                continue;
-            }
-            // Checked before any is taken: a refused reservation holds nothing.
-            let client_keys = r.keys().unwrap_or_default();
-            if client_keys.iter().any(|k| keys.contains(k)) {
-                refused.push((r, invalid(key("mac"), "another VM has the same mac or client_id")));
-                continue;
-            }
-            if let Some(ip) = r.ip
-                && ips.contains(&ip)
-            {
-                refused.push((r, invalid(key("ip"), "reserved for another VM too")));
-                continue;
-            }
-            vms.insert(r.vm.as_str());
-            keys.extend(client_keys);
-            ips.extend(r.ip);
-        }
-        refused
+        rules::refused_reservations(&self.subnets, reservations)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::lease::ClientKey;
 
     const GOOD: &str = r#"
         server_id = "10.0.0.1"

@@ -4,51 +4,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
+pub use ipshadow_contracts::dhcp::{ClientKey, Role};
 use serde::{Deserialize, Serialize};
-
-/// How a DHCP client is recognised: its client identifier (option 61) when it sends one, else
-/// its hardware address.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-pub enum ClientKey {
-    /// Option 61, type byte first.
-    ClientId(Vec<u8>),
-    /// An Ethernet MAC address (htype 1, hlen 6).
-    Mac([u8; 6]),
-    /// Another hardware type: htype, then the address.
-    Hardware(Vec<u8>),
-}
-
-impl core::fmt::Display for ClientKey {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        let hex = |f: &mut core::fmt::Formatter<'_>, b: &[u8], sep: &str| {
-            for (i, x) in b.iter().enumerate() {
-                write!(f, "{}{x:02x}", if i == 0 { "" } else { sep })?;
-            }
-            Ok(())
-        };
-        match self {
-            ClientKey::ClientId(id) => {
-                f.write_str("id:")?;
-                hex(f, id, "")
-            }
-            ClientKey::Mac(mac) => hex(f, mac, ":"),
-            ClientKey::Hardware(hw) => {
-                f.write_str("hw:")?;
-                hex(f, hw, "")
-            }
-        }
-    }
-}
-
-/// Which side of a migration a lease belongs to.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Role {
-    /// VM A, the address's old holder.
-    Source,
-    /// VM B, the new holder.
-    Destination,
-}
 
 /// A lease.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

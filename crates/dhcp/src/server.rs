@@ -5,7 +5,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
 use dhcproto::v4::{DhcpOption, Message, MessageType, Opcode, OptionCode, UnknownOption};
-use serde::Serialize;
+
+pub use ipshadow_contracts::dhcp::{DhcpCounters, LeaseEvent, LeaseEventKind};
 
 use crate::config::{ConfigError, DhcpConfig, SubnetConfig};
 use crate::lease::{ClientKey, Lease, LeaseChange, LeaseTable, Role};
@@ -44,77 +45,6 @@ pub struct Handled {
     pub reply: Option<Reply>,
     /// Lease-table changes to persist first.
     pub changes: Vec<LeaseChange>,
-}
-
-/// What happened to a lease (the manager consumes these; B's first `Bound` starts the ramp).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum LeaseEventKind {
-    /// A client got an address it did not hold.
-    Bound,
-    /// A client extended its lease.
-    Renewed,
-    /// A client gave its address back.
-    Released,
-    /// A client found its address in use (DHCPDECLINE).
-    Declined,
-    /// A lease ran out.
-    Expired,
-    /// A client was refused the address it asked for (DHCPNAK): A past the deadline, B after a
-    /// rollback.
-    Refused,
-}
-
-/// A lease event.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct LeaseEvent {
-    /// What.
-    pub kind: LeaseEventKind,
-    /// The address.
-    pub ip: Ipv4Addr,
-    /// The client, as text.
-    pub client: String,
-    /// The VM, when known.
-    pub vm: Option<String>,
-    /// The migration and side, when part of one.
-    pub migration: Option<(u64, Role)>,
-    /// Unix time.
-    pub at: u64,
-}
-
-/// Counters.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
-pub struct DhcpCounters {
-    /// Datagrams handled.
-    pub received: u64,
-    /// Datagrams dropped, by reason.
-    pub dropped: BTreeMap<&'static str, u64>,
-    /// Offers sent.
-    pub offers: u64,
-    /// ACKs sent (INFORM answers included).
-    pub acks: u64,
-    /// NAKs sent.
-    pub naks: u64,
-    /// DECLINEs received.
-    pub declines: u64,
-    /// RELEASEs received.
-    pub releases: u64,
-    /// Requests from clients the inventory does not know and no pool serves (RFC 2131 4.3.2:
-    /// the server stays silent about clients it has no record of).
-    pub unknown_clients: u64,
-    /// DISCOVERs left unanswered because the pool had no free address.
-    pub pool_exhausted: u64,
-    /// REQUESTs that chose another server.
-    pub other_server: u64,
-    /// Messages naming a VM that arrived on an interface other than its segment's (a VM
-    /// releasing, declining or asking in another's name): dropped, no lease event.
-    pub wrong_segment_dropped: u64,
-}
-
-impl DhcpCounters {
-    fn drop(&mut self, reason: &'static str) {
-        *self.dropped.entry(reason).or_default() += 1;
-    }
 }
 
 /// Why a plan was refused.
@@ -404,7 +334,7 @@ impl DhcpServer {
         let request = match wire::decode(datagram) {
             Ok(r) => r,
             Err(e) => {
-                self.counters.drop(e.name());
+                self.counters.count_drop(e.name());
                 return Handled::default();
             }
         };
@@ -421,7 +351,7 @@ impl DhcpServer {
             MessageType::Release => self.release(&request, &client, now),
             MessageType::Inform => self.inform(&request, &client, vm),
             _ => {
-                self.counters.drop("not_a_client_message");
+                self.counters.count_drop("not_a_client_message");
                 Handled::default()
             }
         }
@@ -603,7 +533,7 @@ impl DhcpServer {
             _ => None,
         };
         let Some(asked) = requested.or((!m.ciaddr().is_unspecified()).then_some(m.ciaddr())) else {
-            self.counters.drop("request_without_address");
+            self.counters.count_drop("request_without_address");
             return Handled::default();
         };
         match self.decide(client, vm, m, now, false) {
@@ -651,18 +581,18 @@ impl DhcpServer {
         self.counters.declines += 1;
         let opts = req.message.opts();
         let Some(DhcpOption::RequestedIpAddress(ip)) = opts.get(OptionCode::RequestedIpAddress).cloned() else {
-            self.counters.drop("decline_without_address");
+            self.counters.count_drop("decline_without_address");
             return Handled::default();
         };
         if !matches!(opts.get(OptionCode::ServerIdentifier), Some(DhcpOption::ServerIdentifier(id)) if *id == self.config.server_id)
         {
-            self.counters.drop("decline_not_for_us");
+            self.counters.count_drop("decline_not_for_us");
             return Handled::default();
         }
         let held = self.leases.on(ip).iter().any(|l| &l.client == client);
         let offered = self.offers.get(client).is_some_and(|(o, _)| *o == ip);
         if !held && !offered {
-            self.counters.drop("decline_of_unheld_address");
+            self.counters.count_drop("decline_of_unheld_address");
             return Handled::default();
         }
         self.forget_offer(client);
@@ -720,7 +650,7 @@ impl DhcpServer {
     fn inform(&mut self, req: &Request, client: &ClientKey, vm: Option<usize>) -> Handled {
         let ciaddr = req.message.ciaddr();
         if ciaddr.is_unspecified() {
-            self.counters.drop("inform_without_address");
+            self.counters.count_drop("inform_without_address");
             return Handled::default();
         }
         let served = vm.is_some() || self.subnet_for(ciaddr).is_some_and(|s| self.config.subnets[s].pool.is_some());
@@ -820,7 +750,7 @@ impl DhcpServer {
         match wire::encode(&r, req.relay_agent.as_deref()) {
             Ok(bytes) => Some(Reply { bytes, to }),
             Err(_) => {
-                self.counters.drop("reply_not_encodable");
+                self.counters.count_drop("reply_not_encodable");
                 None
             }
         }

@@ -72,7 +72,7 @@ fn part_health(out: &mut String, parts: &[PartHealth]) {
 
 /// The router's measurements and drain forecast per shadowed address (label `ip`), from its
 /// latest report: one family at a time, as the text format wants.
-fn patterns(out: &mut String, status: &ipshadow_dataplane::Status, now_ms: u64) {
+fn patterns(out: &mut String, status: &ipshadow_contracts::router::Status, now_ms: u64) {
     let updated = status.updated.as_millis();
     let _ = writeln!(
         out,
@@ -137,7 +137,7 @@ ipshadow_router_report_age_seconds {}",
 /// The router's frame counters, neighbour table and drops by reason, from its latest report:
 /// what shows a flood of remote input (random sources filling the neighbour table, frames
 /// dropped) before it hurts.
-fn router_counters(out: &mut String, status: &ipshadow_dataplane::Status) {
+fn router_counters(out: &mut String, status: &ipshadow_contracts::router::Status) {
     let l2 = &status.l2;
     let series: [(&str, &str, &str, u64); 12] = [
         ("router_frames_to_vms_total", "counter", "Frames forwarded from the provider side to VMs.", l2.to_vms),
@@ -182,7 +182,7 @@ fn router_counters(out: &mut String, status: &ipshadow_dataplane::Status) {
 
 /// The DHCP server's counters (`counters` of its status, as `GET /v1/dhcp/status` shows it):
 /// field and help, each a counter `ipshadow_dhcp_FIELD_total`. The fields are those of
-/// `ipshadow_dhcp::DhcpCounters` (the test serializes that struct, so a renamed one fails it).
+/// `ipshadow_contracts::dhcp::DhcpCounters` (the test serializes that struct, so a renamed one fails it).
 const DHCP_COUNTERS: [(&str, &str); 10] = [
     ("received", "Datagrams the DHCP server handled."),
     ("offers", "DHCPOFFERs sent."),

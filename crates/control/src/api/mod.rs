@@ -78,7 +78,7 @@ pub struct ApiState<S: Store> {
 pub type LeaseEndSource = Arc<dyn Fn(std::net::Ipv4Addr) -> Option<u64> + Send + Sync>;
 
 /// The router's last status report.
-pub type RouterStatusSource = Arc<dyn Fn() -> Option<ipshadow_dataplane::Status> + Send + Sync>;
+pub type RouterStatusSource = Arc<dyn Fn() -> Option<ipshadow_contracts::router::Status> + Send + Sync>;
 
 /// The DHCP server's status (leases, counters, lease events by kind) as JSON.
 pub type DhcpStatusSource = Arc<dyn Fn() -> Option<serde_json::Value> + Send + Sync>;

@@ -8,9 +8,9 @@
 //! A migration that is not shadowing its address (or whose entry the router has not installed
 //! yet, or an API without a router in its process) has none.
 
+use ipshadow_contracts::router::Status;
 use ipshadow_core::Instant;
 use ipshadow_core::patterns::{DrainForecast, PatternsReport};
-use ipshadow_dataplane::Status;
 use serde::{Deserialize, Serialize};
 
 use crate::migration::MigrationState;
@@ -70,8 +70,8 @@ mod tests {
 
     use std::net::Ipv4Addr;
 
+    use ipshadow_contracts::router::AddressPatterns;
     use ipshadow_core::{CongestionControlParameters, MigrationOptions, ShadowingEntry};
-    use ipshadow_dataplane::status::AddressPatterns;
 
     use super::*;
     use crate::migration::{Lifecycle, MigrationEvent};

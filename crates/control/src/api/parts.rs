@@ -55,7 +55,7 @@ fn health_of<S: Store>(state: &ApiState<S>, part: &str) -> Option<PartHealth> {
 pub struct RouterStatusView {
     /// The report.
     #[serde(flatten)]
-    pub status: ipshadow_dataplane::Status,
+    pub status: ipshadow_contracts::router::Status,
     /// The router part's health (none when nothing supervises it).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub health: Option<PartHealth>,

@@ -21,7 +21,7 @@ pub(super) fn admission(config: &ServeConfig) -> anyhow::Result<Admission> {
         admission = admission.with_prefixes(t.name.clone(), t.prefixes.iter().copied());
     }
     if let Some(dhcp) = &config.dhcp {
-        admission = admission.with_dhcp(dhcp.clone());
+        admission = admission.with_dhcp(dhcp.rules());
     }
     if let Some(router) = &config.router {
         admission = admission.with_router_ports(router.vms.iter().map(|v| v.id.clone()));

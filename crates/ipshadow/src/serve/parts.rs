@@ -297,7 +297,7 @@ fn follow(
     heard: &Sender<Heard>,
     health: &PartState,
 ) -> Result<(), ipshadow_dhcp::service::ServiceError> {
-    let (reservations, skipped) = sift_reservations(service.server().config(), reservations);
+    let (reservations, skipped) = sift_reservations(&service.server().config().rules(), reservations);
     health.skipped(skipped);
     for (id, why) in service.follow(reservations, &plans)? {
         let _ = heard.send(Heard::PlanRefused { id, reason: format!("the DHCP server refused its lease plan: {why}") });
