@@ -7,6 +7,8 @@
 
 #[path = "common/etcd.rs"]
 mod etcd;
+#[path = "common/proxy.rs"]
+mod proxy;
 #[path = "common/tools.rs"]
 mod tools;
 
@@ -243,4 +245,35 @@ fn etcd_key_prefixes_keep_stores_apart() {
     let event = watch_b.next_timeout(Duration::from_secs(5)).expect("b's own change");
     assert_eq!(event.key(), "/v1/x");
     assert!(watch_b.next_timeout(Duration::from_millis(200)).is_none(), "a's change is not b's");
+}
+
+/// A watcher cut off from etcd (while other clients still write) resumes from the last change it
+/// delivered; cut off again while etcd compacts past it, its stream ends with the typed error.
+#[test]
+fn etcd_a_cut_off_watch_resumes_then_ends_with_the_compaction() {
+    let Some(etcd) = etcd::Etcd::start("partition") else { return };
+    let relay = proxy::Proxy::start(etcd.client_port());
+    let watched = ipshadow_control::EtcdStore::connect(&[relay.endpoint()], "/ipshadow-test").unwrap();
+    let direct = etcd.store("/ipshadow-test");
+    put(&direct, "/m/1", "a");
+    let watcher = watched.watch("/m/", 0).unwrap();
+    assert_eq!(watcher.next_timeout(Duration::from_secs(5)).map(|e| e.revision()), Some(1));
+
+    relay.cut();
+    put(&direct, "/m/2", "b");
+    relay.restore();
+    let resumed = watcher.next_timeout(Duration::from_secs(30)).expect("the change made while cut off");
+    assert_eq!((resumed.key(), resumed.revision()), ("/m/2", 2));
+
+    relay.cut();
+    put(&direct, "/m/3", "c");
+    put(&direct, "/m/4", "d");
+    direct.compact(4).unwrap();
+    relay.restore();
+    // The stream ends (the store's task drops its end) without delivering 3.
+    assert!(watcher.next_timeout(Duration::from_secs(30)).is_none(), "revision 3 is compacted away");
+    match watcher.failure() {
+        Some(StoreError::Compacted { requested: 3, oldest: 4 }) => {}
+        other => panic!("expected Compacted {{ requested: 3, oldest: 4 }}, got {other:?}"),
+    }
 }

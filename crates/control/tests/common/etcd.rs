@@ -45,6 +45,11 @@ impl Etcd {
         format!("http://127.0.0.1:{}", self.client_port)
     }
 
+    /// The port etcd serves clients on.
+    pub fn client_port(&self) -> u16 {
+        self.client_port
+    }
+
     /// A store on this etcd, its keys under `key_prefix`.
     pub fn store(&self, key_prefix: &str) -> EtcdStore {
         EtcdStore::connect(&[self.endpoint()], key_prefix).unwrap()
