@@ -6,6 +6,9 @@
 //! stores start at 0 and give 1 (callers read 0 as "nothing yet"). This store reports etcd's
 //! revisions minus one, both ways, so that revision arithmetic is the same on every store.
 //!
+//! etcd refuses what redb accepts in two cases, as an [`StoreError::Io`]: a transaction with
+//! more operations than its `--max-txn-ops` (128 by default), and one that writes a key twice.
+//!
 //! The [`Store`] trait is synchronous for now: each handle owns a small tokio runtime, calls
 //! wait for their future on it, and each watch is a task on it. The trait becomes async in a
 //! later step (issue 14), and this runtime then goes.
@@ -61,7 +64,9 @@ fn theirs(revision: u64) -> i64 {
 
 impl EtcdStore {
     /// Connects to etcd at `endpoints` (`http://host:port`), keeping every key under
-    /// `key_prefix` (`""` for none).
+    /// `key_prefix` (`""` for none, else like `/ipshadow`, no trailing `/`). Keys, and the
+    /// prefixes ranged and watched, start with `/`: then two stores stay apart even when one's
+    /// key prefix starts the other's (`/a`, `/ab`).
     pub fn connect(endpoints: &[String], key_prefix: &str) -> Result<Self, StoreError> {
         let open = |detail: String| StoreError::Open { path: endpoints.join(","), detail };
         let runtime = tokio::runtime::Builder::new_multi_thread()
