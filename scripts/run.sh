@@ -13,6 +13,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
 need_cargo
+# protoc: the etcd client's build compiles etcd's protocol (the store on etcd).
+apt_install protobuf-compiler
 cargo build --release --locked -q -p ipshadow
 if [ "$(id -u)" -eq 0 ]; then
     # nginx: `ipshadow lab up --http nginx` (a real keep-alive web server in both VMs).

@@ -9,8 +9,9 @@ source scripts/lib.sh
 need_cargo
 # Real DHCP clients, perfdhcp (kea-admin), nginx (the lab's keep-alive HTTP test) and namespace
 # tools for the DHCP and lab tests (root); Python's venv and pip for schemathesis (PyPI,
-# installed under target/), curl for its seeding.
-apt_install iproute2 procps nftables isc-dhcp-client busybox dhcpcd-base kea-admin nginx python3-venv python3-pip curl libfaketime
+# installed under target/), curl for its seeding; etcd (etcd-server) for the store's conformance
+# suite and protoc (protobuf-compiler) for the etcd client's build.
+apt_install iproute2 procps nftables isc-dhcp-client busybox dhcpcd-base kea-admin nginx python3-venv python3-pip curl libfaketime etcd-server protobuf-compiler
 section "format"
 cargo fmt --all -- --check
 section "lints"

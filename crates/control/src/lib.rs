@@ -16,5 +16,6 @@ pub mod reassign;
 pub mod retention;
 pub mod store;
 
+pub use store::etcd::EtcdStore;
 pub use store::redb::RedbStore;
 pub use store::{Compare, KeyValue, Op, Store, StoreError, Txn, TxnOutcome, WatchEvent, Watcher};

@@ -1,8 +1,16 @@
-//! The embedded store: revisions, compare-and-swap transactions, watches that replay then follow
-//! (each change once, in order, also while writers race), durability across reopening, and
-//! compaction refusing a replay it can no longer give.
+//! The store's conformance suite, run on the embedded store (redb) and on a real etcd:
+//! revisions, compare-and-swap transactions, watches that replay then follow (each change once,
+//! in order, also while writers race). Then what only one of them has: redb's durability across
+//! reopening and its log compaction, etcd's watch resumed across a restart and its compaction.
 
 #![allow(clippy::unwrap_used)]
+
+#[path = "common/etcd.rs"]
+mod etcd;
+#[path = "common/proxy.rs"]
+mod proxy;
+#[path = "common/tools.rs"]
+mod tools;
 
 use std::time::Duration;
 
@@ -15,21 +23,45 @@ fn temp(name: &str) -> (tempfile::TempDir, std::path::PathBuf) {
     (dir, path)
 }
 
-fn put(store: &RedbStore, key: &str, value: &str) -> u64 {
+fn put(store: &impl Store, key: &str, value: &str) -> u64 {
     match store.txn(Txn::new().put(key, value.as_bytes().to_vec())).unwrap() {
         TxnOutcome::Committed(r) => r,
         TxnOutcome::Failed(_) => panic!("an unconditional put failed"),
     }
 }
 
-#[test]
-fn revisions_ranges_and_compare_and_swap() {
-    let store = RedbStore::open(&temp("cas").1).unwrap();
+/// Each test of the suite, once on a fresh redb file and once on a fresh etcd (its keys under a
+/// prefix, as a shared etcd would hold them).
+macro_rules! conformance {
+    ($($name:ident),* $(,)?) => {
+        mod on_redb {
+            $(#[test]
+            fn $name() {
+                let (_dir, path) = super::temp(stringify!($name));
+                super::$name(&ipshadow_control::RedbStore::open(&path).unwrap());
+            })*
+        }
+        mod on_etcd {
+            $(#[test]
+            fn $name() {
+                let Some(etcd) = super::etcd::Etcd::start(stringify!($name)) else { return };
+                super::$name(&etcd.store("/ipshadow-test"));
+            })*
+        }
+    };
+}
+
+conformance!(
+    revisions_ranges_and_compare_and_swap,
+    a_watch_replays_what_it_missed_then_follows_each_change_once_in_order
+);
+
+fn revisions_ranges_and_compare_and_swap(store: &impl Store) {
     assert_eq!(store.range("/").unwrap(), (vec![], 0));
-    assert_eq!(put(&store, "/v1/vms/a", "1"), 1);
-    assert_eq!(put(&store, "/v1/vms/b", "2"), 2);
-    assert_eq!(put(&store, "/v1/vms/a", "3"), 3);
-    put(&store, "/v1/z", "outside");
+    assert_eq!(put(store, "/v1/vms/a", "1"), 1);
+    assert_eq!(put(store, "/v1/vms/b", "2"), 2);
+    assert_eq!(put(store, "/v1/vms/a", "3"), 3);
+    put(store, "/v1/z", "outside");
     let a = store.get("/v1/vms/a").unwrap().unwrap();
     assert_eq!((a.value.as_slice(), a.create_revision, a.mod_revision), (&b"3"[..], 1, 3));
     let (vms, revision) = store.range("/v1/vms/").unwrap();
@@ -53,12 +85,10 @@ fn revisions_ranges_and_compare_and_swap() {
     assert_eq!(store.get("/v1/vms/a").unwrap().unwrap().mod_revision, 5);
 }
 
-#[test]
-fn a_watch_replays_what_it_missed_then_follows_each_change_once_in_order() {
-    let store = RedbStore::open(&temp("watch").1).unwrap();
-    put(&store, "/m/1", "a");
-    put(&store, "/other", "x");
-    put(&store, "/m/2", "b");
+fn a_watch_replays_what_it_missed_then_follows_each_change_once_in_order<S: Store>(store: &S) {
+    put(store, "/m/1", "a");
+    put(store, "/other", "x");
+    put(store, "/m/2", "b");
     let watcher = store.watch("/m/", 1).unwrap();
     let first = watcher.next_timeout(Duration::from_secs(1)).unwrap();
     assert!(matches!(&first, WatchEvent::Put(kv) if kv.key == "/m/2" && kv.mod_revision == 3), "{first:?}");
@@ -80,11 +110,12 @@ fn a_watch_replays_what_it_missed_then_follows_each_change_once_in_order() {
         w.join().unwrap();
     }
     store.txn(Txn::new().delete("/m/1")).unwrap();
+    // Replayed 2, live 200 puts and 1 delete; then nothing more.
     let mut seen = Vec::new();
-    while let Some(e) = from_zero.next_timeout(Duration::from_millis(200)) {
-        seen.push(e);
+    while seen.len() < 2 + 200 + 1 {
+        seen.push(from_zero.next_timeout(Duration::from_secs(5)).expect("every change arrives"));
     }
-    assert_eq!(seen.len(), 2 + 200 + 1, "replayed 2, live 200 puts and 1 delete");
+    assert!(from_zero.next_timeout(Duration::from_millis(200)).is_none(), "no change twice");
     assert!(seen.windows(2).all(|w| w[0].revision() < w[1].revision()), "in revision order, no repeats");
     assert!(matches!(seen.last(), Some(WatchEvent::Delete { key, .. }) if key == "/m/1"));
 }
@@ -143,4 +174,106 @@ fn a_file_that_is_not_a_store_is_a_clear_error() {
     std::fs::write(&path, b"this is not a redb file, it is a text file long enough to look like one").unwrap();
     let err = RedbStore::open(&path).err().expect("refused");
     assert!(err.to_string().contains("store.redb"), "{err}");
+}
+
+/// A watch goes on across an etcd restart: etcd killed and started again on its data, the
+/// watcher hears the changes made after, once each, with nothing of before repeated.
+#[test]
+fn etcd_a_watch_resumes_across_a_restart() {
+    let Some(mut etcd) = etcd::Etcd::start("resume") else { return };
+    let store = etcd.store("/ipshadow-test");
+    put(&store, "/m/1", "a");
+    let watcher = store.watch("/m/", 0).unwrap();
+    let first = watcher.next_timeout(Duration::from_secs(5)).expect("the replayed change");
+    assert_eq!((first.key(), first.revision()), ("/m/1", 1));
+
+    etcd.restart();
+    // The client reconnects on its own; the first calls may still meet the closed connection.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let revision = loop {
+        match store.txn(Txn::new().put("/m/2", b"b".to_vec())) {
+            Ok(TxnOutcome::Committed(r)) => break r,
+            other => assert!(std::time::Instant::now() < deadline, "no write after the restart: {other:?}"),
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(revision, 2, "the data survived the restart");
+    put(&store, "/m/3", "c");
+    let after: Vec<_> =
+        (0..2).map(|_| watcher.next_timeout(Duration::from_secs(30)).expect("a change after")).collect();
+    assert_eq!(after.iter().map(|e| (e.key(), e.revision())).collect::<Vec<_>>(), [("/m/2", 2), ("/m/3", 3)]);
+    assert!(watcher.next_timeout(Duration::from_millis(300)).is_none(), "nothing repeated");
+    assert!(watcher.failure().is_none());
+}
+
+/// After etcd compacts its history, a watch from before is refused with the typed error (the
+/// caller re-lists and re-watches); from the oldest kept revision on it replays.
+#[test]
+fn etcd_a_watch_from_before_a_compaction_is_the_typed_error() {
+    let Some(etcd) = etcd::Etcd::start("compaction") else { return };
+    let store = etcd.store("/ipshadow-test");
+    for i in 0..10 {
+        put(&store, &format!("/k/{}", i % 3), &i.to_string());
+    }
+    store.compact(5).unwrap();
+    match store.watch("/k/", 2) {
+        Err(StoreError::Compacted { requested: 3, oldest: 5 }) => {}
+        other => panic!("expected Compacted {{ requested: 3, oldest: 5 }}, got {:?}", other.map(|_| "a watcher")),
+    }
+    let (_, revision) = store.range("/k/").unwrap();
+    assert_eq!(revision, 10);
+    let replay = store.watch("/k/", 4).unwrap();
+    let revisions: Vec<_> =
+        (5..=10).map(|_| replay.next_timeout(Duration::from_secs(5)).expect("a kept change").revision()).collect();
+    assert_eq!(revisions, [5, 6, 7, 8, 9, 10]);
+}
+
+/// Two stores on one etcd under different key prefixes see only their own keys.
+#[test]
+fn etcd_key_prefixes_keep_stores_apart() {
+    let Some(etcd) = etcd::Etcd::start("prefixes") else { return };
+    let (a, b) = (etcd.store("/a"), etcd.store("/b"));
+    put(&a, "/v1/x", "from a");
+    let watch_b = b.watch("/", 0).unwrap();
+    put(&b, "/v1/x", "from b");
+    assert_eq!(a.get("/v1/x").unwrap().unwrap().value, b"from a");
+    let (keys, _) = b.range("/").unwrap();
+    assert_eq!(
+        keys.iter().map(|kv| (kv.key.as_str(), kv.value.as_slice())).collect::<Vec<_>>(),
+        [("/v1/x", &b"from b"[..])]
+    );
+    let event = watch_b.next_timeout(Duration::from_secs(5)).expect("b's own change");
+    assert_eq!(event.key(), "/v1/x");
+    assert!(watch_b.next_timeout(Duration::from_millis(200)).is_none(), "a's change is not b's");
+}
+
+/// A watcher cut off from etcd (while other clients still write) resumes from the last change it
+/// delivered; cut off again while etcd compacts past it, its stream ends with the typed error.
+#[test]
+fn etcd_a_cut_off_watch_resumes_then_ends_with_the_compaction() {
+    let Some(etcd) = etcd::Etcd::start("partition") else { return };
+    let relay = proxy::Proxy::start(etcd.client_port());
+    let watched = ipshadow_control::EtcdStore::connect(&[relay.endpoint()], "/ipshadow-test").unwrap();
+    let direct = etcd.store("/ipshadow-test");
+    put(&direct, "/m/1", "a");
+    let watcher = watched.watch("/m/", 0).unwrap();
+    assert_eq!(watcher.next_timeout(Duration::from_secs(5)).map(|e| e.revision()), Some(1));
+
+    relay.cut();
+    put(&direct, "/m/2", "b");
+    relay.restore();
+    let resumed = watcher.next_timeout(Duration::from_secs(30)).expect("the change made while cut off");
+    assert_eq!((resumed.key(), resumed.revision()), ("/m/2", 2));
+
+    relay.cut();
+    put(&direct, "/m/3", "c");
+    put(&direct, "/m/4", "d");
+    direct.compact(4).unwrap();
+    relay.restore();
+    // The stream ends (the store's task drops its end) without delivering 3.
+    assert!(watcher.next_timeout(Duration::from_secs(30)).is_none(), "revision 3 is compacted away");
+    match watcher.failure() {
+        Some(StoreError::Compacted { requested: 3, oldest: 4 }) => {}
+        other => panic!("expected Compacted {{ requested: 3, oldest: 4 }}, got {other:?}"),
+    }
 }

@@ -8,6 +8,7 @@
 //! after a given revision that the store still remembers, then delivers live ones, in revision
 //! order, each exactly once.
 
+pub mod etcd;
 pub mod redb;
 
 /// One stored key.
@@ -186,8 +187,9 @@ pub enum StoreError {
         /// The cause.
         detail: String,
     },
-    /// A watch asked for changes older than the store remembers: the watcher must read the
-    /// current state again (range) and watch from there.
+    /// A watch asked for changes older than the store remembers (or, on etcd, fell that far
+    /// behind while following): the caller must read the current state again (range) and watch
+    /// from the revision that read returned.
     #[error("store: revision {requested} is compacted (oldest kept: {oldest})")]
     Compacted {
         /// Revision asked for.
@@ -219,12 +221,25 @@ pub struct Watcher {
     /// Alive while the watcher is: the store forgets a watch whose token is gone without
     /// waiting for a change to fail to reach it (a watch on a key that never changes again).
     alive: std::sync::Arc<()>,
+    /// Why the stream ended, when a store's watch task ends it (etcd compacted past it).
+    failure: std::sync::Arc<std::sync::Mutex<Option<StoreError>>>,
 }
 
 impl Watcher {
     /// A watcher reading from `receiver`.
     pub(crate) fn new(receiver: std::sync::mpsc::Receiver<WatchEvent>) -> Self {
-        Self { receiver, alive: std::sync::Arc::new(()) }
+        Self { receiver, alive: std::sync::Arc::new(()), failure: std::sync::Arc::default() }
+    }
+
+    /// Where a store's watch task leaves why it ended the stream.
+    pub(crate) fn failure_slot(&self) -> std::sync::Arc<std::sync::Mutex<Option<StoreError>>> {
+        std::sync::Arc::clone(&self.failure)
+    }
+
+    /// Why the store ended this watch, once it has ([`StoreError::Compacted`]: re-list and
+    /// re-watch); `None` while it runs. Events sent before the end are still read first.
+    pub fn failure(&self) -> Option<StoreError> {
+        self.failure.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take()
     }
 
     /// What the store keeps to tell whether the watcher is still there.

@@ -1,0 +1,320 @@
+//! The distributed store: etcd v3 through the etcd-client crate. Keys live under a key prefix
+//! (so that one etcd can hold more than ipshadow); compares, ranges and watches map one to one
+//! onto etcd's.
+//!
+//! Revisions: an empty etcd is at revision 1 and its first change gets 2, where the trait's
+//! stores start at 0 and give 1 (callers read 0 as "nothing yet"). This store reports etcd's
+//! revisions minus one, both ways, so that revision arithmetic is the same on every store.
+//!
+//! etcd refuses what redb accepts in two cases, as an [`StoreError::Io`]: a transaction with
+//! more operations than its `--max-txn-ops` (128 by default), and one that writes a key twice.
+//!
+//! The [`Store`] trait is synchronous for now: each handle owns a small tokio runtime, calls
+//! wait for their future on it, and each watch is a task on it. The trait becomes async in a
+//! later step (issue 14), and this runtime then goes.
+
+use std::sync::mpsc::Sender;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use etcd_client::{Client, GetOptions, WatchOptions};
+
+use super::{Compare, KeyValue, Op, Store, StoreError, Txn, TxnOutcome, WatchEvent, Watcher};
+
+/// How long a watch that lost its connection waits before watching again, at most.
+const RECONNECT_MAX: Duration = Duration::from_secs(1);
+/// How often an idle watch task checks whether its [`Watcher`] is still there.
+const LIVENESS_EVERY: Duration = Duration::from_millis(500);
+
+/// A store on etcd (a handle: clones share the connection and the runtime).
+#[derive(Clone)]
+pub struct EtcdStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    /// `None` only while dropping.
+    runtime: Option<tokio::runtime::Runtime>,
+    client: Client,
+    key_prefix: String,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // The last handle may be dropped on an async task: a blocking shutdown would panic there.
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+fn io(what: &'static str) -> impl Fn(etcd_client::Error) -> StoreError {
+    move |e| StoreError::Io { what, detail: e.to_string() }
+}
+
+/// etcd's revision as the trait's (see the module's note); etcd's are never below 1.
+fn ours(etcd_revision: i64) -> u64 {
+    u64::try_from(etcd_revision).unwrap_or(0).saturating_sub(1)
+}
+
+/// The trait's revision as etcd's.
+fn theirs(revision: u64) -> i64 {
+    i64::try_from(revision.saturating_add(1)).unwrap_or(i64::MAX)
+}
+
+impl EtcdStore {
+    /// Connects to etcd at `endpoints` (`http://host:port`), keeping every key under
+    /// `key_prefix` (`""` for none, else like `/ipshadow`, no trailing `/`). Keys, and the
+    /// prefixes ranged and watched, start with `/`: then two stores stay apart even when one's
+    /// key prefix starts the other's (`/a`, `/ab`).
+    pub fn connect(endpoints: &[String], key_prefix: &str) -> Result<Self, StoreError> {
+        let open = |detail: String| StoreError::Open { path: endpoints.join(","), detail };
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("etcd-store")
+            .enable_all()
+            .build()
+            .map_err(|e| open(e.to_string()))?;
+        let connect = Client::connect(endpoints.to_vec(), None);
+        let client = runtime.block_on(connect).map_err(|e| open(e.to_string()))?;
+        let inner = Inner { runtime: Some(runtime), client, key_prefix: key_prefix.to_owned() };
+        Ok(Self { inner: Arc::new(inner) })
+    }
+
+    /// Compacts etcd's history up to (not including) the trait's revision `revision`: watches
+    /// from before it then get [`StoreError::Compacted`]. What an operator's etcd does on its
+    /// own schedule (`--auto-compaction-*`); here for tests and tools.
+    pub fn compact(&self, revision: u64) -> Result<(), StoreError> {
+        let mut client = self.inner.client.clone();
+        let options = etcd_client::CompactionOptions::new().with_physical();
+        self.run(async move { client.compact(theirs(revision), Some(options)).await })?.map_err(io("compacting"))?;
+        Ok(())
+    }
+
+    /// Runs `future` on the store's runtime and waits for it. Spawned, not `block_on`: callers
+    /// may be on another runtime's thread, where `block_on` panics.
+    fn run<T: Send + 'static>(&self, future: impl Future<Output = T> + Send + 'static) -> Result<T, StoreError> {
+        let gone = || StoreError::Io { what: "reaching etcd", detail: "the store's runtime is gone".into() };
+        let runtime = self.inner.runtime.as_ref().ok_or_else(gone)?;
+        let (sender, receiver) = std::sync::mpsc::sync_channel(1);
+        runtime.spawn(async move {
+            let _ = sender.send(future.await);
+        });
+        receiver.recv().map_err(|_| gone())
+    }
+
+    fn key_value(&self, kv: &etcd_client::KeyValue) -> Result<KeyValue, StoreError> {
+        let key = kv.key_str().map_err(io("reading a key"))?;
+        let key = key.strip_prefix(self.inner.key_prefix.as_str()).unwrap_or(key);
+        Ok(KeyValue {
+            key: key.to_owned(),
+            value: kv.value().to_vec(),
+            create_revision: ours(kv.create_revision()),
+            mod_revision: ours(kv.mod_revision()),
+        })
+    }
+
+    fn full(&self, key: &str) -> String {
+        format!("{}{key}", self.inner.key_prefix)
+    }
+}
+
+impl Store for EtcdStore {
+    fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {
+        let mut client = self.inner.client.clone();
+        let key = self.full(key);
+        let response = self.run(async move { client.get(key, None).await })?.map_err(io("reading"))?;
+        response.kvs().first().map(|kv| self.key_value(kv)).transpose()
+    }
+
+    fn range(&self, prefix: &str) -> Result<(Vec<KeyValue>, u64), StoreError> {
+        let mut client = self.inner.client.clone();
+        let prefix = self.full(prefix);
+        let response = self
+            .run(async move { client.get(prefix, Some(GetOptions::new().with_prefix())).await })?
+            .map_err(io("reading"))?;
+        let revision = response.header().map_or(0, |h| ours(h.revision()));
+        let kvs = response.kvs().iter().map(|kv| self.key_value(kv)).collect::<Result<_, _>>()?;
+        Ok((kvs, revision))
+    }
+
+    fn txn(&self, txn: Txn) -> Result<TxnOutcome, StoreError> {
+        use etcd_client::{CompareOp, TxnOp};
+        let compares: Vec<_> = txn
+            .compare
+            .iter()
+            .map(|c| match c {
+                // A key that does not exist has version 0 (etcd's own idiom for "absent").
+                Compare::Absent(key) => etcd_client::Compare::version(self.full(key), CompareOp::Equal, 0),
+                Compare::ModRevision(key, revision) => {
+                    etcd_client::Compare::mod_revision(self.full(key), CompareOp::Equal, theirs(*revision))
+                }
+            })
+            .collect();
+        let ops: Vec<_> = txn
+            .ops
+            .iter()
+            .map(|op| match op {
+                Op::Put(key, value) => TxnOp::put(self.full(key), value.clone(), None),
+                Op::Delete(key) => TxnOp::delete(self.full(key), None),
+            })
+            .collect();
+        let mut client = self.inner.client.clone();
+        let request = etcd_client::Txn::new().when(compares).and_then(ops);
+        let response = self.run(async move { client.txn(request).await })?.map_err(io("writing"))?;
+        let revision = response.header().map_or(0, |h| ours(h.revision()));
+        Ok(if response.succeeded() { TxnOutcome::Committed(revision) } else { TxnOutcome::Failed(revision) })
+    }
+
+    fn watch(&self, prefix: &str, after: u64) -> Result<Watcher, StoreError> {
+        let full = self.full(prefix);
+        let start = theirs(after.saturating_add(1));
+        let mut client = self.inner.client.clone();
+        let key = full.clone();
+        // Opened here, not in the task, so that a compacted start is this call's error.
+        let opened = self.run(async move {
+            let options = WatchOptions::new().with_prefix().with_start_revision(start);
+            let (watcher, mut stream) = client.watch(key, Some(options)).await?;
+            // A watch from a compacted revision is cancelled at once; check with a range at
+            // that revision (cheap: count only) instead of waiting for what may never come.
+            let probe = GetOptions::new().with_prefix().with_revision(start).with_count_only();
+            let compacted = match client.get(full.clone(), Some(probe)).await {
+                Err(e) if e.to_string().contains("compacted") => match stream.message().await? {
+                    Some(response) => Some(response.compact_revision()),
+                    None => Some(0),
+                },
+                _ => None,
+            };
+            Ok::<_, etcd_client::Error>((watcher, stream, compacted))
+        })?;
+        let (etcd_watcher, stream, compacted) = opened.map_err(io("watching"))?;
+        if let Some(oldest) = compacted {
+            return Err(StoreError::Compacted { requested: after.saturating_add(1), oldest: ours(oldest) });
+        }
+        let (sender, receiver) = std::sync::mpsc::channel();
+        let watcher = Watcher::new(receiver);
+        let task = WatchTask {
+            store: self.clone(),
+            prefix: self.full(prefix),
+            next: start,
+            sender,
+            alive: watcher.liveness(),
+            failure: watcher.failure_slot(),
+        };
+        let runtime = self
+            .inner
+            .runtime
+            .as_ref()
+            .ok_or_else(|| StoreError::Io { what: "watching", detail: "the store's runtime is gone".into() })?;
+        runtime.spawn(task.run(etcd_watcher, stream));
+        Ok(watcher)
+    }
+}
+
+/// One watch's task: delivers etcd's events in order and, when the connection breaks, watches
+/// again from the revision after the last one delivered, so nothing is lost or repeated.
+struct WatchTask {
+    store: EtcdStore,
+    prefix: String,
+    /// etcd revision to watch from when watching again.
+    next: i64,
+    sender: Sender<WatchEvent>,
+    alive: Weak<()>,
+    failure: Arc<Mutex<Option<StoreError>>>,
+}
+
+impl WatchTask {
+    async fn run(mut self, mut watcher: etcd_client::Watcher, mut stream: etcd_client::WatchStream) {
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            match self.follow(&mut stream).await {
+                Ended::WatcherGone => {
+                    let _ = watcher.cancel().await;
+                    return;
+                }
+                Ended::Compacted(oldest) => {
+                    let requested = ours(self.next);
+                    self.fail(StoreError::Compacted { requested, oldest: ours(oldest) });
+                    return;
+                }
+                Ended::Broken => {}
+            }
+            // Watch again until etcd answers (a restart, a partition), unless nobody listens.
+            loop {
+                if self.alive.strong_count() == 0 {
+                    return;
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(RECONNECT_MAX);
+                let options = WatchOptions::new().with_prefix().with_start_revision(self.next);
+                let mut client = self.store.inner.client.clone();
+                if let Ok((w, s)) = client.watch(self.prefix.clone(), Some(options)).await {
+                    (watcher, stream) = (w, s);
+                    backoff = Duration::from_millis(50);
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Delivers events until the stream ends, the watcher is dropped or etcd compacted past us.
+    async fn follow(&mut self, stream: &mut etcd_client::WatchStream) -> Ended {
+        let mut tick = tokio::time::interval(LIVENESS_EVERY);
+        loop {
+            let message = tokio::select! {
+                message = stream.message() => message,
+                _ = tick.tick() => {
+                    if self.alive.strong_count() == 0 {
+                        return Ended::WatcherGone;
+                    }
+                    continue;
+                }
+            };
+            let response = match message {
+                Ok(Some(response)) => response,
+                Ok(None) | Err(_) => return Ended::Broken,
+            };
+            if response.compact_revision() != 0 {
+                return Ended::Compacted(response.compact_revision());
+            }
+            if response.canceled() {
+                return Ended::Broken;
+            }
+            for event in response.events() {
+                let Some(kv) = event.kv() else { continue };
+                let delivered = match event.event_type() {
+                    etcd_client::EventType::Put => match self.store.key_value(kv) {
+                        Ok(kv) => WatchEvent::Put(kv),
+                        Err(e) => {
+                            self.fail(e);
+                            return Ended::WatcherGone;
+                        }
+                    },
+                    etcd_client::EventType::Delete => {
+                        let key = String::from_utf8_lossy(kv.key());
+                        let key = key.strip_prefix(self.store.inner.key_prefix.as_str()).unwrap_or(&key);
+                        WatchEvent::Delete { key: key.to_owned(), revision: ours(kv.mod_revision()) }
+                    }
+                };
+                if self.sender.send(delivered).is_err() {
+                    return Ended::WatcherGone;
+                }
+                self.next = self.next.max(kv.mod_revision() + 1);
+            }
+        }
+    }
+
+    fn fail(&self, error: StoreError) {
+        *self.failure.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(error);
+    }
+}
+
+/// Why a watch stream stopped delivering.
+enum Ended {
+    /// Nobody listens any more.
+    WatcherGone,
+    /// etcd compacted past the next revision (etcd's revision, the oldest kept).
+    Compacted(i64),
+    /// The connection broke or etcd cancelled the watch: watch again.
+    Broken,
+}
