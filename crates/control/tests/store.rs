@@ -9,7 +9,8 @@
 mod etcd;
 #[path = "common/proxy.rs"]
 mod proxy;
-#[path = "common/tools.rs"]
+// The same tool check as the binary crate's tests (one file, not a copy).
+#[path = "../../ipshadow/tests/common/tools.rs"]
 mod tools;
 
 use std::time::Duration;

@@ -15,9 +15,9 @@
 
 mod common;
 
-use common::lab::{EXE, Guard, cli, run, wait_for};
+use common::lab::{EXE, Guard, cli, long_lived_clients, run, wait_for};
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::Value;
@@ -73,16 +73,7 @@ fn a_system_clock_step_moves_no_cut_over_and_breaks_no_connection() {
     let token = std::fs::read_to_string(format!("{dir}/serve/admin-token")).unwrap().trim().to_owned();
     let progress = format!("{dir}/clock-progress.json");
     let report = format!("{dir}/clock-report.json");
-    let child = Command::new("ip")
-        .args(["netns", "exec", &format!("{prefix}-c1"), EXE, "traffic", "run", "--target", "10.0.0.10:7000"])
-        .args(["--long-lived", &CONNECTIONS.to_string(), "--lifetime", "3600", "3600", "--interval-ms", "200"])
-        .args(["--churn", "0", "--duration", "600", "--seed", "1", "--client-id", "1", "--json"])
-        .args(["--report", &report, "--progress", &progress])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    guard.workloads.push(child);
+    long_lived_clients(&mut guard, CONNECTIONS, &progress, &report);
     let read = |path: &str| -> Option<Value> { serde_json::from_str(&std::fs::read_to_string(path).ok()?).ok() };
     let exchanging = |what: &str| {
         let before = read(&progress).map_or(0, |p| n(&p, "/exchanges"));

@@ -19,10 +19,9 @@
 
 mod common;
 
-use common::lab::{EXE, Guard, cli, cli_refused, run, wait_for};
+use common::lab::{Guard, cli, cli_refused, long_lived_clients, run, wait_for};
 
 use std::net::Ipv4Addr;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use ipshadow_dataplane::{AfPacketPort, PacketPort, RingConfig, netns};
@@ -148,16 +147,7 @@ fn a_hostile_vm_cannot_release_decline_or_answer_for_x_in_another_s_name() {
     let b_ns = format!("{prefix}-b");
     let progress = format!("{dir}/vmguard-progress.json");
     let report = format!("{dir}/vmguard-report.json");
-    let child = Command::new("ip")
-        .args(["netns", "exec", &format!("{prefix}-c1"), EXE, "traffic", "run", "--target", "10.0.0.10:7000"])
-        .args(["--long-lived", &CONNECTIONS.to_string(), "--lifetime", "3600", "3600", "--interval-ms", "200"])
-        .args(["--churn", "0", "--duration", "600", "--seed", "1", "--client-id", "1", "--json"])
-        .args(["--report", &report, "--progress", &progress])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    guard.workloads.push(child);
+    long_lived_clients(&mut guard, CONNECTIONS, &progress, &report);
     let read = |path: &str| -> Option<Value> { serde_json::from_str(&std::fs::read_to_string(path).ok()?).ok() };
     wait_for("every connection open and exchanging", Duration::from_secs(20), |seen| {
         let p = read(&progress)?;

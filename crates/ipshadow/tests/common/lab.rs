@@ -75,6 +75,22 @@ pub fn cli(prefix: &str, token: &str, args: &[&str]) -> Value {
     serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("ipshadow {}: {e}: {stdout}", args.join(" ")))
 }
 
+/// Starts `connections` long-lived connections from client host c1 to X (an exchange every
+/// 200 ms, for up to 10 minutes), writing `progress` and, when stopped, `report`; the process
+/// is the guard's to stop.
+pub fn long_lived_clients(guard: &mut Guard, connections: u64, progress: &str, report: &str) {
+    let child = Command::new("ip")
+        .args(["netns", "exec", &format!("{}-c1", guard.prefix), EXE, "traffic", "run", "--target", "10.0.0.10:7000"])
+        .args(["--long-lived", &connections.to_string(), "--lifetime", "3600", "3600", "--interval-ms", "200"])
+        .args(["--churn", "0", "--duration", "600", "--seed", "1", "--client-id", "1", "--json"])
+        .args(["--report", report, "--progress", progress])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    guard.workloads.push(child);
+}
+
 /// `ipshadow ARGS` as [`cli`], for a call that must be refused: its error line.
 pub fn cli_refused(prefix: &str, token: &str, args: &[&str]) -> String {
     let out = Command::new("ip")
