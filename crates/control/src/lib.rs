@@ -5,6 +5,7 @@
 
 pub mod admission;
 pub mod api;
+pub mod bus;
 pub mod extend;
 pub mod inventory;
 pub mod manager;

@@ -4,12 +4,12 @@
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::Role;
 
 /// What happened to a lease (the manager consumes these; B's first `Bound` starts the ramp).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum LeaseEventKind {
     /// A client got an address it did not hold.
@@ -28,7 +28,7 @@ pub enum LeaseEventKind {
 }
 
 /// A lease event.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LeaseEvent {
     /// What.
     pub kind: LeaseEventKind,

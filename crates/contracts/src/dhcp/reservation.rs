@@ -43,7 +43,7 @@ impl core::fmt::Display for ClientKey {
 }
 
 /// A VM known to the inventory: how its DHCP client identifies itself, and its address.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Reservation {
     /// The VM's id in the inventory.

@@ -3,16 +3,17 @@
 //! events through [`Manager`], and hands the parts what the store now says they should do. It
 //! keeps nothing of its own: a restarted process starts again from the store.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant as Clock};
 
+use ipshadow_control::bus;
 use ipshadow_control::inventory::InventoryError;
 use ipshadow_control::manager::Manager;
 use ipshadow_control::migration::MigrationEvent;
 use ipshadow_control::orchestrator::Input;
-use ipshadow_control::{RedbStore, Store};
+use ipshadow_control::{Store, Txn, TxnOutcome};
 use ipshadow_dataplane::{Desired, Status};
 
 use super::parts::{DhcpFeed, Heard, RouterFeed};
@@ -24,41 +25,85 @@ const TICK: Duration = Duration::from_millis(200);
 /// is still there).
 const PURGE: Duration = Duration::from_secs(60);
 
+/// Where one kind of document goes: a channel to the part in this process, or its key in the
+/// store; false when it could not be handed on (tried again with the next projection).
+pub type Sink<T> = Box<dyn Fn(&T) -> bool + Send>;
+
 /// Where the manager's projections go.
 pub struct Outputs {
-    /// The router, if one runs in this process.
-    pub router: Option<RouterFeed>,
-    /// The DHCP server, if one runs in this process.
-    pub dhcp: Option<Sender<DhcpFeed>>,
+    /// The router(s).
+    pub router: Option<Sink<Desired>>,
+    /// The DHCP server(s).
+    pub dhcp: Option<Sink<DhcpFeed>>,
     /// The router's last status, for the API.
     pub router_status: Arc<Mutex<Option<Status>>>,
 }
 
-/// Forwards the store's changes as [`Heard::StoreChanged`] until `stop`.
-pub fn watch_store(store: &RedbStore, heard: Sender<Heard>, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
-    // The revision now: changes after it wake the manager.
-    let (_, revision) = store.range("\u{0}")?;
-    let watcher = store.watch("/", revision)?;
-    std::thread::Builder::new().name("store-watch".into()).spawn(move || {
-        while !stop.load(Ordering::Relaxed) {
-            if watcher.next_timeout(Duration::from_millis(200)).is_some() {
-                while watcher.try_next().is_some() {}
-                if heard.send(Heard::StoreChanged).is_err() {
-                    break;
-                }
-            }
+impl Outputs {
+    /// To the router of this process.
+    pub fn local_router(feed: RouterFeed) -> Sink<Desired> {
+        Box::new(move |desired| {
+            feed.send(desired.clone());
+            true
+        })
+    }
+
+    /// To the DHCP server of this process.
+    pub fn local_dhcp(feed: Sender<DhcpFeed>) -> Sink<DhcpFeed> {
+        Box::new(move |f| feed.send(f.clone()).is_ok())
+    }
+
+    /// To the routers of other processes, through the store.
+    pub fn stored_router<S: Store>(store: S) -> Sink<Desired> {
+        Box::new(move |desired| write(&store, bus::ROUTER_DESIRED, desired))
+    }
+
+    /// To the DHCP servers of other processes, through the store.
+    pub fn stored_dhcp<S: Store>(store: S) -> Sink<DhcpFeed> {
+        Box::new(move |(reservations, plans)| {
+            let feed = bus::DhcpFeed { reservations: reservations.clone(), plans: plans.clone() };
+            write(&store, bus::DHCP_FEED, &feed)
+        })
+    }
+}
+
+/// Writes a document for other processes.
+fn write<S: Store>(store: &S, key: &str, value: &impl serde::Serialize) -> bool {
+    let bytes = match serde_json::to_vec(value) {
+        Ok(bytes) => bytes,
+        Err(e) => {
+            eprintln!("ipshadow serve: manager: encoding {key}: {e}");
+            return false;
         }
+    };
+    match store.txn(Txn::new().put(key, bytes)) {
+        Ok(TxnOutcome::Committed(_)) => true,
+        Ok(TxnOutcome::Failed(_)) => false,
+        Err(e) => {
+            eprintln!("ipshadow serve: manager: writing {key}: {e}");
+            false
+        }
+    }
+}
+
+/// Forwards the store's changes as [`Heard::StoreChanged`] until `stop`.
+pub fn watch_store<S: Store>(store: &S, heard: Sender<Heard>, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
+    let store = store.clone();
+    std::thread::Builder::new().name("store-watch".into()).spawn(move || {
+        super::remote::follow(&store, "/v1/", &stop, |_| {
+            let _ = heard.send(Heard::StoreChanged);
+        });
     })?;
     Ok(())
 }
 
 /// Runs the manager until `stop`.
-pub fn manage(
-    manager: &Manager<RedbStore>,
+pub fn manage<S: Store>(
+    manager: &Manager<S>,
     heard: &Receiver<Heard>,
     outputs: &Outputs,
     retention: &ipshadow_control::retention::Retention,
-    stop: &AtomicBool,
+    keep_going: &dyn Fn() -> bool,
     clock: impl Fn() -> u64,
 ) {
     let mut last_desired: Option<Desired> = None;
@@ -66,7 +111,7 @@ pub fn manage(
     let mut unreadable = Vec::new();
     let mut next_tick = Clock::now();
     let mut next_purge = Clock::now();
-    while !stop.load(Ordering::Relaxed) {
+    while keep_going() {
         let wait = next_tick.saturating_duration_since(Clock::now());
         let mut batch = Vec::new();
         match heard.recv_timeout(wait) {
@@ -81,6 +126,11 @@ pub fn manage(
         for (i, h) in batch.iter().enumerate() {
             let result = match h {
                 Heard::Lease(event) => manager.handle(&Input::Lease(event), now).map(drop),
+                Heard::StoredLease { event, key } => manager.handle(&Input::Lease(event), now).and_then(|_| {
+                    // Handled: the DHCP server's record of it goes (a retry after a crash
+                    // between the two is a repeated event, which decides nothing new).
+                    manager.inventory().store().txn(Txn::new().delete(key.as_str())).map(drop).map_err(Into::into)
+                }),
                 Heard::Router(status) if Some(i) == newest_router => {
                     if let Ok(mut shared) = outputs.router_status.lock() {
                         *shared = Some((**status).clone());
@@ -136,8 +186,8 @@ pub fn manage(
 
 /// Hands the parts what the store says now, when it differs from what they have (one read of
 /// the store for both).
-fn project(
-    manager: &Manager<RedbStore>,
+fn project<S: Store>(
+    manager: &Manager<S>,
     outputs: &Outputs,
     now_ms: u64,
     last_desired: &mut Option<Desired>,
@@ -157,15 +207,15 @@ fn project(
     }
     if let Some(router) = &outputs.router
         && last_desired.as_ref() != Some(&projection.router)
+        && router(&projection.router)
     {
-        router.send(projection.router.clone());
         *last_desired = Some(projection.router);
     }
     let feed = (projection.reservations, projection.plans);
     if let Some(dhcp) = &outputs.dhcp
         && last_dhcp.as_ref() != Some(&feed)
+        && dhcp(&feed)
     {
-        let _ = dhcp.send(feed.clone());
         *last_dhcp = Some(feed);
     }
 }

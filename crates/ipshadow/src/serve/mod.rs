@@ -14,23 +14,20 @@ mod clock;
 mod files;
 mod manage;
 mod parts;
+mod remote;
+mod roles;
+mod start;
 mod supervise;
 mod transport;
 
-use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::Args;
 use ipshadow_control::RedbStore;
-use ipshadow_control::api::{ApiState, DhcpStatusSource, LeaseEndSource, Parts, RouterStatusSource, TokenTable};
-use ipshadow_control::inventory::Inventory;
-use ipshadow_control::manager::Manager;
-use ipshadow_control::orchestrator::Limits;
+use ipshadow_control::api::TokenTable;
 use ipshadow_control::reassign::{DeadlinePolicy, PolicyError};
 use serde::Deserialize;
 
@@ -41,6 +38,19 @@ pub struct ServeArgs {
     /// `allow_plain_http`, `[[tenants]] name, token, prefixes`); without it every default applies.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
+    /// Where the state is kept: `redb` (the default: `store.redb` in the data folder, every part
+    /// in this process) or `etcd://host:port[,host:port...][/key-prefix]` (key prefix
+    /// `/ipshadow` by default), where parts run as processes of their own (`--roles`).
+    #[arg(long, value_name = "URL", default_value = "redb")]
+    store: String,
+    /// The parts this process runs, comma-separated (default: all; the router and the DHCP
+    /// server only when the configuration has their section). On etcd, managers campaign and
+    /// one leads.
+    #[arg(long, value_delimiter = ',', value_name = "ROLE,...")]
+    roles: Option<Vec<roles::Role>>,
+    /// This process's name among the parts in the store (default: host name and process id).
+    #[arg(long)]
+    name: Option<String>,
 }
 
 /// The configuration file.
@@ -282,7 +292,7 @@ fn open_store(path: &Path) -> anyhow::Result<RedbStore> {
     }
 }
 
-/// Runs the manager and the API until SIGTERM or SIGINT.
+/// Runs this process's parts until SIGTERM or SIGINT.
 pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
     let config = match &args.config {
         Some(path) => {
@@ -291,6 +301,9 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
         }
         None => ServeConfig::default(),
     };
+    let roles = roles::Roles::from_args(args.roles.as_deref())?;
+    let choice = roles::StoreChoice::parse(&args.store)?;
+    let name = args.name.clone().unwrap_or_else(roles::default_name);
     let listen = match config.listen {
         Some(addr) => addr,
         None => DEFAULT_LISTEN.parse()?,
@@ -310,128 +323,36 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
         }
         tokens = tokens.with_tenant(t.token.clone(), t.name.clone());
     }
-
     let policy = config.policy.policy()?;
     let retention = config.retention.retention()?;
     let admission = admit::admission(&config)?;
-    let store_path = data_dir.join("store.redb");
-    let store = open_store(&store_path)?;
-    // redb creates the file with the umask's mode.
-    files::private_file(&store_path)?;
-    let stop = Arc::new(AtomicBool::new(false));
-    let (heard_tx, heard_rx) = std::sync::mpsc::channel();
-    // With a router in the process, B takes flows once it answers the router's probe for X.
-    let limits = Limits { router_reports: config.router.is_some(), policy, ..Limits::default() };
-    let manager = Manager::new(Inventory::new(store.clone()), limits);
-    let mut threads = Vec::new();
-    let mut outputs = manage::Outputs { router: None, dhcp: None, router_status: Default::default() };
-    let shared_dhcp: parts::SharedDhcp = Default::default();
-    let (router_health, dhcp_health) = (supervise::PartState::new("router"), supervise::PartState::new("dhcp"));
-    let started = (|| -> anyhow::Result<()> {
-        manage::watch_store(&store, heard_tx.clone(), Arc::clone(&stop))?;
-        if let Some(router) = &config.router {
-            let status_file = router.status_file.clone();
-            let (feed, thread) = parts::start_router(
-                router.setup()?,
-                status_file,
-                heard_tx.clone(),
-                router_health.clone(),
-                Arc::clone(&stop),
-            )?;
-            outputs.router = Some(feed);
-            threads.push(thread);
-        }
-        if let Some(mut dhcp) = config.dhcp.clone() {
-            if !dhcp.reservations.is_empty() || !dhcp.migrations.is_empty() {
-                bail!("[dhcp]: reservations and migrations come from the inventory, not the configuration");
-            }
-            if dhcp.lease_store.is_relative() {
-                dhcp.lease_store = data_dir.join(&dhcp.lease_store);
-            }
-            let (tx, rx) = std::sync::mpsc::channel();
-            let first = manager.dhcp()?;
-            let log_path = data_dir.join("dhcp-events.jsonl");
-            let log = files::append_private(&log_path)?;
-            let thread = parts::start_dhcp(
-                dhcp,
-                first,
-                rx,
-                heard_tx.clone(),
-                parts::DhcpReports { shared: shared_dhcp.clone(), health: dhcp_health.clone() },
-                log,
-                Arc::clone(&stop),
-            )?;
-            outputs.dhcp = Some(tx);
-            threads.push(thread);
-        }
-        Ok(())
-    })();
-    drop(heard_tx);
-    if let Err(e) = started {
-        stop.store(true, Ordering::Relaxed);
-        for t in threads {
-            let _ = t.join();
-        }
-        return Err(e);
-    }
-    let api_parts = Parts {
-        lease_end: config.dhcp.is_some().then(|| {
-            let ends = shared_dhcp.clone();
-            Arc::new(move |ip| ends.lock().ok().and_then(|e| e.lease_ends.get(&ip).copied())) as LeaseEndSource
-        }),
-        dhcp_status: config.dhcp.is_some().then(|| {
-            let shared = shared_dhcp.clone();
-            Arc::new(move || shared.lock().ok().map(|s| s.status.clone())) as DhcpStatusSource
-        }),
-        router_status: config.router.is_some().then(|| {
-            let status = outputs.router_status.clone();
-            Arc::new(move || status.lock().ok().and_then(|s| s.clone())) as RouterStatusSource
-        }),
-        health: Some({
-            let running: Vec<_> = [(config.router.is_some(), router_health), (config.dhcp.is_some(), dhcp_health)]
-                .into_iter()
-                .filter_map(|(runs, health)| runs.then_some(health))
-                .collect();
-            Arc::new(move || running.iter().map(|p| p.health()).collect())
-        }),
+    let setup = start::Setup {
+        config,
+        roles,
+        name,
+        listen,
+        transport,
+        data_dir: data_dir.clone(),
+        tokens,
+        policy,
+        retention,
+        admission,
     };
-    let manager_thread = {
-        let stop = Arc::clone(&stop);
-        std::thread::Builder::new().name("manager".into()).spawn(move || {
-            manage::manage(&manager, &heard_rx, &outputs, &retention, &stop, clock::unix_ms);
-        })?
-    };
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-    let result = runtime.block_on(async {
-        let shutdown = async {
-            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
-            }
-        };
-        let state = ApiState::new(store, tokens).with_clock(clock::unix_ms).with_parts(api_parts).with_policy(policy).with_admission(admission);
-        transport::serve_api(listen, transport, &data_dir, state, shutdown).await
-    });
-    stop.store(true, Ordering::Relaxed);
-    let mut failures = Vec::new();
-    if manager_thread.join().is_err() {
-        failures.push("the manager thread panicked".to_owned());
-    }
-    for t in threads {
-        match t.join() {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => failures.push(format!("{e:#}")),
-            Err(_) => failures.push("a part's thread panicked".to_owned()),
+    match choice {
+        roles::StoreChoice::Embedded => {
+            let store_path = data_dir.join("store.redb");
+            let store = open_store(&store_path)?;
+            // redb creates the file with the umask's mode.
+            files::private_file(&store_path)?;
+            start::run(store, true, setup)
+        }
+        roles::StoreChoice::Etcd { endpoints, prefix } => {
+            let store = ipshadow_control::EtcdStore::connect(&endpoints, &prefix)
+                .with_context(|| format!("connecting to etcd at {}", endpoints.join(",")))?;
+            eprintln!("ipshadow serve: {}: store on etcd at {} under {prefix}", setup.name, endpoints.join(","));
+            start::run(store, false, setup)
         }
     }
-    // Not eprintln!: a closed stderr must not turn a clean stop into a panic.
-    let _ = writeln!(std::io::stderr(), "ipshadow serve: stopped");
-    result?;
-    if !failures.is_empty() {
-        bail!("{}", failures.join("; "));
-    }
-    Ok(())
 }
 
 #[cfg(test)]

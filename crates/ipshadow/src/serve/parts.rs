@@ -29,6 +29,13 @@ use crate::router::{Router, RouterControl, RouterSetup};
 pub enum Heard {
     /// A lease event from the DHCP server.
     Lease(LeaseEvent),
+    /// A lease event a DHCP server in another process stored at `key` (deleted once handled).
+    StoredLease {
+        /// The event.
+        event: LeaseEvent,
+        /// Where it is stored.
+        key: String,
+    },
     /// The router's status report.
     Router(Box<Status>),
     /// Something changed in the store.

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context, bail};
-use ipshadow_control::RedbStore;
+use ipshadow_control::Store;
 use ipshadow_control::api::ApiState;
 use ipshadow_control::api::tls::{ServerConfig, TlsListener, server_config};
 
@@ -51,11 +51,11 @@ impl TransportConfig {
 
 /// Serves the API with `state` on `listen` until `shutdown`; says where on stderr once it listens
 /// (`ipshadow serve: API on <scheme>://<address>, data in <data_dir>`: tests and scripts read it).
-pub(super) async fn serve_api(
+pub(super) async fn serve_api<S: Store>(
     listen: SocketAddr,
     transport: Transport,
     data_dir: &Path,
-    state: ApiState<RedbStore>,
+    state: ApiState<S>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     // The API's warnings and errors (a 500's detail, under the incident id its body names) on
