@@ -11,6 +11,7 @@
 //! | [`ROUTERS`]`<name>`: [`RouterReport`] | each router | manager, API | yes |
 //! | [`DHCP_SERVERS`]`<name>`: [`DhcpReport`] | each DHCP server | manager, API | yes |
 //! | [`LEASE_EVENTS`]`<name>/<seq>`: [`LeaseEvent`](ipshadow_contracts::dhcp::LeaseEvent) | each DHCP server | manager (deletes) | no |
+//! | [`MANAGER_ELECTION`]: the leading manager's name | the manager that leads | managers, API, lab | yes |
 //!
 //! Reports vanish with their writer's lease (a part that died is not shown as up); lease events
 //! do not: one written by a DHCP server that then died is still the manager's to handle.
@@ -36,6 +37,8 @@ pub const ROUTERS: &str = "/v1/parts/routers/";
 pub const DHCP_SERVERS: &str = "/v1/parts/dhcp/servers/";
 /// Lease events not yet handled by the manager, by server name and sequence.
 pub const LEASE_EVENTS: &str = "/v1/parts/dhcp/events/";
+/// The managers' election: the leading manager's name, bound to its lease.
+pub const MANAGER_ELECTION: &str = "/v1/parts/managers/leader";
 
 /// What the DHCP servers follow.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]

@@ -34,6 +34,8 @@ pub struct Demo<'a> {
     split: f64,
     /// `serve` restarts and what it resumed with.
     restarts: Vec<Restart>,
+    /// Faults injected.
+    faults: Vec<super::faults::Fault>,
 }
 
 impl<'a> Demo<'a> {
@@ -51,6 +53,7 @@ impl<'a> Demo<'a> {
             state: "not_started".to_owned(),
             split: 0.0,
             restarts: Vec::new(),
+            faults: Vec::new(),
         })
     }
 
@@ -78,6 +81,7 @@ impl<'a> Demo<'a> {
             dhcp_events: dhcp,
             migration,
             restarts: self.restarts,
+            faults: self.faults,
         };
         Ok(DemoReport::new(self.args, traffic, observed))
     }
@@ -197,6 +201,7 @@ impl<'a> Demo<'a> {
 
         let mut restarts: Vec<u64> = args.restarts.clone();
         restarts.sort_unstable();
+        let mut faults = super::faults::schedule(&args.kill_manager, &args.kill_etcd_leader);
         let tty = std::io::stderr().is_terminal();
         let mut last_line = Clock::now();
         let mut give_up = Duration::from_millis(deadline_ms.saturating_sub(start_ms)) + Duration::from_secs(30);
@@ -206,6 +211,10 @@ impl<'a> Demo<'a> {
             if restarts.first().is_some_and(|&r| t >= Duration::from_secs(r)) {
                 restarts.remove(0);
                 self.restart_serve(id, t)?;
+            }
+            if faults.first().is_some_and(|&(at, _)| t >= Duration::from_secs(at)) {
+                let (_, kind) = faults.remove(0);
+                self.faults.push(super::faults::inject(self.lab, kind, t)?);
             }
             let m = self.migration(id)?;
             // The manager may extend the deadline for A's forecast drain.
@@ -274,14 +283,16 @@ impl<'a> Demo<'a> {
             .router_status()
             .and_then(|s| s.patterns.get(&X).cloned())
             .map_or(0, |p| u64::from(p.measured.source.open) + u64::from(p.measured.destination.open));
-        if let Some(pid) = self.lab.pid("serve") {
+        // On etcd the router is a process of its own: the one killed and started again.
+        let process = self.lab.router_process();
+        if let Some(pid) = self.lab.pid(process) {
             crate::lab::services::kill(pid, "KILL");
             while crate::lab::services::alive(pid) {
                 std::thread::sleep(Duration::from_millis(5));
             }
         }
         let killed = Clock::now();
-        let pid = self.lab.start_serve()?;
+        let pid = if self.lab.etcd_members() == 0 { self.lab.start_serve()? } else { self.lab.start_part(process)? };
         let back_after_s = killed.elapsed().as_secs_f64();
         // The new router's first report that has the entry: where it resumed.
         let waited = Clock::now();

@@ -5,6 +5,7 @@
 //! `serve` does the rest (lease plan, shadowing entry, ramp on B's bound lease, cut-over at the
 //! deadline, the address given to B).
 
+mod faults;
 mod manager;
 mod report;
 
@@ -66,6 +67,19 @@ pub struct DemoArgs {
     /// seconds after the migration starts, and start it again (repeatable).
     #[arg(long = "restart-at", alias = "router-restart-at", value_name = "SECS")]
     pub restarts: Vec<u64>,
+    /// Keep the lab's state in an etcd cluster of this many members, with the parts as
+    /// processes of their own (as `lab up --etcd`): the router, the DHCP server, two managers
+    /// and two API nodes.
+    #[arg(long, value_name = "MEMBERS", default_value_t = 0)]
+    pub etcd: u8,
+    /// With `--etcd`: kill the leading manager (SIGKILL) this many seconds after the migration
+    /// starts; it is started again as a standby (repeatable).
+    #[arg(long = "kill-manager-at", value_name = "SECS")]
+    pub kill_manager: Vec<u64>,
+    /// With `--etcd`: kill etcd's leader member (SIGKILL) this many seconds after the migration
+    /// starts; it stays down (repeatable, while a majority is left).
+    #[arg(long = "kill-etcd-leader-at", value_name = "SECS")]
+    pub kill_etcd_leader: Vec<u64>,
     /// VM B's DHCP client (VM A always runs dhclient).
     #[arg(long, value_enum, default_value = "dhclient")]
     pub b_dhcp_client: crate::lab::services::DhcpClient,
@@ -123,6 +137,20 @@ impl DemoArgs {
         if let Some(late) = self.restarts.iter().find(|&&t| t >= deadline) {
             bail!("--restart-at {late} is not before the deadline ({deadline} s; without --deadline, A's lease end)");
         }
+        if self.etcd == 0 && !(self.kill_manager.is_empty() && self.kill_etcd_leader.is_empty()) {
+            bail!("--kill-manager-at and --kill-etcd-leader-at need the lab on etcd (--etcd 3)");
+        }
+        if let Some(late) = self.kill_manager.iter().chain(&self.kill_etcd_leader).find(|&&t| t >= deadline) {
+            bail!("a fault at {late} s is not before the deadline ({deadline} s; without --deadline, A's lease end)");
+        }
+        // A cluster of n members keeps a majority through (n - 1) / 2 losses.
+        if self.kill_etcd_leader.len() > usize::from(self.etcd.saturating_sub(1) / 2) {
+            bail!(
+                "--kill-etcd-leader-at: {} members keep a majority through {} kills",
+                self.etcd,
+                (self.etcd.max(1) - 1) / 2
+            );
+        }
         Ok(())
     }
 }
@@ -133,8 +161,9 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
     let lab = Lab::new(&args.prefix)?;
     lab.require_root()?;
     let hosts = if args.clients == 1 { "1 client host".to_owned() } else { format!("{} client hosts", args.clients) };
-    eprintln!("ipshadow demo: building the lab ({hosts}, VM A holds 10.0.0.10 by DHCP)");
-    lab.up(args.clients)?;
+    let store = if args.etcd == 0 { String::new() } else { format!(", state in a {}-member etcd cluster", args.etcd) };
+    eprintln!("ipshadow demo: building the lab ({hosts}, VM A holds 10.0.0.10 by DHCP{store})");
+    lab.up(args.clients, args.etcd)?;
     let result = manager::Demo::new(&lab, args).and_then(|demo| demo.run());
     if !args.keep_lab
         && let Err(e) = lab.down()

@@ -88,6 +88,8 @@ pub struct DemoReport {
     timeline: Timeline,
     /// `serve` restarts (SIGKILL) and what the new process resumed with.
     restarts: Vec<Restart>,
+    /// Faults injected into the lab on etcd (a manager or etcd's leader killed).
+    faults: Vec<super::faults::Fault>,
     /// The migration as the API shows it at the end, with its history.
     migration: Option<serde_json::Value>,
     cut_over: Option<EndedMigration>,
@@ -114,14 +116,26 @@ pub struct Observed {
     pub migration: Option<serde_json::Value>,
     /// `serve` restarts.
     pub restarts: Vec<Restart>,
+    /// Faults injected.
+    pub faults: Vec<super::faults::Fault>,
 }
 
 impl DemoReport {
     /// Puts the pieces together. Connections the router itself reset when A's deadline came are
     /// counted as cut at the deadline, not as broken.
     pub fn new(args: &DemoArgs, traffic: TrafficReport, observed: Observed) -> Self {
-        let Observed { timeline, ended, reset_clients, router, conflicts, served, dhcp_events, migration, restarts } =
-            observed;
+        let Observed {
+            timeline,
+            ended,
+            reset_clients,
+            router,
+            conflicts,
+            served,
+            dhcp_events,
+            migration,
+            restarts,
+            faults,
+        } = observed;
         let cut = traffic
             .broken
             .iter()
@@ -166,6 +180,7 @@ impl DemoReport {
             bytes_verified: traffic.bytes_verified,
             timeline,
             restarts,
+            faults,
             migration,
             cut_over: ended,
             router,
@@ -217,6 +232,13 @@ impl DemoReport {
                 r.state_after,
                 r.resumed_split_pct.map_or("-".to_owned(), |p| format!("{p:.1} %")),
             );
+        }
+        for f in &self.faults {
+            let after = match (&f.new_leader, f.recovered_after_s) {
+                (Some(l), Some(secs)) => format!("{l} led {:.0} ms later", secs * 1e3),
+                _ => "no new leader".to_owned(),
+            };
+            s += &format!("  {} ({}) at {:.1} s: {after}\n", f.kind.replace('_', " "), f.target, f.at_s);
         }
         let causes: Vec<String> =
             self.causes.iter().filter(|(_, n)| **n > 0).map(|(c, n)| format!("{c} {n}")).collect();

@@ -62,13 +62,18 @@ impl Lab {
         Ok(token)
     }
 
+    /// Writes the configuration of the lab's `serve` (and its admin token, made once).
+    pub(super) fn write_serve_config(&self) -> anyhow::Result<()> {
+        self.admin_token()?;
+        let path = self.dir.join("serve.toml");
+        std::fs::write(&path, self.serve_config()).with_context(|| format!("writing {}", path.display()))
+    }
+
     /// Starts `ipshadow serve` in the router's namespace; returns once its router reports and its
     /// API answers.
     pub fn start_serve(&self) -> anyhow::Result<u32> {
-        self.admin_token()?;
-        let path = self.dir.join("serve.toml");
-        std::fs::write(&path, self.serve_config()).with_context(|| format!("writing {}", path.display()))?;
-        let config = path.display().to_string();
+        self.write_serve_config()?;
+        let config = self.dir.join("serve.toml").display().to_string();
         let pid = self.spawn(&self.ns("r"), "serve", &exe()?, &["serve", "--config", &config], None)?;
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
@@ -97,10 +102,18 @@ impl Lab {
     /// Calls the lab's API with the admin token: the status code and the JSON body (`null` when
     /// the body is not JSON).
     pub fn api(&self, method: &str, path: &str, body: Option<Value>) -> anyhow::Result<(u16, Value)> {
-        let namespace = format!("/run/netns/{}", self.ns("r"));
-        let url = format!("http://{API}{path}");
         let auth = format!("Bearer {}", self.admin_token()?);
-        let method = method.to_owned();
+        self.http(method, &format!("http://{API}{path}"), body, Some(&auth))
+    }
+
+    /// An HTTP call from inside the router's namespace, without credentials (etcd's health
+    /// and status).
+    pub fn http_in_router_ns(&self, method: &str, url: &str, body: Option<Value>) -> anyhow::Result<(u16, Value)> {
+        self.http(method, url, body, None)
+    }
+
+    fn http(&self, method: &str, url: &str, body: Option<Value>, auth: Option<&str>) -> anyhow::Result<(u16, Value)> {
+        let namespace = format!("/run/netns/{}", self.ns("r"));
         // A thread of its own: it enters the router's namespace and is gone after the call.
         std::thread::scope(|scope| {
             scope
@@ -112,14 +125,15 @@ impl Lab {
                         .timeout_global(Some(Duration::from_secs(10)))
                         .build()
                         .into();
-                    let response = match (method.as_str(), body) {
-                        ("GET", _) => agent.get(&url).header("Authorization", &auth).call(),
+                    let auth = auth.unwrap_or("");
+                    let response = match (method, body) {
+                        ("GET", _) => agent.get(url).header("Authorization", auth).call(),
                         (_, Some(b)) => agent
-                            .post(&url)
-                            .header("Authorization", &auth)
+                            .post(url)
+                            .header("Authorization", auth)
                             .header("Content-Type", "application/json")
                             .send(b.to_string()),
-                        (_, None) => agent.post(&url).header("Authorization", &auth).send_empty(),
+                        (_, None) => agent.post(url).header("Authorization", auth).send_empty(),
                     };
                     let mut response = response.with_context(|| format!("calling {url}"))?;
                     let code = response.status().as_u16();

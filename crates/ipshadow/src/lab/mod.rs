@@ -16,6 +16,7 @@
 //! `down` removes it all, also after a crash. iproute2 (`ip`) does every network change.
 
 pub(crate) mod control;
+pub(crate) mod etcd;
 pub(crate) mod http;
 pub(crate) mod services;
 mod topology;
@@ -66,6 +67,11 @@ enum LabCommand {
         /// (the client: `ipshadow traffic http`).
         #[arg(long, value_enum, value_name = "SERVER")]
         http: Option<http::HttpServer>,
+        /// Keep the state in an etcd cluster of this many members (Debian's etcd-server, each in
+        /// a namespace of its own) and run the parts as processes of their own: the router, the
+        /// DHCP server, two managers (one leads) and two API nodes (the second on 127.0.0.1:7481).
+        #[arg(long, value_name = "MEMBERS", default_value_t = 0)]
+        etcd: u8,
     },
     /// Start a VM's DHCP client (as the demo does for VM B once a migration is planned); returns
     /// once the VM holds 10.0.0.10.
@@ -91,7 +97,7 @@ enum LabCommand {
 pub fn run(args: &LabArgs) -> anyhow::Result<()> {
     let lab = Lab::new(&args.prefix)?;
     match &args.command {
-        LabCommand::Up { clients, http } => {
+        LabCommand::Up { clients, http, etcd } => {
             lab.require_root()?;
             if lab.is_up() {
                 eprintln!("ipshadow lab: {} is already up", args.prefix);
@@ -101,7 +107,7 @@ pub fn run(args: &LabArgs) -> anyhow::Result<()> {
                     lab.start_http(*server)?;
                 }
             } else {
-                lab.up(*clients)?;
+                lab.up(*clients, *etcd)?;
                 if let Some(server) = http
                     && let Err(e) = lab.start_http(*server)
                 {

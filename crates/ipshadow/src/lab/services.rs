@@ -52,8 +52,8 @@ struct ProcessStatus {
     alive: bool,
 }
 
-/// The processes `up` starts, by pid-file name.
-const SERVICES: [&str; 3] = ["serve", "server-a", "server-b"];
+/// The processes `up` starts besides the control plane's, by pid-file name.
+const SERVICES: [&str; 2] = ["server-a", "server-b"];
 /// The processes the lab starts on request (`up --http`, DHCP clients), by pid-file name.
 const OPTIONAL: [&str; 6] = ["nginx-a", "nginx-b", "dhclient-a", "dhclient-b", "dhcpcd-a", "dhcpcd-b"];
 
@@ -92,14 +92,23 @@ impl Lab {
     pub fn is_up(&self) -> bool {
         let existing = topology::existing(&self.prefix);
         ["sw", "r", "a", "b", "c1"].iter().all(|n| existing.contains(&self.ns(n)))
-            && SERVICES.iter().all(|s| self.pid(s).is_some_and(alive))
+            && self.services().iter().all(|s| self.pid(s).is_some_and(alive))
     }
 
-    /// Builds the lab from scratch and starts its services.
-    pub fn up(&self, clients: u8) -> anyhow::Result<()> {
+    /// Every process `up` starts, by pid-file name.
+    fn services(&self) -> Vec<String> {
+        let mut all = self.control_processes();
+        all.extend(SERVICES.iter().map(|s| (*s).to_owned()));
+        all
+    }
+
+    /// Builds the lab from scratch and starts its services; `etcd`: members of an etcd cluster
+    /// to keep the state in, with the parts as processes of their own (0: one `serve` process
+    /// on the embedded store).
+    pub fn up(&self, clients: u8, etcd: u8) -> anyhow::Result<()> {
         self.down()?;
         std::fs::create_dir_all(self.dir.join("router")).with_context(|| format!("creating {}", self.dir.display()))?;
-        let result = self.build(clients);
+        let result = self.build(clients, etcd);
         if result.is_err() {
             // Leave nothing half made behind.
             let _ = self.down();
@@ -107,9 +116,14 @@ impl Lab {
         result
     }
 
-    fn build(&self, clients: u8) -> anyhow::Result<()> {
+    fn build(&self, clients: u8, etcd: u8) -> anyhow::Result<()> {
         topology::build(&self.prefix, clients)?;
-        self.start_serve()?;
+        if etcd == 0 {
+            self.start_serve()?;
+        } else {
+            self.write_serve_config()?;
+            self.start_on_etcd(etcd)?;
+        }
         self.register_inventory()?;
         let exe = exe()?;
         for vm in ["a", "b"] {
@@ -271,7 +285,7 @@ echo "$(date +%s.%N) $reason ${{new_ip_address:-}} ${{new_dhcp_lease_time:-}} ${
 
     /// Stops everything and removes the namespaces and files. Safe to run at any time.
     pub fn down(&self) -> anyhow::Result<()> {
-        for name in SERVICES.iter().chain(&OPTIONAL) {
+        for name in self.services().iter().map(String::as_str).chain(OPTIONAL) {
             self.stop(name);
         }
         // Whatever else runs inside the lab's namespaces was started by the lab (DHCP clients'
@@ -291,12 +305,18 @@ echo "$(date +%s.%N) $reason ${{new_ip_address:-}} ${{new_dhcp_lease_time:-}} ${
 
     /// What is up.
     pub fn status(&self) -> LabStatus {
-        let processes = SERVICES
-            .iter()
-            .chain(OPTIONAL.iter().filter(|name| name.starts_with("nginx") && self.pid(name).is_some()))
+        let processes = self
+            .services()
+            .into_iter()
+            .chain(
+                OPTIONAL
+                    .iter()
+                    .filter(|name| name.starts_with("nginx") && self.pid(name).is_some())
+                    .map(|s| (*s).to_owned()),
+            )
             .map(|name| {
-                let pid = self.pid(name);
-                ProcessStatus { name: (*name).to_owned(), pid, alive: pid.is_some_and(alive) }
+                let pid = self.pid(&name);
+                ProcessStatus { alive: pid.is_some_and(alive), name, pid }
             })
             .collect();
         LabStatus {
@@ -324,7 +344,7 @@ impl LabStatus {
                 (Some(pid), false) => format!("dead (pid {pid})"),
                 (None, _) => "not started".into(),
             };
-            s += &format!("  {:<9} {state}\n", p.name);
+            s += &format!("  {:<12} {state}\n", p.name);
         }
         for (vm, addrs) in &self.addresses {
             s += &format!("  {vm} addresses: {}\n", if addrs.is_empty() { "-".into() } else { addrs.join(" ") });

@@ -52,7 +52,7 @@ pub fn client_ip(i: u8) -> Ipv4Addr {
     Ipv4Addr::new(10, 0, 1, 10 + i)
 }
 
-fn add_ns(ns: &str) -> anyhow::Result<()> {
+pub(super) fn add_ns(ns: &str) -> anyhow::Result<()> {
     ip(&["netns", "add", ns])?;
     ip_in(ns, &["link", "set", "lo", "up"])?;
     // IPv6 would add router solicitations and neighbour discovery to every capture and counter.
@@ -62,7 +62,7 @@ fn add_ns(ns: &str) -> anyhow::Result<()> {
 }
 
 /// A veth pair with one end in each namespace, both ends up.
-fn veth(ns1: &str, name1: &str, ns2: &str, name2: &str) -> anyhow::Result<()> {
+pub(super) fn veth(ns1: &str, name1: &str, ns2: &str, name2: &str) -> anyhow::Result<()> {
     ip_in(ns1, &["link", "add", name1, "type", "veth", "peer", "name", name2, "netns", ns2])?;
     ip_in(ns1, &["link", "set", name1, "up"])?;
     ip_in(ns2, &["link", "set", name2, "up"])?;

@@ -16,6 +16,7 @@ mod manage;
 mod parts;
 mod remote;
 mod roles;
+pub use roles::DEFAULT_ETCD_PREFIX;
 mod start;
 mod supervise;
 mod transport;

@@ -90,11 +90,7 @@ fn decode<T: serde::de::DeserializeOwned>(kv: &KeyValue) -> Option<T> {
 }
 
 /// A router in this process follows the desired state the leading manager writes.
-pub fn router_follows<S: Store>(
-    store: S,
-    feed: RouterFeed,
-    stop: Arc<AtomicBool>,
-) -> anyhow::Result<Part> {
+pub fn router_follows<S: Store>(store: S, feed: RouterFeed, stop: Arc<AtomicBool>) -> anyhow::Result<Part> {
     spawn("desired-follow", move || {
         follow(&store, bus::ROUTER_DESIRED, &stop, |change| {
             let kv = match change {
@@ -252,11 +248,7 @@ pub fn dhcp_publishes<S: Store>(
 
 /// What the manager hears from parts in other processes: router reports, lease events (with
 /// their keys, deleted once handled) and refused plans, into its `heard` channel.
-pub fn manager_hears<S: Store>(
-    store: S,
-    heard: Sender<Heard>,
-    stop: Arc<AtomicBool>,
-) -> anyhow::Result<Part> {
+pub fn manager_hears<S: Store>(store: S, heard: Sender<Heard>, stop: Arc<AtomicBool>) -> anyhow::Result<Part> {
     spawn("parts-follow", move || {
         // Refusals are repeated in every report of their server: handed on once.
         let mut refusals_heard = std::collections::BTreeSet::new();
@@ -301,10 +293,7 @@ pub struct PartsView {
 
 impl PartsView {
     /// Follows the parts' reports into a view the API reads.
-    pub fn follow<S: Store>(
-        store: S,
-        stop: Arc<AtomicBool>,
-    ) -> anyhow::Result<(Arc<Mutex<PartsView>>, Part)> {
+    pub fn follow<S: Store>(store: S, stop: Arc<AtomicBool>) -> anyhow::Result<(Arc<Mutex<PartsView>>, Part)> {
         let view = Arc::new(Mutex::new(PartsView::default()));
         let shared = Arc::clone(&view);
         let thread = spawn("parts-view", move || {
