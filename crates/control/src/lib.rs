@@ -18,4 +18,4 @@ pub mod store;
 
 pub use store::etcd::EtcdStore;
 pub use store::redb::RedbStore;
-pub use store::{Compare, KeyValue, Op, Store, StoreError, Txn, TxnOutcome, WatchEvent, Watcher};
+pub use store::{Compare, KeyValue, LeaseId, Op, Store, StoreError, Txn, TxnOutcome, WatchEvent, Watcher};

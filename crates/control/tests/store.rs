@@ -7,6 +7,8 @@
 
 #[path = "common/etcd.rs"]
 mod etcd;
+#[path = "store/leases.rs"]
+mod leases;
 #[path = "common/proxy.rs"]
 mod proxy;
 // The same tool check as the binary crate's tests (one file, not a copy).
@@ -16,6 +18,10 @@ mod tools;
 use std::time::Duration;
 
 use ipshadow_control::{Compare, RedbStore, Store, StoreError, Txn, TxnOutcome, WatchEvent};
+use leases::{
+    a_put_under_an_ended_lease_is_refused_and_writes_nothing, a_revoked_lease_deletes_its_keys_at_once,
+    an_expired_lease_deletes_its_keys_and_watchers_see_it, renewals_keep_a_lease_and_its_keys,
+};
 
 /// A store path in a new temporary folder, removed when the folder's guard is dropped.
 fn temp(name: &str) -> (tempfile::TempDir, std::path::PathBuf) {
@@ -54,7 +60,11 @@ macro_rules! conformance {
 
 conformance!(
     revisions_ranges_and_compare_and_swap,
-    a_watch_replays_what_it_missed_then_follows_each_change_once_in_order
+    a_watch_replays_what_it_missed_then_follows_each_change_once_in_order,
+    an_expired_lease_deletes_its_keys_and_watchers_see_it,
+    renewals_keep_a_lease_and_its_keys,
+    a_revoked_lease_deletes_its_keys_at_once,
+    a_put_under_an_ended_lease_is_refused_and_writes_nothing,
 );
 
 fn revisions_ranges_and_compare_and_swap(store: &impl Store) {
@@ -167,6 +177,45 @@ fn everything_survives_reopening_and_old_revisions_are_compacted() {
     assert!(matches!(store.watch("/k/", 5), Err(StoreError::Compacted { requested: 6, oldest: 21 })));
     // Watching from the current revision needs no history.
     assert!(store.watch("/k/", 30).unwrap().try_next().is_none());
+}
+
+/// Leases are the process's: a store opened again deletes the keys the previous process left
+/// under a lease (a Delete at a new revision) and keeps the others.
+#[test]
+fn reopening_deletes_the_keys_of_the_previous_process_leases() {
+    let (_dir, path) = temp("orphans");
+    let revision = {
+        let store = RedbStore::open(&path).unwrap();
+        let lease = store.grant_lease(Duration::from_secs(600)).unwrap();
+        leases::put_leased(&store, "/l/leased", "a", lease);
+        put(&store, "/l/plain", "b")
+    };
+    let store = RedbStore::open(&path).unwrap();
+    let (keys, now) = store.range("/l/").unwrap();
+    assert_eq!(keys.iter().map(|kv| kv.key.as_str()).collect::<Vec<_>>(), ["/l/plain"]);
+    assert_eq!(now, revision + 1);
+    let watcher = store.watch("/l/", revision).unwrap();
+    assert_eq!(watcher.try_next(), Some(WatchEvent::Delete { key: "/l/leased".into(), revision: revision + 1 }));
+}
+
+/// What etcd refuses that redb takes comes back as typed errors, nothing written.
+#[test]
+fn etcd_refuses_large_transactions_and_a_key_written_twice_with_typed_errors() {
+    let Some(etcd) = etcd::Etcd::start("limits") else { return };
+    let store = etcd.store("/ipshadow-test");
+    let mut large = Txn::new();
+    for i in 0..129 {
+        large = large.put(format!("/k/{i}"), b"v".to_vec());
+    }
+    assert!(matches!(store.txn(large), Err(StoreError::TxnTooLarge { ops: 129 })));
+    let mut at_limit = Txn::new();
+    for i in 0..128 {
+        at_limit = at_limit.put(format!("/k/{i}"), b"v".to_vec());
+    }
+    assert!(matches!(store.txn(at_limit), Ok(TxnOutcome::Committed(1))), "128 is the default limit");
+    let twice = Txn::new().put("/k/x", b"1".to_vec()).delete("/k/x");
+    assert!(matches!(store.txn(twice), Err(StoreError::DuplicateKey { key }) if key == "/k/x"));
+    assert_eq!(store.range("/k/").unwrap(), (store.range("/k/").unwrap().0, 1), "nothing written");
 }
 
 #[test]
