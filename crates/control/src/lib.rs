@@ -5,6 +5,7 @@
 
 pub mod admission;
 pub mod api;
+pub mod election;
 pub mod extend;
 pub mod inventory;
 pub mod manager;

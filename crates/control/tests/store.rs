@@ -5,6 +5,8 @@
 
 #![allow(clippy::unwrap_used)]
 
+#[path = "store/election.rs"]
+mod election;
 #[path = "common/etcd.rs"]
 mod etcd;
 #[path = "store/leases.rs"]
@@ -17,6 +19,10 @@ mod tools;
 
 use std::time::Duration;
 
+use election::{
+    a_leader_that_stopped_renewing_is_replaced_and_can_write_nothing,
+    a_leader_whose_lease_was_revoked_knows_within_a_renewal, one_candidate_leads_and_a_resignation_hands_over_at_once,
+};
 use ipshadow_control::{Compare, RedbStore, Store, StoreError, Txn, TxnOutcome, WatchEvent};
 use leases::{
     a_put_under_an_ended_lease_is_refused_and_writes_nothing, a_revoked_lease_deletes_its_keys_at_once,
@@ -65,6 +71,9 @@ conformance!(
     renewals_keep_a_lease_and_its_keys,
     a_revoked_lease_deletes_its_keys_at_once,
     a_put_under_an_ended_lease_is_refused_and_writes_nothing,
+    one_candidate_leads_and_a_resignation_hands_over_at_once,
+    a_leader_that_stopped_renewing_is_replaced_and_can_write_nothing,
+    a_leader_whose_lease_was_revoked_knows_within_a_renewal,
 );
 
 fn revisions_ranges_and_compare_and_swap(store: &impl Store) {
