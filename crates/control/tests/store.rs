@@ -9,6 +9,8 @@
 mod election;
 #[path = "common/etcd.rs"]
 mod etcd;
+#[path = "store/follow.rs"]
+mod follow;
 #[path = "store/leases.rs"]
 mod leases;
 #[path = "common/proxy.rs"]
@@ -23,6 +25,7 @@ use election::{
     a_leader_that_stopped_renewing_is_replaced_and_can_write_nothing,
     a_leader_whose_lease_was_revoked_knows_within_a_renewal, one_candidate_leads_and_a_resignation_hands_over_at_once,
 };
+use follow::a_follower_gets_the_state_then_each_change;
 use ipshadow_control::{Compare, RedbStore, Store, StoreError, Txn, TxnOutcome, WatchEvent};
 use leases::{
     a_put_under_an_ended_lease_is_refused_and_writes_nothing, a_revoked_lease_deletes_its_keys_at_once,
@@ -74,6 +77,7 @@ conformance!(
     one_candidate_leads_and_a_resignation_hands_over_at_once,
     a_leader_that_stopped_renewing_is_replaced_and_can_write_nothing,
     a_leader_whose_lease_was_revoked_knows_within_a_renewal,
+    a_follower_gets_the_state_then_each_change,
 );
 
 fn revisions_ranges_and_compare_and_swap(store: &impl Store) {
@@ -335,4 +339,19 @@ fn etcd_a_cut_off_watch_resumes_then_ends_with_the_compaction() {
         Some(StoreError::Compacted { requested: 3, oldest: 4 }) => {}
         other => panic!("expected Compacted {{ requested: 3, oldest: 4 }}, got {other:?}"),
     }
+}
+
+/// A follower that fell behind etcd's compaction (cut off meanwhile) is reset to the current
+/// state, then follows again.
+#[test]
+fn etcd_a_follower_compacted_past_is_reset_then_follows() {
+    let Some(etcd) = etcd::Etcd::start("follow") else { return };
+    let relay = proxy::Proxy::start(etcd.client_port());
+    let watched = ipshadow_control::EtcdStore::connect(&[relay.endpoint()], "/ipshadow-test").unwrap();
+    follow::a_follower_compacted_past_is_reset_then_follows(
+        &etcd.store("/ipshadow-test"),
+        watched,
+        || relay.cut(),
+        || relay.restore(),
+    );
 }

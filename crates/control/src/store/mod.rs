@@ -9,6 +9,7 @@
 //! order, each exactly once.
 
 pub mod etcd;
+pub mod follow;
 pub mod redb;
 
 /// A lease: keys put under it ([`Op::PutLeased`]) are deleted when it expires (its holder stopped
@@ -306,8 +307,28 @@ impl Watcher {
         self.receiver.recv_timeout(timeout).ok()
     }
 
+    /// The next change within `timeout`, telling a quiet stream from one that ended (the
+    /// store's task let go of it: see [`Watcher::failure`]).
+    pub(crate) fn next_or_end(&self, timeout: std::time::Duration) -> Next {
+        match self.receiver.recv_timeout(timeout) {
+            Ok(event) => Next::Event(event),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => Next::Quiet,
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => Next::Ended,
+        }
+    }
+
     /// The next change if one is waiting.
     pub fn try_next(&self) -> Option<WatchEvent> {
         self.receiver.try_recv().ok()
     }
+}
+
+/// What [`Watcher::next_or_end`] found.
+pub(crate) enum Next {
+    /// A change.
+    Event(WatchEvent),
+    /// Nothing within the time.
+    Quiet,
+    /// The stream ended.
+    Ended,
 }
