@@ -1,10 +1,13 @@
-//! The store's conformance suite, run on the embedded store (redb) and on a real etcd:
+//! The store's conformance suite, run on the embedded store (redb), on a real etcd and on a
+//! cluster of three etcd members:
 //! revisions, compare-and-swap transactions, watches that replay then follow (each change once,
 //! in order, also while writers race). Then what only one of them has: redb's durability across
 //! reopening and its log compaction, etcd's watch resumed across a restart and its compaction.
 
 #![allow(clippy::unwrap_used)]
 
+#[path = "store/cluster.rs"]
+mod cluster;
 #[path = "store/election.rs"]
 mod election;
 #[path = "common/etcd.rs"]
@@ -64,8 +67,34 @@ macro_rules! conformance {
                 super::$name(&etcd.store("/ipshadow-test"));
             })*
         }
+        mod on_etcd_cluster {
+            $(#[test]
+            fn $name() {
+                let Some(cluster) = super::etcd::EtcdCluster::start(stringify!($name), 3) else { return };
+                super::$name(&cluster.store("/ipshadow-test"));
+            })*
+        }
     };
 }
+
+/// Tests of a three-member etcd cluster only, each on a cluster of its own.
+macro_rules! on_a_cluster {
+    ($($name:ident),* $(,)?) => {
+        mod on_a_cluster {
+            $(#[test]
+            fn $name() {
+                let Some(mut cluster) = super::etcd::EtcdCluster::start(stringify!($name), 3) else { return };
+                super::cluster::$name(&mut cluster);
+            })*
+        }
+    };
+}
+
+on_a_cluster!(
+    a_watch_resumes_across_a_restart_of_its_member,
+    a_watch_goes_on_when_the_leader_member_dies,
+    a_follower_compacted_past_is_reset,
+);
 
 conformance!(
     revisions_ranges_and_compare_and_swap,
