@@ -6,6 +6,7 @@
 pub mod admission;
 pub mod api;
 pub mod bus;
+pub mod election;
 pub mod extend;
 pub mod inventory;
 pub mod manager;
@@ -19,4 +20,4 @@ pub mod store;
 
 pub use store::etcd::EtcdStore;
 pub use store::redb::RedbStore;
-pub use store::{Compare, KeyValue, Op, Store, StoreError, Txn, TxnOutcome, WatchEvent, Watcher};
+pub use store::{Compare, KeyValue, LeaseId, Op, Store, StoreError, Txn, TxnOutcome, WatchEvent, Watcher};

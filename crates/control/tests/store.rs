@@ -1,12 +1,21 @@
-//! The store's conformance suite, run on the embedded store (redb) and on a real etcd:
+//! The store's conformance suite, run on the embedded store (redb), on a real etcd and on a
+//! cluster of three etcd members:
 //! revisions, compare-and-swap transactions, watches that replay then follow (each change once,
 //! in order, also while writers race). Then what only one of them has: redb's durability across
 //! reopening and its log compaction, etcd's watch resumed across a restart and its compaction.
 
 #![allow(clippy::unwrap_used)]
 
+#[path = "store/cluster.rs"]
+mod cluster;
+#[path = "store/election.rs"]
+mod election;
 #[path = "common/etcd.rs"]
 mod etcd;
+#[path = "store/follow.rs"]
+mod follow;
+#[path = "store/leases.rs"]
+mod leases;
 #[path = "common/proxy.rs"]
 mod proxy;
 // The same tool check as the binary crate's tests (one file, not a copy).
@@ -15,7 +24,16 @@ mod tools;
 
 use std::time::Duration;
 
+use election::{
+    a_leader_that_stopped_renewing_is_replaced_and_can_write_nothing,
+    a_leader_whose_lease_was_revoked_knows_within_a_renewal, one_candidate_leads_and_a_resignation_hands_over_at_once,
+};
+use follow::a_follower_gets_the_state_then_each_change;
 use ipshadow_control::{Compare, RedbStore, Store, StoreError, Txn, TxnOutcome, WatchEvent};
+use leases::{
+    a_put_under_an_ended_lease_is_refused_and_writes_nothing, a_revoked_lease_deletes_its_keys_at_once,
+    an_expired_lease_deletes_its_keys_and_watchers_see_it, renewals_keep_a_lease_and_its_keys,
+};
 
 /// A store path in a new temporary folder, removed when the folder's guard is dropped.
 fn temp(name: &str) -> (tempfile::TempDir, std::path::PathBuf) {
@@ -49,12 +67,46 @@ macro_rules! conformance {
                 super::$name(&etcd.store("/ipshadow-test"));
             })*
         }
+        mod on_etcd_cluster {
+            $(#[test]
+            fn $name() {
+                let Some(cluster) = super::etcd::EtcdCluster::start(stringify!($name), 3) else { return };
+                super::$name(&cluster.store("/ipshadow-test"));
+            })*
+        }
     };
 }
 
+/// Tests of a three-member etcd cluster only, each on a cluster of its own.
+macro_rules! on_a_cluster {
+    ($($name:ident),* $(,)?) => {
+        mod on_a_cluster {
+            $(#[test]
+            fn $name() {
+                let Some(mut cluster) = super::etcd::EtcdCluster::start(stringify!($name), 3) else { return };
+                super::cluster::$name(&mut cluster);
+            })*
+        }
+    };
+}
+
+on_a_cluster!(
+    a_watch_resumes_across_a_restart_of_its_member,
+    a_watch_goes_on_when_the_leader_member_dies,
+    a_follower_compacted_past_is_reset,
+);
+
 conformance!(
     revisions_ranges_and_compare_and_swap,
-    a_watch_replays_what_it_missed_then_follows_each_change_once_in_order
+    a_watch_replays_what_it_missed_then_follows_each_change_once_in_order,
+    an_expired_lease_deletes_its_keys_and_watchers_see_it,
+    renewals_keep_a_lease_and_its_keys,
+    a_revoked_lease_deletes_its_keys_at_once,
+    a_put_under_an_ended_lease_is_refused_and_writes_nothing,
+    one_candidate_leads_and_a_resignation_hands_over_at_once,
+    a_leader_that_stopped_renewing_is_replaced_and_can_write_nothing,
+    a_leader_whose_lease_was_revoked_knows_within_a_renewal,
+    a_follower_gets_the_state_then_each_change,
 );
 
 fn revisions_ranges_and_compare_and_swap(store: &impl Store) {
@@ -169,6 +221,45 @@ fn everything_survives_reopening_and_old_revisions_are_compacted() {
     assert!(store.watch("/k/", 30).unwrap().try_next().is_none());
 }
 
+/// Leases are the process's: a store opened again deletes the keys the previous process left
+/// under a lease (a Delete at a new revision) and keeps the others.
+#[test]
+fn reopening_deletes_the_keys_of_the_previous_process_leases() {
+    let (_dir, path) = temp("orphans");
+    let revision = {
+        let store = RedbStore::open(&path).unwrap();
+        let lease = store.grant_lease(Duration::from_secs(600)).unwrap();
+        leases::put_leased(&store, "/l/leased", "a", lease);
+        put(&store, "/l/plain", "b")
+    };
+    let store = RedbStore::open(&path).unwrap();
+    let (keys, now) = store.range("/l/").unwrap();
+    assert_eq!(keys.iter().map(|kv| kv.key.as_str()).collect::<Vec<_>>(), ["/l/plain"]);
+    assert_eq!(now, revision + 1);
+    let watcher = store.watch("/l/", revision).unwrap();
+    assert_eq!(watcher.try_next(), Some(WatchEvent::Delete { key: "/l/leased".into(), revision: revision + 1 }));
+}
+
+/// What etcd refuses that redb takes comes back as typed errors, nothing written.
+#[test]
+fn etcd_refuses_large_transactions_and_a_key_written_twice_with_typed_errors() {
+    let Some(etcd) = etcd::Etcd::start("limits") else { return };
+    let store = etcd.store("/ipshadow-test");
+    let mut large = Txn::new();
+    for i in 0..129 {
+        large = large.put(format!("/k/{i}"), b"v".to_vec());
+    }
+    assert!(matches!(store.txn(large), Err(StoreError::TxnTooLarge { ops: 129 })));
+    let mut at_limit = Txn::new();
+    for i in 0..128 {
+        at_limit = at_limit.put(format!("/k/{i}"), b"v".to_vec());
+    }
+    assert!(matches!(store.txn(at_limit), Ok(TxnOutcome::Committed(1))), "128 is the default limit");
+    let twice = Txn::new().put("/k/x", b"1".to_vec()).delete("/k/x");
+    assert!(matches!(store.txn(twice), Err(StoreError::DuplicateKey { key }) if key == "/k/x"));
+    assert_eq!(store.range("/k/").unwrap(), (store.range("/k/").unwrap().0, 1), "nothing written");
+}
+
 #[test]
 fn a_file_that_is_not_a_store_is_a_clear_error() {
     let (_dir, path) = temp("garbage");
@@ -277,4 +368,19 @@ fn etcd_a_cut_off_watch_resumes_then_ends_with_the_compaction() {
         Some(StoreError::Compacted { requested: 3, oldest: 4 }) => {}
         other => panic!("expected Compacted {{ requested: 3, oldest: 4 }}, got {other:?}"),
     }
+}
+
+/// A follower that fell behind etcd's compaction (cut off meanwhile) is reset to the current
+/// state, then follows again.
+#[test]
+fn etcd_a_follower_compacted_past_is_reset_then_follows() {
+    let Some(etcd) = etcd::Etcd::start("follow") else { return };
+    let relay = proxy::Proxy::start(etcd.client_port());
+    let watched = ipshadow_control::EtcdStore::connect(&[relay.endpoint()], "/ipshadow-test").unwrap();
+    follow::a_follower_compacted_past_is_reset_then_follows(
+        &etcd.store("/ipshadow-test"),
+        watched,
+        || relay.cut(),
+        || relay.restore(),
+    );
 }

@@ -372,6 +372,15 @@ mod tests {
         fn watch(&self, prefix: &str, after: u64) -> Result<crate::store::Watcher, StoreError> {
             self.inner.watch(prefix, after)
         }
+        fn grant_lease(&self, ttl: std::time::Duration) -> Result<crate::LeaseId, StoreError> {
+            self.inner.grant_lease(ttl)
+        }
+        fn keep_alive(&self, lease: crate::LeaseId) -> Result<(), StoreError> {
+            self.inner.keep_alive(lease)
+        }
+        fn revoke_lease(&self, lease: crate::LeaseId) -> Result<(), StoreError> {
+            self.inner.revoke_lease(lease)
+        }
     }
 
     #[test]

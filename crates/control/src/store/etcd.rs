@@ -6,8 +6,15 @@
 //! stores start at 0 and give 1 (callers read 0 as "nothing yet"). This store reports etcd's
 //! revisions minus one, both ways, so that revision arithmetic is the same on every store.
 //!
-//! etcd refuses what redb accepts in two cases, as an [`StoreError::Io`]: a transaction with
-//! more operations than its `--max-txn-ops` (128 by default), and one that writes a key twice.
+//! etcd refuses what redb accepts in two cases: a transaction with more operations than its
+//! `--max-txn-ops` (128 by default), [`StoreError::TxnTooLarge`], and one that writes a key
+//! twice, [`StoreError::DuplicateKey`]. Nothing is written then.
+//!
+//! Leases are etcd's. Their time to live is in whole seconds (rounded up here), and etcd raises
+//! a shorter one to its minimum: 1.5 election timeouts rounded up to a second, 2 s with the
+//! default flags (`--heartbeat-interval 100`, `--election-timeout 1000`). An expired lease ends
+//! at etcd's next expiry check (every 500 ms), and a new etcd leader extends every lease by an
+//! election timeout: keys may outlive a lease's time to live by that much.
 //!
 //! The [`Store`] trait is synchronous for now: each handle owns a small tokio runtime, calls
 //! wait for their future on it, and each watch is a task on it. The trait becomes async in a
@@ -19,7 +26,7 @@ use std::time::Duration;
 
 use etcd_client::{Client, GetOptions, WatchOptions};
 
-use super::{Compare, KeyValue, Op, Store, StoreError, Txn, TxnOutcome, WatchEvent, Watcher};
+use super::{Compare, KeyValue, LeaseId, Op, Store, StoreError, Txn, TxnOutcome, WatchEvent, Watcher};
 
 /// How long a watch that lost its connection waits before watching again, at most.
 const RECONNECT_MAX: Duration = Duration::from_secs(1);
@@ -50,6 +57,23 @@ impl Drop for Inner {
 
 fn io(what: &'static str) -> impl Fn(etcd_client::Error) -> StoreError {
     move |e| StoreError::Io { what, detail: e.to_string() }
+}
+
+/// Whether etcd said the lease does not exist (any more).
+fn lease_not_found(e: &etcd_client::Error) -> bool {
+    e.to_string().contains("lease not found")
+}
+
+/// The first key `txn` writes twice.
+fn duplicate_key(txn: &Txn) -> Option<String> {
+    let mut seen = std::collections::HashSet::new();
+    txn.ops.iter().map(op_key).find(|key| !seen.insert(*key)).map(str::to_owned)
+}
+
+fn op_key(op: &Op) -> &str {
+    match op {
+        Op::Put(key, _) | Op::Delete(key) | Op::PutLeased(key, _, _) => key,
+    }
 }
 
 /// etcd's revision as the trait's (see the module's note); etcd's are never below 1.
@@ -157,11 +181,30 @@ impl Store for EtcdStore {
             .map(|op| match op {
                 Op::Put(key, value) => TxnOp::put(self.full(key), value.clone(), None),
                 Op::Delete(key) => TxnOp::delete(self.full(key), None),
+                Op::PutLeased(key, value, lease) => {
+                    TxnOp::put(self.full(key), value.clone(), Some(etcd_client::PutOptions::new().with_lease(lease.0)))
+                }
             })
             .collect();
         let mut client = self.inner.client.clone();
         let request = etcd_client::Txn::new().when(compares).and_then(ops);
-        let response = self.run(async move { client.txn(request).await })?.map_err(io("writing"))?;
+        let response = self.run(async move { client.txn(request).await })?.map_err(|e| {
+            let detail = e.to_string();
+            let first_lease = txn.ops.iter().find_map(|op| match op {
+                Op::PutLeased(_, _, lease) => Some(*lease),
+                _ => None,
+            });
+            match first_lease {
+                Some(lease) if lease_not_found(&e) => StoreError::LeaseExpired { lease },
+                _ if detail.contains("too many operations in txn request") => {
+                    StoreError::TxnTooLarge { ops: txn.ops.len() }
+                }
+                _ if detail.contains("duplicate key given in txn request") => {
+                    StoreError::DuplicateKey { key: duplicate_key(&txn).unwrap_or_default() }
+                }
+                _ => io("writing")(e),
+            }
+        })?;
         let revision = response.header().map_or(0, |h| ours(h.revision()));
         Ok(if response.succeeded() { TxnOutcome::Committed(revision) } else { TxnOutcome::Failed(revision) })
     }
@@ -208,6 +251,34 @@ impl Store for EtcdStore {
             .ok_or_else(|| StoreError::Io { what: "watching", detail: "the store's runtime is gone".into() })?;
         runtime.spawn(task.run(etcd_watcher, stream));
         Ok(watcher)
+    }
+
+    fn grant_lease(&self, ttl: Duration) -> Result<LeaseId, StoreError> {
+        // Whole seconds, rounded up: never shorter than asked.
+        let seconds = i64::try_from(ttl.as_millis().div_ceil(1000)).unwrap_or(i64::MAX).max(1);
+        let mut client = self.inner.client.clone();
+        let response =
+            self.run(async move { client.lease_grant(seconds, None).await })?.map_err(io("granting a lease"))?;
+        Ok(LeaseId(response.id()))
+    }
+
+    fn keep_alive(&self, lease: LeaseId) -> Result<(), StoreError> {
+        let mut client = self.inner.client.clone();
+        // One renewal: the keep-alive stream's first answer (a time to live of 0, an error
+        // here, for a lease that ended), then the stream is dropped.
+        match self.run(async move { client.lease_keep_alive(lease.0).await.map(|_| ()) })? {
+            Ok(()) => Ok(()),
+            Err(e) if lease_not_found(&e) => Err(StoreError::LeaseExpired { lease }),
+            Err(e) => Err(io("renewing a lease")(e)),
+        }
+    }
+
+    fn revoke_lease(&self, lease: LeaseId) -> Result<(), StoreError> {
+        let mut client = self.inner.client.clone();
+        match self.run(async move { client.lease_revoke(lease.0).await.map(|_| ()) })? {
+            Err(e) if !lease_not_found(&e) => Err(io("revoking a lease")(e)),
+            _ => Ok(()),
+        }
     }
 }
 

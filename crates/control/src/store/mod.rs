@@ -9,7 +9,14 @@
 //! order, each exactly once.
 
 pub mod etcd;
+pub mod follow;
 pub mod redb;
+
+/// A lease: keys put under it ([`Op::PutLeased`]) are deleted when it expires (its holder stopped
+/// renewing it with [`Store::keep_alive`] for its time to live) or is revoked. How a process
+/// publishes what holds only while it lives: a leader's key, a router's status.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct LeaseId(pub i64);
 
 /// One stored key.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -72,6 +79,9 @@ pub enum Op {
     Put(String, Vec<u8>),
     /// Delete a key (nothing happens if it does not exist).
     Delete(String),
+    /// Create or replace a key bound to a lease: it is deleted when the lease ends. A later
+    /// [`Op::Put`] of the key unbinds it.
+    PutLeased(String, Vec<u8>, LeaseId),
 }
 
 /// Writes applied together, only if every comparison holds.
@@ -98,6 +108,12 @@ impl Txn {
     /// Adds a put.
     pub fn put(mut self, key: impl Into<String>, value: Vec<u8>) -> Self {
         self.ops.push(Op::Put(key.into(), value));
+        self
+    }
+
+    /// Adds a put bound to `lease` (see [`Op::PutLeased`]).
+    pub fn put_leased(mut self, key: impl Into<String>, value: Vec<u8>, lease: LeaseId) -> Self {
+        self.ops.push(Op::PutLeased(key.into(), value, lease));
         self
     }
 
@@ -197,6 +213,34 @@ pub enum StoreError {
         /// Oldest revision still replayable.
         oldest: u64,
     },
+    /// The lease expired or was revoked (or never existed): its keys are gone, and a
+    /// transaction putting under it wrote nothing.
+    #[error("store: lease {} expired", lease.0)]
+    LeaseExpired {
+        /// The lease (of a transaction, its first leased put's).
+        lease: LeaseId,
+    },
+    /// A fenced write ([`crate::election::FencedStore`]) was refused because its writer no
+    /// longer leads: the leadership key is gone or was created again by another candidate.
+    /// Nothing was written; unlike [`TxnOutcome::Failed`] a retry cannot succeed.
+    #[error("store: not the leader any more ({key})")]
+    NotLeader {
+        /// The leadership key.
+        key: String,
+    },
+    /// The transaction has more operations than the store takes in one (etcd's
+    /// `--max-txn-ops`, 128 by default). Nothing was written.
+    #[error("store: a transaction of {ops} operations is more than the store takes")]
+    TxnTooLarge {
+        /// Operations (writes) of the transaction.
+        ops: usize,
+    },
+    /// The transaction writes one key twice, which etcd refuses. Nothing was written.
+    #[error("store: a transaction writes {key} twice")]
+    DuplicateKey {
+        /// The key.
+        key: String,
+    },
 }
 
 /// The store's interface. Implementations are cheap to clone handles onto shared state.
@@ -213,6 +257,17 @@ pub trait Store: Clone + Send + Sync + 'static {
     /// Changes to keys starting with `prefix` after revision `after`: first those the store
     /// remembers, then live ones.
     fn watch(&self, prefix: &str, after: u64) -> Result<Watcher, StoreError>;
+
+    /// A new lease that ends `ttl` after its last renewal (a store may round `ttl` up: etcd
+    /// counts whole seconds, and at least its minimum).
+    fn grant_lease(&self, ttl: std::time::Duration) -> Result<LeaseId, StoreError>;
+
+    /// Renews `lease` for its time to live; [`StoreError::LeaseExpired`] once it ended (its
+    /// keys are then gone).
+    fn keep_alive(&self, lease: LeaseId) -> Result<(), StoreError>;
+
+    /// Ends `lease` now, deleting its keys; a lease already ended is no error.
+    fn revoke_lease(&self, lease: LeaseId) -> Result<(), StoreError>;
 }
 
 /// A stream of changes to a prefix. Dropping it ends the watch.
@@ -252,8 +307,28 @@ impl Watcher {
         self.receiver.recv_timeout(timeout).ok()
     }
 
+    /// The next change within `timeout`, telling a quiet stream from one that ended (the
+    /// store's task let go of it: see [`Watcher::failure`]).
+    pub(crate) fn next_or_end(&self, timeout: std::time::Duration) -> Next {
+        match self.receiver.recv_timeout(timeout) {
+            Ok(event) => Next::Event(event),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => Next::Quiet,
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => Next::Ended,
+        }
+    }
+
     /// The next change if one is waiting.
     pub fn try_next(&self) -> Option<WatchEvent> {
         self.receiver.try_recv().ok()
     }
+}
+
+/// What [`Watcher::next_or_end`] found.
+pub(crate) enum Next {
+    /// A change.
+    Event(WatchEvent),
+    /// Nothing within the time.
+    Quiet,
+    /// The stream ended.
+    Ended,
 }

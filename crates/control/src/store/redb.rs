@@ -1,15 +1,19 @@
 //! The embedded store: one redb file. Each transaction is one write transaction committed with
 //! fsync (redb's default durability), so a change a caller was told about survives a crash. A
 //! log of recent changes lets a watcher replay what it missed (a manager that restarts, a router
-//! that reconnects); older entries are compacted.
+//! that reconnects); older entries are compacted. Leases are the process's ([`leases`]).
+
+mod leases;
 
 use std::path::Path;
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::{Duration, Instant};
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
-use super::{Compare, KeyValue, Op, Store, StoreError, Txn, TxnOutcome, WatchEvent, Watcher};
+use super::{Compare, KeyValue, LeaseId, Op, Store, StoreError, Txn, TxnOutcome, WatchEvent, Watcher};
+use leases::Leases;
 
 /// Keys to (create revision, modification revision, value).
 const KV: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("kv");
@@ -17,6 +21,9 @@ const KV: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("kv");
 const LOG: TableDefinition<'_, (u64, u32), &[u8]> = TableDefinition::new("log");
 /// `revision` (the last one) and `oldest` (the oldest replayable).
 const META: TableDefinition<'_, &str, u64> = TableDefinition::new("meta");
+/// Keys put under a lease, to the lease: what a store opened again deletes (leases are the
+/// process's, and that process is gone).
+const LEASED: TableDefinition<'_, &str, i64> = TableDefinition::new("leased");
 
 /// Changes kept for replay, by default.
 pub const LOG_KEEP: u64 = 100_000;
@@ -34,6 +41,15 @@ struct Inner {
     /// Held while a transaction commits and its events are delivered, and while a watch
     /// replays, so that every watcher sees every change once and in order.
     writer: Mutex<Vec<Watch>>,
+    /// The leases (locked after `writer` when both are).
+    leases: Arc<Leases>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.leases.lock().closed = true;
+        self.leases.wake();
+    }
 }
 
 /// A live watch: its prefix, where its events go, and whether its [`Watcher`] still exists.
@@ -101,7 +117,7 @@ impl RedbStore {
             redb::DatabaseError::DatabaseAlreadyOpen => StoreError::Locked { path: path.display().to_string() },
             e => StoreError::Open { path: path.display().to_string(), detail: e.to_string() },
         })?;
-        let inner = Inner { db, log_keep: log_keep.max(1), writer: Mutex::new(Vec::new()) };
+        let inner = Inner { db, log_keep: log_keep.max(1), writer: Mutex::new(Vec::new()), leases: Arc::default() };
         let store = Self { inner: Arc::new(inner) };
         // Create the tables, so that a fresh store reads as empty.
         let tx = store.inner.db.begin_write().map_err(|e| io("opening")(&e))?;
@@ -109,8 +125,22 @@ impl RedbStore {
             tx.open_table(KV).map_err(|e| io("opening")(&e))?;
             tx.open_table(LOG).map_err(|e| io("opening")(&e))?;
             tx.open_table(META).map_err(|e| io("opening")(&e))?;
+            tx.open_table(LEASED).map_err(|e| io("opening")(&e))?;
         }
         tx.commit().map_err(|e| io("opening")(&e))?;
+        // The leases of the process that had the file before are gone, so are their keys.
+        let orphans = {
+            let tx = store.inner.db.begin_read().map_err(|e| io("opening")(&e))?;
+            let leased = tx.open_table(LEASED).map_err(|e| io("opening")(&e))?;
+            let mut keys = Vec::new();
+            for entry in leased.iter().map_err(|e| io("opening")(&e))? {
+                keys.push(Op::Delete(entry.map_err(|e| io("opening")(&e))?.0.value().to_owned()));
+            }
+            keys
+        };
+        if !orphans.is_empty() {
+            store.apply(&mut store.writer(), Txn { compare: Vec::new(), ops: orphans })?;
+        }
         Ok(store)
     }
 
@@ -127,6 +157,129 @@ impl RedbStore {
 
     fn meta(table: &impl ReadableTable<&'static str, u64>, name: &str) -> Result<u64, StoreError> {
         Ok(table.get(name).map_err(|e| io("reading the revision")(&e))?.map_or(0, |v| v.value()))
+    }
+
+    /// Applies `txn` holding the writer lock (`watchers`): the compares, then the leases of its
+    /// leased puts (alive, else nothing is written), then the writes, durably, then the events.
+    fn apply(&self, watchers: &mut Vec<Watch>, txn: Txn) -> Result<TxnOutcome, StoreError> {
+        let tx = self.inner.db.begin_write().map_err(|e| io("writing")(&e))?;
+        let mut events = Vec::new();
+        let revision;
+        // Held to the commit, so that no lease ends between its check and its keys' writing.
+        let mut leases = self.inner.leases.lock();
+        // Keys bound to (Some) or unbound from (None) a lease, told to the table once durable.
+        let mut bindings: Vec<(String, Option<LeaseId>, Option<LeaseId>)> = Vec::new();
+        {
+            let mut kv = tx.open_table(KV).map_err(|e| io("writing")(&e))?;
+            let mut meta = tx.open_table(META).map_err(|e| io("writing")(&e))?;
+            let mut leased = tx.open_table(LEASED).map_err(|e| io("writing")(&e))?;
+            let current = Self::meta(&meta, "revision")?;
+            for compare in &txn.compare {
+                let held = match compare {
+                    Compare::Absent(key) => kv.get(key.as_str()).map_err(|e| io("reading")(&e))?.is_none(),
+                    Compare::ModRevision(key, rev) => match kv.get(key.as_str()).map_err(|e| io("reading")(&e))? {
+                        Some(v) => decode_kv(key, v.value())?.mod_revision == *rev,
+                        None => false,
+                    },
+                };
+                if !held {
+                    return Ok(TxnOutcome::Failed(current));
+                }
+            }
+            // As etcd: a lease is checked only when the comparisons held.
+            let now = Instant::now();
+            for op in &txn.ops {
+                if let Op::PutLeased(_, _, lease) = op
+                    && !leases.alive(*lease, now)
+                {
+                    return Err(StoreError::LeaseExpired { lease: *lease });
+                }
+            }
+            revision = current + 1;
+            for op in &txn.ops {
+                let (key, value, lease) = match op {
+                    Op::Put(key, value) => (key, value, None),
+                    Op::PutLeased(key, value, lease) => (key, value, Some(*lease)),
+                    Op::Delete(key) => {
+                        if kv.remove(key.as_str()).map_err(|e| io("writing")(&e))?.is_some() {
+                            events.push(WatchEvent::Delete { key: key.clone(), revision });
+                        }
+                        if let Some(old) = leased.remove(key.as_str()).map_err(|e| io("writing")(&e))? {
+                            bindings.push((key.clone(), Some(LeaseId(old.value())), None));
+                        }
+                        continue;
+                    }
+                };
+                let create = match kv.get(key.as_str()).map_err(|e| io("reading")(&e))? {
+                    Some(old) => decode_kv(key, old.value())?.create_revision,
+                    None => revision,
+                };
+                kv.insert(key.as_str(), encode_kv(create, revision, value).as_slice())
+                    .map_err(|e| io("writing")(&e))?;
+                let old = match lease {
+                    Some(lease) => leased.insert(key.as_str(), lease.0),
+                    None => leased.remove(key.as_str()),
+                };
+                let old = old.map_err(|e| io("writing")(&e))?.map(|v| LeaseId(v.value()));
+                if old != lease {
+                    bindings.push((key.clone(), old, lease));
+                }
+                events.push(WatchEvent::Put(KeyValue {
+                    key: key.clone(),
+                    value: value.clone(),
+                    create_revision: create,
+                    mod_revision: revision,
+                }));
+            }
+            let mut log = tx.open_table(LOG).map_err(|e| io("writing")(&e))?;
+            for (i, event) in events.iter().enumerate() {
+                log.insert((revision, i as u32), encode_event(event).as_slice()).map_err(|e| io("writing")(&e))?;
+            }
+            // Compaction: keep the last `log_keep` revisions replayable.
+            let oldest = Self::meta(&meta, "oldest")?.max(1);
+            let keep_from = (revision + 1).saturating_sub(self.inner.log_keep).max(1);
+            if keep_from > oldest {
+                log.retain_in((oldest, 0)..(keep_from, 0), |_, _| false).map_err(|e| io("compacting")(&e))?;
+                meta.insert("oldest", keep_from).map_err(|e| io("writing")(&e))?;
+            } else if Self::meta(&meta, "oldest")? == 0 {
+                meta.insert("oldest", 1).map_err(|e| io("writing")(&e))?;
+            }
+            meta.insert("revision", revision).map_err(|e| io("writing")(&e))?;
+        }
+        tx.commit().map_err(|e| io("committing")(&e))?;
+        for (key, old, new) in bindings {
+            if let Some(old) = old {
+                leases.detach(old, &key);
+            }
+            if let Some(new) = new {
+                leases.attach(new, &key);
+            }
+        }
+        drop(leases);
+        // Durable: now the watchers may hear of it. A watcher that is gone is dropped.
+        watchers.retain(|w| {
+            w.alive.strong_count() > 0
+                && events
+                    .iter()
+                    .filter(|e| e.key().starts_with(w.prefix.as_str()))
+                    .all(|e| w.sender.send(e.clone()).is_ok())
+        });
+        Ok(TxnOutcome::Committed(revision))
+    }
+
+    /// Ends `ids` (if `expired_only`, those still expired: a renewal may have come first) and
+    /// deletes their keys in one transaction.
+    fn end_leases(&self, ids: &[LeaseId], expired_only: bool) -> Result<(), StoreError> {
+        let mut watchers = self.writer();
+        let now = Instant::now();
+        let keys: Vec<Op> = {
+            let mut leases = self.inner.leases.lock();
+            ids.iter().flat_map(|id| leases.end(*id, expired_only, now)).map(Op::Delete).collect()
+        };
+        if !keys.is_empty() {
+            self.apply(&mut watchers, Txn { compare: Vec::new(), ops: keys })?;
+        }
+        Ok(())
     }
 }
 
@@ -157,75 +310,7 @@ impl Store for RedbStore {
     }
 
     fn txn(&self, txn: Txn) -> Result<TxnOutcome, StoreError> {
-        let mut watchers = self.writer();
-        let tx = self.inner.db.begin_write().map_err(|e| io("writing")(&e))?;
-        let mut events = Vec::new();
-        let revision;
-        {
-            let mut kv = tx.open_table(KV).map_err(|e| io("writing")(&e))?;
-            let mut meta = tx.open_table(META).map_err(|e| io("writing")(&e))?;
-            let current = Self::meta(&meta, "revision")?;
-            for compare in &txn.compare {
-                let held = match compare {
-                    Compare::Absent(key) => kv.get(key.as_str()).map_err(|e| io("reading")(&e))?.is_none(),
-                    Compare::ModRevision(key, rev) => match kv.get(key.as_str()).map_err(|e| io("reading")(&e))? {
-                        Some(v) => decode_kv(key, v.value())?.mod_revision == *rev,
-                        None => false,
-                    },
-                };
-                if !held {
-                    return Ok(TxnOutcome::Failed(current));
-                }
-            }
-            revision = current + 1;
-            for op in &txn.ops {
-                match op {
-                    Op::Put(key, value) => {
-                        let create = match kv.get(key.as_str()).map_err(|e| io("reading")(&e))? {
-                            Some(old) => decode_kv(key, old.value())?.create_revision,
-                            None => revision,
-                        };
-                        kv.insert(key.as_str(), encode_kv(create, revision, value).as_slice())
-                            .map_err(|e| io("writing")(&e))?;
-                        events.push(WatchEvent::Put(KeyValue {
-                            key: key.clone(),
-                            value: value.clone(),
-                            create_revision: create,
-                            mod_revision: revision,
-                        }));
-                    }
-                    Op::Delete(key) => {
-                        if kv.remove(key.as_str()).map_err(|e| io("writing")(&e))?.is_some() {
-                            events.push(WatchEvent::Delete { key: key.clone(), revision });
-                        }
-                    }
-                }
-            }
-            let mut log = tx.open_table(LOG).map_err(|e| io("writing")(&e))?;
-            for (i, event) in events.iter().enumerate() {
-                log.insert((revision, i as u32), encode_event(event).as_slice()).map_err(|e| io("writing")(&e))?;
-            }
-            // Compaction: keep the last `log_keep` revisions replayable.
-            let oldest = Self::meta(&meta, "oldest")?.max(1);
-            let keep_from = (revision + 1).saturating_sub(self.inner.log_keep).max(1);
-            if keep_from > oldest {
-                log.retain_in((oldest, 0)..(keep_from, 0), |_, _| false).map_err(|e| io("compacting")(&e))?;
-                meta.insert("oldest", keep_from).map_err(|e| io("writing")(&e))?;
-            } else if Self::meta(&meta, "oldest")? == 0 {
-                meta.insert("oldest", 1).map_err(|e| io("writing")(&e))?;
-            }
-            meta.insert("revision", revision).map_err(|e| io("writing")(&e))?;
-        }
-        tx.commit().map_err(|e| io("committing")(&e))?;
-        // Durable: now the watchers may hear of it. A watcher that is gone is dropped.
-        watchers.retain(|w| {
-            w.alive.strong_count() > 0
-                && events
-                    .iter()
-                    .filter(|e| e.key().starts_with(w.prefix.as_str()))
-                    .all(|e| w.sender.send(e.clone()).is_ok())
-        });
-        Ok(TxnOutcome::Committed(revision))
+        self.apply(&mut self.writer(), txn)
     }
 
     fn watch(&self, prefix: &str, after: u64) -> Result<Watcher, StoreError> {
@@ -251,5 +336,65 @@ impl Store for RedbStore {
         watchers.retain(|w| w.alive.strong_count() > 0);
         watchers.push(Watch { prefix: prefix.to_owned(), sender, alive: watcher.liveness() });
         Ok(watcher)
+    }
+
+    fn grant_lease(&self, ttl: Duration) -> Result<LeaseId, StoreError> {
+        let mut leases = self.inner.leases.lock();
+        let id = leases.grant(ttl, Instant::now());
+        if !leases.reaper && !leases.closed {
+            let (inner, table) = (Arc::downgrade(&self.inner), Arc::clone(&self.inner.leases));
+            std::thread::Builder::new()
+                .name("store-leases".into())
+                .spawn(move || reap(&inner, &table))
+                .map_err(|e| io("starting the lease reaper")(&e))?;
+            leases.reaper = true;
+        }
+        drop(leases);
+        self.inner.leases.wake();
+        Ok(id)
+    }
+
+    fn keep_alive(&self, lease: LeaseId) -> Result<(), StoreError> {
+        let renewed = self.inner.leases.lock().renew(lease, Instant::now());
+        match renewed {
+            Some(true) => Ok(()),
+            // Expired, the reaper not there yet: end it here, so that its keys are gone when
+            // the caller hears it expired.
+            Some(false) => {
+                self.end_leases(&[lease], true)?;
+                Err(StoreError::LeaseExpired { lease })
+            }
+            None => Err(StoreError::LeaseExpired { lease }),
+        }
+    }
+
+    fn revoke_lease(&self, lease: LeaseId) -> Result<(), StoreError> {
+        self.end_leases(&[lease], false)
+    }
+}
+
+/// The reaper: ends each lease at its deadline. It holds the store only while ending leases, so
+/// that dropping the last handle closes the file.
+fn reap(inner: &Weak<Inner>, leases: &Leases) {
+    let mut table = leases.lock();
+    loop {
+        if table.closed {
+            return;
+        }
+        let now = Instant::now();
+        let expired = table.expired(now);
+        if expired.is_empty() {
+            let wait = table.next_in(now);
+            table = leases.wait(table, wait);
+            continue;
+        }
+        drop(table);
+        let Some(inner) = inner.upgrade() else { return };
+        let failed = RedbStore { inner }.end_leases(&expired, true).is_err();
+        table = leases.lock();
+        if failed {
+            // A write that failed (a full disk): try again soon, not in a tight loop.
+            table = leases.wait(table, Duration::from_millis(200));
+        }
     }
 }

@@ -1,6 +1,8 @@
 //! A real etcd for the store tests (Debian etcd-server): one member on free ports of 127.0.0.1
 //! with a data folder of its own, waited for until healthy, killed by pid when dropped (also
-//! when the test fails) and its folder removed.
+//! when the test fails) and its folder removed; or a cluster of such members ([`EtcdCluster`]),
+//! one of which can be killed and started again, its leader found through etcd's maintenance
+//! status.
 
 #![allow(dead_code, clippy::unwrap_used)]
 
@@ -20,6 +22,9 @@ pub struct Etcd {
     dir: tempfile::TempDir,
     client_port: u16,
     peer_port: u16,
+    name: String,
+    /// `--initial-cluster`: every member's name and peer URL.
+    initial_cluster: String,
 }
 
 /// A port the kernel says is free now (released for etcd to take).
@@ -34,10 +39,21 @@ impl Etcd {
         if !super::tools::require_tool(test, "etcd", "etcd-server") {
             return None;
         }
-        let dir = tempfile::Builder::new().prefix(&format!("ipshadow-etcd-{test}-")).tempdir().unwrap();
-        let mut etcd = Self { child: None, dir, client_port: free_port(), peer_port: free_port() };
+        let mut etcd = Self::member(test, "test");
+        etcd.initial_cluster = format!("test={}", etcd.peer());
         etcd.run();
         Some(etcd)
+    }
+
+    /// A member not started yet, on ports of its own.
+    fn member(test: &str, name: &str) -> Self {
+        let dir = tempfile::Builder::new().prefix(&format!("ipshadow-etcd-{test}-{name}-")).tempdir().unwrap();
+        let (client_port, peer_port) = (free_port(), free_port());
+        Self { child: None, dir, client_port, peer_port, name: name.to_owned(), initial_cluster: String::new() }
+    }
+
+    fn peer(&self) -> String {
+        format!("http://127.0.0.1:{}", self.peer_port)
     }
 
     /// `http://127.0.0.1:<client port>`.
@@ -70,21 +86,31 @@ impl Etcd {
     }
 
     fn run(&mut self) {
+        self.spawn();
+        self.wait_healthy();
+    }
+
+    /// Starts the process (a cluster's members must all be started before any is healthy).
+    fn spawn(&mut self) {
         let client = self.endpoint();
-        let peer = format!("http://127.0.0.1:{}", self.peer_port);
+        let peer = self.peer();
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join("etcd.log")).unwrap();
         let child = Command::new("etcd")
-            .args(["--name", "test", "--data-dir"])
+            .args(["--name", &self.name, "--data-dir"])
             .arg(self.dir.path().join("data"))
             .args(["--listen-client-urls", &client, "--advertise-client-urls", &client])
             .args(["--listen-peer-urls", &peer, "--initial-advertise-peer-urls", &peer])
-            .args(["--initial-cluster", &format!("test={peer}")])
+            .args(["--initial-cluster", &self.initial_cluster, "--initial-cluster-token", "ipshadow-test"])
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
             .unwrap();
         self.child = Some(child);
+    }
+
+    /// Waits until `/health` says so (the member is in a cluster that has a leader).
+    fn wait_healthy(&mut self) {
         let deadline = Instant::now() + START_WITHIN;
         while !self.healthy() {
             if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
@@ -116,5 +142,80 @@ impl Etcd {
 impl Drop for Etcd {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// Members of one etcd cluster on 127.0.0.1, each with its own ports and data folder.
+pub struct EtcdCluster {
+    members: Vec<Etcd>,
+}
+
+impl EtcdCluster {
+    /// Starts `size` members for `test` and waits until each is healthy; `None` (a skip) when
+    /// etcd is not installed, a failure under `CI=true`.
+    pub fn start(test: &str, size: usize) -> Option<Self> {
+        if !super::tools::require_tool(test, "etcd", "etcd-server") {
+            return None;
+        }
+        let mut members: Vec<_> = (0..size).map(|i| Etcd::member(test, &format!("m{i}"))).collect();
+        let initial = members.iter().map(|m| format!("{}={}", m.name, m.peer())).collect::<Vec<_>>().join(",");
+        for member in &mut members {
+            member.initial_cluster = initial.clone();
+            member.spawn();
+        }
+        for member in &mut members {
+            member.wait_healthy();
+        }
+        Some(Self { members })
+    }
+
+    /// Every member's client URL.
+    pub fn endpoints(&self) -> Vec<String> {
+        self.members.iter().map(Etcd::endpoint).collect()
+    }
+
+    /// Member `i`.
+    pub fn member(&self, i: usize) -> &Etcd {
+        &self.members[i]
+    }
+
+    /// A store on every member (the client picks among them), its keys under `key_prefix`.
+    pub fn store(&self, key_prefix: &str) -> EtcdStore {
+        EtcdStore::connect(&self.endpoints(), key_prefix).unwrap()
+    }
+
+    /// Kills member `i` (SIGKILL, by pid).
+    pub fn kill(&mut self, i: usize) {
+        self.members[i].kill();
+    }
+
+    /// Starts member `i` again on its data and waits until it is healthy.
+    pub fn restart(&mut self, i: usize) {
+        self.members[i].kill();
+        self.members[i].run();
+    }
+
+    /// The member that leads the cluster now (asked of each running member through etcd's
+    /// maintenance status until one says it is the leader; within 30 s).
+    pub fn leader(&self) -> usize {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let deadline = Instant::now() + START_WITHIN;
+        loop {
+            for (i, member) in self.members.iter().enumerate().filter(|(_, m)| m.child.is_some()) {
+                let status = runtime.block_on(async {
+                    let connect = etcd_client::Client::connect([member.endpoint()], None);
+                    let mut client = tokio::time::timeout(Duration::from_secs(2), connect).await.ok()?.ok()?;
+                    tokio::time::timeout(Duration::from_secs(2), client.status()).await.ok()?.ok()
+                });
+                if let Some(status) = status
+                    && status.header().is_some_and(|h| h.member_id() == status.leader())
+                {
+                    return i;
+                }
+            }
+            assert!(Instant::now() < deadline, "no member leads within {START_WITHIN:?}");
+            // Polling a condition: the next look at the members' status.
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 }
