@@ -55,6 +55,51 @@ impl Drop for Inner {
     }
 }
 
+/// How long connecting to a member may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long one request may take (a cluster electing a leader answers within about a second).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often an idle connection is pinged, and how long the answer may take.
+const PING_EVERY: Duration = Duration::from_secs(1);
+/// See [`PING_EVERY`].
+const PING_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a request is tried again while the members it reached were unreachable.
+const RETRY_WITHIN: Duration = Duration::from_secs(3);
+
+/// Whether a failed request may be sent again: the member it went to was unreachable (killed,
+/// cut off, without a leader); the client's balancer sends the next one to another member. A
+/// write is sent again only when it never left (the connection was refused or not made), so
+/// that it cannot be applied twice.
+fn worth_retrying(e: &etcd_client::Error, idempotent: bool) -> bool {
+    let unavailable = match e {
+        etcd_client::Error::GRpcStatus(status) => {
+            matches!(status.code(), tonic::Code::Unavailable | tonic::Code::DeadlineExceeded)
+        }
+        etcd_client::Error::TransportError(_) => true,
+        _ => false,
+    };
+    unavailable && (idempotent || e.to_string().contains("connect"))
+}
+
+/// Runs `attempt` until it succeeds, fails for a reason a retry cannot mend, or
+/// [`RETRY_WITHIN`] has passed.
+async fn retrying<T, F: Future<Output = Result<T, etcd_client::Error>>>(
+    idempotent: bool,
+    mut attempt: impl FnMut() -> F,
+) -> Result<T, etcd_client::Error> {
+    let started = tokio::time::Instant::now();
+    let mut backoff = Duration::from_millis(20);
+    loop {
+        match attempt().await {
+            Err(e) if worth_retrying(&e, idempotent) && started.elapsed() < RETRY_WITHIN => {
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_millis(500));
+            }
+            other => return other,
+        }
+    }
+}
+
 fn io(what: &'static str) -> impl Fn(etcd_client::Error) -> StoreError {
     move |e| StoreError::Io { what, detail: e.to_string() }
 }
@@ -99,7 +144,16 @@ impl EtcdStore {
             .enable_all()
             .build()
             .map_err(|e| open(e.to_string()))?;
-        let connect = Client::connect(endpoints.to_vec(), None);
+        // A member killed refuses connections, one cut off answers nothing: connections and
+        // requests time out, idle connections are pinged, and a member that lost its cluster's
+        // leader refuses requests and ends watches (they resume on another member).
+        let options = etcd_client::ConnectOptions::new()
+            .with_connect_timeout(CONNECT_TIMEOUT)
+            .with_timeout(REQUEST_TIMEOUT)
+            .with_keep_alive(PING_EVERY, PING_TIMEOUT)
+            .with_keep_alive_while_idle(true)
+            .with_require_leader(true);
+        let connect = Client::connect(endpoints.to_vec(), Some(options));
         let client = runtime.block_on(connect).map_err(|e| open(e.to_string()))?;
         let inner = Inner { runtime: Some(runtime), client, key_prefix: key_prefix.to_owned() };
         Ok(Self { inner: Arc::new(inner) })
@@ -145,17 +199,31 @@ impl EtcdStore {
 
 impl Store for EtcdStore {
     fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {
-        let mut client = self.inner.client.clone();
+        let client = self.inner.client.clone();
         let key = self.full(key);
-        let response = self.run(async move { client.get(key, None).await })?.map_err(io("reading"))?;
+        let response = self
+            .run(async move {
+                retrying(true, || {
+                    let (mut client, key) = (client.clone(), key.clone());
+                    async move { client.get(key, None).await }
+                })
+                .await
+            })?
+            .map_err(io("reading"))?;
         response.kvs().first().map(|kv| self.key_value(kv)).transpose()
     }
 
     fn range(&self, prefix: &str) -> Result<(Vec<KeyValue>, u64), StoreError> {
-        let mut client = self.inner.client.clone();
+        let client = self.inner.client.clone();
         let prefix = self.full(prefix);
         let response = self
-            .run(async move { client.get(prefix, Some(GetOptions::new().with_prefix())).await })?
+            .run(async move {
+                retrying(true, || {
+                    let (mut client, prefix) = (client.clone(), prefix.clone());
+                    async move { client.get(prefix, Some(GetOptions::new().with_prefix())).await }
+                })
+                .await
+            })?
             .map_err(io("reading"))?;
         let revision = response.header().map_or(0, |h| ours(h.revision()));
         let kvs = response.kvs().iter().map(|kv| self.key_value(kv)).collect::<Result<_, _>>()?;
@@ -186,25 +254,33 @@ impl Store for EtcdStore {
                 }
             })
             .collect();
-        let mut client = self.inner.client.clone();
+        let client = self.inner.client.clone();
         let request = etcd_client::Txn::new().when(compares).and_then(ops);
-        let response = self.run(async move { client.txn(request).await })?.map_err(|e| {
-            let detail = e.to_string();
-            let first_lease = txn.ops.iter().find_map(|op| match op {
-                Op::PutLeased(_, _, lease) => Some(*lease),
-                _ => None,
-            });
-            match first_lease {
-                Some(lease) if lease_not_found(&e) => StoreError::LeaseExpired { lease },
-                _ if detail.contains("too many operations in txn request") => {
-                    StoreError::TxnTooLarge { ops: txn.ops.len() }
+        let response = self
+            .run(async move {
+                retrying(false, || {
+                    let (mut client, request) = (client.clone(), request.clone());
+                    async move { client.txn(request).await }
+                })
+                .await
+            })?
+            .map_err(|e| {
+                let detail = e.to_string();
+                let first_lease = txn.ops.iter().find_map(|op| match op {
+                    Op::PutLeased(_, _, lease) => Some(*lease),
+                    _ => None,
+                });
+                match first_lease {
+                    Some(lease) if lease_not_found(&e) => StoreError::LeaseExpired { lease },
+                    _ if detail.contains("too many operations in txn request") => {
+                        StoreError::TxnTooLarge { ops: txn.ops.len() }
+                    }
+                    _ if detail.contains("duplicate key given in txn request") => {
+                        StoreError::DuplicateKey { key: duplicate_key(&txn).unwrap_or_default() }
+                    }
+                    _ => io("writing")(e),
                 }
-                _ if detail.contains("duplicate key given in txn request") => {
-                    StoreError::DuplicateKey { key: duplicate_key(&txn).unwrap_or_default() }
-                }
-                _ => io("writing")(e),
-            }
-        })?;
+            })?;
         let revision = response.header().map_or(0, |h| ours(h.revision()));
         Ok(if response.succeeded() { TxnOutcome::Committed(revision) } else { TxnOutcome::Failed(revision) })
     }
@@ -256,17 +332,31 @@ impl Store for EtcdStore {
     fn grant_lease(&self, ttl: Duration) -> Result<LeaseId, StoreError> {
         // Whole seconds, rounded up: never shorter than asked.
         let seconds = i64::try_from(ttl.as_millis().div_ceil(1000)).unwrap_or(i64::MAX).max(1);
-        let mut client = self.inner.client.clone();
-        let response =
-            self.run(async move { client.lease_grant(seconds, None).await })?.map_err(io("granting a lease"))?;
+        let client = self.inner.client.clone();
+        let response = self
+            .run(async move {
+                retrying(true, || {
+                    let mut client = client.clone();
+                    async move { client.lease_grant(seconds, None).await }
+                })
+                .await
+            })?
+            .map_err(io("granting a lease"))?;
         Ok(LeaseId(response.id()))
     }
 
     fn keep_alive(&self, lease: LeaseId) -> Result<(), StoreError> {
-        let mut client = self.inner.client.clone();
+        let client = self.inner.client.clone();
         // One renewal: the keep-alive stream's first answer (a time to live of 0, an error
         // here, for a lease that ended), then the stream is dropped.
-        match self.run(async move { client.lease_keep_alive(lease.0).await.map(|_| ()) })? {
+        match self.run(async move {
+            retrying(true, || {
+                let mut client = client.clone();
+                async move { client.lease_keep_alive(lease.0).await }
+            })
+            .await
+            .map(|_| ())
+        })? {
             Ok(()) => Ok(()),
             Err(e) if lease_not_found(&e) => Err(StoreError::LeaseExpired { lease }),
             Err(e) => Err(io("renewing a lease")(e)),
@@ -274,8 +364,15 @@ impl Store for EtcdStore {
     }
 
     fn revoke_lease(&self, lease: LeaseId) -> Result<(), StoreError> {
-        let mut client = self.inner.client.clone();
-        match self.run(async move { client.lease_revoke(lease.0).await.map(|_| ()) })? {
+        let client = self.inner.client.clone();
+        match self.run(async move {
+            retrying(true, || {
+                let mut client = client.clone();
+                async move { client.lease_revoke(lease.0).await }
+            })
+            .await
+            .map(|_| ())
+        })? {
             Err(e) if !lease_not_found(&e) => Err(io("revoking a lease")(e)),
             _ => Ok(()),
         }

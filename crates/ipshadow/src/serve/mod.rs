@@ -12,6 +12,7 @@
 mod admit;
 mod clock;
 mod files;
+mod lead;
 mod manage;
 mod parts;
 mod remote;

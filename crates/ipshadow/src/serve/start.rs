@@ -62,13 +62,8 @@ pub(super) fn run<S: Store>(store: S, embedded: bool, setup: Setup) -> anyhow::R
     let run_dhcp = roles.dhcp && config.dhcp.is_some();
     let mut view = None;
     let started = (|| -> anyhow::Result<()> {
-        if roles.manager {
+        if roles.manager && embedded {
             manage::watch_store(&store, heard_tx.clone(), Arc::clone(&stop))?;
-            if !embedded {
-                threads.push(remote::manager_hears(store.clone(), heard_tx.clone(), Arc::clone(&stop))?);
-                outputs.router = Some(Outputs::stored_router(store.clone()));
-                outputs.dhcp = Some(Outputs::stored_dhcp(store.clone()));
-            }
         }
         if let Some(router) = config.router.as_ref().filter(|_| run_router) {
             // Its reports go to the manager of this process, or into the store.
@@ -151,18 +146,23 @@ pub(super) fn run<S: Store>(store: S, embedded: bool, setup: Setup) -> anyhow::R
         Some(view) => remote_parts(view, local_health),
         None => local_parts(&config, &shared_dhcp, &outputs.router_status, local_health),
     };
-    let manager_thread = if roles.manager {
-        let stop = Arc::clone(&stop);
-        Some(std::thread::Builder::new().name("manager".into()).spawn(move || {
-            let keep_going = || !stop.load(Ordering::Relaxed);
-            manage::manage(&manager, &heard_rx, &outputs, &retention, &keep_going, clock::unix_ms);
-        })?)
-    } else {
-        None
+    let manager_thread = match (roles.manager, embedded) {
+        (false, _) => None,
+        // Alone on its store: it leads.
+        (true, true) => {
+            let stop = Arc::clone(&stop);
+            Some(std::thread::Builder::new().name("manager".into()).spawn(move || {
+                let keep_going = || !stop.load(Ordering::Relaxed);
+                manage::manage(&manager, &heard_rx, &outputs, &retention, &keep_going, clock::unix_ms);
+            })?)
+        }
+        (true, false) => {
+            let (stop, store, name) = (Arc::clone(&stop), store.clone(), name.clone());
+            Some(std::thread::Builder::new().name("manager".into()).spawn(move || {
+                super::lead::campaign_and_manage(store, &name, limits, &retention, &stop);
+            })?)
+        }
     };
-    if roles.manager && !embedded {
-        eprintln!("ipshadow serve: {name}: manager leads");
-    }
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let result = runtime.block_on(async {
         let shutdown = async {
