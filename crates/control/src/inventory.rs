@@ -201,17 +201,31 @@ pub struct Inventory<S: Store> {
     store: S,
     /// Writes to join the next transaction committed (an API request's idempotency record).
     rider: Option<Arc<Mutex<Rider>>>,
+    /// The name history entries recorded through this inventory carry (a manager's).
+    writer: Option<Arc<str>>,
 }
 
 impl<S: Store> Inventory<S> {
     /// The inventory kept in `store`.
     pub fn new(store: S) -> Self {
-        Self { store, rider: None }
+        Self { store, rider: None, writer: None }
     }
 
     /// The same inventory whose next committed transaction also carries `rider`'s writes.
     pub fn with_rider(&self, rider: Arc<Mutex<Rider>>) -> Self {
-        Self { store: self.store.clone(), rider: Some(rider) }
+        Self { store: self.store.clone(), rider: Some(rider), writer: self.writer.clone() }
+    }
+
+    /// The same inventory, whose history entries say `name` recorded them.
+    pub fn with_writer(self, name: &str) -> Self {
+        Self { writer: Some(name.into()), ..self }
+    }
+
+    /// Signs the newest history entry of `m` with the writer's name, if there is one.
+    pub(crate) fn sign(&self, m: &mut crate::reassign::Migration) {
+        if let (Some(writer), Some(last)) = (&self.writer, m.lifecycle.history.last_mut()) {
+            last.by = Some(writer.to_string());
+        }
     }
 
     /// Commits `txn` (with the rider's writes, if they have not been written yet).

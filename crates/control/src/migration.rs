@@ -147,6 +147,10 @@ pub struct HistoryEntry {
     pub to: MigrationState,
     /// What happened.
     pub event: MigrationEvent,
+    /// Which manager recorded it, on a store shared by several (its `--name`); absent on the
+    /// embedded store and for what the API recorded on a user's request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub by: Option<String>,
 }
 
 /// An event the state does not accept (the migration is unchanged).
@@ -258,7 +262,7 @@ impl Lifecycle {
             return Err(TransitionError { state: self.state, event: event_full(event) });
         }
         let to = next_state(self.state, &event)?;
-        self.history.push(HistoryEntry { at_ms: now_ms, from: self.state, to, event });
+        self.history.push(HistoryEntry { at_ms: now_ms, from: self.state, to, event, by: None });
         self.state = to;
         self.promoted |= promote;
         Ok(to)

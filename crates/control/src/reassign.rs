@@ -381,6 +381,7 @@ impl<S: Store> Inventory<S> {
         let stored = decode::<Migration>(&kv)?;
         let mut m = stored.value;
         m.lifecycle.apply(event, now_ms).map_err(|e| InventoryError::Conflict(e.to_string()))?;
+        self.sign(&mut m);
         if m.lifecycle.state == MigrationState::Completed {
             m.split_pct = 100.0;
         }
@@ -430,6 +431,7 @@ impl<S: Store> Inventory<S> {
             reason: extension.reason.clone(),
         };
         m.lifecycle.apply(event, now_ms).map_err(|e| InventoryError::Conflict(e.to_string()))?;
+        self.sign(&mut m);
         m.deadline_ms = extension.to_ms;
         m.deadline_source = DeadlineSource::DrainForecast;
         let txn = Txn::new()

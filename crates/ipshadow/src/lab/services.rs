@@ -43,6 +43,12 @@ pub struct LabStatus {
     processes: Vec<ProcessStatus>,
     addresses: Vec<(String, Vec<String>)>,
     router: Option<Status>,
+    /// On etcd: the manager that leads (`m1`, `m2`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    manager_leader: Option<String>,
+    /// On etcd: the member its members say leads (`e2`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    etcd_leader: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -326,6 +332,8 @@ echo "$(date +%s.%N) $reason ${{new_ip_address:-}} ${{new_dhcp_lease_time:-}} ${
             processes,
             addresses: ["a", "b"].iter().map(|vm| (format!("vm-{vm}"), self.addresses(vm))).collect(),
             router: self.router_status(),
+            manager_leader: (self.etcd_members() > 0).then(|| self.leading_manager()).flatten(),
+            etcd_leader: (self.etcd_members() > 0).then(|| self.etcd_leader().map(|i| format!("e{i}"))).flatten(),
         }
     }
 }
@@ -345,6 +353,12 @@ impl LabStatus {
                 (None, _) => "not started".into(),
             };
             s += &format!("  {:<12} {state}\n", p.name);
+        }
+        if let Some(leader) = &self.manager_leader {
+            s += &format!("  manager leading: {leader}\n");
+        }
+        if let Some(leader) = &self.etcd_leader {
+            s += &format!("  etcd leader: {leader}\n");
         }
         for (vm, addrs) in &self.addresses {
             s += &format!("  {vm} addresses: {}\n", if addrs.is_empty() { "-".into() } else { addrs.join(" ") });

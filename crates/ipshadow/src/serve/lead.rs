@@ -59,7 +59,7 @@ pub fn campaign_and_manage<S: Store>(
             .and_then(|()| remote::manager_hears(fenced.clone(), heard_tx, Arc::clone(&term_stop)));
         match started {
             Ok(hears) => {
-                let manager = Manager::new(Inventory::new(fenced.clone()), limits);
+                let manager = Manager::new(Inventory::new(fenced.clone()).with_writer(name), limits);
                 let outputs = Outputs {
                     router: Some(Outputs::stored_router(fenced.clone())),
                     dhcp: Some(Outputs::stored_dhcp(fenced)),
