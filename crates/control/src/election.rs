@@ -77,7 +77,12 @@ impl<S: Store> Candidate<S> {
                 return Ok(Some(leadership));
             }
             // Changes after the failed attempt: a deletion since then is seen.
-            let watcher = self.store.watch(&self.key, self.taken_at)?;
+            let watcher = match self.store.watch(&self.key, self.taken_at) {
+                Ok(watcher) => watcher,
+                // That history is gone already (etcd compacted): simply try again.
+                Err(StoreError::Compacted { .. }) => continue,
+                Err(e) => return Err(e),
+            };
             if !self.wait_for_deletion(&watcher, stop)? {
                 return Ok(None);
             }

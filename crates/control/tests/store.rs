@@ -384,3 +384,36 @@ fn etcd_a_follower_compacted_past_is_reset_then_follows() {
         || relay.restore(),
     );
 }
+
+/// A leader cut off from etcd (a partition) stops calling itself leader within its time to
+/// live, by its own clock; a standby leads once the lease expires; back in touch, the former
+/// leader's writes are refused and nothing of them lands.
+#[test]
+fn etcd_a_leader_cut_off_stops_leading_within_its_ttl_and_writes_nothing_after() {
+    use ipshadow_control::election::{Candidate, leader};
+    let Some(etcd) = etcd::Etcd::start("partitioned-leader") else { return };
+    let relay = proxy::Proxy::start(etcd.client_port());
+    let cut_off = ipshadow_control::EtcdStore::connect(&[relay.endpoint()], "/ipshadow-test").unwrap();
+    let direct = etcd.store("/ipshadow-test");
+    let key = "/v1/leaders/manager";
+    let a = Candidate::new(cut_off, key, "a", leases::TTL).campaign_once().unwrap().expect("a leads");
+    let a_store = a.fenced();
+    assert!(matches!(a_store.txn(Txn::new().put("/v1/x", b"a1".to_vec())), Ok(TxnOutcome::Committed(_))));
+
+    relay.cut();
+    let cut = std::time::Instant::now();
+    while a.is_leading() {
+        assert!(cut.elapsed() < leases::TTL * 2, "still leading {:?} after it lost etcd", cut.elapsed());
+        // Polling a condition: the leader's own view.
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    println!("a leader cut off from etcd stops leading after {:?}", cut.elapsed());
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let b = Candidate::new(direct.clone(), key, "b", leases::TTL).campaign(&stop).unwrap().expect("b leads");
+    println!("a standby leads {:?} after the leader was cut off", cut.elapsed());
+    assert!(b.is_leading());
+    relay.restore();
+    assert!(matches!(a_store.txn(Txn::new().put("/v1/y", b"late".to_vec())), Err(StoreError::NotLeader { .. })));
+    assert!(direct.get("/v1/y").unwrap().is_none(), "nothing of a's landed");
+    assert_eq!(leader(&direct, key).unwrap().as_deref(), Some("b"));
+}

@@ -27,9 +27,28 @@ pub struct Etcd {
     initial_cluster: String,
 }
 
-/// A port the kernel says is free now (released for etcd to take).
+/// Ports handed to etcd come from below the kernel's ephemeral range (32768 and up by
+/// default), where no client's outgoing connection takes one between our check and etcd's
+/// bind; a counter keeps the tests of this process from handing out one twice.
+const PORTS: std::ops::Range<u16> = 20_000..32_000;
+
+/// A port free now (checked by binding it) and not handed out before by this process.
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    static NEXT: std::sync::Mutex<u16> = std::sync::Mutex::new(0);
+    let mut next = NEXT.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    if *next == 0 {
+        // Apart from another process running these tests at the same time, most likely.
+        let seed = std::process::id() as u64 * 7919
+            + std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos() as u64;
+        *next = PORTS.start + (seed % u64::from(PORTS.end - PORTS.start)) as u16;
+    }
+    loop {
+        let port = *next;
+        *next = if port + 1 >= PORTS.end { PORTS.start } else { port + 1 };
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 impl Etcd {

@@ -69,13 +69,17 @@ pub fn a_watch_goes_on_when_the_leader_member_dies(cluster: &mut EtcdCluster) {
 
     let killed = Instant::now();
     cluster.kill(leader);
+    let new_leader = cluster.leader();
+    let elected = killed.elapsed();
+    assert_ne!(new_leader, leader);
     assert_eq!(put_eventually(&writer, "/m/2", "meanwhile"), 2);
-    println!("etcd leader member {leader} killed: the first write after it committed in {:?}", killed.elapsed());
+    println!(
+        "etcd leader member {leader} killed: member {new_leader} leads after {elected:?}, the first write commits after {:?}",
+        killed.elapsed()
+    );
     for i in 3..=5 {
         assert_eq!(put_eventually(&writer, &format!("/m/{i}"), "meanwhile"), i);
     }
-    let new_leader = cluster.leader();
-    assert_ne!(new_leader, leader);
     // A client of every member goes on through the others.
     assert_eq!(next_changes(&all, 4), expected(2, 5));
     // A client of the dead leader only goes on once it is back.
