@@ -73,7 +73,8 @@ impl ApiError {
         Self::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", message)
     }
 
-    /// 503: the server is at a limit (open event streams); retry later.
+    /// 503: the server is at a limit (open event streams) or its store is unreachable; retry
+    /// later.
     pub fn unavailable(message: impl Into<String>) -> Self {
         Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
     }
@@ -126,6 +127,9 @@ impl From<InventoryError> for ApiError {
                 Self::new(StatusCode::UNPROCESSABLE_ENTITY, RAMP_DOES_NOT_FIT, message)
             }
             InventoryError::Raced => Self::new(StatusCode::CONFLICT, "raced", message),
+            InventoryError::Store(crate::store::StoreError::Unavailable { .. }) => {
+                Self::unavailable(format!("{message}; try again"))
+            }
             InventoryError::Store(_) | InventoryError::Corrupt { .. } => Self::internal(message),
         }
     }

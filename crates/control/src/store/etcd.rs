@@ -105,7 +105,14 @@ async fn retrying<T, F: Future<Output = Result<T, etcd_client::Error>>>(
 }
 
 fn io(what: &'static str) -> impl Fn(etcd_client::Error) -> StoreError {
-    move |e| StoreError::Io { what, detail: e.to_string() }
+    move |e| {
+        // Unreachable after the retries: the caller may try later (the API answers 503).
+        if worth_retrying(&e, true) {
+            StoreError::Unavailable { what, detail: e.to_string() }
+        } else {
+            StoreError::Io { what, detail: e.to_string() }
+        }
+    }
 }
 
 /// Whether etcd said the lease does not exist (any more).

@@ -203,6 +203,16 @@ pub enum StoreError {
         /// The cause.
         detail: String,
     },
+    /// The store could not be reached (every etcd member tried was down, cut off or without a
+    /// leader, for longer than a request is retried): nothing is known to have been written;
+    /// try again later.
+    #[error("store: {what}: unreachable: {detail}")]
+    Unavailable {
+        /// What was being done.
+        what: &'static str,
+        /// The cause.
+        detail: String,
+    },
     /// A watch asked for changes older than the store remembers (or, on etcd, fell that far
     /// behind while following): the caller must read the current state again (range) and watch
     /// from the revision that read returned.
