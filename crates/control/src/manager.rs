@@ -12,7 +12,7 @@ use ipshadow_contracts::router::Desired;
 
 use crate::inventory::{Inventory, InventoryError, address_key};
 use crate::migration::{MigrationEvent, MigrationState};
-use crate::mirror::Mirror;
+use crate::mirror::{Changed, Mirror, Taken};
 use crate::orchestrator::{Decision, Input, Limits, decide};
 use crate::reassign::{Migration, migration_key};
 use crate::store::{KeyValue, Store, WatchEvent, Watcher};
@@ -164,6 +164,20 @@ impl<S: Store> Manager<S> {
             plans: mirror.plans(),
             unreadable: mirror.unreadable(),
         })
+    }
+
+    /// The parts of the projection that changed since the caller last took them with `taken`
+    /// (everything the first time, and after a [`Manager::reset`]): what a loop that hands the
+    /// router and the DHCP server their documents calls instead of [`Manager::projection`], so
+    /// that a change neither part sees (a split the router reported, recorded) costs no copy of
+    /// either. A `taken` belongs to one manager.
+    pub fn changed(&self, now_ms: u64, taken: &mut Taken) -> Result<Changed, InventoryError> {
+        Ok(self.following()?.mirror.changed(now_ms, taken))
+    }
+
+    /// The records of the store left out of the projection, each as `key: why`.
+    pub fn unreadable(&self) -> Result<Vec<String>, InventoryError> {
+        Ok(self.following()?.mirror.unreadable())
     }
 
     /// Moves pending migrations on: the caller is about to hand their plan and entry to the

@@ -11,6 +11,7 @@ use ipshadow_contracts::dhcp::PlanState;
 use ipshadow_control::inventory::{Inventory, Vm};
 use ipshadow_control::manager::Manager;
 use ipshadow_control::migration::{MigrationEvent, MigrationState};
+use ipshadow_control::mirror::{Changed, Taken};
 use ipshadow_control::orchestrator::{Input, Limits};
 use ipshadow_control::reassign::{DeadlinePolicy, ReassignRequest, Reassigned};
 use ipshadow_control::{RedbStore, Store, Watcher};
@@ -101,6 +102,17 @@ fn a_manager_fed_by_its_callers_watch_decides_from_its_mirror() {
     let leaves = manager.next_router_change(T0 + 11_000).unwrap().unwrap();
     assert!(manager.projection(leaves).unwrap().router.entries.is_empty());
     assert_eq!(manager.projection(leaves - 1).unwrap().router.entries.len(), 1);
+
+    // Handed only what changed: everything first, then nothing, then the router's part alone
+    // when the entry has drained.
+    let mut taken = Taken::default();
+    let first = manager.changed(T0 + 11_000, &mut taken).unwrap();
+    assert_eq!(first.router.unwrap(), before.router);
+    assert_eq!(first.dhcp.unwrap(), (before.reservations, before.plans));
+    assert_eq!(manager.changed(T0 + 12_000, &mut taken).unwrap(), Changed::default());
+    let drained = manager.changed(leaves, &mut taken).unwrap();
+    assert!(drained.router.unwrap().entries.is_empty());
+    assert_eq!(drained.dhcp, None);
 }
 
 #[test]

@@ -17,6 +17,7 @@ use ipshadow_contracts::router::Status;
 use ipshadow_control::inventory::{Address, Inventory, Vm, address_key, vm_key};
 use ipshadow_control::manager::Manager;
 use ipshadow_control::migration::{Lifecycle, MigrationEvent, MigrationState};
+use ipshadow_control::mirror::Taken;
 use ipshadow_control::orchestrator::{Decision, Input, Limits, decide};
 use ipshadow_control::plan::{PlanInput, plan};
 use ipshadow_control::project::{dhcp_plans, dhcp_reservations, router_desired};
@@ -166,6 +167,23 @@ fn after(manager: &Manager<RedbStore>, watcher: &ipshadow_control::Watcher, stat
     projection_after(manager, now_ms) + pending
 }
 
+/// The same, with the parts handed only what changed (`Manager::changed`).
+fn changed_after(
+    manager: &Manager<RedbStore>,
+    watcher: &ipshadow_control::Watcher,
+    taken: &mut Taken,
+    status: &Status,
+    now_ms: u64,
+) -> usize {
+    manager.handle(&Input::Router(status), now_ms).unwrap();
+    while let Some(event) = watcher.try_next() {
+        manager.observe(&event).unwrap();
+    }
+    let changed = manager.changed(now_ms, taken).unwrap();
+    let pending = manager.start_pending(now_ms).unwrap().len();
+    changed.router.map_or(0, |r| r.entries.len()) + changed.dhcp.map_or(0, |d| d.1.len()) + pending
+}
+
 /// Only what the mirror does per change: the decision (with its write) and the change observed.
 fn decide_after(
     manager: &Manager<RedbStore>,
@@ -217,27 +235,34 @@ fn manager_work_per_store_change() {
         let watcher = store.watch("/v1/", revision).unwrap();
         let new = median(101, |i| after(&manager, &watcher, &report(50.0 + i as f64 * 0.1, now), now));
         let decided = median(101, |i| decide_after(&manager, &watcher, &report(70.0 + i as f64 * 0.1, now), now));
+        let mut taken = Taken::default();
+        let handed =
+            median(101, |i| changed_after(&manager, &watcher, &mut taken, &report(80.0 + i as f64 * 0.1, now), now));
         let old_projection = median(runs, |_| projection_before(&inv, now));
         let new_projection = median(101, |_| projection_after(&manager, now));
         // Both did the same work: the same projection sizes.
         assert_eq!(before(&inv, &report(99.0, now), now), after(&manager, &watcher, &report(99.0, now), now));
         assert_eq!(projection_before(&inv, now), projection_after(&manager, now));
         println!(
-            "ended={ended}: per change before {} ms, after {} ms (of which decide+write+observe {} ms); \
+            "ended={ended}: per change before {} ms, after {} ms (of which decide+write+observe {} ms), \
+             after handing only what changed {} ms; \
              projection alone before {} ms, after {} ms; start (list and mirror) {} ms",
             ms(old),
             ms(new),
             ms(decided),
+            ms(handed),
             ms(old_projection),
             ms(new_projection),
             ms(listed)
         );
         line.push_str(&format!(
-            " before_ms_{ended}={} after_ms_{ended}={} decide_ms_{ended}={} projection_before_ms_{ended}={} \
+            " before_ms_{ended}={} after_ms_{ended}={} decide_ms_{ended}={} changed_ms_{ended}={} \
+             projection_before_ms_{ended}={} \
              projection_after_ms_{ended}={} reset_ms_{ended}={}",
             ms(old),
             ms(new),
             ms(decided),
+            ms(handed),
             ms(old_projection),
             ms(new_projection),
             ms(listed)

@@ -11,6 +11,8 @@
 
 mod view;
 
+pub use view::{Changed, Taken};
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
@@ -40,6 +42,17 @@ pub struct Record<T> {
     pub create_revision: u64,
     /// The revision of its last change.
     pub mod_revision: u64,
+}
+
+/// What the parts see of one key, compared before and after a change of it.
+#[derive(Debug, Default, PartialEq)]
+struct Seen {
+    /// An address's holder.
+    holder: Option<VmId>,
+    /// A migration's plan.
+    plan: Option<MigrationPlan>,
+    /// A migration's router entry, and when it leaves the router if it drains.
+    entry: Option<(Option<u64>, DesiredEntry)>,
 }
 
 /// A record left out: why, and where it sorts.
@@ -97,6 +110,15 @@ pub struct Mirror {
     entries: BTreeMap<u64, DesiredEntry>,
     /// Router entries of rolled-back or aborted migrations, by when they leave the router.
     draining: BTreeMap<(u64, u64), DesiredEntry>,
+    /// Counts the changes to the router's part and to the DHCP server's ([`Mirror::changed`]).
+    generations: Generations,
+}
+
+/// How many times each part of the projection changed (kept across [`Mirror::reset`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Generations {
+    router: u64,
+    dhcp: u64,
 }
 
 impl Mirror {
@@ -117,6 +139,7 @@ impl Mirror {
             plans: BTreeMap::new(),
             entries: BTreeMap::new(),
             draining: BTreeMap::new(),
+            generations: Generations::default(),
         }
     }
 
@@ -132,11 +155,14 @@ impl Mirror {
     /// Forgets everything and mirrors a snapshot instead (after a watch reported
     /// [`crate::StoreError::Compacted`]: re-list, reset, watch again from `revision`).
     pub fn reset(&mut self, kvs: &[KeyValue], revision: u64) {
+        let generations = self.generations;
         *self = Self::new(self.policy);
         for kv in kvs {
             self.put(kv);
         }
         self.revision = revision;
+        // Whatever a caller saw before, it sees everything again.
+        self.generations = Generations { router: generations.router + 1, dhcp: generations.dhcp + 1 };
     }
 
     /// Applies one change of the store's watch, decoding only the key it changed. A change
@@ -216,12 +242,67 @@ impl Mirror {
         }
     }
 
+    /// Applies `change` to `key`, counting a change of each part of the projection it made.
+    fn changing(&mut self, key: &str, change: impl FnOnce(&mut Self)) {
+        let Some(kind) = Kind::of(key) else { return };
+        let before = self.seen_of(kind, key);
+        change(self);
+        let after = self.seen_of(kind, key);
+        match kind {
+            // VMs change seldom: any change counts for their reservation.
+            Kind::Vm => self.generations.dhcp += 1,
+            Kind::Address if before.holder != after.holder => {
+                self.generations.router += 1;
+                self.generations.dhcp += 1;
+            }
+            Kind::Address => {}
+            Kind::Migration => {
+                if before.plan != after.plan {
+                    self.generations.dhcp += 1;
+                }
+                if before.entry != after.entry {
+                    self.generations.router += 1;
+                }
+            }
+        }
+    }
+
+    /// What the parts see of `key` now.
+    fn seen_of(&self, kind: Kind, key: &str) -> Seen {
+        let mut seen = Seen::default();
+        match kind {
+            Kind::Vm => {}
+            Kind::Address => seen.holder = address_of(key).and_then(|ip| self.router_addresses.get(&ip)).cloned(),
+            Kind::Migration => {
+                if let Some(record) = migration_of(key).and_then(|id| self.migrations.get(&id)) {
+                    let m = &record.value;
+                    seen.plan = self.plans.get(&m.id).cloned();
+                    let end = crate::project::drain_end(m);
+                    let entry = match end {
+                        Some(end) => self.draining.get(&(end, m.id)),
+                        None => self.entries.get(&m.id),
+                    };
+                    seen.entry = entry.cloned().map(|e| (end, e));
+                }
+            }
+        }
+        seen
+    }
+
     fn put(&mut self, kv: &KeyValue) {
+        self.changing(&kv.key, |mirror| mirror.replace(kv));
+    }
+
+    fn remove(&mut self, key: &str) {
+        self.changing(key, |mirror| mirror.forget(key));
+    }
+
+    fn replace(&mut self, kv: &KeyValue) {
         let Some(kind) = Kind::of(&kv.key) else { return };
         if self.mod_revision(&kv.key).is_some_and(|r| r >= kv.mod_revision) {
             return;
         }
-        self.remove(&kv.key);
+        self.forget(&kv.key);
         let result = match kind {
             Kind::Vm => decode::<Vm>(kv, |vm| vm_key(&vm.id)).map(|record| self.add_vm(kv.key.clone(), record)),
             Kind::Address => decode::<Address>(kv, |a| address_key(a.ip)).map(|record| self.add_address(record)),
@@ -236,7 +317,7 @@ impl Mirror {
         }
     }
 
-    fn remove(&mut self, key: &str) {
+    fn forget(&mut self, key: &str) {
         if self.unreadable.remove(key).is_some() {
             return;
         }

@@ -259,6 +259,45 @@ proptest! {
     }
 }
 
+/// Times around the drain windows the changes open (ended 0-200 s after T0).
+fn now() -> impl Strategy<Value = u64> {
+    let drain = ROLLBACK_DRAIN.as_millis() as u64;
+    prop_oneof![Just(0), (0..300_000u64).prop_map(move |t| T0 + t), (0..200_000u64).prop_map(move |t| T0 + drain + t)]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    /// A caller handed only what changed ([`Mirror::changed`]) holds, after every change and at
+    /// every time (forwards or back), what the records say.
+    #[test]
+    fn a_caller_handed_only_the_changes_holds_the_projection(
+        steps in proptest::collection::vec((change(), now(), any::<bool>()), 1..60),
+    ) {
+        let mut model = Model::default();
+        let mut mirror = Mirror::new(DeadlinePolicy::default());
+        let mut taken = Taken::default();
+        let (mut router, mut dhcp) = (None, None);
+        for (c, now_ms, reset) in steps {
+            if let Some(event) = model.change(&c) {
+                mirror.apply(&event);
+            }
+            if reset && now_ms % 7 == 0 {
+                let snapshot: Vec<KeyValue> = model.kvs.values().cloned().collect();
+                mirror.reset(&snapshot, model.revision);
+            }
+            let changed = mirror.changed(now_ms, &mut taken);
+            router = changed.router.or(router);
+            dhcp = changed.dhcp.or(dhcp);
+            let (r, reservations, plans) = model.projected(now_ms);
+            prop_assert_eq!(router.as_ref(), Some(&r));
+            prop_assert_eq!(dhcp.as_ref(), Some(&(reservations, plans)));
+        }
+        // Nothing changed, nothing handed again.
+        prop_assert_eq!(mirror.changed(0, &mut taken).dhcp, None);
+    }
+}
+
 #[test]
 fn records_that_do_not_read_back_are_listed_and_leave_when_fixed() {
     let mut model = Model::default();

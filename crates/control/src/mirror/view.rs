@@ -16,6 +16,24 @@ use crate::inventory::{Address, Vm, vm_key};
 use crate::project::{dhcp_plan, dhcp_reservation, drain_end, router_entry};
 use crate::reassign::Migration;
 
+/// What a caller of [`Mirror::changed`] last took, to be handed only what changed since.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Taken {
+    /// The router part's generation, and the time it was taken at.
+    router: Option<(u64, u64)>,
+    /// The DHCP part's generation.
+    dhcp: Option<u64>,
+}
+
+/// The parts of the projection that changed ([`Mirror::changed`]); `None`: as last taken.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Changed {
+    /// The router's desired state.
+    pub router: Option<Desired>,
+    /// The DHCP server's reservations and lease plans.
+    pub dhcp: Option<(Vec<Reservation>, Vec<MigrationPlan>)>,
+}
+
 impl Mirror {
     /// The router's desired state at `now_ms` (as [`crate::project::router_desired`]).
     pub fn router(&self, now_ms: u64) -> Desired {
@@ -38,6 +56,33 @@ impl Mirror {
     /// The DHCP server's lease plans (as [`crate::project::dhcp_plans`]).
     pub fn plans(&self) -> Vec<MigrationPlan> {
         self.plans.values().cloned().collect()
+    }
+
+    /// The parts of the projection that changed since the caller last took them with `seen`
+    /// (everything, the first time): the router's desired state when a record it depends on
+    /// changed or an entry stopped (or started) draining between then and `now_ms`; the DHCP
+    /// server's reservations and plans when one of them changed. A `seen` belongs to one mirror.
+    pub fn changed(&self, now_ms: u64, seen: &mut Taken) -> Changed {
+        let router = match seen.router {
+            Some((generation, then)) if generation == self.generations.router && !self.drains_between(then, now_ms) => {
+                None
+            }
+            _ => Some(self.router(now_ms)),
+        };
+        seen.router = Some((self.generations.router, now_ms));
+        let dhcp = match seen.dhcp {
+            Some(generation) if generation == self.generations.dhcp => None,
+            _ => Some((self.reservations(), self.plans())),
+        };
+        seen.dhcp = Some(self.generations.dhcp);
+        Changed { router, dhcp }
+    }
+
+    /// Whether an entry is in the router's desired state at one of `a` and `b` and not at the
+    /// other (it is until its end: leaves at `end` when `a < end <= b`).
+    fn drains_between(&self, a: u64, b: u64) -> bool {
+        let (low, high) = (a.min(b), a.max(b));
+        self.draining.range((Bound::Excluded((low, u64::MAX)), Bound::Included((high, u64::MAX)))).next().is_some()
     }
 
     /// When the router's desired state changes by itself next, after `now_ms`: the next
