@@ -58,6 +58,7 @@ pub struct Projection {
 ///   call. On [`crate::RedbStore`] a change is delivered before its transaction returns, so such
 ///   a manager sees every committed write, as when it read the store each time; on etcd it sees a
 ///   change once its watch event arrives (milliseconds). A compaction is met by listing again.
+///   Such a manager kept but not called holds the changes in its watch until its next call.
 pub struct Manager<S: Store> {
     inventory: Inventory<S>,
     limits: Limits,
@@ -111,11 +112,8 @@ impl<S: Store> Manager<S> {
     /// address or migration are ignored). Called before any [`Manager::reset`], the manager
     /// lists the store first and then leaves following it to the caller.
     pub fn observe(&self, event: &WatchEvent) -> Result<(), InventoryError> {
-        let mut following = self.lock();
-        if matches!(following.feed, Feed::Unlisted) {
-            let (kvs, revision) = self.inventory.store().range(PREFIX)?;
-            following.mirror.reset(&kvs, revision);
-        }
+        // Listed, and what its own watch delivered applied, before the caller takes over.
+        let mut following = self.following()?;
         following.feed = Feed::Caller;
         following.mirror.apply(event);
         Ok(())
@@ -125,13 +123,17 @@ impl<S: Store> Manager<S> {
     /// test that changed the store behind the manager's back).
     pub fn refresh(&self) -> Result<(), InventoryError> {
         let mut following = self.lock();
-        let (kvs, revision) = self.inventory.store().range(PREFIX)?;
+        let store = self.inventory.store();
+        let (kvs, revision) = store.range(PREFIX)?;
         following.mirror.reset(&kvs, revision);
+        if !matches!(following.feed, Feed::Caller) {
+            following.feed = Feed::Own(store.watch(PREFIX, revision)?);
+        }
         Ok(())
     }
 
-    /// The revision of the store's last change the mirror applied: where a caller's watch
-    /// resumes.
+    /// The revision of the store's last change the mirror applied (0 before it first listed
+    /// the store): where a caller's watch resumes.
     pub fn revision(&self) -> u64 {
         self.lock().mirror.revision()
     }
