@@ -131,3 +131,25 @@ fn a_manager_never_fed_follows_the_store_by_itself() {
     assert_eq!(manager.dhcp().unwrap().0.len(), 11);
     assert_eq!(manager.revision(), store.range("/").unwrap().1);
 }
+
+#[test]
+fn a_caller_taking_over_loses_nothing_its_own_watch_had_delivered() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = RedbStore::open(&dir.path().join("store.redb")).unwrap();
+    let manager = Manager::new(Inventory::new(store.clone()), Limits::default());
+    let inv = manager.inventory();
+    assert!(manager.dhcp().unwrap().0.is_empty(), "listed; following the store by itself");
+    inv.add_vm(&vm("vm-x", "02:00:00:00:00:0c")).unwrap();
+    // The caller's watch starts after that change: it will never deliver it.
+    let (_, revision) = store.range("/").unwrap();
+    let watcher = store.watch("/", revision).unwrap();
+    inv.add_vm(&vm("vm-y", "02:00:00:00:00:0d")).unwrap();
+    assert!(feed(&manager, &watcher) > 0);
+    let vms: Vec<String> = manager.dhcp().unwrap().0.into_iter().map(|r| r.vm).collect();
+    assert_eq!(vms, ["vm-x", "vm-y"]);
+    // From now on only the caller's watch feeds it.
+    inv.add_vm(&vm("vm-z", "02:00:00:00:00:0e")).unwrap();
+    assert_eq!(manager.dhcp().unwrap().0.len(), 2);
+    feed(&manager, &watcher);
+    assert_eq!(manager.dhcp().unwrap().0.len(), 3);
+}
