@@ -11,6 +11,7 @@ pub mod extend;
 pub mod inventory;
 pub mod manager;
 pub mod migration;
+pub mod mirror;
 pub mod orchestrator;
 pub mod plan;
 pub mod project;

@@ -45,55 +45,70 @@ pub fn router_desired(
             desired.addresses.insert(a.ip, VmId::from(vm.as_str()));
         }
     }
-    for m in migrations {
-        let state = m.lifecycle.state;
-        let draining = matches!(state, MigrationState::RolledBack | MigrationState::Aborted)
-            && now_ms < ended_at(m) + ROLLBACK_DRAIN.as_millis() as u64;
-        // A pending migration (created, its plan not yet written) is installed already,
-        // waiting for B's lease: it changes no forwarding, and the router has it one store
-        // transaction sooner.
-        if !state.is_shadowing() && !draining && state != MigrationState::Pending {
-            continue;
-        }
-        let options = MigrationOptions {
-            strategy: m.strategy,
-            mode: m.mode,
-            affinity: m.affinity,
-            ramp: m.ramp.clone(),
-            deadline: Some(instant(m.deadline_ms)),
-            salt: m.id,
-            close_grace: Duration::from_millis(m.plan.as_ref().map_or(policy.close_grace_ms, |p| p.close_grace_ms)),
-            outlive_limit: Duration::from_millis(policy.max_ms),
-            ..MigrationOptions::default()
-        };
-        let mut entry = ShadowingEntry::new(
-            m.ip,
-            VmId::from(m.source.as_str()),
-            VmId::from(m.destination.as_str()),
-            instant(m.created_ms),
-            CongestionControlParameters::default(),
-            options,
-        );
-        entry.traffic_split_percentage = m.split_pct.clamp(0.0, 100.0);
-        entry.state = match state {
-            MigrationState::WaitingForDestinationLease | MigrationState::Pending => EntryState::WaitingForLease,
-            MigrationState::Paused => EntryState::Paused,
-            MigrationState::RolledBack | MigrationState::Aborted => EntryState::RollingBack,
-            _ => EntryState::Ramping,
-        };
-        if entry.state == EntryState::WaitingForLease {
-            entry.traffic_split_percentage = 0.0;
-        }
-        desired.entries.push(DesiredEntry {
-            lease_bound: entry.state != EntryState::WaitingForLease,
-            // Only while the split is the router's to set: a rolling-back entry refuses promote.
-            promote: m.lifecycle.promoted && matches!(state, MigrationState::Ramping | MigrationState::Paused),
-            cut_over: state == MigrationState::CutOver,
-            finish_rollback: false,
-            entry,
-        });
-    }
+    desired.entries.extend(
+        migrations
+            .iter()
+            .filter(|m| drain_end(m).is_none_or(|end| now_ms < end))
+            .filter_map(|m| router_entry(m, policy)),
+    );
     desired
+}
+
+/// When a rolled-back or aborted migration's entry leaves the router (unix milliseconds):
+/// [`ROLLBACK_DRAIN`] after it ended. `None` for a migration in any other state.
+pub fn drain_end(m: &Migration) -> Option<u64> {
+    matches!(m.lifecycle.state, MigrationState::RolledBack | MigrationState::Aborted)
+        .then(|| ended_at(m).saturating_add(ROLLBACK_DRAIN.as_millis() as u64))
+}
+
+/// The router's entry of one migration, whatever the time: `None` when no state of it has one
+/// (completed, failed); a rolled-back or aborted one has its entry until [`drain_end`], which
+/// the caller checks (the only part of the router's projection that depends on the time).
+pub fn router_entry(m: &Migration, policy: &DeadlinePolicy) -> Option<DesiredEntry> {
+    let state = m.lifecycle.state;
+    // A pending migration (created, its plan not yet written) is installed already,
+    // waiting for B's lease: it changes no forwarding, and the router has it one store
+    // transaction sooner.
+    if !state.is_shadowing() && drain_end(m).is_none() && state != MigrationState::Pending {
+        return None;
+    }
+    let options = MigrationOptions {
+        strategy: m.strategy,
+        mode: m.mode,
+        affinity: m.affinity,
+        ramp: m.ramp.clone(),
+        deadline: Some(instant(m.deadline_ms)),
+        salt: m.id,
+        close_grace: Duration::from_millis(m.plan.as_ref().map_or(policy.close_grace_ms, |p| p.close_grace_ms)),
+        outlive_limit: Duration::from_millis(policy.max_ms),
+        ..MigrationOptions::default()
+    };
+    let mut entry = ShadowingEntry::new(
+        m.ip,
+        VmId::from(m.source.as_str()),
+        VmId::from(m.destination.as_str()),
+        instant(m.created_ms),
+        CongestionControlParameters::default(),
+        options,
+    );
+    entry.traffic_split_percentage = m.split_pct.clamp(0.0, 100.0);
+    entry.state = match state {
+        MigrationState::WaitingForDestinationLease | MigrationState::Pending => EntryState::WaitingForLease,
+        MigrationState::Paused => EntryState::Paused,
+        MigrationState::RolledBack | MigrationState::Aborted => EntryState::RollingBack,
+        _ => EntryState::Ramping,
+    };
+    if entry.state == EntryState::WaitingForLease {
+        entry.traffic_split_percentage = 0.0;
+    }
+    Some(DesiredEntry {
+        lease_bound: entry.state != EntryState::WaitingForLease,
+        // Only while the split is the router's to set: a rolling-back entry refuses promote.
+        promote: m.lifecycle.promoted && matches!(state, MigrationState::Ramping | MigrationState::Paused),
+        cut_over: state == MigrationState::CutOver,
+        finish_rollback: false,
+        entry,
+    })
 }
 
 /// Why a failed migration failed, from its history.
@@ -108,27 +123,27 @@ fn failure_reason(m: &Migration) -> String {
 /// back once the migration ended that way (so B gets the normal lease, or is refused), none for
 /// migrations that never wrote a plan.
 pub fn dhcp_plans(migrations: &[Migration]) -> Vec<MigrationPlan> {
-    migrations
-        .iter()
-        .filter_map(|m| {
-            let state = match m.lifecycle.state {
-                MigrationState::Pending => return None,
-                s if s.is_shadowing() => PlanState::Active,
-                MigrationState::Completed => PlanState::Completed,
-                MigrationState::Failed => PlanState::Failed(failure_reason(m)),
-                _ => PlanState::RolledBack,
-            };
-            // A's lease ends at the deadline, or when the router finished early: the plan says
-            // so (a completed plan refuses A's renewal either way).
-            let end_ms = match (m.lifecycle.state, &m.cut_over) {
-                (MigrationState::Completed, Some(c)) => c.at_ms.min(m.deadline_ms),
-                _ => m.deadline_ms,
-            };
-            let mut plan = MigrationPlan::new(m.id, m.ip, &m.source, &m.destination, end_ms / 1000);
-            plan.state = state;
-            Some(plan)
-        })
-        .collect()
+    migrations.iter().filter_map(dhcp_plan).collect()
+}
+
+/// The DHCP server's lease plan of one migration (see [`dhcp_plans`]).
+pub fn dhcp_plan(m: &Migration) -> Option<MigrationPlan> {
+    let state = match m.lifecycle.state {
+        MigrationState::Pending => return None,
+        s if s.is_shadowing() => PlanState::Active,
+        MigrationState::Completed => PlanState::Completed,
+        MigrationState::Failed => PlanState::Failed(failure_reason(m)),
+        _ => PlanState::RolledBack,
+    };
+    // A's lease ends at the deadline, or when the router finished early: the plan says
+    // so (a completed plan refuses A's renewal either way).
+    let end_ms = match (m.lifecycle.state, &m.cut_over) {
+        (MigrationState::Completed, Some(c)) => c.at_ms.min(m.deadline_ms),
+        _ => m.deadline_ms,
+    };
+    let mut plan = MigrationPlan::new(m.id, m.ip, &m.source, &m.destination, end_ms / 1000);
+    plan.state = state;
+    Some(plan)
 }
 
 /// The DHCP server's reservations: every VM by its MAC, with the address it holds (the lowest,

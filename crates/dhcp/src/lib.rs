@@ -6,6 +6,7 @@
 pub mod config;
 pub mod lease;
 pub mod plan;
+pub mod plans;
 pub mod server;
 pub mod service;
 mod socket;

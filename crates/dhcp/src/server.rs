@@ -11,6 +11,7 @@ pub use ipshadow_contracts::dhcp::{DhcpCounters, LeaseEvent, LeaseEventKind};
 use crate::config::{ConfigError, DhcpConfig, SubnetConfig};
 use crate::lease::{ClientKey, Lease, LeaseChange, LeaseTable, Role};
 use crate::plan::{MigrationPlan, PlanState, shadow_option_payload};
+use crate::plans::Plans;
 use crate::wire::{self, Request};
 
 /// How long an offered address is held for the client that was offered it, seconds.
@@ -115,7 +116,7 @@ pub struct DhcpServer {
     offers: BTreeMap<ClientKey, (Ipv4Addr, u64)>,
     offered_ips: BTreeMap<Ipv4Addr, ClientKey>,
     declined: BTreeMap<Ipv4Addr, u64>,
-    plans: BTreeMap<u64, MigrationPlan>,
+    plans: Plans,
     pool_cursor: Vec<u32>,
     /// A full scan of the subnet's pool found no free address, and nothing was freed since.
     pool_exhausted: Vec<bool>,
@@ -152,7 +153,7 @@ impl DhcpServer {
             offers: BTreeMap::new(),
             offered_ips: BTreeMap::new(),
             declined: BTreeMap::new(),
-            plans: BTreeMap::new(),
+            plans: Plans::default(),
             pool_cursor,
             pool_exhausted,
             events: Vec::new(),
@@ -223,7 +224,7 @@ impl DhcpServer {
 
     /// A migration plan.
     pub fn plan(&self, id: u64) -> Option<&MigrationPlan> {
-        self.plans.get(&id)
+        self.plans.get(id)
     }
 
     /// Starts leasing `plan.ip` to both VMs.
@@ -236,21 +237,21 @@ impl DhcpServer {
         if self.config.reservations[source].ip != Some(plan.ip) {
             return Err(PlanError::NotSourceAddress { ip: plan.ip, vm: plan.source.clone() });
         }
-        if self.plans.values().any(|p| p.ip == plan.ip && p.is_active()) {
+        if self.plans.active_of_ip(plan.ip).next().is_some() {
             return Err(PlanError::AlreadyMigrating(plan.ip));
         }
-        if self.plans.contains_key(&plan.id) {
+        if self.plans.contains(plan.id) {
             return Err(PlanError::DuplicateId(plan.id));
         }
         for vm in [&plan.source, &plan.destination] {
-            if self.plans.values().any(|p| p.is_active() && (&p.source == vm || &p.destination == vm)) {
+            if self.plans.vm_busy(vm) {
                 return Err(PlanError::VmBusy(vm.clone()));
             }
         }
         if u32::try_from(plan.deadline).is_err() {
             return Err(PlanError::DeadlineOutOfRange(plan.deadline));
         }
-        self.plans.insert(plan.id, plan);
+        self.plans.insert(plan);
         Ok(())
     }
 
@@ -259,18 +260,24 @@ impl DhcpServer {
         self.plans.values()
     }
 
+    /// The plans with their indexes (by VM, by address): what each request looks its client's
+    /// plan up in.
+    pub fn indexed_plans(&self) -> &Plans {
+        &self.plans
+    }
+
     /// Puts back a plan from the store as it was (any state), replacing one with the same id.
     pub fn restore_plan(&mut self, plan: MigrationPlan) {
-        self.plans.insert(plan.id, plan);
+        self.plans.insert(plan);
     }
 
     /// Ends a plan: `Completed` (X is B's), `RolledBack` or `Failed` (X stays A's).
     pub fn end_plan(&mut self, id: u64, state: PlanState) -> Result<(), PlanError> {
-        let plan = self.plans.get_mut(&id).ok_or(PlanError::NoSuchPlan(id))?;
+        let plan = self.plans.get(id).ok_or(PlanError::NoSuchPlan(id))?;
         if !plan.is_active() {
             return Err(PlanError::NotActive(id));
         }
-        plan.state = state;
+        self.plans.modify(id, |plan| plan.state = state);
         Ok(())
     }
 
@@ -281,15 +288,13 @@ impl DhcpServer {
         if u32::try_from(deadline).is_err() {
             return Err(PlanError::DeadlineOutOfRange(deadline));
         }
-        let plan = self.plans.get_mut(&id).ok_or(PlanError::NoSuchPlan(id))?;
-        plan.deadline = deadline;
-        Ok(())
+        self.plans.modify(id, |plan| plan.deadline = deadline).ok_or(PlanError::NoSuchPlan(id))
     }
 
     /// Forgets an ended plan. A completed plan's address becomes the destination's reservation
     /// (and no longer the source's), so B keeps it and A stays refused.
     pub fn remove_plan(&mut self, id: u64) -> Option<MigrationPlan> {
-        let plan = self.plans.remove(&id)?;
+        let plan = self.plans.remove(id)?;
         if plan.state == PlanState::Completed {
             for r in &mut self.config.reservations {
                 if r.vm == plan.source && r.ip == Some(plan.ip) {
@@ -420,7 +425,7 @@ impl DhcpServer {
             let name = &self.config.reservations[v].vm;
             let own = self.config.reservations[v].ip;
             // The plan with the highest id naming the VM (the latest migration) decides.
-            if let Some(plan) = self.plans.values().rev().find(|p| &p.source == name || &p.destination == name) {
+            if let Some(plan) = self.plans.latest_of_vm(name) {
                 let normal = self.normal_lease(plan.ip);
                 let assign = |ip, lease_secs, migration| Decision::Assign(Assignment { ip, lease_secs, migration });
                 let own_other =
@@ -545,7 +550,7 @@ impl DhcpServer {
             Decision::Assign(_) | Decision::Refuse => {
                 self.counters.naks += 1;
                 let vm_name = vm.map(|v| self.config.reservations[v].vm.clone());
-                let migration = self.plans.values().rev().find(|p| p.ip == asked).map(|p| {
+                let migration = self.plans.latest_of_ip(asked).map(|p| {
                     let role =
                         if vm_name.as_deref() == Some(p.source.as_str()) { Role::Source } else { Role::Destination };
                     (p.id, role)
@@ -598,20 +603,24 @@ impl DhcpServer {
         self.forget_offer(client);
         let vm_name = vm.map(|v| self.config.reservations[v].vm.clone());
         let mut changes: Vec<LeaseChange> = self.leases.remove(ip, client).into_iter().collect();
-        let plan = self
-            .plans
-            .values_mut()
-            .find(|p| p.ip == ip && p.is_active() && vm_name.as_deref() == Some(p.destination.as_str()));
-        let migration = match plan {
-            Some(plan) => {
+        let plan =
+            self.plans.active_of_ip(ip).find(|p| vm_name.as_deref() == Some(p.destination.as_str())).map(|p| p.id);
+        let failed = plan.and_then(|id| {
+            self.plans.modify(id, |plan| {
                 // B found X in use: its ARP probe was answered, so the VM segments are not kept
                 // apart. The migration fails; X is not quarantined (A still holds it).
                 plan.state = PlanState::Failed(format!(
                     "{} declined {ip}: its ARP probe for the address was answered (VM segments not isolated)",
                     plan.destination
                 ));
-                changes.push(LeaseChange::Plan(plan.clone()));
-                Some((plan.id, Role::Destination))
+                plan.clone()
+            })
+        });
+        let migration = match failed {
+            Some(plan) => {
+                let id = plan.id;
+                changes.push(LeaseChange::Plan(plan));
+                Some((id, Role::Destination))
             }
             None => {
                 // Quarantine only what the pool would hand out again; a reservation stays its VM's.
@@ -734,7 +743,7 @@ impl DhcpServer {
         // An address held by two VMs (a migration, or after the cut-over until A's lease ends):
         // unicast to it could reach either, so its clients are answered by broadcast (their xid
         // and chaddr pick the reply out).
-        let shadowed = self.plans.values().any(|p| p.ip == m.ciaddr() && p.is_active())
+        let shadowed = self.plans.active_of_ip(m.ciaddr()).next().is_some()
             || self.leases.on(m.ciaddr()).iter().any(|l| &l.client != client);
         if kind == MessageType::Nak && !m.giaddr().is_unspecified() {
             // RFC 2131 4.3.2: a NAK through a relay asks it to broadcast.

@@ -65,3 +65,38 @@ fn a_moved_deadline_reaches_the_server_and_its_store() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// The server's plan indexes follow what `follow` does to its plans: a plan that ends no longer
+/// makes its address or VMs busy, and the next migration of the address (back from B to A) is
+/// the one its VMs' requests find.
+#[test]
+fn the_plan_indexes_follow_the_manager() {
+    let dir = std::env::temp_dir().join(format!("ipshadow-dhcp-service-index-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = config(&dir);
+    let mut reservations = config.reservations.clone();
+    let mut service = Service::start(config).unwrap();
+    let ids = |service: &Service, vm: &str| service.server().indexed_plans().latest_of_vm(vm).map(|p| p.id);
+    let active = |service: &Service| service.server().indexed_plans().active_of_ip(X).map(|p| p.id).collect::<Vec<_>>();
+
+    assert!(service.follow(reservations.clone(), &[plan(DEADLINE, PlanState::Active)]).unwrap().is_empty());
+    assert_eq!((active(&service), ids(&service, "vm-a"), ids(&service, "vm-b")), (vec![7], Some(7), Some(7)));
+    assert!(service.server().indexed_plans().vm_busy("vm-b"));
+
+    service.follow(reservations.clone(), &[plan(DEADLINE, PlanState::Completed)]).unwrap();
+    assert!(active(&service).is_empty());
+    assert!(!service.server().indexed_plans().vm_busy("vm-a") && !service.server().indexed_plans().vm_busy("vm-b"));
+    assert_eq!(ids(&service, "vm-b"), Some(7), "an ended plan still decides B's lease");
+
+    // X is B's now; it moves back to A: accepted (nothing stale says X or a VM is busy).
+    reservations[0].ip = None;
+    reservations[1].ip = Some(X);
+    let mut back = MigrationPlan::new(8, X, "vm-b", "vm-a", DEADLINE + 600);
+    back.state = PlanState::Active;
+    let refused = service.follow(reservations, &[plan(DEADLINE, PlanState::Completed), back]).unwrap();
+    assert!(refused.is_empty(), "{refused:?}");
+    assert_eq!((active(&service), ids(&service, "vm-a"), ids(&service, "vm-b")), (vec![8], Some(8), Some(8)));
+    drop(service);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
