@@ -5,6 +5,9 @@
 //! - The demo with its defaults (500 long-lived connections, the default plan) while the
 //!   leading manager and then etcd's leader member are killed (SIGKILL): another manager leads
 //!   within 5 s, etcd elects another leader, the migration completes, 0 broken, 0 cut.
+//! - The demo while etcd's leader member is cut off its segment for 10 s, then every member is
+//!   down for 10 s: the migration completes, 0 broken, 0 cut, and the clients' verified
+//!   exchanges go on through both (forwarding never waits for etcd).
 //! - A leading manager paused (SIGSTOP) past its lease while the other takes over, then resumed
 //!   (SIGCONT): it steps down, and the migration's history (each entry names the manager that
 //!   recorded it) has nothing of it after the takeover; 0 broken.
@@ -79,6 +82,44 @@ fn the_demo_on_etcd_survives_its_leading_manager_and_etcds_leader_killed() {
     let history = report["migration"]["lifecycle"]["history"].as_array().unwrap();
     let by: std::collections::BTreeSet<&str> = history.iter().filter_map(|h| h["by"].as_str()).collect();
     assert!(by.contains(manager["new_leader"].as_str().unwrap()), "the new leader recorded nothing: {history:?}");
+}
+
+#[test]
+fn the_demo_on_etcd_survives_etcds_leader_cut_off_and_every_member_down_for_10_s() {
+    if !etcd_available("lab_etcd_outage") {
+        return;
+    }
+    let prefix = format!("o{}", std::process::id() % 10_000);
+    let _guard = Guard { prefix: prefix.clone(), workloads: Vec::new() };
+    let out = Command::new(EXE)
+        .args(["demo", "--json", "--etcd", "3", "--prefix", &prefix])
+        .args(["--cut-etcd-leader-at", "6", "--etcd-down-at", "20"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "demo failed: {stderr}");
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {stderr}"));
+    let faults = report["faults"].as_array().unwrap();
+    eprintln!(
+        "lab_etcd_outage demo: {} connections, {} broken, {} cut, state {}; faults {}",
+        report["connections_total"],
+        report["connections_broken"],
+        report["cut_at_deadline"],
+        report["migration_state"],
+        serde_json::to_string(faults).unwrap()
+    );
+    assert_eq!(report["migration_state"], "completed", "{stderr}");
+    assert_eq!(n(&report, "/connections_broken"), 0, "{}", report["causes"]);
+    assert_eq!(n(&report, "/cut_at_deadline"), 0);
+    let kinds: Vec<&str> = faults.iter().filter_map(|f| f["kind"].as_str()).collect();
+    assert_eq!(kinds, ["etcd_leader_cut_off", "etcd_member_reconnected", "etcd_down", "etcd_up"], "{faults:?}");
+    let cut = &faults[0];
+    assert!(cut["new_leader"].is_string() && cut["new_leader"] != cut["target"], "no other member led: {cut}");
+    // Forwarding never waited for etcd: the clients' verified exchanges went on through both.
+    for end in [&faults[1], &faults[3]] {
+        assert!(n(end, "/exchanges_during") > 1000, "little traffic during the outage: {end}");
+    }
+    assert!(faults[3]["new_leader"].is_string(), "etcd came back without a leader: {}", faults[3]);
 }
 
 #[test]

@@ -201,7 +201,9 @@ impl<'a> Demo<'a> {
 
         let mut restarts: Vec<u64> = args.restarts.clone();
         restarts.sort_unstable();
-        let mut faults = super::faults::schedule(&args.kill_manager, &args.kill_etcd_leader);
+        let mut faults = super::faults::schedule(args);
+        let mut outages = super::faults::Outages::default();
+        let mut api_failing = false;
         let tty = std::io::stderr().is_terminal();
         let mut last_line = Clock::now();
         let mut give_up = Duration::from_millis(deadline_ms.saturating_sub(start_ms)) + Duration::from_secs(30);
@@ -212,11 +214,31 @@ impl<'a> Demo<'a> {
                 restarts.remove(0);
                 self.restart_serve(id, t)?;
             }
-            if faults.first().is_some_and(|&(at, _)| t >= Duration::from_secs(at)) {
+            if faults.first().is_some_and(|&(at, _)| t >= at) {
                 let (_, kind) = faults.remove(0);
-                self.faults.push(super::faults::inject(self.lab, kind, t)?);
+                let (fault, end) = super::faults::inject(self.lab, kind, t, &mut outages)?;
+                self.faults.push(fault);
+                if let Some(end) = end {
+                    faults.push(end);
+                    faults.sort_by_key(|(at, _)| *at);
+                }
             }
-            let m = self.migration(id)?;
+            // With etcd down the API answers 503: the demo waits, as a user's client would.
+            let m = match self.migration(id) {
+                Ok(m) => {
+                    api_failing = false;
+                    m
+                }
+                Err(e) => {
+                    if !std::mem::replace(&mut api_failing, true) {
+                        eprintln!("\nipshadow demo: the API: {e:#}; trying again");
+                    }
+                    if t > give_up {
+                        bail!("the migration did not end by its deadline; see {}", self.lab.dir.display());
+                    }
+                    continue;
+                }
+            };
             // The manager may extend the deadline for A's forecast drain.
             if let Some(deadline) = m["deadline_ms"].as_u64() {
                 give_up =

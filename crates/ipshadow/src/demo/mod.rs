@@ -80,6 +80,14 @@ pub struct DemoArgs {
     /// starts; it stays down (repeatable, while a majority is left).
     #[arg(long = "kill-etcd-leader-at", value_name = "SECS")]
     pub kill_etcd_leader: Vec<u64>,
+    /// With `--etcd`: cut etcd's leader member off its segment (link down) this many seconds
+    /// after the migration starts, for 10 s.
+    #[arg(long = "cut-etcd-leader-at", value_name = "SECS")]
+    pub cut_etcd_leader: Vec<u64>,
+    /// With `--etcd`: kill every etcd member (SIGKILL) this many seconds after the migration
+    /// starts, and start them again 10 s later.
+    #[arg(long = "etcd-down-at", value_name = "SECS")]
+    pub etcd_down: Vec<u64>,
     /// VM B's DHCP client (VM A always runs dhclient).
     #[arg(long, value_enum, default_value = "dhclient")]
     pub b_dhcp_client: crate::lab::services::DhcpClient,
@@ -137,10 +145,15 @@ impl DemoArgs {
         if let Some(late) = self.restarts.iter().find(|&&t| t >= deadline) {
             bail!("--restart-at {late} is not before the deadline ({deadline} s; without --deadline, A's lease end)");
         }
-        if self.etcd == 0 && !(self.kill_manager.is_empty() && self.kill_etcd_leader.is_empty()) {
-            bail!("--kill-manager-at and --kill-etcd-leader-at need the lab on etcd (--etcd 3)");
+        let faults = || {
+            self.kill_manager.iter().chain(&self.kill_etcd_leader).chain(&self.cut_etcd_leader).chain(&self.etcd_down)
+        };
+        if self.etcd == 0 && faults().next().is_some() {
+            bail!(
+                "--kill-manager-at, --kill-etcd-leader-at, --cut-etcd-leader-at and --etcd-down-at need the lab on etcd (--etcd 3)"
+            );
         }
-        if let Some(late) = self.kill_manager.iter().chain(&self.kill_etcd_leader).find(|&&t| t >= deadline) {
+        if let Some(late) = faults().find(|&&t| t >= deadline) {
             bail!("a fault at {late} s is not before the deadline ({deadline} s; without --deadline, A's lease end)");
         }
         // A cluster of n members keeps a majority through (n - 1) / 2 losses.

@@ -235,10 +235,12 @@ impl DemoReport {
         }
         for f in &self.faults {
             let after = match (&f.new_leader, f.recovered_after_s) {
+                _ if f.kind == "etcd_down" => format!("for {:?}", super::faults::OUTAGE),
                 (Some(l), Some(secs)) => format!("{l} led {:.0} ms later", secs * 1e3),
                 _ => "no new leader".to_owned(),
             };
-            s += &format!("  {} ({}) at {:.1} s: {after}\n", f.kind.replace('_', " "), f.target, f.at_s);
+            let during = f.exchanges_during.map_or(String::new(), |n| format!(", {n} exchanges verified meanwhile"));
+            s += &format!("  {} ({}) at {:.1} s: {after}{during}\n", f.kind.replace('_', " "), f.target, f.at_s);
         }
         let causes: Vec<String> =
             self.causes.iter().filter(|(_, n)| **n > 0).map(|(c, n)| format!("{c} {n}")).collect();

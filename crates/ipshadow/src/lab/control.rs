@@ -103,16 +103,23 @@ impl Lab {
     /// the body is not JSON).
     pub fn api(&self, method: &str, path: &str, body: Option<Value>) -> anyhow::Result<(u16, Value)> {
         let auth = format!("Bearer {}", self.admin_token()?);
-        self.http(method, &format!("http://{API}{path}"), body, Some(&auth))
+        self.http(method, &format!("http://{API}{path}"), body, Some(&auth), Duration::from_secs(10))
     }
 
-    /// An HTTP call from inside the router's namespace, without credentials (etcd's health
-    /// and status).
+    /// An HTTP call from inside the router's namespace, without credentials, answered within
+    /// one second (etcd's health and status: a member cut off must not hold the caller up).
     pub fn http_in_router_ns(&self, method: &str, url: &str, body: Option<Value>) -> anyhow::Result<(u16, Value)> {
-        self.http(method, url, body, None)
+        self.http(method, url, body, None, Duration::from_secs(1))
     }
 
-    fn http(&self, method: &str, url: &str, body: Option<Value>, auth: Option<&str>) -> anyhow::Result<(u16, Value)> {
+    fn http(
+        &self,
+        method: &str,
+        url: &str,
+        body: Option<Value>,
+        auth: Option<&str>,
+        timeout: Duration,
+    ) -> anyhow::Result<(u16, Value)> {
         let namespace = format!("/run/netns/{}", self.ns("r"));
         // A thread of its own: it enters the router's namespace and is gone after the call.
         std::thread::scope(|scope| {
@@ -122,7 +129,7 @@ impl Lab {
                     nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).context("entering the namespace")?;
                     let agent: ureq::Agent = ureq::Agent::config_builder()
                         .http_status_as_error(false)
-                        .timeout_global(Some(Duration::from_secs(10)))
+                        .timeout_global(Some(timeout))
                         .build()
                         .into();
                     let auth = auth.unwrap_or("");

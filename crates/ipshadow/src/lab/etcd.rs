@@ -211,6 +211,12 @@ impl Lab {
         String::from_utf8(value).ok()
     }
 
+    /// Cuts member `i` off the control segment (its link on the bridge down), or puts it back.
+    pub fn cut_etcd_member(&self, i: u8, cut: bool) -> anyhow::Result<()> {
+        ip_in(&self.ns("sw"), &["link", "set", &format!("e{i}"), if cut { "down" } else { "up" }])?;
+        Ok(())
+    }
+
     /// The member etcd's members say leads (1-based), if they agree on one.
     pub fn etcd_leader(&self) -> Option<u8> {
         (1..=self.etcd_members()).find(|&i| {
