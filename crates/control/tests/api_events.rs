@@ -157,15 +157,6 @@ fn read_events(reader: impl BufRead, sender: &mpsc::Sender<Sse>) {
     }
 }
 
-/// Threads of this process whose name starts with `prefix` (the server runs in it).
-fn threads_named(prefix: &str) -> usize {
-    std::fs::read_dir("/proc/self/task")
-        .unwrap()
-        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
-        .filter(|name| name.trim_end().starts_with(prefix))
-        .count()
-}
-
 fn state(e: &Sse) -> &str {
     e.data["lifecycle"]["state"].as_str().unwrap()
 }
@@ -239,14 +230,13 @@ fn another_tenant_gets_404_before_any_stream() {
 
 #[test]
 fn a_client_that_leaves_stops_the_watch_and_shutdown_ends_the_streams() {
-    let (mut s, first) = Server::with_migration("leave");
-    // A second migration: the other tests' streams (same process, in parallel) are on the first
-    // one, and bridge threads are told apart by their migration id.
+    // One stream at most: whether its slot is held tells whether its task still runs.
+    let (mut s, first) =
+        Server::with_migration_on("leave", |store| common::tenants_at_now(store).with_max_event_streams(1));
     assert_eq!(s.post(&format!("/v1/migrations/{first}/abort"), ACME, None).0, 200);
     let (status, m) = s.post("/v1/addresses/10.0.0.10/reassign", ACME, Some(json!({"to": "vm-b", "migrate": true})));
     assert_eq!(status, 202, "{m}");
     let id = m["id"].as_u64().unwrap();
-    let thread = format!("events-{id}");
     // By hand, to close the connection exactly when the test says.
     let mut client = std::net::TcpStream::connect(s.api.base.trim_start_matches("http://")).unwrap();
     let request = format!("GET /v1/migrations/{id}/events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {ACME}\r\n\r\n");
@@ -257,24 +247,22 @@ fn a_client_that_leaves_stops_the_watch_and_shutdown_ends_the_streams() {
         assert!(reader.read_line(&mut head).unwrap() > 0, "{head}");
     }
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    // A new thread names itself once it runs: wait for that.
-    let started = Instant::now();
-    while threads_named(&thread) == 0 {
-        assert!(started.elapsed() < WAIT, "no bridge thread");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    assert_eq!(threads_named(&thread), 1, "one bridge per stream");
+    // The stream's task holds the one slot: another stream is refused.
+    assert_eq!(s.events_response(id, ADMIN).status().as_u16(), 503, "the open stream holds no slot");
     drop((reader, client));
+    // Once the client has gone, its task ends and frees the slot.
     let started = Instant::now();
-    while threads_named(&thread) > 0 {
-        assert!(started.elapsed() < WAIT, "the bridge outlived its client");
+    let open = loop {
+        if let (200, _, Some(open)) = s.events(id, ACME) {
+            break open;
+        }
+        assert!(started.elapsed() < WAIT, "the stream's task outlived its client");
         std::thread::sleep(Duration::from_millis(50));
-    }
+    };
     s.manager.advance(id, MigrationEvent::PlanWritten, NOW).unwrap();
 
     // A stream still open when the server shuts down ends with it.
-    let (_, _, open) = s.events(id, ACME);
-    let open = open.unwrap();
+    assert_eq!(state(&open.next()), "pending");
     assert_eq!(state(&open.next()), "waiting_for_destination_lease");
     s.api.stop();
     assert!(open.ends(), "the graceful shutdown ended the stream");

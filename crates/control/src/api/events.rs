@@ -10,13 +10,13 @@
 //! migration to a final state, when the server shuts down, or with one `event: error` if the
 //! record can no longer be read. Comments keep idle connections (and proxies) open.
 //!
-//! The store's watch is synchronous (std channels), so each stream has a small thread that
-//! waits on it and hands events to the response through a tokio channel; the thread ends within
-//! [`POLL`] once the client has gone. Streams of unfinished migrations open at once are capped
+//! Each stream is a task awaiting the store's watch (no thread waits for it) and handing events
+//! to the response through a tokio channel; the task ends within [`POLL`] once the client has
+//! gone. Streams of unfinished migrations open at once are capped
 //! ([`super::ApiState::max_event_streams`], [`DEFAULT_MAX_STREAMS`]), and so are each tenant's
 //! ([`super::ApiState::max_event_streams_per_tenant`], [`DEFAULT_MAX_STREAMS_PER_TENANT`]): one
-//! more is a 503 with `Retry-After`, so clients cannot exhaust the server's threads, and one
-//! tenant cannot take every stream from the others (the admin has only the overall cap).
+//! more is a 503 with `Retry-After`, so clients cannot hold the store's watches without bound,
+//! and one tenant cannot take every stream from the others (the admin has only the overall cap).
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -38,7 +38,7 @@ use crate::store::{Store, WatchEvent, Watcher};
 /// How often an idle stream sends a comment.
 pub const KEEP_ALIVE: Duration = Duration::from_secs(15);
 
-/// How long the bridge thread waits on the store before it checks that the client is still there.
+/// How long the bridge task waits on the store before it checks that the client is still there.
 pub const POLL: Duration = Duration::from_millis(250);
 
 /// Event streams open at once by default.
@@ -54,7 +54,7 @@ const BUFFER: usize = 16;
 pub const OBSERVATION_EVERY: Duration = Duration::from_secs(1);
 
 /// The router's observation of a migration's address now, if there is one.
-type Observer = Box<dyn Fn(&Migration) -> Option<Observation> + Send>;
+type Observer = Box<dyn Fn(&Migration) -> Option<Observation> + Send + Sync>;
 
 /// The migration's changes as server-sent events: first the migration as it is, then each new
 /// version of it, until it reaches a final state.
@@ -102,13 +102,10 @@ pub async fn migration_events<S: Store>(
             let clock = state.clock.clone();
             Box::new(move |m: &Migration| status().and_then(|s| observe(&s, m, clock()))) as Observer
         });
-        std::thread::Builder::new()
-            .name(format!("events-{id}"))
-            .spawn(move || {
-                bridge(&watcher, &key, &sender, current, observer.as_ref());
-                drop(slot);
-            })
-            .map_err(|e| ApiError::internal(format!("starting the event stream: {e}")))?;
+        tokio::spawn(async move {
+            bridge(&watcher, &key, &sender, current, observer.as_ref()).await;
+            drop(slot);
+        });
     }
 
     let stopping = state.stopping.subscribe();
@@ -131,8 +128,8 @@ pub(crate) struct OpenStreams {
     by_tenant: HashMap<String, usize>,
 }
 
-/// One of the open streams the server allows: freed when dropped (the bridge thread ends, or the
-/// migration was already final and no thread started).
+/// One of the open streams the server allows: freed when dropped (the bridge task ends, or the
+/// migration was already final and no task started).
 struct StreamSlot {
     open: Arc<Mutex<OpenStreams>>,
     tenant: Option<String>,
@@ -184,7 +181,7 @@ impl Drop for StreamSlot {
 /// Forwards the changes of `key` from the store's watch to the response until the migration is
 /// final, the client has gone (the receiver is dropped) or the store is closed; between them,
 /// the router's newer observations of the migration (`current`, as last sent) from `observer`.
-fn bridge(
+async fn bridge(
     watcher: &Watcher,
     key: &str,
     sender: &mpsc::Sender<Event>,
@@ -202,13 +199,12 @@ fn bridge(
             && observed.is_none_or(|(_, at_ms)| at_ms != seen.at_ms)
         {
             observed = Some((Instant::now(), seen.at_ms));
-            if sender.blocking_send(observation_event(&seen)).is_err() {
+            if sender.send(observation_event(&seen)).await.is_err() {
                 return;
             }
         }
-        let asked = Instant::now();
-        let (event, last) = match watcher.next_timeout(POLL) {
-            Some(WatchEvent::Put(kv)) if kv.key == key => match decode::<Migration>(&kv) {
+        let (event, last) = match tokio::time::timeout(POLL, watcher.next()).await {
+            Ok(Some(WatchEvent::Put(kv))) if kv.key == key => match decode::<Migration>(&kv) {
                 Ok(m) => {
                     let event = migration_event(&m.value, kv.mod_revision);
                     let last = m.value.lifecycle.state.is_final();
@@ -217,18 +213,18 @@ fn bridge(
                 }
                 Err(e) => (error_event(&ApiError::from(e)), true),
             },
-            Some(WatchEvent::Delete { key, .. }) => {
+            Ok(Some(WatchEvent::Delete { key, .. })) => {
                 (error_event(&ApiError::internal(format!("{key} was deleted"))), true)
             }
             // A longer key under the same prefix (none is written today).
-            Some(WatchEvent::Put(_)) => continue,
-            // The watch answers `None` at once only when the store has dropped it (shut down);
-            // waiting again would spin.
-            None if asked.elapsed() < POLL / 2 => return,
-            None => continue,
+            Ok(Some(WatchEvent::Put(_))) => continue,
+            // The store let go of the watch (shut down): nothing more will come.
+            Ok(None) => return,
+            // Quiet: look at the client and the router again.
+            Err(_) => continue,
         };
         // Waits while the client is slow; fails once it has gone.
-        if sender.blocking_send(event).is_err() || last {
+        if sender.send(event).await.is_err() || last {
             return;
         }
     }

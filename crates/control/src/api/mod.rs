@@ -61,8 +61,8 @@ pub struct ApiState<S: Store> {
     pub idempotency_ttl_ms: u64,
     /// The other parts running in this process, when there are.
     pub parts: Parts,
-    /// Event streams of unfinished migrations open at once, at most (each holds a thread on the
-    /// store's watch); one more is refused with 503 until one ends.
+    /// Event streams of unfinished migrations open at once, at most (each holds a watch on the
+    /// store); one more is refused with 503 until one ends.
     pub max_event_streams: usize,
     /// Event streams one tenant may have open at once (within `max_event_streams`), so that one
     /// tenant cannot take them all; the admin has only the overall limit.

@@ -24,7 +24,7 @@
 //! wait for their future on it, and each watch is a task on it. The trait becomes async in a
 //! later step (issue 14), and this runtime then goes.
 
-use std::sync::mpsc::Sender;
+use flume::Sender;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -321,7 +321,7 @@ impl Store for EtcdStore {
         if let Some(oldest) = compacted {
             return Err(StoreError::Compacted { requested: after.saturating_add(1), oldest: ours(oldest) });
         }
-        let (sender, receiver) = std::sync::mpsc::channel();
+        let (sender, receiver) = flume::unbounded();
         let watcher = Watcher::new(receiver);
         let task = WatchTask {
             store: self.clone(),

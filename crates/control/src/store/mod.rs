@@ -280,9 +280,10 @@ pub trait Store: Clone + Send + Sync + 'static {
     fn revoke_lease(&self, lease: LeaseId) -> Result<(), StoreError>;
 }
 
-/// A stream of changes to a prefix. Dropping it ends the watch.
+/// A stream of changes to a prefix, read by a thread ([`Watcher::next_timeout`]) or a task
+/// ([`Watcher::next`]: no thread waits for it). Dropping it ends the watch.
 pub struct Watcher {
-    receiver: std::sync::mpsc::Receiver<WatchEvent>,
+    receiver: flume::Receiver<WatchEvent>,
     /// Alive while the watcher is: the store forgets a watch whose token is gone without
     /// waiting for a change to fail to reach it (a watch on a key that never changes again).
     alive: std::sync::Arc<()>,
@@ -292,7 +293,7 @@ pub struct Watcher {
 
 impl Watcher {
     /// A watcher reading from `receiver`.
-    pub(crate) fn new(receiver: std::sync::mpsc::Receiver<WatchEvent>) -> Self {
+    pub(crate) fn new(receiver: flume::Receiver<WatchEvent>) -> Self {
         Self { receiver, alive: std::sync::Arc::new(()), failure: std::sync::Arc::default() }
     }
 
@@ -312,6 +313,12 @@ impl Watcher {
         std::sync::Arc::downgrade(&self.alive)
     }
 
+    /// The next change, for a task: `None` once the store has let go of the watch (shut down,
+    /// or ended it: see [`Watcher::failure`]).
+    pub async fn next(&self) -> Option<WatchEvent> {
+        self.receiver.recv_async().await.ok()
+    }
+
     /// The next change, waiting up to `timeout`; `None` when nothing came (or the store is gone).
     pub fn next_timeout(&self, timeout: std::time::Duration) -> Option<WatchEvent> {
         self.receiver.recv_timeout(timeout).ok()
@@ -322,8 +329,8 @@ impl Watcher {
     pub(crate) fn next_or_end(&self, timeout: std::time::Duration) -> Next {
         match self.receiver.recv_timeout(timeout) {
             Ok(event) => Next::Event(event),
-            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => Next::Quiet,
-            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => Next::Ended,
+            Err(flume::RecvTimeoutError::Timeout) => Next::Quiet,
+            Err(flume::RecvTimeoutError::Disconnected) => Next::Ended,
         }
     }
 

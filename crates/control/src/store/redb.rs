@@ -5,8 +5,8 @@
 
 mod leases;
 
+use flume::Sender;
 use std::path::Path;
-use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
@@ -315,7 +315,7 @@ impl Store for RedbStore {
 
     fn watch(&self, prefix: &str, after: u64) -> Result<Watcher, StoreError> {
         let mut watchers = self.writer();
-        let (sender, receiver) = std::sync::mpsc::channel();
+        let (sender, receiver) = flume::unbounded();
         let tx = self.inner.db.begin_read().map_err(|e| io("reading")(&e))?;
         let meta = tx.open_table(META).map_err(|e| io("reading")(&e))?;
         let (current, oldest) = (Self::meta(&meta, "revision")?, Self::meta(&meta, "oldest")?.max(1));
