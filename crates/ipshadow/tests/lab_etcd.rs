@@ -10,7 +10,8 @@
 //!   exchanges go on through both (forwarding never waits for etcd).
 //! - A leading manager paused (SIGSTOP) past its lease while the other takes over, then resumed
 //!   (SIGCONT): it steps down, and the migration's history (each entry names the manager that
-//!   recorded it) has nothing of it after the takeover; 0 broken.
+//!   recorded it) has nothing of it after the takeover; 0 broken. Then the DHCP server is killed:
+//!   its report, bound to its lease, leaves the store.
 //!
 //! Needs root and etcd; with CI=true they fail rather than skip.
 
@@ -213,4 +214,20 @@ fn a_paused_manager_writes_nothing_once_another_leads() {
     for h in &after {
         assert_eq!(h["by"], successor.as_str(), "an entry after the takeover not by {successor}: {h}");
     }
+
+    // A part's report is bound to its lease: the DHCP server killed, its report leaves the store
+    // within the lease's 5 s (plus etcd's expiry check), and the API stops showing it.
+    assert!(cli(&prefix, &token, &["status", "dhcp"])["leases"].is_array());
+    let dhcp = std::fs::read_to_string(format!("{dir}/serve-dhcp.pid")).unwrap().trim().to_owned();
+    assert!(Command::new("kill").args(["-KILL", &dhcp]).status().unwrap().success());
+    let killed = Instant::now();
+    wait_for("the dead DHCP server's report to leave the store", Duration::from_secs(15), |seen| {
+        let refused = Command::new("ip")
+            .args(["netns", "exec", &format!("{prefix}-r"), EXE, "status", "dhcp", "--token", &token])
+            .output()
+            .unwrap();
+        *seen = String::from_utf8_lossy(&refused.stderr).into_owned();
+        (!refused.status.success() && seen.contains("no DHCP server")).then_some(())
+    });
+    eprintln!("lab_etcd_pause: the killed DHCP server's report left after {:?}", killed.elapsed());
 }

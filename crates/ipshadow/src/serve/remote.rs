@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use ipshadow_contracts::router::{Desired, Status};
 use ipshadow_control::bus::{self, DhcpFeed, DhcpReport, RouterReport};
-use ipshadow_control::{KeyValue, Store, Txn, WatchEvent};
+use ipshadow_control::{KeyValue, LeaseId, Store, Txn, WatchEvent};
 
 use super::parts::{Heard, RouterFeed, SharedDhcp};
 use super::supervise::PartState;
@@ -126,11 +126,61 @@ pub fn dhcp_follows<S: Store>(
     })
 }
 
-/// Writes `value` at `key`, saying the first failure of a run of them (etcd unreachable).
-fn put<S: Store>(store: &S, key: &str, value: &impl serde::Serialize, failing: &mut bool) -> bool {
+/// How long a part's report outlives the part: it is written under a lease of this time to
+/// live, renewed with the reports (a router reports five times a second, a DHCP server at
+/// least twice), so a part that died vanishes from the store within it.
+const REPORT_TTL: Duration = Duration::from_secs(5);
+
+/// The lease a part's reports are bound to: granted on first use, renewed every third of its
+/// time to live, granted again when it ended (the store was unreachable for longer than it).
+#[derive(Default)]
+struct ReportLease {
+    lease: Option<(LeaseId, std::time::Instant)>,
+}
+
+impl ReportLease {
+    /// The lease to write under now.
+    fn current<S: Store>(&mut self, store: &S) -> Result<LeaseId, ipshadow_control::StoreError> {
+        if let Some((lease, renewed)) = self.lease {
+            if renewed.elapsed() < REPORT_TTL / 3 {
+                return Ok(lease);
+            }
+            match store.keep_alive(lease) {
+                Ok(()) => {
+                    self.lease = Some((lease, std::time::Instant::now()));
+                    return Ok(lease);
+                }
+                Err(ipshadow_control::StoreError::LeaseExpired { .. }) => self.lease = None,
+                Err(e) => return Err(e),
+            }
+        }
+        let lease = store.grant_lease(REPORT_TTL)?;
+        self.lease = Some((lease, std::time::Instant::now()));
+        Ok(lease)
+    }
+}
+
+/// Writes a part's report at `key` under its lease.
+fn put_report<S: Store>(
+    store: &S,
+    lease: &mut ReportLease,
+    key: &str,
+    value: &impl serde::Serialize,
+    failing: &mut bool,
+) -> bool {
     let Ok(bytes) = serde_json::to_vec(value) else { return false };
-    match store.txn(Txn::new().put(key, bytes)) {
-        Ok(_) => {
+    let written = lease.current(store).and_then(|id| store.txn(Txn::new().put_leased(key, bytes, id)));
+    if let Err(ipshadow_control::StoreError::LeaseExpired { .. }) = written {
+        // Ended between the renewal and the write: the next report takes a new one.
+        lease.lease = None;
+    }
+    said(key, written.map(drop), failing)
+}
+
+/// Says the first failure of a run of them (etcd unreachable), and when it works again.
+fn said(key: &str, result: Result<(), ipshadow_control::StoreError>, failing: &mut bool) -> bool {
+    match result {
+        Ok(()) => {
             if std::mem::take(failing) {
                 eprintln!("ipshadow serve: writing {key} works again");
             }
@@ -146,6 +196,12 @@ fn put<S: Store>(store: &S, key: &str, value: &impl serde::Serialize, failing: &
     }
 }
 
+/// Writes `value` at `key`, saying the first failure of a run of them (etcd unreachable).
+fn put<S: Store>(store: &S, key: &str, value: &impl serde::Serialize, failing: &mut bool) -> bool {
+    let Ok(bytes) = serde_json::to_vec(value) else { return false };
+    said(key, store.txn(Txn::new().put(key, bytes)).map(drop), failing)
+}
+
 /// Publishes the router's status reports (what it tells `heard`) under its name.
 pub fn router_publishes<S: Store>(
     store: S,
@@ -158,6 +214,7 @@ pub fn router_publishes<S: Store>(
     spawn("router-publish", move || {
         let key = bus::router_key(&name);
         let mut failing = false;
+        let mut lease = ReportLease::default();
         while !stop.load(Ordering::Relaxed) {
             let status = match heard.recv_timeout(POLL) {
                 // Only the newest report matters.
@@ -171,7 +228,7 @@ pub fn router_publishes<S: Store>(
             };
             let report =
                 RouterReport { name: name.clone(), health: health.health(), published_ms: clock(), status: *status };
-            put(&store, &key, &report, &mut failing);
+            put_report(&store, &mut lease, &key, &report, &mut failing);
         }
     })
 }
@@ -194,6 +251,7 @@ pub fn dhcp_publishes<S: Store>(
         let mut refused: BTreeMap<u64, String> = BTreeMap::new();
         let mut pending: Vec<(String, ipshadow_contracts::dhcp::LeaseEvent)> = Vec::new();
         let mut failing = false;
+        let mut lease = ReportLease::default();
         let mut last = std::time::Instant::now() - DHCP_REPORT_EVERY;
         while !stop.load(Ordering::Relaxed) {
             let mut changed = false;
@@ -238,7 +296,7 @@ pub fn dhcp_publishes<S: Store>(
                     lease_ends,
                     refused: refused.iter().map(|(id, why)| (*id, why.clone())).collect(),
                 };
-                if put(&store, &key, &report, &mut failing) {
+                if put_report(&store, &mut lease, &key, &report, &mut failing) {
                     last = std::time::Instant::now();
                 }
             }
