@@ -239,6 +239,18 @@ if seen:
     for name, v in hops.items():
         if v:
             print(f"hop {name}: n={len(v)} p50={pct(v, 50):.2f} p90={pct(v, 90):.2f} p99={pct(v, 99):.2f} max={max(v):.2f}")
+    # What one commit costs a member: its WAL's fsync and its backend's commit (etcd's metrics).
+    with urllib.request.urlopen(f"http://{os.environ['ETCD'].split(',')[0]}/metrics") as r:
+        metrics = dict(line.rsplit(" ", 1) for line in r.read().decode().splitlines() if line and line[0] != "#")
+    for what in ("etcd_disk_wal_fsync_duration_seconds", "etcd_disk_backend_commit_duration_seconds"):
+        count, total = float(metrics.get(f"{what}_count", 0)), float(metrics.get(f"{what}_sum", 0))
+        if count:
+            print(f"etcd member 0: {what}: n={count:.0f} mean={total / count * 1e3:.2f} ms")
+# A path that grows with the calls made (the store holds every earlier migration) shows here.
+third = max(1, len(end_to_end) // 3)
+for start in range(0, len(end_to_end), third):
+    v = end_to_end[start:start + third]
+    print(f"calls {start + 1}-{start + len(v)}: p50={pct(v, 50):.2f} ms p99={pct(v, 99):.2f} ms")
 print(f"RESULT reassign_to_router_p50_ms={pct(end_to_end, 50):.2f} p99_ms={pct(end_to_end, 99):.2f} "
       f"max_ms={max(end_to_end):.2f} api_p50_ms={pct(api, 50):.2f} api_p99_ms={pct(api, 99):.2f} n={len(end_to_end)} "
       f"store={os.environ['STORE']}")
