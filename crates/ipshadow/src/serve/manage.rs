@@ -86,11 +86,20 @@ fn write<S: Store>(store: &S, key: &str, value: &impl serde::Serialize) -> bool 
     }
 }
 
-/// Forwards the store's changes as [`Heard::StoreChanged`] until `stop`.
+/// Forwards the store's changes as [`Heard::StoreChanged`] until `stop`; not those of the parts'
+/// keys ([`bus::PARTS`], on etcd): the projection does not read them, what the parts report
+/// reaches the manager through [`super::remote::manager_hears`], and its own writes there (the
+/// desired state, the DHCP feed) would each wake it for a projection that changes nothing. On
+/// etcd every wake reads the store, and a change the API commits meanwhile waits for it.
 pub fn watch_store<S: Store>(store: &S, heard: Sender<Heard>, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
     let store = store.clone();
     std::thread::Builder::new().name("store-watch".into()).spawn(move || {
-        super::remote::follow(&store, "/v1/", &stop, |_| {
+        super::remote::follow(&store, "/v1/", &stop, |change| {
+            if let super::remote::Change::Event(event) = &change
+                && event.key().starts_with(bus::PARTS)
+            {
+                return;
+            }
             let _ = heard.send(Heard::StoreChanged);
         });
     })?;
