@@ -143,7 +143,7 @@ pub(super) fn run<S: Store>(store: S, embedded: bool, setup: Setup) -> anyhow::R
         .filter_map(|(runs, health)| runs.then_some(health))
         .collect();
     let api_parts = match &view {
-        Some(view) => remote_parts(view, local_health),
+        Some(view) => remote_parts(&config, view, local_health),
         None => local_parts(&config, &shared_dhcp, &outputs.router_status, local_health),
     };
     let manager_thread = match (roles.manager, embedded) {
@@ -243,13 +243,24 @@ fn local_parts(
 }
 
 /// What the API shows of the parts of every process, from their reports in the store; the
-/// health is of this process's parts (its `/healthz` says whether this process is well).
-fn remote_parts(view: &Arc<Mutex<PartsView>>, health: Vec<Arc<PartState>>) -> Parts {
+/// health is of this process's parts (its `/healthz` says whether this process is well). As
+/// on one host, a part the configuration has no section for is not shown (nor counted on: a VM
+/// may be in several migrations at once when no DHCP server leases it one address).
+fn remote_parts(config: &ServeConfig, view: &Arc<Mutex<PartsView>>, health: Vec<Arc<PartState>>) -> Parts {
     let (v1, v2, v3) = (view.clone(), view.clone(), view.clone());
     Parts {
-        lease_end: Some(Arc::new(move |ip| v1.lock().ok().and_then(|v| v.lease_end(ip)))),
-        dhcp_status: Some(Arc::new(move || v2.lock().ok().and_then(|v| v.dhcp_status()))),
-        router_status: Some(Arc::new(move || v3.lock().ok().and_then(|v| v.router_status()))),
+        lease_end: config
+            .dhcp
+            .is_some()
+            .then(|| Arc::new(move |ip| v1.lock().ok().and_then(|v| v.lease_end(ip))) as LeaseEndSource),
+        dhcp_status: config
+            .dhcp
+            .is_some()
+            .then(|| Arc::new(move || v2.lock().ok().and_then(|v| v.dhcp_status())) as DhcpStatusSource),
+        router_status: config
+            .router
+            .is_some()
+            .then(|| Arc::new(move || v3.lock().ok().and_then(|v| v.router_status())) as RouterStatusSource),
         health: Some(Arc::new(move || health.iter().map(|p| p.health()).collect())),
     }
 }
