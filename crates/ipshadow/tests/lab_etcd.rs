@@ -44,33 +44,37 @@ fn etcd_available(test: &str) -> bool {
     common::tools::require_tool(test, "etcd", "etcd-server")
 }
 
+/// Runs `ipshadow demo --json --etcd 3` with `faults` on a lab named `prefix` (removed by a guard
+/// also when the demo fails); its report, once printed with the faults under `name`.
+fn demo_with_faults(name: &str, prefix: &str, faults: &[&str]) -> Value {
+    let _guard = Guard { prefix: prefix.to_owned(), workloads: Vec::new() };
+    let out =
+        Command::new(EXE).args(["demo", "--json", "--etcd", "3", "--prefix", prefix]).args(faults).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "demo failed: {stderr}");
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {stderr}"));
+    eprintln!(
+        "{name} demo: {} connections, {} broken, {} cut, state {}; faults {}",
+        report["connections_total"],
+        report["connections_broken"],
+        report["cut_at_deadline"],
+        report["migration_state"],
+        serde_json::to_string(&report["faults"]).unwrap()
+    );
+    assert_eq!(report["migration_state"], "completed", "{stderr}");
+    assert_eq!(n(&report, "/connections_broken"), 0, "{}", report["causes"]);
+    assert_eq!(n(&report, "/cut_at_deadline"), 0);
+    report
+}
+
 #[test]
 fn the_demo_on_etcd_survives_its_leading_manager_and_etcds_leader_killed() {
     if !etcd_available("lab_etcd") {
         return;
     }
     let prefix = format!("d{}", std::process::id() % 10_000);
-    let _guard = Guard { prefix: prefix.clone(), workloads: Vec::new() };
-    let out = Command::new(EXE)
-        .args(["demo", "--json", "--etcd", "3", "--prefix", &prefix])
-        .args(["--kill-manager-at", "6", "--kill-etcd-leader-at", "14"])
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "demo failed: {stderr}");
-    let report: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {stderr}"));
+    let report = demo_with_faults("lab_etcd", &prefix, &["--kill-manager-at", "6", "--kill-etcd-leader-at", "14"]);
     let faults = report["faults"].as_array().unwrap();
-    eprintln!(
-        "lab_etcd demo: {} connections, {} broken, {} cut, state {}; faults {}",
-        report["connections_total"],
-        report["connections_broken"],
-        report["cut_at_deadline"],
-        report["migration_state"],
-        serde_json::to_string(faults).unwrap()
-    );
-    assert_eq!(report["migration_state"], "completed", "{stderr}");
-    assert_eq!(n(&report, "/connections_broken"), 0, "{}", report["causes"]);
-    assert_eq!(n(&report, "/cut_at_deadline"), 0);
     assert!(n(&report, "/connections_total") > 500, "too little traffic: {}", report["connections_total"]);
     assert_eq!(faults.len(), 2, "{faults:?}");
     let manager = faults.iter().find(|f| f["kind"] == "manager_killed").unwrap();
@@ -91,27 +95,8 @@ fn the_demo_on_etcd_survives_etcds_leader_cut_off_and_every_member_down_for_10_s
         return;
     }
     let prefix = format!("o{}", std::process::id() % 10_000);
-    let _guard = Guard { prefix: prefix.clone(), workloads: Vec::new() };
-    let out = Command::new(EXE)
-        .args(["demo", "--json", "--etcd", "3", "--prefix", &prefix])
-        .args(["--cut-etcd-leader-at", "6", "--etcd-down-at", "20"])
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "demo failed: {stderr}");
-    let report: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {stderr}"));
+    let report = demo_with_faults("lab_etcd_outage", &prefix, &["--cut-etcd-leader-at", "6", "--etcd-down-at", "20"]);
     let faults = report["faults"].as_array().unwrap();
-    eprintln!(
-        "lab_etcd_outage demo: {} connections, {} broken, {} cut, state {}; faults {}",
-        report["connections_total"],
-        report["connections_broken"],
-        report["cut_at_deadline"],
-        report["migration_state"],
-        serde_json::to_string(faults).unwrap()
-    );
-    assert_eq!(report["migration_state"], "completed", "{stderr}");
-    assert_eq!(n(&report, "/connections_broken"), 0, "{}", report["causes"]);
-    assert_eq!(n(&report, "/cut_at_deadline"), 0);
     let kinds: Vec<&str> = faults.iter().filter_map(|f| f["kind"].as_str()).collect();
     assert_eq!(kinds, ["etcd_leader_cut_off", "etcd_member_reconnected", "etcd_down", "etcd_up"], "{faults:?}");
     let cut = &faults[0];

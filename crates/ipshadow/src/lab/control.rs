@@ -120,35 +120,39 @@ impl Lab {
         auth: Option<&str>,
         timeout: Duration,
     ) -> anyhow::Result<(u16, Value)> {
+        self.in_router_ns(move || {
+            let agent: ureq::Agent =
+                ureq::Agent::config_builder().http_status_as_error(false).timeout_global(Some(timeout)).build().into();
+            let auth = auth.unwrap_or("");
+            let response = match (method, body) {
+                ("GET", _) => agent.get(url).header("Authorization", auth).call(),
+                (_, Some(b)) => agent
+                    .post(url)
+                    .header("Authorization", auth)
+                    .header("Content-Type", "application/json")
+                    .send(b.to_string()),
+                (_, None) => agent.post(url).header("Authorization", auth).send_empty(),
+            };
+            let mut response = response.with_context(|| format!("calling {url}"))?;
+            let code = response.status().as_u16();
+            let text = response.body_mut().read_to_string().unwrap_or_default();
+            Ok((code, serde_json::from_str(&text).unwrap_or(Value::Null)))
+        })
+    }
+
+    /// Runs `call` on a thread of its own that has entered the router's namespace (setns(2)
+    /// applies to the calling thread only) and is gone after it.
+    pub fn in_router_ns<T: Send>(&self, call: impl FnOnce() -> anyhow::Result<T> + Send) -> anyhow::Result<T> {
         let namespace = format!("/run/netns/{}", self.ns("r"));
-        // A thread of its own: it enters the router's namespace and is gone after the call.
         std::thread::scope(|scope| {
             scope
-                .spawn(move || -> anyhow::Result<(u16, Value)> {
+                .spawn(move || {
                     let ns = std::fs::File::open(&namespace).with_context(|| format!("opening {namespace}"))?;
                     nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).context("entering the namespace")?;
-                    let agent: ureq::Agent = ureq::Agent::config_builder()
-                        .http_status_as_error(false)
-                        .timeout_global(Some(timeout))
-                        .build()
-                        .into();
-                    let auth = auth.unwrap_or("");
-                    let response = match (method, body) {
-                        ("GET", _) => agent.get(url).header("Authorization", auth).call(),
-                        (_, Some(b)) => agent
-                            .post(url)
-                            .header("Authorization", auth)
-                            .header("Content-Type", "application/json")
-                            .send(b.to_string()),
-                        (_, None) => agent.post(url).header("Authorization", auth).send_empty(),
-                    };
-                    let mut response = response.with_context(|| format!("calling {url}"))?;
-                    let code = response.status().as_u16();
-                    let text = response.body_mut().read_to_string().unwrap_or_default();
-                    Ok((code, serde_json::from_str(&text).unwrap_or(Value::Null)))
+                    call()
                 })
                 .join()
-                .map_err(|_| anyhow::anyhow!("the API call's thread panicked"))?
+                .map_err(|_| anyhow::anyhow!("the call's thread in the router's namespace panicked"))?
         })
     }
 

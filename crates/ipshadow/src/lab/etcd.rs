@@ -153,11 +153,8 @@ impl Lab {
         let api2 = self.dir.join("serve-api2.toml");
         let text = std::fs::read_to_string(&config)?;
         std::fs::write(&api2, text.replace(&format!("listen = \"{API}\""), &format!("listen = \"{API2}\"")))?;
-        let store = self.store_url();
-        for (process, role, name, file) in PARTS {
-            let file = self.dir.join(file).display().to_string();
-            let args = ["serve", "--config", &file, "--store", &store, "--roles", role, "--name", name];
-            self.spawn(&self.ns("r"), process, &exe()?, &args, None)?;
+        for (process, ..) in PARTS {
+            self.start_part(process)?;
         }
         let deadline = Instant::now() + START_WITHIN;
         loop {
@@ -176,7 +173,7 @@ impl Lab {
         }
     }
 
-    /// Starts one part again (after it was killed): `serve-m1`, `serve-router`, ...
+    /// Starts one part (again, after it was killed): `serve-m1`, `serve-router`, ...
     pub fn start_part(&self, process: &str) -> anyhow::Result<u32> {
         let (_, role, name, file) =
             PARTS.iter().find(|p| p.0 == process).with_context(|| format!("no part {process} in the lab"))?;
@@ -188,20 +185,12 @@ impl Lab {
 
     /// The value of `key` in the lab's store, read from inside the router's namespace.
     pub fn store_get(&self, key: &str) -> anyhow::Result<Option<Vec<u8>>> {
-        let namespace = format!("/run/netns/{}", self.ns("r"));
         let endpoints: Vec<String> =
             (1..=self.etcd_members()).map(|i| format!("http://{}:{CLIENT_PORT}", member_ip(i))).collect();
-        std::thread::scope(|scope| {
-            scope
-                .spawn(move || -> anyhow::Result<Option<Vec<u8>>> {
-                    let ns = std::fs::File::open(&namespace).with_context(|| format!("opening {namespace}"))?;
-                    nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).context("entering the namespace")?;
-                    // The store's threads are made from this one: they are in the namespace too.
-                    let store = ipshadow_control::EtcdStore::connect(&endpoints, crate::serve::DEFAULT_ETCD_PREFIX)?;
-                    Ok(ipshadow_control::Store::get(&store, key)?.map(|kv| kv.value))
-                })
-                .join()
-                .map_err(|_| anyhow::anyhow!("the store call's thread panicked"))?
+        self.in_router_ns(move || {
+            // The store's threads are made from this one: they are in the namespace too.
+            let store = ipshadow_control::EtcdStore::connect(&endpoints, crate::serve::DEFAULT_ETCD_PREFIX)?;
+            Ok(ipshadow_control::Store::get(&store, key)?.map(|kv| kv.value))
         })
     }
 
