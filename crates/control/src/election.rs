@@ -156,7 +156,9 @@ impl<S: Store> Leadership<S> {
         let (stop, stopped) = std::sync::mpsc::channel::<()>();
         let (renewer, renewed) = (store.clone(), Arc::clone(&state));
         let spawned = std::thread::Builder::new().name("leader-lease".into()).spawn(move || {
-            let every = (ttl / 3).max(Duration::from_millis(10));
+            // Six renewals per time to live: an etcd election (a second or two) between two of
+            // them leaves a confirmed renewal well within the lease, so the leader keeps leading.
+            let every = (ttl / 6).max(Duration::from_millis(10));
             while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(every) {
                 // A paused process does nothing at all, not even give up.
                 if renewed.paused.load(Ordering::SeqCst) {

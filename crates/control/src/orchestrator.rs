@@ -252,10 +252,17 @@ fn router_decisions(m: &Migration, status: &Status, now_ms: u64, limits: Limits,
     // A VM that has not answered since then is still coming up (dhcpcd probes X with ARP for
     // several seconds before it configures it, RFC 5227): it gets the longer start-up window.
     let watched_since = status.started.as_millis().max(bound_at);
+    // Silence is measured as of the report's own time, not the manager's: a report that reached
+    // the manager late (its write held up by an unreachable store member) says nothing about the
+    // seconds after it was made, and the router's clock is the one its probe times are on.
+    let as_of = match status.updated.as_millis() {
+        0 => now_ms,
+        made => made,
+    };
     let silent = |vm: &str| {
         status.probes.iter().find(|p| p.vm.0 == vm).is_some_and(|p| match p.last_reply {
-            Some(r) if r.as_millis() >= watched_since => now_ms.saturating_sub(r.as_millis()) > limits.probe_timeout_ms,
-            _ => now_ms.saturating_sub(watched_since) > limits.startup_timeout_ms,
+            Some(r) if r.as_millis() >= watched_since => as_of.saturating_sub(r.as_millis()) > limits.probe_timeout_ms,
+            _ => as_of.saturating_sub(watched_since) > limits.startup_timeout_ms,
         })
     };
     if silent(&m.destination) {

@@ -169,14 +169,27 @@ fn router_reports_carry_the_split_the_end_and_the_health_of_both_vms() {
     never.started = Instant::from_millis(T0 - 3_600_000);
     never.probes[1].last_reply = None;
     let window_end = lease_bound_at + limits.startup_timeout_ms;
+    never.updated = Instant::from_millis(window_end);
     assert!(events(decide(&ramping, &Input::Router(&never), window_end, limits)).is_empty());
+    never.updated = Instant::from_millis(window_end + 1);
     assert!(matches!(
         &events(decide(&ramping, &Input::Router(&never), window_end + 1, limits))[..],
         [Decision::Event(E::DestinationFailed { .. })]
     ));
     // A reply from before the lease was bound counts as none.
     never.probes[1].last_reply = Some(Instant::from_millis(T0 - 1));
+    never.updated = Instant::from_millis(window_end);
     assert!(events(decide(&ramping, &Input::Router(&never), window_end, limits)).is_empty());
+    // Silence is measured as of the report's time: a report that arrives late (its write held
+    // up by an unreachable store member) does not make B silent for the seconds it spent on
+    // the way; the same silence in a fresh report does.
+    let late = status(5.0, [(100, 0), (1_000, 0)], now - 4_500);
+    assert!(events(decide(&ramping, &Input::Router(&late), now, limits)).is_empty());
+    let fresh = status(5.0, [(100, 0), (5_500, 0)], now);
+    assert!(matches!(
+        &events(decide(&ramping, &Input::Router(&fresh), now, limits))[..],
+        [Decision::Event(E::DestinationFailed { .. })]
+    ));
     // The router cut over at the deadline by itself: the manager catches up in order.
     let mut ended = status(100.0, [(100, 0); 2], now);
     ended.entries.clear();

@@ -83,10 +83,30 @@ fn the_demo_on_etcd_survives_its_leading_manager_and_etcds_leader_killed() {
     assert!(takeover < TAKEOVER_WITHIN_S, "a manager led {takeover} s after the kill: {manager}");
     assert_ne!(manager["new_leader"], manager["target"]);
     assert!(etcd["new_leader"].is_string(), "etcd elected no leader: {etcd}");
-    // The migration's history names the managers that recorded it: both took part.
+    // The migration's history names the manager that recorded each step: what was recorded
+    // after the takeover was recorded by managers that led after the kill (the new leader, or
+    // one that led after it: an etcd election may end a term, and the killed manager comes
+    // back as a standby under its old name).
     let history = report["migration"]["lifecycle"]["history"].as_array().unwrap();
-    let by: std::collections::BTreeSet<&str> = history.iter().filter_map(|h| h["by"].as_str()).collect();
-    assert!(by.contains(manager["new_leader"].as_str().unwrap()), "the new leader recorded nothing: {history:?}");
+    let terms = report["manager_terms"].as_array().unwrap();
+    let killed_at_s = manager["at_s"].as_f64().unwrap();
+    let mut led_after: std::collections::BTreeSet<&str> = terms
+        .iter()
+        .filter(|t| t["from_s"].as_f64().unwrap() > killed_at_s)
+        .filter_map(|t| t["manager"].as_str())
+        .collect();
+    led_after.insert(manager["new_leader"].as_str().unwrap());
+    let started_ms = report["timeline"]["started_unix_s"].as_f64().unwrap() * 1e3;
+    let took_over_ms = started_ms + (killed_at_s + takeover) * 1e3;
+    let after: Vec<&serde_json::Value> =
+        history.iter().filter(|h| h["at_ms"].as_f64().unwrap() >= took_over_ms).collect();
+    assert!(!after.is_empty(), "nothing recorded after the takeover: {history:?}");
+    for h in after {
+        assert!(
+            h["by"].as_str().is_some_and(|by| led_after.contains(by)),
+            "{h} recorded by a manager that did not lead after the kill; terms {terms:?}"
+        );
+    }
 }
 
 #[test]

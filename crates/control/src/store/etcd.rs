@@ -67,6 +67,9 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 const PING_EVERY: Duration = Duration::from_secs(1);
 /// See [`PING_EVERY`].
 const PING_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long one attempt to renew a lease may take before it is sent again (to another member,
+/// as the balancer picks): far below the shortest lease a part holds (3 s).
+const RENEWAL_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long a request is tried again while the members it reached were unreachable.
 const RETRY_WITHIN: Duration = Duration::from_secs(3);
 
@@ -363,7 +366,16 @@ impl Store for EtcdStore {
         match self.run(async move {
             retrying(true, || {
                 let mut client = client.clone();
-                async move { client.lease_keep_alive(lease.0).await }
+                async move {
+                    // A member cut off answers nothing: this attempt gives up well within a
+                    // lease's time and the next goes to another member (a renewal is idempotent).
+                    match tokio::time::timeout(RENEWAL_ATTEMPT_TIMEOUT, client.lease_keep_alive(lease.0)).await {
+                        Ok(answer) => answer,
+                        Err(_) => {
+                            Err(etcd_client::Error::GRpcStatus(tonic::Status::deadline_exceeded("renewal unanswered")))
+                        }
+                    }
+                }
             })
             .await
             .map(|_| ())

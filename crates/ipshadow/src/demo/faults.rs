@@ -53,6 +53,27 @@ pub struct Fault {
     pub exchanges_during: Option<u64>,
 }
 
+/// A manager's term as the demo saw it leading (on etcd): one entry per change of leader.
+#[derive(Clone, Debug, Serialize)]
+pub struct ManagerTerm {
+    /// When the demo first saw it lead, seconds after the migration started.
+    pub from_s: f64,
+    /// The manager's name (`m1`): a manager killed and started again keeps its name.
+    pub manager: String,
+}
+
+/// Notes who leads at `t` if that changed since the last term (the lab on etcd only).
+pub fn note_leader(lab: &Lab, t: Duration, terms: &mut Vec<ManagerTerm>) {
+    if lab.etcd_members() == 0 {
+        return;
+    }
+    if let Some(manager) = lab.leading_manager()
+        && terms.last().is_none_or(|term| term.manager != manager)
+    {
+        terms.push(ManagerTerm { from_s: t.as_secs_f64(), manager });
+    }
+}
+
 /// The faults asked for, in the order they come (their ends are scheduled when they happen).
 pub fn schedule(args: &super::DemoArgs) -> Vec<(Duration, FaultKind)> {
     let at = |secs: &[u64], kind| secs.iter().map(move |&s| (Duration::from_secs(s), kind)).collect::<Vec<_>>();

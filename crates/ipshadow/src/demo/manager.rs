@@ -36,6 +36,8 @@ pub struct Demo<'a> {
     restarts: Vec<Restart>,
     /// Faults injected.
     faults: Vec<super::faults::Fault>,
+    /// Who led, as the demo saw it (on etcd).
+    manager_terms: Vec<super::faults::ManagerTerm>,
 }
 
 impl<'a> Demo<'a> {
@@ -54,6 +56,7 @@ impl<'a> Demo<'a> {
             split: 0.0,
             restarts: Vec::new(),
             faults: Vec::new(),
+            manager_terms: Vec::new(),
         })
     }
 
@@ -82,6 +85,7 @@ impl<'a> Demo<'a> {
             migration,
             restarts: self.restarts,
             faults: self.faults,
+            manager_terms: self.manager_terms,
         };
         Ok(DemoReport::new(self.args, traffic, observed))
     }
@@ -223,6 +227,7 @@ impl<'a> Demo<'a> {
                     faults.sort_by_key(|(at, _)| *at);
                 }
             }
+            super::faults::note_leader(self.lab, clock.elapsed(), &mut self.manager_terms);
             // With etcd down the API answers 503: the demo waits, as a user's client would.
             let m = match self.migration(id) {
                 Ok(m) => {

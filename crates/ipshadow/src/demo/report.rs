@@ -90,6 +90,9 @@ pub struct DemoReport {
     restarts: Vec<Restart>,
     /// Faults injected into the lab on etcd (a manager or etcd's leader killed).
     faults: Vec<super::faults::Fault>,
+    /// Who led the managers, one entry per change the demo saw (on etcd).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    manager_terms: Vec<super::faults::ManagerTerm>,
     /// The migration as the API shows it at the end, with its history.
     migration: Option<serde_json::Value>,
     cut_over: Option<EndedMigration>,
@@ -118,6 +121,8 @@ pub struct Observed {
     pub restarts: Vec<Restart>,
     /// Faults injected.
     pub faults: Vec<super::faults::Fault>,
+    /// Who led the managers (on etcd).
+    pub manager_terms: Vec<super::faults::ManagerTerm>,
 }
 
 impl DemoReport {
@@ -135,6 +140,7 @@ impl DemoReport {
             migration,
             restarts,
             faults,
+            manager_terms,
         } = observed;
         let cut = traffic
             .broken
@@ -181,6 +187,7 @@ impl DemoReport {
             timeline,
             restarts,
             faults,
+            manager_terms,
             migration,
             cut_over: ended,
             router,
