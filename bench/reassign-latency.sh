@@ -229,7 +229,7 @@ if seen:
         until = starts[i + 1] if i + 1 < len(starts) else float("inf")
         window = [(t, k) for t, k in seen if t0 <= t < until]
         api_commit = next((t for t, k in window if not k.startswith("/ipshadow/v1/parts/")), None)
-        desired = next((t for t, k in window if k == "/ipshadow/v1/parts/router/desired"), None)
+        desired = next((t for t, k in window if k == "/ipshadow/v1/parts/router/desired/bench-router"), None)
         if api_commit is None or desired is None:
             continue
         hops["call -> API's commit seen"].append((api_commit - t0) * 1e3)

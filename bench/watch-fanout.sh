@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Fan-out of the router's desired state on etcd: a three-member etcd cluster on 127.0.0.1 (each
 # member with its own data folder), WATCHERS processes each with its own etcd connection
-# watching `/v1/parts/router/desired` as router processes do (standing in for them: each
+# watching one router's slice `/v1/parts/router/desired/<name>` as router processes do (the
+# case where a change concerns all of them; standing in for them: each
 # decodes every version as a router does, without a data plane), and one writer putting a
 # desired-state document (ADDRESSES plain addresses, about 6 KB at 300) WRITES times, one every
 # INTERVAL_MS. Per write: the time from just before the write call to the last watcher having

@@ -23,9 +23,12 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ipshadow_contracts::router::Desired;
-use ipshadow_control::bus::ROUTER_DESIRED;
+use ipshadow_control::bus::router_desired_key;
 use ipshadow_control::{EtcdStore, Store, Txn, TxnOutcome, WatchEvent};
 use ipshadow_core::VmId;
+
+/// The router whose slice the watchers follow (all of them: a change that concerns every router).
+const SLICE: &str = "bench";
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
 
@@ -105,8 +108,8 @@ fn watch(options: &Options) -> Result<(), Error> {
         std::process::exit(0);
     });
     let store = EtcdStore::connect(&options.endpoints, &options.prefix)?;
-    let (_, revision) = store.range(ROUTER_DESIRED)?;
-    let watcher = store.watch(ROUTER_DESIRED, revision)?;
+    let (_, revision) = store.range(&router_desired_key(SLICE))?;
+    let watcher = store.watch(&router_desired_key(SLICE), revision)?;
     let mut out = std::io::stdout().lock();
     writeln!(out, "ready")?;
     out.flush()?;
@@ -199,7 +202,7 @@ fn bench(options: &Options) -> Result<(), Error> {
         let next = start + options.interval * i as u32;
         std::thread::sleep(next.saturating_duration_since(Instant::now()));
         let before = unix_us();
-        match store.txn(Txn::new().put(ROUTER_DESIRED, doc))? {
+        match store.txn(Txn::new().put(router_desired_key(SLICE), doc))? {
             TxnOutcome::Committed(revision) => {
                 writes.insert(revision, (before, unix_us()));
             }

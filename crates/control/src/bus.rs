@@ -6,7 +6,7 @@
 //!
 //! | key | written by | read by | bound to the writer's lease |
 //! |---|---|---|---|
-//! | [`ROUTER_DESIRED`]: [`Desired`](ipshadow_contracts::router::Desired) | leading manager | routers | no |
+//! | [`ROUTER_DESIRED`]`<name>`: [`Desired`](ipshadow_contracts::router::Desired), the router's slice | leading manager | that router | no |
 //! | [`DHCP_FEED`]: [`DhcpFeed`] | leading manager | DHCP servers | no |
 //! | [`ROUTERS`]`<name>`: [`RouterReport`] | each router | manager, API | yes |
 //! | [`DHCP_SERVERS`]`<name>`: [`DhcpReport`] | each DHCP server | manager, API | yes |
@@ -15,20 +15,30 @@
 //!
 //! Reports vanish with their writer's lease (a part that died is not shown as up); lease events
 //! do not: one written by a DHCP server that then died is still the manager's to handle.
+//!
+//! Each router follows its own slice of the desired state ([`Desired::slice`]: what concerns
+//! the VMs its report names), so a change to one VM segment wakes only the routers that serve
+//! it. The manager writes a router's slice once it has heard the router's report, keeps it
+//! current while the report is there, and deletes it when the report is gone (a router that
+//! lost the store keeps forwarding with the last slice it read, and gets a fresh one once its
+//! report is back). A router restarted under the same name resumes from its slice at once.
+//!
+//! [`Desired::slice`]: ipshadow_contracts::router::Desired::slice
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
 use ipshadow_contracts::dhcp::{MigrationPlan, Reservation};
 use ipshadow_contracts::router::Status;
+use ipshadow_core::VmId;
 use serde::{Deserialize, Serialize};
 
 use crate::api::parts::PartHealth;
 
 /// Every key of the parts, for a watch.
 pub const PARTS: &str = "/v1/parts/";
-/// The routers' desired state.
-pub const ROUTER_DESIRED: &str = "/v1/parts/router/desired";
+/// Each router's slice of the desired state, by router name.
+pub const ROUTER_DESIRED: &str = "/v1/parts/router/desired/";
 /// The DHCP servers' reservations and lease plans.
 pub const DHCP_FEED: &str = "/v1/parts/dhcp/feed";
 /// Each router's report, by name.
@@ -58,6 +68,10 @@ pub struct RouterReport {
     pub health: PartHealth,
     /// When it wrote the report, unix milliseconds.
     pub published_ms: u64,
+    /// The VMs it has ports for: the manager writes it the slice of the desired state that
+    /// concerns them.
+    #[serde(default)]
+    pub vms: BTreeSet<VmId>,
     /// Its status.
     pub status: Status,
 }
@@ -82,6 +96,11 @@ pub struct DhcpReport {
 /// The key of a router's report.
 pub fn router_key(name: &str) -> String {
     format!("{ROUTERS}{name}")
+}
+
+/// The key of a router's slice of the desired state.
+pub fn router_desired_key(name: &str) -> String {
+    format!("{ROUTER_DESIRED}{name}")
 }
 
 /// The key of a DHCP server's report.

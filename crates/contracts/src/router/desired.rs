@@ -8,7 +8,7 @@
 //! The document's deadlines are wall-clock times (the manager's and the DHCP server's clock); the
 //! router converts each entry's deadline to its monotonic clock when it installs the entry.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
 use ipshadow_core::{RouterError, ShadowingEntry, VmId};
@@ -24,6 +24,29 @@ pub struct Desired {
     /// Shadowed addresses.
     #[serde(default)]
     pub entries: Vec<DesiredEntry>,
+}
+
+impl Desired {
+    /// The part of it a router with ports for `vms` serves: the plain addresses those VMs hold
+    /// and the shadowed addresses either side of which is one of them (a migration between a
+    /// VM of this router and one of another is given whole: the router then says which VM it
+    /// has no port for).
+    pub fn slice(&self, vms: &BTreeSet<VmId>) -> Desired {
+        Desired {
+            addresses: self
+                .addresses
+                .iter()
+                .filter(|(_, vm)| vms.contains(*vm))
+                .map(|(ip, vm)| (*ip, vm.clone()))
+                .collect(),
+            entries: self
+                .entries
+                .iter()
+                .filter(|e| vms.contains(&e.entry.source_vm_id) || vms.contains(&e.entry.destination_vm_id))
+                .cloned()
+                .collect(),
+        }
+    }
 }
 
 /// One shadowed address as the manager records it, and what it has asked for.
@@ -80,5 +103,37 @@ mod tests {
         assert!(serde_json::from_str::<Desired>(r#"{"adresses": {}}"#).is_err());
         let e = ReconcileError::UnknownVm { ip: Ipv4Addr::new(10, 0, 0, 10), vm: "vm-x".into() };
         assert_eq!(e.to_string(), "10.0.0.10: no port for VM vm-x");
+    }
+
+    /// A router's slice holds what concerns its VMs and nothing else.
+    #[test]
+    fn a_slice_holds_the_addresses_and_migrations_of_its_vms() {
+        let ip = |last| Ipv4Addr::new(10, 0, 0, last);
+        let entry = |last, a: &str, b: &str| DesiredEntry {
+            entry: ShadowingEntry::new(
+                ip(last),
+                a.into(),
+                b.into(),
+                ipshadow_core::Instant::from_millis(1),
+                Default::default(),
+                Default::default(),
+            ),
+            lease_bound: false,
+            promote: false,
+            cut_over: false,
+            finish_rollback: false,
+        };
+        let desired = Desired {
+            addresses: [(ip(1), "vm-a".into()), (ip(2), "vm-c".into())].into(),
+            entries: vec![entry(10, "vm-a", "vm-b"), entry(11, "vm-c", "vm-d"), entry(12, "vm-d", "vm-b")],
+        };
+        let ours: BTreeSet<VmId> = ["vm-a".into(), "vm-b".into()].into();
+        let slice = desired.slice(&ours);
+        assert_eq!(slice.addresses, [(ip(1), "vm-a".into())].into());
+        let ips: Vec<Ipv4Addr> = slice.entries.iter().map(|e| e.entry.ip_address).collect();
+        assert_eq!(ips, [ip(10), ip(12)]);
+        assert_eq!(desired.slice(&BTreeSet::new()), Desired::default());
+        let all: BTreeSet<VmId> = ["vm-a", "vm-b", "vm-c", "vm-d"].map(VmId::from).into();
+        assert_eq!(desired.slice(&all), desired);
     }
 }

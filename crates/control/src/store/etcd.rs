@@ -79,9 +79,12 @@ const RETRY_WITHIN: Duration = Duration::from_secs(3);
 /// that it cannot be applied twice.
 fn worth_retrying(e: &etcd_client::Error, idempotent: bool) -> bool {
     let unavailable = match e {
-        etcd_client::Error::GRpcStatus(status) => {
-            matches!(status.code(), tonic::Code::Unavailable | tonic::Code::DeadlineExceeded)
-        }
+        etcd_client::Error::GRpcStatus(status) => match status.code() {
+            tonic::Code::Unavailable | tonic::Code::DeadlineExceeded => true,
+            // What tonic makes of the request timeout (a member cut off, every member down).
+            tonic::Code::Cancelled => status.message() == "Timeout expired",
+            _ => false,
+        },
         etcd_client::Error::TransportError(_) => true,
         _ => false,
     };
@@ -508,4 +511,23 @@ enum Ended {
     Compacted(i64),
     /// The connection broke or etcd cancelled the watch: watch again.
     Broken,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A request that timed out (no member answered) is the store being unavailable (the API
+    /// answers 503, not 500): tried again when that cannot apply it twice.
+    #[test]
+    fn a_timed_out_request_is_unavailable_and_retried_only_when_idempotent() {
+        let timed_out = || etcd_client::Error::GRpcStatus(tonic::Status::cancelled("Timeout expired"));
+        assert!(worth_retrying(&timed_out(), true));
+        assert!(!worth_retrying(&timed_out(), false));
+        assert!(matches!(io("reading")(timed_out()), StoreError::Unavailable { .. }));
+        let refused = etcd_client::Error::GRpcStatus(tonic::Status::unavailable("error trying to connect"));
+        assert!(worth_retrying(&refused, false), "a write never sent is sent again");
+        let cancelled = etcd_client::Error::GRpcStatus(tonic::Status::cancelled("by the caller"));
+        assert!(matches!(io("reading")(cancelled), StoreError::Io { .. }));
+    }
 }

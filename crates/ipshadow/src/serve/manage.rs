@@ -3,6 +3,7 @@
 //! events through [`Manager`], and hands the parts what the store now says they should do. It
 //! keeps nothing of its own: a restarted process starts again from the store.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::AtomicBool;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
@@ -14,10 +15,13 @@ use ipshadow_control::manager::Manager;
 use ipshadow_control::migration::MigrationEvent;
 use ipshadow_control::orchestrator::Input;
 use ipshadow_control::{Store, Txn, TxnOutcome};
+use ipshadow_core::VmId;
 use ipshadow_dataplane::{Desired, Status};
 
 use super::parts::{DhcpFeed, Heard, RouterFeed};
 
+/// Most routers' slices written in one transaction.
+const SLICES_PER_TXN: usize = 64;
 /// How often time-based decisions are taken (deadlines, timeouts) when nothing else happens.
 const TICK: Duration = Duration::from_millis(200);
 /// How often expired idempotency records and ended migrations past their retention are removed
@@ -29,10 +33,24 @@ const PURGE: Duration = Duration::from_secs(60);
 /// store; false when it could not be handed on (tried again with the next projection).
 pub type Sink<T> = Box<dyn Fn(&T) -> bool + Send>;
 
+/// The routers of other processes: the VMs each has ports for, as their reports say, and the
+/// routers whose slices of the desired state are to go (their reports went).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RouterTargets {
+    /// Each router's VMs, by name.
+    pub live: BTreeMap<String, BTreeSet<VmId>>,
+    /// Routers whose slices are to be deleted.
+    pub gone: BTreeSet<String>,
+}
+
+/// Where the routers' desired state goes: the router of this process (all of it), or each
+/// router of another process its slice; false when it could not be handed on.
+pub type RouterSink = Box<dyn Fn(&Desired, &RouterTargets) -> bool + Send>;
+
 /// Where the manager's projections go.
 pub struct Outputs {
     /// The router(s).
-    pub router: Option<Sink<Desired>>,
+    pub router: Option<RouterSink>,
     /// The DHCP server(s).
     pub dhcp: Option<Sink<DhcpFeed>>,
     /// The router's last status, for the API.
@@ -41,8 +59,8 @@ pub struct Outputs {
 
 impl Outputs {
     /// To the router of this process.
-    pub fn local_router(feed: RouterFeed) -> Sink<Desired> {
-        Box::new(move |desired| {
+    pub fn local_router(feed: RouterFeed) -> RouterSink {
+        Box::new(move |desired, _| {
             feed.send(desired.clone());
             true
         })
@@ -53,9 +71,48 @@ impl Outputs {
         Box::new(move |f| feed.send(f.clone()).is_ok())
     }
 
-    /// To the routers of other processes, through the store.
-    pub fn stored_router<S: Store>(store: S) -> Sink<Desired> {
-        Box::new(move |desired| write(&store, bus::ROUTER_DESIRED, desired))
+    /// To the routers of other processes, through the store: each its slice, written when it
+    /// changed; the slices of routers gone deleted.
+    pub fn stored_router<S: Store>(store: S) -> RouterSink {
+        let written: Mutex<BTreeMap<String, Desired>> = Mutex::default();
+        Box::new(move |desired, targets| {
+            let mut written = written.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut ops: Vec<(String, Option<Desired>)> = Vec::new();
+            for (name, vms) in &targets.live {
+                let slice = desired.slice(vms);
+                if written.get(name) != Some(&slice) {
+                    ops.push((name.clone(), Some(slice)));
+                }
+            }
+            ops.extend(targets.gone.iter().map(|name| (name.clone(), None)));
+            // A few transactions rather than one: etcd takes at most 128 operations in one.
+            ops.chunks(SLICES_PER_TXN).all(|chunk| {
+                let mut txn = Txn::new();
+                for (name, slice) in chunk {
+                    let key = bus::router_desired_key(name);
+                    txn = match slice {
+                        Some(slice) => match serde_json::to_vec(slice) {
+                            Ok(bytes) => txn.put(key, bytes),
+                            Err(e) => {
+                                eprintln!("ipshadow serve: manager: encoding {key}: {e}");
+                                return false;
+                            }
+                        },
+                        None => txn.delete(key),
+                    };
+                }
+                let done = commit(&store, txn, bus::ROUTER_DESIRED);
+                if done {
+                    for (name, slice) in chunk {
+                        match slice {
+                            Some(slice) => written.insert(name.clone(), slice.clone()),
+                            None => written.remove(name),
+                        };
+                    }
+                }
+                done
+            })
+        })
     }
 
     /// To the DHCP servers of other processes, through the store.
@@ -76,7 +133,12 @@ fn write<S: Store>(store: &S, key: &str, value: &impl serde::Serialize) -> bool 
             return false;
         }
     };
-    match store.txn(Txn::new().put(key, bytes)) {
+    commit(store, Txn::new().put(key, bytes), key)
+}
+
+/// Commits a write for other processes; false (said) when it did not land.
+fn commit<S: Store>(store: &S, txn: Txn, key: &str) -> bool {
+    match store.txn(txn) {
         Ok(TxnOutcome::Committed(_)) => true,
         Ok(TxnOutcome::Failed(_)) => false,
         Err(e) => {
@@ -116,6 +178,7 @@ pub fn manage<S: Store>(
     clock: impl Fn() -> u64,
 ) {
     let mut last_desired: Option<Desired> = None;
+    let mut targets = RouterTargets::default();
     let mut last_dhcp: Option<DhcpFeed> = None;
     let mut unreadable = Vec::new();
     let mut next_tick = Clock::now();
@@ -130,8 +193,16 @@ pub fn manage<S: Store>(
         }
         batch.extend(heard.try_iter());
         let now = clock();
-        // Of several router reports only the newest matters.
-        let newest_router = batch.iter().rposition(|h| matches!(h, Heard::Router(_)));
+        // Of several reports of one router only the newest matters (a router is its process:
+        // its id and when it started).
+        let router = |h: &Heard| match h {
+            Heard::Router(s) => Some((s.pid, s.started)),
+            _ => None,
+        };
+        let newest = |i: usize| {
+            let this = router(&batch[i]);
+            this.is_some() && !batch[i + 1..].iter().any(|later| router(later) == this)
+        };
         for (i, h) in batch.iter().enumerate() {
             let result = match h {
                 Heard::Lease(event) => manager.handle(&Input::Lease(event), now).map(drop),
@@ -140,7 +211,7 @@ pub fn manage<S: Store>(
                     // between the two is a repeated event, which decides nothing new).
                     manager.inventory().store().txn(Txn::new().delete(key.as_str())).map(drop).map_err(Into::into)
                 }),
-                Heard::Router(status) if Some(i) == newest_router => {
+                Heard::Router(status) if newest(i) => {
                     if let Ok(mut shared) = outputs.router_status.lock() {
                         *shared = Some((**status).clone());
                     }
@@ -154,6 +225,21 @@ pub fn manage<S: Store>(
                         Err(InventoryError::Conflict(_)) => Ok(()),
                         other => other.map(drop),
                     }
+                }
+                Heard::RouterSegments { name, vms } => {
+                    match vms {
+                        Some(vms) => {
+                            targets.gone.remove(name);
+                            targets.live.insert(name.clone(), vms.clone());
+                        }
+                        None => {
+                            targets.live.remove(name);
+                            targets.gone.insert(name.clone());
+                        }
+                    }
+                    // Written again with the next projection, changed or not.
+                    last_desired = None;
+                    Ok(())
                 }
                 Heard::Router(_) | Heard::StoreChanged => Ok(()),
             };
@@ -182,10 +268,10 @@ pub fn manage<S: Store>(
         }
         // The router first: a new migration's entry reaches it before the manager's own
         // transaction (plan written) and its fsync.
-        project(manager, outputs, now, &mut last_desired, &mut last_dhcp, &mut unreadable);
+        project(manager, outputs, now, (&mut last_desired, &mut targets), &mut last_dhcp, &mut unreadable);
         match manager.start_pending(now) {
             Ok(started) if !started.is_empty() => {
-                project(manager, outputs, now, &mut last_desired, &mut last_dhcp, &mut unreadable)
+                project(manager, outputs, now, (&mut last_desired, &mut targets), &mut last_dhcp, &mut unreadable)
             }
             Ok(_) => {}
             Err(e) => eprintln!("ipshadow serve: manager: {e}"),
@@ -199,7 +285,7 @@ fn project<S: Store>(
     manager: &Manager<S>,
     outputs: &Outputs,
     now_ms: u64,
-    last_desired: &mut Option<Desired>,
+    (last_desired, targets): (&mut Option<Desired>, &mut RouterTargets),
     last_dhcp: &mut Option<DhcpFeed>,
     last_unreadable: &mut Vec<String>,
 ) {
@@ -216,9 +302,10 @@ fn project<S: Store>(
     }
     if let Some(router) = &outputs.router
         && last_desired.as_ref() != Some(&projection.router)
-        && router(&projection.router)
+        && router(&projection.router, targets)
     {
         *last_desired = Some(projection.router);
+        targets.gone.clear();
     }
     let feed = (projection.reservations, projection.plans);
     if let Some(dhcp) = &outputs.dhcp

@@ -17,6 +17,8 @@ mod manage;
 mod parts;
 mod remote;
 mod roles;
+#[cfg(test)]
+mod slices;
 pub use roles::DEFAULT_ETCD_PREFIX;
 mod start;
 mod supervise;

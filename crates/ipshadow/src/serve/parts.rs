@@ -40,6 +40,14 @@ pub enum Heard {
     Router(Box<Status>),
     /// Something changed in the store.
     StoreChanged,
+    /// Which VMs a router of another process has ports for, as its report says (`None`: its
+    /// report is gone, or its slice of the desired state has no router any more).
+    RouterSegments {
+        /// The router's name.
+        name: String,
+        /// Its VMs.
+        vms: Option<std::collections::BTreeSet<ipshadow_core::VmId>>,
+    },
     /// The DHCP server refused a migration's lease plan (a VM already in another migration, an
     /// address the source does not hold): the migration cannot go on.
     PlanRefused {

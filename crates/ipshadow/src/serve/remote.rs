@@ -89,14 +89,19 @@ fn decode<T: serde::de::DeserializeOwned>(kv: &KeyValue) -> Option<T> {
     }
 }
 
-/// A router in this process follows the desired state the leading manager writes.
-pub fn router_follows<S: Store>(store: S, feed: RouterFeed, stop: Arc<AtomicBool>) -> anyhow::Result<Part> {
+/// A router in this process follows its slice of the desired state, which the leading manager
+/// writes under the router's name.
+pub fn router_follows<S: Store>(store: S, name: &str, feed: RouterFeed, stop: Arc<AtomicBool>) -> anyhow::Result<Part> {
+    let key = bus::router_desired_key(name);
     spawn("desired-follow", move || {
-        follow(&store, bus::ROUTER_DESIRED, &stop, |change| {
+        // The key as a prefix: another router's name may start with this one's (exact match below).
+        follow(&store, &key, &stop, |change| {
             let kv = match change {
-                Change::Reset(kvs) => kvs.into_iter().find(|kv| kv.key == bus::ROUTER_DESIRED),
-                Change::Event(WatchEvent::Put(kv)) if kv.key == bus::ROUTER_DESIRED => Some(kv),
-                // Deleted (a store wiped by hand): the router keeps the last desired state.
+                Change::Reset(kvs) => kvs.into_iter().find(|kv| kv.key == key),
+                Change::Event(WatchEvent::Put(kv)) if kv.key == key => Some(kv),
+                // Deleted (the manager lost this router's report while the router was cut off
+                // from the store, or a store wiped by hand): the router keeps the last desired
+                // state until the manager writes a new one.
                 Change::Event(_) => None,
             };
             if let Some(desired) = kv.as_ref().and_then(decode::<Desired>) {
@@ -205,7 +210,7 @@ fn put<S: Store>(store: &S, key: &str, value: &impl serde::Serialize, failing: &
 /// Publishes the router's status reports (what it tells `heard`) under its name.
 pub fn router_publishes<S: Store>(
     store: S,
-    name: String,
+    (name, vms): (String, std::collections::BTreeSet<ipshadow_core::VmId>),
     heard: Receiver<Heard>,
     health: Arc<PartState>,
     clock: fn() -> u64,
@@ -226,8 +231,13 @@ pub fn router_publishes<S: Store>(
                 Ok(_) | Err(RecvTimeoutError::Timeout) => continue,
                 Err(RecvTimeoutError::Disconnected) => return,
             };
-            let report =
-                RouterReport { name: name.clone(), health: health.health(), published_ms: clock(), status: *status };
+            let report = RouterReport {
+                name: name.clone(),
+                health: health.health(),
+                published_ms: clock(),
+                vms: vms.clone(),
+                status: *status,
+            };
             put_report(&store, &mut lease, &key, &report, &mut failing);
         }
     })
@@ -310,9 +320,19 @@ pub fn manager_hears<S: Store>(store: S, heard: Sender<Heard>, stop: Arc<AtomicB
     spawn("parts-follow", move || {
         // Refusals are repeated in every report of their server: handed on once.
         let mut refusals_heard = std::collections::BTreeSet::new();
-        let mut hear = |kv: &KeyValue| -> bool {
-            let h = if kv.key.starts_with(bus::ROUTERS) {
-                decode::<RouterReport>(kv).map(|r| vec![Heard::Router(Box::new(r.status))])
+        // The VMs of each router whose report is there, as last handed on.
+        let mut segments: BTreeMap<String, std::collections::BTreeSet<ipshadow_core::VmId>> = BTreeMap::new();
+        let mut hear = |kv: &KeyValue, segments: &mut BTreeMap<_, _>| -> bool {
+            let h = if let Some(name) = kv.key.strip_prefix(bus::ROUTERS) {
+                decode::<RouterReport>(kv).map(|r| {
+                    let mut heard = Vec::new();
+                    if segments.get(name) != Some(&r.vms) {
+                        segments.insert(name.to_owned(), r.vms.clone());
+                        heard.push(Heard::RouterSegments { name: name.to_owned(), vms: Some(r.vms) });
+                    }
+                    heard.push(Heard::Router(Box::new(r.status)));
+                    heard
+                })
             } else if kv.key.starts_with(bus::LEASE_EVENTS) {
                 decode(kv).map(|event| vec![Heard::StoredLease { event, key: kv.key.clone() }])
             } else if kv.key.starts_with(bus::DHCP_SERVERS) {
@@ -328,16 +348,39 @@ pub fn manager_hears<S: Store>(store: S, heard: Sender<Heard>, stop: Arc<AtomicB
             };
             h.unwrap_or_default().into_iter().all(|h| heard.send(h).is_ok())
         };
+        let gone = |name: &str| heard.send(Heard::RouterSegments { name: name.to_owned(), vms: None }).is_ok();
         follow(&store, bus::PARTS, &stop, |change| match change {
             Change::Reset(kvs) => {
+                // Routers whose reports went while the watch was away, and slices written for
+                // routers that have none (written by an earlier leader): their slices go.
+                let reporting: std::collections::BTreeSet<&str> =
+                    kvs.iter().filter_map(|kv| kv.key.strip_prefix(bus::ROUTERS)).collect();
+                let sliced = kvs.iter().filter_map(|kv| kv.key.strip_prefix(bus::ROUTER_DESIRED));
+                let orphans: std::collections::BTreeSet<String> = segments
+                    .keys()
+                    .map(String::as_str)
+                    .chain(sliced)
+                    .filter(|name| !reporting.contains(name))
+                    .map(str::to_owned)
+                    .collect();
+                for name in &orphans {
+                    segments.remove(name);
+                    gone(name);
+                }
                 for kv in &kvs {
-                    hear(kv);
+                    hear(kv, &mut segments);
                 }
             }
             Change::Event(WatchEvent::Put(kv)) => {
-                hear(&kv);
+                hear(&kv, &mut segments);
             }
-            Change::Event(WatchEvent::Delete { .. }) => {}
+            Change::Event(WatchEvent::Delete { key, .. }) => {
+                if let Some(name) = key.strip_prefix(bus::ROUTERS)
+                    && segments.remove(name).is_some()
+                {
+                    gone(name);
+                }
+            }
         });
     })
 }

@@ -68,8 +68,10 @@ pub(super) fn run<S: Store>(store: S, embedded: bool, setup: Setup) -> anyhow::R
         if let Some(router) = config.router.as_ref().filter(|_| run_router) {
             // Its reports go to the manager of this process, or into the store.
             let (heard, reports) = if embedded { (heard_tx.clone(), None) } else { split_channel() };
+            let setup = router.setup()?;
+            let vms = setup.vms.iter().map(|v| v.id.clone()).collect();
             let (feed, thread) = parts::start_router(
-                router.setup()?,
+                setup,
                 router.status_file.clone(),
                 heard,
                 router_health.clone(),
@@ -83,13 +85,13 @@ pub(super) fn run<S: Store>(store: S, embedded: bool, setup: Setup) -> anyhow::R
                     let health = router_health.clone();
                     threads.push(remote::router_publishes(
                         s,
-                        name.clone(),
+                        (name.clone(), vms),
                         reports,
                         health,
                         clock::unix_ms,
                         Arc::clone(&stop),
                     )?);
-                    threads.push(remote::router_follows(store.clone(), feed, Arc::clone(&stop))?);
+                    threads.push(remote::router_follows(store.clone(), &name, feed, Arc::clone(&stop))?);
                 }
             }
         }
