@@ -13,8 +13,8 @@ cargo bench --locked -p ipshadow-core --bench flow_collisions "$@" -- --noplot 2
   grep -E '^flow_collisions/|time:'
 ns() { # median ns per packet of criterion bench $1/$2 ($2 packets per iteration)
   python3 - "$1" "$2" <<'PY'
-import json, sys
-e = json.load(open(f"target/criterion/flow_collisions/{sys.argv[1]}_{sys.argv[2]}/new/estimates.json"))
+import json, os, sys
+e = json.load(open(os.environ.get("CARGO_TARGET_DIR", "target") + f"/criterion/flow_collisions/{sys.argv[1]}_{sys.argv[2]}/new/estimates.json"))
 print(f"{e['median']['point_estimate'] / int(sys.argv[2]):.1f}")
 PY
 }

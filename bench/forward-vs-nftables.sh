@@ -85,8 +85,8 @@ trap cleanup EXIT
 section "build"
 cargo build --release --locked -q -p ipshadow
 cargo build --release --locked -q -p ipshadow-dataplane --example pktgen
-IPSHADOW=$PWD/target/release/ipshadow
-PKTGEN=$PWD/target/release/examples/pktgen
+IPSHADOW=${CARGO_TARGET_DIR:-$PWD/target}/release/ipshadow
+PKTGEN=${CARGO_TARGET_DIR:-$PWD/target}/release/examples/pktgen
 
 section "topology"
 in_ns() { local ns=$1; shift; ip netns exec "$ns" "$@"; }

@@ -12,8 +12,8 @@ section "criterion (one core, wall clock)"
 taskset -c 1 cargo bench --locked -p ipshadow-core --bench inbound -- --noplot 2>&1 | grep -E '^inbound/|time:'
 ns() { # median ns per packet of criterion bench $1 (4096 packets per iteration)
   python3 - "$1" <<'PY'
-import json, sys
-e = json.load(open(f"target/criterion/inbound/{sys.argv[1]}/new/estimates.json"))
+import json, os, sys
+e = json.load(open(os.environ.get("CARGO_TARGET_DIR", "target") + f"/criterion/inbound/{sys.argv[1]}/new/estimates.json"))
 print(f"{e['median']['point_estimate'] / 4096:.1f}")
 PY
 }
@@ -25,7 +25,7 @@ echo "median ns/packet: hot ${hot} one by one, ${hot_batch} batched (parse ${par
 
 section "callgrind (instructions, repeatable)"
 cargo build --locked --release -q -p ipshadow-core --example inbound_instructions
-bin=target/release/examples/inbound_instructions
+bin=${CARGO_TARGET_DIR:-target}/release/examples/inbound_instructions
 irs() { # instructions per packet of scenario $1, mode $3, over $2 packets
   local out collected
   out=$(valgrind --tool=callgrind --callgrind-out-file=/dev/null --collect-atstart=no \

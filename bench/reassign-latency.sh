@@ -36,7 +36,7 @@ case "$STORE" in redb | etcd) ;; *) echo "STORE must be redb or etcd, not $STORE
 [ "$(id -u)" = 0 ] || { echo "needs root (network namespace, AF_PACKET)" >&2; exit 1; }
 if [ "$STORE" = etcd ]; then command -v etcd >/dev/null || { echo "needs etcd (Debian etcd-server)" >&2; exit 1; }; fi
 cargo build --release --locked -q -p ipshadow
-BIN=$PWD/target/release/ipshadow
+BIN=${CARGO_TARGET_DIR:-$PWD/target}/release/ipshadow
 DATA=$(mktemp -d /tmp/ipshadow-latency.XXXXXX)
 # Every process started here, killed by pid (serve parts first, then etcd).
 PIDS=()

@@ -21,7 +21,7 @@ INTERVAL_MS=${INTERVAL_MS:-50}
 ADDRESSES=${ADDRESSES:-300}
 command -v etcd >/dev/null || { echo "needs etcd (Debian etcd-server)" >&2; exit 1; }
 cargo build --release --locked -q -p ipshadow-control --example watch_fanout
-BIN=$PWD/target/release/examples/watch_fanout
+BIN=${CARGO_TARGET_DIR:-$PWD/target}/release/examples/watch_fanout
 DATA=$(mktemp -d /tmp/ipshadow-fanout.XXXXXX)
 # Every process started here, killed by pid (the bench kills its watchers itself, and they exit
 # when it is gone).

@@ -45,7 +45,7 @@ fi
 section "build"
 # The debug binary: scripts/test.sh has built it already (cargo test), so this is quick there.
 cargo build --locked -p ipshadow
-bin="$PWD/target/debug/ipshadow"
+bin="${CARGO_TARGET_DIR:-$PWD/target}/debug/ipshadow"
 
 tmp="$(mktemp -d -t ipshadow-schemathesis.XXXXXX)"
 server_pid=""
