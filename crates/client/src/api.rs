@@ -204,10 +204,15 @@ enum Failure {
     Call(ureq::Error),
 }
 
-/// `path` under `base`: exactly one `/` between them.
+/// `path` under `base`: exactly one `/` between them; an empty path is `base` itself (a client
+/// whose base is a whole URL, such as another service's health check).
 fn url(base: &str, path: &str) -> String {
     let base = base.trim_end_matches('/');
-    if path.starts_with('/') { format!("{base}{path}") } else { format!("{base}/{path}") }
+    match path {
+        "" => base.to_owned(),
+        _ if path.starts_with('/') => format!("{base}{path}"),
+        _ => format!("{base}/{path}"),
+    }
 }
 
 /// An agent for `base`: every status an answer, no redirect to plain HTTP from https.
@@ -285,7 +290,8 @@ mod tests {
     fn paths_join_the_base_with_one_slash() {
         assert_eq!(url("http://h:1", "/v1/vms"), "http://h:1/v1/vms");
         assert_eq!(url("http://h:1/", "v1/vms"), "http://h:1/v1/vms");
-        assert_eq!(url("http://h:1", ""), "http://h:1/");
+        assert_eq!(url("http://h:1", "/"), "http://h:1/");
+        assert_eq!(url("http://h:2379/health/", ""), "http://h:2379/health");
     }
 
     #[test]

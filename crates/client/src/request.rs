@@ -31,7 +31,8 @@ pub struct Request {
 }
 
 impl Request {
-    /// `method path`; `path` starts with `/` and is appended to the client's base URL.
+    /// `method path`; `path` (`/v1/vms`) is appended to the client's base URL (empty: the base
+    /// URL itself).
     pub fn new(method: &str, path: &str) -> Self {
         Self {
             method: method.to_owned(),
