@@ -13,6 +13,7 @@ mod common;
 use std::sync::Arc;
 
 use common::{ACME, ADMIN, Api, NOW, ZETA};
+use ipshadow_client::Request;
 use ipshadow_control::api::{ApiState, Parts};
 use ipshadow_control::inventory::Inventory;
 use ipshadow_control::migration::MigrationEvent;
@@ -46,29 +47,24 @@ impl Server {
 
     /// Sends a request; `body` is sent as JSON text as is (so malformed JSON can be sent).
     fn call(&self, method: &str, path: &str, token: Option<&str>, body: Option<&str>, key: Option<&str>) -> Reply {
-        let mut request = ureq::http::Request::builder().method(method).uri(format!("{}{path}", self.api.base));
-        if let Some(token) = token {
-            request = request.header("authorization", format!("Bearer {token}"));
-        }
-        if let Some(key) = key {
-            request = request.header("idempotency-key", key);
-        }
-        let response = match body {
-            Some(body) => {
-                let request = request.header("content-type", "application/json").body(body.to_owned()).unwrap();
-                self.api.agent.run(request)
-            }
-            None => self.api.agent.run(request.body(()).unwrap()),
+        let mut request = Request::new(method, path);
+        request = match token {
+            Some(token) => request.bearer(token),
+            None => request.without_token(),
         };
-        let mut response = response.unwrap();
-        let header = |name: &str| response.headers().get(name).map(|v| v.to_str().unwrap().to_owned());
+        if let Some(key) = key {
+            request = request.idempotency_key(key);
+        }
+        if let Some(body) = body {
+            request = request.body(Some("application/json"), body);
+        }
+        let reply = self.api.client.send(&request).unwrap();
+        let header = |name: &str| reply.header(name).map(str::to_owned);
         let (location, www_authenticate) = (header("location"), header("www-authenticate"));
-        let status = response.status().as_u16();
-        let raw = response.body_mut().read_to_string().unwrap();
         // Every response is JSON except /metrics' success (Prometheus text), read as `raw`.
-        let text = response.headers().get("content-type").is_some_and(|v| v.as_bytes().starts_with(b"text/plain"));
-        let body = if raw.is_empty() || text { Value::Null } else { serde_json::from_str(&raw).unwrap() };
-        Reply { status, location, www_authenticate, body, raw }
+        let text = reply.header("content-type").is_some_and(|v| v.starts_with("text/plain"));
+        let body = if reply.text.is_empty() || text { Value::Null } else { serde_json::from_str(&reply.text).unwrap() };
+        Reply { status: reply.status, location, www_authenticate, body, raw: reply.text }
     }
 
     fn get(&self, path: &str, token: &str) -> Reply {
@@ -225,14 +221,8 @@ fn every_refusal_is_precise_and_changes_nothing() {
     assert_error(&reassign("not-an-ip", json!({"to": "vm-b"})), 400, "bad_request");
     assert_error(&s.get("/v1/migrations/abc", ACME), 400, "bad_request");
     assert_error(&s.get("/v1/migrations/99", ACME), 404, "not_found");
-    let untyped = s.api.agent.run(
-        ureq::http::Request::post(format!("{}/v1/vms", s.api.base))
-            .header("authorization", format!("Bearer {ACME}"))
-            .body("{}")
-            .unwrap(),
-    );
-    let untyped = untyped.unwrap();
-    assert_eq!(untyped.status().as_u16(), 400, "a body not declared as JSON");
+    let untyped = s.api.client.send(&Request::post("/v1/vms").bearer(ACME).body(None, "{}")).unwrap();
+    assert_eq!(untyped.status, 400, "a body not declared as JSON");
     assert_error(&s.get("/v1/nothing-here", ACME), 404, "not_found");
     assert_error(&s.call("PUT", "/v1/vms", Some(ACME), Some("{}"), None), 405, "method_not_allowed");
     // Inventory refusals.

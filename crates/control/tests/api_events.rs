@@ -13,6 +13,8 @@ use std::time::{Duration, Instant};
 mod common;
 
 use common::{ACME, ADMIN, Api, NOW, ZETA};
+use ipshadow_client::sse::Event;
+use ipshadow_client::{Request, Streaming};
 use ipshadow_control::RedbStore;
 use ipshadow_control::api::{ApiState, Parts};
 use ipshadow_control::inventory::Inventory;
@@ -53,54 +55,36 @@ impl Server {
     }
 
     fn post(&self, path: &str, token: &str, body: Option<Value>) -> (u16, Value) {
-        let request =
-            self.api.agent.post(format!("{}{path}", self.api.base)).header("authorization", format!("Bearer {token}"));
-        let mut response = match body {
-            Some(body) => request.header("content-type", "application/json").send(body.to_string().as_bytes()),
-            None => request.send_empty(),
+        let mut request = Request::post(path).bearer(token);
+        if let Some(body) = body {
+            request = request.json(&body);
         }
-        .unwrap();
-        let status = response.status().as_u16();
-        (status, serde_json::from_str(&response.body_mut().read_to_string().unwrap()).unwrap_or(Value::Null))
+        let reply = self.api.client.send(&request).unwrap();
+        (reply.status, reply.json().unwrap_or(Value::Null))
     }
 
     fn get(&self, path: &str, token: &str) -> Value {
-        let mut response = self
-            .api
-            .agent
-            .get(format!("{}{path}", self.api.base))
-            .header("authorization", format!("Bearer {token}"))
-            .call()
-            .unwrap();
-        serde_json::from_str(&response.body_mut().read_to_string().unwrap()).unwrap()
+        self.api.client.send(&Request::get(path).bearer(token)).unwrap().json().unwrap()
     }
 
     /// Opens the event stream of migration `id`: its status, content type, and (on 200) the
     /// events as they arrive; the channel closes when the server ends the stream.
     fn events(&self, id: u64, token: &str) -> (u16, String, Option<Stream>) {
         let response = self.events_response(id, token);
-        let status = response.status().as_u16();
-        let content_type =
-            response.headers().get("content-type").map(|v| v.to_str().unwrap().to_owned()).unwrap_or_default();
+        let status = response.status;
+        let content_type = response.header("content-type").unwrap_or_default().to_owned();
         if status != 200 {
             return (status, content_type, None);
         }
         let (sender, events) = mpsc::channel();
-        let reader = BufReader::new(response.into_body().into_reader());
-        std::thread::spawn(move || read_events(reader, &sender));
+        let parsed = response.events();
+        std::thread::spawn(move || read_events(parsed, &sender));
         (status, content_type, Some(Stream { events }))
     }
-}
 
-impl Server {
-    /// The raw response to `GET /v1/migrations/{id}/events`.
-    fn events_response(&self, id: u64, token: &str) -> ureq::http::Response<ureq::Body> {
-        self.api
-            .agent
-            .get(format!("{}/v1/migrations/{id}/events", self.api.base))
-            .header("authorization", format!("Bearer {token}"))
-            .call()
-            .unwrap()
+    /// The response to `GET /v1/migrations/{id}/events`, its body unread.
+    fn events_response(&self, id: u64, token: &str) -> Streaming {
+        self.api.client.open(&Request::get(&format!("/v1/migrations/{id}/events")).bearer(token)).unwrap()
     }
 }
 
@@ -131,28 +115,16 @@ impl Stream {
 
 /// Parses `text/event-stream` (the WHATWG rules the server's output needs: `field: value`
 /// lines, a blank line ends an event, `:` starts a comment) until the connection ends.
-fn read_events(reader: impl BufRead, sender: &mpsc::Sender<Sse>) {
-    let (mut event, mut id, mut data) = (String::new(), None, String::new());
-    for line in reader.lines() {
-        let Ok(line) = line else { return };
-        if line.is_empty() {
-            if !data.is_empty() {
-                let parsed = Sse {
-                    event: std::mem::take(&mut event),
-                    id: id.take(),
-                    data: serde_json::from_str(&data).unwrap(),
-                };
-                if sender.send(parsed).is_err() {
-                    return;
-                }
-            }
-            data.clear();
-        } else if let Some(value) = line.strip_prefix("event: ") {
-            event = value.to_owned();
-        } else if let Some(value) = line.strip_prefix("id: ") {
-            id = value.parse().ok();
-        } else if let Some(value) = line.strip_prefix("data: ") {
-            data.push_str(value);
+fn read_events(events: impl Iterator<Item = std::io::Result<Event>>, sender: &mpsc::Sender<Sse>) {
+    for event in events {
+        let Ok(event) = event else { return };
+        let parsed = Sse {
+            event: event.name,
+            id: event.id.and_then(|id| id.parse().ok()),
+            data: serde_json::from_str(&event.data).unwrap(),
+        };
+        if sender.send(parsed).is_err() {
+            return;
         }
     }
 }
@@ -248,7 +220,7 @@ fn a_client_that_leaves_stops_the_watch_and_shutdown_ends_the_streams() {
     }
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     // The stream's task holds the one slot: another stream is refused.
-    assert_eq!(s.events_response(id, ADMIN).status().as_u16(), 503, "the open stream holds no slot");
+    assert_eq!(s.events_response(id, ADMIN).status, 503, "the open stream holds no slot");
     drop((reader, client));
     // Once the client has gone, its task ends and frees the slot.
     let started = Instant::now();
@@ -277,9 +249,9 @@ fn streams_beyond_the_limit_are_503_until_one_ends() {
     assert_eq!(state(&first.next()), "pending");
     assert_eq!(state(&second.next()), "pending");
     let response = s.events_response(id, ACME);
-    assert_eq!(response.status().as_u16(), 503);
-    assert_eq!(response.headers().get("retry-after").unwrap(), "5");
-    let body: Value = serde_json::from_str(&response.into_body().read_to_string().unwrap()).unwrap();
+    assert_eq!(response.status, 503);
+    assert_eq!(response.header("retry-after"), Some("5"));
+    let body: Value = serde_json::from_str(&response.text().unwrap()).unwrap();
     assert_eq!(body["error"], "unavailable", "{body}");
     // The migration ends: so do its streams.
     s.manager.advance(id, MigrationEvent::Abort, NOW).unwrap();
@@ -328,8 +300,8 @@ fn each_tenant_has_its_own_stream_limit() {
         open.push(stream);
     }
     let response = s.events_response(acme_id, ACME);
-    assert_eq!(response.status().as_u16(), 503);
-    let body: Value = serde_json::from_str(&response.into_body().read_to_string().unwrap()).unwrap();
+    assert_eq!(response.status, 503);
+    let body: Value = serde_json::from_str(&response.text().unwrap()).unwrap();
     assert_eq!(body["error"], "unavailable", "{body}");
     assert!(body["message"].as_str().unwrap().contains("your tenant has 2 event streams open"), "{body}");
     // Another tenant and the admin are not held back by acme's streams.
@@ -341,7 +313,7 @@ fn each_tenant_has_its_own_stream_limit() {
     let _admin = admin.unwrap();
     // Now the overall limit (4) is reached: zeta, under its own, is refused by it.
     let response = s.events_response(zeta_id, ZETA);
-    assert_eq!(response.status().as_u16(), 503);
+    assert_eq!(response.status, 503);
     // An acme stream's client goes (its reader notices at the next event, and closes the
     // connection): acme may open one again.
     drop(open.pop());
@@ -363,10 +335,7 @@ fn each_tenant_has_its_own_stream_limit() {
 #[test]
 fn the_document_describes_promote_and_the_event_stream() {
     let (s, _) = Server::with_migration("openapi");
-    let document: Value = serde_json::from_str(
-        &s.api.agent.get(format!("{}/openapi.json", s.api.base)).call().unwrap().body_mut().read_to_string().unwrap(),
-    )
-    .unwrap();
+    let document = s.api.client.send(&Request::get("/openapi.json")).unwrap().json().unwrap();
     let paths = &document["paths"];
     assert!(paths["/v1/migrations/{id}/promote"]["post"].is_object());
     let events = &paths["/v1/migrations/{id}/events"]["get"];

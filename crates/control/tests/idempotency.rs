@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 mod common;
 
 use common::{ACME, ADMIN, Api};
+use ipshadow_client::Request;
 use ipshadow_control::api::idempotency::{DEFAULT_TTL_MS, PREFIX, purge_expired};
 use ipshadow_control::api::{ApiState, TokenTable};
 use ipshadow_control::{RedbStore, Store};
@@ -65,20 +66,16 @@ impl Server {
     }
 
     fn post(&self, path: &str, token: &str, body: &Value, key: Option<&str>) -> Reply {
-        let mut request = ureq::http::Request::post(format!("{}{path}", self.api.base))
-            .header("authorization", format!("Bearer {token}"))
-            .header("content-type", "application/json");
+        let mut request = Request::post(path).bearer(token).json(body);
         if let Some(key) = key {
-            request = request.header("idempotency-key", key);
+            request = request.idempotency_key(key);
         }
-        let mut response = self.api.agent.run(request.body(body.to_string()).unwrap()).unwrap();
-        let header = |name: &str| response.headers().get(name).map(|v| v.to_str().unwrap().to_owned());
-        let (location, replayed) = (header("location"), header("idempotent-replayed"));
+        let reply = self.api.client.send(&request).unwrap();
         Reply {
-            status: response.status().as_u16(),
-            location,
-            replayed: replayed.as_deref() == Some("true"),
-            raw: response.body_mut().read_to_string().unwrap(),
+            status: reply.status,
+            location: reply.header("location").map(str::to_owned),
+            replayed: reply.header("idempotent-replayed") == Some("true"),
+            raw: reply.text,
         }
     }
 

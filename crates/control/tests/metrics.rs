@@ -9,6 +9,7 @@ mod common;
 use std::sync::Arc;
 
 use common::{ACME, ADMIN, Api};
+use ipshadow_client::Request;
 use ipshadow_contracts::dhcp::DhcpCounters;
 use ipshadow_control::RedbStore;
 use ipshadow_control::api::{ApiState, Parts};
@@ -44,13 +45,8 @@ fn with_dhcp(store: RedbStore) -> ApiState<RedbStore> {
 
 /// The body of `GET /metrics` with `token`, and its status.
 fn metrics(api: &Api, token: &str) -> (u16, String) {
-    let request = ureq::http::Request::builder()
-        .uri(format!("{}/metrics", api.base))
-        .header("authorization", format!("Bearer {token}"))
-        .body(())
-        .unwrap();
-    let mut response = api.agent.run(request).unwrap();
-    (response.status().as_u16(), response.body_mut().read_to_string().unwrap())
+    let reply = api.client.send(&Request::get("/metrics").bearer(token)).unwrap();
+    (reply.status, reply.text)
 }
 
 #[test]

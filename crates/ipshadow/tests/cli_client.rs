@@ -15,6 +15,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use common::serve::Serve;
+use ipshadow_client::{Api, Request};
 use ipshadow_control::RedbStore;
 use ipshadow_control::admission::Admission;
 use ipshadow_control::api::{ApiState, TokenTable};
@@ -97,10 +98,8 @@ fn ok(dir: &Path, api: &str, token: Option<&str>, args: &[&str]) -> Run {
 
 /// The server's own JSON for `path`.
 fn get(api: &str, token: &str, path: &str) -> Value {
-    let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
-    let mut response =
-        agent.get(format!("{api}{path}")).header("authorization", format!("Bearer {token}")).call().unwrap();
-    serde_json::from_str(&response.body_mut().read_to_string().unwrap()).unwrap()
+    let reply = Api::new(api, None, None).unwrap().send(&Request::get(path).bearer(token)).unwrap();
+    reply.json().unwrap()
 }
 
 /// A CLI run in the background, its stdout read line by line as it comes; killed when dropped.

@@ -19,6 +19,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::serve::Serve;
+use ipshadow_client::{Api, Request};
 use ipshadow_control::inventory::{Address, Vm, address_key, vm_key};
 use ipshadow_control::{RedbStore, Store, Txn};
 use serde_json::{Value, json};
@@ -28,23 +29,14 @@ const OTHER: &str = "other-token-0123456789";
 const BARE: &str = "bare-token-0123456789";
 const MAC_A: [u8; 6] = [2, 0, 0, 0, 0, 0x0a];
 
+/// `method path` with `token` and `body` as JSON: the status and the JSON (the text when not JSON).
 fn call(base: &str, method: &str, path: &str, token: &str, body: Option<Value>) -> (u16, Value) {
-    let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
-    let url = format!("{base}{path}");
-    let auth = format!("Bearer {token}");
-    let response = match (method, body) {
-        ("GET", _) => agent.get(&url).header("Authorization", &auth).call(),
-        (_, Some(b)) => agent
-            .post(&url)
-            .header("Authorization", &auth)
-            .header("Content-Type", "application/json")
-            .send(b.to_string().as_bytes()),
-        (_, None) => agent.post(&url).header("Authorization", &auth).send_empty(),
-    };
-    let mut response = response.unwrap();
-    let status = response.status().as_u16();
-    let text = response.body_mut().read_to_string().unwrap_or_default();
-    (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    let mut request = Request::new(method, path).bearer(token);
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let reply = Api::new(base, None, None).unwrap().send(&request).unwrap();
+    (reply.status, reply.json().unwrap_or(Value::String(reply.text)))
 }
 
 /// The DHCP relay the test plays: port 67 of a loopback address no other test uses.

@@ -12,28 +12,20 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::serve::Serve;
+use ipshadow_client::{Api, Request};
 use serde_json::{Value, json};
 
-fn call(method: &str, url: &str, token: &str, body: Option<Value>) -> (u16, Value) {
-    let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
-    let auth = format!("Bearer {token}");
-    let response = match (method, body) {
-        ("GET", _) => agent.get(url).header("Authorization", &auth).call(),
-        (_, Some(b)) => agent
-            .post(url)
-            .header("Authorization", &auth)
-            .header("Content-Type", "application/json")
-            .send(b.to_string().as_bytes()),
-        (_, None) => agent.post(url).header("Authorization", &auth).send_empty(),
-    };
-    let mut response = response.unwrap();
-    let status = response.status().as_u16();
-    let text = response.body_mut().read_to_string().unwrap_or_default();
-    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+fn call(api: &Api, method: &str, path: &str, token: &str, body: Option<Value>) -> (u16, Value) {
+    let mut request = Request::new(method, path).bearer(token);
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let reply = api.send(&request).unwrap();
+    (reply.status, reply.json().unwrap_or(Value::Null))
 }
 
-fn state_of(base: &str, token: &str, id: u64) -> String {
-    call("GET", &format!("{base}/v1/migrations/{id}"), token, None).1["lifecycle"]["state"].as_str().unwrap().to_owned()
+fn state_of(api: &Api, token: &str, id: u64) -> String {
+    call(api, "GET", &format!("/v1/migrations/{id}"), token, None).1["lifecycle"]["state"].as_str().unwrap().to_owned()
 }
 
 #[test]
@@ -47,27 +39,23 @@ fn serve_starts_on_defaults_keeps_a_migration_across_restarts() {
     let token_file = dir.join("ipshadow-data/admin-token");
     assert_eq!(std::fs::metadata(&token_file).unwrap().permissions().mode() & 0o777, 0o600);
     let token = std::fs::read_to_string(&token_file).unwrap().trim().to_owned();
-    let base = server.base.clone();
-    assert_eq!(call("GET", &format!("{base}/healthz"), "", None).0, 200);
-    assert_eq!(call("GET", &format!("{base}/v1/vms"), "wrong-token", None).0, 401);
+    let api = Api::new(&server.base, None, None).unwrap();
+    assert_eq!(call(&api, "GET", "/healthz", "", None).0, 200);
+    assert_eq!(call(&api, "GET", "/v1/vms", "wrong-token", None).0, 401);
 
     for (id, mac) in [("vm-a", "02:00:00:00:00:0a"), ("vm-b", "02:00:00:00:00:0b")] {
         let vm = json!({"id": id, "tenant": "acme", "mac": mac, "segment": id});
-        assert_eq!(call("POST", &format!("{base}/v1/vms"), &token, Some(vm)).0, 201);
+        assert_eq!(call(&api, "POST", "/v1/vms", &token, Some(vm)).0, 201);
     }
     let address = json!({"ip": "10.0.0.10", "tenant": "acme", "vm": "vm-a"});
-    assert_eq!(call("POST", &format!("{base}/v1/addresses"), &token, Some(address)).0, 201);
-    let (status, migration) = call(
-        "POST",
-        &format!("{base}/v1/addresses/10.0.0.10/reassign"),
-        &token,
-        Some(json!({"to": "vm-b", "migrate": true})),
-    );
+    assert_eq!(call(&api, "POST", "/v1/addresses", &token, Some(address)).0, 201);
+    let (status, migration) =
+        call(&api, "POST", "/v1/addresses/10.0.0.10/reassign", &token, Some(json!({"to": "vm-b", "migrate": true})));
     assert_eq!(status, 202, "{migration}");
     let id = migration["id"].as_u64().unwrap();
     // The manager writes the plan and the entry by itself and waits for B's lease.
     let deadline = Instant::now() + Duration::from_secs(5);
-    while state_of(&base, &token, id) != "waiting_for_destination_lease" {
+    while state_of(&api, &token, id) != "waiting_for_destination_lease" {
         assert!(Instant::now() < deadline, "the manager did not move the migration on");
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -75,14 +63,15 @@ fn serve_starts_on_defaults_keeps_a_migration_across_restarts() {
 
     // Restarted (same folder, same token file): everything is there, the manager goes on.
     let server = Serve::start(&dir, &[]);
-    let (status, listed) = call("GET", &format!("{}/v1/migrations", server.base), &token, None);
+    let api = Api::new(&server.base, None, None).unwrap();
+    let (status, listed) = call(&api, "GET", "/v1/migrations", &token, None);
     assert_eq!(status, 200);
     assert_eq!(listed.as_array().map(Vec::len), Some(1), "{listed}");
-    assert_eq!(state_of(&server.base, &token, id), "waiting_for_destination_lease");
-    let (status, _) = call("POST", &format!("{}/v1/migrations/{id}/abort", server.base), &token, None);
+    assert_eq!(state_of(&api, &token, id), "waiting_for_destination_lease");
+    let (status, _) = call(&api, "POST", &format!("/v1/migrations/{id}/abort"), &token, None);
     assert_eq!(status, 200);
-    assert_eq!(state_of(&server.base, &token, id), "aborted");
-    let (_, a) = call("GET", &format!("{}/v1/addresses/10.0.0.10", server.base), &token, None);
+    assert_eq!(state_of(&api, &token, id), "aborted");
+    let (_, a) = call(&api, "GET", "/v1/addresses/10.0.0.10", &token, None);
     assert_eq!(a["vm"], "vm-a");
 
     // SIGTERM: a clean stop.

@@ -21,8 +21,9 @@ pub const ZETA: &str = "zeta-secret";
 pub struct Api {
     /// `http://127.0.0.1:<port>`.
     pub base: String,
-    /// A client that returns every status as a response (no status is an error).
-    pub agent: ureq::Agent,
+    /// A client of it without a token of its own (each request names its token); its
+    /// [`send`](ipshadow_client::Api::send) returns every status as a reply.
+    pub client: ipshadow_client::Api,
     /// The store the API serves (to look underneath, or to stand in for the manager).
     pub store: RedbStore,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
@@ -45,8 +46,8 @@ impl Api {
         runtime.spawn(serve(listener, state, async {
             let _ = stop.await;
         }));
-        let agent = ureq::Agent::config_builder().http_status_as_error(false).build().new_agent();
-        Self { base, agent, store, shutdown: Some(shutdown), runtime: Some(runtime), _dir: dir }
+        let client = ipshadow_client::Api::new(&base, None, None).unwrap();
+        Self { base, client, store, shutdown: Some(shutdown), runtime: Some(runtime), _dir: dir }
     }
 
     /// Starts the graceful shutdown (the streams still open end); a second call does nothing.

@@ -5,11 +5,11 @@ use std::net::Ipv4Addr;
 
 use anyhow::Context as _;
 use clap::{Args, Subcommand};
+use ipshadow_client::Api;
 use ipshadow_control::migration::MigrationState;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::http::Api;
 use super::table::{Table, clean, duration, now_ms, pairs, pct, relative, utc};
 use super::{ConnectArgs, parse, print_json, watch};
 

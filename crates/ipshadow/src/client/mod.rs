@@ -8,13 +8,14 @@
 //! Output is an aligned table or a `key  value` list; `--json` prints the server's JSON instead.
 //! A refusal is one line, `error: <status> <message>`, and exit code 1.
 //!
-//! - [`http`]: the calls (token, idempotency keys, one retry, the error line);
+//! The calls themselves (token, idempotency keys, one retry, the error line, TLS) are the
+//! `ipshadow-client` crate's [`Api`].
+//!
 //! - [`inventory`]: `vm` and `address`;
 //! - [`migrations`]: `reassign`, `migration`, `shadowing`;
 //! - [`watch`]: following a migration's event stream with a progress bar;
 //! - [`table`]: tables and times.
 
-pub mod http;
 pub mod inventory;
 pub mod migrations;
 pub mod table;
@@ -25,7 +26,7 @@ use std::path::Path;
 use clap::Args;
 use serde_json::Value;
 
-use self::http::{Api, DEFAULT_API};
+use ipshadow_client::{Api, DEFAULT_API};
 
 /// Where `ipshadow serve` keeps the admin token it generates, relative to where it runs.
 const ADMIN_TOKEN_FILE: &str = "ipshadow-data/admin-token";
@@ -56,7 +57,7 @@ impl ConnectArgs {
             Some(token) => Some(token.trim().to_owned()),
             None => read_token(Path::new(ADMIN_TOKEN_FILE)),
         };
-        Api::new(&self.api, token, self.ca_file.as_deref())
+        Ok(Api::new(&self.api, token, self.ca_file.as_deref())?)
     }
 }
 
@@ -78,8 +79,5 @@ pub fn print_json(value: &Value) -> anyhow::Result<()> {
 
 /// Reads the server's JSON into the shape a command prints.
 pub fn parse<T: serde::de::DeserializeOwned>(api: &Api, value: Value) -> anyhow::Result<T> {
-    serde_json::from_value(value).map_err(|e| {
-        http::CallError::Unexpected { base: api.base().to_owned(), detail: format!("a reply of another shape: {e}") }
-            .into()
-    })
+    serde_json::from_value(value).map_err(|e| api.unexpected(format!("a reply of another shape: {e}")).into())
 }

@@ -3,16 +3,17 @@
 //! countdown to the cut-over) with each state change printed as a line above it; otherwise (or
 //! with `--json`) plain lines. Exits 0 when the migration completed, 1 when it ended otherwise.
 
-use std::io::{BufRead, IsTerminal as _};
+use std::io::IsTerminal as _;
 use std::sync::mpsc;
 use std::time::Duration;
 
 use anyhow::bail;
 use indicatif::{ProgressBar, ProgressStyle};
+use ipshadow_client::Api;
+use ipshadow_client::sse::Events;
 use ipshadow_control::migration::MigrationState;
 use serde_json::Value;
 
-use super::http::{Api, CallError};
 use super::migrations::{Migration, Observed, state_name};
 use super::table::{clean, now_ms, pct, relative};
 use super::{parse, print_json};
@@ -20,22 +21,16 @@ use super::{parse, print_json};
 /// How often the countdown is redrawn while nothing happens.
 const TICK: Duration = Duration::from_secs(1);
 
-/// One server-sent event.
-#[derive(Debug, PartialEq)]
-struct Sse {
-    /// `event:` (`message` when absent, as the standard says).
-    name: String,
-    /// The `data:` lines joined with newlines.
-    data: String,
-}
-
 /// Follows migration `id` until it ends.
 pub fn run(api: &Api, id: u64, json: bool) -> anyhow::Result<()> {
     let path = format!("/v1/migrations/{id}/events");
     let lines = api.stream(&path)?;
     let (sender, events) = mpsc::channel();
     // Reading blocks; the countdown must go on meanwhile.
-    std::thread::Builder::new().name("events".into()).spawn(move || read_events(lines, &sender))?;
+    std::thread::Builder::new().name("events".into()).spawn(move || {
+        // A read error is the last event: the loop below then asks for the record.
+        Events::new(lines).map_while(|event| sender.send(event).ok()).for_each(drop);
+    })?;
     let mut view = View::new(id, json);
     let mut last: Option<Migration> = None;
     loop {
@@ -63,10 +58,8 @@ pub fn run(api: &Api, id: u64, json: bool) -> anyhow::Result<()> {
         };
         match event.name.as_str() {
             "migration" => {
-                let value: Value = serde_json::from_str(&event.data).map_err(|e| CallError::Unexpected {
-                    base: api.base().to_owned(),
-                    detail: format!("an event that is not JSON: {e}"),
-                })?;
+                let value: Value = serde_json::from_str(&event.data)
+                    .map_err(|e| api.unexpected(format!("an event that is not JSON: {e}")))?;
                 let m: Migration = parse(api, value.clone())?;
                 view.show(&m, last.as_ref(), json.then_some(value));
                 if m.lifecycle.state.is_final() {
@@ -91,45 +84,6 @@ pub fn run(api: &Api, id: u64, json: bool) -> anyhow::Result<()> {
                 bail!("the server ended the event stream of migration {id}: {}", clean(&message));
             }
             // Events a later server may add.
-            _ => {}
-        }
-    }
-}
-
-/// Parses `text/event-stream` from `lines` (the WHATWG rules: `field: value` lines, a blank
-/// line ends an event, `:` starts a comment) and sends each event; a read error is sent last.
-fn read_events(lines: impl BufRead, sender: &mpsc::Sender<Result<Sse, String>>) {
-    let (mut name, mut data) = (String::new(), None::<String>);
-    for line in lines.lines() {
-        let line = match line {
-            Ok(line) => line,
-            Err(e) => {
-                let _ = sender.send(Err(e.to_string()));
-                return;
-            }
-        };
-        if line.is_empty() {
-            if let Some(data) = data.take() {
-                let name = if name.is_empty() { "message".to_owned() } else { std::mem::take(&mut name) };
-                if sender.send(Ok(Sse { name, data })).is_err() {
-                    return;
-                }
-            }
-            name.clear();
-            continue;
-        }
-        let (field, value) = line.split_once(':').unwrap_or((&line, ""));
-        let value = value.strip_prefix(' ').unwrap_or(value);
-        match field {
-            "event" => name = value.to_owned(),
-            "data" => match &mut data {
-                Some(d) => {
-                    d.push('\n');
-                    d.push_str(value);
-                }
-                None => data = Some(value.to_owned()),
-            },
-            // Comments (keep-alives), `id`, `retry`, unknown fields.
             _ => {}
         }
     }
@@ -271,22 +225,5 @@ mod tests {
         never.forecast = Some(serde_json::from_value(serde_json::json!({"p50_ms": null, "p90_ms": null})).unwrap());
         assert!(drain_status(Some(&never)).contains("not foreseeable"), "{}", drain_status(Some(&never)));
         assert_eq!(drain_status(None), "");
-    }
-
-    #[test]
-    fn the_event_stream_parses_by_the_standard() {
-        let text = ": keep-alive\n\nevent: migration\nid: 7\ndata: {\"a\":\ndata:1}\n\ndata: plain\n\nevent: error\n";
-        let (sender, events) = mpsc::channel();
-        read_events(text.as_bytes(), &sender);
-        drop(sender);
-        let got: Vec<_> = events.iter().map(Result::unwrap).collect();
-        assert_eq!(
-            got,
-            [
-                Sse { name: "migration".into(), data: "{\"a\":\n1}".into() },
-                Sse { name: "message".into(), data: "plain".into() },
-            ],
-            "a comment is no event, and an event needs its blank line"
-        );
     }
 }
