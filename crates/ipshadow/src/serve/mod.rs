@@ -233,7 +233,7 @@ fn default_neighbour_age_secs() -> u64 {
 }
 
 impl RouterConfig {
-    fn setup(&self) -> anyhow::Result<crate::router::RouterSetup> {
+    fn setup(&self) -> anyhow::Result<ipshadow_dataplane::RouterSetup> {
         if self.max_neighbours == 0 || self.neighbour_age_secs == 0 {
             bail!("[router]: max_neighbours and neighbour_age_secs must be at least 1");
         }
@@ -241,12 +241,12 @@ impl RouterConfig {
             .vms
             .iter()
             .map(|v| {
-                let mac = v.mac.as_deref().map(crate::router::parse_mac).transpose().map_err(anyhow::Error::msg)?;
-                Ok(crate::router::VmPort { id: v.id.as_str().into(), interface: v.interface.clone(), mac })
+                let mac = v.mac.as_deref().map(ipshadow_dataplane::runtime::parse_mac).transpose()?;
+                Ok(ipshadow_dataplane::VmPort { id: v.id.as_str().into(), interface: v.interface.clone(), mac })
             })
             .collect::<anyhow::Result<_>>()
             .context("in [router]")?;
-        Ok(crate::router::RouterSetup {
+        Ok(ipshadow_dataplane::RouterSetup {
             provider: self.provider.clone(),
             vms,
             gateway: self.gateway,
