@@ -17,7 +17,6 @@ mod manage;
 mod parts;
 mod remote;
 mod roles;
-pub use roles::DEFAULT_ETCD_PREFIX;
 mod start;
 mod supervise;
 mod transport;
@@ -371,7 +370,7 @@ mod tests {
     fn plan_share_and_ready_allowance_are_read_and_checked() -> anyhow::Result<()> {
         assert_eq!(policy("")?, DeadlinePolicy::default());
         // The lab's shortest deadline is accepted with the default allowance.
-        let min = crate::lab::control::MIN_DEADLINE_SECS;
+        let min = ipshadow_lab::lab::control::MIN_DEADLINE_SECS;
         assert_eq!(
             policy(&format!("[policy]\nmin_deadline_secs = {min}\ndefault_deadline_secs = 60\n"))?.min_ms,
             min * 1000
