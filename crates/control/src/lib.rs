@@ -19,6 +19,6 @@ pub mod reassign;
 pub mod retention;
 pub mod store;
 
-pub use store::etcd::EtcdStore;
+pub use store::etcd::{DEFAULT_ETCD_PREFIX, EtcdStore};
 pub use store::redb::RedbStore;
 pub use store::{Compare, KeyValue, LeaseId, Op, Store, StoreError, Txn, TxnOutcome, WatchEvent, Watcher};

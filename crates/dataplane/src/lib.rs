@@ -2,7 +2,8 @@
 //! the core's layer-2 router. An AF_PACKET port has TPACKET_V3 receive and transmit rings shared
 //! with the kernel (frames are read in place a block at a time, and sent in batches with one
 //! system call); the [`PacketPort`] trait hides it from the loop. The router is driven by a
-//! desired state ([`desired`]) that it reconciles with, and reports a [`status::Status`].
+//! desired state ([`desired`]) that it reconciles with, and reports a [`status::Status`]; [`runtime`]
+//! opens the ports on named interfaces and runs the loop, following a [`RouterControl`].
 //!
 //! `unsafe` lives in [`afpacket`] and [`netns`] only (the ring is memory shared with the kernel;
 //! entering a namespace is a raw system call); each use says why it is sound.
@@ -12,11 +13,13 @@ pub mod checksum;
 pub mod desired;
 pub mod forward;
 pub mod netns;
+pub mod runtime;
 pub mod status;
 
 pub use afpacket::{AfPacketPort, RingConfig, wait_any};
 pub use desired::{Desired, DesiredEntry, Reconciler};
 pub use forward::Forwarder;
+pub use runtime::{Router, RouterClock, RouterControl, RouterSetup, VmPort};
 pub use status::Status;
 
 /// A port that receives and sends Ethernet frames.

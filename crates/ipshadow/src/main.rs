@@ -4,19 +4,18 @@
 //! `reassign`, `migration` and `shadowing` are its CLI client; `router` and `dhcp` run one part
 //! alone; `lab` and `demo` build the network-namespace lab and migrate in it under real traffic;
 //! `simulate` runs the migration in a deterministic simulated network; `traffic` is the lab's
-//! verified workload.
+//! verified workload. `lab`, `demo` and `traffic` live in `ipshadow_lab`, apart from the
+//! product's code.
 
 mod client;
-mod demo;
 mod dhcp;
-pub(crate) mod lab;
 mod plot;
 mod router;
 mod serve;
 mod simulate;
-mod traffic;
 
 use clap::{Parser, Subcommand};
+use ipshadow_lab::{demo, lab, traffic};
 
 /// Move an IP address from one VM to another without dropping a connection.
 #[derive(Parser, Debug)]

@@ -8,7 +8,8 @@ use anyhow::{Context, bail};
 use clap::{ArgAction, Args, ValueEnum};
 use ipshadow_control::plan::{PlanInput, plan};
 use ipshadow_control::reassign::{DeadlinePolicy, DeadlineSource};
-use ipshadow_core::{Affinity, Mode, Ramp, RampStep, Strategy};
+use ipshadow_core::{Ramp, RampStep};
+use ipshadow_lab::args::{AffinityArg, ModeArg, StrategyArg};
 use ipshadow_sim::scenario::{self, Fault, Lifetime, ScenarioConfig};
 
 /// Options of `ipshadow simulate`. Every default is the default scenario's.
@@ -125,59 +126,6 @@ pub(crate) enum RampPlanArg {
     Fixed,
     /// The control plane's plan for `--deadline`.
     Planned,
-}
-
-/// `--strategy` on the command line.
-#[derive(Clone, Copy, Debug, ValueEnum)]
-pub(crate) enum StrategyArg {
-    Flow,
-    Packet,
-    Instant,
-}
-
-/// `--mode` on the command line.
-#[derive(Clone, Copy, Debug, ValueEnum)]
-pub(crate) enum ModeArg {
-    Independent,
-    Replica,
-}
-
-/// `--affinity` on the command line.
-#[derive(Clone, Copy, Debug, ValueEnum)]
-pub(crate) enum AffinityArg {
-    Flow,
-    Client,
-}
-
-impl StrategyArg {
-    /// The core's strategy.
-    pub(crate) fn to_core(self) -> Strategy {
-        match self {
-            StrategyArg::Flow => Strategy::Flow,
-            StrategyArg::Packet => Strategy::Packet,
-            StrategyArg::Instant => Strategy::Instant,
-        }
-    }
-}
-
-impl ModeArg {
-    /// The core's mode.
-    pub(crate) fn to_core(self) -> Mode {
-        match self {
-            ModeArg::Independent => Mode::Independent,
-            ModeArg::Replica => Mode::Replica,
-        }
-    }
-}
-
-impl AffinityArg {
-    /// The core's affinity.
-    pub(crate) fn to_core(self) -> Affinity {
-        match self {
-            AffinityArg::Flow => Affinity::Flow,
-            AffinityArg::Client => Affinity::Client,
-        }
-    }
 }
 
 fn seconds(name: &str, v: f64) -> anyhow::Result<Duration> {

@@ -32,6 +32,10 @@ use etcd_client::{Client, GetOptions, WatchOptions};
 
 use super::{Compare, KeyValue, LeaseId, Op, Store, StoreError, Txn, TxnOutcome, WatchEvent, Watcher};
 
+/// The key prefix ipshadow keeps its keys under on etcd when it is given none (`serve --store
+/// etcd://host:port` without a path, and the lab's cluster).
+pub const DEFAULT_ETCD_PREFIX: &str = "/ipshadow";
+
 /// How long a watch that lost its connection waits before watching again, at most.
 const RECONNECT_MAX: Duration = Duration::from_secs(1);
 /// How often an idle watch task checks whether its [`Watcher`] is still there.

@@ -19,7 +19,6 @@ mod remote;
 mod roles;
 #[cfg(test)]
 mod slices;
-pub use roles::DEFAULT_ETCD_PREFIX;
 mod start;
 mod supervise;
 mod transport;
@@ -235,7 +234,7 @@ fn default_neighbour_age_secs() -> u64 {
 }
 
 impl RouterConfig {
-    fn setup(&self) -> anyhow::Result<crate::router::RouterSetup> {
+    fn setup(&self) -> anyhow::Result<ipshadow_dataplane::RouterSetup> {
         if self.max_neighbours == 0 || self.neighbour_age_secs == 0 {
             bail!("[router]: max_neighbours and neighbour_age_secs must be at least 1");
         }
@@ -243,12 +242,12 @@ impl RouterConfig {
             .vms
             .iter()
             .map(|v| {
-                let mac = v.mac.as_deref().map(crate::router::parse_mac).transpose().map_err(anyhow::Error::msg)?;
-                Ok(crate::router::VmPort { id: v.id.as_str().into(), interface: v.interface.clone(), mac })
+                let mac = v.mac.as_deref().map(ipshadow_dataplane::runtime::parse_mac).transpose()?;
+                Ok(ipshadow_dataplane::VmPort { id: v.id.as_str().into(), interface: v.interface.clone(), mac })
             })
             .collect::<anyhow::Result<_>>()
             .context("in [router]")?;
-        Ok(crate::router::RouterSetup {
+        Ok(ipshadow_dataplane::RouterSetup {
             provider: self.provider.clone(),
             vms,
             gateway: self.gateway,
@@ -373,7 +372,7 @@ mod tests {
     fn plan_share_and_ready_allowance_are_read_and_checked() -> anyhow::Result<()> {
         assert_eq!(policy("")?, DeadlinePolicy::default());
         // The lab's shortest deadline is accepted with the default allowance.
-        let min = crate::lab::control::MIN_DEADLINE_SECS;
+        let min = ipshadow_lab::lab::control::MIN_DEADLINE_SECS;
         assert_eq!(
             policy(&format!("[policy]\nmin_deadline_secs = {min}\ndefault_deadline_secs = 60\n"))?.min_ms,
             min * 1000

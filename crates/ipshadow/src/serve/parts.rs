@@ -15,7 +15,8 @@ use std::time::Duration;
 
 use anyhow::{Context, anyhow};
 use ipshadow_core::Instant;
-use ipshadow_dataplane::{Desired, Status};
+use ipshadow_dataplane::runtime::write_atomically;
+use ipshadow_dataplane::{Desired, Router, RouterClock, RouterControl, RouterSetup, Status};
 use ipshadow_dhcp::server::LeaseEvent;
 use ipshadow_dhcp::service::Service;
 use ipshadow_dhcp::{DhcpConfig, MigrationPlan, Reservation};
@@ -23,7 +24,6 @@ use ipshadow_dhcp::{DhcpConfig, MigrationPlan, Reservation};
 use ipshadow_control::admission::sift_reservations;
 
 use super::supervise::{PartState, supervise};
-use crate::router::{Router, RouterControl, RouterSetup};
 
 /// What the manager hears.
 pub enum Heard {
@@ -116,9 +116,9 @@ impl RouterControl for FeedControl {
 
     fn report(&mut self, status: Status) {
         if let Some(path) = &self.status_file
-            && let Err(e) = crate::router::write_atomically(path, &status)
+            && let Err(e) = write_atomically(path, &status)
         {
-            eprintln!("ipshadow serve: router: {e:#}");
+            eprintln!("ipshadow serve: router: {:#}", anyhow::Error::new(e));
         }
         let _ = self.heard.send(Heard::Router(Box::new(status)));
     }
@@ -140,11 +140,11 @@ pub fn start_router(
     wake_tx.set_nonblocking(true)?;
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<String, String>>();
     let thread = std::thread::Builder::new().name("router".into()).spawn(move || {
-        let clock = crate::router::RouterClock::start_with(super::clock::wall);
+        let clock = RouterClock::start_with(super::clock::wall);
         let router = match Router::open(setup.clone(), clock.read()) {
             Ok(router) => router,
             Err(e) => {
-                let _ = ready_tx.send(Err(format!("{e:#}")));
+                let _ = ready_tx.send(Err(format!("{:#}", anyhow::Error::new(e))));
                 return Ok(());
             }
         };
@@ -159,14 +159,14 @@ pub fn start_router(
             health: Arc::clone(&health),
         };
         let run = |mut router: Router| {
-            let result = router.run(&stop, &mut control, || clock.read());
+            let result = router.run(&stop, &mut control, || clock.read()).map_err(anyhow::Error::new);
             eprintln!("ipshadow serve: router stopped after {} frames", router.forwarder.frames);
             // The next life starts from nothing applied.
             control.replay = true;
             result
         };
         // The failed router (its ports) is dropped before a new one opens them again.
-        let restart = || Router::open(setup.clone(), clock.read());
+        let restart = || Router::open(setup.clone(), clock.read()).map_err(anyhow::Error::new);
         supervise(&health, &stop, router, run, restart);
         Ok(())
     })?;

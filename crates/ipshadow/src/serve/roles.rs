@@ -1,6 +1,7 @@
 //! Which parts a `serve` process runs (`--roles`) and on which store (`--store`).
 
 use anyhow::{Context, bail};
+use ipshadow_control::DEFAULT_ETCD_PREFIX;
 
 /// A part a `serve` process can run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -57,9 +58,6 @@ pub enum StoreChoice {
         prefix: String,
     },
 }
-
-/// The key prefix on etcd when the URL names none.
-pub const DEFAULT_ETCD_PREFIX: &str = "/ipshadow";
 
 impl StoreChoice {
     /// `redb`, or `etcd://host:port[,host:port...][/prefix]`.

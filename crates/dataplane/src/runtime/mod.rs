@@ -1,18 +1,30 @@
-//! The router's run time, shared by `ipshadow router` (desired state from a file) and
-//! `ipshadow serve` (desired state from the manager in the same process): the interfaces opened
-//! as AF_PACKET ports, the host kernel kept off them, and the forwarding loop, which asks its
-//! [`RouterControl`] for new desired state and hands it status reports.
+//! The router's run time, shared by `ipshadow router` (desired state from its state directory,
+//! [`StateDirControl`]) and `ipshadow serve` (desired state from the manager in the same
+//! process): the interfaces opened as AF_PACKET ports, the host kernel kept off them, and the
+//! forwarding loop, which asks its [`RouterControl`] for new desired state and hands it status
+//! reports.
 
+use std::io;
 use std::net::Ipv4Addr;
 use std::os::fd::BorrowedFd;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use anyhow::{Context, bail};
 use ipshadow_core::l2::RouterNode;
 use ipshadow_core::{Clocks, Instant, RouterConfig, VmId};
-use ipshadow_dataplane::status::PortIo;
-use ipshadow_dataplane::{AfPacketPort, Desired, Forwarder, RingConfig, Status, wait_any};
+use thiserror::Error;
+
+use crate::status::PortIo;
+use crate::{AfPacketPort, Desired, Forwarder, RingConfig, Status, wait_any};
+
+mod clock;
+mod nft;
+mod state_dir;
+
+pub use clock::{RouterClock, wall_now};
+pub use nft::NftError;
+pub use state_dir::{StateDirControl, StateDirError, write_atomically};
 
 /// A VM port: the VM's id, the interface it is reached on, its MAC if known.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -57,22 +69,86 @@ pub trait RouterControl {
     fn report(&mut self, status: Status);
 }
 
+/// A MAC address that is not six hexadecimal bytes separated by colons.
+#[derive(Clone, Debug, PartialEq, Eq, Error)]
+#[error("bad MAC address {0:?}")]
+pub struct BadMac(pub String);
+
+/// Why the router could not open its ports or stopped forwarding.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum RuntimeError {
+    /// Two VM ports name the same VM.
+    #[error("VM {0} is given twice")]
+    DuplicateVm(VmId),
+    /// The setup has no VM port.
+    #[error("the router needs at least one VM port")]
+    NoVmPort,
+    /// An AF_PACKET port could not be opened.
+    #[error("opening an AF_PACKET port on {interface} (needs root or CAP_NET_RAW)")]
+    OpenPort {
+        /// The interface.
+        interface: String,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// An interface's MAC address could not be read.
+    #[error("no interface {interface} ({})", path.display())]
+    NoInterface {
+        /// The interface.
+        interface: String,
+        /// Where its address was looked for.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// An interface's MAC address did not parse.
+    #[error(transparent)]
+    BadMac(#[from] BadMac),
+    /// The nftables table that keeps the kernel off the interfaces could not be installed.
+    #[error("keeping the kernel off the router's interfaces (or let the kernel see frames)")]
+    KeepKernelOff(#[source] NftError),
+    /// Receiving or sending frames failed.
+    #[error("forwarding")]
+    Forward(#[source] io::Error),
+    /// Waiting for frames failed.
+    #[error("waiting for frames")]
+    Wait(#[source] io::Error),
+}
+
 /// MAC address from `aa:bb:cc:dd:ee:ff`.
-pub fn parse_mac(s: &str) -> Result<[u8; 6], String> {
+pub fn parse_mac(s: &str) -> Result<[u8; 6], BadMac> {
     let bytes: Vec<u8> = s
         .trim()
         .split(':')
         .map(|b| u8::from_str_radix(b, 16))
         .collect::<Result<_, _>>()
-        .map_err(|_| format!("bad MAC address {s:?}"))?;
-    bytes.try_into().map_err(|_| format!("bad MAC address {s:?}"))
+        .map_err(|_| BadMac(s.to_owned()))?;
+    bytes.try_into().map_err(|_| BadMac(s.to_owned()))
 }
 
 /// The MAC address of a local interface.
-fn interface_mac(interface: &str) -> anyhow::Result<[u8; 6]> {
-    let path = format!("/sys/class/net/{interface}/address");
-    let text = std::fs::read_to_string(&path).with_context(|| format!("no interface {interface} ({path})"))?;
-    parse_mac(&text).map_err(anyhow::Error::msg)
+fn interface_mac(interface: &str) -> Result<[u8; 6], RuntimeError> {
+    let path = PathBuf::from(format!("/sys/class/net/{interface}/address"));
+    let text = std::fs::read_to_string(&path).map_err(|source| RuntimeError::NoInterface {
+        interface: interface.to_owned(),
+        path: path.clone(),
+        source,
+    })?;
+    Ok(parse_mac(&text)?)
+}
+
+/// `e` and its sources, one after the other, for a log line.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut line = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        line = format!("{line}: {s}");
+        source = s.source();
+    }
+    line
 }
 
 /// A router with its ports open, ready to forward.
@@ -85,23 +161,23 @@ pub struct Router {
 
 impl Router {
     /// Opens every port and (unless told otherwise) keeps the host kernel off the interfaces.
-    pub fn open(setup: RouterSetup, clocks: Clocks) -> anyhow::Result<Self> {
+    pub fn open(setup: RouterSetup, clocks: Clocks) -> Result<Self, RuntimeError> {
         let now = clocks.now;
         let mut seen = std::collections::BTreeSet::new();
         for vm in &setup.vms {
             if !seen.insert(&vm.id) {
-                bail!("VM {} is given twice", vm.id);
+                return Err(RuntimeError::DuplicateVm(vm.id.clone()));
             }
         }
         if setup.vms.is_empty() {
-            bail!("the router needs at least one VM port");
+            return Err(RuntimeError::NoVmPort);
         }
         let open = |interface: &str| {
             AfPacketPort::open(interface, RingConfig::default())
-                .with_context(|| format!("opening an AF_PACKET port on {interface} (needs root or CAP_NET_RAW)"))
+                .map_err(|source| RuntimeError::OpenPort { interface: interface.to_owned(), source })
         };
         let provider = open(&setup.provider)?;
-        let vms = setup.vms.iter().map(|vm| open(&vm.interface)).collect::<anyhow::Result<Vec<_>>>()?;
+        let vms = setup.vms.iter().map(|vm| open(&vm.interface)).collect::<Result<Vec<_>, _>>()?;
         let provider_mac = interface_mac(&setup.provider)?;
         let vm_side_mac = interface_mac(&setup.vms[0].interface)?;
         let ports = setup.vms.iter().map(|vm| (vm.id.clone(), vm.mac.unwrap_or([0; 6]))).collect();
@@ -113,8 +189,7 @@ impl Router {
         let node = RouterNode::new(config, provider_mac, vm_side_mac, setup.gateway, ports, now);
         let forwarder = Forwarder::new(provider, vms, node);
         if !setup.kernel_sees_frames {
-            keep_kernel_off(&setup)
-                .context("keeping the kernel off the router's interfaces (or let the kernel see frames)")?;
+            nft::keep_kernel_off(&setup).map_err(RuntimeError::KeepKernelOff)?;
         }
         Ok(Self { setup, forwarder, started: clocks.wall })
     }
@@ -146,13 +221,13 @@ impl Router {
         stop: &AtomicBool,
         control: &mut dyn RouterControl,
         clock: impl Fn() -> Clocks,
-    ) -> anyhow::Result<()> {
+    ) -> Result<(), RuntimeError> {
         let mut next_report = clock().now;
         let mut next_probe = next_report;
         while !stop.load(Ordering::Relaxed) {
             let clocks = clock();
             let now = clocks.now;
-            let received = self.forwarder.step(now).context("forwarding")?;
+            let received = self.forwarder.step(now).map_err(RuntimeError::Forward)?;
             if let Some(desired) = control.desired(now) {
                 // The clock read again: the step may have taken a while, and the installation
                 // time is what the API-to-router latency is measured against.
@@ -170,7 +245,7 @@ impl Router {
                 let mut ports = vec![&self.forwarder.provider];
                 ports.extend(self.forwarder.vms.iter());
                 let wake: Vec<BorrowedFd<'_>> = control.wake_fd().into_iter().collect();
-                wait_any(&ports, &wake, 5).context("waiting for frames")?;
+                wait_any(&ports, &wake, 5).map_err(RuntimeError::Wait)?;
             }
         }
         Ok(())
@@ -199,48 +274,22 @@ impl Router {
 impl Drop for Router {
     fn drop(&mut self) {
         if !self.setup.kernel_sees_frames
-            && let Err(e) = nft(&format!("delete table netdev {NFT_TABLE}\n"))
+            && let Err(e) = nft::let_kernel_in()
         {
-            eprintln!("ipshadow router: removing the nftables table {NFT_TABLE}: {e:#}");
+            eprintln!("ipshadow router: removing the nftables table {}: {}", nft::NFT_TABLE, error_chain(&e));
         }
     }
 }
 
-/// Name of the nftables table that keeps the host's kernel off the router's interfaces.
-const NFT_TABLE: &str = "ipshadow_router";
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-/// Installs (or replaces) the ingress table: frames on the router's interfaces are dropped after
-/// the packet sockets saw them (taps run before the ingress hook), except what the host itself
-/// serves on the VM side (ARP for the gateway, DHCP).
-fn keep_kernel_off(setup: &RouterSetup) -> anyhow::Result<()> {
-    let mut rules = format!(
-        "table netdev {NFT_TABLE} {{}}\ndelete table netdev {NFT_TABLE}\ntable netdev {NFT_TABLE} {{\n\
-         chain provider {{ type filter hook ingress device \"{}\" priority 0; policy drop; }}\n",
-        setup.provider
-    );
-    for (i, vm) in setup.vms.iter().enumerate() {
-        rules += &format!(
-            "chain vm{i} {{ type filter hook ingress device \"{}\" priority 0; policy drop; \
-             meta protocol arp accept; meta protocol ip udp dport 67 accept; }}\n",
-            vm.interface
-        );
+    #[test]
+    fn mac_addresses_parse_or_are_refused() {
+        assert_eq!(parse_mac("02:00:00:00:00:0a\n"), Ok([2, 0, 0, 0, 0, 10]));
+        for bad in ["", "02:00:00:00:00", "02:00:00:00:00:0a:0b", "zz:00:00:00:00:00"] {
+            assert_eq!(parse_mac(bad), Err(BadMac(bad.to_owned())), "{bad:?}");
+        }
     }
-    rules += "}\n";
-    nft(&rules)
-}
-
-fn nft(script: &str) -> anyhow::Result<()> {
-    use std::io::Write as _;
-    let mut child = std::process::Command::new("nft")
-        .args(["-f", "-"])
-        .stdin(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .context("running nft (Debian package nftables)")?;
-    child.stdin.take().context("nft's input")?.write_all(script.as_bytes())?;
-    let out = child.wait_with_output()?;
-    if !out.status.success() {
-        bail!("nft: {}", String::from_utf8_lossy(&out.stderr).trim());
-    }
-    Ok(())
 }

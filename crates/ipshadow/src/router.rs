@@ -3,22 +3,20 @@
 //! its state directory (`desired.json`, written by the manager) and reports `status.json` there
 //! a few times a second. Killing it loses nothing the manager needs: a new process reads the same
 //! document and resumes every migration at its recorded split; flows it no longer knows are
-//! learned from the VMs' replies.
+//! learned from the VMs' replies. This is the command line only: the ports, the loop and the
+//! state directory are `ipshadow_dataplane::runtime`'s.
 
 use std::net::Ipv4Addr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
-use ipshadow_core::{Clocks, CongestionControlParameters, EntryState, Instant, MigrationOptions, ShadowingEntry, VmId};
-use ipshadow_dataplane::{Desired, DesiredEntry, Status};
-
-pub mod runtime;
-
-pub use runtime::{Router, RouterControl, RouterSetup, VmPort, parse_mac};
+use ipshadow_core::{CongestionControlParameters, EntryState, Instant, MigrationOptions, ShadowingEntry, VmId};
+use ipshadow_dataplane::runtime::{StateDirControl, parse_mac};
+use ipshadow_dataplane::{Desired, DesiredEntry, Router, RouterClock, RouterSetup, VmPort};
 
 /// Options of `ipshadow router`.
 #[derive(Args, Debug)]
@@ -65,7 +63,7 @@ pub struct RouterArgs {
 fn parse_vm(s: &str) -> Result<VmPort, String> {
     let (id, rest) = s.split_once('=').ok_or("expected ID=IFACE[,MAC]")?;
     let (interface, mac) = match rest.split_once(',') {
-        Some((i, m)) => (i, Some(parse_mac(m)?)),
+        Some((i, m)) => (i, Some(parse_mac(m).map_err(|e| e.to_string())?)),
         None => (rest, None),
     };
     if id.is_empty() || interface.is_empty() {
@@ -93,46 +91,10 @@ fn parse_fixed(s: &str) -> Result<(Ipv4Addr, VmId, VmId, f64), String> {
     Ok((ip, VmId::from(source), VmId::from(destination), pct))
 }
 
-/// The wall clock: unix time in microseconds, the time of the manager's deadlines and the DHCP
-/// server's lease ends.
-pub(crate) fn wall_now() -> Instant {
-    let since = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
-    Instant::from_micros(since.as_micros() as u64)
-}
-
-/// The router's clocks. Its own time (flow timers, probes, ramps) is monotonic: it counts from
-/// the wall clock's reading at start, so it reads as unix time until the wall clock steps, and a
-/// step (NTP, `date -s`) moves neither a flow's expiry nor an installed deadline. The wall clock
-/// is read beside it, for deadlines first heard of and for the status report.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct RouterClock {
-    start: std::time::Instant,
-    wall_at_start: Instant,
-    /// The wall clock read beside: the system's, or the process's own (`serve`'s, which does
-    /// not step, so its parts agree on every deadline).
-    wall: fn() -> Instant,
-}
-
-impl RouterClock {
-    /// A clock whose monotonic time starts at the system clock's now.
-    pub(crate) fn start() -> Self {
-        Self::start_with(wall_now)
-    }
-
-    /// A clock whose monotonic time starts at `wall`'s now, and that reads `wall` beside.
-    pub(crate) fn start_with(wall: fn() -> Instant) -> Self {
-        Self { start: std::time::Instant::now(), wall_at_start: wall(), wall }
-    }
-
-    /// Both clocks, now.
-    pub(crate) fn read(&self) -> Clocks {
-        Clocks::new(self.wall_at_start + self.start.elapsed(), (self.wall)())
-    }
-}
-
-/// The desired state: the command line's addresses and fixed entries, plus the document.
-fn desired(args: &RouterArgs, document: &Desired, started: Instant) -> Desired {
-    let mut desired = document.clone();
+/// The fixed part of the desired state: the command line's addresses (the first VM given for an
+/// address wins) and frozen entries.
+fn fixed(args: &RouterArgs, started: Instant) -> Desired {
+    let mut desired = Desired::default();
     for (ip, vm) in &args.addresses {
         desired.addresses.entry(*ip).or_insert_with(|| vm.clone());
     }
@@ -151,80 +113,6 @@ fn desired(args: &RouterArgs, document: &Desired, started: Instant) -> Desired {
         });
     }
     desired
-}
-
-/// The desired-state document, watched by modification time and length.
-struct Watched {
-    path: Option<PathBuf>,
-    seen: Option<(SystemTime, u64)>,
-    document: Desired,
-}
-
-impl Watched {
-    /// Reads the document again if it changed; `Ok(true)` when it did. A document that does not
-    /// parse is refused whole (the router keeps the last good one).
-    fn refresh(&mut self) -> anyhow::Result<bool> {
-        let Some(path) = &self.path else { return Ok(false) };
-        let stamp = std::fs::metadata(path).ok().map(|m| (m.modified().unwrap_or(SystemTime::UNIX_EPOCH), m.len()));
-        if stamp == self.seen {
-            return Ok(false);
-        }
-        self.seen = stamp;
-        if stamp.is_none() {
-            self.document = Desired::default();
-            return Ok(true);
-        }
-        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        self.document = serde_json::from_str(&text).with_context(|| format!("in {}", path.display()))?;
-        Ok(true)
-    }
-}
-
-/// Writes `value` as JSON to `path` through a temporary file and a rename, so a reader never
-/// sees half a report.
-pub(crate) fn write_atomically(path: &Path, value: &impl serde::Serialize) -> anyhow::Result<()> {
-    let tmp = path.with_extension("json.tmp");
-    std::fs::write(&tmp, serde_json::to_vec(value)?).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))?;
-    Ok(())
-}
-
-/// Desired state from `STATE_DIR/desired.json` (checked every status period), status to
-/// `STATE_DIR/status.json`.
-struct FileControl<'a> {
-    args: &'a RouterArgs,
-    watched: Watched,
-    started: Instant,
-    next_check: Instant,
-}
-
-impl RouterControl for FileControl<'_> {
-    fn wake_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
-        None
-    }
-
-    fn desired(&mut self, now: Instant) -> Option<Desired> {
-        if now < self.next_check {
-            return None;
-        }
-        self.next_check = now + Duration::from_millis(self.args.status_ms);
-        match self.watched.refresh() {
-            Ok(true) => Some(desired(self.args, &self.watched.document, self.started)),
-            Ok(false) => None,
-            Err(e) => {
-                eprintln!("ipshadow router: {e:#}; keeping the previous desired state");
-                None
-            }
-        }
-    }
-
-    fn report(&mut self, status: Status) {
-        if let Some(dir) = &self.args.state_dir
-            && let Err(e) = write_atomically(&dir.join("status.json"), &status)
-        {
-            eprintln!("ipshadow router: {e:#}");
-        }
-    }
 }
 
 /// Runs the router until SIGTERM or SIGINT.
@@ -250,17 +138,13 @@ pub fn run(args: &RouterArgs) -> anyhow::Result<()> {
     if let Some(dir) = &args.state_dir {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
-    let mut watched = Watched {
-        path: args.state_dir.as_ref().map(|d| d.join("desired.json")),
-        seen: None,
-        document: Desired::default(),
-    };
-    if let Err(e) = watched.refresh() {
-        eprintln!("ipshadow router: {e:#}; starting without it");
+    let period = Duration::from_millis(args.status_ms);
+    let mut control = StateDirControl::new(args.state_dir.clone(), period, fixed(args, started), clocks.now);
+    if let Err(e) = control.refresh() {
+        eprintln!("ipshadow router: {:#}; starting without it", anyhow::Error::new(e));
     }
-    router.apply(&desired(args, &watched.document, started), clocks);
+    router.apply(&control.current(), clocks);
     eprintln!("ipshadow router: {} ({} shadowed)", router.describe(), router.forwarder.node.core.entries().count());
-    let mut control = FileControl { args, watched, started, next_check: clocks.now };
     router.run(&stop, &mut control, || clock.read())?;
     eprintln!("ipshadow router: stopped after {} frames", router.forwarder.frames);
     Ok(())

@@ -189,7 +189,7 @@ impl Lab {
             (1..=self.etcd_members()).map(|i| format!("http://{}:{CLIENT_PORT}", member_ip(i))).collect();
         self.in_router_ns(move || {
             // The store's threads are made from this one: they are in the namespace too.
-            let store = ipshadow_control::EtcdStore::connect(&endpoints, crate::serve::DEFAULT_ETCD_PREFIX)?;
+            let store = ipshadow_control::EtcdStore::connect(&endpoints, ipshadow_control::DEFAULT_ETCD_PREFIX)?;
             Ok(ipshadow_control::Store::get(&store, key)?.map(|kv| kv.value))
         })
     }

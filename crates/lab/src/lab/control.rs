@@ -102,41 +102,34 @@ impl Lab {
     /// Calls the lab's API with the admin token: the status code and the JSON body (`null` when
     /// the body is not JSON).
     pub fn api(&self, method: &str, path: &str, body: Option<Value>) -> anyhow::Result<(u16, Value)> {
-        let auth = format!("Bearer {}", self.admin_token()?);
-        self.http(method, &format!("http://{API}{path}"), body, Some(&auth), Duration::from_secs(10))
+        let token = self.admin_token()?;
+        self.http(method, (&format!("http://{API}"), path), body, Some(token), Duration::from_secs(10))
     }
 
     /// An HTTP call from inside the router's namespace, without credentials, answered within
     /// one second (etcd's health and status: a member cut off must not hold the caller up).
     pub fn http_in_router_ns(&self, method: &str, url: &str, body: Option<Value>) -> anyhow::Result<(u16, Value)> {
-        self.http(method, url, body, None, Duration::from_secs(1))
+        self.http(method, (url, ""), body, None, Duration::from_secs(1))
     }
 
+    /// One call with the product's client, from inside the router's namespace: sent once,
+    /// whatever the status answered.
     fn http(
         &self,
         method: &str,
-        url: &str,
+        (base, path): (&str, &str),
         body: Option<Value>,
-        auth: Option<&str>,
+        token: Option<String>,
         timeout: Duration,
     ) -> anyhow::Result<(u16, Value)> {
         self.in_router_ns(move || {
-            let agent: ureq::Agent =
-                ureq::Agent::config_builder().http_status_as_error(false).timeout_global(Some(timeout)).build().into();
-            let auth = auth.unwrap_or("");
-            let response = match (method, body) {
-                ("GET", _) => agent.get(url).header("Authorization", auth).call(),
-                (_, Some(b)) => agent
-                    .post(url)
-                    .header("Authorization", auth)
-                    .header("Content-Type", "application/json")
-                    .send(b.to_string()),
-                (_, None) => agent.post(url).header("Authorization", auth).send_empty(),
-            };
-            let mut response = response.with_context(|| format!("calling {url}"))?;
-            let code = response.status().as_u16();
-            let text = response.body_mut().read_to_string().unwrap_or_default();
-            Ok((code, serde_json::from_str(&text).unwrap_or(Value::Null)))
+            let api = ipshadow_client::Api::new(base, token, None)?.with_timeout(timeout);
+            let mut request = ipshadow_client::Request::new(method, path);
+            if let Some(body) = &body {
+                request = request.json(body);
+            }
+            let reply = api.send(&request).with_context(|| format!("calling {base}{path}"))?;
+            Ok((reply.status, reply.json().unwrap_or(Value::Null)))
         })
     }
 

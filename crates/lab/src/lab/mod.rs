@@ -15,7 +15,7 @@
 //! Everything is named with a prefix, lives under `/run/ipshadow/PREFIX/`, and
 //! `down` removes it all, also after a crash. iproute2 (`ip`) does every network change.
 
-pub(crate) mod control;
+pub mod control;
 pub(crate) mod etcd;
 pub(crate) mod http;
 pub(crate) mod services;

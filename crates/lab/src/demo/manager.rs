@@ -174,7 +174,7 @@ impl<'a> Demo<'a> {
         // The user's call: reassign X to vm-b with `migrate`, the strategy, mode and affinity
         // chosen. No ramp and no deadline unless asked for: the control plane's plan takes A's
         // lease end as the deadline and fits its default ramp to it.
-        let start_ms = crate::router::wall_now().as_micros() / 1000;
+        let start_ms = ipshadow_dataplane::runtime::wall_now().as_micros() / 1000;
         let mut request = json!({
             "to": "vm-b",
             "migrate": true,

@@ -15,8 +15,8 @@ use anyhow::bail;
 use clap::{ArgAction, Args};
 use ipshadow_core::{Ramp, RampStep};
 
+use crate::args::{AffinityArg, ModeArg, StrategyArg};
 use crate::lab::Lab;
-use crate::simulate::{AffinityArg, ModeArg, StrategyArg};
 
 /// Options of `ipshadow demo`.
 #[derive(Args, Debug)]
