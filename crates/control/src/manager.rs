@@ -132,6 +132,26 @@ impl<S: Store> Manager<S> {
         Ok(())
     }
 
+    /// Waits, at most `within`, until the mirror has applied the store's change at `revision`
+    /// (heard through another watch of the store, which may deliver it first): true once it
+    /// has. A manager that follows the store itself would otherwise decide on a mirror a change
+    /// behind, and not look again until something else woke it. With the caller's feed there is
+    /// nothing to wait for.
+    pub fn catch_up(&self, revision: u64, within: std::time::Duration) -> Result<bool, InventoryError> {
+        let deadline = std::time::Instant::now() + within;
+        let mut following = self.following()?;
+        let Following { mirror, feed } = &mut *following;
+        let Feed::Own(watcher) = feed else { return Ok(true) };
+        while mirror.revision() < revision {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match watcher.next_timeout(left) {
+                Some(event) => mirror.apply(&event),
+                None => return Ok(false),
+            }
+        }
+        Ok(true)
+    }
+
     /// The revision of the store's last change the mirror applied (0 before it first listed
     /// the store): where a caller's watch resumes.
     pub fn revision(&self) -> u64 {

@@ -130,6 +130,16 @@ fn a_manager_never_fed_follows_the_store_by_itself() {
     }
     assert_eq!(manager.dhcp().unwrap().0.len(), 11);
     assert_eq!(manager.revision(), store.range("/").unwrap().1);
+    // A change heard elsewhere: the manager waits for its mirror to have it, and says when it
+    // did not come within the wait.
+    let now = store.range("/").unwrap().1;
+    assert!(manager.catch_up(now, Duration::from_millis(50)).unwrap());
+    let started = std::time::Instant::now();
+    assert!(!manager.catch_up(now + 100, Duration::from_millis(50)).unwrap());
+    assert!(started.elapsed() >= Duration::from_millis(50), "it waited");
+    // Fed by its caller, it has nothing to wait for.
+    manager.reset(&store.range("/").unwrap().0, now);
+    assert!(manager.catch_up(now + 100, Duration::from_millis(50)).unwrap());
 }
 
 #[test]

@@ -20,6 +20,10 @@ use ipshadow_dataplane::{Desired, Status};
 
 use super::parts::{DhcpFeed, Heard, RouterFeed};
 
+/// How long the manager waits for its mirror to reach a change heard through the store's watch
+/// (its own watch brings it within milliseconds; a longer wait means that watch is broken, and
+/// the mirror lists the store again on its next use).
+const CATCH_UP_WITHIN: Duration = Duration::from_millis(500);
 /// Most routers' slices written in one transaction.
 const SLICES_PER_TXN: usize = 64;
 /// How often time-based decisions are taken (deadlines, timeouts) when nothing else happens.
@@ -162,7 +166,11 @@ pub fn watch_store<S: Store>(store: &S, heard: Sender<Heard>, stop: Arc<AtomicBo
             {
                 return;
             }
-            let _ = heard.send(Heard::StoreChanged);
+            let revision = match &change {
+                super::remote::Change::Event(event) => event.revision(),
+                super::remote::Change::Reset(kvs) => kvs.iter().map(|kv| kv.mod_revision).max().unwrap_or(0),
+            };
+            let _ = heard.send(Heard::StoreChanged(revision));
         });
     })?;
     Ok(())
@@ -192,6 +200,20 @@ pub fn manage<S: Store>(
             Err(RecvTimeoutError::Disconnected) => return,
         }
         batch.extend(heard.try_iter());
+        // The manager's mirror follows the store through a watch of its own, which may bring a
+        // change heard here a moment later: it decides once the mirror has it (on etcd;
+        // on the embedded store a change is in the mirror before its transaction returns).
+        let heard_revision =
+            batch.iter().filter_map(|h| if let Heard::StoreChanged(r) = h { Some(*r) } else { None }).max();
+        if let Some(revision) = heard_revision {
+            match manager.catch_up(revision, CATCH_UP_WITHIN) {
+                Ok(true) => {}
+                Ok(false) => eprintln!(
+                    "ipshadow serve: manager: its mirror did not reach revision {revision} within {CATCH_UP_WITHIN:?}"
+                ),
+                Err(e) => eprintln!("ipshadow serve: manager: {e}"),
+            }
+        }
         let now = clock();
         // Of several reports of one router only the newest matters (a router is its process:
         // its id and when it started).
@@ -241,7 +263,7 @@ pub fn manage<S: Store>(
                     last_desired = None;
                     Ok(())
                 }
-                Heard::Router(_) | Heard::StoreChanged => Ok(()),
+                Heard::Router(_) | Heard::StoreChanged(_) => Ok(()),
             };
             if let Err(e) = result {
                 eprintln!("ipshadow serve: manager: {e}");

@@ -38,8 +38,8 @@ pub enum Heard {
     },
     /// The router's status report.
     Router(Box<Status>),
-    /// Something changed in the store.
-    StoreChanged,
+    /// Something changed in the store, at this revision.
+    StoreChanged(u64),
     /// Which VMs a router of another process has ports for, as its report says (`None`: its
     /// report is gone, or its slice of the desired state has no router any more).
     RouterSegments {
