@@ -14,6 +14,7 @@ pub mod counters;
 pub mod error;
 pub mod events;
 pub mod flow;
+pub mod ha;
 mod fragments;
 mod keyed;
 pub mod l2;
