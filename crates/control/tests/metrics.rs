@@ -87,3 +87,72 @@ fn without_a_dhcp_server_metrics_have_no_dhcp_series() {
     assert!(body.lines().any(|l| l == "ipshadow_vms 0"), "{body}");
     assert!(!body.contains("ipshadow_dhcp_"), "{body}");
 }
+
+/// Two members of a router group as their reports say: r2 took over from r1, which went silent.
+fn group_of_two() -> Vec<ipshadow_control::api::parts::RouterSummary> {
+    use ipshadow_core::Instant;
+    use ipshadow_core::ha::{Announcement, GroupMember, LeaseNews};
+    let t = Instant::from_millis;
+    let mut r1 = GroupMember::new("edge", "r1", t(0));
+    r1.lease(LeaseNews::Acquired { term: 5, lease: 50 }, t(0));
+    let mut r2 = GroupMember::new("edge", "r2", t(0));
+    r2.turn(t(0));
+    r2.heard(&Announcement { group: "edge".into(), name: "r1".into(), term: 5, lease: 50, resigning: false }, t(0));
+    r2.turn(t(5));
+    r2.lease(LeaseNews::Acquired { term: 9, lease: 90 }, t(700));
+    r2.forwarded(t(750));
+    r1.heard(&Announcement { group: "edge".into(), name: "r2".into(), term: 9, lease: 90, resigning: false }, t(800));
+    r1.dropped(12);
+    [("r1", r1), ("r2", r2)]
+        .into_iter()
+        .map(|(name, member)| {
+            let status = ipshadow_contracts::router::Status {
+                pid: 40,
+                ha: Some(member.status(t(900), |i| i)),
+                ..Default::default()
+            };
+            ipshadow_control::api::parts::RouterSummary::of(name, &status)
+        })
+        .collect()
+}
+
+#[test]
+fn a_router_group_s_members_show_their_roles_and_last_takeover_in_the_list_and_the_metrics() {
+    let with_group = |store: RedbStore| {
+        let parts = Parts { routers: Some(Arc::new(group_of_two)), ..Parts::default() };
+        common::tenants_at_now(store).with_parts(parts)
+    };
+    let api = Api::start("metrics", "group", with_group);
+    let (status, body) = metrics(&api, ADMIN);
+    assert_eq!(status, 200, "{body}");
+    for line in [
+        "ipshadow_router_group_active{group=\"edge\",router=\"r1\"} 0",
+        "ipshadow_router_group_active{group=\"edge\",router=\"r2\"} 1",
+        "ipshadow_router_group_takeovers_total{group=\"edge\",router=\"r2\"} 1",
+        "ipshadow_router_group_last_takeover_seconds{group=\"edge\",router=\"r2\"} 0.75",
+        "ipshadow_router_group_step_downs_total{group=\"edge\",router=\"r1\"} 1",
+        "ipshadow_router_group_frames_dropped_total{group=\"edge\",router=\"r1\"} 12",
+        "ipshadow_router_group_last_takeover_cause{group=\"edge\",router=\"r2\",cause=\"silent\"} 1",
+        "ipshadow_router_group_last_takeover_cause{group=\"edge\",router=\"r1\",cause=\"started\"} 1",
+    ] {
+        assert!(body.lines().any(|l| l == line), "{line} missing from:\n{body}");
+    }
+    let reply = api.client.send(&Request::get("/v1/routers").bearer(ADMIN)).unwrap();
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    let list = reply.json().unwrap();
+    let roles: Vec<(&str, &str)> = list["routers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["name"].as_str().unwrap(), r["group"]["role"].as_str().unwrap()))
+        .collect();
+    assert_eq!(roles, [("r1", "standby"), ("r2", "active")]);
+    assert_eq!(list["routers"][1]["group"]["last_takeover"]["previous"], "r1");
+    assert_eq!(api.client.send(&Request::get("/v1/routers").bearer(ACME)).unwrap().status, 403);
+}
+
+#[test]
+fn without_a_router_the_list_of_routers_is_not_found() {
+    let api = Api::start("metrics", "no-router", common::tenants_at_now);
+    assert_eq!(api.client.send(&Request::get("/v1/routers").bearer(ADMIN)).unwrap().status, 404);
+}

@@ -436,6 +436,31 @@ impl RouterNode {
         self.stats.neighbours_aged = self.neighbours.aged();
     }
 
+    /// Announces the router on every segment (a router group's active member, see
+    /// [`crate::ha`]): `announcement` on the provider side and on each VM port, each from the
+    /// side's MAC; with `gratuitous`, also a gratuitous ARP for each address it serves (at most
+    /// [`MAX_GRATUITOUS`]) on the provider side and for the gateway on each VM port, so that
+    /// switches learn where the group's MACs are now and neighbours update their caches.
+    pub fn announce(&self, announcement: &crate::ha::Announcement, gratuitous: bool, out: &mut Vec<Out>) {
+        out.push(Out::Provider(announcement.frame(self.provider_mac)));
+        for port in 0..self.ports.len() {
+            out.push(Out::Vm(port, announcement.frame(self.vm_side_mac)));
+        }
+        if !gratuitous {
+            return;
+        }
+        let served = self.core.addresses().chain(self.shadows.keys().copied());
+        for ip in served.take(MAX_GRATUITOUS) {
+            let frame = arp_frame(ArpOperation::REQUEST, (self.provider_mac, ip), ([0; 6], ip), [0xff; 6]);
+            out.push(Out::Provider(frame));
+        }
+        for port in 0..self.ports.len() {
+            let frame =
+                arp_frame(ArpOperation::REQUEST, (self.vm_side_mac, self.gateway), ([0; 6], self.gateway), [0xff; 6]);
+            out.push(Out::Vm(port, frame));
+        }
+    }
+
     /// Sends a health probe (an ARP request for `ip`) to the VM on `port`.
     pub fn probe(&self, port: usize, ip: Ipv4Addr, out: &mut Vec<Out>) {
         let frame = arp_frame(ArpOperation::REQUEST, (self.vm_side_mac, self.gateway), ([0; 6], ip), [0xff; 6]);
@@ -492,6 +517,10 @@ fn arp_reply(mac: [u8; 6], request: &crate::wire::ArpInfo) -> Vec<u8> {
         request.sender_mac,
     )
 }
+
+/// Most gratuitous ARP frames a takeover sends on the provider side (one per address served):
+/// a transmit ring's worth; neighbours of further addresses learn from the frames forwarded.
+pub const MAX_GRATUITOUS: usize = 4096;
 
 /// Addresses the router may be resolving at once: a VM sending to many unknown addresses makes
 /// at most this many requests a second.

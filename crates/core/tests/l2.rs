@@ -204,3 +204,49 @@ fn frames_the_router_refuses_teach_it_nothing_and_entries_age() {
     n.from_vm(0, from_a(CLIENT), later, &mut out);
     assert!(matches!(&out[..], [Out::Provider(f)] if matches!(parse_frame(f), Ok(Packet::Arp(_)))), "{out:?}");
 }
+
+#[test]
+fn an_announcement_goes_to_every_segment_with_gratuitous_arp_for_every_address_served() {
+    let mut n = node();
+    n.shadow_ports(Ipv4Addr::new(10, 0, 0, 20), 0, 1);
+    let ann = ipshadow_core::ha::Announcement {
+        group: "edge".into(),
+        name: "r1".into(),
+        term: 3,
+        lease: 4,
+        resigning: false,
+    };
+    let mut out = Vec::new();
+    n.announce(&ann, false, &mut out);
+    assert_eq!(out.len(), 3, "the provider side and both VM ports: {out:?}");
+    for o in &out {
+        let (Out::Provider(f) | Out::Vm(_, f)) = o;
+        assert_eq!(ipshadow_core::ha::Announcement::parse(f), Ok(ann.clone()));
+    }
+    let Out::Provider(f) = &out[0] else { panic!() };
+    assert_eq!(&f[6..12], &PROVIDER_MAC);
+    out.clear();
+    n.announce(&ann, true, &mut out);
+    let mut garps: Vec<(bool, [u8; 6], Ipv4Addr, Ipv4Addr)> = out
+        .iter()
+        .filter_map(|o| {
+            let (provider, f) = match o {
+                Out::Provider(f) => (true, f),
+                Out::Vm(_, f) => (false, f),
+            };
+            let Ok(Packet::Arp(a)) = parse_frame(f) else { return None };
+            Some((provider, a.sender_mac, a.sender_ip, a.target_ip))
+        })
+        .collect();
+    garps.sort();
+    let shadowed = Ipv4Addr::new(10, 0, 0, 20);
+    assert_eq!(
+        garps,
+        [
+            (false, VM_SIDE_MAC, GATEWAY, GATEWAY),
+            (false, VM_SIDE_MAC, GATEWAY, GATEWAY),
+            (true, PROVIDER_MAC, X, X),
+            (true, PROVIDER_MAC, shadowed, shadowed),
+        ]
+    );
+}

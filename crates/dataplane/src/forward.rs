@@ -6,8 +6,10 @@
 use std::io;
 use std::net::Ipv4Addr;
 
-use ipshadow_core::l2::{Out, RouterNode};
 use std::collections::VecDeque;
+
+use ipshadow_core::ha::{Announcement, GroupMember};
+use ipshadow_core::l2::{Out, RouterNode};
 
 use ipshadow_core::{Clocks, Event, Instant};
 
@@ -41,6 +43,9 @@ pub struct Forwarder<P: PacketPort> {
     /// Transmit kicks the kernel refused (interface down, no buffer space): the frames stay
     /// queued in the ring for the next kick, or are lost with the interface.
     pub flush_errors: u64,
+    /// The router's membership in its group, if it is in one: it forwards and sends only while
+    /// active (without a group, always).
+    pub group: Option<GroupMember>,
 }
 
 impl<P: PacketPort> Forwarder<P> {
@@ -57,20 +62,65 @@ impl<P: PacketPort> Forwarder<P> {
             errors: Vec::new(),
             frames: 0,
             flush_errors: 0,
+            group: None,
         }
     }
 
     /// Takes what every port has received (up to about [`BATCH`] frames each), forwards it, runs
     /// the core's timers and sends everything. Returns how many frames came in.
     pub fn step(&mut self, now: Instant) -> io::Result<usize> {
-        let Self { provider, vms, node, out, .. } = self;
-        let mut count = provider.receive(BATCH, &mut |frame| node.from_provider(frame.to_vec(), now, out))?;
+        self.step_with(now, &|| now)
+    }
+
+    /// [`Forwarder::step`], with `clock` read again before sending: in a group, a turn that
+    /// stalled (the process was paused) sends nothing it decided before the stall.
+    pub fn step_with(&mut self, now: Instant, clock: &dyn Fn() -> Instant) -> io::Result<usize> {
+        if let Some(group) = &mut self.group {
+            group.turn(now);
+        }
+        let before = self.node.stats.to_vms + self.node.stats.to_provider;
+        let Self { provider, vms, node, out, group, .. } = self;
+        // Announcements of the router's group are heard, never forwarded; a member that is not
+        // active takes no frame in (counted).
+        let mut admit = |frame: &[u8]| match group {
+            None => true,
+            Some(g) if ipshadow_core::ha::wire::is_announcement(frame) => {
+                match Announcement::parse(frame) {
+                    Ok(a) => g.heard(&a, now),
+                    Err(_) => g.heard_malformed(),
+                }
+                false
+            }
+            Some(g) if !g.may_forward() => {
+                g.dropped(1);
+                false
+            }
+            Some(_) => true,
+        };
+        let mut count = provider.receive(BATCH, &mut |frame| {
+            if admit(frame) {
+                node.from_provider(frame.to_vec(), now, out);
+            }
+        })?;
         for (port, vm) in vms.iter_mut().enumerate() {
-            count += vm.receive(BATCH, &mut |frame| node.from_vm(port, frame.to_vec(), now, out))?;
+            count += vm.receive(BATCH, &mut |frame| {
+                if admit(frame) {
+                    node.from_vm(port, frame.to_vec(), now, out);
+                }
+            })?;
         }
         node.poll(now, out);
+        if let Some((announcement, gratuitous)) = group.as_mut().and_then(|g| g.announcement(now)) {
+            node.announce(&announcement, gratuitous, out);
+        }
         self.frames += count as u64;
-        self.transmit();
+        let sent = self.transmit_checked(clock);
+        if let Some(group) = &mut self.group
+            && sent
+            && self.node.stats.to_vms + self.node.stats.to_provider > before
+        {
+            group.forwarded(now);
+        }
         self.drain_events();
         Ok(count)
     }
@@ -87,6 +137,10 @@ impl<P: PacketPort> Forwarder<P> {
                 Some((e.ip_address, a, b))
             })
             .collect();
+        if self.group.as_ref().is_some_and(|g| !g.may_forward()) {
+            // A standby sends nothing; its probes would teach the segments' switches its port.
+            return;
+        }
         for (ip, a, b) in targets {
             self.node.probe(a, ip, &mut self.out);
             self.node.probe(b, ip, &mut self.out);
@@ -101,7 +155,7 @@ impl<P: PacketPort> Forwarder<P> {
         let errors: Vec<ReconcileError> = self.reconciler.apply(&mut self.node, desired, clocks);
         // The reconciler may have cut over or rolled back: RSTs to send, events to record.
         self.node.poll(now, &mut self.out);
-        self.transmit();
+        self.transmit_checked(&|| now);
         self.drain_events();
         self.errors = errors.iter().map(ToString::to_string).collect();
         &self.errors
@@ -171,7 +225,31 @@ impl<P: PacketPort> Forwarder<P> {
                     Some((ip, AddressPatterns { measured, forecast: self.node.core.forecast(ip, now) }))
                 })
                 .collect(),
+            ha: self.group.as_ref().map(|g| g.status(now, wall)),
         }
+    }
+
+    /// The group member's last announcement, sent on every segment, if it is active: it stops
+    /// forwarding in order and a standby takes over at once.
+    pub fn resign(&mut self, now: Instant) {
+        let Some(announcement) = self.group.as_mut().and_then(|g| g.resign(now)) else { return };
+        self.node.announce(&announcement, false, &mut self.out);
+        self.transmit();
+    }
+
+    /// Sends what the node produced, if the router may send now (not in a group, or its active
+    /// member in a turn that did not stall); otherwise counts it as suppressed. Whether it sent.
+    fn transmit_checked(&mut self, clock: &dyn Fn() -> Instant) -> bool {
+        if let Some(group) = &mut self.group
+            && !self.out.is_empty()
+            && (!group.may_forward() || group.turn_stalled(clock()))
+        {
+            group.suppressed(self.out.len() as u64);
+            self.out.clear();
+            return false;
+        }
+        self.transmit();
+        true
     }
 
     /// Sends what the node produced. A full ring or a refused kick is counted (by the port, or

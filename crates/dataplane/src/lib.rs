@@ -19,7 +19,7 @@ pub mod status;
 pub use afpacket::{AfPacketPort, RingConfig, wait_any};
 pub use desired::{Desired, DesiredEntry, Reconciler};
 pub use forward::Forwarder;
-pub use runtime::{Router, RouterClock, RouterControl, RouterSetup, VmPort};
+pub use runtime::{GroupSetup, Router, RouterClock, RouterControl, RouterSetup, VmPort};
 pub use status::Status;
 
 /// A port that receives and sends Ethernet frames.

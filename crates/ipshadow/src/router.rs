@@ -133,6 +133,7 @@ pub fn run(args: &RouterArgs) -> anyhow::Result<()> {
         kernel_sees_frames: args.kernel_sees_frames,
         busy_poll: args.busy_poll,
         status_period: Duration::from_millis(args.status_ms),
+        group: None,
     };
     let mut router = Router::open(setup, clocks)?;
     if let Some(dir) = &args.state_dir {

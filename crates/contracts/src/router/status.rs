@@ -53,6 +53,9 @@ pub struct Status {
     /// the drain forecast of A's open flows made from it.
     #[serde(default)]
     pub patterns: BTreeMap<Ipv4Addr, AddressPatterns>,
+    /// The router's part in its group (active or standby, its last takeover), if it is in one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ha: Option<ipshadow_core::ha::GroupStatus>,
 }
 
 /// Traffic patterns and drain forecast of one shadowed address.

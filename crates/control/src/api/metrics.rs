@@ -47,6 +47,62 @@ fn value(x: f64) -> String {
     }
 }
 
+/// A metric family of router groups: name, type, help, the value of one member.
+type GroupFamily = (&'static str, &'static str, &'static str, fn(&ipshadow_core::ha::GroupStatus) -> Option<f64>);
+
+/// Each router group member (labels `group`, `router`): whether it is active, its takeovers
+/// and how long the last one took, frames it dropped and held back while not active; and the
+/// last takeover's cause (label `cause`, value 1).
+fn router_groups(out: &mut String, routers: &[super::parts::RouterSummary]) {
+    let members: Vec<&ipshadow_core::ha::GroupStatus> = routers.iter().filter_map(|r| r.group.as_ref()).collect();
+    if members.is_empty() {
+        return;
+    }
+    let families: [GroupFamily; 6] = [
+        ("ipshadow_router_group_active", "gauge", "1 while the router is its group's active member.", |g| {
+            Some(f64::from(u8::from(g.role == ipshadow_core::ha::Role::Active)))
+        }),
+        ("ipshadow_router_group_takeovers_total", "counter", "Times the router became active.", |g| {
+            Some(g.counters.takeovers as f64)
+        }),
+        (
+            "ipshadow_router_group_last_takeover_seconds",
+            "gauge",
+            "The router's last takeover: from the previous active's last announcement to its first forwarded frame.",
+            |g| g.last_takeover.as_ref().and_then(|t| t.took_ms).map(|ms| ms as f64 / 1000.0),
+        ),
+        ("ipshadow_router_group_step_downs_total", "counter", "Times the router stopped being active.", |g| {
+            Some(g.counters.step_downs as f64)
+        }),
+        ("ipshadow_router_group_frames_dropped_total", "counter", "Frames received while not active, dropped.", |g| {
+            Some(g.counters.frames_dropped as f64)
+        }),
+        (
+            "ipshadow_router_group_frames_suppressed_total",
+            "counter",
+            "Frames not sent while not active (or decided before a stall).",
+            |g| Some(g.counters.frames_suppressed as f64),
+        ),
+    ];
+    for (name, kind, help, get) in families {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for g in &members {
+            if let Some(v) = get(g) {
+                let _ = writeln!(out, "{name}{{group=\"{}\",router=\"{}\"}} {}", g.group, g.name, value(v));
+            }
+        }
+    }
+    let name = "ipshadow_router_group_last_takeover_cause";
+    let _ = writeln!(out, "# HELP {name} Why the router last became active (label cause).\n# TYPE {name} gauge");
+    for g in &members {
+        if let Some(t) = &g.last_takeover {
+            let cause =
+                serde_json::to_value(&t.cause).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
+            let _ = writeln!(out, "{name}{{group=\"{}\",router=\"{}\",cause=\"{cause}\"}} 1", g.group, g.name);
+        }
+    }
+}
+
 /// A metric family of the parts' health: name, type, help, the value of one part.
 type PartFamily = (&'static str, &'static str, &'static str, fn(&PartHealth) -> f64);
 
@@ -267,6 +323,9 @@ pub async fn metrics<S: Store>(State(state): State<ApiState<S>>, caller: Caller)
     if let Some(status) = state.parts.router_status.as_ref().and_then(|f| f()) {
         patterns(&mut out, &status, (state.clock)());
         router_counters(&mut out, &status);
+    }
+    if let Some(routers) = state.parts.routers.as_ref().map(|f| f()) {
+        router_groups(&mut out, &routers);
     }
     if let Some(status) = state.parts.dhcp_status.as_ref().and_then(|f| f()) {
         dhcp_counters(&mut out, &status);

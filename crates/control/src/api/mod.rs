@@ -89,8 +89,10 @@ pub type DhcpStatusSource = Arc<dyn Fn() -> Option<serde_json::Value> + Send + S
 pub struct Parts {
     /// A's lease end: the default deadline of a migration (the seed's rule).
     pub lease_end: Option<LeaseEndSource>,
-    /// The router's status.
+    /// The router's status (of the active router, when there are several).
     pub router_status: Option<RouterStatusSource>,
+    /// Every router's summary (`GET /v1/routers`, the groups' metrics).
+    pub routers: Option<parts::RoutersSource>,
     /// The DHCP server's status.
     pub dhcp_status: Option<DhcpStatusSource>,
     /// The health of each part (`/healthz`, `/metrics`, the status endpoints).
@@ -224,6 +226,7 @@ fn system_clock_ms() -> u64 {
         events::migration_events,
         shadowing::list_shadowing,
         parts::router_status,
+        parts::routers,
         parts::dhcp_status,
         metrics::metrics,
     ),
@@ -303,6 +306,7 @@ pub fn router<S: Store>(state: ApiState<S>) -> Router {
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), idempotency::layer::<S>))
         .route("/metrics", get(metrics::metrics::<S>))
         .route("/v1/router/status", get(parts::router_status::<S>))
+        .route("/v1/routers", get(parts::routers::<S>))
         .route("/v1/dhcp/status", get(parts::dhcp_status::<S>))
         .route("/healthz", get(health::<S>))
         .route("/openapi.json", get(openapi))

@@ -88,6 +88,61 @@ pub async fn router_status<S: Store>(
     Ok(Json(RouterStatusView { status, health: health_of(&state, "router") }))
 }
 
+/// One router, as `GET /v1/routers` lists it.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct RouterSummary {
+    /// Its name (`--name` of its process).
+    pub name: String,
+    /// Its process.
+    pub pid: u32,
+    /// When it made its last report, unix milliseconds.
+    pub updated_ms: u64,
+    /// Flows it tracks.
+    pub flows: usize,
+    /// Shadowed addresses in its table.
+    pub shadowed: usize,
+    /// Its part in its router group (role, term, last takeover and its cause, counters), if it
+    /// is in one.
+    #[schema(value_type = Option<Object>)]
+    pub group: Option<ipshadow_core::ha::GroupStatus>,
+}
+
+impl RouterSummary {
+    /// The summary of router `name`'s report.
+    pub fn of(name: &str, status: &ipshadow_contracts::router::Status) -> Self {
+        Self {
+            name: name.to_owned(),
+            pid: status.pid,
+            updated_ms: status.updated.as_millis(),
+            flows: status.flows,
+            shadowed: status.entries.len(),
+            group: status.ha.clone(),
+        }
+    }
+}
+
+/// Every router's last report, summed up.
+pub type RoutersSource = std::sync::Arc<dyn Fn() -> Vec<RouterSummary> + Send + Sync>;
+
+/// Every router.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct RouterList {
+    /// By name.
+    pub routers: Vec<RouterSummary>,
+}
+
+/// Every router that reports (several in router groups: one active, the others standing by),
+/// each with its role, term and last takeover.
+#[utoipa::path(get, path = "/v1/routers", tag = "meta", security(("bearer" = [])),
+    responses((status = 200, description = "Every router that reports", body = RouterList),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, description = "No router is configured", body = ErrorBody)))]
+pub async fn routers<S: Store>(State(state): State<ApiState<S>>, caller: Caller) -> Result<Json<RouterList>, ApiError> {
+    operator_only(&caller, "the routers' status")?;
+    let source = state.parts.routers.as_ref().ok_or_else(|| not_running("router"))?;
+    Ok(Json(RouterList { routers: source() }))
+}
+
 /// The DHCP server's leases, counters and lease events by kind, with `health` (up, restarts, how
 /// stale: `age_ms`, records skipped).
 #[utoipa::path(get, path = "/v1/dhcp/status", tag = "meta", security(("bearer" = [])),

@@ -263,6 +263,11 @@ impl GroupMember {
         self.counters.frames_suppressed += frames;
     }
 
+    /// Counts a frame of the announcements' EtherType that did not parse.
+    pub fn heard_malformed(&mut self) {
+        self.counters.announcements_ignored += 1;
+    }
+
     /// A turn of the forwarding loop begins.
     pub fn turn(&mut self, now: Instant) {
         if let Some(last) = self.last_turn {

@@ -324,6 +324,11 @@ impl<S: EventSink> ShadowRouter<S> {
         self.addresses.remove(&ip);
     }
 
+    /// Every plain (non-shadowed) address the router routes, in no particular order.
+    pub fn addresses(&self) -> impl Iterator<Item = Ipv4Addr> + '_ {
+        self.addresses.keys().copied()
+    }
+
     /// The holder of a plain (non-shadowed) address.
     pub fn address_holder(&self, ip: Ipv4Addr) -> Option<VmRef> {
         self.addresses.get(&ip).copied()

@@ -11,6 +11,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use ipshadow_core::ha::{GroupMember, GroupView, LeaseNews};
 use ipshadow_core::l2::RouterNode;
 use ipshadow_core::{Clocks, Instant, RouterConfig, VmId};
 use thiserror::Error;
@@ -23,6 +24,7 @@ mod nft;
 mod state_dir;
 
 pub use clock::{RouterClock, wall_now};
+pub use ipshadow_core::ha::{GroupStatus, Role};
 pub use nft::NftError;
 pub use state_dir::{StateDirControl, StateDirError, write_atomically};
 
@@ -56,6 +58,18 @@ pub struct RouterSetup {
     pub busy_poll: bool,
     /// How often the status is reported.
     pub status_period: Duration,
+    /// The router group it belongs to, and its name there: it forwards only while its
+    /// [`RouterControl`] holds the group's lease (see [`ipshadow_core::ha`]).
+    pub group: Option<GroupSetup>,
+}
+
+/// A router's place in its group.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GroupSetup {
+    /// The group.
+    pub group: String,
+    /// This router's name in it.
+    pub name: String,
 }
 
 /// Where the loop gets its desired state and sends its status.
@@ -67,6 +81,13 @@ pub trait RouterControl {
     fn desired(&mut self, now: Instant) -> Option<Desired>;
     /// The status, every status period.
     fn report(&mut self, status: Status);
+    /// News about the group's lease, if the router is in a group (asked on every turn).
+    fn lease_news(&mut self) -> Option<LeaseNews> {
+        None
+    }
+    /// What the forwarding loop knows of the group from the segments, for the lease's keeper
+    /// (handed on every turn of a router in a group: keep it cheap).
+    fn group_view(&mut self, _view: GroupView) {}
 }
 
 /// A MAC address that is not six hexadecimal bytes separated by colons.
@@ -187,7 +208,8 @@ impl Router {
             ..RouterConfig::default()
         };
         let node = RouterNode::new(config, provider_mac, vm_side_mac, setup.gateway, ports, now);
-        let forwarder = Forwarder::new(provider, vms, node);
+        let mut forwarder = Forwarder::new(provider, vms, node);
+        forwarder.group = setup.group.as_ref().map(|g| GroupMember::new(&g.group, &g.name, now));
         if !setup.kernel_sees_frames {
             nft::keep_kernel_off(&setup).map_err(RuntimeError::KeepKernelOff)?;
         }
@@ -227,7 +249,15 @@ impl Router {
         while !stop.load(Ordering::Relaxed) {
             let clocks = clock();
             let now = clocks.now;
-            let received = self.forwarder.step(now).map_err(RuntimeError::Forward)?;
+            if let Some(group) = &mut self.forwarder.group {
+                while let Some(news) = control.lease_news() {
+                    group.lease(news, now);
+                }
+            }
+            let received = self.forwarder.step_with(now, &|| clock().now).map_err(RuntimeError::Forward)?;
+            if let Some(group) = &self.forwarder.group {
+                control.group_view(group.view(now));
+            }
             if let Some(desired) = control.desired(now) {
                 // The clock read again: the step may have taken a while, and the installation
                 // time is what the API-to-router latency is measured against.
@@ -248,6 +278,9 @@ impl Router {
                 wait_any(&ports, &wake, 5).map_err(RuntimeError::Wait)?;
             }
         }
+        // An active member of a group says it stops: a standby takes over at once.
+        self.forwarder.resign(clock().now);
+        control.group_view(self.forwarder.group.as_ref().map(|g| g.view(clock().now)).unwrap_or_default());
         Ok(())
     }
 

@@ -12,6 +12,7 @@
 mod admit;
 mod clock;
 mod files;
+mod group;
 mod lead;
 mod manage;
 mod parts;
@@ -211,6 +212,10 @@ struct RouterConfig {
     busy_poll: bool,
     /// Also write each status report to this file (atomically), for tools that read files.
     status_file: Option<PathBuf>,
+    /// The router group this router belongs to (needs the store on etcd): one member of a
+    /// group forwards, the others stand by and take over when it fails.
+    #[serde(default)]
+    group: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -234,9 +239,18 @@ fn default_neighbour_age_secs() -> u64 {
 }
 
 impl RouterConfig {
-    fn setup(&self) -> anyhow::Result<ipshadow_dataplane::RouterSetup> {
+    /// The router's setup; `name`: the process's `--name`, its name in its group.
+    fn setup(&self, name: &str) -> anyhow::Result<ipshadow_dataplane::RouterSetup> {
         if self.max_neighbours == 0 || self.neighbour_age_secs == 0 {
             bail!("[router]: max_neighbours and neighbour_age_secs must be at least 1");
+        }
+        if let Some(group) = &self.group {
+            let ok = !group.is_empty()
+                && group.len() <= ipshadow_core::ha::wire::MAX_NAME
+                && group.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+            if !ok {
+                bail!("[router]: group {group:?}: 1-64 letters, digits, '-', '_' or '.'");
+            }
         }
         let vms = self
             .vms
@@ -259,6 +273,10 @@ impl RouterConfig {
             kernel_sees_frames: self.kernel_sees_frames,
             busy_poll: self.busy_poll,
             status_period: Duration::from_millis(200),
+            group: self
+                .group
+                .as_ref()
+                .map(|group| ipshadow_dataplane::GroupSetup { group: group.clone(), name: name.to_owned() }),
         })
     }
 }

@@ -23,7 +23,9 @@ use ipshadow_dhcp::{DhcpConfig, MigrationPlan, Reservation};
 
 use ipshadow_control::admission::sift_reservations;
 
+use super::group::GroupLink;
 use super::supervise::{PartState, supervise};
+use ipshadow_core::ha::{GroupView, LeaseNews};
 
 /// What the manager hears.
 pub enum Heard {
@@ -89,6 +91,10 @@ struct FeedControl {
     /// Hand [`FeedControl::last`] again (the router was restarted and has applied nothing).
     replay: bool,
     health: Arc<PartState>,
+    /// In a group: news from the keeper of the group's lease, and what the loop tells it.
+    group: Option<(Receiver<LeaseNews>, GroupLink)>,
+    /// Tell a router opened again which lease the keeper holds.
+    replay_lease: bool,
 }
 
 impl RouterControl for FeedControl {
@@ -114,6 +120,26 @@ impl RouterControl for FeedControl {
         None
     }
 
+    fn lease_news(&mut self) -> Option<LeaseNews> {
+        let (news, link) = self.group.as_ref()?;
+        if std::mem::take(&mut self.replay_lease) {
+            // Drained first: what it says is older than what the keeper holds now.
+            while news.try_recv().is_ok() {}
+            if let Some(held) = link.held.lock().ok().and_then(|h| *h) {
+                return Some(held);
+            }
+        }
+        news.try_recv().ok()
+    }
+
+    fn group_view(&mut self, view: GroupView) {
+        if let Some((_, link)) = &self.group
+            && let Ok(mut shared) = link.view.lock()
+        {
+            *shared = view;
+        }
+    }
+
     fn report(&mut self, status: Status) {
         if let Some(path) = &self.status_file
             && let Err(e) = write_atomically(path, &status)
@@ -129,7 +155,7 @@ impl RouterControl for FeedControl {
 /// again with back-off ([`supervise`]) and given the newest desired state again.
 pub fn start_router(
     setup: RouterSetup,
-    status_file: Option<std::path::PathBuf>,
+    (status_file, group): (Option<std::path::PathBuf>, Option<(Receiver<LeaseNews>, GroupLink)>),
     heard: Sender<Heard>,
     health: Arc<PartState>,
     stop: Arc<AtomicBool>,
@@ -157,12 +183,15 @@ pub fn start_router(
             last: None,
             replay: false,
             health: Arc::clone(&health),
+            group,
+            replay_lease: false,
         };
         let run = |mut router: Router| {
             let result = router.run(&stop, &mut control, || clock.read()).map_err(anyhow::Error::new);
             eprintln!("ipshadow serve: router stopped after {} frames", router.forwarder.frames);
-            // The next life starts from nothing applied.
+            // The next life starts from nothing applied, standing by.
             control.replay = true;
+            control.replay_lease = true;
             result
         };
         // The failed router (its ports) is dropped before a new one opens them again.

@@ -330,7 +330,12 @@ pub fn manager_hears<S: Store>(store: S, heard: Sender<Heard>, stop: Arc<AtomicB
                         segments.insert(name.to_owned(), r.vms.clone());
                         heard.push(Heard::RouterSegments { name: name.to_owned(), vms: Some(r.vms) });
                     }
-                    heard.push(Heard::Router(Box::new(r.status)));
+                    // Of a router group only the active member's report speaks for the
+                    // traffic: a standby forwards nothing (but follows its slice all the same).
+                    let standing_by = r.status.ha.as_ref().is_some_and(|h| h.role != ipshadow_core::ha::Role::Active);
+                    if !standing_by {
+                        heard.push(Heard::Router(Box::new(r.status)));
+                    }
                     heard
                 })
             } else if kv.key.starts_with(bus::LEASE_EVENTS) {
@@ -435,9 +440,18 @@ impl PartsView {
         }
     }
 
-    /// The newest router report (of the router that wrote last, when there are several).
+    /// The router report that speaks for the traffic: of a router group's active member if
+    /// one reports, else the newest.
     pub fn router_status(&self) -> Option<Status> {
-        self.routers.values().max_by_key(|r| r.published_ms).map(|r| r.status.clone())
+        let active = |r: &&RouterReport| r.status.ha.as_ref().is_none_or(|h| h.role == ipshadow_core::ha::Role::Active);
+        let newest = |r: &&RouterReport| r.published_ms;
+        let pick = self.routers.values().filter(active).max_by_key(newest);
+        pick.or_else(|| self.routers.values().max_by_key(newest)).map(|r| r.status.clone())
+    }
+
+    /// Every router's summary, by name.
+    pub fn routers(&self) -> Vec<ipshadow_control::api::parts::RouterSummary> {
+        self.routers.iter().map(|(name, r)| ipshadow_control::api::parts::RouterSummary::of(name, &r.status)).collect()
     }
 
     /// The newest DHCP server's status.

@@ -10,6 +10,7 @@ use std::thread::JoinHandle;
 
 use anyhow::bail;
 use ipshadow_control::Store;
+use ipshadow_control::api::parts::{RouterSummary, RoutersSource};
 use ipshadow_control::api::{ApiState, DhcpStatusSource, LeaseEndSource, Parts, RouterStatusSource, TokenTable};
 use ipshadow_control::bus;
 use ipshadow_control::inventory::Inventory;
@@ -21,7 +22,7 @@ use super::parts::{self, Heard};
 use super::remote::{self, PartsView};
 use super::roles::Roles;
 use super::supervise::PartState;
-use super::{ServeConfig, clock, files, transport};
+use super::{ServeConfig, clock, files, group, transport};
 
 /// What a process needs besides its store.
 pub(super) struct Setup {
@@ -68,11 +69,29 @@ pub(super) fn run<S: Store>(store: S, embedded: bool, setup: Setup) -> anyhow::R
         if let Some(router) = config.router.as_ref().filter(|_| run_router) {
             // Its reports go to the manager of this process, or into the store.
             let (heard, reports) = if embedded { (heard_tx.clone(), None) } else { split_channel() };
-            let setup = router.setup()?;
+            let setup = router.setup(&name)?;
             let vms = setup.vms.iter().map(|v| v.id.clone()).collect();
+            // In a group, the router forwards only while the keeper holds the group's lease.
+            let group = match &setup.group {
+                Some(_) if embedded => bail!(
+                    "[router] group: a router group keeps its lease in a shared store: keep the state in etcd \
+                     (--store etcd://...)"
+                ),
+                Some(g) => {
+                    let (news_tx, news_rx) = std::sync::mpsc::channel();
+                    let link = group::GroupLink::default();
+                    let mut ports = vec![setup.provider.clone()];
+                    ports.extend(setup.vms.iter().map(|v| v.interface.clone()));
+                    let names = (g.group.clone(), g.name.clone());
+                    let keeper = group::keep(store.clone(), names, ports, news_tx, link.clone(), Arc::clone(&stop))?;
+                    threads.push(keeper);
+                    Some((news_rx, link))
+                }
+                None => None,
+            };
             let (feed, thread) = parts::start_router(
                 setup,
-                router.status_file.clone(),
+                (router.status_file.clone(), group),
                 heard,
                 router_health.clone(),
                 Arc::clone(&stop),
@@ -146,7 +165,7 @@ pub(super) fn run<S: Store>(store: S, embedded: bool, setup: Setup) -> anyhow::R
         .collect();
     let api_parts = match &view {
         Some(view) => remote_parts(&config, view, local_health),
-        None => local_parts(&config, &shared_dhcp, &outputs.router_status, local_health),
+        None => local_parts(&config, &name, &shared_dhcp, &outputs.router_status, local_health),
     };
     let manager_thread = match (roles.manager, embedded) {
         (false, _) => None,
@@ -223,6 +242,7 @@ fn stored_feed<S: Store>(store: &S) -> parts::DhcpFeed {
 /// What the API shows of the parts of this process.
 fn local_parts(
     config: &ServeConfig,
+    name: &str,
     shared_dhcp: &parts::SharedDhcp,
     router_status: &Arc<Mutex<Option<ipshadow_contracts::router::Status>>>,
     health: Vec<Arc<PartState>>,
@@ -240,6 +260,13 @@ fn local_parts(
             let status = router_status.clone();
             Arc::new(move || status.lock().ok().and_then(|s| s.clone())) as RouterStatusSource
         }),
+        routers: config.router.is_some().then(|| {
+            let (status, name) = (router_status.clone(), name.to_owned());
+            Arc::new(move || {
+                let status = status.lock().ok().and_then(|s| s.clone());
+                status.iter().map(|s| RouterSummary::of(&name, s)).collect()
+            }) as RoutersSource
+        }),
         health: Some(Arc::new(move || health.iter().map(|p| p.health()).collect())),
     }
 }
@@ -249,7 +276,7 @@ fn local_parts(
 /// on one host, a part the configuration has no section for is not shown (nor counted on: a VM
 /// may be in several migrations at once when no DHCP server leases it one address).
 fn remote_parts(config: &ServeConfig, view: &Arc<Mutex<PartsView>>, health: Vec<Arc<PartState>>) -> Parts {
-    let (v1, v2, v3) = (view.clone(), view.clone(), view.clone());
+    let (v1, v2, v3, v4) = (view.clone(), view.clone(), view.clone(), view.clone());
     Parts {
         lease_end: config
             .dhcp
@@ -263,6 +290,10 @@ fn remote_parts(config: &ServeConfig, view: &Arc<Mutex<PartsView>>, health: Vec<
             .router
             .is_some()
             .then(|| Arc::new(move || v3.lock().ok().and_then(|v| v.router_status())) as RouterStatusSource),
+        routers: config
+            .router
+            .is_some()
+            .then(|| Arc::new(move || v4.lock().map(|v| v.routers()).unwrap_or_default()) as RoutersSource),
         health: Some(Arc::new(move || health.iter().map(|p| p.health()).collect())),
     }
 }
