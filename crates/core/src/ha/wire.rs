@@ -56,6 +56,9 @@ pub enum AnnouncementError {
     /// A name that is not UTF-8.
     #[error("announcement with a name that is not UTF-8")]
     BadName,
+    /// A name longer than [`MAX_NAME`] bytes (no member sends one).
+    #[error("announcement with a name longer than {MAX_NAME} bytes")]
+    NameTooLong,
 }
 
 /// Whether `frame` carries the announcements' EtherType (cheap: checked on every frame).
@@ -103,6 +106,9 @@ impl Announcement {
         let mut rest = &payload[FIXED..];
         let mut name = || -> Result<String, AnnouncementError> {
             let (&len, tail) = rest.split_first().ok_or(AnnouncementError::Truncated)?;
+            if usize::from(len) > MAX_NAME {
+                return Err(AnnouncementError::NameTooLong);
+            }
             let bytes = tail.get(..usize::from(len)).ok_or(AnnouncementError::Truncated)?;
             rest = &tail[usize::from(len)..];
             String::from_utf8(bytes.to_vec()).map_err(|_| AnnouncementError::BadName)
@@ -161,6 +167,10 @@ mod tests {
         let mut bad = sample().frame([0; 6]);
         bad[ETH + FIXED + 1] = 0xff;
         assert_eq!(Announcement::parse(&bad), Err(AnnouncementError::BadName));
+        let mut long = sample().frame([0; 6]);
+        long[ETH + FIXED] = MAX_NAME as u8 + 1;
+        long.resize(200, b'x');
+        assert_eq!(Announcement::parse(&long), Err(AnnouncementError::NameTooLong));
     }
 
     proptest! {
