@@ -10,7 +10,7 @@ use ipshadow_control::plan::{PlanInput, plan};
 use ipshadow_control::reassign::{DeadlinePolicy, DeadlineSource};
 use ipshadow_core::{Ramp, RampStep};
 use ipshadow_lab::args::{AffinityArg, ModeArg, StrategyArg};
-use ipshadow_sim::scenario::{self, Fault, Lifetime, ScenarioConfig};
+use ipshadow_sim::scenario::{self, Ecmp, Fault, Lifetime, ReplyPath, ScenarioConfig};
 
 /// Options of `ipshadow simulate`. Every default is the default scenario's.
 #[derive(Args, Debug)]
@@ -102,6 +102,17 @@ pub struct SimulateArgs {
     /// then on A's server closes connections idle for 0.3 s with a FIN, like a keep-alive timeout).
     #[arg(long = "fault")]
     faults: Vec<Fault>,
+    /// Mean pause between a long-lived connection's exchanges, seconds (+-20 %).
+    #[arg(long, default_value_t = 1.0)]
+    interval: f64,
+    /// Two routers behind ECMP instead of one (docs/ecmp.md): the clients' flows hashed across
+    /// them; the VMs' replies through the same router (symmetric), through the first one for
+    /// every flow (single: one gateway MAC on the VM side), or through the other one (crossed).
+    #[arg(long, value_enum, value_name = "REPLIES")]
+    ecmp: Option<EcmpArg>,
+    /// With `--ecmp`: the second router starts its ramp this many milliseconds after the first.
+    #[arg(long, default_value_t = 20, requires = "ecmp")]
+    ecmp_skew_ms: u64,
     /// Print the report as one JSON object.
     #[arg(long)]
     json: bool,
@@ -117,6 +128,17 @@ pub(crate) enum LifetimeDistArg {
     Exponential,
     Pareto,
     Lognormal,
+}
+
+/// `--ecmp` on the command line: which router the VMs' replies cross.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub(crate) enum EcmpArg {
+    /// The router the flow's requests crossed.
+    Symmetric,
+    /// The first router, for every flow.
+    Single,
+    /// The other router, for every flow.
+    Crossed,
 }
 
 /// `--ramp-plan` on the command line.
@@ -179,6 +201,18 @@ impl SimulateArgs {
             }
         };
         c.ramp.validate().context("--ramp")?;
+        c.interval = seconds("interval", self.interval)?;
+        if c.interval.is_zero() {
+            bail!("--interval must be positive");
+        }
+        c.ecmp = self.ecmp.map(|replies| Ecmp {
+            replies: match replies {
+                EcmpArg::Symmetric => ReplyPath::Symmetric,
+                EcmpArg::Single => ReplyPath::Single,
+                EcmpArg::Crossed => ReplyPath::Crossed,
+            },
+            skew: Duration::from_millis(self.ecmp_skew_ms),
+        });
         Ok(c)
     }
 

@@ -86,6 +86,27 @@ fn plot_is_an_svg_with_the_three_series() {
     assert!(svg.matches("<polyline").count() >= 3, "three lines drawn");
 }
 
+/// Two routers behind ECMP (docs/ecmp.md): the report gains an `ecmp` object with both
+/// routers' views, the run stays deterministic, and one router's report has no such key.
+#[test]
+fn ecmp_reports_both_routers() {
+    let out = ipshadow(&["--json", "--ecmp", "symmetric", "--ecmp-skew-ms", "30"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let ecmp = &report["ecmp"];
+    assert_eq!(ecmp["replies"], "symmetric");
+    assert_eq!(ecmp["skew_ms"], 30.0);
+    assert_eq!(ecmp["split_differed_ms"], 150.0, "five steps, each 30 ms apart: {ecmp}");
+    for router in ecmp["routers"].as_array().unwrap() {
+        assert!(router["frames_forwarded"].as_u64().unwrap() > 1000, "{ecmp}");
+    }
+    assert_eq!(report["connections_broken"], 0);
+    let again = ipshadow(&["--json", "--ecmp", "symmetric", "--ecmp-skew-ms", "30"]);
+    assert_eq!(out.stdout, again.stdout, "same seed, same bytes");
+    let one: serde_json::Value = serde_json::from_slice(&ipshadow(&["--json"]).stdout).unwrap();
+    assert!(one.get("ecmp").is_none(), "one router, no ecmp key");
+}
+
 #[test]
 fn bad_options_get_clear_errors() {
     for (args, expect) in [
@@ -111,6 +132,9 @@ fn bad_options_get_clear_errors() {
         (&["--ramp-plan", "planned", "--ramp", "1,100"][..], "cannot be used with"),
         (&["--end-after-migration=-3"][..], "--end-after-migration must be a number of seconds"),
         (&["--fault", "server-closes-idle@x"][..], "not a number"),
+        (&["--ecmp-skew-ms", "5"][..], "--ecmp <REPLIES>"),
+        (&["--ecmp", "sideways"][..], "invalid value 'sideways'"),
+        (&["--interval", "0"][..], "--interval must be positive"),
     ] {
         // Refused before anything runs, so the default scenario's size does not matter.
         let out = Command::new(env!("CARGO_BIN_EXE_ipshadow")).arg("simulate").args(args).output().unwrap();

@@ -7,6 +7,7 @@ use core::time::Duration;
 use ipshadow_core::{Affinity, CongestionControlParameters, Mode, Ramp, RampStep, Strategy};
 use serde::Serialize;
 
+use super::ecmp::Ecmp;
 use super::lifetime::Lifetime;
 use crate::link::LinkConfig;
 
@@ -202,6 +203,8 @@ pub struct ScenarioConfig {
     pub failure_detection: Duration,
     /// Faults to inject.
     pub faults: Vec<Fault>,
+    /// Two routers behind ECMP instead of one (docs/ecmp.md); `None`: one router.
+    pub ecmp: Option<Ecmp>,
     /// Time granularity: events are rounded up to a multiple of it, so frames that arrive
     /// close together are handled in one pass.
     #[serde(skip)]
@@ -246,6 +249,7 @@ impl Default for ScenarioConfig {
             app_timeout: Duration::from_secs(30),
             failure_detection: Duration::from_secs(3),
             faults: Vec::new(),
+            ecmp: None,
             tick: Duration::from_micros(100),
         }
     }
@@ -276,6 +280,7 @@ impl ScenarioConfig {
             ("deadline", self.deadline),
             ("lease_delay", self.lease_delay),
             ("interval", self.interval),
+            ("ecmp skew", self.ecmp.map_or(Duration::ZERO, |e| e.skew)),
         ] {
             if d.as_secs_f64() > MAX_SECONDS {
                 return bad(field, "must be at most 1e9 seconds");

@@ -129,6 +129,15 @@ impl World {
                 if self.vms[B].alive && self.control.active() && self.router.core.lease_bound(X, now).is_ok() =>
             {
                 self.control.lease_bound = Some(now);
+                if let Some(ecmp) = self.cfg.ecmp {
+                    self.schedule(now + ecmp.skew, Action::PeerLeaseBound);
+                }
+            }
+            Action::PeerLeaseBound => {
+                // Refused when the peer's entry ended or rolled back meanwhile: nothing to start.
+                if let Some(peer) = &mut self.peer {
+                    let _ = peer.core.lease_bound(X, now);
+                }
             }
             Action::Probe => {
                 self.probe();
@@ -139,10 +148,16 @@ impl World {
                 self.control.flood_windows = self.control.flood_windows.saturating_sub(1);
                 if self.control.flood_windows == 0 {
                     self.router.flood = None;
+                    if let Some(peer) = &mut self.peer {
+                        peer.flood = None;
+                    }
                 }
             }
             Action::FinishRollback => {
                 let _ = self.router.core.finish_rollback(X, now);
+                if let Some(peer) = &mut self.peer {
+                    let _ = peer.core.finish_rollback(X, now);
+                }
             }
             _ => {}
         }
@@ -166,6 +181,12 @@ impl World {
             panic!("the router refused the scenario's entry: {e}");
         }
         self.router.shadow_ports(X, A, B);
+        if let Some(peer) = &mut self.peer {
+            if let Err(e) = peer.core.add_entry(entry.clone(), now) {
+                panic!("the second router refused the scenario's entry: {e}");
+            }
+            peer.shadow_ports(X, A, B);
+        }
         self.control.stored = Some(entry);
         self.control.started = Some(now);
         self.control.last_answer = [now; 2];
@@ -204,6 +225,9 @@ impl World {
             let acted = if port == B {
                 // B failed: roll back; B's short lease lapses and the address stays A's.
                 let ok = self.router.core.abort(X, now).is_ok();
+                if let Some(peer) = &mut self.peer {
+                    let _ = peer.core.abort(X, now);
+                }
                 if ok {
                     self.schedule(now + self.cfg.shadow_lease, Action::FinishRollback);
                 }
@@ -211,6 +235,9 @@ impl World {
             } else {
                 // A failed: fast-forward, B takes the address now (refused while rolling back:
                 // then both VMs are gone and there is nothing left to do).
+                if let Some(peer) = &mut self.peer {
+                    let _ = peer.core.cut_over(X, now);
+                }
                 self.router.core.cut_over(X, now).is_ok()
             };
             if acted {
@@ -228,6 +255,9 @@ impl World {
             Fault::NonOwnerReplies { .. } => {
                 self.control.flood_windows += 1;
                 self.router.flood = Some((A, B));
+                if let Some(peer) = &mut self.peer {
+                    peer.flood = Some((A, B));
+                }
             }
             Fault::Loss { .. } => {}
             Fault::ServerClosesIdle { .. } => {
@@ -281,11 +311,62 @@ impl World {
         self.control.forecast_probe = Some(ForecastProbe { at: now, forecast, on_a });
     }
 
-    /// Takes the router's events into the store and the report.
+    /// Takes the routers' events into the store and the report, until a migration ended on one
+    /// router has been ended on the other too.
     pub(crate) fn control_after_router(&mut self) {
-        let events = core::mem::take(self.router.core.sink_mut());
+        loop {
+            let events = core::mem::take(self.router.core.sink_mut());
+            let peer_events = self.peer.as_mut().map(|p| core::mem::take(p.core.sink_mut())).unwrap_or_default();
+            if events.is_empty() && peer_events.is_empty() {
+                *self.router.core.sink_mut() = events;
+                return;
+            }
+            self.router_events(events);
+            self.peer_events(peer_events);
+        }
+    }
+
+    /// Counts what two routers behind ECMP do differently, from router `i`'s event.
+    fn track_ecmp(&mut self, i: usize, event: &Event) {
+        match event {
+            Event::SplitChanged { change, at, .. } => {
+                self.ecmp.split_changed(i, change.to_pct, *at);
+                if matches!(change.reason, ipshadow_core::SplitReason::Decrease(_)) {
+                    self.ecmp.decreases[i] += 1;
+                }
+            }
+            Event::FlowStarted { origin: ipshadow_core::FlowOrigin::Inbound, .. } => self.ecmp.new_flow(),
+            Event::OwnerLearned { .. } => self.ecmp.learned[i] += 1,
+            Event::MigrationEnded { at, report, .. } => self.ecmp.ended[i] = Some((*at, *report)),
+            _ => {}
+        }
+    }
+
+    /// The second router's events: its migration's end is the manager's to spread (the address
+    /// is B's, or A's, on every router), as a router's report ends it for all.
+    fn peer_events(&mut self, events: Vec<Event>) {
+        let now = self.now;
+        for event in &events {
+            self.track_ecmp(1, event);
+            if let Event::MigrationEnded { outcome, .. } = event {
+                if let Some(peer) = &mut self.peer {
+                    peer.unshadow(X);
+                }
+                if *outcome == Outcome::Completed && self.router.core.entry(X).is_some() {
+                    let _ = self.router.core.cut_over(X, now);
+                }
+            }
+        }
+    }
+
+    /// The first router's events, which the manager records.
+    fn router_events(&mut self, events: Vec<Event>) {
+        let now = self.now;
         let mut reached_100 = false;
         for event in &events {
+            if self.peer.is_some() {
+                self.track_ecmp(0, event);
+            }
             match event {
                 Event::SplitChanged { change, at, .. } => {
                     if let Some(entry) = &mut self.control.stored {
@@ -314,6 +395,12 @@ impl World {
                 Event::MigrationEnded { outcome, report, at, .. } => {
                     self.control.outcome = Some((*outcome, *report, *at));
                     self.router.unshadow(X);
+                    if let Some(peer) = &mut self.peer
+                        && *outcome == Outcome::Completed
+                        && peer.core.entry(X).is_some()
+                    {
+                        let _ = peer.core.cut_over(X, now);
+                    }
                 }
                 _ => {}
             }

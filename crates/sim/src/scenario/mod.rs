@@ -1,13 +1,15 @@
-//! The scenario: clients, the router and two VMs in one simulated network, a migration of X
-//! from A to B under load, faults, and the report.
+//! The scenario: clients, the router (or two behind ECMP) and two VMs in one simulated
+//! network, a migration of X from A to B under load, faults, and the report.
 
 mod config;
 mod control;
+mod ecmp;
 mod lifetime;
 mod report;
 mod world;
 
 pub use config::{ConfigError, Fault, FaultParseError, MAX_RATE, MAX_SECONDS, ScenarioConfig};
+pub use ecmp::{Ecmp, EcmpReport, ReplyPath, RouterView};
 pub use lifetime::Lifetime;
 pub use report::{Breaks, FailureReport, ForecastCheck, Report, RouterSummary, Sample, Tally, Timeline};
 

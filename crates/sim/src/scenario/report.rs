@@ -7,6 +7,7 @@ use ipshadow_core::{Affinity, CutOverReport, Mode, Outcome as MigrationOutcome, 
 use serde::Serialize;
 
 use super::config::Fault;
+use super::ecmp::EcmpReport;
 use super::world::{A, B, World, client_ip};
 use crate::app::client::{BreakCause, ConnKind, Outcome};
 use crate::router::PortStats;
@@ -196,10 +197,13 @@ pub struct Report {
     pub requests_served: [u64; 2],
     /// The router's core counters (summed over restarts).
     pub router: RouterSummary,
-    /// The router node's layer-2 counters.
+    /// The router node's layer-2 counters (the first router's behind ECMP: `ecmp` has both).
     pub ports: PortStats,
     /// Frames put on links, and frames the links lost.
     pub link_frames: [u64; 2],
+    /// Two routers behind ECMP: what each did and what they disagreed on (absent with one).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ecmp: Option<EcmpReport>,
     /// The plot's points (not in the JSON: they are drawn, not read).
     #[serde(skip)]
     pub samples: Vec<Sample>,
@@ -223,9 +227,12 @@ pub struct RouterSummary {
 }
 
 impl Report {
-    /// Frames the router forwarded (the simulated packet count).
+    /// Frames the router forwarded (the simulated packet count), both routers' behind ECMP.
     pub fn frames_forwarded(&self) -> u64 {
-        self.ports.to_vms + self.ports.to_provider
+        match &self.ecmp {
+            Some(e) => e.routers.iter().map(|r| r.frames_forwarded).sum(),
+            None => self.ports.to_vms + self.ports.to_provider,
+        }
     }
 
     /// A table for people.
@@ -329,6 +336,42 @@ impl Report {
             self.requests_served[0],
             self.requests_served[1]
         );
+        if let Some(e) = &self.ecmp {
+            let _ = writeln!(
+                s,
+                "ECMP, two routers, replies {:?}, second ramp {:.0} ms late: splits differed {:.0} ms (gap up to {:.1} points), \
+                 {} new flows then ({:.1} expected decided differently); owners disagreed on {} of {} flows both tracked; \
+                 {} flows sent to both VMs",
+                e.replies,
+                e.skew_ms,
+                e.split_differed_ms,
+                e.max_split_gap_pct,
+                e.new_flows_while_split_differed,
+                e.expected_decided_differently,
+                e.owner_disagreements,
+                e.flows_on_both,
+                e.flows_mirrored
+            );
+            for (i, r) in e.routers.iter().enumerate() {
+                let _ = writeln!(
+                    s,
+                    "  router {}: {} in / {} out frames, {} flows ({} expired, {} learned), {} conflicts, {} RSTs held back, \
+                     {} spoofed, {} no route, {} split decreases, final split {:.1} %",
+                    i + 1,
+                    r.inbound_frames,
+                    r.egress_frames,
+                    r.flows_created,
+                    r.flows_expired,
+                    r.flows_learned,
+                    r.conflicts,
+                    r.resets_suppressed,
+                    r.spoofed,
+                    r.no_route,
+                    r.split_decreases,
+                    r.final_split_pct
+                );
+            }
+        }
         s
     }
 }
@@ -392,7 +435,7 @@ impl World {
                 && r.kind != ConnKind::Udp
                 && self.control.outcome.is_some_and(|(.., at)| r.started < at)
                 && r.outcome == Outcome::Broken(BreakCause::Reset)
-                && self.router.reset_clients.contains(&(client_ip(r.client), r.port));
+                && self.routers().any(|n| n.reset_clients.contains(&(client_ip(r.client), r.port)));
             let broken = matches!(r.outcome, Outcome::Broken(_)) && !cut;
             match r.outcome {
                 Outcome::Open => tally.open_at_end += 1,
@@ -427,7 +470,7 @@ impl World {
             }
         }
         let mut counters = self.control.carried.clone();
-        counters.push(*self.router.core.counters());
+        counters.extend(self.routers().map(|n| *n.core.counters()));
         let sum = |f: fn(&RouterCounters) -> u64| counters.iter().map(f).sum::<u64>();
         let tcp = |f: fn(&Tally) -> u64| f(&long_lived) + f(&churn);
         let failure = self.control.failure.map(|f| FailureReport {
@@ -486,6 +529,7 @@ impl World {
             },
             ports: self.router.stats.clone(),
             link_frames: self.link_frames(),
+            ecmp: self.ecmp_report(),
             samples: self.samples.clone(),
         }
     }
@@ -537,6 +581,17 @@ impl World {
             ideal_error_pct: error_pct(ideal_p50_s, actual_drain_s),
             p50_vs_ideal_pct: error_pct(p50_s, ideal_p50_s),
         })
+    }
+
+    /// The router, and the second one behind ECMP.
+    fn routers(&self) -> impl Iterator<Item = &crate::router::RouterNode> {
+        core::iter::once(&self.router).chain(self.peer.as_ref())
+    }
+
+    fn ecmp_report(&self) -> Option<EcmpReport> {
+        let (ecmp, peer) = (self.cfg.ecmp?, self.peer.as_ref()?);
+        let routers = [(self.router.core.counters(), &self.router.stats), (peer.core.counters(), &peer.stats)];
+        Some(self.ecmp.clone().report(&ecmp, self.now, routers))
     }
 
     fn link_frames(&self) -> [u64; 2] {

@@ -11,6 +11,7 @@ use rand_pcg::Pcg64Mcg;
 
 use super::config::{Fault, ScenarioConfig};
 use super::control::Control;
+use super::ecmp::{self, Tracker};
 use super::report::Sample;
 use crate::app::client::{ClientApp, ConnKind, ConnPlan, Ended, Outcome};
 use crate::host::{Host, HostConfig};
@@ -38,6 +39,8 @@ pub(crate) enum Action {
     Udp,
     StartMigration,
     LeaseBound,
+    /// The second router behind ECMP hears that B's lease is bound (its watch is slower).
+    PeerLeaseBound,
     Probe,
     Sample,
     Fault(usize),
@@ -80,6 +83,10 @@ pub(crate) struct World {
     pub vm_up: [Link; 2],
     pub vm_down: [Link; 2],
     pub router: RouterNode,
+    /// The second router behind ECMP, with the same desired state.
+    pub peer: Option<RouterNode>,
+    /// What two routers behind ECMP cost.
+    pub ecmp: Tracker,
     pub control: Control,
     agenda: BinaryHeap<Reverse<(Instant, u64, Action)>>,
     agenda_seq: u64,
@@ -150,11 +157,20 @@ impl World {
         let router_config =
             RouterConfig { max_flows: 1 << 16, hash_key: Some(sub_seed(seed, 8, 0)), ..RouterConfig::default() };
         let ports = vec![(VmId::from("vm-a"), vms[A].mac), (VmId::from("vm-b"), vms[B].mac)];
-        let mut router = RouterNode::new(router_config, PROVIDER_MAC, VM_SIDE_MAC, GATEWAY, ports, now);
-        router.core.assign_address(X, VmRef(A as u32));
-        if replica {
-            router.mirror = Some((A, B));
-        }
+        // Routers behind ECMP share their MACs (one virtual MAC each side, as a group's would),
+        // so a client or a VM sees the same next hop whichever router a frame crosses.
+        let new_router = |config: RouterConfig| {
+            let mut router = RouterNode::new(config, PROVIDER_MAC, VM_SIDE_MAC, GATEWAY, ports.clone(), now);
+            router.core.assign_address(X, VmRef(A as u32));
+            if replica {
+                router.mirror = Some((A, B));
+            }
+            router
+        };
+        let peer = cfg
+            .ecmp
+            .map(|_| new_router(RouterConfig { hash_key: Some(sub_seed(seed, 8, 1)), ..router_config.clone() }));
+        let router = new_router(router_config);
         let mut world = Self {
             control: Control::new(),
             rng: Pcg64Mcg::seed_from_u64(sub_seed(seed, 7, 0)),
@@ -165,6 +181,8 @@ impl World {
             vm_up,
             vm_down,
             router,
+            peer,
+            ecmp: Tracker::default(),
             agenda: BinaryHeap::new(),
             agenda_seq: 0,
             next_client: 0,
@@ -245,17 +263,36 @@ impl World {
             self.agenda.pop();
             self.act(action);
         }
+        let ecmp_seed = sub_seed(self.cfg.seed, 9, 0);
         for i in 0..self.clients.len() {
             while let Some(frame) = self.clients[i].up.receive(now) {
-                self.router.from_provider(frame, now, &mut self.out);
+                match (&mut self.peer, ecmp::hash_router(&frame, true, ecmp_seed)) {
+                    (Some(peer), Some(1)) => peer.from_provider(frame, now, &mut self.out),
+                    (Some(peer), None) => {
+                        peer.from_provider(frame.clone(), now, &mut self.out);
+                        self.router.from_provider(frame, now, &mut self.out);
+                    }
+                    _ => self.router.from_provider(frame, now, &mut self.out),
+                }
             }
         }
         for v in [A, B] {
             while let Some(frame) = self.vm_up[v].receive(now) {
-                self.router.from_vm(v, frame, now, &mut self.out);
+                let replies = self.cfg.ecmp.map_or(ecmp::ReplyPath::Symmetric, |e| e.replies);
+                match (&mut self.peer, ecmp::reply_router(&frame, ecmp_seed, replies)) {
+                    (Some(peer), Some(1)) => peer.from_vm(v, frame, now, &mut self.out),
+                    (Some(peer), None) => {
+                        peer.from_vm(v, frame.clone(), now, &mut self.out);
+                        self.router.from_vm(v, frame, now, &mut self.out);
+                    }
+                    _ => self.router.from_vm(v, frame, now, &mut self.out),
+                }
             }
         }
         self.router.poll(now, &mut self.out);
+        if let Some(peer) = &mut self.peer {
+            peer.poll(now, &mut self.out);
+        }
         self.send_router_output();
         self.control_after_router();
         for c in &mut self.clients {
@@ -312,6 +349,19 @@ impl World {
         let now = self.now;
         for out in self.out.drain(..) {
             match out {
+                // A router behind ECMP asks where a client is before it sends it a reply whose
+                // request crossed the other router. (One router always knows its clients from
+                // their requests; its broadcasts stay undelivered, as before.)
+                Out::Provider(frame) if self.peer.is_some() && ecmp::arp_target(&frame).is_some() => {
+                    let Some(ip) = ecmp::arp_target(&frame) else { continue };
+                    let [_, _, hi, lo] = ip.octets();
+                    let index = usize::from(hi.wrapping_sub(1)) * 250 + usize::from(lo.wrapping_sub(1));
+                    if let Some(c) = self.clients.get_mut(index)
+                        && client_ip(index as u16) == ip
+                    {
+                        c.down.send(frame, now);
+                    }
+                }
                 Out::Provider(frame) => {
                     let [.., hi, lo] = [frame[0], frame[1], frame[2], frame[3], frame[4], frame[5]];
                     let index = usize::from(u16::from_be_bytes([hi, lo]));
@@ -334,6 +384,7 @@ impl World {
             }
         };
         consider(self.router.core.poll_at());
+        consider(self.peer.as_ref().and_then(|p| p.core.poll_at()));
         for c in &self.clients {
             consider(c.wake);
             consider(c.up.next_arrival());
@@ -464,6 +515,21 @@ impl World {
     }
 
     fn sample(&mut self) {
+        if let Some(peer) = &self.peer {
+            for (i, c) in self.clients.iter().enumerate() {
+                for (port, _) in c.app.tcp_ports() {
+                    let key = ipshadow_core::FlowKey {
+                        client_ip: client_ip(i as u16),
+                        client_port: port,
+                        shadow_ip: X,
+                        shadow_port: crate::app::proto::TCP_PORT,
+                        protocol: 6,
+                    };
+                    let owners = [self.router.core.flow(&key).map(|f| f.owner), peer.core.flow(&key).map(|f| f.owner)];
+                    self.ecmp.owners(key, owners);
+                }
+            }
+        }
         let (on_a, on_b) = self.live_by_side();
         self.samples.push(Sample {
             t_s: self.now.as_micros() as f64 / 1e6,
