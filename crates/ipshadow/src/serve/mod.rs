@@ -211,6 +211,10 @@ struct RouterConfig {
     busy_poll: bool,
     /// Also write each status report to this file (atomically), for tools that read files.
     status_file: Option<PathBuf>,
+    /// The router group this router belongs to (needs the store on etcd).
+    #[serde(default)]
+    #[allow(dead_code, reason = "accepted now for the lab's routers; the group itself (issue 15) is built on main")]
+    group: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
