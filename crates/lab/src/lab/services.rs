@@ -376,7 +376,11 @@ impl LabStatus {
             s += &format!("  etcd leader: {leader}\n");
         }
         for r in &self.routers {
-            let role = r.role().map_or("no report".to_owned(), |role| format!("{role:?}").to_lowercase());
+            let role = match (r.role(), &r.status) {
+                (Some(role), _) => format!("{role:?}").to_lowercase(),
+                (None, Some(_)) => "no group in its report".to_owned(),
+                (None, None) => "no report".to_owned(),
+            };
             let stale = if r.fresh || r.status.is_none() { "" } else { " (stale report)" };
             let term = r.ha.as_ref().filter(|ha| ha.term > 0).map_or(String::new(), |ha| format!(", term {}", ha.term));
             s += &format!("  router {:<8} {role}{term}{stale}\n", r.name);
