@@ -181,3 +181,73 @@ impl Lab {
         topology::router_tx_packets(&self.prefix, self.router_index(name)?)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use ipshadow_core::Instant;
+    use ipshadow_core::ha::GroupCounters;
+
+    use super::*;
+
+    /// A lab of two routers in a folder of its own whose reports are `(pid, role, age)`.
+    fn lab_with(test: &str, reports: &[(u32, Option<Role>, Duration)]) -> Lab {
+        let dir = std::env::temp_dir().join(format!("ipshadow-lab-{test}-{}", std::process::id()));
+        let lab = Lab { prefix: "t".into(), dir };
+        std::fs::create_dir_all(&lab.dir).unwrap();
+        std::fs::write(lab.dir.join("routers"), reports.len().to_string()).unwrap();
+        let now = ipshadow_dataplane::runtime::wall_now().as_micros();
+        for (i, (pid, role, age)) in reports.iter().enumerate() {
+            let name = format!("r{}", i + 1);
+            let updated = Instant::from_micros(now - age.as_micros() as u64);
+            let mut report = serde_json::to_value(Status { pid: *pid, updated, ..Status::default() }).unwrap();
+            if let Some(role) = role {
+                let ha = GroupStatus {
+                    group: GROUP.into(),
+                    name: name.clone(),
+                    role: *role,
+                    since: updated,
+                    term: 7,
+                    active: None,
+                    last_takeover: None,
+                    last_step_down: None,
+                    counters: GroupCounters { takeovers: 1, ..GroupCounters::default() },
+                };
+                report["ha"] = serde_json::to_value(ha).unwrap();
+            }
+            let file = lab.router_status_file(&name);
+            std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+            std::fs::write(&file, report.to_string()).unwrap();
+            std::fs::write(lab.dir.join(format!("serve-{name}.pid")), pid.to_string()).unwrap();
+        }
+        lab
+    }
+
+    #[test]
+    fn the_active_router_is_the_one_whose_fresh_report_says_so() {
+        let ms = Duration::from_millis;
+        let lab = lab_with("active", &[(11, Some(Role::Standby), ms(100)), (12, Some(Role::Active), ms(200))]);
+        assert_eq!(lab.router_names(), ["r1", "r2"]);
+        assert_eq!(lab.router_process_of("r2"), "serve-r2");
+        assert_eq!(lab.active_router().as_deref(), Some("r2"));
+        assert_eq!(lab.router_status().map(|s| s.pid), Some(12), "the active router's report");
+        let roles: Vec<_> = lab.router_statuses().iter().map(RouterReport::role).collect();
+        assert_eq!(roles, [Some(Role::Standby), Some(Role::Active)]);
+        assert!(lab.router_report("r1").ha.is_some_and(|ha| ha.counters.takeovers == 1 && ha.term == 7));
+        std::fs::remove_dir_all(&lab.dir).unwrap();
+
+        // Paused: its last report still says active, but it is stale. No router is active;
+        // the lab's router report is the latest of any.
+        let lab = lab_with("stale", &[(21, Some(Role::Active), ms(3_000)), (22, Some(Role::Standby), ms(100))]);
+        assert_eq!(lab.active_router(), None);
+        assert!(!lab.router_report("r1").fresh && lab.router_report("r2").fresh);
+        assert_eq!(lab.router_status().map(|s| s.pid), Some(22));
+        std::fs::remove_dir_all(&lab.dir).unwrap();
+
+        // A router that reports no group (a router before groups) is no one's active.
+        let lab = lab_with("nogroup", &[(31, None, ms(100)), (32, None, ms(100))]);
+        assert_eq!(lab.active_router(), None);
+        assert!(lab.router_statuses().iter().all(|r| r.status.is_some() && r.ha.is_none()));
+        assert!(lab.cut_router("r3", true, false).is_err(), "no such router host");
+        std::fs::remove_dir_all(&lab.dir).unwrap();
+    }
+}
