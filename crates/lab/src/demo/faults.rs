@@ -2,13 +2,15 @@
 //! (`--kill-manager-at`), etcd's leader member killed (`--kill-etcd-leader-at`) or cut off its
 //! segment (`--cut-etcd-leader-at`, for [`OUTAGE`]), every member down (`--etcd-down-at`, for
 //! [`OUTAGE`]). Each says what was hit, who led after it and how soon, and how many verified
-//! exchanges the clients made meanwhile (forwarding never waits for etcd).
+//! exchanges the clients made meanwhile (forwarding never waits for etcd). The router group's
+//! faults are in [`super::router_faults`].
 
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use serde::Serialize;
 
+use super::router_faults::{Pending, RouterFault};
 use crate::lab::Lab;
 use crate::lab::services::{alive, kill};
 
@@ -32,17 +34,21 @@ pub enum FaultKind {
     EtcdDown,
     /// Start every member again.
     EtcdUp,
+    /// A fault of the router group.
+    Router(RouterFault),
 }
 
 /// One injected fault, as the report shows it.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Default, Serialize)]
 pub struct Fault {
     /// When, seconds after the migration started.
     pub at_s: f64,
     /// `manager_killed`, `etcd_leader_killed`, `etcd_leader_cut_off`, `etcd_member_reconnected`,
-    /// `etcd_down`, `etcd_up`.
+    /// `etcd_down`, `etcd_up`; of a router group: `router_killed`, `standby_router_killed`,
+    /// `router_cut_off`, `router_reconnected`, `router_store_cut_off`,
+    /// `router_store_reconnected`, `router_paused`, `router_resumed`.
     pub kind: &'static str,
-    /// What was hit (`m1`, `e2`, `all`).
+    /// What was hit (`m1`, `e2`, `all`, `r1`).
     pub target: String,
     /// Who leads after it (`m2`, `e3`), if anyone did within the wait.
     pub new_leader: Option<String>,
@@ -51,6 +57,31 @@ pub struct Fault {
     /// For the end of an outage: verified exchanges the clients made while it lasted.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub exchanges_during: Option<u64>,
+    /// A router fault's wall time, unix milliseconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub at_unix_ms: Option<u64>,
+    /// The router active after a router fault (for a takeover: the one that took over and
+    /// forwarded).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub new_active: Option<String>,
+    /// From the fault to the new active's first forwarded frame, milliseconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub took_ms: Option<u64>,
+    /// A paused router: frames its kernel had sent on its provider and VM-side interfaces by
+    /// SIGSTOP (the observer of `tx_after_resume` saw it send while it was active).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tx_at_pause: Option<u64>,
+    /// A paused router: frames its kernel sent on its provider and VM-side interfaces from
+    /// SIGSTOP to the demo's end.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tx_after_resume: Option<u64>,
+    /// A paused router at the demo's end, or a router cut off etcd when it was put back: the
+    /// frames it dropped as not active (its report's counter).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub frames_dropped: Option<u64>,
+    /// A router cut off etcd: whether it stepped down since (its report's `last_step_down`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stepped_down: Option<bool>,
 }
 
 /// A manager's term as the demo saw it leading (on etcd): one entry per change of leader.
@@ -81,6 +112,7 @@ pub fn schedule(args: &super::DemoArgs) -> Vec<(Duration, FaultKind)> {
     all.extend(at(&args.kill_etcd_leader, FaultKind::KillEtcdLeader));
     all.extend(at(&args.cut_etcd_leader, FaultKind::CutEtcdLeader));
     all.extend(at(&args.etcd_down, FaultKind::EtcdDown));
+    all.extend(super::router_faults::schedule(args));
     all.sort_by_key(|(t, _)| *t);
     all
 }
@@ -112,7 +144,7 @@ fn wait_for_leader(not: Option<&str>, lead: impl Fn() -> Option<String>) -> (Opt
 }
 
 /// Kills a process the lab started and waits until it is gone.
-fn kill_process(lab: &Lab, process: &str) -> anyhow::Result<()> {
+pub(super) fn kill_process(lab: &Lab, process: &str) -> anyhow::Result<()> {
     let pid = lab.pid(process).with_context(|| format!("{process} has no recorded process id"))?;
     if !kill(pid, "KILL") {
         bail!("could not kill {process} (pid {pid})");
@@ -123,19 +155,21 @@ fn kill_process(lab: &Lab, process: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Where the outage began: (its verified exchanges then).
-#[derive(Default)]
+/// Where the outage began: (its verified exchanges then); the router faults' figures to come.
 pub struct Outages {
     started: Vec<(FaultKind, u64)>,
+    /// The router faults' figures to come.
+    pub routers: Pending,
 }
 
-/// Injects `kind` at `t` after the migration started; returns what happened and, for a fault
-/// that ends, when its end comes and what it is.
+/// Injects `kind` at `t` after the migration started (`earlier`: the faults so far); returns
+/// what happened and, for a fault that ends, when its end comes and what it is.
 pub fn inject(
     lab: &Lab,
     kind: FaultKind,
     t: Duration,
     outages: &mut Outages,
+    earlier: &mut [Fault],
 ) -> anyhow::Result<(Fault, Option<(Duration, FaultKind)>)> {
     let etcd_leader = || lab.etcd_leader().map(|i| format!("e{i}"));
     let fault = |kind, target: String, (new_leader, recovered_after_s)| Fault {
@@ -144,7 +178,7 @@ pub fn inject(
         target,
         new_leader,
         recovered_after_s,
-        exchanges_during: None,
+        ..Fault::default()
     };
     let said = |what: &str| eprintln!("\nipshadow demo: {what} at {:.1} s", t.as_secs_f64());
     Ok(match kind {
@@ -203,10 +237,16 @@ pub fn inject(
             f.exchanges_during = exchanges_during;
             (f, None)
         }
+        FaultKind::Router(fault) => super::router_faults::inject(lab, fault, t, &mut outages.routers, earlier)?,
     })
 }
 
 impl Outages {
+    /// None begun; router pauses last `pause_for`.
+    pub fn new(pause_for: Duration) -> Self {
+        Self { started: Vec::new(), routers: Pending::new(pause_for) }
+    }
+
     /// The exchanges made since the outage of `kind` began.
     fn end(&mut self, kind: FaultKind, lab: &Lab) -> Option<u64> {
         let i = self.started.iter().position(|(k, _)| *k == kind)?;

@@ -70,6 +70,10 @@ impl<'a> Demo<'a> {
         let conflicts = self.conflicts();
         let dhcp = dhcp_events(&self.lab.dir.join("serve/dhcp-events.jsonl"));
         let served = ["a", "b"].iter().map(|vm| (format!("vm-{vm}"), self.server_count(vm, "accepted"))).collect();
+        let routers = match self.lab.routers() {
+            0 | 1 => Vec::new(),
+            _ => self.lab.router_statuses().into_iter().map(super::report::RouterEnd::from).collect(),
+        };
         let migration = match self.migration_id {
             Some(id) => Some(self.migration(id)?),
             None => None,
@@ -86,6 +90,7 @@ impl<'a> Demo<'a> {
             restarts: self.restarts,
             faults: self.faults,
             manager_terms: self.manager_terms,
+            routers,
         };
         Ok(DemoReport::new(self.args, traffic, observed))
     }
@@ -206,7 +211,7 @@ impl<'a> Demo<'a> {
         let mut restarts: Vec<u64> = args.restarts.clone();
         restarts.sort_unstable();
         let mut faults = super::faults::schedule(args);
-        let mut outages = super::faults::Outages::default();
+        let mut outages = super::faults::Outages::new(Duration::from_secs(args.pause_for));
         let mut api_failing = false;
         let tty = std::io::stderr().is_terminal();
         let mut last_line = Clock::now();
@@ -220,7 +225,7 @@ impl<'a> Demo<'a> {
             }
             if faults.first().is_some_and(|&(at, _)| t >= at) {
                 let (_, kind) = faults.remove(0);
-                let (fault, end) = super::faults::inject(self.lab, kind, t, &mut outages)?;
+                let (fault, end) = super::faults::inject(self.lab, kind, t, &mut outages, &mut self.faults)?;
                 self.faults.push(fault);
                 if let Some(end) = end {
                     faults.push(end);
@@ -266,6 +271,7 @@ impl<'a> Demo<'a> {
         if tty {
             eprintln!();
         }
+        super::router_faults::finish(self.lab, &mut outages.routers, &mut self.faults);
         Ok(())
     }
 
@@ -312,14 +318,14 @@ impl<'a> Demo<'a> {
             .map_or(0, |p| u64::from(p.measured.source.open) + u64::from(p.measured.destination.open));
         // On etcd the router is a process of its own: the one killed and started again.
         let process = self.lab.router_process();
-        if let Some(pid) = self.lab.pid(process) {
+        if let Some(pid) = self.lab.pid(&process) {
             crate::lab::services::kill(pid, "KILL");
             while crate::lab::services::alive(pid) {
                 std::thread::sleep(Duration::from_millis(5));
             }
         }
         let killed = Clock::now();
-        let pid = if self.lab.etcd_members() == 0 { self.lab.start_serve()? } else { self.lab.start_part(process)? };
+        let pid = if self.lab.etcd_members() == 0 { self.lab.start_serve()? } else { self.lab.start_part(&process)? };
         let back_after_s = killed.elapsed().as_secs_f64();
         // The new router's first report that has the entry: where it resumed.
         let waited = Clock::now();

@@ -8,6 +8,7 @@
 mod faults;
 mod manager;
 mod report;
+mod router_faults;
 
 use std::time::Duration;
 
@@ -88,6 +89,36 @@ pub struct DemoArgs {
     /// starts, and start them again 10 s later.
     #[arg(long = "etcd-down-at", value_name = "SECS")]
     pub etcd_down: Vec<u64>,
+    /// Router hosts, as `lab up --routers`: 2 or more make a router group (one active, the
+    /// others standing by) on etcd (one member unless `--etcd` says more).
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=i64::from(crate::lab::MAX_ROUTERS)))]
+    pub routers: u8,
+    /// With `--routers 2` or more: kill the router that is active (SIGKILL) this many seconds
+    /// after the migration starts; it is started again as a standby once another took over
+    /// (repeatable).
+    #[arg(long = "kill-router-at", value_name = "SECS")]
+    pub kill_router: Vec<u64>,
+    /// With `--routers 2` or more: kill a standby router (SIGKILL) this many seconds after the
+    /// migration starts, and start it again (repeatable).
+    #[arg(long = "kill-standby-router-at", value_name = "SECS")]
+    pub kill_standby_router: Vec<u64>,
+    /// With `--routers 2` or more: take every link of the active router down on the switch's
+    /// side (provider, VM segments, control segment) this many seconds after the migration
+    /// starts, for 10 s (repeatable).
+    #[arg(long = "cut-router-at", value_name = "SECS")]
+    pub cut_router: Vec<u64>,
+    /// With `--routers 2` or more: cut the active router off etcd (its control-segment link
+    /// down; still on the segments) this many seconds after the migration starts, for 10 s
+    /// (repeatable).
+    #[arg(long = "cut-router-store-at", value_name = "SECS")]
+    pub cut_router_store: Vec<u64>,
+    /// With `--routers 2` or more: pause the active router (SIGSTOP) this many seconds after the
+    /// migration starts, for `--pause-for` seconds, then resume it (SIGCONT; repeatable).
+    #[arg(long = "pause-router-at", value_name = "SECS")]
+    pub pause_router: Vec<u64>,
+    /// How long `--pause-router-at` pauses the router, seconds.
+    #[arg(long, value_name = "SECS", default_value_t = 5)]
+    pub pause_for: u64,
     /// VM B's DHCP client (VM A always runs dhclient).
     #[arg(long, value_enum, default_value = "dhclient")]
     pub b_dhcp_client: crate::lab::services::DhcpClient,
@@ -142,29 +173,54 @@ impl DemoArgs {
             bail!("--long-lived is at most 20000 and --churn at most 2000 per second in the lab");
         }
         let deadline = self.earliest_deadline_secs();
+        if self.routers >= 2 && !self.restarts.is_empty() {
+            bail!("--restart-at restarts the one router; with --routers, --kill-router-at kills the active one");
+        }
         if let Some(late) = self.restarts.iter().find(|&&t| t >= deadline) {
             bail!("--restart-at {late} is not before the deadline ({deadline} s; without --deadline, A's lease end)");
         }
-        let faults = || {
+        let etcd_faults = || {
             self.kill_manager.iter().chain(&self.kill_etcd_leader).chain(&self.cut_etcd_leader).chain(&self.etcd_down)
         };
-        if self.etcd == 0 && faults().next().is_some() {
+        if self.etcd_members() == 0 && etcd_faults().next().is_some() {
             bail!(
                 "--kill-manager-at, --kill-etcd-leader-at, --cut-etcd-leader-at and --etcd-down-at need the lab on etcd (--etcd 3)"
             );
         }
-        if let Some(late) = faults().find(|&&t| t >= deadline) {
+        let router_faults = || {
+            self.kill_router
+                .iter()
+                .chain(&self.kill_standby_router)
+                .chain(&self.cut_router)
+                .chain(&self.cut_router_store)
+                .chain(&self.pause_router)
+        };
+        if self.routers < 2 && router_faults().next().is_some() {
+            bail!(
+                "--kill-router-at, --kill-standby-router-at, --cut-router-at, --cut-router-store-at and \
+                 --pause-router-at need a router group (--routers 2)"
+            );
+        }
+        if !(1..=60).contains(&self.pause_for) {
+            bail!("--pause-for: 1 to 60 seconds");
+        }
+        if let Some(late) = etcd_faults().chain(router_faults()).find(|&&t| t >= deadline) {
             bail!("a fault at {late} s is not before the deadline ({deadline} s; without --deadline, A's lease end)");
         }
         // A cluster of n members keeps a majority through (n - 1) / 2 losses.
-        if self.kill_etcd_leader.len() > usize::from(self.etcd.saturating_sub(1) / 2) {
+        let members = self.etcd_members();
+        if self.kill_etcd_leader.len() > usize::from(members.saturating_sub(1) / 2) {
             bail!(
-                "--kill-etcd-leader-at: {} members keep a majority through {} kills",
-                self.etcd,
-                (self.etcd.max(1) - 1) / 2
+                "--kill-etcd-leader-at: {members} members keep a majority through {} kills",
+                (members.max(1) - 1) / 2
             );
         }
         Ok(())
+    }
+
+    /// The members of the lab's etcd cluster: `--etcd`, or one for a router group without it.
+    fn etcd_members(&self) -> u8 {
+        if self.routers >= 2 { self.etcd.max(1) } else { self.etcd }
     }
 }
 
@@ -174,9 +230,13 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
     let lab = Lab::new(&args.prefix)?;
     lab.require_root()?;
     let hosts = if args.clients == 1 { "1 client host".to_owned() } else { format!("{} client hosts", args.clients) };
-    let store = if args.etcd == 0 { String::new() } else { format!(", state in a {}-member etcd cluster", args.etcd) };
-    eprintln!("ipshadow demo: building the lab ({hosts}, VM A holds 10.0.0.10 by DHCP{store})");
-    lab.up(args.clients, args.etcd)?;
+    let store = match args.etcd_members() {
+        0 => String::new(),
+        n => format!(", state in a {n}-member etcd cluster"),
+    };
+    let routers = if args.routers >= 2 { format!(", a group of {} routers", args.routers) } else { String::new() };
+    eprintln!("ipshadow demo: building the lab ({hosts}, VM A holds 10.0.0.10 by DHCP{store}{routers})");
+    lab.up(args.clients, args.etcd, args.routers)?;
     let result = manager::Demo::new(&lab, args).and_then(|demo| demo.run());
     if !args.keep_lab
         && let Err(e) = lab.down()

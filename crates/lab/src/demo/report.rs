@@ -5,11 +5,13 @@ use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 
 use ipshadow_core::Outcome;
+use ipshadow_core::ha::{GroupCounters, Role, StepDown, Takeover};
 use ipshadow_dataplane::Status;
 use ipshadow_dataplane::status::EndedMigration;
 use serde::Serialize;
 
 use super::DemoArgs;
+use crate::lab::RouterReport;
 use crate::traffic::report::{Cause, Report as TrafficReport};
 
 /// When things happened, in seconds after the migration started.
@@ -60,6 +62,39 @@ pub struct Restart {
     pub pid_after: u32,
 }
 
+/// A router of the group at the demo's end, from its last report.
+#[derive(Clone, Debug, Serialize)]
+pub struct RouterEnd {
+    /// `r1`...
+    pub name: String,
+    /// Its role (none if it never reported its group).
+    pub role: Option<Role>,
+    /// Whether its last report was fresh (under a second old).
+    pub fresh: bool,
+    /// Its last takeover.
+    pub last_takeover: Option<Takeover>,
+    /// The last time it stopped being active.
+    pub last_step_down: Option<StepDown>,
+    /// Its group counters (of its last process: a router killed and started again counts
+    /// from 0).
+    pub counters: Option<GroupCounters>,
+}
+
+impl From<RouterReport> for RouterEnd {
+    fn from(r: RouterReport) -> Self {
+        let (role, fresh) = (r.role(), r.fresh);
+        let ha = r.ha;
+        Self {
+            name: r.name,
+            role,
+            fresh,
+            last_takeover: ha.as_ref().and_then(|ha| ha.last_takeover.clone()),
+            last_step_down: ha.as_ref().and_then(|ha| ha.last_step_down.clone()),
+            counters: ha.map(|ha| ha.counters),
+        }
+    }
+}
+
 /// The whole report.
 #[derive(Debug, Serialize)]
 pub struct DemoReport {
@@ -93,6 +128,9 @@ pub struct DemoReport {
     /// Who led the managers, one entry per change the demo saw (on etcd).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     manager_terms: Vec<super::faults::ManagerTerm>,
+    /// With a router group: each router at the end.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    routers: Vec<RouterEnd>,
     /// The migration as the API shows it at the end, with its history.
     migration: Option<serde_json::Value>,
     cut_over: Option<EndedMigration>,
@@ -123,6 +161,8 @@ pub struct Observed {
     pub faults: Vec<super::faults::Fault>,
     /// Who led the managers (on etcd).
     pub manager_terms: Vec<super::faults::ManagerTerm>,
+    /// With a router group: each router at the end.
+    pub routers: Vec<RouterEnd>,
 }
 
 impl DemoReport {
@@ -141,6 +181,7 @@ impl DemoReport {
             restarts,
             faults,
             manager_terms,
+            routers,
         } = observed;
         let cut = traffic
             .broken
@@ -188,6 +229,7 @@ impl DemoReport {
             restarts,
             faults,
             manager_terms,
+            routers,
             migration,
             cut_over: ended,
             router,
@@ -243,11 +285,20 @@ impl DemoReport {
         for f in &self.faults {
             let after = match (&f.new_leader, f.recovered_after_s) {
                 _ if f.kind == "etcd_down" => format!("for {:?}", super::faults::OUTAGE),
+                _ if f.at_unix_ms.is_some() => router_fault_text(f),
                 (Some(l), Some(secs)) => format!("{l} led {:.0} ms later", secs * 1e3),
                 _ => "no new leader".to_owned(),
             };
             let during = f.exchanges_during.map_or(String::new(), |n| format!(", {n} exchanges verified meanwhile"));
             s += &format!("  {} ({}) at {:.1} s: {after}{during}\n", f.kind.replace('_', " "), f.target, f.at_s);
+        }
+        for r in &self.routers {
+            let role = r.role.map_or("no report".to_owned(), |role| format!("{role:?}").to_lowercase());
+            let c = r.counters.clone().unwrap_or_default();
+            s += &format!(
+                "  router {}: {role} at the end; takeovers {}, step-downs {}, stalls {}, frames dropped {}\n",
+                r.name, c.takeovers, c.step_downs, c.stalls, c.frames_dropped
+            );
         }
         let causes: Vec<String> =
             self.causes.iter().filter(|(_, n)| **n > 0).map(|(c, n)| format!("{c} {n}")).collect();
@@ -256,4 +307,24 @@ impl DemoReport {
         }
         s
     }
+}
+
+/// What a router fault led to, for people.
+fn router_fault_text(f: &super::faults::Fault) -> String {
+    let mut parts = Vec::new();
+    match (&f.new_active, f.took_ms) {
+        (Some(active), Some(ms)) => parts.push(format!("{active} took over, forwarding {ms} ms later")),
+        (Some(active), None) => parts.push(format!("{active} active")),
+        (None, _) => parts.push("no router active".to_owned()),
+    }
+    if let Some(stepped) = f.stepped_down {
+        parts.push(if stepped { "it stepped down".to_owned() } else { "it did not step down".to_owned() });
+    }
+    if let Some(tx) = f.tx_after_resume {
+        parts.push(format!("{tx} frames sent after SIGSTOP"));
+    }
+    if let Some(dropped) = f.frames_dropped {
+        parts.push(format!("{dropped} frames dropped as not active"));
+    }
+    parts.join(", ")
 }

@@ -40,10 +40,12 @@ impl Lab {
              [router]\nprovider = \"prov\"\ngateway = \"{GATEWAY}\"\nstatus_file = \"{status}\"\n\
              vms = [{{ id = \"vm-a\", interface = \"vma\", mac = \"{MAC_A}\" }}, \
              {{ id = \"vm-b\", interface = \"vmb\", mac = \"{MAC_B}\" }}]\n\n\
-             [dhcp]\nserver_id = \"{GATEWAY}\"\nlease_store = \"leases.redb\"\n\n\
+             [dhcp]\nserver_id = \"{server_id}\"\nlease_store = \"leases.redb\"\n\n\
              [[dhcp.subnets]]\nnetwork = \"10.0.0.0\"\nprefix = 24\nrouters = [\"{GATEWAY}\"]\nlease_secs = {LEASE_SECS}\n",
             data = d("serve"),
             status = d("router/status.json"),
+            // With a router group the DHCP server is on a host of its own, not the gateway.
+            server_id = if self.routers() >= 2 { super::CONTROL_HOST } else { GATEWAY },
         )
     }
 

@@ -55,17 +55,33 @@ impl Lab {
         std::fs::read_to_string(self.dir.join("etcd-members")).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0)
     }
 
-    /// The pid-file names of the processes of the lab's control plane.
+    /// The pid-file names of the processes of the lab's control plane (and of its routers).
     pub fn control_processes(&self) -> Vec<String> {
         match self.etcd_members() {
             0 => vec!["serve".to_owned()],
-            n => (1..=n).map(|i| format!("etcd-{i}")).chain(PARTS.iter().map(|p| p.0.to_owned())).collect(),
+            n => {
+                let mut all: Vec<String> = (1..=n).map(|i| format!("etcd-{i}")).collect();
+                all.extend(self.parts().map(|p| p.0.to_owned()));
+                if self.routers() >= 2 {
+                    all.extend(self.router_names().iter().map(|name| self.router_process_of(name)));
+                }
+                all
+            }
         }
     }
 
-    /// The pid-file name of the process that runs the router.
-    pub fn router_process(&self) -> &'static str {
-        if self.etcd_members() == 0 { "serve" } else { "serve-router" }
+    /// The parts of `serve` that run in the control plane's namespace: all of them, or all but
+    /// the router with a router group (its routers run in hosts of their own).
+    fn parts(&self) -> impl Iterator<Item = &'static (&'static str, &'static str, &'static str, &'static str)> {
+        let group = self.routers() >= 2;
+        PARTS.iter().filter(move |p| !(group && p.2 == "router"))
+    }
+
+    /// The pid-file name of the process that runs the router (with a router group: the active
+    /// one, or the first while none is).
+    pub fn router_process(&self) -> String {
+        let name = self.active_router().unwrap_or_else(|| self.router_names().swap_remove(0));
+        self.router_process_of(&name)
     }
 
     /// `--store` of the lab's parts.
@@ -87,6 +103,15 @@ impl Lab {
         veth(&sw, "rctl", &self.ns("r"), "ctl")?;
         ip_in(&sw, &["link", "set", "rctl", "master", "br1"])?;
         ip_in(&self.ns("r"), &["addr", "add", &format!("{CONTROL_ROUTER}/24"), "dev", "ctl"])?;
+        if self.routers() >= 2 {
+            for i in 1..=self.routers() {
+                let (port, host) = (format!("r{i}c"), self.ns(&format!("r{i}")));
+                veth(&sw, &port, &host, "ctl")?;
+                ip_in(&sw, &["link", "set", &port, "master", "br1"])?;
+                let address = Ipv4Addr::new(10, 99, 0, 2 + i);
+                ip_in(&host, &["addr", "add", &format!("{address}/24"), "dev", "ctl"])?;
+            }
+        }
         for i in 1..=members {
             let ns = self.ns(&format!("e{i}"));
             super::topology::add_ns(&ns)?;
@@ -153,17 +178,24 @@ impl Lab {
         let api2 = self.dir.join("serve-api2.toml");
         let text = std::fs::read_to_string(&config)?;
         std::fs::write(&api2, text.replace(&format!("listen = \"{API}\""), &format!("listen = \"{API2}\"")))?;
-        for (process, ..) in PARTS {
+        for (process, ..) in self.parts() {
             self.start_part(process)?;
+        }
+        if self.routers() >= 2 {
+            self.write_router_configs()?;
+            for name in self.router_names() {
+                self.start_router(&name)?;
+            }
         }
         let deadline = Instant::now() + START_WITHIN;
         loop {
-            let router = self.pid("serve-router");
-            let router_up = self.router_status().is_some_and(|s| Some(s.pid) == router);
-            if router_up && self.api("GET", "/healthz", None).is_ok_and(|(code, _)| code == 200) {
+            // Each router reports under its own process id.
+            let routers_up =
+                self.router_statuses().iter().all(|r| r.status.as_ref().is_some_and(|s| Some(s.pid) == r.pid));
+            if routers_up && self.api("GET", "/healthz", None).is_ok_and(|(code, _)| code == 200) {
                 return Ok(());
             }
-            if let Some((process, ..)) = PARTS.iter().find(|p| !self.pid(p.0).is_some_and(alive)) {
+            if let Some(process) = self.control_processes().into_iter().find(|p| !self.pid(p).is_some_and(alive)) {
                 bail!("{process} ended; see {}", self.dir.join(format!("{process}.log")).display());
             }
             if Instant::now() > deadline {
@@ -173,8 +205,13 @@ impl Lab {
         }
     }
 
-    /// Starts one part (again, after it was killed): `serve-m1`, `serve-router`, ...
+    /// Starts one part (again, after it was killed): `serve-m1`, `serve-router`, `serve-r2`...
     pub fn start_part(&self, process: &str) -> anyhow::Result<u32> {
+        if let Some(router) = process.strip_prefix("serve-").filter(|_| self.routers() >= 2)
+            && self.router_names().iter().any(|name| name == router)
+        {
+            return self.start_router(router);
+        }
         let (_, role, name, file) =
             PARTS.iter().find(|p| p.0 == process).with_context(|| format!("no part {process} in the lab"))?;
         let file = self.dir.join(file).display().to_string();

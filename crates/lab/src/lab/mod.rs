@@ -12,12 +12,17 @@
 //! and X on VM A through its API. VM A gets X by DHCP (ISC dhclient) at `up`; VM B gets it when
 //! a migration starts. Both VMs run the
 //! traffic server; with `up --http nginx` both VMs also run nginx on port 80 (see [`http`]).
+//!
+//! `up --routers N` (2 to 4) makes a router group instead (see [`routers`]): router hosts
+//! `r1..rN`, each on the provider segment and on a bridge per VM segment, and `r` a control
+//! host with the DHCP server, the managers and the API nodes, on etcd.
 //! Everything is named with a prefix, lives under `/run/ipshadow/PREFIX/`, and
 //! `down` removes it all, also after a crash. iproute2 (`ip`) does every network change.
 
 pub mod control;
 pub(crate) mod etcd;
 pub(crate) mod http;
+pub(crate) mod routers;
 pub(crate) mod services;
 mod topology;
 
@@ -27,6 +32,7 @@ use std::path::PathBuf;
 use anyhow::bail;
 use clap::{Args, Subcommand};
 
+pub use routers::RouterReport;
 pub use services::Lab;
 
 /// The address that moves.
@@ -43,6 +49,12 @@ pub const MAC_B: &str = "02:1b:5d:00:0b:01";
 pub const GATEWAY_MAC: &str = "02:1b:5d:00:00:01";
 /// MAC address of the router's provider-side interface.
 pub const PROVIDER_MAC: &str = "02:1b:5d:00:00:02";
+/// With a router group: the control host's address on the VM segments (the DHCP server's).
+pub const CONTROL_HOST: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
+/// With a router group: MAC address of the control host's VM-side interfaces.
+pub const CONTROL_MAC: &str = "02:1b:5d:00:00:03";
+/// The most router hosts of a group the lab builds.
+pub const MAX_ROUTERS: u8 = 4;
 
 /// Options of `ipshadow lab`.
 #[derive(Args, Debug)]
@@ -72,6 +84,12 @@ enum LabCommand {
         /// DHCP server, two managers (one leads) and two API nodes (the second on 127.0.0.1:7481).
         #[arg(long, value_name = "MEMBERS", default_value_t = 0)]
         etcd: u8,
+        /// Router hosts (1: the router in the control plane's namespace, as always). 2 or more:
+        /// a router group (one active, the others standing by), each router in a host of its
+        /// own on the provider segment and on bridged VM segments; the parts run on etcd (with
+        /// a one-member cluster unless `--etcd` says more).
+        #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=i64::from(MAX_ROUTERS)))]
+        routers: u8,
     },
     /// Start a VM's DHCP client (as the demo does for VM B once a migration is planned); returns
     /// once the VM holds 10.0.0.10.
@@ -97,7 +115,7 @@ enum LabCommand {
 pub fn run(args: &LabArgs) -> anyhow::Result<()> {
     let lab = Lab::new(&args.prefix)?;
     match &args.command {
-        LabCommand::Up { clients, http, etcd } => {
+        LabCommand::Up { clients, http, etcd, routers } => {
             lab.require_root()?;
             if lab.is_up() {
                 eprintln!("ipshadow lab: {} is already up", args.prefix);
@@ -107,7 +125,7 @@ pub fn run(args: &LabArgs) -> anyhow::Result<()> {
                     lab.start_http(*server)?;
                 }
             } else {
-                lab.up(*clients, *etcd)?;
+                lab.up(*clients, *etcd, *routers)?;
                 if let Some(server) = http
                     && let Err(e) = lab.start_http(*server)
                 {

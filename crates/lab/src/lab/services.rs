@@ -49,6 +49,9 @@ pub struct LabStatus {
     /// On etcd: the member its members say leads (`e2`).
     #[serde(skip_serializing_if = "Option::is_none")]
     etcd_leader: Option<String>,
+    /// With a router group: each router and its part in the group.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    routers: Vec<super::RouterReport>,
 }
 
 #[derive(Debug, Serialize)]
@@ -110,11 +113,18 @@ impl Lab {
 
     /// Builds the lab from scratch and starts its services; `etcd`: members of an etcd cluster
     /// to keep the state in, with the parts as processes of their own (0: one `serve` process
-    /// on the embedded store).
-    pub fn up(&self, clients: u8, etcd: u8) -> anyhow::Result<()> {
+    /// on the embedded store); `routers`: 1, or a router group of 2 to
+    /// [`MAX_ROUTERS`](super::MAX_ROUTERS) router hosts (on etcd, one member if `etcd` is 0).
+    pub fn up(&self, clients: u8, etcd: u8, routers: u8) -> anyhow::Result<()> {
+        if !(1..=super::MAX_ROUTERS).contains(&routers) {
+            bail!("--routers: 1 to {}", super::MAX_ROUTERS);
+        }
         self.down()?;
         std::fs::create_dir_all(self.dir.join("router")).with_context(|| format!("creating {}", self.dir.display()))?;
-        let result = self.build(clients, etcd);
+        let etcd = if routers >= 2 { etcd.max(1) } else { etcd };
+        let result = std::fs::write(self.dir.join("routers"), routers.to_string())
+            .context("writing the lab's router count")
+            .and_then(|()| self.build(clients, etcd, routers));
         if result.is_err() {
             // Leave nothing half made behind.
             let _ = self.down();
@@ -122,8 +132,8 @@ impl Lab {
         result
     }
 
-    fn build(&self, clients: u8, etcd: u8) -> anyhow::Result<()> {
-        topology::build(&self.prefix, clients)?;
+    fn build(&self, clients: u8, etcd: u8, routers: u8) -> anyhow::Result<()> {
+        topology::build(&self.prefix, clients, routers)?;
         if etcd == 0 {
             self.start_serve()?;
         } else {
@@ -283,8 +293,12 @@ echo "$(date +%s.%N) $reason ${{new_ip_address:-}} ${{new_dhcp_lease_time:-}} ${
         let _ = std::fs::remove_file(self.dir.join(format!("{name}.pid")));
     }
 
-    /// The router's last report (the lab's `serve` writes it to `router/status.json`).
+    /// The router's last report (the lab's `serve` writes it to `router/status.json`); with a
+    /// router group, the active router's (or, while none is, the last report of any).
     pub fn router_status(&self) -> Option<Status> {
+        if self.routers() >= 2 {
+            return self.forwarding_router_status();
+        }
         let text = std::fs::read_to_string(self.dir.join("router/status.json")).ok()?;
         serde_json::from_str(&text).ok()
     }
@@ -334,6 +348,7 @@ echo "$(date +%s.%N) $reason ${{new_ip_address:-}} ${{new_dhcp_lease_time:-}} ${
             router: self.router_status(),
             manager_leader: (self.etcd_members() > 0).then(|| self.leading_manager()).flatten(),
             etcd_leader: (self.etcd_members() > 0).then(|| self.etcd_leader().map(|i| format!("e{i}"))).flatten(),
+            routers: if self.routers() >= 2 { self.router_statuses() } else { Vec::new() },
         }
     }
 }
@@ -359,6 +374,16 @@ impl LabStatus {
         }
         if let Some(leader) = &self.etcd_leader {
             s += &format!("  etcd leader: {leader}\n");
+        }
+        for r in &self.routers {
+            let role = match (r.role(), &r.status) {
+                (Some(role), _) => format!("{role:?}").to_lowercase(),
+                (None, Some(_)) => "no group in its report".to_owned(),
+                (None, None) => "no report".to_owned(),
+            };
+            let stale = if r.fresh || r.status.is_none() { "" } else { " (stale report)" };
+            let term = r.ha.as_ref().filter(|ha| ha.term > 0).map_or(String::new(), |ha| format!(", term {}", ha.term));
+            s += &format!("  router {:<8} {role}{term}{stale}\n", r.name);
         }
         for (vm, addrs) in &self.addresses {
             s += &format!("  {vm} addresses: {}\n", if addrs.is_empty() { "-".into() } else { addrs.join(" ") });

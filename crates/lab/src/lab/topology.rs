@@ -5,7 +5,7 @@ use std::process::Command;
 
 use anyhow::{Context, bail};
 
-use super::{GATEWAY, GATEWAY_MAC, MAC_A, MAC_B, PROVIDER_MAC};
+use super::{CONTROL_HOST, CONTROL_MAC, GATEWAY, GATEWAY_MAC, MAC_A, MAC_B, PROVIDER_MAC};
 
 /// Runs `ip ARGS`; an error carries the command and what `ip` said.
 pub fn ip(args: &[&str]) -> anyhow::Result<String> {
@@ -70,26 +70,16 @@ pub(super) fn veth(ns1: &str, name1: &str, ns2: &str, name2: &str) -> anyhow::Re
 }
 
 /// Builds every namespace and link. The caller has removed any earlier lab of this prefix.
-pub fn build(prefix: &str, clients: u8) -> anyhow::Result<()> {
+/// `routers`: 1, the router in `r` with the VMs on veths of its own; 2 or more, a group of
+/// router hosts on bridged segments (see [`build_segments`]).
+pub fn build(prefix: &str, clients: u8, routers: u8) -> anyhow::Result<()> {
     let ns = |name: &str| format!("{prefix}-{name}");
     let (sw, r, a, b) = (ns("sw"), ns("r"), ns("a"), ns("b"));
     for n in [&sw, &r, &a, &b] {
         add_ns(n)?;
     }
     // The provider segment: a bridge with the clients and the router's provider port.
-    ip_in(&sw, &["link", "add", "br0", "type", "bridge"])?;
-    // A switch forwards frames as they are. With br_netfilter loaded, the bridge would run the
-    // host's IP checks and firewall on them and drop malformed ones before the router sees them.
-    for family in ["iptables", "ip6tables", "arptables"] {
-        let key = format!("net.bridge.bridge-nf-call-{family}");
-        if std::path::Path::new(&format!("/proc/sys/{}", key.replace('.', "/"))).exists() {
-            sysctl(&sw, &key, "0")?;
-        }
-    }
-    ip_in(&sw, &["link", "set", "br0", "up"])?;
-    veth(&sw, "r", &r, "prov")?;
-    ip_in(&sw, &["link", "set", "r", "master", "br0"])?;
-    ip_in(&r, &["link", "set", "prov", "address", PROVIDER_MAC])?;
+    add_bridge(&sw, "br0")?;
     for i in 1..=clients {
         let c = ns(&format!("c{i}"));
         add_ns(&c)?;
@@ -100,6 +90,12 @@ pub fn build(prefix: &str, clients: u8) -> anyhow::Result<()> {
         // A /16 puts X (10.0.0.10) on-link: clients ARP for it and the router answers.
         ip_in(&c, &["addr", "add", &format!("{}/16", client_ip(i)), "dev", "eth0"])?;
     }
+    if routers >= 2 {
+        return build_segments(prefix, routers);
+    }
+    veth(&sw, "r", &r, "prov")?;
+    ip_in(&sw, &["link", "set", "r", "master", "br0"])?;
+    ip_in(&r, &["link", "set", "prov", "address", PROVIDER_MAC])?;
     // The VM segments, one per VM, each a veth from the router.
     for (vm, port, mac) in [(&a, "vma", MAC_A), (&b, "vmb", MAC_B)] {
         veth(&r, port, vm, "eth0")?;
@@ -112,6 +108,98 @@ pub fn build(prefix: &str, clients: u8) -> anyhow::Result<()> {
     // The router's kernel must not forward anything itself: the data plane does.
     sysctl(&r, "net.ipv4.ip_forward", "0")?;
     Ok(())
+}
+
+/// A bridge in the switch's namespace, up, that forwards frames as they are.
+fn add_bridge(sw: &str, name: &str) -> anyhow::Result<()> {
+    ip_in(sw, &["link", "add", name, "type", "bridge"])?;
+    // A switch forwards frames as they are. With br_netfilter loaded, the bridge would run the
+    // host's IP checks and firewall on them and drop malformed ones before the router sees them.
+    for family in ["iptables", "ip6tables", "arptables"] {
+        let key = format!("net.bridge.bridge-nf-call-{family}");
+        if std::path::Path::new(&format!("/proc/sys/{}", key.replace('.', "/"))).exists() {
+            sysctl(sw, &key, "0")?;
+        }
+    }
+    ip_in(sw, &["link", "set", name, "up"])?;
+    Ok(())
+}
+
+/// The VM segment bridges of a router group, by VM: (bridge, the VM's port, the interface in
+/// the router hosts and the control host, the VM's MAC).
+const SEGMENTS: [(&str, &str, &str, &str); 2] = [("bra", "a", "vma", MAC_A), ("brb", "b", "vmb", MAC_B)];
+
+/// The ports of router host `i` (1-based) on the switch's bridges: provider, VM A's and VM B's
+/// segments, the control segment (made with the lab on etcd).
+pub fn router_ports(i: u8) -> [String; 4] {
+    ["p", "a", "b", "c"].map(|side| format!("r{i}{side}"))
+}
+
+/// A router group's segments: router hosts `r1..rN` on the provider bridge and on one bridge
+/// per VM segment, and the control host `r` (the DHCP server, no router) on the VM segments.
+/// Every router host carries the group's MACs (keepalived's use_vmac): only the active one
+/// transmits, so each bridge learns its port from its gratuitous ARP. The router hosts' kernels
+/// hold no address on these segments: a standby's kernel must answer nothing either.
+fn build_segments(prefix: &str, routers: u8) -> anyhow::Result<()> {
+    let ns = |name: &str| format!("{prefix}-{name}");
+    let (sw, r) = (ns("sw"), ns("r"));
+    for (bridge, vm, port, mac) in SEGMENTS {
+        add_bridge(&sw, bridge)?;
+        // Not `a`: `ip link add a` reads it as `address`.
+        let vm_port = format!("vm-{vm}");
+        veth(&sw, &vm_port, &ns(vm), "eth0")?;
+        ip_in(&sw, &["link", "set", &vm_port, "master", bridge])?;
+        ip_in(&ns(vm), &["link", "set", "eth0", "address", mac])?;
+        // The control host's port: the DHCP server's own MAC and address, not the gateway's
+        // (the active router answers ARP for the gateway).
+        let control = format!("r-{vm}");
+        veth(&sw, &control, &r, port)?;
+        ip_in(&sw, &["link", "set", &control, "master", bridge])?;
+        ip_in(&r, &["link", "set", port, "address", CONTROL_MAC])?;
+        ip_in(&r, &["addr", "add", &format!("{CONTROL_HOST}/32"), "dev", port])?;
+    }
+    sysctl(&r, "net.ipv4.ip_forward", "0")?;
+    for i in 1..=routers {
+        let host = ns(&format!("r{i}"));
+        add_ns(&host)?;
+        let [prov, vma, vmb, _] = router_ports(i);
+        for (bridge, port, inside, mac) in
+            [("br0", &prov, "prov", PROVIDER_MAC), ("bra", &vma, "vma", GATEWAY_MAC), ("brb", &vmb, "vmb", GATEWAY_MAC)]
+        {
+            veth(&sw, port, &host, inside)?;
+            ip_in(&sw, &["link", "set", port, "master", bridge])?;
+            ip_in(&host, &["link", "set", inside, "address", mac])?;
+        }
+        // The router host's kernel must not forward anything itself: the data plane does.
+        sysctl(&host, "net.ipv4.ip_forward", "0")?;
+    }
+    Ok(())
+}
+
+/// Sets the links of a router host on the switch's side down (`cut`) or up; `store_only`: only
+/// its control-segment link (cut off from etcd, still on the VM and provider segments).
+pub fn cut_router(prefix: &str, i: u8, cut: bool, store_only: bool) -> anyhow::Result<()> {
+    let sw = format!("{prefix}-sw");
+    let ports = router_ports(i);
+    let ports = if store_only { &ports[3..] } else { &ports[..] };
+    for port in ports {
+        ip_in(&sw, &["link", "set", port, if cut { "down" } else { "up" }])?;
+    }
+    Ok(())
+}
+
+/// Frames router host `i` transmitted on its provider and VM-side interfaces, as its kernel
+/// counts them (an observer independent of the router process).
+pub fn router_tx_packets(prefix: &str, i: u8) -> anyhow::Result<u64> {
+    let out = ip_in(&format!("{prefix}-r{i}"), &["-s", "-j", "link", "show"])?;
+    let links: serde_json::Value = serde_json::from_str(&out).context("reading `ip -s -j link show`")?;
+    let mut total = 0;
+    for link in links.as_array().map(Vec::as_slice).unwrap_or_default() {
+        if matches!(link["ifname"].as_str(), Some("prov" | "vma" | "vmb")) {
+            total += link["stats64"]["tx"]["packets"].as_u64().context("no tx packets in `ip -s -j link show`")?;
+        }
+    }
+    Ok(total)
 }
 
 /// Removes the namespaces (their links go with them).
