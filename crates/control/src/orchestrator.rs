@@ -251,7 +251,10 @@ fn router_decisions(m: &Migration, status: &Status, now_ms: u64, limits: Limits,
     let bound_at = m.lifecycle.destination_lease_bound_at().unwrap_or(m.created_ms);
     // A VM that has not answered since then is still coming up (dhcpcd probes X with ARP for
     // several seconds before it configures it, RFC 5227): it gets the longer start-up window.
-    let watched_since = status.started.as_millis().max(bound_at);
+    // A router of a group probes only while active: its silence counts from when it last
+    // became active (what it heard before that, in an earlier term, is old news).
+    let active_since = status.ha.as_ref().map_or(0, |h| h.since.as_millis());
+    let watched_since = status.started.as_millis().max(bound_at).max(active_since);
     // Silence is measured as of the report's own time, not the manager's: a report that reached
     // the manager late (its write held up by an unreachable store member) says nothing about the
     // seconds after it was made, and the router's clock is the one its probe times are on.

@@ -190,6 +190,27 @@ fn router_reports_carry_the_split_the_end_and_the_health_of_both_vms() {
         &events(decide(&ramping, &Input::Router(&fresh), now, limits))[..],
         [Decision::Event(E::DestinationFailed { .. })]
     ));
+    // A router group's member that just became active: B's last answer it holds is from an
+    // earlier term (10 s old); silence counts from its takeover, so B is still in its window.
+    let mut taken_over = status(5.0, [(100, 0), (10_000, 0)], now);
+    let member = |role| ipshadow_core::ha::GroupStatus {
+        group: "edge".into(),
+        name: "r2".into(),
+        role,
+        since: Instant::from_millis(now - 500),
+        term: 9,
+        active: Some("r2".into()),
+        last_takeover: None,
+        last_step_down: None,
+        counters: Default::default(),
+    };
+    taken_over.ha = Some(member(ipshadow_core::ha::Role::Active));
+    assert!(events(decide(&ramping, &Input::Router(&taken_over), now, limits)).is_empty());
+    taken_over.ha = None;
+    assert!(matches!(
+        &events(decide(&ramping, &Input::Router(&taken_over), now, limits))[..],
+        [Decision::Event(E::DestinationFailed { .. })]
+    ));
     // The router cut over at the deadline by itself: the manager catches up in order.
     let mut ended = status(100.0, [(100, 0); 2], now);
     ended.entries.clear();

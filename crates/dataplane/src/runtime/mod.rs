@@ -246,6 +246,7 @@ impl Router {
     ) -> Result<(), RuntimeError> {
         let mut next_report = clock().now;
         let mut next_probe = next_report;
+        let mut was_active = None;
         while !stop.load(Ordering::Relaxed) {
             let clocks = clock();
             let now = clocks.now;
@@ -267,6 +268,13 @@ impl Router {
                 next_report = now + self.setup.status_period;
                 control.report(self.status(clocks));
             }
+            // A router that just became its group's active member probes at once: the manager
+            // counts the VMs' silence from then.
+            let active = self.forwarder.group.as_ref().map(|g| g.may_forward());
+            if active == Some(true) && was_active == Some(false) {
+                next_probe = now;
+            }
+            was_active = active;
             if now >= next_probe {
                 next_probe = now + Duration::from_secs(1);
                 self.forwarder.probe();

@@ -322,6 +322,8 @@ pub fn manager_hears<S: Store>(store: S, heard: Sender<Heard>, stop: Arc<AtomicB
         let mut refusals_heard = std::collections::BTreeSet::new();
         // The VMs of each router whose report is there, as last handed on.
         let mut segments: BTreeMap<String, std::collections::BTreeSet<ipshadow_core::VmId>> = BTreeMap::new();
+        // The newest term heard of each router group.
+        let mut terms: BTreeMap<String, u64> = BTreeMap::new();
         let mut hear = |kv: &KeyValue, segments: &mut BTreeMap<_, _>| -> bool {
             let h = if let Some(name) = kv.key.strip_prefix(bus::ROUTERS) {
                 decode::<RouterReport>(kv).map(|r| {
@@ -333,7 +335,14 @@ pub fn manager_hears<S: Store>(store: S, heard: Sender<Heard>, stop: Arc<AtomicB
                     // Of a router group only the active member's report speaks for the
                     // traffic: a standby forwards nothing (but follows its slice all the same).
                     let standing_by = r.status.ha.as_ref().is_some_and(|h| h.role != ipshadow_core::ha::Role::Active);
-                    if !standing_by {
+                    // An active member of an older term than one already heard is a router that
+                    // has not yet heard it was replaced (back from a cut): its report is stale.
+                    let stale = r.status.ha.as_ref().is_some_and(|h| {
+                        let newest = terms.entry(h.group.clone()).or_insert(h.term);
+                        *newest = (*newest).max(h.term);
+                        h.term < *newest
+                    });
+                    if !standing_by && !stale {
                         heard.push(Heard::Router(Box::new(r.status)));
                     }
                     heard
@@ -444,7 +453,8 @@ impl PartsView {
     /// one reports, else the newest.
     pub fn router_status(&self) -> Option<Status> {
         let active = |r: &&RouterReport| r.status.ha.as_ref().is_none_or(|h| h.role == ipshadow_core::ha::Role::Active);
-        let newest = |r: &&RouterReport| r.published_ms;
+        // Of two that say they are active, the newer term (the other has not heard it yet).
+        let newest = |r: &&RouterReport| (r.status.ha.as_ref().map_or(0, |h| h.term), r.published_ms);
         let pick = self.routers.values().filter(active).max_by_key(newest);
         pick.or_else(|| self.routers.values().max_by_key(newest)).map(|r| r.status.clone())
     }
