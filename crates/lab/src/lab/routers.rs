@@ -121,15 +121,21 @@ impl Lab {
 
     /// The router whose fresh report says it is active (none without a group).
     pub fn active_router(&self) -> Option<String> {
-        self.router_statuses().into_iter().find(RouterReport::is_active).map(|r| r.name)
+        self.newest_active(self.router_statuses()).map(|r| r.name)
+    }
+
+    /// Of the routers that say they are active, the one of the newest term: another may not
+    /// have heard yet that it was replaced (back from a cut).
+    fn newest_active(&self, all: Vec<RouterReport>) -> Option<RouterReport> {
+        all.into_iter().filter(RouterReport::is_active).max_by_key(|r| r.ha.as_ref().map_or(0, |h| h.term))
     }
 
     /// The router that forwards: the active one in a group (or, while none is, the one that
     /// reported last), the only one otherwise.
     pub(super) fn forwarding_router_status(&self) -> Option<Status> {
-        let mut all = self.router_statuses();
-        if let Some(i) = all.iter().position(RouterReport::is_active) {
-            return all.swap_remove(i).status;
+        let all = self.router_statuses();
+        if let Some(active) = self.newest_active(all.clone()) {
+            return active.status;
         }
         all.into_iter().filter_map(|r| r.status).max_by_key(|s| s.updated)
     }
