@@ -4,45 +4,19 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::collections::VecDeque;
-use std::io;
+mod common;
+
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
+use common::MemPort;
 use ipshadow_core::l2::RouterNode;
 use ipshadow_core::testkit::{X, tcp};
 use ipshadow_core::{
     Clocks, CongestionControlParameters, EntryState, Instant, MigrationOptions, Outcome, Ramp, RouterConfig,
     ShadowingEntry, VmId,
 };
-use ipshadow_dataplane::{Desired, DesiredEntry, Forwarder, PacketPort};
-
-/// A port whose received frames the test queues and whose sent frames it reads.
-#[derive(Default)]
-struct MemPort {
-    rx: VecDeque<Vec<u8>>,
-    tx: Vec<Vec<u8>>,
-}
-
-impl PacketPort for MemPort {
-    fn receive(&mut self, max: usize, frame: &mut dyn FnMut(&[u8])) -> io::Result<usize> {
-        let mut n = 0;
-        while n < max
-            && let Some(f) = self.rx.pop_front()
-        {
-            frame(&f);
-            n += 1;
-        }
-        Ok(n)
-    }
-    fn send(&mut self, frame: &[u8]) -> io::Result<()> {
-        self.tx.push(frame.to_vec());
-        Ok(())
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
+use ipshadow_dataplane::{Desired, DesiredEntry, Forwarder};
 
 const PROVIDER_MAC: [u8; 6] = [2, 0xee, 0, 0, 0, 1];
 const VM_SIDE_MAC: [u8; 6] = [2, 0xee, 0, 0, 0, 2];
