@@ -84,42 +84,53 @@ pub enum Tail {
     /// Constant hazard, per second (infinite: every flow observed ended).
     Exponential {
         /// Hazard rate, 1/s.
+        #[serde(with = "super::float")]
         rate_per_s: f64,
     },
     /// Weibull after a delay: S(t) = exp(-((t - delay)/scale)^shape) past the delay; a rising
     /// hazard above shape 1, falling below.
     Weibull {
         /// Shape k.
+        #[serde(with = "super::float")]
         shape: f64,
         /// Scale λ, seconds.
+        #[serde(with = "super::float")]
         scale_s: f64,
         /// Delay d before which nothing ends, seconds.
+        #[serde(with = "super::float")]
         delay_s: f64,
     },
     /// Power law S(t) ∝ t^-alpha (Pareto I: nothing ends before its scale, which the fit finds
     /// within the observed range; past it only the index matters).
     Pareto {
         /// Tail index.
+        #[serde(with = "super::float")]
         alpha: f64,
     },
     /// Log-normal after a delay: ln(t - delay) normal with median ln(median) and deviation
     /// sigma; a hazard that rises, then falls slowly.
     LogNormal {
         /// Median of t - delay, seconds.
+        #[serde(with = "super::float")]
         median_s: f64,
         /// Deviation σ of its logarithm.
+        #[serde(with = "super::float")]
         sigma: f64,
         /// Delay d before which nothing ends, seconds.
+        #[serde(with = "super::float")]
         delay_s: f64,
     },
     /// Lomax (Pareto type II) after a delay: S(t) = (1 + (t - delay)/scale)^-alpha past the
     /// delay; a falling hazard, a power-law tail of index alpha (Pareto I: scale = delay).
     Lomax {
         /// Tail index α.
+        #[serde(with = "super::float")]
         alpha: f64,
         /// Scale σ, seconds.
+        #[serde(with = "super::float")]
         scale_s: f64,
         /// Delay d before which nothing ends, seconds.
+        #[serde(with = "super::float")]
         delay_s: f64,
     },
 }
@@ -536,6 +547,7 @@ pub struct DrainForecast {
     /// Flows expected still open at the deadline, when one is given.
     pub expected_open_at_deadline: Option<f64>,
     /// The longest lifetime or age observed, ms: past it the forecast rests on the fitted tail.
+    #[serde(with = "super::float")]
     pub horizon_ms: f64,
     /// The tail fitted past the horizon: the lifetimes' (or the cohort's, when the lifetimes
     /// have none).
@@ -610,6 +622,27 @@ mod tests {
     use core::f64::consts::SQRT_2;
 
     use super::*;
+
+    #[test]
+    fn a_forecast_with_an_infinite_hazard_reads_back_from_json() {
+        let forecast = DrainForecast {
+            open: 3,
+            p50_ms: None,
+            p90_ms: None,
+            expected_open_at_deadline: Some(0.0),
+            horizon_ms: 1_500.0,
+            tail: Tail::Exponential { rate_per_s: f64::INFINITY },
+            observations: 12,
+        };
+        let json = serde_json::to_string(&forecast).unwrap();
+        assert!(json.contains(r#""rate_per_s":"inf""#), "{json}");
+        assert_eq!(serde_json::from_str::<DrainForecast>(&json).unwrap(), forecast);
+        // What older reports hold: null, read as not a number.
+        let old = json.replace(r#""inf""#, "null");
+        let read: DrainForecast = serde_json::from_str(&old).unwrap();
+        assert!(matches!(read.tail, Tail::Exponential { rate_per_s } if rate_per_s.is_nan()));
+        assert!(serde_json::from_str::<DrainForecast>(&json.replace(r#""inf""#, r#""many""#)).is_err());
+    }
 
     fn hist(values: impl IntoIterator<Item = u64>) -> LogHistogram {
         let mut h = LogHistogram::default();

@@ -4,6 +4,7 @@
 //! status and the split logic.
 
 mod census;
+mod float;
 mod forecast;
 mod histogram;
 mod traffic;
