@@ -1,27 +1,19 @@
-//! Floating-point fields that may be infinite (a hazard rate when every flow observed ended) or
-//! not a number, in JSON: a number when finite, else the string `"inf"`, `"-inf"` or `"nan"`
-//! (JSON has no such numbers: serde_json writes them as `null`, which it then refuses to read
-//! back as a float, so a whole router report would be unreadable). Reading also takes `null`,
-//! as not a number (what older reports hold).
+//! Floating-point fields of the drain forecast that may be infinite (a hazard rate when every
+//! flow observed ended), in JSON: a number when finite, else `null`, which the API documents as
+//! infinite. serde_json writes a non-finite float as `null` but refuses `null` when it reads a
+//! float back, so a whole router report with one was unreadable on etcd; here `null` reads back
+//! as infinite.
 
 use serde::de::{self, Deserializer, Visitor};
 use serde::ser::Serializer;
 
-/// Writes `x`: a number, or a string naming the non-finite value.
+/// Writes `x`: a number, or `null` when it is not finite.
 #[allow(clippy::trivially_copy_pass_by_ref, reason = "serde's `with` passes fields by reference")]
 pub fn serialize<S: Serializer>(x: &f64, serializer: S) -> Result<S::Ok, S::Error> {
-    if x.is_finite() {
-        serializer.serialize_f64(*x)
-    } else if x.is_nan() {
-        serializer.serialize_str("nan")
-    } else if *x > 0.0 {
-        serializer.serialize_str("inf")
-    } else {
-        serializer.serialize_str("-inf")
-    }
+    if x.is_finite() { serializer.serialize_f64(*x) } else { serializer.serialize_none() }
 }
 
-/// Reads a number, one of the strings [`serialize`] writes, or `null` (not a number).
+/// Reads a number, or `null` as infinite.
 pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<f64, D::Error> {
     deserializer.deserialize_any(FloatVisitor)
 }
@@ -32,7 +24,7 @@ impl Visitor<'_> for FloatVisitor {
     type Value = f64;
 
     fn expecting(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.write_str("a number, \"inf\", \"-inf\", \"nan\" or null")
+        f.write_str("a number, or null (infinite)")
     }
 
     fn visit_f64<E: de::Error>(self, v: f64) -> Result<f64, E> {
@@ -47,20 +39,11 @@ impl Visitor<'_> for FloatVisitor {
         Ok(v as f64)
     }
 
-    fn visit_str<E: de::Error>(self, v: &str) -> Result<f64, E> {
-        match v {
-            "inf" => Ok(f64::INFINITY),
-            "-inf" => Ok(f64::NEG_INFINITY),
-            "nan" => Ok(f64::NAN),
-            other => Err(E::invalid_value(de::Unexpected::Str(other), &self)),
-        }
-    }
-
     fn visit_unit<E: de::Error>(self) -> Result<f64, E> {
-        Ok(f64::NAN)
+        Ok(f64::INFINITY)
     }
 
     fn visit_none<E: de::Error>(self) -> Result<f64, E> {
-        Ok(f64::NAN)
+        Ok(f64::INFINITY)
     }
 }
