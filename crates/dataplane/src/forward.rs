@@ -127,6 +127,10 @@ impl<P: PacketPort> Forwarder<P> {
 
     /// Sends an ARP health probe for each shadowed address to both of its VMs.
     pub fn probe(&mut self) {
+        if self.group.as_ref().is_some_and(|g| !g.may_forward()) {
+            // A standby sends nothing; its probes would teach the segments' switches its port.
+            return;
+        }
         let targets: Vec<(Ipv4Addr, usize, usize)> = self
             .node
             .core
@@ -137,10 +141,6 @@ impl<P: PacketPort> Forwarder<P> {
                 Some((e.ip_address, a, b))
             })
             .collect();
-        if self.group.as_ref().is_some_and(|g| !g.may_forward()) {
-            // A standby sends nothing; its probes would teach the segments' switches its port.
-            return;
-        }
         for (ip, a, b) in targets {
             self.node.probe(a, ip, &mut self.out);
             self.node.probe(b, ip, &mut self.out);

@@ -288,7 +288,6 @@ impl Router {
         }
         // An active member of a group says it stops: a standby takes over at once.
         self.forwarder.resign(clock().now);
-        control.group_view(self.forwarder.group.as_ref().map(|g| g.view(clock().now)).unwrap_or_default());
         Ok(())
     }
 

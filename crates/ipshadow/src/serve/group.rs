@@ -61,7 +61,7 @@ impl GroupLink {
     }
 }
 
-/// The lease held: its id, its term, when its last renewal was asked.
+/// The lease held: its id, and when its last renewal was asked.
 struct Held {
     lease: LeaseId,
     renewed: Instant,

@@ -23,7 +23,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use ipshadow_core::ha::{GroupStatus, Role};
 use ipshadow_dataplane::Status;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use super::services::{Lab, alive, exe};
 use super::topology;
@@ -63,14 +63,6 @@ impl RouterReport {
     }
 }
 
-/// The group part of a router's report, read apart from the typed report so that the lab reads
-/// it whatever version of the router wrote it.
-#[derive(Deserialize)]
-struct GroupPart {
-    #[serde(default)]
-    ha: Option<GroupStatus>,
-}
-
 impl Lab {
     /// Router hosts of the lab (1: the router runs in `r`, with no group).
     pub fn routers(&self) -> u8 {
@@ -106,7 +98,7 @@ impl Lab {
     pub fn router_report(&self, name: &str) -> RouterReport {
         let text = std::fs::read_to_string(self.router_status_file(name)).unwrap_or_default();
         let status: Option<Status> = serde_json::from_str(&text).ok();
-        let ha = serde_json::from_str::<GroupPart>(&text).ok().and_then(|g| g.ha);
+        let ha = status.as_ref().and_then(|s| s.ha.clone());
         let now = ipshadow_dataplane::runtime::wall_now().as_micros();
         let fresh =
             status.as_ref().is_some_and(|s| now.saturating_sub(s.updated.as_micros()) < FRESH.as_micros() as u64);
@@ -121,21 +113,15 @@ impl Lab {
 
     /// The router whose fresh report says it is active (none without a group).
     pub fn active_router(&self) -> Option<String> {
-        self.newest_active(self.router_statuses()).map(|r| r.name)
-    }
-
-    /// Of the routers that say they are active, the one of the newest term: another may not
-    /// have heard yet that it was replaced (back from a cut).
-    fn newest_active(&self, all: Vec<RouterReport>) -> Option<RouterReport> {
-        all.into_iter().filter(RouterReport::is_active).max_by_key(|r| r.ha.as_ref().map_or(0, |h| h.term))
+        newest_active(&self.router_statuses()).map(|i| i.name.clone())
     }
 
     /// The router that forwards: the active one in a group (or, while none is, the one that
     /// reported last), the only one otherwise.
     pub(super) fn forwarding_router_status(&self) -> Option<Status> {
         let all = self.router_statuses();
-        if let Some(active) = self.newest_active(all.clone()) {
-            return active.status;
+        if let Some(active) = newest_active(&all) {
+            return active.status.clone();
         }
         all.into_iter().filter_map(|r| r.status).max_by_key(|s| s.updated)
     }
@@ -186,6 +172,12 @@ impl Lab {
     pub fn router_tx_packets(&self, name: &str) -> anyhow::Result<u64> {
         topology::router_tx_packets(&self.prefix, self.router_index(name)?)
     }
+}
+
+/// Of the routers that say they are active, the one of the newest term: another may not have
+/// heard yet that it was replaced (back from a cut).
+fn newest_active(all: &[RouterReport]) -> Option<&RouterReport> {
+    all.iter().filter(|r| r.is_active()).max_by_key(|r| r.ha.as_ref().map_or(0, |h| h.term))
 }
 
 #[cfg(test)]

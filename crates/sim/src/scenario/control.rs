@@ -6,12 +6,12 @@ use core::time::Duration;
 
 use ipshadow_core::patterns::DrainForecast;
 use ipshadow_core::{
-    CutOverReport, EntryState, Event, FlowKey, Instant, MigrationOptions, Outcome, Owner, RouterCounters,
-    ShadowingEntry, VmId, VmRef,
+    CutOverReport, EntryState, Event, Instant, MigrationOptions, Outcome, Owner, RouterCounters, ShadowingEntry, VmId,
+    VmRef,
 };
 
 use super::config::Fault;
-use super::world::{A, Action, B, World, X, client_ip};
+use super::world::{A, Action, B, World, X, client_flow};
 
 /// A VM the health checks found dead (and acted on: B rolls back, A fast-forwards).
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -295,13 +295,7 @@ impl World {
         let mut on_a = Vec::new();
         for (i, c) in self.clients.iter().enumerate() {
             for (port, id) in c.app.tcp_ports() {
-                let key = FlowKey {
-                    client_ip: client_ip(i as u16),
-                    client_port: port,
-                    shadow_ip: X,
-                    shadow_port: crate::app::proto::TCP_PORT,
-                    protocol: 6,
-                };
+                let key = client_flow(i, port);
                 if self.router.core.flow(&key).is_some_and(|f| f.owner == Owner::Source) {
                     on_a.push(id);
                 }

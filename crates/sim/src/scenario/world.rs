@@ -518,13 +518,7 @@ impl World {
         if let Some(peer) = &self.peer {
             for (i, c) in self.clients.iter().enumerate() {
                 for (port, _) in c.app.tcp_ports() {
-                    let key = ipshadow_core::FlowKey {
-                        client_ip: client_ip(i as u16),
-                        client_port: port,
-                        shadow_ip: X,
-                        shadow_port: crate::app::proto::TCP_PORT,
-                        protocol: 6,
-                    };
+                    let key = client_flow(i, port);
                     let owners = [self.router.core.flow(&key).map(|f| f.owner), peer.core.flow(&key).map(|f| f.owner)];
                     self.ecmp.owners(key, owners);
                 }
@@ -551,13 +545,7 @@ impl World {
         let holder = self.router.core.address_holder(X);
         for (i, c) in self.clients.iter().enumerate() {
             for (port, _) in c.app.tcp_ports() {
-                let key = ipshadow_core::FlowKey {
-                    client_ip: client_ip(i as u16),
-                    client_port: port,
-                    shadow_ip: X,
-                    shadow_port: crate::app::proto::TCP_PORT,
-                    protocol: 6,
-                };
+                let key = client_flow(i, port);
                 let on_b = match self.router.core.flow(&key) {
                     Some(flow) => flow.owner == ipshadow_core::Owner::Destination,
                     None => holder == Some(VmRef(B as u32)),
@@ -570,5 +558,16 @@ impl World {
             }
         }
         sides
+    }
+}
+
+/// The flow key of client `i`'s TCP connection from `port` to X's service.
+pub(crate) fn client_flow(i: usize, port: u16) -> ipshadow_core::FlowKey {
+    ipshadow_core::FlowKey {
+        client_ip: client_ip(i as u16),
+        client_port: port,
+        shadow_ip: X,
+        shadow_port: crate::app::proto::TCP_PORT,
+        protocol: 6,
     }
 }
