@@ -18,7 +18,8 @@ need_cargo() {
     echo "cargo not found: install Rust >= 1.95 (https://rustup.rs) and run again" >&2
     exit 1
   fi
-  apt_install build-essential pkg-config
+  # clang and libbpf-dev: the XDP fast path's program is C, compiled to BPF when ipshadow builds.
+  apt_install build-essential pkg-config clang libbpf-dev
 }
 
 need_cargo_tool() { # binary crate
