@@ -128,6 +128,7 @@ enum ips_stat {
 	IPS_STAT_PASS_FLOW,       /* up: unknown flow, not its owner, or a SYN on a known one */
 	IPS_STAT_PASS_NEXT_HOP,   /* up: the neighbour's or the VM's MAC is not known yet */
 	IPS_STAT_PASS_LOCAL,      /* up: DHCP to the router's host */
+	IPS_STAT_PASS_CHECKSUM,   /* up: a TCP/UDP checksum left to offload (a veth or tap sender) */
 	IPS_STAT_COUNT
 };
 

@@ -189,6 +189,19 @@ static __always_inline int header_sum_ok(const struct iphdr *ip)
 	return sum == 0xffff;
 }
 
+/* Whether the TCP/UDP checksum field holds only the pseudo-header's sum: the sender's kernel left
+ * the rest to offload (a veth or tap with transmit checksum offload on). Such a frame goes up,
+ * where the AF_PACKET path completes it; sent on as it is, the receiver would drop it. A complete
+ * checksum that happens to equal that sum (1 in 65,536) goes up as well, which costs nothing. */
+static __always_inline int checksum_left_to_offload(const struct iphdr *ip, __u16 field, __u32 l4_len)
+{
+	__u32 sum = (ip->saddr & 0xffff) + (ip->saddr >> 16) + (ip->daddr & 0xffff) + (ip->daddr >> 16) +
+		    bpf_htons(ip->protocol) + bpf_htons(l4_len);
+	sum = (sum & 0xffff) + (sum >> 16);
+	sum = (sum & 0xffff) + (sum >> 16);
+	return field == (__u16)sum;
+}
+
 /* Parses what the fast path handles: untagged IPv4 without options, not a fragment, TCP or UDP,
  * every length consistent. Returns the counter to pass the frame up with, or -1 when it is one. */
 static __always_inline int parse(struct xdp_md *ctx, struct frame *f)
@@ -226,6 +239,8 @@ static __always_inline int parse(struct xdp_md *ctx, struct frame *f)
 		f->ack = bpf_ntohl(th->ack_seq);
 		f->tcp_flags = ((__u8 *)th)[13];
 		f->payload_len = total - 20 - doff;
+		if (checksum_left_to_offload(ip, th->check, total - 20))
+			return IPS_STAT_PASS_CHECKSUM;
 		return -1;
 	}
 	if (ip->protocol == IPPROTO_UDP) {
@@ -238,6 +253,8 @@ static __always_inline int parse(struct xdp_md *ctx, struct frame *f)
 		f->ack = 0;
 		f->tcp_flags = 0;
 		f->payload_len = total - 28;
+		if (uh->check && checksum_left_to_offload(ip, uh->check, total - 20))
+			return IPS_STAT_PASS_CHECKSUM;
 		return -1;
 	}
 	return IPS_STAT_PASS_PROTOCOL;

@@ -319,10 +319,12 @@ pub struct Stats {
     pub pass_next_hop: u64,
     /// Up: DHCP to the router's host.
     pub pass_local: u64,
+    /// Up: a TCP/UDP checksum left to offload by the sender (veth, tap): completed up there.
+    pub pass_checksum: u64,
 }
 
 /// Counters in `Stats`.
-pub const STAT_COUNT: u32 = 18;
+pub const STAT_COUNT: u32 = 19;
 
 impl Stats {
     /// From the counters in `enum ips_stat`'s order.
@@ -346,6 +348,7 @@ impl Stats {
             pass_flow: c[15],
             pass_next_hop: c[16],
             pass_local: c[17],
+            pass_checksum: c[18],
         }
     }
 
@@ -362,6 +365,7 @@ impl Stats {
             + self.pass_flow
             + self.pass_next_hop
             + self.pass_local
+            + self.pass_checksum
             + self.flow_map_full
     }
 

@@ -358,3 +358,13 @@ pub fn is_bpffs(dir: &Path) -> bool {
     }
     best.is_some_and(|(_, bpf)| bpf)
 }
+
+/// The kernel's monotonic clock in nanoseconds: the time base of `bpf_ktime_get_ns()`, in
+/// which the records are stamped.
+#[allow(unsafe_code)]
+pub fn ktime_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes one timespec into `ts`, which lives for the call.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    (ts.tv_sec as u64).saturating_mul(1_000_000_000).saturating_add(ts.tv_nsec as u64)
+}

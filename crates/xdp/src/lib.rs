@@ -17,7 +17,7 @@ pub mod abi;
 mod fast_path;
 
 pub use fast_path::{
-    FastPath, FastPathError, FastPathSetup, PINNED, TestRun, XDP_PASS, XDP_REDIRECT, ifindex, is_bpffs,
+    FastPath, FastPathError, FastPathSetup, PINNED, TestRun, XDP_PASS, XDP_REDIRECT, ifindex, is_bpffs, ktime_ns,
 };
 
 /// The compiled program (empty when clang was missing at build time).

@@ -180,6 +180,22 @@ fn what_the_program_is_not_sure_of_goes_up() {
             },
             ifs[0],
         ),
+        (
+            "a checksum left to offload",
+            {
+                let mut f = frame(PROVIDER_MAC, CLIENT_MAC, client(2), X, (6, 1, 80, SYN));
+                // What a veth sender's kernel leaves: the pseudo-header's sum, folded, not inverted.
+                let l4_len = (f.len() - 34) as u32;
+                let words = [&f[26..28], &f[28..30], &f[30..32], &f[32..34]];
+                let mut sum: u32 = words.iter().map(|w| u32::from(u16::from_be_bytes([w[0], w[1]]))).sum();
+                sum += 6 + l4_len;
+                let sum = (sum & 0xffff) + (sum >> 16);
+                let sum = ((sum & 0xffff) + (sum >> 16)) as u16;
+                f[50..52].copy_from_slice(&sum.to_be_bytes());
+                f
+            },
+            ifs[0],
+        ),
         ("a truncated frame", frame(PROVIDER_MAC, CLIENT_MAC, client(2), X, (6, 1, 80, SYN))[..40].to_vec(), ifs[0]),
         (
             "ARP",
@@ -203,6 +219,8 @@ fn what_the_program_is_not_sure_of_goes_up() {
         assert_eq!(run.action, XDP_PASS, "{what}");
         assert_eq!(run.frame, f, "{what}: unchanged");
     }
+    let stats = fp.stats();
+    assert_eq!((stats.pass_checksum, stats.pass_fragment, stats.pass_local), (1, 1, 1), "{stats:?}");
     let mut n = 0;
     fp.drain_records(|_| n += 1);
     assert_eq!(n, 0, "nothing forwarded, nothing recorded");
