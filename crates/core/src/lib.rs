@@ -38,6 +38,6 @@ pub use router::{
 };
 pub use shadow::{
     Affinity, CongestionControlParameters, EntryCounters, EntryState, MigrationOptions, Mode, Ramp, RampStep,
-    ShadowingEntry, Signal, SplitChange, SplitController, SplitReason, Strategy, VmId,
+    ShadowingEntry, Signal, SplitChange, SplitController, SplitReason, Strategy, VmId, split_hash, split_threshold,
 };
 pub use time::{Clocks, Instant, WallOffset};
