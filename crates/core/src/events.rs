@@ -129,7 +129,8 @@ pub enum Event {
         /// When.
         at: Instant,
     },
-    /// An unknown flow's owner answered.
+    /// An unknown flow's owner answered (or, replaying a fast path's packet, turned out to be
+    /// the side the fast path delivered it to).
     OwnerLearned {
         /// The flow.
         key: FlowKey,
@@ -138,7 +139,10 @@ pub enum Event {
         /// When.
         at: Instant,
     },
-    /// Replica mode: a flow's primary moved.
+    /// A tracked flow's owner moved to the other side. Replica mode: its primary moved (the split
+    /// moved). Independent mode: a fast-path replay found the packet delivered to the other side
+    /// than the core's table said ([`crate::ShadowRouter::replay_inbound`]), and the flow took the
+    /// side the packet already went to.
     HandOff {
         /// The flow.
         key: FlowKey,

@@ -11,11 +11,12 @@ use std::net::Ipv4Addr;
 use etherparse::{ArpHardwareId, ArpOperation, ArpPacket, EtherType, Ethernet2Header};
 
 use crate::events::Event;
+use crate::flow::Side;
 use crate::neighbours::NeighbourTable;
-use crate::router::{Deliver, DropReason, EgressVerdict, InboundVerdict, RouterConfig, ShadowRouter, VmRef};
+use crate::router::{Deliver, DropReason, EgressVerdict, InboundVerdict, Replay, RouterConfig, ShadowRouter, VmRef};
 use crate::shadow::VmId;
 use crate::time::Instant;
-use crate::wire::{Packet, parse_frame};
+use crate::wire::{Ipv4Info, Packet, parse_frame};
 
 /// Where a frame the router sends goes.
 #[derive(Debug)]
@@ -262,6 +263,29 @@ impl RouterNode {
             }
             InboundVerdict::Drop(reason) => self.count_drop(reason),
         }
+    }
+
+    /// The fast path already delivered this provider-side IPv4 packet (sent from the Ethernet
+    /// address `src_mac`) to the VM on `delivered`'s side: what [`RouterNode::from_provider`]
+    /// does but send. The core replays it ([`ShadowRouter::replay_inbound`]); the client's
+    /// address is learned from it unless the core would have dropped it, as an accepted frame
+    /// teaches it; it counts as a frame to a VM.
+    pub fn replay_inbound(&mut self, ip: &Ipv4Info, src_mac: [u8; 6], delivered: Side, now: Instant) -> Replay {
+        let replay = self.core.replay_inbound(ip, delivered, now);
+        if !matches!(replay, Replay::CoreWouldDrop(_)) {
+            self.learn(ip.src, src_mac, now);
+        }
+        self.stats.to_vms += 1;
+        replay
+    }
+
+    /// The fast path already forwarded this IPv4 packet from the VM on `port` to the provider
+    /// side: what [`RouterNode::from_vm`] does but send. The core replays it
+    /// ([`ShadowRouter::replay_egress`]); it counts as a frame to the provider side.
+    pub fn replay_egress(&mut self, port: usize, ip: &Ipv4Info, now: Instant) -> Replay {
+        let replay = self.core.replay_egress(VmRef(port as u32), ip, now);
+        self.stats.to_provider += 1;
+        replay
     }
 
     /// A frame from the VM on `port`.

@@ -11,6 +11,7 @@ mod egress;
 mod end;
 mod inbound;
 mod observe;
+mod replay;
 
 use core::time::Duration;
 use std::cmp::Reverse;
@@ -27,6 +28,8 @@ use crate::fragments::FragmentTable;
 use crate::shadow::{Shadow, ShadowingEntry, ShadowingTable, VmId};
 use crate::time::Instant;
 use crate::wire::{ArpInfo, ParseError};
+
+pub use replay::Replay;
 
 /// A VM as the data plane knows it: a small handle (its port), resolved once from its [`VmId`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
