@@ -153,6 +153,16 @@ pub enum Event {
         /// When.
         at: Instant,
     },
+    /// The router closed one of A's flows at the cut-over (a FIN each way): it stays tracked,
+    /// `Retired`, to answer its client's last segments itself, so it has no owner to forward to
+    /// any more. A fast path's copy of the flow drops it; a `FlowEnded` follows when it leaves
+    /// the table.
+    FlowRetired {
+        /// The flow.
+        key: FlowKey,
+        /// When.
+        at: Instant,
+    },
     /// A conflicting reply was dropped.
     Conflict {
         /// The flow.

@@ -34,8 +34,8 @@ pub use events::{
 };
 pub use flow::{Flow, FlowKey, FlowTimeouts, Owner, Phase, Side};
 pub use router::{
-    Deliver, DropReason, EgressVerdict, InboundVerdict, Replay, RouterConfig, ShadowRouter, Transmit, TransmitKind,
-    VmRef,
+    Deliver, DropReason, EgressVerdict, FastPathShadow, InboundVerdict, Replay, RouterConfig, ShadowRouter, Transmit,
+    TransmitKind, VmRef,
 };
 pub use shadow::{
     Affinity, CongestionControlParameters, EntryCounters, EntryState, MigrationOptions, Mode, Ramp, RampStep,

@@ -2,7 +2,8 @@
 //! its state stays what it would be had the core forwarded them itself.
 //!
 //! The fast path forwards the steady state of flows whose owner it knows from the core (the
-//! shadowed addresses' split, salt and sides, and the flows' owners, from the events) and reports each packet it forwarded. The core replays the report with its
+//! shadowed addresses' split, salt and sides, and the flows' owners, from the events: see
+//! `router/fast_path.rs`) and reports each packet it forwarded. The core replays the report with its
 //! normal logic: same counters, flow creation, sequence tracking, split signals, traffic patterns
 //! and events. Its verdict is not sent anywhere: the packet is already gone. Where the core would
 //! have decided otherwise, the packet's side wins (a TCP connection must never see two ends) and
@@ -53,7 +54,7 @@ impl<S: crate::events::EventSink> ShadowRouter<S> {
     /// was unknown) and the entry's per-side flow counters moved.
     ///
     /// Meant for what the fast path forwards: TCP or UDP, not a fragment, to an address whose
-    /// fast-path copy is not `slow`. Anything else is still replayed as the
+    /// [`crate::FastPathShadow`] is not `slow`. Anything else is still replayed as the
     /// core would decide it, and counted as a disagreement if that differs.
     pub fn replay_inbound(&mut self, ip: &Ipv4Info, delivered: Side, now: Instant) -> Replay {
         self.counters.inbound_frames += 1;
