@@ -31,7 +31,8 @@ pub enum Replay {
     /// Counted as a disagreement.
     CoreWouldDeliver(Deliver),
     /// The core would have dropped the packet (table full, a flow the router closed, a conflict,
-    /// ...): counted under its reason as a drop is, and as a disagreement.
+    /// ...): counted under its reason as a drop is, and as a disagreement. With `TableFull` the
+    /// core does not track the flow: a fast path that added it to its own map should remove it.
     CoreWouldDrop(DropReason),
     /// The address is not shadowed: the core forwards such packets as without ipshadow. For an
     /// inbound packet the fast path delivered to a side, that means its copy of the shadowing
