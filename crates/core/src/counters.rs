@@ -95,4 +95,17 @@ pub struct RouterCounters {
     pub fragments_orphaned: u64,
     /// First fragments not remembered because the fragment table was full.
     pub fragment_table_full: u64,
+    /// Packets a fast path forwarded itself and reported, replayed by the core
+    /// ([`crate::ShadowRouter::replay_inbound`], [`crate::ShadowRouter::replay_egress`]).
+    #[serde(default)]
+    pub fast_path_replayed: u64,
+    /// Of those, packets the core would have handled otherwise: sent to the other side (the
+    /// flow then adopted the fast path's side), to both, or dropped; or inbound to an address
+    /// the core no longer shadows.
+    #[serde(default)]
+    pub fast_path_disagreed: u64,
+    /// Of the disagreements, packets the core would have dropped (also counted under the drop's
+    /// own reason).
+    #[serde(default)]
+    pub fast_path_would_drop: u64,
 }

@@ -129,7 +129,8 @@ pub enum Event {
         /// When.
         at: Instant,
     },
-    /// An unknown flow's owner answered.
+    /// An unknown flow's owner answered (or, replaying a fast path's packet, turned out to be
+    /// the side the fast path delivered it to).
     OwnerLearned {
         /// The flow.
         key: FlowKey,
@@ -138,7 +139,10 @@ pub enum Event {
         /// When.
         at: Instant,
     },
-    /// Replica mode: a flow's primary moved.
+    /// A tracked flow's owner moved to the other side. Replica mode: its primary moved (the split
+    /// moved). Independent mode: a fast-path replay found the packet delivered to the other side
+    /// than the core's table said ([`crate::ShadowRouter::replay_inbound`]), and the flow took the
+    /// side the packet already went to.
     HandOff {
         /// The flow.
         key: FlowKey,
@@ -146,6 +150,16 @@ pub enum Event {
         from: Side,
         /// New primary.
         to: Side,
+        /// When.
+        at: Instant,
+    },
+    /// The router closed one of A's flows at the cut-over (a FIN each way): it stays tracked,
+    /// `Retired`, to answer its client's last segments itself, so it has no owner to forward to
+    /// any more. A fast path's copy of the flow drops it; a `FlowEnded` follows when it leaves
+    /// the table.
+    FlowRetired {
+        /// The flow.
+        key: FlowKey,
         /// When.
         at: Instant,
     },

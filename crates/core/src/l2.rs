@@ -11,11 +11,14 @@ use std::net::Ipv4Addr;
 use etherparse::{ArpHardwareId, ArpOperation, ArpPacket, EtherType, Ethernet2Header};
 
 use crate::events::Event;
+use crate::flow::Side;
 use crate::neighbours::NeighbourTable;
-use crate::router::{Deliver, DropReason, EgressVerdict, InboundVerdict, RouterConfig, ShadowRouter, VmRef};
+use crate::router::{
+    Deliver, DropReason, EgressVerdict, FastPathShadow, InboundVerdict, Replay, RouterConfig, ShadowRouter, VmRef,
+};
 use crate::shadow::VmId;
 use crate::time::Instant;
-use crate::wire::{Packet, parse_frame};
+use crate::wire::{Ipv4Info, Packet, parse_frame};
 
 /// Where a frame the router sends goes.
 #[derive(Debug)]
@@ -112,6 +115,9 @@ pub struct RouterNode {
     pub reset_clients: VecDeque<(Ipv4Addr, u16)>,
     /// Counters of this node.
     pub stats: PortStats,
+    /// Bumped when the node's share of what a fast path copies changes (ports of shadowed
+    /// addresses, a VM's MAC learned).
+    generation: u64,
 }
 
 impl RouterNode {
@@ -143,6 +149,7 @@ impl RouterNode {
             probe_answers: BTreeMap::new(),
             reset_clients: VecDeque::new(),
             stats: PortStats::default(),
+            generation: 0,
         }
     }
 
@@ -157,7 +164,10 @@ impl RouterNode {
     /// The router process restarts: every flow, learned MAC and counter of the core is lost.
     /// The caller re-installs addresses and shadowing entries from its store.
     pub fn restart(&mut self, now: Instant) {
+        let generation = self.core.fast_path_generation();
         self.core = Self::fresh_core(&self.config, &self.ports, now);
+        self.core.continue_generation(generation);
+        self.generation += 1;
         self.shadows.clear();
         self.neighbours.clear();
         self.arp_pending.clear();
@@ -177,6 +187,7 @@ impl RouterNode {
     /// Records that `ip` is shadowed between the ports of `source` and `destination` (the
     /// entry itself goes to [`RouterNode::core`]).
     pub fn shadow_ports(&mut self, ip: Ipv4Addr, source: usize, destination: usize) {
+        self.generation += 1;
         if let Some(before) = self.shadows.insert(ip, (source, destination))
             && before != (source, destination)
         {
@@ -187,6 +198,7 @@ impl RouterNode {
 
     /// Forgets the ports of a shadowed address whose migration ended.
     pub fn unshadow(&mut self, ip: Ipv4Addr) {
+        self.generation += 1;
         if let Some((source, destination)) = self.shadows.remove(&ip) {
             self.probe_answers.remove(&(source, ip));
             self.probe_answers.remove(&(destination, ip));
@@ -264,6 +276,65 @@ impl RouterNode {
         }
     }
 
+    /// The fast path already delivered this provider-side IPv4 packet (sent from the Ethernet
+    /// address `src_mac`) to the VM on `delivered`'s side: what [`RouterNode::from_provider`]
+    /// does but send. The core replays it ([`ShadowRouter::replay_inbound`]); the client's
+    /// address is learned from it unless the core would have dropped it, as an accepted frame
+    /// teaches it; it counts as a frame to a VM.
+    pub fn replay_inbound(&mut self, ip: &Ipv4Info, src_mac: [u8; 6], delivered: Side, now: Instant) -> Replay {
+        let replay = self.core.replay_inbound(ip, delivered, now);
+        if !matches!(replay, Replay::CoreWouldDrop(_)) {
+            self.learn(ip.src, src_mac, now);
+        }
+        self.stats.to_vms += 1;
+        replay
+    }
+
+    /// The fast path already forwarded this IPv4 packet from the VM on `port` to the provider
+    /// side: what [`RouterNode::from_vm`] does but send. The core replays it
+    /// ([`ShadowRouter::replay_egress`]); it counts as a frame to the provider side.
+    pub fn replay_egress(&mut self, port: usize, ip: &Ipv4Info, now: Instant) -> Replay {
+        let replay = self.core.replay_egress(VmRef(port as u32), ip, now);
+        self.stats.to_provider += 1;
+        replay
+    }
+
+    /// Changes whenever anything [`RouterNode::fast_path_shadows`], [`RouterNode::ports`] or
+    /// [`RouterNode::retired_until`] return may have changed: the core's
+    /// [`ShadowRouter::fast_path_generation`] plus the node's own changes (ports of shadowed
+    /// addresses, a VM's MAC learned, a restart).
+    pub fn fast_path_generation(&self) -> u64 {
+        self.core.fast_path_generation().wrapping_add(self.generation)
+    }
+
+    /// The shadowed addresses as a fast path holds them, with the node's ports as the VMs. An
+    /// address whose ports the node does not know (see [`RouterNode::shadow_ports`]), or one of
+    /// whose VMs' MAC is not known yet, is `slow`: the core's path counts it as it does now.
+    pub fn fast_path_shadows(&self) -> impl Iterator<Item = FastPathShadow> + '_ {
+        self.core.fast_path_shadows().map(|mut s| {
+            let known = |port: usize| self.ports.get(port).is_some_and(|(_, mac)| *mac != [0; 6]);
+            match self.shadows.get(&s.ip) {
+                Some(&(a, b)) if known(a) && known(b) => {
+                    (s.source, s.destination) = (VmRef(a as u32), VmRef(b as u32));
+                }
+                _ => s.slow = true,
+            }
+            s
+        })
+    }
+
+    /// See [`ShadowRouter::retired_until`].
+    pub fn retired_until(&self) -> Option<Instant> {
+        self.core.retired_until()
+    }
+
+    /// Whether a fast path must leave every frame to this node: a test feature that copies
+    /// frames (`mirror`, `flood`) is set. ARP, DHCP from the VMs (UDP to port 67, for the host's
+    /// server) and anything but TCP and UDP go to the node in any case.
+    pub fn fast_path_blocked(&self) -> bool {
+        self.mirror.is_some() || self.flood.is_some()
+    }
+
     /// A frame from the VM on `port`.
     pub fn from_vm(&mut self, port: usize, frame: Vec<u8>, now: Instant, out: &mut Vec<Out>) {
         // A port configured without the VM's MAC learns it from what the VM sends (a multicast
@@ -274,6 +345,7 @@ impl RouterNode {
             && frame[6] & 1 == 0
         {
             mac.copy_from_slice(&frame[6..12]);
+            self.generation += 1;
         }
         // ARP stays on the VM segment: the router answers for the gateway and hears the answers
         // to its probes; nothing of it (malformed ARP included) crosses to the provider side.

@@ -34,10 +34,11 @@ pub use events::{
 };
 pub use flow::{Flow, FlowKey, FlowTimeouts, Owner, Phase, Side};
 pub use router::{
-    Deliver, DropReason, EgressVerdict, InboundVerdict, RouterConfig, ShadowRouter, Transmit, TransmitKind, VmRef,
+    Deliver, DropReason, EgressVerdict, FastPathShadow, InboundVerdict, Replay, RouterConfig, ShadowRouter, Transmit,
+    TransmitKind, VmRef,
 };
 pub use shadow::{
     Affinity, CongestionControlParameters, EntryCounters, EntryState, MigrationOptions, Mode, Ramp, RampStep,
-    ShadowingEntry, Signal, SplitChange, SplitController, SplitReason, Strategy, VmId,
+    ShadowingEntry, Signal, SplitChange, SplitController, SplitReason, Strategy, VmId, split_hash, split_threshold,
 };
 pub use time::{Clocks, Instant, WallOffset};

@@ -51,16 +51,33 @@ fn client(n: u8) -> Ipv4Addr {
     Ipv4Addr::new(198, 51, 100, n + 1)
 }
 
-/// The owner each flow must have, rebuilt from the events alone.
+/// The owner each flow must have, rebuilt from the events alone; and a fast path's flow map,
+/// kept by the events as the data plane keeps it.
 #[derive(Default)]
 struct Model {
     owners: HashMap<FlowKey, Owner>,
+    fast_path: HashMap<FlowKey, Side>,
     violations: Vec<String>,
 }
 
 impl Model {
     fn apply(&mut self, events: Vec<Event>) {
         for e in events {
+            match e {
+                Event::FlowStarted { key, owner, .. } | Event::FlowEnded { key, owner, .. } => {
+                    self.fast_path.remove(&key);
+                    if let (Some(side), Event::FlowStarted { .. }) = (owner.side(), &e) {
+                        self.fast_path.insert(key, side);
+                    }
+                }
+                Event::OwnerLearned { key, owner: side, .. } | Event::HandOff { key, to: side, .. } => {
+                    self.fast_path.insert(key, side);
+                }
+                Event::FlowRetired { key, .. } => {
+                    self.fast_path.remove(&key);
+                }
+                _ => {}
+            }
             match e {
                 Event::FlowStarted { key, owner, .. } => {
                     self.owners.insert(key, owner);
@@ -184,6 +201,9 @@ fn run(ops: Vec<Op>, mode: Mode, affinity: Affinity) -> Result<(), TestCaseError
             }
         }
         prop_assert!(model.violations.is_empty(), "{:?}", model.violations);
+        // Every change of a flow's owner, and every flow leaving the table or retired, was told.
+        let fast_path: HashMap<FlowKey, Side> = h.router.fast_path_flows().into_iter().collect();
+        prop_assert_eq!(&fast_path, &model.fast_path, "a fast path's flow map kept by the events");
     }
     if mode == Mode::Independent {
         prop_assert!(h.leaks.is_empty(), "non-owner segments left the router: {:?}", h.leaks);

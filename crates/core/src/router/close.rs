@@ -186,6 +186,7 @@ impl<S: crate::events::EventSink> ShadowRouter<S> {
             return;
         }
         shadow.ending.closing_since = Some(now);
+        self.fast_path_generation += 1; // the address is the slow path's from now on
         shadow.ending.check_at = Some(now + CLOSE_SCAN_EVERY);
         let change = shadow.controller.cut_over();
         if let Some(change) = shadow.apply(change) {
@@ -218,7 +219,7 @@ impl<S: crate::events::EventSink> ShadowRouter<S> {
         let Some(shadow) = self.shadows.get_mut(&ip) else { return false };
         let mut budget = shadow.ending.close_per_scan;
         let mut keys = core::mem::take(&mut shadow.ending.to_close);
-        let (flows, out, counters) = (&mut self.flows, &mut self.transmit, &mut self.counters);
+        let (flows, out, counters, sink) = (&mut self.flows, &mut self.transmit, &mut self.counters, &mut self.sink);
         keys.retain(|key| {
             let Some(index) = flows.find(key, flows.hash(key)) else { return false };
             let flow = flows.flow_mut(index);
@@ -230,6 +231,7 @@ impl<S: crate::events::EventSink> ShadowRouter<S> {
             }
             budget -= 1;
             close(shadow, out, counters, key, flow, now);
+            sink.event(crate::events::Event::FlowRetired { key: *key, at: now });
             false
         });
         let left = !keys.is_empty();

@@ -41,6 +41,7 @@ impl<S: crate::events::EventSink> ShadowRouter<S> {
         let source = self.vm_ref(&entry.source_vm_id);
         let destination = self.vm_ref(&entry.destination_vm_id);
         self.shadows.insert(ip, Shadow::new(entry, source, destination, controller, now));
+        self.fast_path_generation += 1;
         self.schedule(ip);
         Ok(())
     }
@@ -139,6 +140,7 @@ impl<S: crate::events::EventSink> ShadowRouter<S> {
             return Err(RouterError::InvalidState { ip, state, operation });
         }
         let change = act(&mut shadow.controller, now);
+        self.fast_path_generation += 1; // the split or the state, or both, may change
         if let Some(change) = shadow.apply(change) {
             self.sink.event(Event::SplitChanged { ip, change, at: now });
         }

@@ -18,6 +18,8 @@ impl<S: crate::events::EventSink> ShadowRouter<S> {
     /// recorded as the winner's alone.
     pub(crate) fn end_migration(&mut self, ip: Ipv4Addr, outcome: Outcome, cause: EndCause, now: Instant) {
         let Some(mut shadow) = self.shadows.remove(&ip) else { return };
+        // The entry goes, the address gets one holder, `retired_until` may move.
+        self.fast_path_generation += 1;
         let (winner, loser) = match outcome {
             Outcome::Completed => (Side::Destination, Side::Source),
             Outcome::RolledBack => (Side::Source, Side::Destination),

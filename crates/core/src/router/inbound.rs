@@ -2,9 +2,10 @@
 
 use super::close::retired_inbound;
 use super::observe::observe;
+use super::replay::Adoption;
 use super::{Deliver, DropReason, InboundVerdict, ShadowRouter, Tables, seq_le};
 use crate::events::{Event, FlowEndReason, FlowOrigin};
-use crate::flow::{Flow, FlowKey, Owner, Phase, flags, marks};
+use crate::flow::{Flow, FlowKey, Owner, Phase, Side, flags, marks};
 use crate::fragments::FragmentRoute;
 use crate::shadow::{EntryState, Located, Mode, Shadow, Signal, Strategy};
 use crate::time::Instant;
@@ -23,7 +24,7 @@ enum Kind {
 
 /// A packet's flow key and table hash, computed ahead by the batch's first pass.
 #[derive(Clone, Copy)]
-struct Prepared {
+pub(super) struct Prepared {
     key: FlowKey,
     kind: Kind,
     hash: u64,
@@ -85,7 +86,7 @@ impl<S: crate::events::EventSink> ShadowRouter<S> {
             let slot = &mut window[i % AHEAD];
             self.counters.inbound_frames += 1;
             out.push(match (&slot.parsed, slot.ahead) {
-                (Ok(Packet::Ipv4(ip)), Some(ahead)) => self.inbound_located(ip, ahead.shadow, now, ahead.flow),
+                (Ok(Packet::Ipv4(ip)), Some(ahead)) => self.inbound_located(ip, ahead.shadow, now, ahead.flow, None),
                 (Ok(Packet::Ipv4(ip)), None) => self.not_shadowed(ip, now),
                 (Ok(packet), _) => self.inbound_packet(packet, now),
                 (Err(e), _) => {
@@ -132,7 +133,7 @@ impl<S: crate::events::EventSink> ShadowRouter<S> {
 
     fn inbound_ipv4(&mut self, ip: &Ipv4Info, now: Instant, prepared: Option<Prepared>) -> InboundVerdict {
         match self.shadows.locate(&ip.dst) {
-            Some(located) => self.inbound_located(ip, located, now, prepared),
+            Some(located) => self.inbound_located(ip, located, now, prepared, None),
             None => self.not_shadowed(ip, now),
         }
     }
@@ -141,7 +142,7 @@ impl<S: crate::events::EventSink> ShadowRouter<S> {
     /// the segments of flows the router closed at a cut-over that ended less than a TCP closing
     /// timeout ago, which it still answers so their clients' late closes never meet B's RST.
     #[inline]
-    fn not_shadowed(&mut self, ip: &Ipv4Info, now: Instant) -> InboundVerdict {
+    pub(super) fn not_shadowed(&mut self, ip: &Ipv4Info, now: Instant) -> InboundVerdict {
         if self.retired_until.is_none_or(|t| now >= t) {
             return InboundVerdict::NotShadowed;
         }
@@ -162,19 +163,22 @@ impl<S: crate::events::EventSink> ShadowRouter<S> {
         InboundVerdict::Drop(DropReason::ClosedByRouter)
     }
 
-    fn inbound_located(
+    /// Decides for a packet to a shadowed address. `adopt`: a fast-path replay, whose packet
+    /// already went to a side that its flow then takes (see `router/replay.rs`).
+    pub(super) fn inbound_located(
         &mut self,
         ip: &Ipv4Info,
         located: Located,
         now: Instant,
         prepared: Option<Prepared>,
+        adopt: Option<&mut Adoption>,
     ) -> InboundVerdict {
         let (shadows, mut tables) = self.split_borrow();
         let shadow = shadows.at_mut(located.slot);
         let deliver = match located.strategy {
             Strategy::Instant => Deliver::Destination,
             Strategy::Packet => shadow.decide_packet().into(),
-            Strategy::Flow => match flow_inbound(shadow, &mut tables, ip, now, prepared) {
+            Strategy::Flow => match flow_inbound(shadow, &mut tables, ip, now, prepared, adopt) {
                 Ok(d) => d,
                 Err(reason) => {
                     self.settle(now);
@@ -194,6 +198,7 @@ fn flow_inbound<S: crate::events::EventSink>(
     ip: &Ipv4Info,
     now: Instant,
     prepared: Option<Prepared>,
+    adopt: Option<&mut Adoption>,
 ) -> Result<Deliver, DropReason> {
     let prepared =
         prepared.or_else(|| inbound_key(ip).map(|(key, kind)| Prepared { key, kind, hash: t.flows.hash(&key) }));
@@ -208,7 +213,7 @@ fn flow_inbound<S: crate::events::EventSink>(
             }
         });
     };
-    let deliver = flow_decide(shadow, t, ip, &Prepared { key, kind, hash }, now)?;
+    let deliver = flow_decide(shadow, t, ip, &Prepared { key, kind, hash }, now, adopt)?;
     if ip.fragment == Fragment::First && !t.fragments.remember(ip, FragmentRoute::Deliver(deliver.bits()), now) {
         t.counters.fragment_table_full += 1;
     }
@@ -221,6 +226,7 @@ fn flow_decide<S: crate::events::EventSink>(
     ip: &Ipv4Info,
     prepared: &Prepared,
     now: Instant,
+    mut adopt: Option<&mut Adoption>,
 ) -> Result<Deliver, DropReason> {
     let Prepared { ref key, kind, hash } = *prepared;
     let now_ms = now.millis_u32();
@@ -239,10 +245,12 @@ fn flow_decide<S: crate::events::EventSink>(
         }
     }
     let replica = shadow.mode == Mode::Replica;
+    // A replayed packet already went to `delivered`: a flow it opens is that side's.
+    let delivered = adopt.as_deref().filter(|_| !replica).map(|a| a.delivered);
     let index = match found {
         Some(i) => i,
         None => {
-            let (owner, phase, origin) = match kind {
+            let (mut owner, mut phase, origin) = match kind {
                 Kind::FollowOnly => return Ok(Deliver::Both),
                 Kind::Midstream if replica => {
                     (Owner::from(shadow.decide(key)), Phase::Established, FlowOrigin::Unknown)
@@ -256,6 +264,15 @@ fn flow_decide<S: crate::events::EventSink>(
                 Kind::Midstream => (Owner::Unknown, Phase::Pending, FlowOrigin::Unknown),
                 Kind::Opening => (Owner::from(shadow.decide(key)), Phase::Embryonic, FlowOrigin::Inbound),
             };
+            if let (Some(side), Some(a)) = (delivered, adopt.as_deref_mut())
+                && owner != Owner::from(side)
+            {
+                a.from = Some(owner);
+                owner = side.into();
+                if phase == Phase::Pending {
+                    phase = Phase::Established; // its owner is known: the side that has it
+                }
+            }
             let mut flow = Flow::new(owner, phase, now);
             if origin == FlowOrigin::Unknown {
                 flow.marks |= marks::UNKNOWN_START;
@@ -280,6 +297,12 @@ fn flow_decide<S: crate::events::EventSink>(
         }
         return Err(DropReason::ClosedByRouter);
     }
+    if let (Some(side), Some(a)) = (delivered, adopt)
+        && flow.owner != Owner::from(side)
+    {
+        a.from = Some(flow.owner);
+        adopt_owner(shadow, key, flow, side, t.sink, now);
+    }
     if replica {
         hand_off(shadow, key, flow, t.sink, now);
     }
@@ -297,6 +320,41 @@ fn flow_decide<S: crate::events::EventSink>(
         Owner::Destination => Deliver::Destination,
         Owner::Unknown => Deliver::Both,
     })
+}
+
+/// A replayed packet of a tracked flow went to `side`, not to the flow's owner (the fast path's
+/// flow map and the core's table disagreed): the flow is `side`'s from now on, as the packet
+/// already is. Reported as `OwnerLearned` when the owner was unknown, as a `HandOff` when it was
+/// the other side, so that everything that follows owners through the events stays in step.
+fn adopt_owner(
+    shadow: &mut Shadow,
+    key: &FlowKey,
+    flow: &mut Flow,
+    side: Side,
+    sink: &mut impl crate::events::EventSink,
+    now: Instant,
+) {
+    let counters = &mut shadow.entry.counters;
+    match flow.owner {
+        Owner::Source => counters.flows_to_source = counters.flows_to_source.saturating_sub(1),
+        Owner::Destination => counters.flows_to_destination = counters.flows_to_destination.saturating_sub(1),
+        Owner::Unknown => {}
+    }
+    match side {
+        Side::Source => counters.flows_to_source += 1,
+        Side::Destination => counters.flows_to_destination += 1,
+    }
+    match flow.owner.side() {
+        Some(from) => sink.event(Event::HandOff { key: *key, from, to: side, at: now }),
+        None => {
+            if flow.phase == Phase::Pending {
+                flow.phase = Phase::Established;
+            }
+            sink.event(Event::OwnerLearned { key: *key, owner: side, at: now });
+        }
+    }
+    // The census follows at the packet's `observe`, which moves a counted flow to its new side.
+    flow.owner = side.into();
 }
 
 /// Replica mode: the flow's primary is whatever the current split says; a change is a hand-off.

@@ -9,8 +9,10 @@ mod close;
 mod control;
 mod egress;
 mod end;
+mod fast_path;
 mod inbound;
 mod observe;
+mod replay;
 
 use core::time::Duration;
 use std::cmp::Reverse;
@@ -27,6 +29,9 @@ use crate::fragments::FragmentTable;
 use crate::shadow::{Shadow, ShadowingEntry, ShadowingTable, VmId};
 use crate::time::Instant;
 use crate::wire::{ArpInfo, ParseError};
+
+pub use fast_path::FastPathShadow;
+pub use replay::Replay;
 
 /// A VM as the data plane knows it: a small handle (its port), resolved once from its [`VmId`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -205,6 +210,8 @@ pub struct ShadowRouter<S: EventSink> {
     /// Until when flows the router closed at a cut-over may still be in the table, kept after
     /// their migration ended to answer their clients' late closes (see `router/close.rs`).
     retired_until: Option<Instant>,
+    /// Bumped whenever what a fast path copies may have changed (see `router/fast_path.rs`).
+    fast_path_generation: u64,
     sink: S,
 }
 
@@ -228,6 +235,7 @@ impl<S: EventSink> ShadowRouter<S> {
             counters: RouterCounters::default(),
             gone: Vec::new(),
             retired_until: None,
+            fast_path_generation: 1,
             sink,
             config,
         }
@@ -317,11 +325,13 @@ impl<S: EventSink> ShadowRouter<S> {
     /// Records that `vm` holds the plain address `ip` (for anti-spoofing).
     pub fn assign_address(&mut self, ip: Ipv4Addr, vm: VmRef) {
         self.addresses.insert(ip, vm);
+        self.fast_path_generation += 1;
     }
 
     /// Forgets the holder of a plain address.
     pub fn release_address(&mut self, ip: Ipv4Addr) {
         self.addresses.remove(&ip);
+        self.fast_path_generation += 1;
     }
 
     /// Every plain (non-shadowed) address the router routes, in no particular order.
@@ -385,6 +395,7 @@ impl<S: EventSink> ShadowRouter<S> {
         let change = shadow.controller.poll(now);
         if let Some(change) = shadow.apply(change) {
             self.sink.event(Event::SplitChanged { ip, change, at: now });
+            self.fast_path_generation += 1;
         }
         let params = shadow.entry.congestion_control_parameters;
         shadow.patterns.refresh_limits(&params);

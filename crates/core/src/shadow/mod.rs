@@ -2,6 +2,7 @@
 //! `traffic_split_percentage` over time.
 
 mod entry;
+mod hash;
 mod params;
 mod split;
 mod table;
@@ -9,6 +10,7 @@ mod table;
 pub use entry::{
     Affinity, ConflictCounters, EntryCounters, EntryState, MigrationOptions, Mode, ShadowingEntry, Strategy, VmId,
 };
+pub use hash::{SPLIT_KEY_TWEAK, split_hash, split_threshold};
 pub use params::{CongestionControlParameters, Ramp, RampStep};
 pub use split::{Signal, SignalCounts, SplitChange, SplitController, SplitReason};
 pub(crate) use table::{Located, Shadow, ShadowingTable};

@@ -1,12 +1,12 @@
 //! The shadowing table: shadowed address -> entry, with the hot per-packet fields precomputed.
 
-use core::hash::BuildHasher;
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
 
 use foldhash::fast::FixedState;
 
 use super::entry::{Affinity, Mode, ShadowingEntry, Strategy};
+use super::hash::{split_hash, split_threshold};
 use super::split::{SignalCounts, SplitChange, SplitController};
 use crate::VmRef;
 use crate::flow::{FlowKey, Side};
@@ -20,8 +20,8 @@ use crate::time::Instant;
 pub(crate) struct Shadow {
     /// Split hash threshold: a flow whose 32-bit hash is below it goes to B. 2^32 means all.
     pub threshold: u64,
-    /// Seeded with the entry's salt.
-    pub split_hasher: foldhash::quality::FixedState,
+    /// The entry's salt, the key of [`split_hash`].
+    pub salt: u64,
     /// Inbound packets delivered to A, B, both (merged into the entry's counters when read).
     pub packets: [u64; 3],
     /// Signals about B counted since the controller last judged an interval.
@@ -85,7 +85,7 @@ impl Shadow {
             strategy: entry.options.strategy,
             mode: entry.options.mode,
             affinity: entry.options.affinity,
-            split_hasher: foldhash::quality::FixedState::with_seed(salt),
+            salt,
             source,
             destination,
             rng: salt ^ 0x9e37_79b9_7f4a_7c15,
@@ -111,7 +111,7 @@ impl Shadow {
     pub fn sync_split(&mut self) {
         let pct = self.controller.split();
         self.entry.traffic_split_percentage = pct;
-        self.threshold = ((pct / 100.0) * 4_294_967_296.0).round() as u64;
+        self.threshold = split_threshold(pct);
     }
 
     /// Applies a change returned by the controller.
@@ -127,14 +127,11 @@ impl Shadow {
     /// the client's address alone, so every new flow of a client goes the same way; it is a pure
     /// function of the split (no pin is stored), so a rising split only ever moves a client's
     /// *new* flows to B, while the flows it has open stay with their owners in the flow table.
+    /// The hash is [`split_hash`], which the XDP fast path computes too.
     #[inline]
     pub fn decide(&self, key: &FlowKey) -> Side {
-        let words = match self.affinity {
-            Affinity::Flow => key.words(),
-            Affinity::Client => FlowKey::client_pin(key.client_ip, key.shadow_ip).words(),
-        };
-        let h = self.split_hasher.hash_one(words) >> 32;
-        if h < self.threshold { Side::Destination } else { Side::Source }
+        let h = split_hash(self.salt, key, self.affinity);
+        if u64::from(h) < self.threshold { Side::Destination } else { Side::Source }
     }
 
     /// The seed's `random_number < traffic_split_percentage`, per packet.
