@@ -18,7 +18,7 @@ apt_install protobuf-compiler
 cargo build --release --locked -q -p ipshadow
 if [ "$(id -u)" -eq 0 ]; then
     # nginx: `ipshadow lab up --http nginx` (a real keep-alive web server in both VMs).
-    apt_install iproute2 procps nftables isc-dhcp-client dhcpcd-base nginx
+    apt_install iproute2 procps nftables isc-dhcp-client dhcpcd-base nginx ethtool
     section "demo: a live migration in the lab (real Linux TCP)"
     ./target/release/ipshadow demo "$@"
 else

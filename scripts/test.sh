@@ -11,7 +11,7 @@ need_cargo
 # tools for the DHCP and lab tests (root); Python's venv and pip for schemathesis (PyPI,
 # installed under target/), curl for its seeding; etcd (etcd-server) for the store's conformance
 # suite and protoc (protobuf-compiler) for the etcd client's build.
-apt_install iproute2 procps nftables isc-dhcp-client busybox dhcpcd-base kea-admin nginx python3-venv python3-pip curl libfaketime etcd-server protobuf-compiler
+apt_install iproute2 procps nftables ethtool isc-dhcp-client busybox dhcpcd-base kea-admin nginx python3-venv python3-pip curl libfaketime etcd-server protobuf-compiler
 section "format"
 cargo fmt --all -- --check
 section "lints"

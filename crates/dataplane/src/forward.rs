@@ -15,6 +15,7 @@ use ipshadow_core::{Clocks, Event, Instant};
 
 use crate::PacketPort;
 use crate::desired::{Desired, ReconcileError, Reconciler};
+use crate::fast::FastPathSync;
 use crate::status::{AddressPatterns, EndedMigration, ProbeStatus, Status};
 
 /// Frames taken from one port before the next port gets its turn.
@@ -46,6 +47,9 @@ pub struct Forwarder<P: PacketPort> {
     /// The router's membership in its group, if it is in one: it forwards and sends only while
     /// active (without a group, always).
     pub group: Option<GroupMember>,
+    /// The XDP fast path beside the ports, if it runs: it forwards what it can itself, and this
+    /// loop replays that into the core and keeps its maps in step (see [`crate::fast`]).
+    pub fast: Option<FastPathSync>,
 }
 
 impl<P: PacketPort> Forwarder<P> {
@@ -63,6 +67,7 @@ impl<P: PacketPort> Forwarder<P> {
             frames: 0,
             flush_errors: 0,
             group: None,
+            fast: None,
         }
     }
 
@@ -77,6 +82,10 @@ impl<P: PacketPort> Forwarder<P> {
     pub fn step_with(&mut self, now: Instant, clock: &dyn Fn() -> Instant) -> io::Result<usize> {
         if let Some(group) = &mut self.group {
             group.turn(now);
+        }
+        // What the fast path forwarded comes first: the frames it handed up came after it.
+        if let Some(fast) = &mut self.fast {
+            fast.replay(&mut self.node, now);
         }
         let before = self.node.stats.to_vms + self.node.stats.to_provider;
         let Self { provider, vms, node, out, group, .. } = self;
@@ -122,7 +131,15 @@ impl<P: PacketPort> Forwarder<P> {
             group.forwarded(now);
         }
         self.drain_events();
+        self.sync_fast_path(now);
         Ok(count)
+    }
+
+    /// Writes what the core changed into the fast path's maps.
+    fn sync_fast_path(&mut self, now: Instant) {
+        if let Some(fast) = &mut self.fast {
+            fast.sync(&mut self.node, self.group.as_ref().map(GroupMember::may_forward), now);
+        }
     }
 
     /// Sends an ARP health probe for each shadowed address to both of its VMs.
@@ -157,6 +174,7 @@ impl<P: PacketPort> Forwarder<P> {
         self.node.poll(now, &mut self.out);
         self.transmit_checked(&|| now);
         self.drain_events();
+        self.sync_fast_path(now);
         self.errors = errors.iter().map(ToString::to_string).collect();
         &self.errors
     }
@@ -226,6 +244,7 @@ impl<P: PacketPort> Forwarder<P> {
                 })
                 .collect(),
             ha: self.group.as_ref().map(|g| g.status(now, wall)),
+            data_path: None,
         }
     }
 
@@ -246,6 +265,10 @@ impl<P: PacketPort> Forwarder<P> {
         {
             group.suppressed(self.out.len() as u64);
             self.out.clear();
+            // Nor does the fast path send until the group says the router may.
+            if let Some(fast) = &mut self.fast {
+                fast.hold();
+            }
             return false;
         }
         self.transmit();
@@ -258,7 +281,12 @@ impl<P: PacketPort> Forwarder<P> {
         for out in self.out.drain(..) {
             // A full ring is a drop the port counts; the loop goes on.
             let _ = match out {
-                Out::Provider(frame) => self.provider.send(&frame),
+                Out::Provider(frame) => {
+                    if let Some(fast) = &mut self.fast {
+                        fast.sent_to_provider(&frame);
+                    }
+                    self.provider.send(&frame)
+                }
                 Out::Vm(port, frame) => match self.vms.get_mut(port) {
                     Some(vm) => vm.send(&frame),
                     None => Ok(()),
@@ -276,6 +304,9 @@ impl<P: PacketPort> Forwarder<P> {
         // Taken out and put back empty, so the sink keeps its capacity: this runs every step.
         let mut events = std::mem::take(self.node.core.sink_mut());
         for event in events.drain(..) {
+            if let Some(fast) = &mut self.fast {
+                fast.event(&event);
+            }
             if let Event::MigrationEnded { ip, outcome, report, at } = event {
                 self.reconciler.migration_ended(ip);
                 self.node.unshadow(ip);

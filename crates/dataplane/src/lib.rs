@@ -11,6 +11,7 @@
 pub mod afpacket;
 pub mod checksum;
 pub mod desired;
+pub mod fast;
 pub mod forward;
 pub mod netns;
 pub mod runtime;

@@ -2,4 +2,6 @@
 //! its readers (the manager, the API, `ipshadow demo`), so it lives in `ipshadow_contracts`; the
 //! old paths stay.
 
-pub use ipshadow_contracts::router::{AddressPatterns, EndedMigration, PortIo, ProbeStatus, Status};
+pub use ipshadow_contracts::router::{
+    AddressPatterns, DataPathStatus, EndedMigration, FastPathStatus, PortIo, ProbeStatus, Status,
+};

@@ -15,6 +15,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 use ipshadow_core::{CongestionControlParameters, EntryState, Instant, MigrationOptions, ShadowingEntry, VmId};
+use ipshadow_dataplane::runtime::DataPath;
 use ipshadow_dataplane::runtime::{StateDirControl, parse_mac};
 use ipshadow_dataplane::{Desired, DesiredEntry, Router, RouterClock, RouterSetup, VmPort};
 
@@ -58,6 +59,35 @@ pub struct RouterArgs {
     /// How often the status report is written and the desired state checked, in milliseconds.
     #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u64).range(10..=60_000))]
     status_ms: u64,
+    /// How frames are forwarded: `auto` (the XDP fast path when the interfaces take it in driver
+    /// mode, else AF_PACKET, said in one log line), `xdp` (or fail), `af-packet`.
+    #[arg(long, value_enum, default_value_t = DataPathArg::Auto)]
+    data_path: DataPathArg,
+    /// Where the XDP fast path pins its flows, so that a restarted router keeps them: a
+    /// directory on a bpffs (default: under /run/ipshadow/bpf, mounted if needed).
+    #[arg(long, value_name = "DIR")]
+    bpf_dir: Option<PathBuf>,
+}
+
+/// `--data-path`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum DataPathArg {
+    /// XDP when it loads, else AF_PACKET.
+    Auto,
+    /// XDP or fail.
+    Xdp,
+    /// AF_PACKET only.
+    AfPacket,
+}
+
+impl From<DataPathArg> for DataPath {
+    fn from(arg: DataPathArg) -> Self {
+        match arg {
+            DataPathArg::Auto => DataPath::Auto,
+            DataPathArg::Xdp => DataPath::Xdp,
+            DataPathArg::AfPacket => DataPath::AfPacket,
+        }
+    }
 }
 
 fn parse_vm(s: &str) -> Result<VmPort, String> {
@@ -134,6 +164,8 @@ pub fn run(args: &RouterArgs) -> anyhow::Result<()> {
         busy_poll: args.busy_poll,
         status_period: Duration::from_millis(args.status_ms),
         group: None,
+        data_path: args.data_path.into(),
+        bpf_dir: args.bpf_dir.clone(),
     };
     let mut router = Router::open(setup, clocks)?;
     if let Some(dir) = &args.state_dir {

@@ -6,4 +6,4 @@ pub mod desired;
 pub mod status;
 
 pub use desired::{Desired, DesiredEntry, ReconcileError};
-pub use status::{AddressPatterns, EndedMigration, PortIo, ProbeStatus, Status};
+pub use status::{AddressPatterns, DataPathStatus, EndedMigration, FastPathStatus, PortIo, ProbeStatus, Status};

@@ -56,6 +56,9 @@ pub struct Status {
     /// The router's part in its group (active or standby, its last takeover), if it is in one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ha: Option<ipshadow_core::ha::GroupStatus>,
+    /// How the router forwards: with the XDP fast path (its figures), or without it and why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_path: Option<DataPathStatus>,
 }
 
 /// Traffic patterns and drain forecast of one shadowed address.
@@ -78,6 +81,47 @@ pub struct EndedMigration {
     pub report: CutOverReport,
     /// When.
     pub at: Instant,
+}
+
+/// How a router forwards.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DataPathStatus {
+    /// `xdp` (the fast path, with AF_PACKET for what it hands up) or `af_packet`.
+    pub mode: String,
+    /// Why the router forwards without the fast path, if it does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallback: Option<String>,
+    /// The fast path's figures, when it runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fast_path: Option<FastPathStatus>,
+}
+
+/// What the XDP fast path did, and how the router's core took it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FastPathStatus {
+    /// The interfaces the program runs on.
+    pub interfaces: Vec<String>,
+    /// Frames it forwarded itself.
+    pub frames_forwarded: u64,
+    /// Frames it handed up to the AF_PACKET path.
+    pub frames_passed: u64,
+    /// Of those, by reason (`flow`: an unknown flow or not its owner's frame; `not_ipv4`,
+    /// `protocol`, `checksum`: a checksum left to offload by the sender, ...).
+    #[serde(default)]
+    pub passed: BTreeMap<String, u64>,
+    /// Flows it decided.
+    pub flows_decided: u64,
+    /// Records it had no room for (the loop fell behind; the core relearns what it missed from
+    /// the frames that follow).
+    pub records_lost: u64,
+    /// New flows its flow map refused (handed up).
+    pub flow_map_full: u64,
+    /// Records replayed into the core.
+    pub records_replayed: u64,
+    /// Flows given back to the core from the pinned flow map when the router started.
+    pub flows_restored: u64,
+    /// Map updates that failed (counted; the loop goes on).
+    pub map_errors: u64,
 }
 
 /// Frames through one interface.

@@ -16,9 +16,11 @@ use ipshadow_core::l2::RouterNode;
 use ipshadow_core::{Clocks, Instant, RouterConfig, VmId};
 use thiserror::Error;
 
+use crate::fast::FastPathSync;
 use crate::status::PortIo;
 use crate::{AfPacketPort, Desired, Forwarder, RingConfig, Status, wait_any};
 
+mod bpffs;
 mod clock;
 mod nft;
 mod state_dir;
@@ -61,7 +63,38 @@ pub struct RouterSetup {
     /// The router group it belongs to, and its name there: it forwards only while its
     /// [`RouterControl`] holds the group's lease (see [`ipshadow_core::ha`]).
     pub group: Option<GroupSetup>,
+    /// Which way frames are forwarded.
+    pub data_path: DataPath,
+    /// Where the fast path pins its flows (a directory on a bpffs), so that a restarted router
+    /// finds them; `None`: [`default_bpf_dir`].
+    pub bpf_dir: Option<PathBuf>,
 }
+
+/// Which way the router forwards frames.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum DataPath {
+    /// The XDP fast path when the interfaces take it, AF_PACKET otherwise (said in one log line).
+    #[default]
+    Auto,
+    /// The XDP fast path, or fail.
+    Xdp,
+    /// AF_PACKET only.
+    AfPacket,
+}
+
+/// Where a router pins its fast path's flows unless told: under `/run/ipshadow/bpf` (a bpffs
+/// mounted there if none is; outside `/sys`, which `ip netns exec` replaces), one directory per
+/// network namespace and provider interface, so a router restarted in the same place finds them.
+pub fn default_bpf_dir(provider: &str) -> PathBuf {
+    let netns = std::fs::read_link("/proc/self/ns/net")
+        .ok()
+        .and_then(|l| l.to_str().map(|s| s.trim_start_matches("net:[").trim_end_matches(']').to_owned()))
+        .unwrap_or_else(|| "host".to_owned());
+    PathBuf::from(format!("{BPF_ROOT}/{netns}-{provider}"))
+}
+
+/// The bpffs the routers pin under by default.
+pub const BPF_ROOT: &str = "/run/ipshadow/bpf";
 
 /// A router's place in its group.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -137,6 +170,9 @@ pub enum RuntimeError {
     /// Waiting for frames failed.
     #[error("waiting for frames")]
     Wait(#[source] io::Error),
+    /// The XDP fast path was asked for and could not be set up.
+    #[error("the XDP fast path")]
+    FastPath(#[source] ipshadow_xdp::FastPathError),
 }
 
 /// MAC address from `aa:bb:cc:dd:ee:ff`.
@@ -178,6 +214,21 @@ pub struct Router {
     /// The forwarding loop's state.
     pub forwarder: Forwarder<AfPacketPort>,
     started: Instant,
+    /// Why the router forwards without the fast path, if it does.
+    pub fallback: Option<String>,
+}
+
+/// Loads the fast path and attaches it to the router's interfaces.
+fn open_fast_path(
+    setup: &RouterSetup,
+    macs: ([u8; 6], [u8; 6]),
+    now: Instant,
+) -> Result<FastPathSync, ipshadow_xdp::FastPathError> {
+    let dir = setup.bpf_dir.clone().unwrap_or_else(|| default_bpf_dir(&setup.provider));
+    bpffs::prepare(&dir)?;
+    let vms: Vec<&str> = setup.vms.iter().map(|v| v.interface.as_str()).collect();
+    let max_flows = setup.max_flows.min(u32::MAX as usize) as u32;
+    FastPathSync::open(&setup.provider, &vms, macs, Some(dir), max_flows, now)
 }
 
 impl Router {
@@ -210,16 +261,32 @@ impl Router {
         let node = RouterNode::new(config, provider_mac, vm_side_mac, setup.gateway, ports, now);
         let mut forwarder = Forwarder::new(provider, vms, node);
         forwarder.group = setup.group.as_ref().map(|g| GroupMember::new(&g.group, &g.name, now));
+        let fallback = match setup.data_path {
+            DataPath::AfPacket => Some("AF_PACKET chosen".to_owned()),
+            DataPath::Auto | DataPath::Xdp => match open_fast_path(&setup, (provider_mac, vm_side_mac), now) {
+                Ok(fast) => {
+                    forwarder.fast = Some(fast);
+                    None
+                }
+                Err(e) if setup.data_path == DataPath::Xdp => return Err(RuntimeError::FastPath(e)),
+                Err(e) => {
+                    let why = error_chain(&e);
+                    eprintln!("ipshadow router: no XDP fast path ({why}): forwarding with AF_PACKET");
+                    Some(why)
+                }
+            },
+        };
         if !setup.kernel_sees_frames {
             nft::keep_kernel_off(&setup).map_err(RuntimeError::KeepKernelOff)?;
         }
-        Ok(Self { setup, forwarder, started: clocks.wall })
+        Ok(Self { setup, forwarder, started: clocks.wall, fallback })
     }
 
-    /// One line naming the ports, for the log.
+    /// One line naming the ports and the data path, for the log.
     pub fn describe(&self) -> String {
         let vms: Vec<String> = self.setup.vms.iter().map(|v| format!("{}={}", v.id, v.interface)).collect();
-        format!("forwarding between {} and {}", self.setup.provider, vms.join(", "))
+        let path = if self.forwarder.fast.is_some() { "XDP fast path" } else { "AF_PACKET" };
+        format!("forwarding between {} and {} ({path})", self.setup.provider, vms.join(", "))
     }
 
     /// Applies `desired`, logging what could not be applied.
@@ -233,6 +300,11 @@ impl Router {
     pub fn status(&self, clocks: Clocks) -> Status {
         let mut status = self.forwarder.status(self.started, clocks);
         status.ports = self.port_io();
+        status.data_path = Some(crate::status::DataPathStatus {
+            mode: if self.forwarder.fast.is_some() { "xdp" } else { "af_packet" }.to_owned(),
+            fallback: self.fallback.clone(),
+            fast_path: self.forwarder.fast.as_ref().map(FastPathSync::status),
+        });
         status
     }
 
@@ -282,7 +354,8 @@ impl Router {
             if received == 0 && !self.setup.busy_poll {
                 let mut ports = vec![&self.forwarder.provider];
                 ports.extend(self.forwarder.vms.iter());
-                let wake: Vec<BorrowedFd<'_>> = control.wake_fd().into_iter().collect();
+                let mut wake: Vec<BorrowedFd<'_>> = control.wake_fd().into_iter().collect();
+                wake.extend(self.forwarder.fast.as_ref().map(FastPathSync::records_fd));
                 wait_any(&ports, &wake, 5).map_err(RuntimeError::Wait)?;
             }
         }

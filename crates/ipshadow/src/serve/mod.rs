@@ -216,6 +216,24 @@ struct RouterConfig {
     /// group forwards, the others stand by and take over when it fails.
     #[serde(default)]
     group: Option<String>,
+    /// How frames are forwarded: "auto" (the XDP fast path when the interfaces take it, else
+    /// AF_PACKET, said in one log line), "xdp" (or fail), "af-packet".
+    #[serde(default)]
+    data_path: DataPathConfig,
+    /// Where the XDP fast path pins its flows (a directory on a bpffs; default under
+    /// /run/ipshadow/bpf).
+    #[serde(default)]
+    bpf_dir: Option<PathBuf>,
+}
+
+/// `[router] data_path`.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+enum DataPathConfig {
+    #[default]
+    Auto,
+    Xdp,
+    AfPacket,
 }
 
 #[derive(Debug, Deserialize)]
@@ -277,6 +295,12 @@ impl RouterConfig {
                 .group
                 .as_ref()
                 .map(|group| ipshadow_dataplane::GroupSetup { group: group.clone(), name: name.to_owned() }),
+            data_path: match self.data_path {
+                DataPathConfig::Auto => ipshadow_dataplane::runtime::DataPath::Auto,
+                DataPathConfig::Xdp => ipshadow_dataplane::runtime::DataPath::Xdp,
+                DataPathConfig::AfPacket => ipshadow_dataplane::runtime::DataPath::AfPacket,
+            },
+            bpf_dir: self.bpf_dir.clone(),
         })
     }
 }

@@ -37,13 +37,14 @@ impl Lab {
             "listen = \"{API}\"\ndata_dir = \"{data}\"\n\n\
              # Short deadlines are what the demo shows; production keeps the default 30 s minimum.\n\
              [policy]\nmin_deadline_secs = {MIN_DEADLINE_SECS}\ndefault_deadline_secs = 60\nmax_deadline_secs = 86400\n\n\
-             [router]\nprovider = \"prov\"\ngateway = \"{GATEWAY}\"\nstatus_file = \"{status}\"\n\
+             [router]\nprovider = \"prov\"\ngateway = \"{GATEWAY}\"\nstatus_file = \"{status}\"\nbpf_dir = \"{bpf}\"\n\
              vms = [{{ id = \"vm-a\", interface = \"vma\", mac = \"{MAC_A}\" }}, \
              {{ id = \"vm-b\", interface = \"vmb\", mac = \"{MAC_B}\" }}]\n\n\
              [dhcp]\nserver_id = \"{server_id}\"\nlease_store = \"leases.redb\"\n\n\
              [[dhcp.subnets]]\nnetwork = \"10.0.0.0\"\nprefix = 24\nrouters = [\"{GATEWAY}\"]\nlease_secs = {LEASE_SECS}\n",
             data = d("serve"),
             status = d("router/status.json"),
+            bpf = d("bpf/r"),
             // With a router group the DHCP server is on a host of its own, not the gateway.
             server_id = if self.routers() >= 2 { super::CONTROL_HOST } else { GATEWAY },
         )

@@ -140,6 +140,7 @@ impl Lab {
     pub(super) fn write_router_configs(&self) -> anyhow::Result<()> {
         let text = std::fs::read_to_string(self.dir.join("serve.toml"))?;
         let shared = self.dir.join("router/status.json").display().to_string();
+        let bpf = self.dir.join("bpf/r").display().to_string();
         for name in self.router_names() {
             let own = self.router_status_file(&name);
             if let Some(dir) = own.parent() {
@@ -147,6 +148,10 @@ impl Lab {
             }
             let config = text
                 .replace(&format!("status_file = \"{shared}\""), &format!("status_file = \"{}\"", own.display()))
+                .replace(
+                    &format!("bpf_dir = \"{bpf}\""),
+                    &format!("bpf_dir = \"{}\"", self.dir.join("bpf").join(&name).display()),
+                )
                 .replace("[router]\n", &format!("[router]\ngroup = \"{GROUP}\"\n"));
             std::fs::write(self.dir.join(format!("serve-{name}.toml")), config)?;
         }

@@ -124,12 +124,26 @@ impl Lab {
         let etcd = if routers >= 2 { etcd.max(1) } else { etcd };
         let result = std::fs::write(self.dir.join("routers"), routers.to_string())
             .context("writing the lab's router count")
+            .and_then(|()| self.mount_bpffs())
             .and_then(|()| self.build(clients, etcd, routers));
         if result.is_err() {
             // Leave nothing half made behind.
             let _ = self.down();
         }
         result
+    }
+
+    /// A bpffs for the routers' pinned flows (`<lab>/bpf/<router>`), mounted from the host's
+    /// mount namespace: one a router mounted inside `ip netns exec` would go with its process,
+    /// and a restarted router would not find its flows.
+    fn mount_bpffs(&self) -> anyhow::Result<()> {
+        let dir = self.dir.join("bpf");
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let status = Command::new("mount").args(["-t", "bpf", "bpf"]).arg(&dir).status().context("running mount")?;
+        if !status.success() {
+            bail!("mount -t bpf bpf {}: {status}", dir.display());
+        }
+        Ok(())
     }
 
     fn build(&self, clients: u8, etcd: u8, routers: u8) -> anyhow::Result<()> {
@@ -317,6 +331,11 @@ echo "$(date +%s.%N) $reason ${{new_ip_address:-}} ${{new_dhcp_lease_time:-}} ${
             }
         }
         topology::remove(&self.prefix)?;
+        // The routers' pinned flows go with the lab's bpffs.
+        let bpf = self.dir.join("bpf");
+        if bpf.exists() {
+            let _ = Command::new("umount").arg(&bpf).status();
+        }
         if self.dir.exists() {
             std::fs::remove_dir_all(&self.dir).with_context(|| format!("removing {}", self.dir.display()))?;
         }

@@ -35,6 +35,33 @@ fn sysctl(ns: &str, key: &str, value: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Sets offloads of an interface with `ethtool -K` inside a namespace.
+fn offloads(ns: &str, dev: &str, settings: &[&str]) -> anyhow::Result<()> {
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns, "ethtool", "-K", dev])
+        .args(settings)
+        .output()
+        .context("running ethtool (Debian: ethtool)")?;
+    if !out.status.success() {
+        bail!("ethtool -K {dev} {} in {ns}: {}", settings.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(())
+}
+
+/// A host's interface sends complete checksums, as a frame from a NIC has them: a veth leaves
+/// TCP and UDP checksums to "hardware" otherwise, and the router's XDP fast path would hand every
+/// such frame up to its AF_PACKET path to finish them.
+fn complete_checksums(ns: &str, dev: &str) -> anyhow::Result<()> {
+    offloads(ns, dev, &["tx", "off"])
+}
+
+/// The far end of a router's interface takes frames the router's XDP program redirects: a veth
+/// accepts redirected frames only while its peer has NAPI, which GRO turns on (an XDP program
+/// would too).
+fn takes_redirects(ns: &str, dev: &str) -> anyhow::Result<()> {
+    offloads(ns, dev, &["gro", "on"])
+}
+
 /// The lab's namespaces that exist now.
 pub fn existing(prefix: &str) -> Vec<String> {
     let listed = ip(&["netns", "list"]).unwrap_or_default();
@@ -87,6 +114,7 @@ pub fn build(prefix: &str, clients: u8, routers: u8) -> anyhow::Result<()> {
         veth(&sw, &port, &c, "eth0")?;
         ip_in(&sw, &["link", "set", &port, "master", "br0"])?;
         ip_in(&c, &["link", "set", "eth0", "address", &format!("02:1b:5d:01:00:{i:02x}")])?;
+        complete_checksums(&c, "eth0")?;
         // A /16 puts X (10.0.0.10) on-link: clients ARP for it and the router answers.
         ip_in(&c, &["addr", "add", &format!("{}/16", client_ip(i)), "dev", "eth0"])?;
     }
@@ -95,11 +123,14 @@ pub fn build(prefix: &str, clients: u8, routers: u8) -> anyhow::Result<()> {
     }
     veth(&sw, "r", &r, "prov")?;
     ip_in(&sw, &["link", "set", "r", "master", "br0"])?;
+    takes_redirects(&sw, "r")?;
     ip_in(&r, &["link", "set", "prov", "address", PROVIDER_MAC])?;
     // The VM segments, one per VM, each a veth from the router.
     for (vm, port, mac) in [(&a, "vma", MAC_A), (&b, "vmb", MAC_B)] {
         veth(&r, port, vm, "eth0")?;
         ip_in(vm, &["link", "set", "eth0", "address", mac])?;
+        complete_checksums(vm, "eth0")?;
+        takes_redirects(vm, "eth0")?;
         // One gateway MAC on both sides: the kernel's ARP answers (it holds the gateway
         // address for the DHCP server) and the router's agree.
         ip_in(&r, &["link", "set", port, "address", GATEWAY_MAC])?;
@@ -150,6 +181,7 @@ fn build_segments(prefix: &str, routers: u8) -> anyhow::Result<()> {
         veth(&sw, &vm_port, &ns(vm), "eth0")?;
         ip_in(&sw, &["link", "set", &vm_port, "master", bridge])?;
         ip_in(&ns(vm), &["link", "set", "eth0", "address", mac])?;
+        complete_checksums(&ns(vm), "eth0")?;
         // The control host's port: the DHCP server's own MAC and address, not the gateway's
         // (the active router answers ARP for the gateway).
         let control = format!("r-{vm}");
@@ -169,6 +201,7 @@ fn build_segments(prefix: &str, routers: u8) -> anyhow::Result<()> {
             veth(&sw, port, &host, inside)?;
             ip_in(&sw, &["link", "set", port, "master", bridge])?;
             ip_in(&host, &["link", "set", inside, "address", mac])?;
+            takes_redirects(&sw, port)?;
         }
         // The router host's kernel must not forward anything itself: the data plane does.
         sysctl(&host, "net.ipv4.ip_forward", "0")?;

@@ -1,0 +1,444 @@
+//! The XDP fast path beside the forwarding loop (see [`ipshadow_xdp`]): the core stays the
+//! authority. Each turn of the loop, the records of the frames the program forwarded are
+//! replayed into the core first (so that the frames the program handed up meet a core that has
+//! seen everything before them); after the turn, what the core changed is written into the
+//! program's maps: flows' owners from its events, shadowed and routed addresses when its
+//! generation moved, the VMs' MACs once learned, and whether the program may forward at all.
+
+use std::collections::HashMap;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::status::FastPathStatus;
+use ipshadow_core::flow::{FlowKey, Side};
+use ipshadow_core::l2::RouterNode;
+use ipshadow_core::shadow::Affinity;
+use ipshadow_core::wire::{Fragment, Ipv4Info, L4, PROTO_TCP, TcpFlags, TcpInfo};
+use ipshadow_core::{Event, Instant, Replay, VmRef};
+use ipshadow_xdp::abi::{self, Config, Direction, Record};
+use ipshadow_xdp::{FastPath, FastPathError, FastPathSetup};
+
+/// How long a router in a group may go without a turn of its loop before the program stops
+/// forwarding (its frames go up, where a paused loop holds them): the group's stall bound, so
+/// that a paused active router's kernel does not go on forwarding beside the new active one.
+pub const ACTIVE_LEASE: Duration = Duration::from_millis(250);
+
+/// Flows found in the pinned map at start are offered to the core for this long (the desired
+/// state installs the addresses they belong to within it, or they are stale).
+const RESTORE_WINDOW: Duration = Duration::from_secs(60);
+
+/// Neighbours written to the program's map that are remembered here, so that each frame the
+/// loop sends does not cost a map update; forgotten all at once beyond this (then written again).
+const NEIGHBOURS_CACHED: usize = 65_536;
+
+/// The program attached to the router's interfaces, and what was last written into its maps.
+pub struct FastPathSync {
+    fast_path: FastPath,
+    interfaces: Vec<String>,
+    vm_ifindexes: Vec<u32>,
+    /// The VMs' MACs as last written (all zero: not known yet).
+    vm_macs: Vec<[u8; 6]>,
+    generation: Option<u64>,
+    shadows: HashMap<Ipv4Addr, abi::Shadow>,
+    routes: HashMap<Ipv4Addr, u32>,
+    neighbours: HashMap<Ipv4Addr, [u8; 6]>,
+    /// Owner changes from this turn's events, last one wins: `None` removes the flow.
+    flow_changes: HashMap<FlowKey, Option<Side>>,
+    /// Flows the program itself created this turn, with the side it gave them: the map has
+    /// them already.
+    decided: HashMap<FlowKey, Side>,
+    /// Flows of the pinned map not yet given to the core, by shadowed address.
+    restorable: HashMap<Ipv4Addr, Vec<(FlowKey, Side)>>,
+    restore_until: Option<Instant>,
+    /// `active_until_ns` as last written.
+    active_until_ns: u64,
+    records_replayed: u64,
+    flows_restored: u64,
+    map_errors: u64,
+}
+
+fn core_key(k: &abi::FlowKey) -> FlowKey {
+    FlowKey {
+        client_ip: k.client_ip,
+        client_port: k.client_port,
+        shadow_ip: k.shadow_ip,
+        shadow_port: k.shadow_port,
+        protocol: k.protocol,
+    }
+}
+
+fn map_key(k: &FlowKey) -> abi::FlowKey {
+    abi::FlowKey {
+        client_ip: k.client_ip,
+        shadow_ip: k.shadow_ip,
+        client_port: k.client_port,
+        shadow_port: k.shadow_port,
+        protocol: k.protocol,
+    }
+}
+
+fn side_of(owner: u8) -> Side {
+    if owner == abi::OWNER_DESTINATION { Side::Destination } else { Side::Source }
+}
+
+fn owner_byte(side: Side) -> u8 {
+    match side {
+        Side::Source => abi::OWNER_SOURCE,
+        Side::Destination => abi::OWNER_DESTINATION,
+    }
+}
+
+/// The packet a record describes, as the core's parser would have given it.
+fn packet(r: &Record) -> Ipv4Info {
+    let l4 = if r.protocol == PROTO_TCP {
+        L4::Tcp(TcpInfo {
+            src_port: r.src_port,
+            dst_port: r.dst_port,
+            seq: r.seq,
+            ack: r.ack,
+            flags: TcpFlags(r.tcp_flags),
+            payload_len: u32::from(r.payload_len),
+        })
+    } else {
+        L4::Udp { src_port: r.src_port, dst_port: r.dst_port }
+    };
+    Ipv4Info {
+        l3_offset: 14,
+        vlan: None,
+        src: r.src,
+        dst: r.dst,
+        protocol: r.protocol,
+        ident: r.ident,
+        fragment: Fragment::Whole,
+        l4,
+    }
+}
+
+/// The flow key of a recorded packet, oriented client -> shadowed address.
+fn record_key(r: &Record) -> FlowKey {
+    match r.direction {
+        Direction::Inbound { .. } => FlowKey {
+            client_ip: r.src,
+            client_port: r.src_port,
+            shadow_ip: r.dst,
+            shadow_port: r.dst_port,
+            protocol: r.protocol,
+        },
+        Direction::Egress { .. } => FlowKey {
+            client_ip: r.dst,
+            client_port: r.dst_port,
+            shadow_ip: r.src,
+            shadow_port: r.src_port,
+            protocol: r.protocol,
+        },
+    }
+}
+
+impl FastPathSync {
+    /// Loads the program, attaches it to the provider interface and every VM interface (in the
+    /// node's port order) in driver mode, and reads the flows a previous router left pinned.
+    /// `macs`: the router's own on the provider side and on the VM side (the VMs' gateway).
+    pub fn open(
+        provider: &str,
+        vms: &[&str],
+        macs: ([u8; 6], [u8; 6]),
+        pin_dir: Option<PathBuf>,
+        max_flows: u32,
+        now: Instant,
+    ) -> Result<Self, FastPathError> {
+        let mut fast_path = FastPath::load(&FastPathSetup { pin_dir, max_flows })?;
+        fast_path.set_provider(ipshadow_xdp::ifindex(provider)?)?;
+        let (provider_mac, vm_side_mac) = macs;
+        fast_path.set_config(Config { provider_mac, vm_side_mac, ..fast_path.config() })?;
+        let mut vm_ifindexes = Vec::new();
+        for (port, vm) in vms.iter().enumerate() {
+            let ifindex = ipshadow_xdp::ifindex(vm)?;
+            fast_path.set_vm_port(port as u32, ifindex, [0; 6])?;
+            vm_ifindexes.push(ifindex);
+        }
+        let mut restorable: HashMap<Ipv4Addr, Vec<(FlowKey, Side)>> = HashMap::new();
+        for (key, flow) in fast_path.flows() {
+            restorable.entry(key.shadow_ip).or_default().push((core_key(&key), side_of(flow.owner)));
+        }
+        // Off until the first sync has written the addresses: a frame of a flow the core has not
+        // been given yet goes up.
+        fast_path.set_config(Config { flags: 0, ..fast_path.config() })?;
+        let mut interfaces = vec![provider.to_owned()];
+        interfaces.extend(vms.iter().map(|v| (*v).to_owned()));
+        for interface in &interfaces {
+            fast_path.attach(interface)?;
+        }
+        Ok(Self {
+            fast_path,
+            interfaces,
+            vm_macs: vec![[0; 6]; vm_ifindexes.len()],
+            vm_ifindexes,
+            generation: None,
+            shadows: HashMap::new(),
+            routes: HashMap::new(),
+            neighbours: HashMap::new(),
+            flow_changes: HashMap::new(),
+            decided: HashMap::new(),
+            restore_until: (!restorable.is_empty()).then(|| now + RESTORE_WINDOW),
+            restorable,
+            active_until_ns: 0,
+            records_replayed: 0,
+            flows_restored: 0,
+            map_errors: 0,
+        })
+    }
+
+    /// The fast path itself (tests drive its program with `BPF_PROG_TEST_RUN`).
+    pub fn fast_path(&mut self) -> &mut FastPath {
+        &mut self.fast_path
+    }
+
+    /// The records ring: readable when records wait (the loop's wait includes it).
+    pub fn records_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.fast_path.records_fd()
+    }
+
+    /// Replays into the core every frame the program forwarded since the last call; returns how
+    /// many. Each record's time is its age on the kernel's clock, taken from `now`.
+    pub fn replay(&mut self, node: &mut RouterNode, now: Instant) -> usize {
+        let ktime = ipshadow_xdp::ktime_ns();
+        let mut records = Vec::new();
+        self.fast_path.drain_records(|r| records.push(r));
+        for r in &records {
+            let age = Duration::from_nanos(ktime.saturating_sub(r.at_ns));
+            let at = Instant::from_micros(now.as_micros().saturating_sub(age.as_micros() as u64));
+            let ip = packet(r);
+            match r.direction {
+                Direction::Inbound { owner } => {
+                    let side = side_of(owner);
+                    let replay = node.replay_inbound(&ip, r.src_mac, side, at);
+                    if r.new_flow {
+                        if matches!(replay, Replay::CoreWouldDrop(_)) {
+                            // Not tracked by the core (its table is full): not the program's either.
+                            self.flow_changes.insert(record_key(r), None);
+                        } else {
+                            self.decided.insert(record_key(r), side);
+                        }
+                    }
+                }
+                Direction::Egress { port } => {
+                    node.replay_egress(usize::from(port), &ip, at);
+                }
+            }
+        }
+        self.records_replayed += records.len() as u64;
+        records.len()
+    }
+
+    /// Takes note of a core event that changes a flow's owner or ends it.
+    pub fn event(&mut self, event: &Event) {
+        match *event {
+            Event::FlowStarted { key, owner, .. } => {
+                self.flow_changes.insert(key, owner.side());
+            }
+            Event::OwnerLearned { key, owner, .. } => {
+                self.flow_changes.insert(key, Some(owner));
+            }
+            Event::HandOff { key, to, .. } => {
+                self.flow_changes.insert(key, Some(to));
+            }
+            Event::FlowEnded { key, .. } | Event::FlowRetired { key, .. } => {
+                self.flow_changes.insert(key, None);
+            }
+            _ => {}
+        }
+    }
+
+    /// A frame the loop sent to the provider side: its destination is a neighbour the program
+    /// may send to as well.
+    pub fn sent_to_provider(&mut self, frame: &[u8]) {
+        if frame.len() < 34 || frame[12..14] != [8, 0] || frame[0] & 1 == 1 {
+            return;
+        }
+        let dst = Ipv4Addr::new(frame[30], frame[31], frame[32], frame[33]);
+        let mac: [u8; 6] = frame[0..6].try_into().unwrap_or_default();
+        if self.neighbours.get(&dst) == Some(&mac) {
+            return;
+        }
+        if self.neighbours.len() >= NEIGHBOURS_CACHED {
+            self.neighbours.clear();
+        }
+        self.neighbours.insert(dst, mac);
+        if self.fast_path.set_neighbour(dst, mac).is_err() {
+            self.map_errors += 1;
+        }
+    }
+
+    /// Writes what changed into the maps. `may_forward` is the group's word (`None` outside a
+    /// group: always).
+    pub fn sync(&mut self, node: &mut RouterNode, may_forward: Option<bool>, now: Instant) {
+        self.write_flows();
+        if self.generation != Some(node.fast_path_generation()) {
+            self.generation = Some(node.fast_path_generation());
+            self.write_addresses(node, now);
+        }
+        self.write_vm_macs(node);
+        let mut flags = abi::CFG_ENABLED;
+        if node.fast_path_blocked() {
+            flags = 0;
+        }
+        if node.retired_until().is_some_and(|t| now < t) {
+            flags |= abi::CFG_ROUTES_SLOW;
+        }
+        let active_until_ns = match may_forward {
+            None => u64::MAX,
+            Some(false) => 0,
+            // Written again when less than half the lease is left: a few writes a second.
+            Some(true) => {
+                let ktime = ipshadow_xdp::ktime_ns();
+                if self.active_until_ns.saturating_sub(ktime) < ACTIVE_LEASE.as_nanos() as u64 / 2 {
+                    ktime + ACTIVE_LEASE.as_nanos() as u64
+                } else {
+                    self.active_until_ns
+                }
+            }
+        };
+        self.active_until_ns = active_until_ns;
+        let config = Config { flags, active_until_ns, ..self.fast_path.config() };
+        if self.fast_path.set_config(config).is_err() {
+            self.map_errors += 1;
+        }
+        if self.restore_until.is_some_and(|t| now >= t) {
+            self.restorable.clear();
+            self.restore_until = None;
+        }
+    }
+
+    /// Stops the program forwarding until the next sync (a stalled turn of a group's member).
+    pub fn hold(&mut self) {
+        self.active_until_ns = 0;
+        let config = Config { active_until_ns: 0, ..self.fast_path.config() };
+        if self.fast_path.set_config(config).is_err() {
+            self.map_errors += 1;
+        }
+    }
+
+    fn write_flows(&mut self) {
+        let ktime = ipshadow_xdp::ktime_ns();
+        for (key, owner) in self.flow_changes.drain() {
+            let decided = self.decided.get(&key).copied();
+            let written = match owner {
+                // The program created it with this owner: nothing to write.
+                Some(side) if decided == Some(side) => Ok(()),
+                Some(side) => self.fast_path.set_flow(
+                    &map_key(&key),
+                    abi::Flow { owner: owner_byte(side), origin: abi::ORIGIN_CORE, last_seen_ns: ktime },
+                ),
+                None => self.fast_path.remove_flow(&map_key(&key)),
+            };
+            if written.is_err() {
+                self.map_errors += 1;
+            }
+        }
+        self.decided.clear();
+    }
+
+    fn write_addresses(&mut self, node: &mut RouterNode, now: Instant) {
+        let mut shadows = HashMap::new();
+        for s in node.fast_path_shadows() {
+            let mut flags = if s.slow { abi::SHADOW_SLOW } else { 0 };
+            if s.affinity == Affinity::Client {
+                flags |= abi::SHADOW_CLIENT_AFFINITY;
+            }
+            let value = abi::Shadow {
+                salt: s.salt,
+                threshold: s.threshold,
+                source: s.source.0,
+                destination: s.destination.0,
+                flags,
+            };
+            shadows.insert(s.ip, value);
+        }
+        for (ip, value) in &shadows {
+            if self.shadows.get(ip) != Some(value) {
+                // A new address: the flows a previous router left for it go to the core first,
+                // so that none of them is relearned.
+                if !self.shadows.contains_key(ip)
+                    && let Some(flows) = self.restorable.remove(ip)
+                {
+                    for (key, side) in flows {
+                        if node.core.restore_flow(key, side, now) == Ok(true) {
+                            self.flows_restored += 1;
+                        }
+                    }
+                }
+                if self.fast_path.set_shadow(*ip, *value).is_err() {
+                    self.map_errors += 1;
+                }
+            }
+        }
+        for ip in self.shadows.keys() {
+            if !shadows.contains_key(ip) && self.fast_path.remove_shadow(*ip).is_err() {
+                self.map_errors += 1;
+            }
+        }
+        self.shadows = shadows;
+        let routes: HashMap<Ipv4Addr, u32> = node
+            .core
+            .addresses()
+            .filter(|ip| !self.shadows.contains_key(ip))
+            .filter_map(|ip| node.core.address_holder(ip).map(|VmRef(port)| (ip, port)))
+            .collect();
+        for (ip, port) in &routes {
+            if self.routes.get(ip) != Some(port) && self.fast_path.set_route(*ip, *port).is_err() {
+                self.map_errors += 1;
+            }
+        }
+        for ip in self.routes.keys() {
+            if !routes.contains_key(ip) && self.fast_path.remove_route(*ip).is_err() {
+                self.map_errors += 1;
+            }
+        }
+        self.routes = routes;
+    }
+
+    fn write_vm_macs(&mut self, node: &RouterNode) {
+        for (port, (_, mac)) in node.ports().iter().enumerate() {
+            let (Some(known), Some(&ifindex)) = (self.vm_macs.get(port), self.vm_ifindexes.get(port)) else { continue };
+            if known != mac {
+                if self.fast_path.set_vm_port(port as u32, ifindex, *mac).is_err() {
+                    self.map_errors += 1;
+                }
+                self.vm_macs[port] = *mac;
+            }
+        }
+    }
+
+    /// What the fast path did, for the status report.
+    pub fn status(&self) -> FastPathStatus {
+        let s = self.fast_path.stats();
+        let passed = [
+            ("disabled", s.pass_disabled),
+            ("not_ipv4", s.pass_not_ipv4),
+            ("malformed", s.pass_malformed),
+            ("fragment", s.pass_fragment),
+            ("protocol", s.pass_protocol),
+            ("not_for_us", s.pass_not_for_us),
+            ("slow", s.pass_slow),
+            ("no_route", s.pass_no_route),
+            ("flow", s.pass_flow),
+            ("next_hop", s.pass_next_hop),
+            ("local", s.pass_local),
+            ("checksum", s.pass_checksum),
+            ("flow_map_full", s.flow_map_full),
+        ];
+        FastPathStatus {
+            interfaces: self.interfaces.clone(),
+            frames_forwarded: s.forwarded(),
+            frames_passed: s.passed(),
+            passed: passed.iter().filter(|(_, n)| *n > 0).map(|(k, n)| ((*k).to_owned(), *n)).collect(),
+            flows_decided: s.new_flows,
+            records_lost: s.records_lost,
+            flow_map_full: s.flow_map_full,
+            records_replayed: self.records_replayed,
+            flows_restored: self.flows_restored,
+            map_errors: self.map_errors,
+        }
+    }
+}
