@@ -106,16 +106,18 @@ fn other_strategies_modes_and_the_closing_window_are_slow() {
         |r: &ipshadow_core::ShadowRouter<Vec<Event>>, ip| r.fast_path_shadows().find(|s| s.ip == ip).unwrap().slow;
     assert_eq!([flow, packet, instant, replica].map(|ip| slow(&router, ip)), [false, true, true, true]);
 
-    // The closing window (10 s before the deadline by default) makes the address slow.
+    // The closing window (10 s before the deadline by default) makes A's flows slow.
     let mut h = Harness::new(RouterConfig::default(), options(50.0), CongestionControlParameters::default());
     let deadline = h.now + Duration::from_secs(60);
     h.router.set_deadline(X, Some(deadline)).unwrap();
     h.router.lease_bound(X, h.now).unwrap();
     h.advance(Duration::from_secs(49));
     let before = h.router.fast_path_generation();
-    assert!(!h.router.fast_path_shadows().next().unwrap().slow);
+    let s = h.router.fast_path_shadows().next().unwrap();
+    assert!(!s.slow && !s.slow_source);
     h.advance(Duration::from_secs(1));
-    assert!(h.router.fast_path_shadows().next().unwrap().slow);
+    let s = h.router.fast_path_shadows().next().unwrap();
+    assert!(!s.slow && s.slow_source);
     assert_ne!(h.router.fast_path_generation(), before);
 }
 

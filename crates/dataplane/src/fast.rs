@@ -24,8 +24,8 @@ use ipshadow_xdp::{FastPath, FastPathError, FastPathSetup};
 /// that a paused active router's kernel does not go on forwarding beside the new active one.
 pub const ACTIVE_LEASE: Duration = Duration::from_millis(250);
 
-/// Flows found in the pinned map at start are offered to the core for this long (the desired
-/// state installs the addresses they belong to within it, or they are stale).
+/// Flows found in the pinned map at start are counted as restored when they come back within
+/// this long.
 const RESTORE_WINDOW: Duration = Duration::from_secs(60);
 
 /// Neighbours written to the program's map that are remembered here, so that each frame the
@@ -48,8 +48,11 @@ pub struct FastPathSync {
     /// Flows the program itself created this turn, with the side it gave them: the map has
     /// them already.
     decided: HashMap<FlowKey, Side>,
-    /// Flows of the pinned map not yet given to the core, by shadowed address.
-    restorable: HashMap<Ipv4Addr, Vec<(FlowKey, Side)>>,
+    /// Flows a previous router left in the pinned map whose packets the core has not seen yet.
+    /// The program forwards them to their owners as before; the core takes each one, with
+    /// that owner, from its first replayed packet (nothing relearned). Flows that ended before
+    /// the restart never come back, so none is counted open that is not.
+    restorable: std::collections::HashSet<FlowKey>,
     restore_until: Option<Instant>,
     /// `active_until_ns` as last written.
     active_until_ns: u64,
@@ -157,10 +160,8 @@ impl FastPathSync {
             fast_path.set_vm_port(port as u32, ifindex, [0; 6])?;
             vm_ifindexes.push(ifindex);
         }
-        let mut restorable: HashMap<Ipv4Addr, Vec<(FlowKey, Side)>> = HashMap::new();
-        for (key, flow) in fast_path.flows() {
-            restorable.entry(key.shadow_ip).or_default().push((core_key(&key), side_of(flow.owner)));
-        }
+        let restorable: std::collections::HashSet<FlowKey> =
+            fast_path.flows().iter().map(|(key, _)| core_key(key)).collect();
         // Off until the first sync has written the addresses: a frame of a flow the core has not
         // been given yet goes up.
         fast_path.set_config(Config { flags: 0, ..fast_path.config() })?;
@@ -209,6 +210,9 @@ impl FastPathSync {
             let age = Duration::from_nanos(ktime.saturating_sub(r.at_ns));
             let at = Instant::from_micros(now.as_micros().saturating_sub(age.as_micros() as u64));
             let ip = packet(r);
+            if !self.restorable.is_empty() && self.restorable.remove(&record_key(r)) {
+                self.flows_restored += 1;
+            }
             match r.direction {
                 Direction::Inbound { owner } => {
                     let side = side_of(owner);
@@ -276,7 +280,7 @@ impl FastPathSync {
         self.write_flows();
         if self.generation != Some(node.fast_path_generation()) {
             self.generation = Some(node.fast_path_generation());
-            self.write_addresses(node, now);
+            self.write_addresses(node);
         }
         self.write_vm_macs(node);
         let mut flags = abi::CFG_ENABLED;
@@ -339,10 +343,13 @@ impl FastPathSync {
         self.decided.clear();
     }
 
-    fn write_addresses(&mut self, node: &mut RouterNode, now: Instant) {
+    fn write_addresses(&mut self, node: &RouterNode) {
         let mut shadows = HashMap::new();
         for s in node.fast_path_shadows() {
             let mut flags = if s.slow { abi::SHADOW_SLOW } else { 0 };
+            if s.slow_source {
+                flags |= abi::SHADOW_SLOW_SOURCE;
+            }
             if s.affinity == Affinity::Client {
                 flags |= abi::SHADOW_CLIENT_AFFINITY;
             }
@@ -356,21 +363,8 @@ impl FastPathSync {
             shadows.insert(s.ip, value);
         }
         for (ip, value) in &shadows {
-            if self.shadows.get(ip) != Some(value) {
-                // A new address: the flows a previous router left for it go to the core first,
-                // so that none of them is relearned.
-                if !self.shadows.contains_key(ip)
-                    && let Some(flows) = self.restorable.remove(ip)
-                {
-                    for (key, side) in flows {
-                        if node.core.restore_flow(key, side, now) == Ok(true) {
-                            self.flows_restored += 1;
-                        }
-                    }
-                }
-                if self.fast_path.set_shadow(*ip, *value).is_err() {
-                    self.map_errors += 1;
-                }
+            if self.shadows.get(ip) != Some(value) && self.fast_path.set_shadow(*ip, *value).is_err() {
+                self.map_errors += 1;
             }
         }
         for ip in self.shadows.keys() {

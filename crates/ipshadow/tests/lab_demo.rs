@@ -72,12 +72,25 @@ fn completed_with_both_vms_serving(r: &Value, strategy: &str) {
     assert!(n(r, "/exchanges") > 10_000, "every exchange verified");
 }
 
+/// The fast path's figures in the router's last report: it forwarded most frames itself, and
+/// the core replayed them.
+fn forwarded_by_xdp(r: &Value) {
+    let path = &r["router"]["data_path"];
+    assert_eq!(path["mode"], "xdp", "the default data path is XDP here: {path}");
+    let forwarded = n(path, "/fast_path/frames_forwarded");
+    let passed = n(path, "/fast_path/frames_passed");
+    assert!(forwarded > 10 * passed, "the fast path forwarded most frames: {path}");
+    assert!(n(path, "/fast_path/records_replayed") > 0, "{path}");
+    println!("fast path: {path}");
+}
+
 #[test]
 fn flow_strategy_moves_the_address_without_breaking_a_connection() {
     let Some(r) = demo("f", &[]) else { return };
     completed_with_both_vms_serving(&r, "flow");
     assert_eq!(n(&r, "/connections_broken"), 0);
     assert_eq!(n(&r, "/cut_at_deadline"), 0, "A's connections all ended before its deadline");
+    forwarded_by_xdp(&r);
     // The whole flow went through the manager in `serve`, as the API shows it: the plan written,
     // B's bound lease (a real DHCP event), B's answer to the router's probe for X starting the
     // ramp; then, as the drain forecast and A's flows have it, the deadline extended for A's
@@ -135,12 +148,30 @@ fn serve_killed_mid_ramp_resumes_at_the_recorded_split_and_deadline() {
     assert_eq!(leases.len(), 2, "A and B hold X: {k}");
     assert_eq!(k["leases_after"], k["leases_before"]);
     assert!(n(&r, "/migration/id") > 0);
-    // The new process learned the flows it did not know from the VMs' replies: nearly every
-    // flow open at the kill (a few may end, or first speak from the VM's side, before the
-    // client's next segment; those are not counted as learned).
-    let (open, learned) = (n(k, "/open_flows_before"), n(k, "/flows_learned_after"));
+    // The new process took the flows open at the kill back from the fast path's pinned flow
+    // map: nearly every one (a few may end before it starts), and it learned no owner again.
+    let (open, learned, restored) =
+        (n(k, "/open_flows_before"), n(k, "/flows_learned_after"), n(k, "/flows_restored_after"));
     assert!(open >= 450, "the 500 long-lived connections were open at the kill: {k}");
-    assert!(learned * 10 >= open * 9, "{learned} flows learned of {open} open at the kill: {k}");
+    assert_eq!(k["data_path_after"], "xdp", "{k}");
+    assert!(restored * 10 >= open * 9, "{restored} flows restored of {open} open at the kill: {k}");
+    assert_eq!(learned, 0, "no owner relearned: {k}");
+    forwarded_by_xdp(&r);
+}
+
+/// An interface that refuses XDP: the router says why and forwards with AF_PACKET, with the
+/// same result.
+#[test]
+fn a_router_whose_interface_refuses_xdp_forwards_with_af_packet() {
+    let Some(r) = demo("x", &["--refuse-xdp"]) else { return };
+    completed_with_both_vms_serving(&r, "flow");
+    assert_eq!(n(&r, "/connections_broken"), 0);
+    assert_eq!(n(&r, "/cut_at_deadline"), 0);
+    let path = &r["router"]["data_path"];
+    assert_eq!(path["mode"], "af_packet", "{path}");
+    let why = path["fallback"].as_str().unwrap_or_default();
+    assert!(why.contains("vmb"), "the reason names the interface: {why}");
+    assert!(path.get("fast_path").is_none(), "{path}");
 }
 
 #[test]

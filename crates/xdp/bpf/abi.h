@@ -39,6 +39,7 @@ struct ips_port {
 /* shadow.flags */
 #define IPS_SHADOW_SLOW 1u            /* every frame of this address goes up */
 #define IPS_SHADOW_CLIENT_AFFINITY 2u /* a new flow's side hashes the client address alone */
+#define IPS_SHADOW_SLOW_SOURCE 4u     /* the frames of A's flows go up (the closing window) */
 
 struct ips_shadow {
 	__u64 salt;

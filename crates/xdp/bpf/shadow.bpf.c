@@ -358,6 +358,8 @@ static __always_inline int from_provider(const struct ips_config *cfg, struct fr
 		owner = decide(s, &key);
 		new_flow = 1;
 	}
+	if (owner == IPS_OWNER_SOURCE && (s->flags & IPS_SHADOW_SLOW_SOURCE))
+		return pass(IPS_STAT_PASS_SLOW);
 	__u32 port = owner == IPS_OWNER_DESTINATION ? s->destination : s->source;
 	struct ips_port *p = bpf_map_lookup_elem(&ports, &port);
 	if (!p || !p->ifindex || mac_zero(p->mac))
@@ -415,6 +417,8 @@ static __always_inline int from_vm(const struct ips_config *cfg, struct frame *f
 		side = IPS_OWNER_DESTINATION;
 	else
 		return pass(IPS_STAT_PASS_NO_ROUTE);
+	if (side == IPS_OWNER_SOURCE && (s->flags & IPS_SHADOW_SLOW_SOURCE))
+		return pass(IPS_STAT_PASS_SLOW);
 	struct ips_flow_key key = {
 		.client_ip = ip->daddr,
 		.shadow_ip = ip->saddr,

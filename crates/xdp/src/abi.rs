@@ -19,6 +19,8 @@ pub const CFG_ROUTES_SLOW: u32 = 2;
 pub const SHADOW_SLOW: u32 = 1;
 /// `shadow.flags`: a new flow's side hashes the client address alone.
 pub const SHADOW_CLIENT_AFFINITY: u32 = 2;
+/// `shadow.flags`: the frames of A's flows go up (the closing window).
+pub const SHADOW_SLOW_SOURCE: u32 = 4;
 
 /// A flow owned by VM A.
 pub const OWNER_SOURCE: u8 = 0;

@@ -48,12 +48,15 @@ pub struct FastPathShadow {
     /// VM B.
     pub destination: VmRef,
     /// Every packet to (and from) this address must go to the core: its strategy is not `flow`
-    /// (`packet` decides per packet, `instant` has no owners), its mode is not `independent`
-    /// (replica mode delivers to both VMs and hands flows off), or its closing window has begun
-    /// (the router closes A's flows at quiet moments, which it must see, and answers closed
-    /// flows itself). In other states (waiting for B's lease, ramping, paused, rolling back) the
-    /// owner of a known flow is all that decides a packet.
+    /// (`packet` decides per packet, `instant` has no owners), or its mode is not `independent`
+    /// (replica mode delivers to both VMs and hands flows off). In other states (waiting for B's
+    /// lease, ramping, paused, rolling back) the owner of a known flow is all that decides a
+    /// packet.
     pub slow: bool,
+    /// The packets of A's flows must go to the core: the closing window has begun (the router
+    /// closes A's flows at quiet moments, which it must see, and answers the flows it closed
+    /// itself). B's flows and new ones still need only the owner and the split.
+    pub slow_source: bool,
 }
 
 impl FastPathShadow {
@@ -65,9 +68,8 @@ impl FastPathShadow {
             affinity: shadow.affinity,
             source: shadow.source,
             destination: shadow.destination,
-            slow: shadow.strategy != Strategy::Flow
-                || shadow.mode != Mode::Independent
-                || shadow.ending.closing_since.is_some(),
+            slow: shadow.strategy != Strategy::Flow || shadow.mode != Mode::Independent,
+            slow_source: shadow.ending.closing_since.is_some(),
         }
     }
 }

@@ -353,6 +353,8 @@ impl<'a> Demo<'a> {
             leases_after: self.leases_on_x()?,
             open_flows_before,
             flows_learned_after: 0,
+            flows_restored_after: 0,
+            data_path_after: String::new(),
             pid_after: pid,
         });
         Ok(())
@@ -380,6 +382,11 @@ impl<'a> Demo<'a> {
             // had learned by its last report.
             for r in self.restarts.iter_mut().filter(|r| r.pid_after == status.pid) {
                 r.flows_learned_after = r.flows_learned_after.max(current.counters.flows_learned);
+                if let Some(path) = &status.data_path {
+                    r.data_path_after.clone_from(&path.mode);
+                    let restored = path.fast_path.as_ref().map_or(0, |f| f.flows_restored);
+                    r.flows_restored_after = r.flows_restored_after.max(restored);
+                }
             }
             match self.conflicts_by_router.iter_mut().find(|(pid, _)| *pid == status.pid) {
                 Some((_, c)) => *c = total,

@@ -68,6 +68,10 @@ pub struct DemoArgs {
     /// seconds after the migration starts, and start it again (repeatable).
     #[arg(long = "restart-at", alias = "router-restart-at", value_name = "SECS")]
     pub restarts: Vec<u64>,
+    /// Build the lab with the routers' interface towards VM B refusing XDP (as `lab up
+    /// --refuse-xdp`): the demo on the AF_PACKET path the router falls back to.
+    #[arg(long)]
+    pub refuse_xdp: bool,
     /// Keep the lab's state in an etcd cluster of this many members, with the parts as
     /// processes of their own (as `lab up --etcd`): the router, the DHCP server, two managers
     /// and two API nodes.
@@ -236,7 +240,7 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
     };
     let routers = if args.routers >= 2 { format!(", a group of {} routers", args.routers) } else { String::new() };
     eprintln!("ipshadow demo: building the lab ({hosts}, VM A holds 10.0.0.10 by DHCP{store}{routers})");
-    lab.up(args.clients, args.etcd, args.routers)?;
+    lab.up(args.clients, args.etcd, args.routers, args.refuse_xdp)?;
     let result = manager::Demo::new(&lab, args).and_then(|demo| demo.run());
     if !args.keep_lab
         && let Err(e) = lab.down()

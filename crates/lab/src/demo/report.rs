@@ -57,6 +57,10 @@ pub struct Restart {
     /// Flows of X the new router learned from the VMs' replies (its entry's `flows_learned`
     /// in its last report before the migration ended).
     pub flows_learned_after: u64,
+    /// Flows of X the new router took back from the fast path's pinned flow map (XDP).
+    pub flows_restored_after: u64,
+    /// How the new router forwards: `xdp` or `af_packet`.
+    pub data_path_after: String,
     /// The new `serve`'s process id (its router reports under it).
     #[serde(skip)]
     pub pid_after: u32,

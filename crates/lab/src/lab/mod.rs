@@ -90,6 +90,11 @@ enum LabCommand {
         /// a one-member cluster unless `--etcd` says more).
         #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=i64::from(MAX_ROUTERS)))]
         routers: u8,
+        /// Make the routers' interface towards VM B refuse an XDP program (its peer has more
+        /// transmit queues than it has receive queues): the router says so and forwards with
+        /// AF_PACKET.
+        #[arg(long)]
+        refuse_xdp: bool,
     },
     /// Start a VM's DHCP client (as the demo does for VM B once a migration is planned); returns
     /// once the VM holds 10.0.0.10.
@@ -115,7 +120,7 @@ enum LabCommand {
 pub fn run(args: &LabArgs) -> anyhow::Result<()> {
     let lab = Lab::new(&args.prefix)?;
     match &args.command {
-        LabCommand::Up { clients, http, etcd, routers } => {
+        LabCommand::Up { clients, http, etcd, routers, refuse_xdp } => {
             lab.require_root()?;
             if lab.is_up() {
                 eprintln!("ipshadow lab: {} is already up", args.prefix);
@@ -125,7 +130,7 @@ pub fn run(args: &LabArgs) -> anyhow::Result<()> {
                     lab.start_http(*server)?;
                 }
             } else {
-                lab.up(*clients, *etcd, *routers)?;
+                lab.up(*clients, *etcd, *routers, *refuse_xdp)?;
                 if let Some(server) = http
                     && let Err(e) = lab.start_http(*server)
                 {

@@ -115,7 +115,7 @@ impl Lab {
     /// to keep the state in, with the parts as processes of their own (0: one `serve` process
     /// on the embedded store); `routers`: 1, or a router group of 2 to
     /// [`MAX_ROUTERS`](super::MAX_ROUTERS) router hosts (on etcd, one member if `etcd` is 0).
-    pub fn up(&self, clients: u8, etcd: u8, routers: u8) -> anyhow::Result<()> {
+    pub fn up(&self, clients: u8, etcd: u8, routers: u8, refuse_xdp: bool) -> anyhow::Result<()> {
         if !(1..=super::MAX_ROUTERS).contains(&routers) {
             bail!("--routers: 1 to {}", super::MAX_ROUTERS);
         }
@@ -125,7 +125,7 @@ impl Lab {
         let result = std::fs::write(self.dir.join("routers"), routers.to_string())
             .context("writing the lab's router count")
             .and_then(|()| self.mount_bpffs())
-            .and_then(|()| self.build(clients, etcd, routers));
+            .and_then(|()| self.build(clients, etcd, routers, refuse_xdp));
         if result.is_err() {
             // Leave nothing half made behind.
             let _ = self.down();
@@ -146,8 +146,8 @@ impl Lab {
         Ok(())
     }
 
-    fn build(&self, clients: u8, etcd: u8, routers: u8) -> anyhow::Result<()> {
-        topology::build(&self.prefix, clients, routers)?;
+    fn build(&self, clients: u8, etcd: u8, routers: u8, refuse_xdp: bool) -> anyhow::Result<()> {
+        topology::build(&self.prefix, clients, routers, refuse_xdp)?;
         if etcd == 0 {
             self.start_serve()?;
         } else {

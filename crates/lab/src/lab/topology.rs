@@ -96,10 +96,44 @@ pub(super) fn veth(ns1: &str, name1: &str, ns2: &str, name2: &str) -> anyhow::Re
     Ok(())
 }
 
+/// A veth pair whose first end (a router's) refuses an XDP program in driver mode: its peer
+/// has more transmit queues than it has receive queues, as a multi-queue peer can (veth:
+/// "XDP expects number of rx queues not less than peer tx queues"). The lab's way to show a
+/// router falling back to AF_PACKET.
+fn veth_refusing_xdp(ns1: &str, name1: &str, ns2: &str, name2: &str) -> anyhow::Result<()> {
+    ip_in(
+        ns1,
+        &[
+            "link",
+            "add",
+            name1,
+            "numrxqueues",
+            "1",
+            "numtxqueues",
+            "1",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            name2,
+            "numrxqueues",
+            "2",
+            "numtxqueues",
+            "2",
+            "netns",
+            ns2,
+        ],
+    )?;
+    ip_in(ns1, &["link", "set", name1, "up"])?;
+    ip_in(ns2, &["link", "set", name2, "up"])?;
+    Ok(())
+}
+
 /// Builds every namespace and link. The caller has removed any earlier lab of this prefix.
 /// `routers`: 1, the router in `r` with the VMs on veths of its own; 2 or more, a group of
-/// router hosts on bridged segments (see [`build_segments`]).
-pub fn build(prefix: &str, clients: u8, routers: u8) -> anyhow::Result<()> {
+/// router hosts on bridged segments (see [`build_segments`]). `refuse_xdp`: the routers' VM B
+/// interface refuses XDP (see [`veth_refusing_xdp`]).
+pub fn build(prefix: &str, clients: u8, routers: u8, refuse_xdp: bool) -> anyhow::Result<()> {
     let ns = |name: &str| format!("{prefix}-{name}");
     let (sw, r, a, b) = (ns("sw"), ns("r"), ns("a"), ns("b"));
     for n in [&sw, &r, &a, &b] {
@@ -119,7 +153,7 @@ pub fn build(prefix: &str, clients: u8, routers: u8) -> anyhow::Result<()> {
         ip_in(&c, &["addr", "add", &format!("{}/16", client_ip(i)), "dev", "eth0"])?;
     }
     if routers >= 2 {
-        return build_segments(prefix, routers);
+        return build_segments(prefix, routers, refuse_xdp);
     }
     veth(&sw, "r", &r, "prov")?;
     ip_in(&sw, &["link", "set", "r", "master", "br0"])?;
@@ -127,7 +161,11 @@ pub fn build(prefix: &str, clients: u8, routers: u8) -> anyhow::Result<()> {
     ip_in(&r, &["link", "set", "prov", "address", PROVIDER_MAC])?;
     // The VM segments, one per VM, each a veth from the router.
     for (vm, port, mac) in [(&a, "vma", MAC_A), (&b, "vmb", MAC_B)] {
-        veth(&r, port, vm, "eth0")?;
+        if refuse_xdp && port == "vmb" {
+            veth_refusing_xdp(&r, port, vm, "eth0")?;
+        } else {
+            veth(&r, port, vm, "eth0")?;
+        }
         ip_in(vm, &["link", "set", "eth0", "address", mac])?;
         complete_checksums(vm, "eth0")?;
         takes_redirects(vm, "eth0")?;
@@ -171,7 +209,7 @@ pub fn router_ports(i: u8) -> [String; 4] {
 /// Every router host carries the group's MACs (keepalived's use_vmac): only the active one
 /// transmits, so each bridge learns its port from its gratuitous ARP. The router hosts' kernels
 /// hold no address on these segments: a standby's kernel must answer nothing either.
-fn build_segments(prefix: &str, routers: u8) -> anyhow::Result<()> {
+fn build_segments(prefix: &str, routers: u8, refuse_xdp: bool) -> anyhow::Result<()> {
     let ns = |name: &str| format!("{prefix}-{name}");
     let (sw, r) = (ns("sw"), ns("r"));
     for (bridge, vm, port, mac) in SEGMENTS {
@@ -198,7 +236,11 @@ fn build_segments(prefix: &str, routers: u8) -> anyhow::Result<()> {
         for (bridge, port, inside, mac) in
             [("br0", &prov, "prov", PROVIDER_MAC), ("bra", &vma, "vma", GATEWAY_MAC), ("brb", &vmb, "vmb", GATEWAY_MAC)]
         {
-            veth(&sw, port, &host, inside)?;
+            if refuse_xdp && inside == "vmb" {
+                veth_refusing_xdp(&host, inside, &sw, port)?;
+            } else {
+                veth(&sw, port, &host, inside)?;
+            }
             ip_in(&sw, &["link", "set", port, "master", bridge])?;
             ip_in(&host, &["link", "set", inside, "address", mac])?;
             takes_redirects(&sw, port)?;
