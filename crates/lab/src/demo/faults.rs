@@ -71,8 +71,8 @@ pub struct Fault {
     /// SIGSTOP (the observer of `tx_after_resume` saw it send while it was active).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tx_at_pause: Option<u64>,
-    /// A paused router: frames its kernel sent on its provider and VM-side interfaces from
-    /// SIGSTOP to the demo's end.
+    /// A paused router: frames its kernel sent on its provider and VM-side interfaces from the
+    /// takeover (another router forwarding) to the demo's end.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tx_after_resume: Option<u64>,
     /// A paused router at the demo's end, or a router cut off etcd when it was put back: the

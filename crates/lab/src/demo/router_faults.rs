@@ -53,8 +53,10 @@ struct Paused {
     name: String,
     /// When the pause began, seconds after the migration started (finds its fault).
     at_s: f64,
-    /// Frames its kernel had sent on `prov`, `vma` and `vmb` right after SIGSTOP.
-    tx_at_stop: u64,
+    /// Frames its kernel had sent on `prov`, `vma` and `vmb` when another router took over
+    /// (its XDP program forwards on for up to its 250 ms lease after the loop stopped: before
+    /// any takeover, which waits for 500 ms of silence).
+    tx_at_takeover: u64,
     /// Whether SIGCONT was sent.
     resumed: bool,
 }
@@ -206,8 +208,9 @@ pub fn inject(
             // The kernel's count once the process stopped: frames already queued leave now.
             std::thread::sleep(Duration::from_millis(50));
             let tx_at_stop = lab.router_tx_packets(&name)?;
-            pending.paused.push(Paused { name: name.clone(), at_s: t.as_secs_f64(), tx_at_stop, resumed: false });
             let (new_active, took_ms) = wait_for_takeover(lab, &name, at);
+            let tx_at_takeover = lab.router_tx_packets(&name)?;
+            pending.paused.push(Paused { name: name.clone(), at_s: t.as_secs_f64(), tx_at_takeover, resumed: false });
             let resume = Some((t + pending.pause_for, FaultKind::Router(RouterFault::Resume { host: host(&name)? })));
             let fault =
                 Fault { new_active, took_ms, tx_at_pause: Some(tx_at_stop), ..entry("router_paused", &name, at) };
@@ -230,8 +233,8 @@ fn resume(lab: &Lab, pending: &mut Pending, name: &str) {
 }
 
 /// At the demo's end: resumes a router still paused, and adds to each pause's fault the frames
-/// its router's kernel sent since SIGSTOP (`tx_after_resume`: the router must have sent none,
-/// having lost the group while paused) and the frames it dropped as not active.
+/// its router's kernel sent since another router took over (`tx_after_resume`: the router must
+/// have sent none, having lost the group while paused) and the frames it dropped as not active.
 pub fn finish(lab: &Lab, pending: &mut Pending, faults: &mut [Fault]) {
     // Not left stopped for `lab down`.
     let names: Vec<String> = pending.paused.iter().map(|p| p.name.clone()).collect();
@@ -245,7 +248,7 @@ pub fn finish(lab: &Lab, pending: &mut Pending, faults: &mut [Fault]) {
             continue;
         };
         match lab.router_tx_packets(&paused.name) {
-            Ok(tx) => fault.tx_after_resume = Some(tx.saturating_sub(paused.tx_at_stop)),
+            Ok(tx) => fault.tx_after_resume = Some(tx.saturating_sub(paused.tx_at_takeover)),
             Err(e) => eprintln!("ipshadow demo: {}'s frames sent: {e:#}", paused.name),
         }
         fault.frames_dropped = lab.router_report(&paused.name).ha.map(|ha| ha.counters.frames_dropped);
