@@ -58,8 +58,11 @@
 #   (the same for all): the router process is pinned there; receive processing of fwd's
 #   interfaces on the skb paths is steered there by RPS; and prov's NAPI, where XDP programs
 #   run and where a flood's frames become skbs, is a thread of its own (threaded NAPI) pinned
-#   there -- without that, veth runs it on the CPU that transmitted into prov, the generator's.
-#   CPU 0's busy time is useless for this: pktgen's pacing busy-waits it full.
+#   there at real-time priority, as softirq work would be -- without that, veth runs it on the
+#   CPU that transmitted into prov, the generator's. CPU 0's busy time is useless for this:
+#   pktgen's pacing busy-waits it full. Time CPU 1 spent on other work (a build, another test on
+#   a shared machine: user and system time of tasks not this benchmark's) and steal are not
+#   counted; each trial prints that share, and the RESULT line the share before the trials.
 # - TCP bulk Gbit/s: iperf 2, one connection (the split sends it whole to A or B; iperf3 would
 #   open a control connection that the split may send to the other VM than its data connection).
 # - one-way latency p50/p99 at LAT_RATE pps (pktgen): the send time is in each frame; UDP sockets
@@ -86,7 +89,9 @@
 # bare sink, else forwarder); ratios ratio_pps, ratio_gbps (ipshadow /
 # kernel), ratio_xdp_pps, ratio_xdp_cpu, ratio_xdp_gbps, ratio_xdp_p99 (ipshadow-xdp / kernel),
 # ratio_xdp_bare (ipshadow-xdp / bare redirect, packets/s); gen_pps, xdpgen_pps and
-# xdpgen_direct_pps (the generators alone); na where a figure is missing. Needs root.
+# xdpgen_direct_pps (the generators alone), cpu1_background_busy (CPU 1's busy share before the
+# trials, from other work on the machine: it inflates the CPU figures); na where a figure is
+# missing. Needs root.
 #
 # Environment: SECS (overload, flood and TCP trials, default 5), STEP_SECS (each rising-rate
 # trial, default 2), RATES (the rising offered rates), LAT_SECS (default 4), LAT_RATE (default
@@ -128,6 +133,7 @@ GEN="$P-gen" FWD="$P-fwd" SA="$P-a" SB="$P-b"
 WORK=$(mktemp -d /tmp/ipshadow-fwd-bench.XXXXXX)
 PIDS=()
 ROUTER_PID=""
+NAPI_PIDS=() # the NAPI threads pinned to CPU 1 (their time is the forwarder's)
 DATA_PATH=""
 
 cleanup() {
@@ -197,6 +203,10 @@ napi_pin() { # ns dev cpu
     return 0
   fi
   taskset -pc "$3" "$pid" >/dev/null
+  # Real-time, as softirq work is: it preempts other tasks there (without, a build on CPU 1
+  # would take half the CPU from the XDP paths but none from the skb paths).
+  chrt -f -p 50 "$pid" >/dev/null
+  NAPI_PIDS+=("$pid")
 }
 veth "$GEN" eth0 "$GEN_MAC" "$FWD" prov "$PROV_MAC"
 veth "$FWD" vma "$GW_MAC" "$SA" eth0 "$A_MAC"
@@ -313,9 +323,25 @@ router_alive() {
   start_router
 }
 
-# Wall clock (ns) and CPU 1's line of /proc/stat. Its idle time is exact (nohz); busy time is the
-# rest of the wall clock (the tick-sampled fields miss softirq work done straight out of idle).
-cpu_ticks() { echo "$(date +%s%N) $(grep "^cpu$FWD_CPU " /proc/stat)"; }
+# CPU 1's time, for the CPU figures: the wall clock (ns), CPU 1's line of /proc/stat, and the
+# time of this benchmark's own tasks there (the router, the pinned NAPI threads, ksoftirqd/1).
+# Idle time is exact (nohz), so busy time is the rest of the wall clock (the tick-sampled fields
+# miss softirq work done straight out of idle) -- less the time that was not this benchmark's:
+# steal (the hypervisor ran someone else) and other work on the machine (CPU 1's user and
+# system ticks less this benchmark's tasks' ticks; on a shared machine a build or another test
+# often runs there).
+KSOFTIRQD=$(ps -e -o pid=,comm= | awk -v c="ksoftirqd/$FWD_CPU" '$2 == c {print $1}')
+own_ticks() {
+  local pid stat sum=0
+  for pid in $ROUTER_PID "${NAPI_PIDS[@]}" $KSOFTIRQD; do
+    stat=$(cat "/proc/$pid/stat" 2>/dev/null) || continue
+    # shellcheck disable=SC2086 # (the fields after the command's name; utime and stime)
+    set -- ${stat##*) }
+    sum=$((sum + ${12} + ${13}))
+  done
+  echo "$sum"
+}
+cpu_ticks() { echo "$(date +%s%N) $(grep "^cpu$FWD_CPU " /proc/stat) $(own_ticks)"; }
 
 # The receive counters of the sinks' interfaces (NS:IFACE ...), one a line.
 rx_counts() {
@@ -365,17 +391,20 @@ PY
 import json, sys
 name, rate, gen, sink, before, after = sys.argv[1:]
 g, s = json.load(open(gen)), json.load(open(sink))
+# wall, then user nice system idle iowait irq softirq steal guest guest_nice (USER_HZ), own ticks
 b, a = [[int(v) for i, v in enumerate(x.split()) if i != 1] for x in (before, after)]
+d = [(y - x) / 100.0 for x, y in zip(b, a)]
 wall = (a[0] - b[0]) / 1e9
-idle = ((a[4] - b[4]) + (a[5] - b[5])) / 100.0  # idle + iowait, in USER_HZ
-busy_s = max(wall - idle, 0.0)
+idle = d[4] + d[5]
+other = d[8] + max(d[1] + d[2] + d[3] - d[11], 0.0)  # steal, other tasks
+busy_s = max(wall - idle - other, 0.0)
 busy = busy_s / wall if wall > 0 else 0.0
 flood = rate == "flood"
 print(json.dumps({"name": name, "rate": 0 if flood else int(rate), "gen": "xdpgen" if flood else "pktgen",
                   "offered": g["pps"], "sent": g["sent"],
                   "delivered": s["pps"], "frames": s["frames"], "per_sink": s["per_port"],
                   "loss": max(1 - s["frames"] / g["sent"], 0.0) if g["sent"] else 0.0,
-                  "cpu_busy": busy, "cpu_ns_per_packet": busy_s * 1e9 / s["frames"] if s["frames"] else None}))
+                  "cpu_busy": busy, "cpu_other": min(other / wall, 1.0) if wall > 0 else 0.0, "cpu_ns_per_packet": busy_s * 1e9 / s["frames"] if s["frames"] else None}))
 PY
   python3 - "$(tail -1 "$WORK/trials.jsonl")" <<'PY'
 import json, sys
@@ -384,7 +413,7 @@ target = f"at {t['rate']:>7} pps" if t["rate"] else ("flood (xdpgen)" if t["gen"
 ns = f"{t['cpu_ns_per_packet']:.0f} ns" if t["cpu_ns_per_packet"] else "-"
 print(f"  {t['name']:<12} {target}: offered {t['offered']:>8.0f}, delivered {t['delivered']:>8.0f} pps"
       f" ({100 * t['loss']:5.1f} % lost; per sink {'/'.join(map(str, t['per_sink']))});"
-      f" CPU 1 {100 * t['cpu_busy']:3.0f} % busy, {ns} per packet")
+      f" CPU 1 {100 * t['cpu_busy']:3.0f} % busy, {ns} per packet ({100 * t['cpu_other']:.0f} % other work)")
 PY
   router_alive
 }
@@ -499,6 +528,23 @@ measure() { # name sink-ports-for-pps...
 GEN_SRC_MAC=$GEN_MAC
 
 # --- baseline --------------------------------------------------------------------------------
+
+# CPU 1 with nothing of this benchmark running: other work on the machine (a shared VM, a build)
+# lands in every CPU figure below, which counts all of CPU 1's busy time.
+before=$(cpu_ticks)
+sleep 2
+after=$(cpu_ticks)
+BACKGROUND=$(python3 - "$before" "$after" <<'PY'
+import sys
+b, a = [[int(v) for i, v in enumerate(x.split()) if i != 1] for x in sys.argv[1:3]]
+wall = (a[0] - b[0]) / 1e9
+idle = ((a[4] - b[4]) + (a[5] - b[5])) / 100.0
+steal = (a[8] - b[8]) / 100.0
+print(f"{max(wall - idle - steal, 0.0) / wall:.2f}")
+PY
+)
+echo "CPU $FWD_CPU busy with other work before the trials: $(python3 -c "print(round(100 * $BACKGROUND))") %"
+echo "{\"background_busy\": $BACKGROUND}" >"$WORK/background.json"
 
 section "direct link (generators -> sink, no forwarder)"
 : >"$WORK/trials.jsonl"
@@ -696,6 +742,7 @@ for _, key, _ in modes:
 out["direct_p99_us"] = f"{lat['direct']['p99']:.1f}"
 out["gen_pps"], out["xdpgen_pps"] = f"{gen['offered']:.0f}", f"{xgen['offered']:.0f}"
 out["xdpgen_direct_pps"] = f"{xgen['delivered']:.0f}"
+out["cpu1_background_busy"] = json.load(open(f"{work}/background.json"))["background_busy"]
 for what, fmt in (("flood_pps", ".0f"), ("overload_pps", ".0f"), ("ns_per_pkt", ".0f")):
     for _, key, _ in modes:
         out[f"{key}_{what}"] = num(get(key, what), fmt)
