@@ -296,7 +296,7 @@ start_router() {
   PIDS+=("$ROUTER_PID")
   wait_ready "$WORK/router.err" "forwarding between" "$ROUTER_PID"
   if [ "$DATA_PATH" = xdp ]; then
-    ip -n "$FWD" link show prov | grep -q ' xdp' ||
+    [[ $(ip -n "$FWD" link show prov) == *" xdp"* ]] ||
       echo "  !! no XDP program on prov: the router forwards on another path (see $WORK/router.err)"
     napi_pin "$FWD" prov "$FWD_CPU"
   fi
@@ -433,7 +433,7 @@ pps_series() { # name dst-mac iface sink-ports...
   # xdpgen's frames come through prov's ndo_xdp_xmit: its NAPI must be on. A forwarder without
   # an XDP program on prov gets XDP_PASS there for the flood only.
   local xdp_on_prov=0
-  ip -n "$FWD" link show prov | grep -q ' xdp' && xdp_on_prov=1
+  [[ $(ip -n "$FWD" link show prov) == *" xdp"* ]] && xdp_on_prov=1
   if [ "$xdp_on_prov" = 0 ]; then
     xdp_pass "$FWD" prov on
     napi_pin "$FWD" prov "$FWD_CPU"
