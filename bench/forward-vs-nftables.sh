@@ -199,7 +199,7 @@ napi_pin() { # ns dev cpu
   in_ns "$1" sh -c "echo 0 > /sys/class/net/$2/threaded && echo 1 > /sys/class/net/$2/threaded" \
     2>/dev/null || true
   after=$(napi_threads "$2")
-  pid=$(comm -13 <(echo "$before") <(echo "$after") | head -1)
+  pid=$(comm -13 <(echo "$before") <(echo "$after") | sed -n 1p)
   if [ -z "$pid" ]; then
     echo "  !! no NAPI thread for $2 (its NAPI is off: no GRO and no XDP program?)"
     return 0
