@@ -276,6 +276,10 @@ impl PacketPort for AfPacketPort {
         let status = self.status(slot).load(Ordering::Acquire);
         if status != libc::TP_STATUS_AVAILABLE && status != libc::TP_STATUS_WRONG_FORMAT {
             // The ring is full of frames the kernel has not sent yet: ask it to, and drop this one.
+            // Always a kick, even with nothing counted pending: a kick the kernel stopped early
+            // (a veth whose peer's ring is full stops its queue, kernel 6.16 on) leaves its
+            // later slots waiting, and only another kick sends them.
+            self.tx_pending = self.tx_pending.max(1);
             self.flush()?;
             self.stats.send_errors += 1;
             return Err(io::Error::new(io::ErrorKind::WouldBlock, "transmit ring full"));
