@@ -147,15 +147,46 @@ impl FastPathSync {
         max_flows: u32,
         now: Instant,
     ) -> Result<Self, FastPathError> {
+        let provider_ifindex = ipshadow_xdp::ifindex(provider)?;
+        let vm_ifindexes = vms.iter().map(|vm| ipshadow_xdp::ifindex(vm)).collect::<Result<Vec<_>, _>>()?;
+        let mut sync = Self::load(provider_ifindex, &vm_ifindexes, macs, pin_dir, max_flows, now)?;
+        let mut interfaces = vec![provider.to_owned()];
+        interfaces.extend(vms.iter().map(|v| (*v).to_owned()));
+        for interface in &interfaces {
+            sync.fast_path.attach(interface)?;
+        }
+        sync.interfaces = interfaces;
+        Ok(sync)
+    }
+
+    /// [`FastPathSync::open`] without attaching the program anywhere and with nothing pinned:
+    /// for tests that run it with `BPF_PROG_TEST_RUN` ([`FastPath::test_run`]) on interfaces of
+    /// their own, given by index (the provider's, then the VMs' in the node's port order).
+    pub fn open_detached(
+        provider_ifindex: u32,
+        vm_ifindexes: &[u32],
+        macs: ([u8; 6], [u8; 6]),
+        max_flows: u32,
+        now: Instant,
+    ) -> Result<Self, FastPathError> {
+        Self::load(provider_ifindex, vm_ifindexes, macs, None, max_flows, now)
+    }
+
+    /// Loads the program and writes the ports, switched off until the first sync.
+    fn load(
+        provider_ifindex: u32,
+        vm_ifindexes: &[u32],
+        macs: ([u8; 6], [u8; 6]),
+        pin_dir: Option<PathBuf>,
+        max_flows: u32,
+        now: Instant,
+    ) -> Result<Self, FastPathError> {
         let mut fast_path = FastPath::load(&FastPathSetup { pin_dir, max_flows })?;
-        fast_path.set_provider(ipshadow_xdp::ifindex(provider)?)?;
+        fast_path.set_provider(provider_ifindex)?;
         let (provider_mac, vm_side_mac) = macs;
         fast_path.set_config(Config { provider_mac, vm_side_mac, ..fast_path.config() })?;
-        let mut vm_ifindexes = Vec::new();
-        for (port, vm) in vms.iter().enumerate() {
-            let ifindex = ipshadow_xdp::ifindex(vm)?;
+        for (port, &ifindex) in vm_ifindexes.iter().enumerate() {
             fast_path.set_vm_port(port as u32, ifindex, [0; 6])?;
-            vm_ifindexes.push(ifindex);
         }
         let mut restorable: HashMap<Ipv4Addr, Vec<(FlowKey, Side)>> = HashMap::new();
         for (key, flow) in fast_path.flows() {
@@ -164,16 +195,11 @@ impl FastPathSync {
         // Off until the first sync has written the addresses: a frame of a flow the core has not
         // been given yet goes up.
         fast_path.set_config(Config { flags: 0, ..fast_path.config() })?;
-        let mut interfaces = vec![provider.to_owned()];
-        interfaces.extend(vms.iter().map(|v| (*v).to_owned()));
-        for interface in &interfaces {
-            fast_path.attach(interface)?;
-        }
         Ok(Self {
             fast_path,
-            interfaces,
+            interfaces: Vec::new(),
             vm_macs: vec![[0; 6]; vm_ifindexes.len()],
-            vm_ifindexes,
+            vm_ifindexes: vm_ifindexes.to_vec(),
             generation: None,
             shadows: HashMap::new(),
             routes: HashMap::new(),
