@@ -471,6 +471,14 @@ impl RouterNode {
         &self.neighbours
     }
 
+    /// Where a client is, as a fast path learned it from frames it forwarded without the node
+    /// (to an address a VM holds alone: such frames are not replayed). Taught when a VM's frame
+    /// to a client the node has not heard from comes up to it, so that the node sends it on as
+    /// it would have had it seen the client's frames itself.
+    pub fn learn_neighbour(&mut self, ip: Ipv4Addr, mac: [u8; 6], now: Instant) {
+        self.learn(ip, mac, now);
+    }
+
     /// Records where a client is (an accepted frame or ARP from it).
     fn learn(&mut self, ip: Ipv4Addr, mac: [u8; 6], now: Instant) {
         // A multicast or broadcast source MAC is no host's: never a next hop.

@@ -11,8 +11,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::status::FastPathStatus;
-use ipshadow_core::flow::{FlowKey, Side};
-use ipshadow_core::l2::RouterNode;
+use ipshadow_core::flow::{FlowKey, Owner, Side};
+use ipshadow_core::l2::{Out, RouterNode};
 use ipshadow_core::shadow::Affinity;
 use ipshadow_core::wire::{Fragment, Ipv4Info, L4, PROTO_TCP, TcpFlags, TcpInfo};
 use ipshadow_core::{Event, Instant, Replay, VmRef};
@@ -43,8 +43,10 @@ pub struct FastPathSync {
     shadows: HashMap<Ipv4Addr, abi::Shadow>,
     routes: HashMap<Ipv4Addr, u32>,
     neighbours: HashMap<Ipv4Addr, [u8; 6]>,
-    /// Owner changes from this turn's events, last one wins: `None` removes the flow.
-    flow_changes: HashMap<FlowKey, Option<Side>>,
+    /// Owner changes from this turn's events, last one wins: `None` removes the flow. A flow
+    /// whose owner the core does not know yet is written too (as `OWNER_UNKNOWN`), so that the
+    /// program leaves its frames to the core rather than deciding it as a new flow.
+    flow_changes: HashMap<FlowKey, Option<Owner>>,
     /// Flows the program itself created this turn, with the side it gave them: the map has
     /// them already.
     decided: HashMap<FlowKey, Side>,
@@ -57,6 +59,8 @@ pub struct FastPathSync {
     /// `active_until_ns` as last written.
     active_until_ns: u64,
     records_replayed: u64,
+    /// The time of the previous replay (the loop's previous turn): no record is dated before it.
+    replayed_at: Instant,
     flows_restored: u64,
     map_errors: u64,
 }
@@ -85,10 +89,11 @@ fn side_of(owner: u8) -> Side {
     if owner == abi::OWNER_DESTINATION { Side::Destination } else { Side::Source }
 }
 
-fn owner_byte(side: Side) -> u8 {
-    match side {
-        Side::Source => abi::OWNER_SOURCE,
-        Side::Destination => abi::OWNER_DESTINATION,
+fn owner_byte(owner: Owner) -> u8 {
+    match owner {
+        Owner::Source => abi::OWNER_SOURCE,
+        Owner::Destination => abi::OWNER_DESTINATION,
+        Owner::Unknown => abi::OWNER_UNKNOWN,
     }
 }
 
@@ -118,6 +123,18 @@ fn packet(r: &Record) -> Ipv4Info {
     }
 }
 
+/// The IPv4 address a provider-side frame (untagged IPv4, or ARP) is from: the node may learn
+/// where it is from the frame.
+fn sender(frame: &[u8]) -> Option<Ipv4Addr> {
+    let at = match frame.get(12..14)? {
+        [8, 0] => 26,
+        [8, 6] => 28,
+        _ => return None,
+    };
+    let b = frame.get(at..at + 4)?;
+    Some(Ipv4Addr::new(b[0], b[1], b[2], b[3]))
+}
+
 /// The flow key of a recorded packet, oriented client -> shadowed address.
 fn record_key(r: &Record) -> FlowKey {
     match r.direction {
@@ -128,7 +145,7 @@ fn record_key(r: &Record) -> FlowKey {
             shadow_port: r.dst_port,
             protocol: r.protocol,
         },
-        Direction::Egress { .. } => FlowKey {
+        Direction::Egress { .. } | Direction::Neighbour => FlowKey {
             client_ip: r.dst,
             client_port: r.dst_port,
             shadow_ip: r.src,
@@ -150,31 +167,62 @@ impl FastPathSync {
         max_flows: u32,
         now: Instant,
     ) -> Result<Self, FastPathError> {
-        let mut fast_path = FastPath::load(&FastPathSetup { pin_dir, max_flows })?;
-        fast_path.set_provider(ipshadow_xdp::ifindex(provider)?)?;
-        let (provider_mac, vm_side_mac) = macs;
-        fast_path.set_config(Config { provider_mac, vm_side_mac, ..fast_path.config() })?;
-        let mut vm_ifindexes = Vec::new();
-        for (port, vm) in vms.iter().enumerate() {
-            let ifindex = ipshadow_xdp::ifindex(vm)?;
-            fast_path.set_vm_port(port as u32, ifindex, [0; 6])?;
-            vm_ifindexes.push(ifindex);
-        }
-        let restorable: std::collections::HashSet<FlowKey> =
-            fast_path.flows().iter().map(|(key, _)| core_key(key)).collect();
-        // Off until the first sync has written the addresses: a frame of a flow the core has not
-        // been given yet goes up.
-        fast_path.set_config(Config { flags: 0, ..fast_path.config() })?;
+        let provider_ifindex = ipshadow_xdp::ifindex(provider)?;
+        let vm_ifindexes = vms.iter().map(|vm| ipshadow_xdp::ifindex(vm)).collect::<Result<Vec<_>, _>>()?;
+        let mut sync = Self::load(provider_ifindex, &vm_ifindexes, macs, pin_dir, max_flows, now)?;
         let mut interfaces = vec![provider.to_owned()];
         interfaces.extend(vms.iter().map(|v| (*v).to_owned()));
         for interface in &interfaces {
-            fast_path.attach(interface)?;
+            sync.fast_path.attach(interface)?;
         }
+        sync.interfaces = interfaces;
+        Ok(sync)
+    }
+
+    /// [`FastPathSync::open`] without attaching the program anywhere and with nothing pinned:
+    /// for tests that run it with `BPF_PROG_TEST_RUN` ([`FastPath::test_run`]) on interfaces of
+    /// their own, given by index (the provider's, then the VMs' in the node's port order).
+    pub fn open_detached(
+        provider_ifindex: u32,
+        vm_ifindexes: &[u32],
+        macs: ([u8; 6], [u8; 6]),
+        max_flows: u32,
+        now: Instant,
+    ) -> Result<Self, FastPathError> {
+        Self::load(provider_ifindex, vm_ifindexes, macs, None, max_flows, now)
+    }
+
+    /// Loads the program and writes the ports, switched off until the first sync.
+    fn load(
+        provider_ifindex: u32,
+        vm_ifindexes: &[u32],
+        macs: ([u8; 6], [u8; 6]),
+        pin_dir: Option<PathBuf>,
+        max_flows: u32,
+        now: Instant,
+    ) -> Result<Self, FastPathError> {
+        let mut fast_path = FastPath::load(&FastPathSetup { pin_dir, max_flows })?;
+        fast_path.set_provider(provider_ifindex)?;
+        let (provider_mac, vm_side_mac) = macs;
+        fast_path.set_config(Config { provider_mac, vm_side_mac, ..fast_path.config() })?;
+        for (port, &ifindex) in vm_ifindexes.iter().enumerate() {
+            fast_path.set_vm_port(port as u32, ifindex, [0; 6])?;
+        }
+        // A flow whose owner was not known is the core's to learn again.
+        let restorable: std::collections::HashSet<FlowKey> = fast_path
+            .flows()
+            .iter()
+            .filter(|(_, f)| f.owner <= abi::OWNER_DESTINATION)
+            .map(|(key, _)| core_key(key))
+            .collect();
+        // Off until the first sync has written the addresses: a frame of a flow the core has not
+        // been given yet goes up.
+        fast_path.set_config(Config { flags: 0, ..fast_path.config() })?;
         Ok(Self {
             fast_path,
-            interfaces,
+            interfaces: Vec::new(),
             vm_macs: vec![[0; 6]; vm_ifindexes.len()],
-            vm_ifindexes,
+            vm_ifindexes: vm_ifindexes.to_vec(),
             generation: None,
             shadows: HashMap::new(),
             routes: HashMap::new(),
@@ -185,6 +233,7 @@ impl FastPathSync {
             restorable,
             active_until_ns: 0,
             records_replayed: 0,
+            replayed_at: now,
             flows_restored: 0,
             map_errors: 0,
         })
@@ -208,7 +257,11 @@ impl FastPathSync {
         self.fast_path.drain_records(|r| records.push(r));
         for r in &records {
             let age = Duration::from_nanos(ktime.saturating_sub(r.at_ns));
-            let at = Instant::from_micros(now.as_micros().saturating_sub(age.as_micros() as u64));
+            // Never before the previous turn, whose frames the core has seen already: its clock
+            // must not go back (the kernel's and the loop's clocks differ by a few microseconds,
+            // enough to date a record in an earlier millisecond than a frame that came after it).
+            let at = Instant::from_micros(now.as_micros().saturating_sub(age.as_micros() as u64))
+                .clamp(self.replayed_at.min(now), now);
             let ip = packet(r);
             if !self.restorable.is_empty() && self.restorable.remove(&record_key(r)) {
                 self.flows_restored += 1;
@@ -217,6 +270,10 @@ impl FastPathSync {
                 Direction::Inbound { owner } => {
                     let side = side_of(owner);
                     let replay = node.replay_inbound(&ip, r.src_mac, side, at);
+                    // The program learned the client from the frame itself: its map holds this.
+                    if r.src_mac[0] & 1 == 0 {
+                        self.remember_neighbour(r.src, r.src_mac);
+                    }
                     if r.new_flow {
                         if matches!(replay, Replay::CoreWouldDrop(_)) {
                             // Not tracked by the core (its table is full): not the program's either.
@@ -229,8 +286,14 @@ impl FastPathSync {
                 Direction::Egress { port } => {
                     node.replay_egress(usize::from(port), &ip, at);
                 }
+                Direction::Neighbour => {
+                    // The map has it already.
+                    self.remember_neighbour(r.src, r.src_mac);
+                    node.learn_neighbour(r.src, r.src_mac, at);
+                }
             }
         }
+        self.replayed_at = now;
         self.records_replayed += records.len() as u64;
         records.len()
     }
@@ -239,13 +302,13 @@ impl FastPathSync {
     pub fn event(&mut self, event: &Event) {
         match *event {
             Event::FlowStarted { key, owner, .. } => {
-                self.flow_changes.insert(key, owner.side());
-            }
-            Event::OwnerLearned { key, owner, .. } => {
                 self.flow_changes.insert(key, Some(owner));
             }
+            Event::OwnerLearned { key, owner, .. } => {
+                self.flow_changes.insert(key, Some(owner.into()));
+            }
             Event::HandOff { key, to, .. } => {
-                self.flow_changes.insert(key, Some(to));
+                self.flow_changes.insert(key, Some(to.into()));
             }
             Event::FlowEnded { key, .. } | Event::FlowRetired { key, .. } => {
                 self.flow_changes.insert(key, None);
@@ -262,15 +325,65 @@ impl FastPathSync {
         }
         let dst = Ipv4Addr::new(frame[30], frame[31], frame[32], frame[33]);
         let mac: [u8; 6] = frame[0..6].try_into().unwrap_or_default();
-        if self.neighbours.get(&dst) == Some(&mac) {
+        self.write_neighbour(dst, mac);
+    }
+
+    /// Writes a neighbour into the program's map, unless it was the last one written there.
+    fn write_neighbour(&mut self, ip: Ipv4Addr, mac: [u8; 6]) {
+        if self.neighbours.get(&ip) == Some(&mac) {
             return;
         }
+        self.remember_neighbour(ip, mac);
+        if self.fast_path.set_neighbour(ip, mac).is_err() {
+            self.map_errors += 1;
+        }
+    }
+
+    /// Notes what the program's map holds for a neighbour.
+    fn remember_neighbour(&mut self, ip: Ipv4Addr, mac: [u8; 6]) {
         if self.neighbours.len() >= NEIGHBOURS_CACHED {
             self.neighbours.clear();
         }
-        self.neighbours.insert(dst, mac);
-        if self.fast_path.set_neighbour(dst, mac).is_err() {
-            self.map_errors += 1;
+        self.neighbours.insert(ip, mac);
+    }
+
+    /// Hands a frame that came up on the provider side to the node. If the node learned a new
+    /// MAC for its sender from it, the program's map gets it too: the program sends to the
+    /// clients the core has heard from last, as the core does.
+    pub fn from_provider(&mut self, node: &mut RouterNode, frame: &[u8], now: Instant, out: &mut Vec<Out>) {
+        let sender = sender(frame).map(|ip| (ip, node.neighbours().get(ip, now)));
+        node.from_provider(frame.to_vec(), now, out);
+        if let Some((ip, before)) = sender
+            && let Some(mac) = node.neighbours().get(ip, now)
+            && before != Some(mac)
+        {
+            self.write_neighbour(ip, mac);
+        }
+    }
+
+    /// Hands a frame that came up from the VM on `port` to the node, which first learns where
+    /// its destination is if only the program knows.
+    pub fn from_vm(&mut self, node: &mut RouterNode, port: usize, frame: &[u8], now: Instant, out: &mut Vec<Out>) {
+        self.lend_neighbour(node, frame, now);
+        node.from_vm(port, frame.to_vec(), now, out);
+    }
+
+    /// A VM's frame that came up to the loop: if it is to a client the node does not know but
+    /// the program does, the node learns where the client is first. The program routes a
+    /// client's frames to an address a VM holds alone without the node, which hears of the
+    /// client once (a `Neighbour` record) and forgets it after its neighbour age; the node alone
+    /// would have kept it fresh from those frames. Without this it would drop the frame and ask
+    /// (ARP) where the client is. A lookup in the program's map only when the node misses.
+    fn lend_neighbour(&self, node: &mut RouterNode, frame: &[u8], now: Instant) {
+        if frame.len() < 34 || frame[12..14] != [8, 0] {
+            return;
+        }
+        let dst = Ipv4Addr::new(frame[30], frame[31], frame[32], frame[33]);
+        if node.neighbours().get(dst, now).is_some() {
+            return;
+        }
+        if let Some(mac) = self.fast_path.neighbour(dst) {
+            node.learn_neighbour(dst, mac, now);
         }
     }
 
@@ -326,13 +439,13 @@ impl FastPathSync {
     fn write_flows(&mut self) {
         let ktime = ipshadow_xdp::ktime_ns();
         for (key, owner) in self.flow_changes.drain() {
-            let decided = self.decided.get(&key).copied();
+            let decided = self.decided.get(&key).copied().map(Owner::from);
             let written = match owner {
                 // The program created it with this owner: nothing to write.
-                Some(side) if decided == Some(side) => Ok(()),
-                Some(side) => self.fast_path.set_flow(
+                Some(owner) if decided == Some(owner) => Ok(()),
+                Some(owner) => self.fast_path.set_flow(
                     &map_key(&key),
-                    abi::Flow { owner: owner_byte(side), origin: abi::ORIGIN_CORE, last_seen_ns: ktime },
+                    abi::Flow { owner: owner_byte(owner), origin: abi::ORIGIN_CORE, last_seen_ns: ktime },
                 ),
                 None => self.fast_path.remove_flow(&map_key(&key)),
             };

@@ -88,7 +88,7 @@ impl<P: PacketPort> Forwarder<P> {
             fast.replay(&mut self.node, now);
         }
         let before = self.node.stats.to_vms + self.node.stats.to_provider;
-        let Self { provider, vms, node, out, group, .. } = self;
+        let Self { provider, vms, node, out, group, fast, .. } = self;
         // Announcements of the router's group are heard, never forwarded; a member that is not
         // active takes no frame in (counted).
         let mut admit = |frame: &[u8]| match group {
@@ -108,13 +108,19 @@ impl<P: PacketPort> Forwarder<P> {
         };
         let mut count = provider.receive(BATCH, &mut |frame| {
             if admit(frame) {
-                node.from_provider(frame.to_vec(), now, out);
+                match fast {
+                    Some(fast) => fast.from_provider(node, frame, now, out),
+                    None => node.from_provider(frame.to_vec(), now, out),
+                }
             }
         })?;
         for (port, vm) in vms.iter_mut().enumerate() {
             count += vm.receive(BATCH, &mut |frame| {
                 if admit(frame) {
-                    node.from_vm(port, frame.to_vec(), now, out);
+                    match fast {
+                        Some(fast) => fast.from_vm(node, port, frame, now, out),
+                        None => node.from_vm(port, frame.to_vec(), now, out),
+                    }
                 }
             })?;
         }

@@ -66,6 +66,9 @@ struct ips_flow_key {
 
 #define IPS_OWNER_SOURCE 0
 #define IPS_OWNER_DESTINATION 1
+/* The core tracks the flow but does not know its owner yet (a mid-stream segment after a restart,
+ * delivered to both VMs until one answers): its frames, a SYN on its tuple included, go up. */
+#define IPS_OWNER_UNKNOWN 2
 
 /* flow.origin */
 #define IPS_ORIGIN_CORE 0      /* written by the router's core */
@@ -87,8 +90,12 @@ struct ips_neighbour {
 /* record.direction */
 #define IPS_DIR_INBOUND 0
 #define IPS_DIR_EGRESS 1
+/* Not a frame: a client's MAC the program learned (new or changed) from a frame it routed to an
+ * address a VM holds alone, which the core does not replay; src and src_mac say who is where. */
+#define IPS_DIR_NEIGHBOUR 2
 
-/* One frame the program forwarded to or from a shadowed address, for the core to replay. */
+/* One frame the program forwarded to or from a shadowed address, for the core to replay (or a
+ * neighbour it learned, IPS_DIR_NEIGHBOUR). */
 struct ips_record {
 	__u64 at_ns;        /* bpf_ktime_get_ns() */
 	__u32 src;          /* network order */

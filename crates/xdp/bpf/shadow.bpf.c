@@ -289,8 +289,10 @@ static __always_inline void record(const struct frame *f, __u64 now, __u8 direct
 	bpf_ringbuf_submit(r, 0);
 }
 
-/* Where a client is: learned from a frame delivered to a VM, as the core learns it. */
-static __always_inline void learn(const struct frame *f)
+/* Where a client is: learned from a frame delivered to a VM, as the core learns it. With `tell`
+ * (a frame the core will not replay), a new or changed MAC is recorded for the core as well: it
+ * sends the VMs' frames that go up, and must send them where the program would. */
+static __always_inline void learn(const struct frame *f, __u64 now, int tell)
 {
 	__u8 *src = f->eth->h_source;
 	if (src[0] & 1)
@@ -301,6 +303,8 @@ static __always_inline void learn(const struct frame *f)
 	struct ips_neighbour fresh = {};
 	mac_copy(fresh.mac, src);
 	bpf_map_update_elem(&neighbours, &f->ip->saddr, &fresh, BPF_ANY);
+	if (tell)
+		record(f, now, IPS_DIR_NEIGHBOUR, 0, 0);
 }
 
 static __always_inline int to_vm(const struct ips_config *cfg, struct frame *f, __u32 port)
@@ -328,7 +332,7 @@ static __always_inline int from_provider(const struct ips_config *cfg, struct fr
 		struct ips_port *p = bpf_map_lookup_elem(&ports, &r->port);
 		if (!p || !p->ifindex || mac_zero(p->mac))
 			return pass(IPS_STAT_PASS_NEXT_HOP);
-		learn(f);
+		learn(f, now, 1);
 		count(IPS_STAT_ROUTED_IN);
 		return to_vm(cfg, f, r->port);
 	}
@@ -347,8 +351,9 @@ static __always_inline int from_provider(const struct ips_config *cfg, struct fr
 	__u8 owner, new_flow = 0;
 	struct ips_flow *flow = bpf_map_lookup_elem(&flows, &key);
 	if (flow) {
-		/* A SYN on a known tuple may be a new connection (the core decides). */
-		if (syn)
+		/* A SYN on a known tuple may be a new connection, and a flow whose owner is not known
+		 * yet goes to both VMs: the core decides. */
+		if (syn || flow->owner > IPS_OWNER_DESTINATION)
 			return pass(IPS_STAT_PASS_FLOW);
 		owner = flow->owner;
 	} else {
@@ -373,7 +378,8 @@ static __always_inline int from_provider(const struct ips_config *cfg, struct fr
 		/* Written at most once a millisecond: the line stays shared between CPUs. */
 		flow->last_seen_ns = now;
 	}
-	learn(f);
+	/* The core learns the client from the replayed frame. */
+	learn(f, now, 0);
 	record(f, now, IPS_DIR_INBOUND, owner, new_flow);
 	count(IPS_STAT_INBOUND);
 	return to_vm(cfg, f, port);

@@ -26,6 +26,8 @@ pub const SHADOW_SLOW_SOURCE: u32 = 4;
 pub const OWNER_SOURCE: u8 = 0;
 /// A flow owned by VM B.
 pub const OWNER_DESTINATION: u8 = 1;
+/// A flow the core tracks without knowing its owner yet: its frames go up.
+pub const OWNER_UNKNOWN: u8 = 2;
 /// A flow the core wrote.
 pub const ORIGIN_CORE: u8 = 0;
 /// A flow the program decided.
@@ -208,6 +210,9 @@ pub enum Direction {
         /// The VM port.
         port: u8,
     },
+    /// Not a frame: the program learned where a client is (`src` is at `src_mac`) from a frame
+    /// it routed to an address a VM holds alone, which the core does not replay.
+    Neighbour,
 }
 
 /// `struct ips_record`: one frame the program forwarded.
@@ -249,7 +254,8 @@ impl Record {
         let b: &[u8; RECORD_SIZE] = b.get(..RECORD_SIZE)?.try_into().ok()?;
         let direction = match b[34] {
             0 => Direction::Inbound { owner: b[35] },
-            _ => Direction::Egress { port: b[35] },
+            1 => Direction::Egress { port: b[35] },
+            _ => Direction::Neighbour,
         };
         Some(Self {
             at_ns: u64_at(b, 0),
@@ -406,5 +412,7 @@ mod tests {
         b[34] = 1;
         b[35] = 3;
         assert_eq!(Record::decode(&b).map(|r| r.direction), Some(Direction::Egress { port: 3 }));
+        b[34] = 2;
+        assert_eq!(Record::decode(&b).map(|r| r.direction), Some(Direction::Neighbour));
     }
 }

@@ -236,3 +236,50 @@ fn what_the_program_is_not_sure_of_goes_up() {
         .expect("shadow");
     assert_eq!(fp.test_run(&udp, ifs[0]).expect("runs").action, XDP_PASS);
 }
+
+#[test]
+fn a_client_learned_from_a_routed_frame_is_recorded_once_per_mac() {
+    let Some(ifs) = namespace() else { return };
+    let mut fp = fast_path(ifs, 0);
+    // An address A holds alone: its frames are routed, never replayed; the core hears of the
+    // client only from the record.
+    let held = Ipv4Addr::new(10, 0, 0, 20);
+    fp.set_route(held, 0).expect("route");
+    let udp = frame(PROVIDER_MAC, CLIENT_MAC, client(4), held, (17, 1, 53, 0));
+    for _ in 0..3 {
+        let run = fp.test_run(&udp, ifs[0]).expect("runs");
+        assert_eq!((run.action, &run.frame[0..6]), (XDP_REDIRECT, &A_MAC[..]));
+    }
+    let moved = frame(PROVIDER_MAC, [2, 0, 0, 0, 0, 0xd], client(4), held, (17, 1, 53, 0));
+    assert_eq!(fp.test_run(&moved, ifs[0]).expect("runs").action, XDP_REDIRECT);
+    let mut records = Vec::new();
+    fp.drain_records(|r| records.push(r));
+    let learned: Vec<_> = records.iter().map(|r| (r.direction, r.src, r.src_mac)).collect();
+    assert_eq!(
+        learned,
+        [
+            (abi::Direction::Neighbour, client(4), CLIENT_MAC),
+            (abi::Direction::Neighbour, client(4), [2, 0, 0, 0, 0, 0xd]),
+        ],
+        "one record per MAC, none per frame"
+    );
+    assert_eq!(fp.neighbour(client(4)), Some([2, 0, 0, 0, 0, 0xd]));
+}
+
+#[test]
+fn a_flow_whose_owner_the_core_does_not_know_goes_up() {
+    let Some(ifs) = namespace() else { return };
+    // Every new flow to B: were the flow not in the map, the program would decide it.
+    let mut fp = fast_path(ifs, 1 << 32);
+    let key = FlowKey { client_ip: client(5), shadow_ip: X, client_port: 40000, shadow_port: 80, protocol: 6 };
+    fp.set_flow(&key, abi::Flow { owner: abi::OWNER_UNKNOWN, origin: abi::ORIGIN_CORE, last_seen_ns: 0 })
+        .expect("flow");
+    for flags in [ACK, SYN] {
+        let f = frame(PROVIDER_MAC, CLIENT_MAC, client(5), X, (6, 40000, 80, flags));
+        assert_eq!(fp.test_run(&f, ifs[0]).expect("runs").action, XDP_PASS, "flags {flags:#x}");
+    }
+    let answer = frame(VM_SIDE_MAC, B_MAC, X, client(5), (6, 80, 40000, ACK));
+    assert_eq!(fp.test_run(&answer, ifs[2]).expect("runs").action, XDP_PASS, "the core learns the owner");
+    assert_eq!(fp.flow(&key).map(|f| f.owner), Some(abi::OWNER_UNKNOWN), "left to the core");
+    assert_eq!(fp.stats().pass_flow, 3);
+}
