@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::status::FastPathStatus;
-use ipshadow_core::flow::{FlowKey, Owner, Side};
+use ipshadow_core::flow::{FlowKey, Owner, Phase, Side};
 use ipshadow_core::l2::{Out, RouterNode};
 use ipshadow_core::shadow::Affinity;
 use ipshadow_core::wire::{Fragment, Ipv4Info, L4, PROTO_TCP, TcpFlags, TcpInfo};
@@ -62,6 +62,8 @@ pub struct FastPathSync {
     /// The time of the previous replay (the loop's previous turn): no record is dated before it.
     replayed_at: Instant,
     flows_restored: u64,
+    /// Flows written again after the map lost them.
+    flows_healed: u64,
     map_errors: u64,
 }
 
@@ -133,6 +135,28 @@ fn sender(frame: &[u8]) -> Option<Ipv4Addr> {
     };
     let b = frame.get(at..at + 4)?;
     Some(Ipv4Addr::new(b[0], b[1], b[2], b[3]))
+}
+
+/// The flow key of an untagged IPv4 TCP or UDP frame that is not a fragment, oriented client ->
+/// shadowed address (`inbound`: from the provider side, the client is the source).
+fn frame_key(frame: &[u8], inbound: bool) -> Option<FlowKey> {
+    if frame.len() < 38 || frame[12..14] != [8, 0] || frame[14] != 0x45 {
+        return None;
+    }
+    let protocol = frame[23];
+    let fragment = u16::from_be_bytes([frame[20], frame[21]]) & 0x3fff != 0;
+    if fragment || !matches!(protocol, 6 | 17) {
+        return None;
+    }
+    let src = Ipv4Addr::new(frame[26], frame[27], frame[28], frame[29]);
+    let dst = Ipv4Addr::new(frame[30], frame[31], frame[32], frame[33]);
+    let sport = u16::from_be_bytes([frame[34], frame[35]]);
+    let dport = u16::from_be_bytes([frame[36], frame[37]]);
+    Some(if inbound {
+        FlowKey { client_ip: src, client_port: sport, shadow_ip: dst, shadow_port: dport, protocol }
+    } else {
+        FlowKey { client_ip: dst, client_port: dport, shadow_ip: src, shadow_port: sport, protocol }
+    })
 }
 
 /// The flow key of a recorded packet, oriented client -> shadowed address.
@@ -235,6 +259,7 @@ impl FastPathSync {
             records_replayed: 0,
             replayed_at: now,
             flows_restored: 0,
+            flows_healed: 0,
             map_errors: 0,
         })
     }
@@ -353,6 +378,7 @@ impl FastPathSync {
     pub fn from_provider(&mut self, node: &mut RouterNode, frame: &[u8], now: Instant, out: &mut Vec<Out>) {
         let sender = sender(frame).map(|ip| (ip, node.neighbours().get(ip, now)));
         node.from_provider(frame.to_vec(), now, out);
+        self.heal(node, frame, true);
         if let Some((ip, before)) = sender
             && let Some(mac) = node.neighbours().get(ip, now)
             && before != Some(mac)
@@ -366,6 +392,33 @@ impl FastPathSync {
     pub fn from_vm(&mut self, node: &mut RouterNode, port: usize, frame: &[u8], now: Instant, out: &mut Vec<Out>) {
         self.lend_neighbour(node, frame, now);
         node.from_vm(port, frame.to_vec(), now, out);
+        self.heal(node, frame, false);
+    }
+
+    /// A frame of a flow the core tracks with a known owner came up: if the program's map has
+    /// lost the flow (the LRU map evicted it under a flood of new flows; a write failed), it is
+    /// written again, so the flow returns to the fast path instead of staying up here. One map
+    /// lookup per such frame, none for frames of addresses whose frames go up anyway.
+    fn heal(&mut self, node: &RouterNode, frame: &[u8], inbound: bool) {
+        let Some(key) = frame_key(frame, inbound) else { return };
+        let Some(shadow) = self.shadows.get(&key.shadow_ip) else { return };
+        if shadow.flags & abi::SHADOW_SLOW != 0 || self.flow_changes.contains_key(&key) {
+            return;
+        }
+        let Some(flow) = node.core.flow(&key) else { return };
+        let Some(side) = flow.owner.side() else { return };
+        if flow.phase == Phase::Retired || (side == Side::Source && shadow.flags & abi::SHADOW_SLOW_SOURCE != 0) {
+            return;
+        }
+        let owner = owner_byte(side.into());
+        if self.fast_path.flow(&map_key(&key)).is_some_and(|f| f.owner == owner) {
+            return;
+        }
+        let flow = abi::Flow { owner, origin: abi::ORIGIN_CORE, last_seen_ns: ipshadow_xdp::ktime_ns() };
+        match self.fast_path.set_flow(&map_key(&key), flow) {
+            Ok(()) => self.flows_healed += 1,
+            Err(_) => self.map_errors += 1,
+        }
     }
 
     /// A VM's frame that came up to the loop: if it is to a client the node does not know but
@@ -545,6 +598,7 @@ impl FastPathSync {
             flow_map_full: s.flow_map_full,
             records_replayed: self.records_replayed,
             flows_restored: self.flows_restored,
+            flows_healed: self.flows_healed,
             map_errors: self.map_errors,
         }
     }

@@ -118,8 +118,12 @@ pub struct FastPathStatus {
     pub flow_map_full: u64,
     /// Records replayed into the core.
     pub records_replayed: u64,
-    /// Flows given back to the core from the pinned flow map when the router started.
+    /// Flows a previous router left in the pinned flow map that came back (their owner kept,
+    /// none relearned).
     pub flows_restored: u64,
+    /// Flows the map had lost (evicted under a flood of new flows) written again from the core.
+    #[serde(default)]
+    pub flows_healed: u64,
     /// Map updates that failed (counted; the loop goes on).
     pub map_errors: u64,
 }
