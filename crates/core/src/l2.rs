@@ -299,6 +299,17 @@ impl RouterNode {
         replay
     }
 
+    /// More datagrams of a flow the fast path forwarded than its record replayed (see
+    /// [`ShadowRouter::replayed_more`]): counted as frames to the VMs or to the provider side.
+    pub fn replayed_more(&mut self, ip: Ipv4Addr, inbound: Option<Side>, packets: u64) {
+        self.core.replayed_more(ip, inbound, packets);
+        if inbound.is_some() {
+            self.stats.to_vms += packets;
+        } else {
+            self.stats.to_provider += packets;
+        }
+    }
+
     /// Changes whenever anything [`RouterNode::fast_path_shadows`], [`RouterNode::ports`] or
     /// [`RouterNode::retired_until`] return may have changed: the core's
     /// [`ShadowRouter::fast_path_generation`] plus the node's own changes (ports of shadowed

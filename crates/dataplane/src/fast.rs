@@ -307,9 +307,15 @@ impl FastPathSync {
                             self.decided.insert(record_key(r), side);
                         }
                     }
+                    if r.packets > 1 {
+                        node.replayed_more(r.dst, Some(side), u64::from(r.packets - 1));
+                    }
                 }
                 Direction::Egress { port } => {
                     node.replay_egress(usize::from(port), &ip, at);
+                    if r.packets > 1 {
+                        node.replayed_more(r.src, None, u64::from(r.packets - 1));
+                    }
                 }
                 Direction::Neighbour => {
                     // The map has it already.

@@ -23,6 +23,7 @@
 
 struct ips_config {
 	__u64 active_until_ns; /* forward only while bpf_ktime_get_ns() is below (a paused router stops) */
+	__u64 udp_batch_ns;    /* a UDP flow's datagrams are recorded at most this often each way */
 	__u32 flags;
 	__u32 provider_ifindex;
 	__u8 provider_mac[6];
@@ -78,8 +79,11 @@ struct ips_flow {
 	__u8 owner;
 	__u8 origin;
 	__u16 pad;
+	__u32 unrecorded_in;  /* UDP: datagrams to the VM forwarded since the last record that way */
+	__u32 unrecorded_out; /* UDP: datagrams from the VM forwarded since the last record that way */
 	__u32 pad2;
-	__u64 last_seen_ns;
+	__u64 last_seen_ns;   /* TCP: last forwarded (to the millisecond); UDP: last recorded inbound */
+	__u64 recorded_out_ns; /* UDP: last recorded from the VM */
 };
 
 struct ips_neighbour {
@@ -113,7 +117,7 @@ struct ips_record {
 	__u8 new_flow;      /* the program created the flow */
 	__u8 pad;
 	__u8 src_mac[6];
-	__u8 pad2[4];
+	__u32 packets;      /* frames this record stands for (UDP: a batch of one flow's datagrams) */
 };
 
 /* Per-CPU counters, indexes of the "stats" array. */

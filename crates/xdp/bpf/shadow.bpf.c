@@ -262,7 +262,13 @@ static __always_inline int parse(struct xdp_md *ctx, struct frame *f)
 
 /* Tells user space what was forwarded. Forwarding never waits for it: a full ring loses the
  * record (counted), and the core relearns what it missed from the frames that go up. */
-static __always_inline void record(const struct frame *f, __u64 now, __u8 direction, __u8 port, __u8 new_flow)
+/* The ring wakes the router only once this much waits: otherwise the router's loop finds the
+ * records when it wakes for a frame or its 5 ms timeout, in batches, instead of being woken for
+ * every frame forwarded. */
+#define IPS_WAKE_AT (256 << 10)
+
+static __always_inline void record(const struct frame *f, __u64 now, __u8 direction, __u8 port, __u8 new_flow,
+				   __u32 packets)
 {
 	struct ips_record *r = bpf_ringbuf_reserve(&records, sizeof(*r), 0);
 	if (!r) {
@@ -285,8 +291,9 @@ static __always_inline void record(const struct frame *f, __u64 now, __u8 direct
 	r->new_flow = new_flow;
 	r->pad = 0;
 	mac_copy(r->src_mac, f->eth->h_source);
-	*(__u32 *)r->pad2 = 0;
-	bpf_ringbuf_submit(r, 0);
+	r->packets = packets;
+	__u64 waiting = bpf_ringbuf_query(&records, BPF_RB_AVAIL_DATA);
+	bpf_ringbuf_submit(r, waiting >= IPS_WAKE_AT ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP);
 }
 
 /* Where a client is: learned from a frame delivered to a VM, as the core learns it. With `tell`
@@ -304,7 +311,7 @@ static __always_inline void learn(const struct frame *f, __u64 now, int tell)
 	mac_copy(fresh.mac, src);
 	bpf_map_update_elem(&neighbours, &f->ip->saddr, &fresh, BPF_ANY);
 	if (tell)
-		record(f, now, IPS_DIR_NEIGHBOUR, 0, 0);
+		record(f, now, IPS_DIR_NEIGHBOUR, 0, 0, 1);
 }
 
 static __always_inline int to_vm(const struct ips_config *cfg, struct frame *f, __u32 port)
@@ -349,6 +356,7 @@ static __always_inline int from_provider(const struct ips_config *cfg, struct fr
 	int syn = tcp && (f->tcp_flags & TCP_SYN);
 	int opens = !tcp || (syn && !(f->tcp_flags & (TCP_ACK | TCP_RST)));
 	__u8 owner, new_flow = 0;
+	__u32 packets = 1;
 	struct ips_flow *flow = bpf_map_lookup_elem(&flows, &key);
 	if (flow) {
 		/* A SYN on a known tuple may be a new connection, and a flow whose owner is not known
@@ -374,13 +382,25 @@ static __always_inline int from_provider(const struct ips_config *cfg, struct fr
 		if (bpf_map_update_elem(&flows, &key, &fresh, BPF_NOEXIST))
 			return pass(IPS_STAT_FLOW_MAP_FULL);
 		count(IPS_STAT_NEW_FLOWS);
+	} else if (ip->protocol == IPPROTO_UDP) {
+		if (now - flow->last_seen_ns < cfg->udp_batch_ns) {
+			__sync_fetch_and_add(&flow->unrecorded_in, 1);
+			learn(f, now, 0);
+			count(IPS_STAT_INBOUND);
+			return to_vm(cfg, f, port);
+		}
+		/* Not atomic with the adds: a datagram counted on another CPU meanwhile may be lost
+		 * from the counters (never from the forwarding). */
+		packets += flow->unrecorded_in;
+		flow->unrecorded_in = 0;
+		flow->last_seen_ns = now;
 	} else if (now - flow->last_seen_ns > 1000000) {
 		/* Written at most once a millisecond: the line stays shared between CPUs. */
 		flow->last_seen_ns = now;
 	}
 	/* The core learns the client from the replayed frame. */
 	learn(f, now, 0);
-	record(f, now, IPS_DIR_INBOUND, owner, new_flow);
+	record(f, now, IPS_DIR_INBOUND, owner, new_flow, packets);
 	count(IPS_STAT_INBOUND);
 	return to_vm(cfg, f, port);
 }
@@ -440,9 +460,20 @@ static __always_inline int from_vm(const struct ips_config *cfg, struct frame *f
 	struct ips_neighbour *n = bpf_map_lookup_elem(&neighbours, &ip->daddr);
 	if (!n)
 		return pass(IPS_STAT_PASS_NEXT_HOP);
-	if (now - flow->last_seen_ns > 1000000)
+	__u32 packets = 1;
+	if (ip->protocol == IPPROTO_UDP) {
+		if (now - flow->recorded_out_ns < cfg->udp_batch_ns) {
+			__sync_fetch_and_add(&flow->unrecorded_out, 1);
+			count(IPS_STAT_EGRESS);
+			return to_provider(cfg, f, n);
+		}
+		packets += flow->unrecorded_out;
+		flow->unrecorded_out = 0;
+		flow->recorded_out_ns = now;
+	} else if (now - flow->last_seen_ns > 1000000) {
 		flow->last_seen_ns = now;
-	record(f, now, IPS_DIR_EGRESS, (__u8)vm, 0);
+	}
+	record(f, now, IPS_DIR_EGRESS, (__u8)vm, 0, packets);
 	count(IPS_STAT_EGRESS);
 	return to_provider(cfg, f, n);
 }

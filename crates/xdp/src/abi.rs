@@ -38,6 +38,10 @@ pub const ORIGIN_FAST_PATH: u8 = 1;
 pub struct Config {
     /// The program forwards while `bpf_ktime_get_ns()` is below.
     pub active_until_ns: u64,
+    /// A UDP flow's datagrams are recorded at most this often each way, in batches that carry
+    /// their count (the core's state of a UDP flow changes only in counters and last-seen
+    /// times); 0: every datagram. [`UDP_BATCH_NS`] unless changed.
+    pub udp_batch_ns: u64,
     /// `CFG_*`.
     pub flags: u32,
     /// The provider interface.
@@ -48,15 +52,23 @@ pub struct Config {
     pub vm_side_mac: [u8; 6],
 }
 
+/// The default of [`Config::udp_batch_ns`]: 50 ms (a UDP flow's last-seen time in the core lags
+/// by at most this, against idle timeouts of tens of seconds).
+pub const UDP_BATCH_NS: u64 = 50_000_000;
+
+/// Size of `struct ips_config`.
+pub const CONFIG_SIZE: usize = 40;
+
 impl Config {
     /// The bytes of the map value.
-    pub fn encode(&self) -> [u8; 32] {
-        let mut b = [0; 32];
+    pub fn encode(&self) -> [u8; CONFIG_SIZE] {
+        let mut b = [0; CONFIG_SIZE];
         b[0..8].copy_from_slice(&self.active_until_ns.to_ne_bytes());
-        b[8..12].copy_from_slice(&self.flags.to_ne_bytes());
-        b[12..16].copy_from_slice(&self.provider_ifindex.to_ne_bytes());
-        b[16..22].copy_from_slice(&self.provider_mac);
-        b[22..28].copy_from_slice(&self.vm_side_mac);
+        b[8..16].copy_from_slice(&self.udp_batch_ns.to_ne_bytes());
+        b[16..20].copy_from_slice(&self.flags.to_ne_bytes());
+        b[20..24].copy_from_slice(&self.provider_ifindex.to_ne_bytes());
+        b[24..30].copy_from_slice(&self.provider_mac);
+        b[30..36].copy_from_slice(&self.vm_side_mac);
         b
     }
 }
@@ -166,24 +178,27 @@ pub struct Flow {
     pub owner: u8,
     /// `ORIGIN_*`.
     pub origin: u8,
-    /// When the program last forwarded one of its frames (`bpf_ktime_get_ns`, to the
-    /// millisecond), or when the core wrote it.
+    /// TCP: when the program last forwarded one of its frames (`bpf_ktime_get_ns`, to the
+    /// millisecond); UDP: when it last recorded one towards the VM; or when the core wrote it.
     pub last_seen_ns: u64,
 }
 
+/// Size of `struct ips_flow`.
+pub const FLOW_SIZE: usize = 32;
+
 impl Flow {
-    /// The bytes of the map value.
-    pub fn encode(&self) -> [u8; 16] {
-        let mut b = [0; 16];
+    /// The bytes of the map value (the UDP batch counters at zero).
+    pub fn encode(&self) -> [u8; FLOW_SIZE] {
+        let mut b = [0; FLOW_SIZE];
         b[0] = self.owner;
         b[1] = self.origin;
-        b[8..16].copy_from_slice(&self.last_seen_ns.to_ne_bytes());
+        b[16..24].copy_from_slice(&self.last_seen_ns.to_ne_bytes());
         b
     }
 
     /// From the bytes of a map value.
-    pub fn decode(b: &[u8; 16]) -> Self {
-        Self { owner: b[0], origin: b[1], last_seen_ns: u64_at(b, 8) }
+    pub fn decode(b: &[u8; FLOW_SIZE]) -> Self {
+        Self { owner: b[0], origin: b[1], last_seen_ns: u64_at(b, 16) }
     }
 }
 
@@ -246,6 +261,8 @@ pub struct Record {
     pub new_flow: bool,
     /// The frame's source MAC as received.
     pub src_mac: [u8; 6],
+    /// Frames this record stands for: 1, or a batch of one UDP flow's datagrams one way.
+    pub packets: u32,
 }
 
 impl Record {
@@ -272,6 +289,7 @@ impl Record {
             direction,
             new_flow: b[36] != 0,
             src_mac: [b[38], b[39], b[40], b[41], b[42], b[43]],
+            packets: u32_at(b, 44).max(1),
         })
     }
 }

@@ -97,13 +97,13 @@ pub const XDP_REDIRECT: u32 = 4;
 /// The program loaded, its maps open.
 pub struct FastPath {
     ebpf: Ebpf,
-    config: Array<MapData, [u8; 32]>,
+    config: Array<MapData, [u8; abi::CONFIG_SIZE]>,
     ports: Array<MapData, [u8; 12]>,
     vm_ifindexes: HashMap<MapData, u32, u32>,
     tx_ports: DevMap<MapData>,
     shadows: HashMap<MapData, [u8; 4], [u8; 32]>,
     routes: HashMap<MapData, [u8; 4], [u8; 8]>,
-    flows: HashMap<MapData, [u8; 16], [u8; 16]>,
+    flows: HashMap<MapData, [u8; 16], [u8; abi::FLOW_SIZE]>,
     neighbours: HashMap<MapData, [u8; 4], [u8; 8]>,
     records: RingBuf<MapData>,
     stats: PerCpuArray<MapData, u64>,
@@ -163,7 +163,7 @@ impl FastPath {
             records: take(&mut ebpf, "records")?,
             stats: take(&mut ebpf, "stats")?,
             ebpf,
-            current: Config::default(),
+            current: Config { udp_batch_ns: abi::UDP_BATCH_NS, ..Config::default() },
         };
         fast_path.write_config()?;
         Ok(fast_path)

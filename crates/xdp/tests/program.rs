@@ -283,3 +283,40 @@ fn a_flow_whose_owner_the_core_does_not_know_goes_up() {
     assert_eq!(fp.flow(&key).map(|f| f.owner), Some(abi::OWNER_UNKNOWN), "left to the core");
     assert_eq!(fp.stats().pass_flow, 3);
 }
+
+#[test]
+fn a_udp_flows_datagrams_are_recorded_in_batches_with_their_count() {
+    let Some(ifs) = namespace() else { return };
+    let mut fp = fast_path(ifs, 0);
+    assert_eq!(fp.config().udp_batch_ns, abi::UDP_BATCH_NS, "batches by default");
+    let datagram = frame(PROVIDER_MAC, CLIENT_MAC, client(5), X, (17, 5353, 53, 0));
+    let answer = frame(VM_SIDE_MAC, A_MAC, X, client(5), (17, 53, 5353, 0));
+    // The first datagram opens the flow (recorded); the next nine, within the batch, are not.
+    for _ in 0..10 {
+        assert_eq!(fp.test_run(&datagram, ifs[0]).expect("runs").action, XDP_REDIRECT);
+    }
+    // The VM's first answer is recorded; its next four are batched.
+    for _ in 0..5 {
+        assert_eq!(fp.test_run(&answer, ifs[1]).expect("runs").action, XDP_REDIRECT);
+    }
+    let mut records = Vec::new();
+    fp.drain_records(|r| records.push(r));
+    let seen: Vec<_> =
+        records.iter().filter(|r| r.direction != abi::Direction::Neighbour).map(|r| (r.direction, r.packets)).collect();
+    assert_eq!(
+        seen,
+        [(abi::Direction::Inbound { owner: abi::OWNER_SOURCE }, 1), (abi::Direction::Egress { port: 0 }, 1)]
+    );
+    // The batch ends: the next datagram each way stands for the ones held back and itself.
+    fp.set_config(Config { udp_batch_ns: 0, ..fp.config() }).expect("config");
+    fp.test_run(&datagram, ifs[0]).expect("runs");
+    fp.test_run(&answer, ifs[1]).expect("runs");
+    records.clear();
+    fp.drain_records(|r| records.push(r));
+    let seen: Vec<_> = records.iter().map(|r| (r.direction, r.packets)).collect();
+    assert_eq!(
+        seen,
+        [(abi::Direction::Inbound { owner: abi::OWNER_SOURCE }, 10), (abi::Direction::Egress { port: 0 }, 5)]
+    );
+    assert_eq!(fp.stats().inbound + fp.stats().egress, 17, "every datagram forwarded");
+}

@@ -9,6 +9,8 @@
 //! have decided otherwise, the packet's side wins (a TCP connection must never see two ends) and
 //! the difference is counted ([`crate::RouterCounters::fast_path_disagreed`]).
 
+use std::net::Ipv4Addr;
+
 use super::{Deliver, DropReason, EgressVerdict, InboundVerdict, ShadowRouter, VmRef};
 use crate::flow::{Owner, Side};
 use crate::time::Instant;
@@ -106,6 +108,24 @@ impl<S: crate::events::EventSink> ShadowRouter<S> {
             Replay::OwnerAdopted { .. } | Replay::CoreWouldDeliver(_) | Replay::NotShadowed => {
                 self.counters.fast_path_disagreed += 1;
             }
+        }
+    }
+
+    /// More datagrams of a flow the fast path forwarded than its record replayed: it reports a
+    /// UDP flow's datagrams in batches (one record at most every few tens of milliseconds, with
+    /// their count), and only the counters differ between one datagram and several of the same
+    /// flow. `inbound`: `Some(side)` for datagrams to `ip` delivered to that side, `None` for
+    /// datagrams from `ip` sent to the provider side.
+    pub fn replayed_more(&mut self, ip: Ipv4Addr, inbound: Option<Side>, packets: u64) {
+        self.counters.fast_path_replayed += packets;
+        match inbound {
+            Some(side) => {
+                self.counters.inbound_frames += packets;
+                if let Some(shadow) = self.shadows.get_mut(&ip) {
+                    shadow.packets[Deliver::from(side).bits() as usize - 1] += packets;
+                }
+            }
+            None => self.counters.egress_frames += packets,
         }
     }
 }
