@@ -348,7 +348,9 @@ proptest::proptest! {
                 })
             })
             .collect();
-        let steps = ops
+        // Every stream carries at least one frame (one of only waits would observe nothing).
+        let first = Step::In(udp((client(0), 3000), x, b"q"));
+        let steps = std::iter::once(first).chain(ops
             .into_iter()
             .map(|(what, c, f, seq, wait)| {
                 let cl = (client(c), 3000 + u16::from(c));
@@ -361,7 +363,7 @@ proptest::proptest! {
                     4 => Step::In(udp(cl, x, b"q")),
                     _ => Step::Wait(Duration::from_millis(u64::from(wait) * 7)),
                 }
-            })
+            }))
             .collect();
         run_pair(steps, &keys);
     }
