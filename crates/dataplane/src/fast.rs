@@ -32,6 +32,26 @@ const RESTORE_WINDOW: Duration = Duration::from_secs(60);
 /// loop sends does not cost a map update; forgotten all at once beyond this (then written again).
 const NEIGHBOURS_CACHED: usize = 65_536;
 
+/// Entries the kernel's LRU hash keeps free per CPU, out of reach of the others until they run
+/// out (`LOCAL_FREE_TARGET` in kernel/bpf/bpf_lru_list.c): it evicts before its nominal size.
+const LRU_FREE_PER_CPU: u32 = 128;
+
+/// The fewest spare entries in the flow map: new flows the program may decide between two turns
+/// of the loop (a few milliseconds of a flood) without pushing out one the core keeps.
+const SPARE_FLOWS_MIN: u32 = 4096;
+
+/// The entries of the program's flow map beside a core table of `max_flows`. More than the
+/// table: the flows the program decides between two turns of the loop that the core then
+/// refuses (its table full of established flows) or evicts (embryonic, under a SYN flood) are
+/// removed from the map only at the next turn; meanwhile they must take spare entries, not push
+/// out flows the core keeps (the LRU map evicts the least recently used, established or not,
+/// and each flow it loses goes up until healed). Measured in tests/fast_path_flood.rs.
+pub fn flow_map_entries(max_flows: u32) -> u32 {
+    let per_cpu = LRU_FREE_PER_CPU.saturating_mul(ipshadow_xdp::possible_cpus());
+    let spare = (max_flows / 8).max(SPARE_FLOWS_MIN).saturating_add(per_cpu);
+    max_flows.saturating_add(spare)
+}
+
 /// The program attached to the router's interfaces, and what was last written into its maps.
 pub struct FastPathSync {
     fast_path: FastPath,
@@ -182,7 +202,8 @@ fn record_key(r: &Record) -> FlowKey {
 impl FastPathSync {
     /// Loads the program, attaches it to the provider interface and every VM interface (in the
     /// node's port order) in driver mode, and reads the flows a previous router left pinned.
-    /// `macs`: the router's own on the provider side and on the VM side (the VMs' gateway).
+    /// `macs`: the router's own on the provider side and on the VM side (the VMs' gateway);
+    /// `max_flows`: the core's flow table (the map has [`flow_map_entries`]).
     pub fn open(
         provider: &str,
         vms: &[&str],
@@ -225,7 +246,7 @@ impl FastPathSync {
         max_flows: u32,
         now: Instant,
     ) -> Result<Self, FastPathError> {
-        let mut fast_path = FastPath::load(&FastPathSetup { pin_dir, max_flows })?;
+        let mut fast_path = FastPath::load(&FastPathSetup { pin_dir, max_flows: flow_map_entries(max_flows) })?;
         fast_path.set_provider(provider_ifindex)?;
         let (provider_mac, vm_side_mac) = macs;
         fast_path.set_config(Config { provider_mac, vm_side_mac, ..fast_path.config() })?;
@@ -384,7 +405,7 @@ impl FastPathSync {
     pub fn from_provider(&mut self, node: &mut RouterNode, frame: &[u8], now: Instant, out: &mut Vec<Out>) {
         let sender = sender(frame).map(|ip| (ip, node.neighbours().get(ip, now)));
         node.from_provider(frame.to_vec(), now, out);
-        self.heal(node, frame, true);
+        self.heal(node, frame, true, now);
         if let Some((ip, before)) = sender
             && let Some(mac) = node.neighbours().get(ip, now)
             && before != Some(mac)
@@ -398,20 +419,24 @@ impl FastPathSync {
     pub fn from_vm(&mut self, node: &mut RouterNode, port: usize, frame: &[u8], now: Instant, out: &mut Vec<Out>) {
         self.lend_neighbour(node, frame, now);
         node.from_vm(port, frame.to_vec(), now, out);
-        self.heal(node, frame, false);
+        self.heal(node, frame, false, now);
     }
 
     /// A frame of a flow the core tracks with a known owner came up: if the program's map has
     /// lost the flow (the LRU map evicted it under a flood of new flows; a write failed), it is
     /// written again, so the flow returns to the fast path instead of staying up here. One map
-    /// lookup per such frame, none for frames of addresses whose frames go up anyway.
-    fn heal(&mut self, node: &RouterNode, frame: &[u8], inbound: bool) {
+    /// lookup per such frame, none for frames of addresses whose frames go up anyway. A flow
+    /// this turn started is not one the map lost: its `FlowStarted` writes it at the sync.
+    fn heal(&mut self, node: &RouterNode, frame: &[u8], inbound: bool, now: Instant) {
         let Some(key) = frame_key(frame, inbound) else { return };
         let Some(shadow) = self.shadows.get(&key.shadow_ip) else { return };
         if shadow.flags & abi::SHADOW_SLOW != 0 || self.flow_changes.contains_key(&key) {
             return;
         }
         let Some(flow) = node.core.flow(&key) else { return };
+        if flow.created == now {
+            return;
+        }
         let Some(side) = flow.owner.side() else { return };
         if flow.phase == Phase::Retired || (side == Side::Source && shadow.flags & abi::SHADOW_SLOW_SOURCE != 0) {
             return;

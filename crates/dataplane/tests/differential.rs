@@ -14,7 +14,6 @@
 //! Needs root (a network namespace of the test thread's own, with veth interfaces whose indexes
 //! the program's device map takes): CI runs it; elsewhere it says so and stops.
 
-#![allow(unsafe_code)] // unshare(2), to give the test thread a network namespace of its own
 #![allow(clippy::unwrap_used)] // test helpers outside #[test] fns
 
 mod common;
@@ -24,9 +23,9 @@ use std::cell::Cell;
 use std::collections::BTreeSet;
 use std::fmt;
 use std::net::Ipv4Addr;
-use std::process::Command;
 
 use common::MemPort;
+use common::xdp::{GATEWAY, MAC_A, MAC_B, PROVIDER_MAC, VM_SIDE_MAC, addressed, namespace};
 use ipshadow_core::l2::{Out, RouterNode};
 use ipshadow_core::testkit::{X, icmp_echo, make_fragment, tcp, udp};
 use ipshadow_core::wire::{Packet, parse_frame};
@@ -37,41 +36,13 @@ use ipshadow_core::{
 use ipshadow_dataplane::Forwarder;
 use ipshadow_dataplane::fast::FastPathSync;
 use ipshadow_xdp::abi;
-use ipshadow_xdp::{XDP_PASS, XDP_REDIRECT, ifindex};
+use ipshadow_xdp::{XDP_PASS, XDP_REDIRECT};
 use proptest::prelude::*;
 use proptest::test_runner::{Config as ProptestConfig, TestCaseError, TestRunner};
 
-const PROVIDER_MAC: [u8; 6] = [2, 0xee, 0, 0, 0, 1];
-const VM_SIDE_MAC: [u8; 6] = [2, 0xee, 0, 0, 0, 2];
-const MAC_A: [u8; 6] = [2, 0xa, 0, 0, 0, 1];
-const MAC_B: [u8; 6] = [2, 0xb, 0, 0, 0, 1];
-/// The provider's router, through which every client's frames come.
-const CLIENT_MAC: [u8; 6] = [2, 0xc, 0, 0, 0, 1];
-const GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
 const SALT: u64 = 0x5eed_1e55;
 /// Owners are compared every this many ops (and at the end of each stream).
 const CHECK_EVERY: usize = 8;
-
-/// Moves the test thread into a new network namespace with interfaces prov, vma and vmb (veth
-/// pairs, peers unused: the program only needs their indexes); `None` without root, outside CI.
-fn namespace() -> Option<[u32; 3]> {
-    // SAFETY: unshare changes only the calling thread's namespaces and touches no memory.
-    if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
-        assert!(std::env::var("CI").as_deref() != Ok("true"), "CI runs as root: unshare failed");
-        eprintln!("skipped: needs root (a network namespace of its own)");
-        return None;
-    }
-    for name in ["prov", "vma", "vmb"] {
-        let peer = format!("{name}-peer");
-        let ok = Command::new("ip")
-            .args(["link", "add", name, "type", "veth", "peer", "name", &peer])
-            .status()
-            .is_ok_and(|s| s.success());
-        assert!(ok, "ip link add {name} (iproute2)");
-        assert!(Command::new("ip").args(["link", "set", name, "up"]).status().is_ok_and(|s| s.success()));
-    }
-    Some(["prov", "vma", "vmb"].map(|n| ifindex(n).unwrap()))
-}
 
 /// One step of a stream: the shape of the core's property tests' `Op`.
 #[derive(Clone, Debug)]
@@ -347,18 +318,6 @@ impl Pair {
 /// port i's), as the core's properties build them, with the MACs of this topology.
 fn frames(op: &Op, last: &mut Vec<u8>) -> Vec<(usize, Vec<u8>)> {
     let vm = |b: bool| if b { 2 } else { 1 };
-    let addressed = |interface: usize, mut f: Vec<u8>| {
-        if f.len() >= 12 {
-            let (dst, src) = match interface {
-                0 => (PROVIDER_MAC, CLIENT_MAC),
-                1 => (VM_SIDE_MAC, MAC_A),
-                _ => (VM_SIDE_MAC, MAC_B),
-            };
-            f[0..6].copy_from_slice(&dst);
-            f[6..12].copy_from_slice(&src);
-        }
-        (interface, f)
-    };
     let sent = match *op {
         Op::Inbound { client: c, port, flags, seq, data } => {
             let payload: &[u8] = if data { b"abc" } else { b"" };

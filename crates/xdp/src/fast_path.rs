@@ -359,6 +359,12 @@ pub fn is_bpffs(dir: &Path) -> bool {
     best.is_some_and(|(_, bpf)| bpf)
 }
 
+/// The CPUs the kernel may run the program on (`/sys/devices/system/cpu/possible`; 1 if unknown):
+/// the kernel's LRU hash keeps free entries aside per CPU.
+pub fn possible_cpus() -> u32 {
+    aya::util::nr_cpus().map_or(1, |n| n.clamp(1, u32::MAX as usize) as u32)
+}
+
 /// The kernel's monotonic clock in nanoseconds: the time base of `bpf_ktime_get_ns()`, in
 /// which the records are stamped.
 #[allow(unsafe_code)]

@@ -18,6 +18,7 @@ mod fast_path;
 
 pub use fast_path::{
     FastPath, FastPathError, FastPathSetup, PINNED, TestRun, XDP_PASS, XDP_REDIRECT, ifindex, is_bpffs, ktime_ns,
+    possible_cpus,
 };
 
 /// The compiled program (empty when clang was missing at build time).

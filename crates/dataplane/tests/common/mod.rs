@@ -1,4 +1,6 @@
-//! What the data plane's tests share: an in-memory port.
+//! What the data plane's tests share: an in-memory port, and the fast path's topology ([`xdp`]).
+
+pub mod xdp;
 
 use std::collections::VecDeque;
 use std::io;
