@@ -72,6 +72,10 @@ pub struct DemoArgs {
     /// --refuse-xdp`): the demo on the AF_PACKET path the router falls back to.
     #[arg(long)]
     pub refuse_xdp: bool,
+    /// How the routers forward (as `lab up --data-path`): `af-packet` (the default), `auto`
+    /// (the XDP fast path when the interfaces take it), `xdp`.
+    #[arg(long, value_enum, default_value = "af-packet")]
+    pub data_path: crate::lab::DataPathChoice,
     /// Keep the lab's state in an etcd cluster of this many members, with the parts as
     /// processes of their own (as `lab up --etcd`): the router, the DHCP server, two managers
     /// and two API nodes.
@@ -240,7 +244,7 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
     };
     let routers = if args.routers >= 2 { format!(", a group of {} routers", args.routers) } else { String::new() };
     eprintln!("ipshadow demo: building the lab ({hosts}, VM A holds 10.0.0.10 by DHCP{store}{routers})");
-    lab.up(args.clients, args.etcd, args.routers, args.refuse_xdp)?;
+    lab.up(args.clients, args.etcd, args.routers, args.refuse_xdp, args.data_path)?;
     let result = manager::Demo::new(&lab, args).and_then(|demo| demo.run());
     if !args.keep_lab
         && let Err(e) = lab.down()

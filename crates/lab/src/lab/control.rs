@@ -37,7 +37,7 @@ impl Lab {
             "listen = \"{API}\"\ndata_dir = \"{data}\"\n\n\
              # Short deadlines are what the demo shows; production keeps the default 30 s minimum.\n\
              [policy]\nmin_deadline_secs = {MIN_DEADLINE_SECS}\ndefault_deadline_secs = 60\nmax_deadline_secs = 86400\n\n\
-             [router]\nprovider = \"prov\"\ngateway = \"{GATEWAY}\"\nstatus_file = \"{status}\"\nbpf_dir = \"{bpf}\"\n\
+             [router]\nprovider = \"prov\"\ngateway = \"{GATEWAY}\"\nstatus_file = \"{status}\"\nbpf_dir = \"{bpf}\"\ndata_path = \"{data_path}\"\n\
              vms = [{{ id = \"vm-a\", interface = \"vma\", mac = \"{MAC_A}\" }}, \
              {{ id = \"vm-b\", interface = \"vmb\", mac = \"{MAC_B}\" }}]\n\n\
              [dhcp]\nserver_id = \"{server_id}\"\nlease_store = \"leases.redb\"\n\n\
@@ -45,6 +45,9 @@ impl Lab {
             data = d("serve"),
             status = d("router/status.json"),
             bpf = d("bpf/r"),
+            data_path = std::fs::read_to_string(self.dir.join("data-path"))
+                .map(|s| s.trim().to_owned())
+                .unwrap_or_else(|_| "af-packet".to_owned()),
             // With a router group the DHCP server is on a host of its own, not the gateway.
             server_id = if self.routers() >= 2 { super::CONTROL_HOST } else { GATEWAY },
         )

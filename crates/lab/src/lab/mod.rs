@@ -95,6 +95,10 @@ enum LabCommand {
         /// AF_PACKET.
         #[arg(long)]
         refuse_xdp: bool,
+        /// How the routers forward (`[router] data_path`): `af-packet` (the default), `auto`
+        /// (the XDP fast path when the interfaces take it), `xdp`.
+        #[arg(long, value_enum, default_value = "af-packet")]
+        data_path: DataPathChoice,
     },
     /// Start a VM's DHCP client (as the demo does for VM B once a migration is planned); returns
     /// once the VM holds 10.0.0.10.
@@ -120,7 +124,7 @@ enum LabCommand {
 pub fn run(args: &LabArgs) -> anyhow::Result<()> {
     let lab = Lab::new(&args.prefix)?;
     match &args.command {
-        LabCommand::Up { clients, http, etcd, routers, refuse_xdp } => {
+        LabCommand::Up { clients, http, etcd, routers, refuse_xdp, data_path } => {
             lab.require_root()?;
             if lab.is_up() {
                 eprintln!("ipshadow lab: {} is already up", args.prefix);
@@ -130,7 +134,7 @@ pub fn run(args: &LabArgs) -> anyhow::Result<()> {
                     lab.start_http(*server)?;
                 }
             } else {
-                lab.up(*clients, *etcd, *routers, *refuse_xdp)?;
+                lab.up(*clients, *etcd, *routers, *refuse_xdp, *data_path)?;
                 if let Some(server) = http
                     && let Err(e) = lab.start_http(*server)
                 {
@@ -172,6 +176,28 @@ pub fn run(args: &LabArgs) -> anyhow::Result<()> {
                 print!("{}", status.text());
             }
             Ok(())
+        }
+    }
+}
+
+/// How the lab's routers forward.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum DataPathChoice {
+    /// AF_PACKET only.
+    AfPacket,
+    /// The XDP fast path when the interfaces take it, else AF_PACKET.
+    Auto,
+    /// The XDP fast path, or the router fails.
+    Xdp,
+}
+
+impl DataPathChoice {
+    /// The value of `[router] data_path`.
+    pub fn config(self) -> &'static str {
+        match self {
+            Self::AfPacket => "af-packet",
+            Self::Auto => "auto",
+            Self::Xdp => "xdp",
         }
     }
 }

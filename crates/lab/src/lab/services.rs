@@ -115,7 +115,14 @@ impl Lab {
     /// to keep the state in, with the parts as processes of their own (0: one `serve` process
     /// on the embedded store); `routers`: 1, or a router group of 2 to
     /// [`MAX_ROUTERS`](super::MAX_ROUTERS) router hosts (on etcd, one member if `etcd` is 0).
-    pub fn up(&self, clients: u8, etcd: u8, routers: u8, refuse_xdp: bool) -> anyhow::Result<()> {
+    pub fn up(
+        &self,
+        clients: u8,
+        etcd: u8,
+        routers: u8,
+        refuse_xdp: bool,
+        data_path: super::DataPathChoice,
+    ) -> anyhow::Result<()> {
         if !(1..=super::MAX_ROUTERS).contains(&routers) {
             bail!("--routers: 1 to {}", super::MAX_ROUTERS);
         }
@@ -123,7 +130,8 @@ impl Lab {
         std::fs::create_dir_all(self.dir.join("router")).with_context(|| format!("creating {}", self.dir.display()))?;
         let etcd = if routers >= 2 { etcd.max(1) } else { etcd };
         let result = std::fs::write(self.dir.join("routers"), routers.to_string())
-            .context("writing the lab's router count")
+            .and_then(|()| std::fs::write(self.dir.join("data-path"), data_path.config()))
+            .context("writing the lab's router count and data path")
             .and_then(|()| self.mount_bpffs())
             .and_then(|()| self.build(clients, etcd, routers, refuse_xdp));
         if result.is_err() {
