@@ -89,6 +89,11 @@ pub struct RouterCounters {
     /// after any server's close of an idle keep-alive connection).
     #[serde(default)]
     pub closed_crossed: u64,
+    /// Of the router's FINs, those sent again at the peer's acknowledgment: the first was behind
+    /// what the peer had already received (an exchange still on its way through a fast path when
+    /// the router closed), so the peer ignored it as old.
+    #[serde(default)]
+    pub closes_behind: u64,
     /// Non-first fragments delivered to both VMs because their first fragment was not seen.
     pub fragments_mirrored: u64,
     /// Non-first fragments from a VM with no first fragment seen, dropped.

@@ -21,6 +21,9 @@ const SYNACK: u8 = F::SYN | F::ACK;
 const ACK: u8 = F::ACK;
 const FINACK: u8 = F::FIN | F::ACK;
 const C: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 7);
+/// From the window's opening to its first closes: one scan period, so that a fast path has
+/// stopped forwarding A's flows and reported what it forwarded before.
+const FIRST_SCAN: Duration = Duration::from_millis(250);
 
 /// A harness whose migration has a deadline `deadline` from now, 10 s closing window, ramping.
 fn harness(deadline: Duration, early_finish: bool) -> Harness {
@@ -76,6 +79,8 @@ fn an_idle_flow_is_closed_in_order_at_the_window_and_its_close_absorbed() {
     h.advance(Duration::from_secs(49));
     assert!(sent(&mut h).is_empty(), "nothing before the window");
     h.advance(Duration::from_secs(1)); // deadline - 10 s: the window opens
+    assert!(sent(&mut h).is_empty(), "no close in the instant the window opens");
+    h.advance(FIRST_SCAN);
     let out = sent(&mut h);
     assert_eq!(out.len(), 2, "{out:?}");
     let (to_client, fin) = &out[0];
@@ -146,6 +151,7 @@ fn a_request_crossing_the_fin_is_acknowledged_not_delivered() {
     open_on_a(&mut h, 4003);
     h.router.lease_bound(X, h.now).unwrap();
     h.advance(Duration::from_secs(50));
+    h.advance(FIRST_SCAN);
     assert_eq!(sent(&mut h).len(), 2);
     // The client sent its next request before the FIN reached it.
     let req = tcp((C, 4003), (X, 80), ACK, 106, 907, b"GET /3");
@@ -195,6 +201,7 @@ fn idle_flows_that_would_outlive_the_longest_deadline_are_closed_early() {
     open_on_a(&mut h, 4005); // idle, and no flow has ever ended: no drain in sight
     h.router.lease_bound(X, h.now).unwrap();
     h.advance(Duration::from_secs(31));
+    h.advance(FIRST_SCAN);
     let out = sent(&mut h);
     assert_eq!(out.len(), 2, "closed in order: {out:?}");
     h.inbound(&tcp((C, 4005), (X, 80), FINACK, 106, 908, &[]));
@@ -211,6 +218,7 @@ fn a_client_that_notices_the_close_after_the_cut_over_is_still_answered_not_rese
     h.inbound(&tcp((C, 4007), (X, 80), ACK, 106, 907, b"GET /2")); // busy: keeps the window open
     h.router.lease_bound(X, h.now).unwrap();
     h.advance(Duration::from_secs(50));
+    h.advance(FIRST_SCAN);
     assert_eq!(sent(&mut h).len(), 2, "4006 closed in order");
     h.advance(Duration::from_secs(10)); // the deadline: the migration ends
     report(&mut h);
@@ -293,7 +301,8 @@ fn closes_are_spread_over_the_first_half_of_the_window() {
     }
     h.router.lease_bound(X, h.now).unwrap();
     h.advance(Duration::from_secs(50)); // the window opens: 100 idle flows, 10 s
-    let mut per_look = vec![sent(&mut h).len() / 2];
+    assert!(sent(&mut h).is_empty(), "the first closes wait for the first scan");
+    let mut per_look = Vec::new();
     while per_look.iter().sum::<usize>() < 100 && per_look.len() < 40 {
         h.advance(Duration::from_millis(250));
         per_look.push(sent(&mut h).len() / 2);
@@ -310,6 +319,7 @@ fn a_lost_fin_is_sent_again_when_the_client_shows_it_did_not_get_it() {
     open_on_a(&mut h, 4012);
     h.router.lease_bound(X, h.now).unwrap();
     h.advance(Duration::from_secs(50));
+    h.advance(FIRST_SCAN);
     assert_eq!(sent(&mut h).len(), 2, "closed in order");
     // The FIN was lost: the client's next request still acknowledges only 907.
     let closed = InboundVerdict::Drop(DropReason::ClosedByRouter);
@@ -348,7 +358,7 @@ fn a_phantom_flow_seen_by_one_last_ack_is_closed_as_overdue_and_the_migration_fi
     }
     assert!(sent(&mut h).is_empty());
     let mut closed_at = None;
-    for _ in 0..80 {
+    for _ in 0..100 {
         h.advance(Duration::from_millis(250));
         if let Some((t, fin)) = sent(&mut h).into_iter().find(|(_, i)| i.dst_port == 4020) {
             assert_eq!((t.kind, fin.flags.fin(), fin.seq, fin.ack), (TransmitKind::Close, true, 7000, 5000));
@@ -365,4 +375,39 @@ fn a_phantom_flow_seen_by_one_last_ack_is_closed_as_overdue_and_the_migration_fi
     let (r, at) = report(&mut h);
     assert_eq!((r.closed_gracefully, r.reset, r.cause), (1, 0, EndCause::Drained), "{r:?}");
     assert!(deadline - at > Duration::from_secs(86_000));
+}
+
+#[test]
+fn a_fin_behind_what_the_client_received_is_sent_again_at_its_acknowledgment() {
+    // An exchange the router has not seen (on its way through a fast path when the flow was
+    // closed): the client has 6 more bytes of A's, A 5 more of the client's, than the FINs say.
+    let mut h = harness(Duration::from_secs(60), false);
+    open_on_a(&mut h, 4013);
+    h.router.lease_bound(X, h.now).unwrap();
+    h.advance(Duration::from_secs(50));
+    h.advance(FIRST_SCAN);
+    let fins: Vec<_> = sent(&mut h).into_iter().map(|(_, i)| (i.seq, i.ack)).collect();
+    assert_eq!(fins, [(907, 106), (106, 907)], "FINs at what the router saw");
+    // The client ignores the old FIN and acknowledges what it has: the FIN again, at 913.
+    let closed = InboundVerdict::Drop(DropReason::ClosedByRouter);
+    assert_eq!(h.inbound(&tcp((C, 4013), (X, 80), ACK, 111, 913, &[])), closed);
+    let out: Vec<_> = sent(&mut h).into_iter().map(|(t, i)| (t.kind, t.vm, i.flags.fin(), i.seq, i.ack)).collect();
+    assert_eq!(out, [(TransmitKind::Close, None, true, 913, 111)]);
+    // Accepted now: its acknowledgment needs no answer; its own FIN is acknowledged.
+    assert_eq!(h.inbound(&tcp((C, 4013), (X, 80), ACK, 111, 914, &[])), closed);
+    assert!(sent(&mut h).is_empty());
+    assert_eq!(h.inbound(&tcp((C, 4013), (X, 80), FINACK, 111, 914, &[])), closed);
+    let out: Vec<_> = sent(&mut h).into_iter().map(|(t, i)| (t.kind, i.flags.fin(), i.seq, i.ack)).collect();
+    assert_eq!(out, [(TransmitKind::Ack, false, 914, 112)]);
+    // A ignored its FIN too (old): its acknowledgment of the client's 5 bytes gets the FIN again.
+    let a_ack = tcp((X, 80), (C, 4013), ACK, 913, 111, &[]);
+    assert_eq!(h.from_vm(Side::Source, &a_ack), EgressVerdict::Drop(DropReason::ClosedByRouter));
+    let out: Vec<_> = sent(&mut h).into_iter().map(|(t, i)| (t.vm, i.flags.fin(), i.seq, i.ack)).collect();
+    assert_eq!(out, [(Some(h.a), true, 111, 913)]);
+    // A's FIN, acknowledging it: a plain ACK in the client's name.
+    let a_fin = tcp((X, 80), (C, 4013), FINACK, 913, 112, &[]);
+    assert_eq!(h.from_vm(Side::Source, &a_fin), EgressVerdict::Drop(DropReason::ClosedByRouter));
+    let out: Vec<_> = sent(&mut h).into_iter().map(|(t, i)| (t.vm, i.flags.fin(), i.seq, i.ack)).collect();
+    assert_eq!(out, [(Some(h.a), false, 112, 914)]);
+    assert_eq!(h.router.counters().closes_behind, 2);
 }

@@ -175,6 +175,11 @@ impl<P: PacketPort> Forwarder<P> {
     /// applied (also kept for the status report).
     pub fn apply(&mut self, desired: &Desired, clocks: Clocks) -> &[String] {
         let now = clocks.now;
+        // The core's timers run below (a cut-over, the closing window's closes): on what the
+        // fast path forwarded up to now, not up to the turn's start.
+        if let Some(fast) = &mut self.fast {
+            fast.replay(&mut self.node, now);
+        }
         let errors: Vec<ReconcileError> = self.reconciler.apply(&mut self.node, desired, clocks);
         // The reconciler may have cut over or rolled back: RSTs to send, events to record.
         self.node.poll(now, &mut self.out);

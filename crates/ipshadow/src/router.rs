@@ -59,9 +59,9 @@ pub struct RouterArgs {
     /// How often the status report is written and the desired state checked, in milliseconds.
     #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u64).range(10..=60_000))]
     status_ms: u64,
-    /// How frames are forwarded: `af-packet`, `auto` (the XDP fast path when the interfaces take
-    /// it in driver mode, else AF_PACKET, said in one log line), `xdp` (or fail).
-    #[arg(long, value_enum, default_value_t = DataPathArg::AfPacket)]
+    /// How frames are forwarded: `auto` (the XDP fast path when the interfaces take it in driver
+    /// mode, else AF_PACKET, said in one log line), `xdp` (or fail), `af-packet`.
+    #[arg(long, value_enum, default_value_t = DataPathArg::Auto)]
     data_path: DataPathArg,
     /// Where the XDP fast path pins its flows, so that a restarted router keeps them: a
     /// directory on a bpffs (default: under /run/ipshadow/bpf, mounted if needed).

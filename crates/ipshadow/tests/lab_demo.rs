@@ -86,7 +86,7 @@ fn forwarded_by_xdp(r: &Value) {
 
 #[test]
 fn flow_strategy_moves_the_address_without_breaking_a_connection() {
-    let Some(r) = demo("f", &["--data-path", "auto"]) else { return };
+    let Some(r) = demo("f", &[]) else { return };
     completed_with_both_vms_serving(&r, "flow");
     assert_eq!(n(&r, "/connections_broken"), 0);
     assert_eq!(n(&r, "/cut_at_deadline"), 0, "A's connections all ended before its deadline");
@@ -128,7 +128,7 @@ fn flow_strategy_moves_the_address_without_breaking_a_connection() {
 /// and deadline recorded in its store, with every lease still there, and breaks no connection.
 #[test]
 fn serve_killed_mid_ramp_resumes_at_the_recorded_split_and_deadline() {
-    let Some(r) = demo("k", &["--restart-at", "12", "--data-path", "auto"]) else { return };
+    let Some(r) = demo("k", &["--restart-at", "12"]) else { return };
     completed_with_both_vms_serving(&r, "flow");
     assert_eq!(n(&r, "/connections_broken"), 0);
     let restarts = r["restarts"].as_array().unwrap();
@@ -163,7 +163,7 @@ fn serve_killed_mid_ramp_resumes_at_the_recorded_split_and_deadline() {
 /// same result.
 #[test]
 fn a_router_whose_interface_refuses_xdp_forwards_with_af_packet() {
-    let Some(r) = demo("x", &["--refuse-xdp", "--data-path", "auto"]) else { return };
+    let Some(r) = demo("x", &["--refuse-xdp"]) else { return };
     completed_with_both_vms_serving(&r, "flow");
     assert_eq!(n(&r, "/connections_broken"), 0);
     assert_eq!(n(&r, "/cut_at_deadline"), 0);

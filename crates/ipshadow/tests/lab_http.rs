@@ -132,6 +132,15 @@ fn keep_alive_http_through_a_migration_with_the_defaults_fails_no_request() {
             serde_json::from_slice(&run(&["lab", "status", "--prefix", &prefix, "--json"]).stdout).ok()?;
         status["router"]["ended"].as_array()?.iter().find(|e| e["ip"] == "10.0.0.10").map(|e| e["report"].clone())
     });
+    // How the router forwarded, and its closes that had to be sent again (for the log).
+    let router: Value = serde_json::from_slice(&run(&["lab", "status", "--prefix", &prefix, "--json"]).stdout)
+        .map(|s: Value| s["router"].clone())
+        .unwrap_or_default();
+    let closes = serde_json::json!({
+        "data_path": router["data_path"]["mode"],
+        "closes_behind": router["counters"]["closes_behind"],
+        "closed_crossed": router["counters"]["closed_crossed"],
+    });
     // Traffic goes on after the cut-over until VM B has answered at every client (or 10 s).
     let b_seen = Instant::now() + Duration::from_secs(10);
     while Instant::now() < b_seen
@@ -151,7 +160,7 @@ fn keep_alive_http_through_a_migration_with_the_defaults_fails_no_request() {
     let total = sum(&reports);
     eprintln!(
         "lab_http: migration {} in {migration_s:.1} s (deadline {:.1} s away, {}); cut-over report {cut_over}\n\
-         lab_http: workload {total}\nlab_http: test took {:.1} s",
+         lab_http: router {closes}\nlab_http: workload {total}\nlab_http: test took {:.1} s",
         m["lifecycle"]["state"],
         deadline_in_s,
         m["deadline_source"],

@@ -70,17 +70,15 @@ pub struct RouterSetup {
     pub bpf_dir: Option<PathBuf>,
 }
 
-/// Which way the router forwards frames. AF_PACKET unless asked: the XDP fast path is opt-in
-/// until a keep-alive HTTP workload through a migration fails no request on it (2 of 18,783
-/// timed out in CI; see docs/xdp.md).
+/// Which way the router forwards frames.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum DataPath {
     /// The XDP fast path when the interfaces take it, AF_PACKET otherwise (said in one log line).
+    #[default]
     Auto,
     /// The XDP fast path, or fail.
     Xdp,
     /// AF_PACKET only.
-    #[default]
     AfPacket,
 }
 

@@ -216,8 +216,8 @@ struct RouterConfig {
     /// group forwards, the others stand by and take over when it fails.
     #[serde(default)]
     group: Option<String>,
-    /// How frames are forwarded: "af-packet" (the default), "auto" (the XDP fast path when the
-    /// interfaces take it, else AF_PACKET, said in one log line), "xdp" (or fail).
+    /// How frames are forwarded: "auto" (the default: the XDP fast path when the interfaces take
+    /// it, else AF_PACKET, said in one log line), "xdp" (or fail), "af-packet".
     #[serde(default)]
     data_path: DataPathConfig,
     /// Where the XDP fast path pins its flows (a directory on a bpffs; default under
@@ -230,9 +230,9 @@ struct RouterConfig {
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "kebab-case")]
 enum DataPathConfig {
+    #[default]
     Auto,
     Xdp,
-    #[default]
     AfPacket,
 }
 

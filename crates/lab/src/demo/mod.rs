@@ -72,9 +72,9 @@ pub struct DemoArgs {
     /// --refuse-xdp`): the demo on the AF_PACKET path the router falls back to.
     #[arg(long)]
     pub refuse_xdp: bool,
-    /// How the routers forward (as `lab up --data-path`): `af-packet` (the default), `auto`
-    /// (the XDP fast path when the interfaces take it), `xdp`.
-    #[arg(long, value_enum, default_value = "af-packet")]
+    /// How the routers forward (as `lab up --data-path`): `auto` (the default:
+    /// the XDP fast path when the interfaces take it), `xdp`, `af-packet`.
+    #[arg(long, value_enum, default_value = "auto")]
     pub data_path: crate::lab::DataPathChoice,
     /// Keep the lab's state in an etcd cluster of this many members, with the parts as
     /// processes of their own (as `lab up --etcd`): the router, the DHCP server, two managers

@@ -47,7 +47,7 @@ impl Lab {
             bpf = d("bpf/r"),
             data_path = std::fs::read_to_string(self.dir.join("data-path"))
                 .map(|s| s.trim().to_owned())
-                .unwrap_or_else(|_| "af-packet".to_owned()),
+                .unwrap_or_else(|_| "auto".to_owned()),
             // With a router group the DHCP server is on a host of its own, not the gateway.
             server_id = if self.routers() >= 2 { super::CONTROL_HOST } else { GATEWAY },
         )

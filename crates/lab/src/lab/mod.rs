@@ -95,9 +95,9 @@ enum LabCommand {
         /// AF_PACKET.
         #[arg(long)]
         refuse_xdp: bool,
-        /// How the routers forward (`[router] data_path`): `af-packet` (the default), `auto`
-        /// (the XDP fast path when the interfaces take it), `xdp`.
-        #[arg(long, value_enum, default_value = "af-packet")]
+        /// How the routers forward (`[router] data_path`): `auto` (the default:
+        /// the XDP fast path when the interfaces take it), `xdp`, `af-packet`.
+        #[arg(long, value_enum, default_value = "auto")]
         data_path: DataPathChoice,
     },
     /// Start a VM's DHCP client (as the demo does for VM B once a migration is planned); returns
