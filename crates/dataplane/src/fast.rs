@@ -224,17 +224,19 @@ impl FastPathSync {
         Ok(sync)
     }
 
-    /// [`FastPathSync::open`] without attaching the program anywhere and with nothing pinned:
-    /// for tests that run it with `BPF_PROG_TEST_RUN` ([`FastPath::test_run`]) on interfaces of
-    /// their own, given by index (the provider's, then the VMs' in the node's port order).
+    /// [`FastPathSync::open`] without attaching the program anywhere: for tests that run it
+    /// with `BPF_PROG_TEST_RUN` ([`FastPath::test_run`]) on interfaces of their own, given by
+    /// index (the provider's, then the VMs' in the node's port order); its flows pinned in
+    /// `pin_dir` (on a bpffs) if given.
     pub fn open_detached(
         provider_ifindex: u32,
         vm_ifindexes: &[u32],
         macs: ([u8; 6], [u8; 6]),
+        pin_dir: Option<PathBuf>,
         max_flows: u32,
         now: Instant,
     ) -> Result<Self, FastPathError> {
-        Self::load(provider_ifindex, vm_ifindexes, macs, None, max_flows, now)
+        Self::load(provider_ifindex, vm_ifindexes, macs, pin_dir, max_flows, now)
     }
 
     /// Loads the program and writes the ports, switched off until the first sync.
@@ -404,6 +406,7 @@ impl FastPathSync {
     /// clients the core has heard from last, as the core does.
     pub fn from_provider(&mut self, node: &mut RouterNode, frame: &[u8], now: Instant, out: &mut Vec<Out>) {
         let sender = sender(frame).map(|ip| (ip, node.neighbours().get(ip, now)));
+        self.restore(node, frame, true, now);
         node.from_provider(frame.to_vec(), now, out);
         self.heal(node, frame, true, now);
         if let Some((ip, before)) = sender
@@ -418,8 +421,34 @@ impl FastPathSync {
     /// its destination is if only the program knows.
     pub fn from_vm(&mut self, node: &mut RouterNode, port: usize, frame: &[u8], now: Instant, out: &mut Vec<Out>) {
         self.lend_neighbour(node, frame, now);
+        self.restore(node, frame, false, now);
         node.from_vm(port, frame.to_vec(), now, out);
         self.heal(node, frame, false, now);
+    }
+
+    /// A frame that came up of a flow the pinned map held at start with its owner, which the
+    /// core does not track yet: the core takes the flow back with that owner before the frame,
+    /// as a replayed record would have it, instead of learning the owner again. Such frames
+    /// come up before the first sync switches the program on (a restarted router's first
+    /// turn), or when the program hands them up for any other reason.
+    fn restore(&mut self, node: &mut RouterNode, frame: &[u8], inbound: bool, now: Instant) {
+        if self.restorable.is_empty() {
+            return;
+        }
+        let Some(key) = frame_key(frame, inbound) else { return };
+        if !self.restorable.contains(&key) || node.core.flow(&key).is_some() {
+            return;
+        }
+        let Some(owner) = self.fast_path.flow(&map_key(&key)).map(|f| f.owner) else { return };
+        if owner > abi::OWNER_DESTINATION {
+            return;
+        }
+        // Not shadowed (yet): the frame goes its way as the core decides; the flow stays
+        // restorable until its address is.
+        if let Ok(true) = node.core.restore_flow(key, side_of(owner), now) {
+            self.restorable.remove(&key);
+            self.flows_restored += 1;
+        }
     }
 
     /// A frame of a flow the core tracks with a known owner came up: if the program's map has

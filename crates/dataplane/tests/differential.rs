@@ -174,7 +174,7 @@ impl Pair {
     fn new(setup: &Setup, ifs: [u32; 3]) -> Self {
         let t0 = Instant::from_secs(1);
         let mut fast =
-            FastPathSync::open_detached(ifs[0], &ifs[1..], (PROVIDER_MAC, VM_SIDE_MAC), 1 << 16, t0).unwrap();
+            FastPathSync::open_detached(ifs[0], &ifs[1..], (PROVIDER_MAC, VM_SIDE_MAC), None, 1 << 16, t0).unwrap();
         // Every datagram recorded: the core's clock here is the test's, not the kernel's, so a
         // batch of the kernel's 50 ms would hold back datagrams whose last-seen time matters.
         let config = fast.fast_path().config();

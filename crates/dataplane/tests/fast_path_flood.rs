@@ -138,7 +138,7 @@ impl Rig {
         node.core.lease_bound(X, t0).unwrap();
         let mut fwd = Forwarder::new(MemPort::default(), vec![MemPort::default(), MemPort::default()], node);
         let macs = (PROVIDER_MAC, VM_SIDE_MAC);
-        fwd.fast = Some(FastPathSync::open_detached(ifs[0], &ifs[1..], macs, max_flows, t0).unwrap());
+        fwd.fast = Some(FastPathSync::open_detached(ifs[0], &ifs[1..], macs, None, max_flows, t0).unwrap());
         let mut rig = Self { fwd, ifs, now: t0, forwarded: 0, up: 0 };
         // The first turn writes the address into the program's maps.
         rig.step();
