@@ -21,14 +21,10 @@ use std::net::Ipv4Addr;
 use std::sync::Mutex;
 
 use common::MemPort;
-use common::xdp::{GATEWAY, MAC_A, MAC_B, PROVIDER_MAC, VM_SIDE_MAC, addressed, namespace, on_cpu};
-use ipshadow_core::l2::RouterNode;
+use common::xdp::{MAC_A, MAC_B, PROVIDER_MAC, VM_SIDE_MAC, addressed, namespace, on_cpu, shadowing_forwarder};
 use ipshadow_core::testkit::{X, tcp};
 use ipshadow_core::wire::{L4, Packet, parse_frame};
-use ipshadow_core::{
-    CongestionControlParameters, FlowKey, Instant, MigrationOptions, Owner, Phase, Ramp, RampStep, RouterConfig,
-    ShadowingEntry, Side, VmId,
-};
+use ipshadow_core::{FlowKey, Instant, Owner, Phase, Side};
 use ipshadow_dataplane::Forwarder;
 use ipshadow_dataplane::fast::{FastPathSync, flow_map_entries};
 use ipshadow_xdp::{XDP_PASS, XDP_REDIRECT, abi};
@@ -126,19 +122,7 @@ struct Rig {
 impl Rig {
     fn new(ifs: [u32; 3], max_flows: u32) -> Self {
         let t0 = Instant::from_secs(1);
-        let config = RouterConfig { max_flows: max_flows as usize, ..RouterConfig::default() };
-        let ports = vec![(VmId::from("vm-a"), MAC_A), (VmId::from("vm-b"), MAC_B)];
-        let mut node = RouterNode::new(config, PROVIDER_MAC, VM_SIDE_MAC, GATEWAY, ports, t0);
-        let ramp = Ramp::Steps { steps: vec![RampStep { pct: 50.0, hold: Duration::from_secs(3600) }] };
-        let options = MigrationOptions { ramp, ..MigrationOptions::default() };
-        let params = CongestionControlParameters::default();
-        let entry = ShadowingEntry::new(X, VmId::from("vm-a"), VmId::from("vm-b"), t0, params, options);
-        node.core.add_entry(entry, t0).unwrap();
-        node.shadow_ports(X, 0, 1);
-        node.core.lease_bound(X, t0).unwrap();
-        let mut fwd = Forwarder::new(MemPort::default(), vec![MemPort::default(), MemPort::default()], node);
-        let macs = (PROVIDER_MAC, VM_SIDE_MAC);
-        fwd.fast = Some(FastPathSync::open_detached(ifs[0], &ifs[1..], macs, None, max_flows, t0).unwrap());
+        let fwd = shadowing_forwarder(ifs, max_flows, None, t0);
         let mut rig = Self { fwd, ifs, now: t0, forwarded: 0, up: 0 };
         // The first turn writes the address into the program's maps.
         rig.step();

@@ -18,15 +18,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::MemPort;
-use common::xdp::{GATEWAY, MAC_A, MAC_B, PROVIDER_MAC, VM_SIDE_MAC, addressed, namespace};
-use ipshadow_core::l2::RouterNode;
+use common::xdp::{MAC_A, MAC_B, addressed, namespace, shadowing_forwarder};
 use ipshadow_core::testkit::{X, tcp};
-use ipshadow_core::{
-    CongestionControlParameters, FlowKey, Instant, MigrationOptions, Owner, Ramp, RampStep, RouterConfig,
-    ShadowingEntry, VmId,
-};
+use ipshadow_core::{FlowKey, Instant, Owner};
 use ipshadow_dataplane::Forwarder;
-use ipshadow_dataplane::fast::FastPathSync;
 use ipshadow_xdp::XDP_REDIRECT;
 
 const SYN: u8 = 0x02;
@@ -60,27 +55,10 @@ impl Drop for Bpffs {
 }
 
 /// A router's forwarder with X shadowed at 50 % between A (port 0) and B (port 1), its fast
-/// path's flows pinned in `pins`; one turn at `now`, which switches the program on.
+/// path's flows pinned in `pins`; with `first_turn`, one turn at `now`, which switches the
+/// program on.
 fn router(ifs: [u32; 3], pins: &Path, now: Instant, first_turn: bool) -> Forwarder<MemPort> {
-    let ports = vec![(VmId::from("vm-a"), MAC_A), (VmId::from("vm-b"), MAC_B)];
-    let mut node = RouterNode::new(RouterConfig::default(), PROVIDER_MAC, VM_SIDE_MAC, GATEWAY, ports, now);
-    let ramp = Ramp::Steps { steps: vec![RampStep { pct: 50.0, hold: Duration::from_secs(3600) }] };
-    let options = MigrationOptions { ramp, ..MigrationOptions::default() };
-    let entry = ShadowingEntry::new(
-        X,
-        VmId::from("vm-a"),
-        VmId::from("vm-b"),
-        now,
-        CongestionControlParameters::default(),
-        options,
-    );
-    node.core.add_entry(entry, now).unwrap();
-    node.shadow_ports(X, 0, 1);
-    node.core.lease_bound(X, now).unwrap();
-    let mut fwd = Forwarder::new(MemPort::default(), vec![MemPort::default(), MemPort::default()], node);
-    let fast =
-        FastPathSync::open_detached(ifs[0], &ifs[1..], (PROVIDER_MAC, VM_SIDE_MAC), Some(pins.into()), 4096, now);
-    fwd.fast = Some(fast.unwrap());
+    let mut fwd = shadowing_forwarder(ifs, 4096, Some(pins.into()), now);
     if first_turn {
         fwd.step(now).unwrap();
     }

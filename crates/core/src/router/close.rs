@@ -131,19 +131,10 @@ pub(crate) fn retired_inbound(
             counters.closed_crossed += 1;
         }
         flow.raise_client_seq(end);
-        // A segment that acknowledges more than A had sent when the router closed: the client
-        // received data the router had not seen yet (still on its way through a fast path), so
-        // the FIN was behind its RCV.NXT and ignored as old. It is sent again at the client's
-        // acknowledgment, or the client would take the connection for open and wait forever.
-        let behind = tcp.flags.ack() && !seq_le(tcp.ack, flow.owner_seq_max);
-        if behind {
-            flow.owner_seq_max = tcp.ack.wrapping_add(1);
-            counters.closes_behind += 1;
-        }
-        // A segment that does not acknowledge the FIN: it was lost, or is still on its way. It
-        // is sent again (the router keeps no retransmission timer; the client's next segment
-        // is its clock), or the client would wait for an answer forever.
-        let fin_unacked = behind || !tcp.flags.ack() || !seq_le(flow.owner_seq_max, tcp.ack);
+        // A segment that shows the FIN missed is answered with it again (the router keeps no
+        // retransmission timer; the client's next segment is its clock), or the client would
+        // take the connection for open and wait for an answer forever.
+        let fin_unacked = fin_missed(&mut flow.owner_seq_max, tcp, counters);
         if tcp.seq_len() > 0 || fin_unacked {
             let (client, server) = ((key.client_ip, key.client_port), (key.shadow_ip, key.shadow_port));
             let seq = flow.owner_seq_max.wrapping_sub(u32::from(fin_unacked));
@@ -160,6 +151,23 @@ pub(crate) fn retired_inbound(
             *n = n.saturating_sub(1);
         }
     }
+}
+
+/// Whether the peer's segment shows that it did not take the router's FIN, which ends at
+/// `fin_end` (its sequence number + 1): lost or still on its way (not acknowledged), or behind
+/// what the peer had already received (it acknowledges more: data the router had not seen yet,
+/// still on its way through a fast path when it closed, so the peer ignored the FIN as old). A
+/// FIN behind moves to the peer's acknowledgment (counted in `closes_behind`).
+fn fin_missed(fin_end: &mut u32, tcp: &TcpInfo, counters: &mut RouterCounters) -> bool {
+    if !tcp.flags.ack() {
+        return true;
+    }
+    if !seq_le(tcp.ack, *fin_end) {
+        *fin_end = tcp.ack.wrapping_add(1);
+        counters.closes_behind += 1;
+        return true;
+    }
+    !seq_le(*fin_end, tcp.ack)
 }
 
 /// A's segment on a flow the router closed: dropped. A's FIN is acknowledged in the client's
@@ -180,12 +188,9 @@ pub(crate) fn retired_egress(
         return;
     }
     // `stamp_ms` holds the sequence number of the FIN sent to A in the client's name.
-    let behind = t.flags.ack() && !seq_le(t.ack, flow.stamp_ms.wrapping_add(1));
-    if behind {
-        flow.stamp_ms = t.ack;
-        counters.closes_behind += 1;
-    }
-    let fin_unacked = behind || !t.flags.ack() || !seq_le(flow.stamp_ms.wrapping_add(1), t.ack);
+    let mut fin_end = flow.stamp_ms.wrapping_add(1);
+    let fin_unacked = fin_missed(&mut fin_end, &t, counters);
+    flow.stamp_ms = fin_end.wrapping_sub(1);
     if t.flags.fin() || fin_unacked {
         let (client, server) = ((key.client_ip, key.client_port), (key.shadow_ip, key.shadow_port));
         let spec = SegmentSpec {

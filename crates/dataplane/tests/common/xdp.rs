@@ -5,10 +5,21 @@
 #![allow(unsafe_code)] // unshare(2), to give the test thread a network namespace of its own
 #![allow(dead_code)] // only the fast path's tests use these; the other tests share `common`
 
+use core::time::Duration;
 use std::net::Ipv4Addr;
+use std::path::PathBuf;
 use std::process::Command;
 
+use ipshadow_core::l2::RouterNode;
+use ipshadow_core::testkit::X;
+use ipshadow_core::{
+    CongestionControlParameters, Instant, MigrationOptions, Ramp, RampStep, RouterConfig, ShadowingEntry, VmId,
+};
+use ipshadow_dataplane::Forwarder;
+use ipshadow_dataplane::fast::FastPathSync;
 use ipshadow_xdp::ifindex;
+
+use super::MemPort;
 
 /// The router's MAC on the provider side.
 pub const PROVIDER_MAC: [u8; 6] = [2, 0xee, 0, 0, 0, 1];
@@ -74,4 +85,31 @@ pub fn on_cpu(cpu: usize) -> Option<usize> {
         libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set) == 0
     };
     ok.then_some(cpu)
+}
+
+/// A forwarder on in-memory ports with X shadowed at a fixed 50 % between the VMs on ports 0 (A)
+/// and 1 (B), its core's flow table sized `max_flows`, its fast path opened detached on `ifs`
+/// (the program's flow map sized from `max_flows`, as the router sizes it) with its flows
+/// pinned in `pin_dir` if given; every other setting the default (the core's hash keyed at
+/// random). No turn has run yet: the program is off until the first.
+pub fn shadowing_forwarder(
+    ifs: [u32; 3],
+    max_flows: u32,
+    pin_dir: Option<PathBuf>,
+    now: Instant,
+) -> Forwarder<MemPort> {
+    let config = RouterConfig { max_flows: max_flows as usize, ..RouterConfig::default() };
+    let ports = vec![(VmId::from("vm-a"), MAC_A), (VmId::from("vm-b"), MAC_B)];
+    let mut node = RouterNode::new(config, PROVIDER_MAC, VM_SIDE_MAC, GATEWAY, ports, now);
+    let ramp = Ramp::Steps { steps: vec![RampStep { pct: 50.0, hold: Duration::from_secs(3600) }] };
+    let options = MigrationOptions { ramp, ..MigrationOptions::default() };
+    let params = CongestionControlParameters::default();
+    let entry = ShadowingEntry::new(X, VmId::from("vm-a"), VmId::from("vm-b"), now, params, options);
+    node.core.add_entry(entry, now).unwrap();
+    node.shadow_ports(X, 0, 1);
+    node.core.lease_bound(X, now).unwrap();
+    let mut fwd = Forwarder::new(MemPort::default(), vec![MemPort::default(), MemPort::default()], node);
+    let macs = (PROVIDER_MAC, VM_SIDE_MAC);
+    fwd.fast = Some(FastPathSync::open_detached(ifs[0], &ifs[1..], macs, pin_dir, max_flows, now).unwrap());
+    fwd
 }
